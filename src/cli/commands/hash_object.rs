@@ -1,0 +1,132 @@
+//! `prodigy hash-object`: print the id of each input; `-w` also stores it.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::{Ctx, Exit, UsageError};
+use crate::object::{self, ObjectId, ObjectType};
+
+/// Most objects one durability barrier covers before ids are printed.
+const MAX_BATCH: usize = 65_536;
+
+/// Print the id of each input (BLAKE3 of `<type> <len>\0<payload>`), in order.
+///
+/// With -w the objects are also stored, durably before the first id is printed: when many
+/// objects are written in one call (several FILEs, or --stdin-paths), one durability
+/// barrier covers them all. With --stdin-paths ids are printed whenever standard input has
+/// no more lines ready, so a caller may wait for each answer.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Store the objects as well as printing their ids.
+    #[arg(short = 'w')]
+    pub write: bool,
+
+    /// The object type: blob, batch, log, dlq, item, checkpoint or items.
+    #[arg(short = 't', value_name = "TYPE", default_value = "blob", value_parser = parse_type)]
+    pub kind: ObjectType,
+
+    /// Read the object from standard input.
+    #[arg(long, conflicts_with_all = ["stdin_paths", "files"])]
+    pub stdin: bool,
+
+    /// Read file paths from standard input, one per line.
+    #[arg(long, conflicts_with = "files")]
+    pub stdin_paths: bool,
+
+    /// Store the payload even if it is not valid for its type (JSON for log, dlq, item,
+    /// checkpoint, items; JSON Lines for batch).
+    #[arg(long)]
+    pub literally: bool,
+
+    /// Files to hash.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+fn parse_type(s: &str) -> Result<ObjectType, String> {
+    s.parse().map_err(|e: object::ObjectError| e.to_string())
+}
+
+/// Collects the ids of one group of inputs, printing them only once they are durable.
+struct Writer<'s> {
+    batch: Option<object::ObjectBatch<'s>>,
+    ids: Vec<ObjectId>,
+}
+
+impl Writer<'_> {
+    fn add(&mut self, args: &Args, payload: &[u8]) -> anyhow::Result<()> {
+        if !args.literally {
+            object::check_payload(args.kind, payload)?;
+        }
+        let id = match &mut self.batch {
+            Some(batch) => batch.add(args.kind, payload)?,
+            None => ObjectId::hash(args.kind, payload),
+        };
+        self.ids.push(id);
+        Ok(())
+    }
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    if !args.stdin && !args.stdin_paths && args.files.is_empty() {
+        return Err(UsageError("give FILEs, --stdin or --stdin-paths".into()).into());
+    }
+    let refs = ctx.refs();
+    let store = refs.objects();
+    if args.stdin {
+        let mut payload = Vec::new();
+        ctx.stdin
+            .read_to_end(&mut payload)
+            .context("cannot read standard input")?;
+        if !args.literally {
+            object::check_payload(args.kind, &payload)?;
+        }
+        let id = if args.write {
+            store.write(args.kind, &payload)?
+        } else {
+            ObjectId::hash(args.kind, &payload)
+        };
+        writeln!(ctx.out, "{id}")?;
+        return Ok(Exit::Success);
+    }
+    let new_writer = || Writer {
+        batch: args.write.then(|| store.batch()),
+        ids: Vec::new(),
+    };
+    let mut writer = new_writer();
+    let flush = |writer: Writer<'_>, ctx: &mut Ctx<'_>| -> anyhow::Result<()> {
+        if let Some(batch) = writer.batch {
+            batch.commit()?;
+        }
+        for id in writer.ids {
+            writeln!(ctx.out, "{id}")?;
+        }
+        ctx.out.flush()?;
+        Ok(())
+    };
+    if args.stdin_paths {
+        while let Some(line) = ctx.read_line().context("cannot read standard input")? {
+            let path = PathBuf::from(line);
+            let payload = std::fs::read(&path)
+                .with_context(|| format!("cannot read '{}'", path.display()))?;
+            writer.add(&args, &payload)?;
+            if writer.ids.len() >= MAX_BATCH || ctx.stdin_would_block() {
+                flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
+            }
+        }
+    } else {
+        for path in &args.files {
+            let payload =
+                std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+            writer.add(&args, &payload)?;
+            if writer.ids.len() >= MAX_BATCH {
+                flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
+            }
+        }
+    }
+    flush(writer, ctx)?;
+    Ok(Exit::Success)
+}

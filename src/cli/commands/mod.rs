@@ -1,0 +1,22 @@
+//! One module per command, each with its clap `Args` and an `exec`.
+
+pub mod cat_object;
+pub mod completions;
+pub mod fsck;
+pub mod hash_object;
+pub mod refs;
+pub mod repo_name;
+
+use super::{Command, Ctx, Exit};
+
+/// Runs one parsed command.
+pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    match command {
+        Command::HashObject(args) => hash_object::exec(args, ctx),
+        Command::CatObject(args) => cat_object::exec(args, ctx),
+        Command::Ref(cmd) => refs::exec(cmd, ctx),
+        Command::Fsck(args) => fsck::exec(args, ctx),
+        Command::RepoName(args) => repo_name::exec(args, ctx),
+        Command::Completions(args) => completions::exec(args, ctx),
+    }
+}

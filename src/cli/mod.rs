@@ -1,0 +1,203 @@
+//! The command line: clap definitions (their doc comments are the help and the man pages),
+//! one module per command in `commands/`, and the one place that maps errors to exit codes
+//! and `error:` / `hint:` lines.
+//!
+//! Nothing here touches the process's streams directly: the binary hands in an [`Io`].
+
+pub mod commands;
+mod output;
+
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use output::{Diag, Exit, UsageError};
+
+use crate::home::Home;
+use crate::lock::LockOptions;
+use crate::refs::RefStore;
+
+/// prodigy keeps the runtime data of MapReduce workflows (event logs, dead-letter queues,
+/// job checkpoints) in one global, content-addressed store shared by every git worktree.
+///
+/// The store lives in PRODIGY_HOME, else ~/.prodigy. Objects are zstd frames named by the
+/// BLAKE3 hash of their content; refs (events|dlq|state/<repo>/<job>) name the newest
+/// object of each job and change only by compare-and-swap under a lock.
+#[derive(Debug, Parser)]
+#[command(name = "prodigy", version, max_term_width = 100)]
+pub struct Cli {
+    /// Use DIR as the store's home (beats PRODIGY_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print only results and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Say more about what is being done.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+
+    /// When to colour diagnostics.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to colour output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute object ids and optionally store the objects.
+    HashObject(commands::hash_object::Args),
+    /// Show an object's type, size or payload, or test that it exists.
+    CatObject(commands::cat_object::Args),
+    /// Read and change refs: show, list, log, update, delete.
+    #[command(subcommand)]
+    Ref(commands::refs::RefCommand),
+    /// Verify every object, ref, reflog and repo record.
+    Fsck(commands::fsck::Args),
+    /// Print the repo name that a path maps to.
+    RepoName(commands::repo_name::Args),
+    /// Print shell completions.
+    Completions(commands::completions::Args),
+}
+
+/// The process's streams, as handed in by the binary.
+pub struct Io {
+    /// Standard input, buffered.
+    pub stdin: BufReader<Box<dyn Read + Send>>,
+    /// True when standard input is the process's fd 0 (so it can be polled).
+    pub stdin_is_fd0: bool,
+    /// Standard output (results).
+    pub stdout: Box<dyn Write + Send>,
+    /// Standard error (diagnostics).
+    pub stderr: Arc<Mutex<dyn Write + Send>>,
+    /// True when standard error is a terminal (for colour and progress).
+    pub stderr_is_terminal: bool,
+}
+
+/// What a command runs with.
+pub struct Ctx<'a> {
+    /// The store's home.
+    pub home: Home,
+    /// Input.
+    pub stdin: &'a mut BufReader<Box<dyn Read + Send>>,
+    stdin_is_fd0: bool,
+    /// Results.
+    pub out: &'a mut (dyn Write + Send),
+    /// Diagnostics.
+    pub diag: Diag,
+}
+
+impl Ctx<'_> {
+    /// The refs (and objects) of the home, with lock waits reported on stderr.
+    pub fn refs(&self) -> RefStore {
+        let mut opts = LockOptions::from_env();
+        let diag = self.diag.clone();
+        opts.on_wait = Some(Arc::new(move |path: &Path| {
+            diag.note(&format!("waiting for lock on '{}'…", path.display()));
+        }));
+        RefStore::new(&self.home, opts)
+    }
+
+    /// True when reading a line from stdin now would block: nothing is buffered and fd 0
+    /// has nothing ready. Batching commands make their writes durable and flush their
+    /// output before they block, so a caller that waits for each answer never deadlocks.
+    pub fn stdin_would_block(&self) -> bool {
+        if !self.stdin.buffer().is_empty() || !self.stdin_is_fd0 {
+            return false;
+        }
+        let stdin = rustix::stdio::stdin();
+        let mut fds = [rustix::event::PollFd::new(
+            &stdin,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
+    /// Reads one line of stdin without its line ending; `None` at end of input.
+    pub fn read_line(&mut self) -> io::Result<Option<String>> {
+        let mut line = String::new();
+        if self.stdin.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let trimmed = line.trim_end_matches(['\n', '\r']).len();
+        line.truncate(trimmed);
+        Ok(Some(line))
+    }
+}
+
+/// Runs the command line `args` with `io`; returns the process exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let to_stdout = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            let code = if to_stdout { 0 } else { 2 };
+            let styled = e.render();
+            let text = if !no_color && io.stderr_is_terminal && !to_stdout {
+                styled.ansi().to_string()
+            } else {
+                styled.to_string()
+            };
+            let _ = if to_stdout {
+                io.stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|_| io.stdout.flush())
+            } else {
+                let mut err = io.stderr.lock().unwrap_or_else(|p| p.into_inner());
+                err.write_all(text.as_bytes())
+            };
+            return code;
+        }
+    };
+    let color = match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => io.stderr_is_terminal && !no_color,
+    };
+    let diag = Diag::new(io.stderr.clone(), color, cli.quiet, cli.verbose);
+    let home = match &cli.home {
+        Some(dir) => Home::at(dir),
+        None => Home::from_env(),
+    };
+    let result = home.map_err(anyhow::Error::from).and_then(|home| {
+        let mut ctx = Ctx {
+            home,
+            stdin: &mut io.stdin,
+            stdin_is_fd0: io.stdin_is_fd0,
+            out: &mut *io.stdout,
+            diag: diag.clone(),
+        };
+        let exit = commands::run(cli.command, &mut ctx)?;
+        ctx.out.flush()?;
+        Ok(exit)
+    });
+    match result {
+        Ok(exit) => exit as i32,
+        Err(e) => output::report(&diag, &e) as i32,
+    }
+}

@@ -1,0 +1,157 @@
+//! Diagnostics on stderr (`error:`, `warning:`, `hint:`, notes), exit codes, and the one
+//! place where an error becomes its lines and its exit code.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use crate::lock::LockError;
+use crate::object::ObjectError;
+use crate::refs::RefError;
+
+/// The exit codes: 0 success, 1 failure, 2 usage error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Success = 0,
+    /// The command ran and the answer is "no", or it failed.
+    Failure = 1,
+    /// The command line was wrong.
+    Usage = 2,
+}
+
+/// A command line that parses but makes no sense; exits with 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Writes diagnostics to stderr, honouring `--quiet`, `--verbose` and colour.
+#[derive(Clone)]
+pub struct Diag {
+    stderr: Arc<Mutex<dyn Write + Send>>,
+    color: bool,
+    quiet: bool,
+    verbose: bool,
+}
+
+impl Diag {
+    /// A writer of diagnostics to `stderr`.
+    pub fn new(
+        stderr: Arc<Mutex<dyn Write + Send>>,
+        color: bool,
+        quiet: bool,
+        verbose: bool,
+    ) -> Diag {
+        Diag {
+            stderr,
+            color,
+            quiet,
+            verbose,
+        }
+    }
+
+    fn line(&self, label: &str, ansi: &str, text: &str) {
+        let mut err = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = if label.is_empty() {
+            writeln!(err, "{text}")
+        } else if self.color {
+            writeln!(err, "\x1b[{ansi}m{label}:\x1b[0m {text}")
+        } else {
+            writeln!(err, "{label}: {text}")
+        };
+    }
+
+    /// `error: …` (always shown).
+    pub fn error(&self, text: &str) {
+        self.line("error", "1;31", text);
+    }
+
+    /// `warning: …` (hidden by `-q`).
+    pub fn warning(&self, text: &str) {
+        if !self.quiet {
+            self.line("warning", "1;33", text);
+        }
+    }
+
+    /// `hint: …` (hidden by `-q`).
+    pub fn hint(&self, text: &str) {
+        if !self.quiet {
+            self.line("hint", "1;36", text);
+        }
+    }
+
+    /// A plain progress note (hidden by `-q`).
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            self.line("", "", text);
+        }
+    }
+
+    /// A note shown only with `-v`.
+    pub fn verbose(&self, text: &str) {
+        if self.verbose && !self.quiet {
+            self.line("", "", text);
+        }
+    }
+}
+
+/// Reports `e` on stderr as one `error:` line (the error and its causes joined by `: `)
+/// plus any hints, and returns the exit code. A closed stdout exits quietly with 0.
+pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
+    if e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    }) {
+        return Exit::Success;
+    }
+    let line = e
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    diag.error(&line);
+    for hint in hints(e) {
+        diag.hint(&hint);
+    }
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        Exit::Usage
+    } else {
+        Exit::Failure
+    }
+}
+
+fn hints(e: &anyhow::Error) -> Vec<String> {
+    let mut out = Vec::new();
+    for cause in e.chain() {
+        if let Some(ObjectError::Ambiguous { candidates, .. }) = cause.downcast_ref::<ObjectError>()
+        {
+            out.push("the candidates are:".to_owned());
+            out.extend(candidates.iter().map(|c| format!("  {c}")));
+        }
+        let lock_timeout = matches!(
+            cause.downcast_ref::<LockError>(),
+            Some(LockError::Timeout { .. })
+        ) || matches!(
+            cause.downcast_ref::<RefError>(),
+            Some(RefError::Lock(LockError::Timeout { .. }))
+        );
+        if lock_timeout {
+            out.push(
+                "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m"
+                    .to_owned(),
+            );
+        }
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                    out.push("the store's home must be writable; choose another with --home or PRODIGY_HOME".to_owned());
+                }
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                    out.push("free some space and retry; nothing was changed".to_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+    out.dedup();
+    out
+}

@@ -1,0 +1,403 @@
+//! `fsck`: verifies every object (re-hash), every ref and reflog, and the repo records, and
+//! finds stray temp files left by interrupted writers.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::fsutil::{self, FsError, IoContext};
+use crate::home::Home;
+use crate::names;
+use crate::object::{ObjectError, ObjectId, ObjectStore};
+use crate::refs::{RefError, RefKind, RefName, RefStore};
+use crate::repo::{self, RepoError};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Data is wrong or missing: `fsck` fails.
+    Error,
+    /// Expected after a crash or harmless (a reflog gap, an unknown file): reported only.
+    Warning,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Finding {
+    /// How bad it is.
+    pub severity: Severity,
+    /// The file, relative to the home.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A temp file left by a writer (running now, or killed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TempFile {
+    /// The file, relative to the home.
+    pub path: PathBuf,
+    /// Its age in whole seconds.
+    pub age_secs: u64,
+}
+
+/// What `fsck` found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FsckReport {
+    /// Loose objects verified.
+    pub objects: usize,
+    /// Refs checked.
+    pub refs: usize,
+    /// Problems, errors first.
+    pub findings: Vec<Finding>,
+    /// Temp files present.
+    pub temp_files: Vec<TempFile>,
+}
+
+impl FsckReport {
+    /// The number of errors (warnings do not count).
+    pub fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count()
+    }
+}
+
+/// Failures that stop `fsck` itself (as opposed to problems it reports).
+#[derive(Debug, thiserror::Error)]
+pub enum FsckError {
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The object store could not be listed.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The refs could not be listed.
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    /// The repo records could not be listed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+struct Checker<'a> {
+    home: &'a Home,
+    report: FsckReport,
+    good: HashSet<ObjectId>,
+    bad: HashSet<ObjectId>,
+    now: SystemTime,
+}
+
+impl Checker<'_> {
+    fn rel(&self, path: &Path) -> PathBuf {
+        path.strip_prefix(self.home.root())
+            .unwrap_or(path)
+            .to_path_buf()
+    }
+
+    fn find(&mut self, severity: Severity, path: &Path, message: impl Into<String>) {
+        let path = self.rel(path);
+        self.report.findings.push(Finding {
+            severity,
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn temp(&mut self, path: &Path) {
+        let age_secs = fs::symlink_metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| self.now.duration_since(t).ok())
+            .map_or(0, |d| d.as_secs());
+        let path = self.rel(path);
+        self.report.temp_files.push(TempFile { path, age_secs });
+    }
+
+    fn objects(&mut self, store: &ObjectStore) -> Result<(), FsckError> {
+        let (ids, strays) = store.list_loose()?;
+        for stray in strays {
+            let is_link = fs::symlink_metadata(&stray).is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                self.find(
+                    Severity::Error,
+                    &stray,
+                    "a symlink inside objects/, which the store never follows",
+                );
+            } else {
+                self.find(
+                    Severity::Warning,
+                    &stray,
+                    "not an object file (unexpected name)",
+                );
+            }
+        }
+        for (id, path) in ids {
+            self.report.objects += 1;
+            match store.read(&id) {
+                Ok(_) => {
+                    self.good.insert(id);
+                }
+                Err(e) => {
+                    self.bad.insert(id);
+                    self.find(Severity::Error, &path, error_line(&e));
+                }
+            }
+        }
+        for path in list_files(store.tmp_dir())? {
+            self.temp(&path);
+        }
+        Ok(())
+    }
+
+    fn target(&mut self, path: &Path, what: &str, id: ObjectId) {
+        if self.good.contains(&id) {
+            return;
+        }
+        let state = if self.bad.contains(&id) {
+            "corrupt"
+        } else {
+            "missing"
+        };
+        self.find(
+            Severity::Error,
+            path,
+            format!("{what} names {state} object {id}"),
+        );
+    }
+
+    fn refs(&mut self, store: &RefStore) -> Result<(), FsckError> {
+        for kind in RefKind::ALL {
+            let kind_dir = self.home.kind_dir(kind.as_str());
+            for repo_dir in list_entries(&kind_dir)? {
+                let Some(repo) = self.component(&repo_dir, "repo name")? else {
+                    continue;
+                };
+                for job_dir in list_entries(&repo_dir)? {
+                    let Some(job) = self.component(&job_dir, "job id")? else {
+                        continue;
+                    };
+                    let name = RefName::new(kind, &repo, &job)?;
+                    self.one_ref(store, &name, &job_dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a directory entry of the ref tree is a real directory with a valid
+    /// name; returns the name when it is.
+    fn component(&mut self, path: &Path, what: &'static str) -> Result<Option<String>, FsckError> {
+        let meta = fs::symlink_metadata(path).at("inspect", path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if meta.file_type().is_symlink() {
+            self.find(
+                Severity::Error,
+                path,
+                "a symlink in the ref tree, which the store never follows",
+            );
+            return Ok(None);
+        }
+        if !meta.is_dir() {
+            self.find(Severity::Warning, path, "unexpected file in the ref tree");
+            return Ok(None);
+        }
+        if let Err(e) = names::validate(what, &name) {
+            self.find(Severity::Error, path, e.to_string());
+            return Ok(None);
+        }
+        Ok(Some(name))
+    }
+
+    fn one_ref(&mut self, store: &RefStore, name: &RefName, dir: &Path) -> Result<(), FsckError> {
+        for path in list_entries(dir)? {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match file.as_str() {
+                "HEAD" | "lock" | "reflog" => {}
+                _ if file.ends_with(".tmp") => self.temp(&path),
+                _ => self.find(
+                    Severity::Warning,
+                    &path,
+                    "unexpected file in a ref directory",
+                ),
+            }
+        }
+        let head_path = store.head_path(name);
+        let head = match store.read(name) {
+            Ok(head) => head,
+            Err(RefError::Corrupt { reason, .. }) => {
+                self.find(
+                    Severity::Error,
+                    &head_path,
+                    format!("ref {name} is corrupt: {reason}"),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(id) = head {
+            self.report.refs += 1;
+            self.target(&head_path, &format!("ref {name}"), id);
+        }
+        let log_path = store.reflog_path(name);
+        let log = match store.log(name) {
+            Ok(log) => log,
+            Err(e) => {
+                self.find(Severity::Error, &log_path, error_line(&e));
+                return Ok(());
+            }
+        };
+        let lines = log.entries.len() + log.bad_lines.len();
+        for (n, reason) in &log.bad_lines {
+            if *n == lines && log.torn_tail {
+                self.find(
+                    Severity::Warning,
+                    &log_path,
+                    format!("line {n} is torn (an append cut short by a crash)"),
+                );
+            } else {
+                self.find(Severity::Error, &log_path, format!("line {n}: {reason}"));
+            }
+        }
+        let mut previous: Option<ObjectId> = None;
+        for (n, entry) in log.entries.iter().enumerate() {
+            for id in [entry.old, entry.new] {
+                if !id.is_zero() {
+                    self.target(&log_path, &format!("entry {}", n + 1), id);
+                }
+            }
+            if previous.is_some_and(|p| p != entry.old) {
+                self.find(
+                    Severity::Warning,
+                    &log_path,
+                    format!("entry {} does not follow the one before (an update whose reflog line was lost in a crash)", n + 1),
+                );
+            }
+            previous = Some(entry.new);
+        }
+        let last = previous.filter(|id| !id.is_zero());
+        if (head.is_some() || !log.entries.is_empty()) && last != head {
+            self.find(
+                Severity::Warning,
+                &log_path,
+                format!("the last entry does not match ref {name} (an update interrupted between its two steps)"),
+            );
+        }
+        Ok(())
+    }
+
+    fn records(&mut self) -> Result<(), FsckError> {
+        let dir = self.home.repos_dir();
+        for path in list_entries(&dir)? {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if file.ends_with(".tmp") {
+                self.temp(&path);
+                continue;
+            }
+            let Some(name) = file.strip_suffix(".json") else {
+                self.find(Severity::Warning, &path, "unexpected file in repos/");
+                continue;
+            };
+            match repo::read_record(self.home, name) {
+                Ok(Some(record)) if record.name == name => {}
+                Ok(Some(record)) => self.find(
+                    Severity::Error,
+                    &path,
+                    format!("the record names {:?}, not {name:?}", record.name),
+                ),
+                Ok(None) => {}
+                Err(e) => self.find(Severity::Error, &path, error_line(&e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error and its causes on one line.
+fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// Checks the whole store of `home`.
+pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
+    let mut checker = Checker {
+        home,
+        report: FsckReport::default(),
+        good: HashSet::new(),
+        bad: HashSet::new(),
+        now: SystemTime::now(),
+    };
+    checker.objects(refs.objects())?;
+    checker.refs(refs)?;
+    checker.records()?;
+    let mut report = checker.report;
+    report.findings.sort();
+    report.temp_files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}
+
+/// Removes the temp files of `report` at least `min_age` old (a younger one may belong to
+/// a writer that is still running). Returns the removed paths, relative to the home.
+pub fn remove_temp_files(
+    home: &Home,
+    report: &FsckReport,
+    min_age: Duration,
+) -> Result<Vec<PathBuf>, FsckError> {
+    let mut removed = Vec::new();
+    for temp in &report.temp_files {
+        if temp.age_secs < min_age.as_secs() {
+            continue;
+        }
+        let path = home.root().join(&temp.path);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(temp.path.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FsError::new("remove temp file", path, e).into()),
+        }
+        if let Some(parent) = path.parent() {
+            fsutil::sync_dir(parent)?;
+        }
+    }
+    Ok(removed)
+}
+
+fn list_entries(dir: &Path) -> Result<Vec<PathBuf>, FsError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("list", dir, e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(entry.at("list", dir)?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>, FsError> {
+    Ok(list_entries(dir)?
+        .into_iter()
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+        .collect())
+}

@@ -1,0 +1,278 @@
+//! The one way prodigy writes files: temp file, fsync, rename, fsync the directory.
+//!
+//! Objects, refs, repo records and everything else go through [`write_atomic`] (one file,
+//! durable on return) or [`write_temp`] + [`sync_filesystem`] + rename (many files, one
+//! durability barrier). Paths inside the home are never followed through symlinks.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// An I/O failure, naming the operation and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} '{}'", path.display())]
+pub struct FsError {
+    /// What was being done: "read", "create directory", "rename to", ….
+    pub op: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl FsError {
+    /// Wraps `source` with the operation and path.
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        FsError {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// True when the path did not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.source.kind() == io::ErrorKind::NotFound
+    }
+}
+
+/// Adds an operation and a path to an `io::Result`.
+pub trait IoContext<T> {
+    /// Maps the error to an [`FsError`] naming `op` and `path`.
+    fn at(self, op: &'static str, path: &Path) -> Result<T, FsError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, FsError> {
+        self.map_err(|e| FsError::new(op, path, e))
+    }
+}
+
+/// `O_NOFOLLOW`: opening a symlink fails with `ELOOP` instead of following it.
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// True when an error means "the last path component is a symlink" (`ELOOP` under
+/// `O_NOFOLLOW`).
+pub fn is_symlink_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+}
+
+/// Opens a file for reading without following a symlink in its last component.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+}
+
+/// Reads a whole file without following a symlink in its last component.
+pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = open_nofollow(path)?;
+    let mut buf = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    file.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Opens (creating if needed) a file for appending, never through a symlink.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .custom_flags(nofollow())
+        .mode(0o644)
+        .open(path)
+}
+
+/// Fsyncs a directory so that renames and creations inside it survive a power cut.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync directory", dir)
+}
+
+/// Flushes everything written on the file system holding `path` (Linux `syncfs`), the
+/// barrier behind batched writes. Elsewhere it fsyncs `path` only, and callers fsync each
+/// file themselves (see [`BATCH_BARRIER_IS_FILESYSTEM_WIDE`]).
+pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
+    let dir = File::open(path).at("open for syncfs", path)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        rustix::fs::syncfs(&dir)
+            .map_err(io::Error::from)
+            .at("syncfs", path)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        dir.sync_all().at("fsync directory", path)
+    }
+}
+
+/// Whether [`sync_filesystem`] covers every file and directory on the file system.
+pub const BATCH_BARRIER_IS_FILESYSTEM_WIDE: bool =
+    cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Makes sure `dir` exists as a real directory below `home`, creating missing components
+/// and fsyncing each new one's parent. Refuses a symlink anywhere between `home` and `dir`,
+/// so nothing is ever written outside the home through a planted link.
+pub fn ensure_dir(home: &Path, dir: &Path) -> Result<(), FsError> {
+    let rel = dir.strip_prefix(home).unwrap_or(dir);
+    let mut current = home.to_path_buf();
+    if !home.is_dir() {
+        fs::create_dir_all(home).at("create directory", home)?;
+        if let Some(parent) = home.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    for component in rel.components() {
+        current.push(component);
+        match fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(symlink_refused(&current));
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(FsError::new(
+                    "use as a directory",
+                    &current,
+                    io::Error::new(io::ErrorKind::AlreadyExists, "a file is in the way"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::create_dir(&current) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(FsError::new("create directory", &current, e)),
+                }
+                sync_dir(current.parent().unwrap_or(home))?;
+            }
+            Err(e) => return Err(FsError::new("inspect", &current, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The error for a symlink found where the store expects a file or directory.
+pub fn symlink_refused(path: &Path) -> FsError {
+    FsError::new(
+        "use",
+        path,
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it is a symlink, which the store never follows",
+        ),
+    )
+}
+
+/// A temp file that was written but not yet renamed; removed on drop unless persisted.
+pub type TempPath = tempfile::TempPath;
+
+/// Writes `bytes` to a new temp file in `tmp_dir` (named `<prefix>…​.tmp`) with `mode`.
+/// When `durable`, the file is fsynced before this returns.
+pub fn write_temp(
+    tmp_dir: &Path,
+    prefix: &str,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> Result<TempPath, FsError> {
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(tmp_dir)
+        .at("create a temp file in", tmp_dir)?;
+    let path = file.path().to_path_buf();
+    file.write_all(bytes).at("write", &path)?;
+    if durable {
+        file.as_file().sync_all().at("fsync", &path)?;
+    }
+    Ok(file.into_temp_path())
+}
+
+/// Renames a written temp file to `target` (replacing it atomically).
+pub fn rename_into_place(temp: TempPath, target: &Path) -> Result<(), FsError> {
+    temp.persist(target)
+        .map_err(|e| FsError::new("rename a temp file to", target, e.error))
+}
+
+/// Atomically and durably replaces `target` with `bytes`: a temp file in `tmp_dir` (which
+/// must be on the same file system, normally `target`'s own directory), fsync, rename,
+/// fsync of `target`'s directory. A crash leaves the old content or the new, never a mix.
+pub fn write_atomic(target: &Path, tmp_dir: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+    let prefix = target
+        .file_name()
+        .map(|n| format!("{}.", n.to_string_lossy()))
+        .unwrap_or_default();
+    let temp = write_temp(tmp_dir, &prefix, bytes, mode, true)?;
+    rename_into_place(temp, target)?;
+    sync_dir(target.parent().unwrap_or(Path::new(".")))
+}
+
+/// Durably creates `target` with `bytes` only if nothing is there yet (temp file, fsync,
+/// hard link, fsync of the directory). Returns `false` when `target` already existed.
+pub fn create_new_atomic(
+    target: &Path,
+    tmp_dir: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<bool, FsError> {
+    let temp = write_temp(tmp_dir, ".new.", bytes, mode, true)?;
+    match fs::hard_link(&temp, target) {
+        Ok(()) => {
+            drop(temp);
+            sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(FsError::new("link a temp file to", target, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("HEAD");
+        write_atomic(&target, dir.path(), b"one\n", 0o644).unwrap();
+        write_atomic(&target, dir.path(), b"two\n", 0o644).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two\n");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_new_refuses_to_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.json");
+        assert!(create_new_atomic(&target, dir.path(), b"a", 0o644).unwrap());
+        assert!(!create_new_atomic(&target, dir.path(), b"b", 0o644).unwrap());
+        assert_eq!(fs::read(&target).unwrap(), b"a");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn ensure_dir_refuses_symlinks() {
+        let home = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), home.path().join("events")).unwrap();
+        let err = ensure_dir(home.path(), &home.path().join("events/api/job")).unwrap_err();
+        assert!(err.to_string().contains("events"), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn read_nofollow_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("real"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let err = read_nofollow(&dir.path().join("link")).unwrap_err();
+        assert!(is_symlink_refusal(&err), "{err}");
+    }
+}

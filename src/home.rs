@@ -1,0 +1,74 @@
+//! The store's home directory (`PRODIGY_HOME`, else `~/.prodigy`) and its layout.
+
+use std::path::{Path, PathBuf};
+
+/// The environment variable naming the home.
+pub const HOME_ENV: &str = "PRODIGY_HOME";
+
+/// Failure to find a home directory.
+#[derive(Debug, thiserror::Error)]
+pub enum HomeError {
+    /// Neither `PRODIGY_HOME` nor a user home directory is known.
+    #[error("cannot find a home for the store: set PRODIGY_HOME or HOME")]
+    NoHome,
+    /// The current directory, needed to make a relative home absolute, is unknown.
+    #[error("cannot make the home '{}' absolute", path.display())]
+    Relative {
+        /// The relative home.
+        path: PathBuf,
+        /// Why the current directory is unknown.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The root of a store and the paths inside it (see DESIGN.md §1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// The home at `root`, made absolute against the current directory.
+    pub fn at(root: impl AsRef<Path>) -> Result<Home, HomeError> {
+        let root = root.as_ref();
+        let root = std::path::absolute(root).map_err(|source| HomeError::Relative {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        Ok(Home { root })
+    }
+
+    /// `PRODIGY_HOME` if set and not empty, else `~/.prodigy`.
+    pub fn from_env() -> Result<Home, HomeError> {
+        match std::env::var_os(HOME_ENV) {
+            Some(dir) if !dir.is_empty() => Home::at(dir),
+            _ => Home::at(dirs::home_dir().ok_or(HomeError::NoHome)?.join(".prodigy")),
+        }
+    }
+
+    /// The home directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `objects/`: loose objects in fan-out directories, packs, temp files.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    /// `objects/tmp/`: where object temp files are written before their rename.
+    pub fn objects_tmp_dir(&self) -> PathBuf {
+        self.root.join("objects").join("tmp")
+    }
+
+    /// `repos/`: one record per repo name (see [`crate::repo`]).
+    pub fn repos_dir(&self) -> PathBuf {
+        self.root.join("repos")
+    }
+
+    /// `<kind>/`: the directory holding every ref of one kind.
+    pub fn kind_dir(&self, kind: &str) -> PathBuf {
+        self.root.join(kind)
+    }
+}

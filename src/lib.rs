@@ -1,0 +1,23 @@
+//! prodigy keeps the runtime data of MapReduce workflows — event logs, dead-letter queues,
+//! job checkpoints — in one global, content-addressed store shared by every git worktree.
+//!
+//! The layers, lowest first (a lower layer never imports a higher one):
+//! [`names`] and [`home`] → [`fsutil`] and [`lock`] → [`object`] → [`refs`] → [`repo`],
+//! [`storage`], [`fsck`] → [`cli`]. The library never prints; the command line writes to
+//! the streams its caller hands in.
+
+pub mod cli;
+pub mod fsck;
+pub mod fsutil;
+pub mod home;
+pub mod lock;
+pub mod names;
+pub mod object;
+pub mod refs;
+pub mod repo;
+pub mod storage;
+
+pub use home::Home;
+pub use object::{Object, ObjectError, ObjectId, ObjectStore, ObjectType};
+pub use refs::{Expect, RefError, RefKind, RefName, RefStore};
+pub use repo::{extract_repo_name, resolve_repo_name};

@@ -1,0 +1,195 @@
+//! The one lock helper: OS advisory file locks (`std::fs::File::lock`), released by the
+//! kernel when the holder dies, taken with a deadline.
+//!
+//! An uncontended lock costs one `try_lock`. A contended one blocks in the kernel (no
+//! polling with sleeps) on a helper thread, so that the caller can give up at its deadline;
+//! if the caller has given up, the helper releases the lock as soon as it gets it.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::fsutil::{FsError, IoContext};
+
+/// How long a lock is waited for when nothing else is said.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The environment variable that overrides the lock timeout (`2s`, `500ms`, `1m`).
+pub const LOCK_TIMEOUT_ENV: &str = "PRODIGY_LOCK_TIMEOUT";
+
+/// Called once, before blocking, when a lock is held by someone else.
+pub type WaitHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// How to wait for a lock.
+#[derive(Clone)]
+pub struct LockOptions {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Told when the lock is busy, so a front end can say "waiting for lock on …".
+    pub on_wait: Option<WaitHook>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            timeout: DEFAULT_LOCK_TIMEOUT,
+            on_wait: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LockOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockOptions")
+            .field("timeout", &self.timeout)
+            .field("on_wait", &self.on_wait.is_some())
+            .finish()
+    }
+}
+
+impl LockOptions {
+    /// The defaults, with the timeout taken from `PRODIGY_LOCK_TIMEOUT` when it is set and
+    /// parses.
+    pub fn from_env() -> LockOptions {
+        let timeout = std::env::var(LOCK_TIMEOUT_ENV)
+            .ok()
+            .and_then(|v| humantime::parse_duration(v.trim()).ok())
+            .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+        LockOptions {
+            timeout,
+            on_wait: None,
+        }
+    }
+}
+
+/// Exclusive (writers of one ref) or shared (many holders at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// One holder.
+    Exclusive,
+    /// Any number of shared holders, no exclusive one.
+    Shared,
+}
+
+/// Failure to take a lock.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock file could not be opened or locked.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// Someone else held the lock past the deadline.
+    #[error("timed out after {} waiting for lock on '{}' (another prodigy process holds it)", humantime::format_duration(*.waited), .path.display())]
+    Timeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// A held lock; dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+/// Takes the lock on `path` (creating the file, never through a symlink), waiting at most
+/// `opts.timeout`.
+pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard, LockError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .at("open lock file", path)?;
+    let attempt = match mode {
+        LockMode::Exclusive => file.try_lock(),
+        LockMode::Shared => file.try_lock_shared(),
+    };
+    match attempt {
+        Ok(()) => return Ok(LockGuard { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(FsError::new("lock", path, e).into()),
+    }
+    if let Some(hook) = &opts.on_wait {
+        hook(path);
+    }
+    let start = Instant::now();
+    let helper_file = file.try_clone().at("duplicate lock file handle", path)?;
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let result = match mode {
+            LockMode::Exclusive => helper_file.lock(),
+            LockMode::Shared => helper_file.lock_shared(),
+        };
+        // The lock belongs to the open file description, shared with the caller's handle.
+        // If the caller has already given up, release it at once.
+        if tx.send(result).is_err() {
+            let _ = helper_file.unlock();
+        }
+    });
+    match rx.recv_timeout(opts.timeout) {
+        Ok(Ok(())) => Ok(LockGuard { _file: file }),
+        Ok(Err(e)) => Err(FsError::new("lock", path, e).into()),
+        Err(_) => Err(LockError::Timeout {
+            path: path.to_path_buf(),
+            waited: start.elapsed(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn times_out_and_tells_the_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = lock(&path, LockMode::Exclusive, &LockOptions::default()).unwrap();
+        let told = Arc::new(AtomicUsize::new(0));
+        let told2 = told.clone();
+        let opts = LockOptions {
+            timeout: Duration::from_millis(100),
+            on_wait: Some(Arc::new(move |_| {
+                told2.fetch_add(1, Ordering::SeqCst);
+            })),
+        };
+        let err = lock(&path, LockMode::Exclusive, &opts).unwrap_err();
+        assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+        assert_eq!(told.load(Ordering::SeqCst), 1);
+        drop(held);
+        // The abandoned helper must not keep the lock once it got it.
+        let again = lock(
+            &path,
+            LockMode::Exclusive,
+            &LockOptions {
+                timeout: Duration::from_secs(5),
+                on_wait: None,
+            },
+        );
+        assert!(again.is_ok());
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_exclude_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gc.lock");
+        let opts = LockOptions {
+            timeout: Duration::from_millis(50),
+            on_wait: None,
+        };
+        let a = lock(&path, LockMode::Shared, &opts).unwrap();
+        let b = lock(&path, LockMode::Shared, &opts).unwrap();
+        assert!(lock(&path, LockMode::Exclusive, &opts).is_err());
+        drop((a, b));
+        assert!(lock(&path, LockMode::Exclusive, &opts).is_ok());
+    }
+}

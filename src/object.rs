@@ -1,0 +1,889 @@
+//! Content-addressed objects: `<type> <len>\0<payload>`, named by its BLAKE3 hash, stored
+//! as one zstd frame at `objects/<2 hex>/<62 hex>` (DESIGN.md §4).
+//!
+//! Every read is verified: the frame must be exactly one zstd frame, must not expand past
+//! the size it declares (nor past [`MAX_OBJECT_SIZE`]), and must hash to its name. Nothing
+//! corrupt is ever returned as data.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::fsutil::{self, FsError, IoContext, TempPath};
+use crate::home::Home;
+
+/// The largest payload an object may have (1 GiB). A frame declaring more is refused before
+/// anything is allocated.
+pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
+
+/// The zstd level objects are written with (see ARCHITECTURE.md, "Compression level").
+pub const COMPRESSION_LEVEL: i32 = 1;
+
+/// The shortest id prefix that is resolved.
+pub const MIN_PREFIX_LEN: usize = 4;
+
+/// A BLAKE3 object id, shown as 64 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId([u8; 32]);
+
+impl ObjectId {
+    /// The all-zero id, which names no object; reflogs use it for "no value".
+    pub const ZERO: ObjectId = ObjectId([0; 32]);
+
+    /// The id of an object with this type and payload.
+    pub fn hash(kind: ObjectType, payload: &[u8]) -> ObjectId {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(header(kind, payload.len()).as_bytes());
+        hasher.update(payload);
+        ObjectId(*hasher.finalize().as_bytes())
+    }
+
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64-digit hex form.
+    pub fn to_hex(&self) -> String {
+        self.to_string()
+    }
+
+    /// True for [`ObjectId::ZERO`].
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 32]
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = ObjectError;
+
+    /// Parses exactly 64 lower-case hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ObjectError::BadId { text: s.to_owned() });
+        }
+        blake3::Hash::from_hex(s)
+            .map(|h| ObjectId(*h.as_bytes()))
+            .map_err(|_| ObjectError::BadId { text: s.to_owned() })
+    }
+}
+
+impl serde::Serialize for ObjectId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The type of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectType {
+    /// Arbitrary bytes.
+    Blob,
+    /// An event batch: JSON Lines.
+    Batch,
+    /// An event-log node (JSON).
+    Log,
+    /// A dead-letter-queue snapshot (JSON).
+    Dlq,
+    /// One dead-lettered item (JSON).
+    Item,
+    /// A job checkpoint (JSON).
+    Checkpoint,
+    /// A job's work-item list (JSON).
+    Items,
+}
+
+impl ObjectType {
+    /// Every type, in the order of DESIGN.md §4.
+    pub const ALL: [ObjectType; 7] = [
+        ObjectType::Blob,
+        ObjectType::Batch,
+        ObjectType::Log,
+        ObjectType::Dlq,
+        ObjectType::Item,
+        ObjectType::Checkpoint,
+        ObjectType::Items,
+    ];
+
+    /// The name written in the canonical header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectType::Blob => "blob",
+            ObjectType::Batch => "batch",
+            ObjectType::Log => "log",
+            ObjectType::Dlq => "dlq",
+            ObjectType::Item => "item",
+            ObjectType::Checkpoint => "checkpoint",
+            ObjectType::Items => "items",
+        }
+    }
+
+    /// True for the types whose payload is one JSON document.
+    pub fn is_json(self) -> bool {
+        !matches!(self, ObjectType::Blob | ObjectType::Batch)
+    }
+}
+
+impl fmt::Display for ObjectType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ObjectType {
+    type Err = ObjectError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ObjectType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| ObjectError::BadType { name: s.to_owned() })
+    }
+}
+
+/// A verified object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// Its type.
+    pub kind: ObjectType,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// Failures of the object layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The object is not in the store.
+    #[error("object {id} not found")]
+    NotFound {
+        /// The missing id.
+        id: ObjectId,
+    },
+    /// The object file exists but is not a valid object with that id.
+    #[error("object {id} at '{}' is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The object's id (its file name).
+        id: ObjectId,
+        /// Its file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Text that is neither an id nor an id prefix.
+    #[error("{text:?} is not an object id (64 hex digits) or a prefix of at least 4")]
+    BadId {
+        /// The text given.
+        text: String,
+    },
+    /// No object matches a prefix.
+    #[error("no object matches the prefix {prefix}")]
+    NoMatch {
+        /// The prefix.
+        prefix: String,
+    },
+    /// More than one object matches a prefix.
+    #[error("the prefix {prefix} is ambiguous: {} objects match", candidates.len())]
+    Ambiguous {
+        /// The prefix.
+        prefix: String,
+        /// Every matching id, sorted.
+        candidates: Vec<ObjectId>,
+    },
+    /// An unknown object type name.
+    #[error("unknown object type {name:?} (known: blob, batch, log, dlq, item, checkpoint, items)")]
+    BadType {
+        /// The name given.
+        name: String,
+    },
+    /// A payload larger than [`MAX_OBJECT_SIZE`].
+    #[error("cannot store {size} bytes in one object: the limit is {MAX_OBJECT_SIZE}")]
+    TooLarge {
+        /// The payload size.
+        size: u64,
+    },
+    /// A payload that does not fit its type (e.g. a `log` object that is not JSON).
+    #[error("payload is not a valid {kind} object: {reason}")]
+    BadPayload {
+        /// The type it was meant to be.
+        kind: ObjectType,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn header(kind: ObjectType, len: usize) -> String {
+    format!("{} {}\0", kind.as_str(), len)
+}
+
+/// Checks that a payload fits its type: JSON types must hold one JSON document, `batch`
+/// objects one JSON document per line. `blob` takes anything.
+pub fn check_payload(kind: ObjectType, payload: &[u8]) -> Result<(), ObjectError> {
+    let bad = |reason: String| ObjectError::BadPayload { kind, reason };
+    match kind {
+        ObjectType::Blob => Ok(()),
+        ObjectType::Batch => {
+            for (n, line) in payload.split(|b| *b == b'\n').enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                    .map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+            }
+            Ok(())
+        }
+        _ => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+            .map(|_| ())
+            .map_err(|e| bad(e.to_string())),
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// The canonical bytes of an object, compressed into one zstd frame (with its content size
+/// recorded), and its id.
+pub fn encode(kind: ObjectType, payload: &[u8]) -> Result<(ObjectId, Vec<u8>), ObjectError> {
+    if payload.len() as u64 > MAX_OBJECT_SIZE {
+        return Err(ObjectError::TooLarge {
+            size: payload.len() as u64,
+        });
+    }
+    let mut canonical = header(kind, payload.len()).into_bytes();
+    canonical.extend_from_slice(payload);
+    let id = ObjectId(*blake3::hash(&canonical).as_bytes());
+    let frame = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?);
+        }
+        slot.as_mut()
+            .map(|c| c.compress(&canonical))
+            .unwrap_or_else(|| unreachable_io())
+    });
+    let frame = frame.map_err(|e| FsError::new("compress object", id.to_string(), e))?;
+    Ok((id, frame))
+}
+
+fn unreachable_io<T>() -> io::Result<T> {
+    Err(io::Error::other("compression context missing"))
+}
+
+/// Decodes and verifies the bytes of an object file. `path` is only used in errors.
+pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, ObjectError> {
+    let corrupt = |reason: String| ObjectError::Corrupt {
+        id: *id,
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.is_empty() {
+        return Err(corrupt("the file is empty".into()));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(bytes) {
+        Ok(n) if n == bytes.len() => {}
+        Ok(n) => {
+            return Err(corrupt(format!(
+                "{} bytes follow the zstd frame",
+                bytes.len() - n
+            )));
+        }
+        Err(code) => {
+            return Err(corrupt(format!(
+                "not a complete zstd frame ({})",
+                zstd::zstd_safe::get_error_name(code)
+            )));
+        }
+    }
+    let limit = MAX_OBJECT_SIZE + 64;
+    let canonical = match zstd::zstd_safe::get_frame_content_size(bytes) {
+        Ok(Some(size)) if size > limit => {
+            return Err(corrupt(format!(
+                "the frame declares {size} bytes, above the limit of {limit}"
+            )));
+        }
+        Ok(Some(size)) => {
+            let mut out = Vec::with_capacity(size as usize);
+            let written = DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new()?);
+                }
+                slot.as_mut()
+                    .map(|d| d.decompress_to_buffer(bytes, &mut out))
+                    .unwrap_or_else(|| unreachable_io())
+            });
+            match written {
+                Ok(n) if n as u64 == size => out,
+                Ok(n) => {
+                    return Err(corrupt(format!(
+                        "the frame declares {size} bytes but holds {n}"
+                    )));
+                }
+                Err(e) => return Err(corrupt(format!("zstd: {e}"))),
+            }
+        }
+        Ok(None) => decode_unsized(bytes, limit).map_err(corrupt)?,
+        Err(_) => return Err(corrupt("bad zstd frame header".into())),
+    };
+    let (kind, payload_at) = parse_header(&canonical).map_err(corrupt)?;
+    let actual = ObjectId(*blake3::hash(&canonical).as_bytes());
+    if actual != *id {
+        return Err(corrupt(format!("its content hashes to {actual}")));
+    }
+    let mut payload = canonical;
+    payload.drain(..payload_at);
+    Ok(Object { kind, payload })
+}
+
+/// Decompresses a frame that does not record its size: the header is read first, then
+/// exactly the declared length, then the stream must end. Nothing larger than the declared
+/// size (itself capped at `limit`) is ever allocated.
+fn decode_unsized(bytes: &[u8], limit: u64) -> Result<Vec<u8>, String> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(bytes)
+        .map_err(|e| format!("zstd: {e}"))?
+        .single_frame();
+    let mut head = Vec::with_capacity(32);
+    let mut byte = [0u8; 1];
+    loop {
+        match decoder.read(&mut byte) {
+            Ok(0) => return Err("the content ends inside its header".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("zstd: {e}")),
+        }
+        if byte[0] == 0 {
+            break;
+        }
+        if head.len() > 32 {
+            return Err("no valid header in the first 32 bytes".into());
+        }
+    }
+    let (_, _) = parse_header_prefix(&head)?;
+    let declared = declared_len(&head)?;
+    let total = head.len() as u64 + declared;
+    if total > limit {
+        return Err(format!(
+            "the header declares {declared} bytes, above the limit of {MAX_OBJECT_SIZE}"
+        ));
+    }
+    let mut out = head;
+    out.reserve_exact(declared as usize);
+    (&mut decoder)
+        .take(declared)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    if out.len() as u64 != total {
+        return Err(format!(
+            "the content is shorter than the {declared} bytes its header declares"
+        ));
+    }
+    match decoder.read(&mut byte) {
+        Ok(0) => Ok(out),
+        Ok(_) => Err(format!(
+            "the content expands beyond the {declared} bytes its header declares"
+        )),
+        Err(e) => Err(format!("zstd: {e}")),
+    }
+}
+
+/// Parses `<type> <len>\0` at the start of `head` (which ends at the NUL).
+fn parse_header_prefix(head: &[u8]) -> Result<(ObjectType, usize), String> {
+    let nul = head
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or("no header terminator")?;
+    let text = std::str::from_utf8(&head[..nul]).map_err(|_| "the header is not text")?;
+    let (kind, len) = text
+        .split_once(' ')
+        .ok_or_else(|| format!("malformed header {text:?}"))?;
+    let kind = ObjectType::from_str(kind).map_err(|e| e.to_string())?;
+    let canonical_len = len.len() == 1 || !len.starts_with('0');
+    if !canonical_len || len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("malformed length in header {text:?}"));
+    }
+    Ok((kind, nul + 1))
+}
+
+fn declared_len(head: &[u8]) -> Result<u64, String> {
+    let text = std::str::from_utf8(&head[..head.len() - 1]).map_err(|_| "header not text")?;
+    let (_, len) = text.split_once(' ').ok_or("malformed header")?;
+    len.parse::<u64>()
+        .map_err(|_| format!("malformed length {len:?}"))
+}
+
+/// Parses and checks the header of full canonical bytes; returns the type and where the
+/// payload starts.
+fn parse_header(canonical: &[u8]) -> Result<(ObjectType, usize), String> {
+    let window = &canonical[..canonical.len().min(32)];
+    let (kind, payload_at) = parse_header_prefix(window)?;
+    let declared = declared_len(&canonical[..payload_at])?;
+    let actual = (canonical.len() - payload_at) as u64;
+    if declared != actual {
+        return Err(format!(
+            "the header declares {declared} bytes but {actual} follow"
+        ));
+    }
+    Ok((kind, payload_at))
+}
+
+/// The loose-object store of a home.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    home: PathBuf,
+    objects: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ObjectStore {
+    /// The object store of `home`.
+    pub fn new(home: &Home) -> ObjectStore {
+        ObjectStore {
+            home: home.root().to_path_buf(),
+            objects: home.objects_dir(),
+            tmp: home.objects_tmp_dir(),
+        }
+    }
+
+    /// The file of a loose object.
+    pub fn path(&self, id: &ObjectId) -> PathBuf {
+        let hex = id.to_string();
+        self.objects.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// The `objects/` directory.
+    pub fn dir(&self) -> &Path {
+        &self.objects
+    }
+
+    /// The `objects/tmp/` directory.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// True when a regular file is stored under `id` (not verified; see [`Self::read`]).
+    pub fn contains(&self, id: &ObjectId) -> Result<bool, ObjectError> {
+        let path = self.path(id);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) => Ok(meta.is_file()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(FsError::new("inspect", path, e).into()),
+        }
+    }
+
+    /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
+    /// returns its id. An object that is already stored is not written again.
+    pub fn write(&self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
+        let id = ObjectId::hash(kind, payload);
+        if self.contains(&id)? {
+            return Ok(id);
+        }
+        let (id, frame) = encode(kind, payload)?;
+        let path = self.path(&id);
+        let fanout = path.parent().unwrap_or(&self.objects);
+        fsutil::ensure_dir(&self.home, fanout)?;
+        fsutil::ensure_dir(&self.home, &self.tmp)?;
+        let temp = fsutil::write_temp(&self.tmp, "obj-", &frame, 0o444, true)?;
+        fsutil::rename_into_place(temp, &path)?;
+        fsutil::sync_dir(fanout)?;
+        Ok(id)
+    }
+
+    /// Starts a group of writes that share one durability barrier (see [`ObjectBatch`]).
+    pub fn batch(&self) -> ObjectBatch<'_> {
+        ObjectBatch {
+            store: self,
+            pending: Vec::new(),
+            seen: HashSet::new(),
+            dirs_ready: [false; 256],
+        }
+    }
+
+    /// Reads and verifies an object.
+    pub fn read(&self, id: &ObjectId) -> Result<Object, ObjectError> {
+        let path = self.path(id);
+        let bytes = match fsutil::read_nofollow(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ObjectError::NotFound { id: *id });
+            }
+            Err(e) if fsutil::is_symlink_refusal(&e) => {
+                return Err(ObjectError::Corrupt {
+                    id: *id,
+                    path,
+                    reason: "it is a symlink, which the store never follows".into(),
+                });
+            }
+            Err(e) => return Err(FsError::new("read object", path, e).into()),
+        };
+        self.check_fanout(id, &path)?;
+        decode(id, &path, &bytes)
+    }
+
+    /// Refuses an object whose fan-out directory is a symlink (which could point anywhere).
+    fn check_fanout(&self, id: &ObjectId, path: &Path) -> Result<(), ObjectError> {
+        let fanout = path.parent().unwrap_or(&self.objects);
+        match fs::symlink_metadata(fanout) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(ObjectError::Corrupt {
+                id: *id,
+                path: path.to_path_buf(),
+                reason: format!("'{}' is not a real directory", fanout.display()),
+            }),
+            Err(e) => Err(FsError::new("inspect", fanout, e).into()),
+        }
+    }
+
+    /// Resolves a full id or a unique prefix of at least [`MIN_PREFIX_LEN`] hex digits
+    /// (either case) to the id of a stored object.
+    pub fn resolve(&self, text: &str) -> Result<ObjectId, ObjectError> {
+        let lower = text.to_ascii_lowercase();
+        let is_hex = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex || lower.len() < MIN_PREFIX_LEN || lower.len() > 64 {
+            return Err(ObjectError::BadId {
+                text: text.to_owned(),
+            });
+        }
+        if lower.len() == 64 {
+            let id: ObjectId = lower.parse()?;
+            return if self.contains(&id)? {
+                Ok(id)
+            } else {
+                Err(ObjectError::NotFound { id })
+            };
+        }
+        let dir = self.objects.join(&lower[..2]);
+        let rest = &lower[2..];
+        let mut candidates = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ObjectError::NoMatch { prefix: lower });
+            }
+            Err(e) => return Err(FsError::new("list", dir, e).into()),
+        };
+        for entry in entries {
+            let entry = entry.at("list", &dir)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() == 62 && name.starts_with(rest) {
+                if let Ok(id) = format!("{}{name}", &lower[..2]).parse() {
+                    candidates.push(id);
+                }
+            }
+        }
+        candidates.sort();
+        match candidates.len() {
+            0 => Err(ObjectError::NoMatch { prefix: lower }),
+            1 => Ok(candidates[0]),
+            _ => Err(ObjectError::Ambiguous {
+                prefix: lower,
+                candidates,
+            }),
+        }
+    }
+
+    /// Every loose object file: `(id, path)`, sorted by id. Files whose names are not ids
+    /// are returned in the second list.
+    pub fn list_loose(&self) -> Result<(Vec<(ObjectId, PathBuf)>, Vec<PathBuf>), ObjectError> {
+        let mut ids = Vec::new();
+        let mut strays = Vec::new();
+        let entries = match fs::read_dir(&self.objects) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((ids, strays)),
+            Err(e) => return Err(FsError::new("list", &self.objects, e).into()),
+        };
+        for entry in entries {
+            let entry = entry.at("list", &self.objects)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name == "tmp" || name == "pack" {
+                continue;
+            }
+            let is_fanout =
+                name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if !is_fanout || !is_dir {
+                strays.push(path);
+                continue;
+            }
+            for inner in fs::read_dir(&path).at("list", &path)? {
+                let inner = inner.at("list", &path)?;
+                let file = inner.file_name().to_string_lossy().into_owned();
+                match format!("{name}{file}").parse::<ObjectId>() {
+                    Ok(id) if file.len() == 62 => ids.push((id, inner.path())),
+                    _ => strays.push(inner.path()),
+                }
+            }
+        }
+        ids.sort();
+        strays.sort();
+        Ok((ids, strays))
+    }
+}
+
+/// A group of object writes with one durability barrier for all of them, as git's
+/// `core.fsyncMethod=batch`: each object goes to a temp file without fsync; [`commit`]
+/// flushes the file system once, renames every temp file into place, and flushes once
+/// more. Until `commit` returns, none of the objects may be acknowledged. Dropping an
+/// uncommitted batch removes its temp files.
+///
+/// [`commit`]: ObjectBatch::commit
+pub struct ObjectBatch<'a> {
+    store: &'a ObjectStore,
+    pending: Vec<(TempPath, PathBuf)>,
+    seen: HashSet<ObjectId>,
+    dirs_ready: [bool; 256],
+}
+
+impl ObjectBatch<'_> {
+    /// Adds an object; returns its id (valid only once [`Self::commit`] has returned).
+    pub fn add(&mut self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
+        let id = ObjectId::hash(kind, payload);
+        if self.seen.contains(&id) || self.store.contains(&id)? {
+            return Ok(id);
+        }
+        if self.pending.is_empty() {
+            fsutil::ensure_dir(&self.store.home, &self.store.tmp)?;
+        }
+        let (id, frame) = encode(kind, payload)?;
+        let temp = fsutil::write_temp(
+            &self.store.tmp,
+            "obj-",
+            &frame,
+            0o444,
+            !fsutil::BATCH_BARRIER_IS_FILESYSTEM_WIDE,
+        )?;
+        self.pending.push((temp, self.store.path(&id)));
+        self.seen.insert(id);
+        Ok(id)
+    }
+
+    /// Number of objects that this batch will write.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// True when the batch will write nothing.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Makes every added object durable: barrier, renames, barrier.
+    pub fn commit(mut self) -> Result<(), ObjectError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let store = self.store;
+        fsutil::sync_filesystem(&store.tmp)?;
+        let mut touched = Vec::new();
+        for (temp, path) in self.pending.drain(..) {
+            let fanout = path.parent().unwrap_or(&store.objects).to_path_buf();
+            let slot = usize::from(u8::from_str_radix(&path_fanout_name(&fanout), 16).unwrap_or(0));
+            if !self.dirs_ready[slot] {
+                fsutil::ensure_dir(&store.home, &fanout)?;
+                self.dirs_ready[slot] = true;
+                touched.push(fanout);
+            }
+            fsutil::rename_into_place(temp, &path)?;
+        }
+        if fsutil::BATCH_BARRIER_IS_FILESYSTEM_WIDE {
+            fsutil::sync_filesystem(&store.tmp)?;
+        } else {
+            for dir in touched {
+                fsutil::sync_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path_fanout_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ObjectStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        (dir, ObjectStore::new(&home))
+    }
+
+    #[test]
+    fn id_is_blake3_of_canonical_bytes() {
+        let id = ObjectId::hash(ObjectType::Blob, b"hello");
+        assert_eq!(
+            id.to_string(),
+            blake3::hash(b"blob 5\0hello").to_hex().as_str()
+        );
+    }
+
+    #[test]
+    fn write_read_dedup() {
+        let (_dir, store) = store();
+        let id = store.write(ObjectType::Log, b"{\"a\":1}").unwrap();
+        let path = store.path(&id);
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(store.write(ObjectType::Log, b"{\"a\":1}").unwrap(), id);
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        let obj = store.read(&id).unwrap();
+        assert_eq!(obj.kind, ObjectType::Log);
+        assert_eq!(obj.payload, b"{\"a\":1}");
+        let raw = zstd::decode_all(&fs::read(&path).unwrap()[..]).unwrap();
+        assert_eq!(raw, b"log 7\0{\"a\":1}");
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn batch_writes_and_dedups() {
+        let (_dir, store) = store();
+        let mut batch = store.batch();
+        let a = batch.add(ObjectType::Blob, b"a").unwrap();
+        let again = batch.add(ObjectType::Blob, b"a").unwrap();
+        let b = batch.add(ObjectType::Blob, b"b").unwrap();
+        assert_eq!(a, again);
+        assert_eq!(batch.len(), 2);
+        batch.commit().unwrap();
+        assert_eq!(store.read(&a).unwrap().payload, b"a");
+        assert_eq!(store.read(&b).unwrap().payload, b"b");
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_batch_leaves_nothing() {
+        let (_dir, store) = store();
+        let mut batch = store.batch();
+        let a = batch.add(ObjectType::Blob, b"a").unwrap();
+        drop(batch);
+        assert!(!store.contains(&a).unwrap());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_noncanonical_headers() {
+        for head in ["blob 05\0", "blob \0", "blob 5 \0", "nope 5\0", "blob -5\0"] {
+            let mut canonical = head.as_bytes().to_vec();
+            canonical.extend_from_slice(b"hello");
+            assert!(parse_header(&canonical).is_err(), "{head:?}");
+        }
+        assert!(parse_header(b"blob 5\0hell").is_err());
+        assert!(parse_header(b"blob 0\0").is_ok());
+    }
+
+    #[test]
+    fn refuses_trailing_frames() {
+        let (_dir, store) = store();
+        let id = store.write(ObjectType::Blob, b"x").unwrap();
+        let path = store.path(&id);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.extend(zstd::encode_all(&b"more"[..], 1).unwrap());
+        let err = decode(&id, &path, &bytes).unwrap_err().to_string();
+        assert!(err.contains("follow the zstd frame"), "{err}");
+    }
+
+    #[test]
+    fn unsized_frames_are_capped_by_their_header() {
+        use std::io::Write;
+        let id = ObjectId::hash(ObjectType::Blob, b"0123456789");
+        // A frame without a recorded size, whose content runs 30 MB past its header.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.write_all(b"blob 10\0").unwrap();
+        enc.write_all(&vec![b'0'; 30 << 20]).unwrap();
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 4096, "bomb is {} bytes", bomb.len());
+        let err = decode(&id, Path::new("x"), &bomb).unwrap_err().to_string();
+        assert!(err.contains("expands beyond the 10 bytes"), "{err}");
+        // The same without the flood decodes fine.
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        enc.write_all(b"blob 10\x000123456789").unwrap();
+        let ok = enc.finish().unwrap();
+        assert_eq!(
+            decode(&id, Path::new("x"), &ok).unwrap().payload,
+            b"0123456789"
+        );
+    }
+
+    #[test]
+    fn prefixes_resolve_or_list_candidates() {
+        let (_dir, store) = store();
+        // Hashes are deterministic, so this finds the same 4-digit collision every run.
+        let mut seen = std::collections::HashMap::new();
+        let mut batch = store.batch();
+        let mut collision = None;
+        for n in 0..100_000 {
+            let id = batch
+                .add(ObjectType::Blob, format!("{n}").as_bytes())
+                .unwrap();
+            if let Some(other) = seen.insert(id.to_string()[..4].to_owned(), id) {
+                collision = Some((other, id));
+                break;
+            }
+        }
+        batch.commit().unwrap();
+        let (first, second) = collision.unwrap();
+        let prefix = &first.to_string()[..4];
+        match store.resolve(prefix) {
+            Err(ObjectError::Ambiguous { candidates, .. }) => {
+                let mut want = vec![first, second];
+                want.sort();
+                assert_eq!(candidates, want);
+            }
+            other => panic!("{other:?}"),
+        }
+        let hex = first.to_string();
+        let unique = (5..=64)
+            .map(|n| &hex[..n])
+            .find(|p| !second.to_string().starts_with(p))
+            .unwrap();
+        assert_eq!(store.resolve(unique).unwrap(), first);
+        assert_eq!(store.resolve(&hex.to_uppercase()).unwrap(), first);
+        assert!(matches!(
+            store.resolve(&hex[..3]),
+            Err(ObjectError::BadId { .. })
+        ));
+        assert!(matches!(
+            store.resolve("zzzz"),
+            Err(ObjectError::BadId { .. })
+        ));
+        let absent = (0..=0xffffu32)
+            .map(|n| format!("{n:04x}"))
+            .find(|p| !seen.contains_key(p))
+            .unwrap();
+        assert!(matches!(
+            store.resolve(&absent),
+            Err(ObjectError::NoMatch { .. })
+        ));
+    }
+}

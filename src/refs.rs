@@ -1,0 +1,661 @@
+//! Refs: small mutable files `<kind>/<repo>/<job>/HEAD` naming an object, changed only by
+//! compare-and-swap under the ref's lock, with a reflog line per change (DESIGN.md §5).
+//!
+//! Readers take no lock: `HEAD` is only ever replaced by rename, so it is always a whole
+//! old or new value.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::fsutil::{self, FsError, IoContext};
+use crate::home::Home;
+use crate::lock::{self, LockError, LockMode, LockOptions};
+use crate::names::{self, NameError};
+use crate::object::{ObjectError, ObjectId, ObjectStore};
+
+/// The kinds of refs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefKind {
+    /// A job's event log (newest `log` node).
+    Events,
+    /// A job's dead-letter queue (newest `dlq` snapshot).
+    Dlq,
+    /// A job's checkpoints (newest `checkpoint`).
+    State,
+    /// Archived event batches of a job.
+    Archive,
+}
+
+impl RefKind {
+    /// Every kind, sorted by name.
+    pub const ALL: [RefKind; 4] = [
+        RefKind::Archive,
+        RefKind::Dlq,
+        RefKind::Events,
+        RefKind::State,
+    ];
+
+    /// The directory name under the home.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Events => "events",
+            RefKind::Dlq => "dlq",
+            RefKind::State => "state",
+            RefKind::Archive => "archive",
+        }
+    }
+}
+
+impl fmt::Display for RefKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated ref name, `<kind>/<repo>/<job>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RefName {
+    kind: RefKind,
+    repo: String,
+    job: String,
+}
+
+impl RefName {
+    /// Builds a ref name, validating the repo name and job id.
+    pub fn new(kind: RefKind, repo: &str, job: &str) -> Result<RefName, RefError> {
+        names::validate("repo name", repo)?;
+        names::validate("job id", job)?;
+        Ok(RefName {
+            kind,
+            repo: repo.to_owned(),
+            job: job.to_owned(),
+        })
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> RefKind {
+        self.kind
+    }
+
+    /// Its repo name.
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    /// Its job id.
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    /// The directory holding `HEAD`, `lock` and `reflog`.
+    pub fn dir(&self, home: &Path) -> PathBuf {
+        home.join(self.kind.as_str())
+            .join(&self.repo)
+            .join(&self.job)
+    }
+}
+
+impl fmt::Display for RefName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.repo, self.job)
+    }
+}
+
+impl FromStr for RefName {
+    type Err = RefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| RefError::BadName {
+            name: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut parts = s.splitn(3, '/');
+        let (Some(kind), Some(repo), Some(job)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("expected <kind>/<repo>/<job>"));
+        };
+        let kind = RefKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .ok_or_else(|| bad("the kind must be events, dlq, state or archive"))?;
+        RefName::new(kind, repo, job)
+    }
+}
+
+/// What the ref must hold for a compare-and-swap to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever it holds (an unconditional update).
+    Any,
+    /// The ref must not exist yet.
+    Absent,
+    /// The ref must hold this id.
+    Value(ObjectId),
+}
+
+/// Failures of the ref layer.
+#[derive(Debug, thiserror::Error)]
+pub enum RefError {
+    /// A file-system operation failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// An object-layer failure.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// A repo name or job id is not a valid path component.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// A ref name that is not `<kind>/<repo>/<job>`.
+    #[error("invalid ref name {name:?}: {reason}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The compare-and-swap found another value.
+    #[error("ref {name} changed: expected {expected}, found {found}; nothing was changed")]
+    Conflict {
+        /// The ref.
+        name: RefName,
+        /// What the caller expected.
+        expected: String,
+        /// What the ref held.
+        found: String,
+    },
+    /// A ref file that does not hold 64 hex digits and a newline.
+    #[error("ref {name} at '{}' is corrupt: {reason}", path.display())]
+    Corrupt {
+        /// The ref.
+        name: RefName,
+        /// Its file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An update that would make a ref name an object that is not stored.
+    #[error("cannot point {name} at {id}: no such object in the store")]
+    MissingTarget {
+        /// The ref.
+        name: RefName,
+        /// The missing object.
+        id: ObjectId,
+    },
+}
+
+/// One line of a reflog: `old new unix_ms pid host message`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReflogEntry {
+    /// The value before (zero when the ref was created).
+    pub old: ObjectId,
+    /// The value after (zero when the ref was deleted).
+    pub new: ObjectId,
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The process that made the change.
+    pub pid: u32,
+    /// The host it ran on.
+    pub host: String,
+    /// Why.
+    pub message: String,
+}
+
+impl ReflogEntry {
+    /// The line as written to the reflog, without its newline.
+    pub fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {} {}",
+            self.old, self.new, self.unix_ms, self.pid, self.host, self.message
+        )
+    }
+
+    /// Parses one reflog line (without its newline).
+    pub fn parse(line: &str) -> Result<ReflogEntry, String> {
+        let mut parts = line.splitn(6, ' ');
+        let mut field = |what: &str| parts.next().ok_or_else(|| format!("missing {what}"));
+        let old = field("old id")?
+            .parse()
+            .map_err(|_| "bad old id".to_owned())?;
+        let new = field("new id")?
+            .parse()
+            .map_err(|_| "bad new id".to_owned())?;
+        let unix_ms = field("time")?.parse().map_err(|_| "bad time".to_owned())?;
+        let pid = field("pid")?.parse().map_err(|_| "bad pid".to_owned())?;
+        let host = field("host")?.to_owned();
+        let message = parts.next().unwrap_or("").to_owned();
+        Ok(ReflogEntry {
+            old,
+            new,
+            unix_ms,
+            pid,
+            host,
+            message,
+        })
+    }
+}
+
+/// A reflog as read: its entries and the lines that could not be parsed (`(line number,
+/// reason)`; a torn last line after a crash shows up here).
+#[derive(Debug, Clone, Default)]
+pub struct Reflog {
+    /// Parsed entries, oldest first.
+    pub entries: Vec<ReflogEntry>,
+    /// Unparseable lines.
+    pub bad_lines: Vec<(usize, String)>,
+    /// True when the file does not end in a newline (an append cut short by a crash).
+    pub torn_tail: bool,
+}
+
+/// The refs of a home.
+#[derive(Debug, Clone)]
+pub struct RefStore {
+    home: PathBuf,
+    objects: ObjectStore,
+    lock_opts: LockOptions,
+    host: String,
+}
+
+impl RefStore {
+    /// The refs of `home`, locking with `lock_opts`.
+    pub fn new(home: &Home, lock_opts: LockOptions) -> RefStore {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .chars()
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>();
+        RefStore {
+            home: home.root().to_path_buf(),
+            objects: ObjectStore::new(home),
+            lock_opts,
+            host: if host.is_empty() {
+                "unknown".into()
+            } else {
+                host
+            },
+        }
+    }
+
+    /// The object store the refs point into.
+    pub fn objects(&self) -> &ObjectStore {
+        &self.objects
+    }
+
+    /// The `HEAD` file of a ref.
+    pub fn head_path(&self, name: &RefName) -> PathBuf {
+        name.dir(&self.home).join("HEAD")
+    }
+
+    /// The `reflog` file of a ref.
+    pub fn reflog_path(&self, name: &RefName) -> PathBuf {
+        name.dir(&self.home).join("reflog")
+    }
+
+    /// Reads a ref without locking; `None` when it does not exist.
+    pub fn read(&self, name: &RefName) -> Result<Option<ObjectId>, RefError> {
+        let path = self.head_path(name);
+        let bytes = match fsutil::read_nofollow(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(None),
+            Err(e) if fsutil::is_symlink_refusal(&e) => {
+                return Err(RefError::Corrupt {
+                    name: name.clone(),
+                    path,
+                    reason: "it is a symlink, which the store never follows".into(),
+                });
+            }
+            Err(e) => return Err(FsError::new("read ref", path, e).into()),
+        };
+        parse_ref_file(&bytes)
+            .map(Some)
+            .map_err(|reason| RefError::Corrupt {
+                name: name.clone(),
+                path,
+                reason,
+            })
+    }
+
+    /// Compare-and-swap: sets `name` to `new` if it holds what `expect` says. Returns the
+    /// old value. `new` must name a stored object.
+    pub fn update(
+        &self,
+        name: &RefName,
+        new: ObjectId,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<ObjectId>, RefError> {
+        self.transact(name, message, |old| {
+            check_expect(name, expect, old)?;
+            Ok(Some(new))
+        })
+        .map(|(old, _)| old)
+    }
+
+    /// Deletes a ref if it holds what `expect` says; returns the old value. The reflog
+    /// keeps the deletion (new value zero), so history survives the ref.
+    pub fn delete(
+        &self,
+        name: &RefName,
+        expect: Expect,
+        message: &str,
+    ) -> Result<Option<ObjectId>, RefError> {
+        self.transact(name, message, |old| {
+            check_expect(name, expect, old)?;
+            Ok(None)
+        })
+        .map(|(old, _)| old)
+    }
+
+    /// The general update under the ref's lock: `decide` sees the current value (read under
+    /// the lock) and returns the new one (`None` deletes). Appenders use this to build their
+    /// next node on top of whatever is current without a retry loop. Returns
+    /// `(old, new)`.
+    pub fn transact<F>(
+        &self,
+        name: &RefName,
+        message: &str,
+        decide: F,
+    ) -> Result<(Option<ObjectId>, Option<ObjectId>), RefError>
+    where
+        F: FnOnce(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
+    {
+        let dir = name.dir(&self.home);
+        fsutil::ensure_dir(&self.home, &dir)?;
+        let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
+        let old = self.read(name)?;
+        let new = decide(old)?;
+        if let Some(id) = new {
+            if !self.objects.contains(&id)? {
+                return Err(RefError::MissingTarget {
+                    name: name.clone(),
+                    id,
+                });
+            }
+        }
+        if old == new {
+            return Ok((old, new));
+        }
+        let head = dir.join("HEAD");
+        match new {
+            Some(id) => fsutil::write_atomic(&head, &dir, format!("{id}\n").as_bytes(), 0o644)?,
+            None => {
+                fs::remove_file(&head).at("remove ref", &head)?;
+                fsutil::sync_dir(&dir)?;
+            }
+        }
+        self.append_reflog(&dir, old, new, message)?;
+        Ok((old, new))
+    }
+
+    fn append_reflog(
+        &self,
+        dir: &Path,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        message: &str,
+    ) -> Result<(), RefError> {
+        let entry = ReflogEntry {
+            old: old.unwrap_or(ObjectId::ZERO),
+            new: new.unwrap_or(ObjectId::ZERO),
+            unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            pid: std::process::id(),
+            host: self.host.clone(),
+            message: message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        };
+        let path = dir.join("reflog");
+        let mut file = fsutil::open_append(&path).at("open reflog", &path)?;
+        let line = format!("{}\n", entry.to_line());
+        file.write_all(line.as_bytes())
+            .at("append to reflog", &path)?;
+        file.sync_data().at("fsync reflog", &path)?;
+        Ok(())
+    }
+
+    /// Reads a ref's reflog, oldest first. A missing reflog is empty.
+    pub fn log(&self, name: &RefName) -> Result<Reflog, RefError> {
+        read_reflog(&self.reflog_path(name))
+    }
+
+    /// Every ref whose name starts with `prefix` (whole components: `events`,
+    /// `events/api`, `events/api/mr-1`), sorted by name, with its value. Directories that
+    /// are not valid refs are skipped here; `fsck` reports them.
+    pub fn list(&self, prefix: Option<&str>) -> Result<Vec<(RefName, ObjectId)>, RefError> {
+        let wanted: Vec<&str> = prefix
+            .map(|p| {
+                p.trim_end_matches('/')
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let matches = |level: usize, name: &str| wanted.get(level).is_none_or(|w| *w == name);
+        let mut out = Vec::new();
+        for kind in RefKind::ALL {
+            if !matches(0, kind.as_str()) {
+                continue;
+            }
+            for repo in list_dir_names(&self.home.join(kind.as_str()))? {
+                if !matches(1, &repo) {
+                    continue;
+                }
+                for job in list_dir_names(&self.home.join(kind.as_str()).join(&repo))? {
+                    if !matches(2, &job) {
+                        continue;
+                    }
+                    let Ok(name) = RefName::new(kind, &repo, &job) else {
+                        continue;
+                    };
+                    if let Some(id) = self.read(&name)? {
+                        out.push((name, id));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn check_expect(name: &RefName, expect: Expect, old: Option<ObjectId>) -> Result<(), RefError> {
+    let show = |v: Option<ObjectId>| v.map_or_else(|| "no ref".to_owned(), |id| id.to_string());
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => old.is_none(),
+        Expect::Value(want) => old == Some(want),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(RefError::Conflict {
+        name: name.clone(),
+        expected: match expect {
+            Expect::Value(want) => want.to_string(),
+            _ => "no ref".to_owned(),
+        },
+        found: show(old),
+    })
+}
+
+/// Parses the content of a `HEAD` file: exactly 64 lower-case hex digits and a newline.
+pub fn parse_ref_file(bytes: &[u8]) -> Result<ObjectId, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "it is not text".to_owned())?;
+    let Some(hex) = text.strip_suffix('\n') else {
+        return Err(format!(
+            "expected 64 hex digits and a newline, found {} bytes",
+            bytes.len()
+        ));
+    };
+    hex.parse()
+        .map_err(|_| format!("expected 64 hex digits, found {:?}", truncate(hex, 80)))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Reads a reflog file (missing means empty).
+pub fn read_reflog(path: &Path) -> Result<Reflog, RefError> {
+    let bytes = match fsutil::read_nofollow(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Reflog::default()),
+        Err(e) => return Err(FsError::new("read reflog", path, e).into()),
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut log = Reflog {
+        torn_tail: !bytes.is_empty() && !bytes.ends_with(b"\n"),
+        ..Reflog::default()
+    };
+    for (n, line) in text.lines().enumerate() {
+        match ReflogEntry::parse(line) {
+            Ok(entry) => log.entries.push(entry),
+            Err(reason) => log.bad_lines.push((n + 1, reason)),
+        }
+    }
+    Ok(log)
+}
+
+/// Names of the real subdirectories of `dir`, sorted; symlinks and files are skipped.
+fn list_dir_names(dir: &Path) -> Result<Vec<String>, RefError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("list", dir, e).into()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.at("list", dir)?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::ObjectType;
+
+    fn stores() -> (tempfile::TempDir, RefStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        (dir, RefStore::new(&home, LockOptions::default()))
+    }
+
+    #[test]
+    fn names_parse_and_refuse() {
+        let name: RefName = "events/api/mr-1".parse().unwrap();
+        assert_eq!(name.to_string(), "events/api/mr-1");
+        for bad in [
+            "events/api",
+            "nope/api/x",
+            "events/../x",
+            "events/a/b/c",
+            "events/api/x.lock",
+            "",
+        ] {
+            assert!(bad.parse::<RefName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn compare_and_swap() {
+        let (_dir, refs) = stores();
+        let name: RefName = "state/api/j1".parse().unwrap();
+        let a = refs.objects().write(ObjectType::Blob, b"a").unwrap();
+        let b = refs.objects().write(ObjectType::Blob, b"b").unwrap();
+        assert_eq!(
+            refs.update(&name, a, Expect::Absent, "create").unwrap(),
+            None
+        );
+        let err = refs.update(&name, b, Expect::Absent, "again").unwrap_err();
+        assert!(matches!(err, RefError::Conflict { .. }), "{err}");
+        let err = refs
+            .update(&name, b, Expect::Value(b), "stale")
+            .unwrap_err();
+        assert!(matches!(err, RefError::Conflict { .. }));
+        assert_eq!(refs.read(&name).unwrap(), Some(a));
+        assert_eq!(
+            refs.update(&name, b, Expect::Value(a), "move").unwrap(),
+            Some(a)
+        );
+        let missing = ObjectId::hash(ObjectType::Blob, b"never written");
+        assert!(matches!(
+            refs.update(&name, missing, Expect::Any, "x"),
+            Err(RefError::MissingTarget { .. })
+        ));
+        refs.delete(&name, Expect::Value(b), "gone").unwrap();
+        assert_eq!(refs.read(&name).unwrap(), None);
+        let log = refs.log(&name).unwrap();
+        let pairs: Vec<_> = log.entries.iter().map(|e| (e.old, e.new)).collect();
+        assert_eq!(
+            pairs,
+            vec![(ObjectId::ZERO, a), (a, b), (b, ObjectId::ZERO)]
+        );
+        assert_eq!(log.entries[1].message, "move");
+    }
+
+    #[test]
+    fn list_filters_by_components() {
+        let (_dir, refs) = stores();
+        let a = refs.objects().write(ObjectType::Blob, b"a").unwrap();
+        for name in [
+            "events/api/j1",
+            "events/api/j2",
+            "events/apix/j1",
+            "dlq/api/j1",
+        ] {
+            refs.update(&name.parse().unwrap(), a, Expect::Any, "")
+                .unwrap();
+        }
+        let names = |p: Option<&str>| -> Vec<String> {
+            refs.list(p)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n.to_string())
+                .collect()
+        };
+        assert_eq!(names(None).len(), 4);
+        assert_eq!(
+            names(Some("events/api")),
+            vec!["events/api/j1", "events/api/j2"]
+        );
+        assert_eq!(names(Some("dlq")), vec!["dlq/api/j1"]);
+        assert!(names(Some("state")).is_empty());
+    }
+
+    #[test]
+    fn garbage_and_symlinked_refs_are_refused() {
+        let (dir, refs) = stores();
+        let name: RefName = "events/api/j1".parse().unwrap();
+        let refdir = name.dir(dir.path());
+        fs::create_dir_all(&refdir).unwrap();
+        fs::write(refdir.join("HEAD"), b"not a ref\n").unwrap();
+        assert!(matches!(refs.read(&name), Err(RefError::Corrupt { .. })));
+        fs::remove_file(refdir.join("HEAD")).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), refdir.join("HEAD")).unwrap();
+        let err = refs.read(&name).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+    }
+}
