@@ -285,14 +285,13 @@ pub fn encode(kind: ObjectType, payload: &[u8]) -> Result<(ObjectId, Vec<u8>), O
             *slot = Some(zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?);
         }
         slot.as_mut()
-            .map(|c| c.compress(&canonical))
-            .unwrap_or_else(|| unreachable_io())
+            .map_or_else(missing_context, |c| c.compress(&canonical))
     });
     let frame = frame.map_err(|e| FsError::new("compress object", id.to_string(), e))?;
     Ok((id, frame))
 }
 
-fn unreachable_io<T>() -> io::Result<T> {
+fn missing_context<T>() -> io::Result<T> {
     Err(io::Error::other("compression context missing"))
 }
 
@@ -336,8 +335,7 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
                     *slot = Some(zstd::bulk::Decompressor::new()?);
                 }
                 slot.as_mut()
-                    .map(|d| d.decompress_to_buffer(bytes, &mut out))
-                    .unwrap_or_else(|| unreachable_io())
+                    .map_or_else(missing_context, |d| d.decompress_to_buffer(bytes, &mut out))
             });
             match written {
                 Ok(n) if n as u64 == size => out,
@@ -452,6 +450,9 @@ fn parse_header(canonical: &[u8]) -> Result<(ObjectType, usize), String> {
     Ok((kind, payload_at))
 }
 
+/// Loose object files `(id, path)` sorted by id, and the other files found among them.
+pub type LooseListing = (Vec<(ObjectId, PathBuf)>, Vec<PathBuf>);
+
 /// The loose-object store of a home.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
@@ -560,7 +561,8 @@ impl ObjectStore {
     }
 
     /// Resolves a full id or a unique prefix of at least [`MIN_PREFIX_LEN`] hex digits
-    /// (either case) to the id of a stored object.
+    /// (either case) to an id. A prefix must match exactly one stored object; a full id is
+    /// returned without looking (reading it reports a missing object).
     pub fn resolve(&self, text: &str) -> Result<ObjectId, ObjectError> {
         let lower = text.to_ascii_lowercase();
         let is_hex = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_hexdigit());
@@ -570,12 +572,8 @@ impl ObjectStore {
             });
         }
         if lower.len() == 64 {
-            let id: ObjectId = lower.parse()?;
-            return if self.contains(&id)? {
-                Ok(id)
-            } else {
-                Err(ObjectError::NotFound { id })
-            };
+            // Returned as is: the read that follows says precisely what is wrong with it.
+            return lower.parse();
         }
         let dir = self.objects.join(&lower[..2]);
         let rest = &lower[2..];
@@ -591,10 +589,11 @@ impl ObjectStore {
             let entry = entry.at("list", &dir)?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.len() == 62 && name.starts_with(rest) {
-                if let Ok(id) = format!("{}{name}", &lower[..2]).parse() {
-                    candidates.push(id);
-                }
+            if name.len() == 62
+                && name.starts_with(rest)
+                && let Ok(id) = format!("{}{name}", &lower[..2]).parse()
+            {
+                candidates.push(id);
             }
         }
         candidates.sort();
@@ -610,7 +609,7 @@ impl ObjectStore {
 
     /// Every loose object file: `(id, path)`, sorted by id. Files whose names are not ids
     /// are returned in the second list.
-    pub fn list_loose(&self) -> Result<(Vec<(ObjectId, PathBuf)>, Vec<PathBuf>), ObjectError> {
+    pub fn list_loose(&self) -> Result<LooseListing, ObjectError> {
         let mut ids = Vec::new();
         let mut strays = Vec::new();
         let entries = match fs::read_dir(&self.objects) {

@@ -20,18 +20,18 @@ use crate::object::{ObjectError, ObjectId, ObjectStore};
 /// The kinds of refs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RefKind {
-    /// A job's event log (newest `log` node).
-    Events,
-    /// A job's dead-letter queue (newest `dlq` snapshot).
-    Dlq,
-    /// A job's checkpoints (newest `checkpoint`).
-    State,
     /// Archived event batches of a job.
     Archive,
+    /// A job's dead-letter queue (newest `dlq` snapshot).
+    Dlq,
+    /// A job's event log (newest `log` node).
+    Events,
+    /// A job's checkpoints (newest `checkpoint`).
+    State,
 }
 
 impl RefKind {
-    /// Every kind, sorted by name.
+    /// Every kind, sorted by name (the declaration order above, which `Ord` follows).
     pub const ALL: [RefKind; 4] = [
         RefKind::Archive,
         RefKind::Dlq,
@@ -377,13 +377,13 @@ impl RefStore {
         let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
         let old = self.read(name)?;
         let new = decide(old)?;
-        if let Some(id) = new {
-            if !self.objects.contains(&id)? {
-                return Err(RefError::MissingTarget {
-                    name: name.clone(),
-                    id,
-                });
-            }
+        if let Some(id) = new
+            && !self.objects.contains(&id)?
+        {
+            return Err(RefError::MissingTarget {
+                name: name.clone(),
+                id,
+            });
         }
         if old == new {
             return Ok((old, new));
@@ -436,7 +436,7 @@ impl RefStore {
     }
 
     /// Every ref whose name starts with `prefix` (whole components: `events`,
-    /// `events/api`, `events/api/mr-1`), sorted by name, with its value. Directories that
+    /// `events/api`, `events/api/mr-1`), sorted by kind, repo and job, with its value. Directories that
     /// are not valid refs are skipped here; `fsck` reports them.
     pub fn list(&self, prefix: Option<&str>) -> Result<Vec<(RefName, ObjectId)>, RefError> {
         let wanted: Vec<&str> = prefix

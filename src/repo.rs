@@ -190,10 +190,10 @@ pub fn list_records(home: &Home) -> Result<Vec<RepoRecord>, RepoError> {
     for entry in entries {
         let entry = entry.at("list", &dir)?;
         let file = entry.file_name().to_string_lossy().into_owned();
-        if let Some(name) = file.strip_suffix(".json") {
-            if let Some(record) = read_record(home, name)? {
-                records.push(record);
-            }
+        if let Some(name) = file.strip_suffix(".json")
+            && let Some(record) = read_record(home, name)?
+        {
+            records.push(record);
         }
     }
     records.sort_by(|a, b| a.name.cmp(&b.name));
@@ -231,7 +231,8 @@ pub fn root_commits(root: &Path) -> Vec<String> {
 
 /// The repo name `path` maps to in this home, registering it on first use:
 ///
-/// 1. the base name (or its hashed form) whose record has this root;
+/// 1. the name whose record has this root (the base name or its hashed form first, then
+///    any record, for a repository renamed in place);
 /// 2. else a record sharing a root commit whose root no longer holds a repository (the
 ///    repository was moved or renamed): that name, with the record updated;
 /// 3. else the base name if free, else `<base>-<8 hex>`.
@@ -239,11 +240,16 @@ pub fn resolve_repo_name(home: &Home, path: &Path) -> Result<String, RepoError> 
     let location = locate(path)?;
     let candidates = [location.base_name(), location.hashed_name()];
     for name in &candidates {
-        if let Some(record) = read_record(home, name)? {
-            if record.root == location.root {
-                return Ok(record.name);
-            }
+        if let Some(record) = read_record(home, name)?
+            && record.root == location.root
+        {
+            return Ok(record.name);
         }
+    }
+    // A renamed repository keeps its record under its old name.
+    let records = list_records(home)?;
+    if let Some(record) = records.iter().find(|r| r.root == location.root) {
+        return Ok(record.name.clone());
     }
     let commits = if location.is_git {
         root_commits(&location.root)
@@ -251,7 +257,7 @@ pub fn resolve_repo_name(home: &Home, path: &Path) -> Result<String, RepoError> 
         Vec::new()
     };
     if !commits.is_empty() {
-        for mut record in list_records(home)? {
+        for mut record in records {
             let shares_history = record.root_commits.iter().any(|c| commits.contains(c));
             if shares_history && !holds_repository(&record.root) {
                 record.root = location.root.clone();

@@ -48,8 +48,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if args.batch {
         while let Some(line) = ctx.read_line().context("cannot read standard input")? {
             let text = line.trim();
-            let id = match store.resolve(text) {
-                Ok(id) => id,
+            let found = store
+                .resolve(text)
+                .and_then(|id| Ok((id, store.read(&id)?)));
+            let (id, object) = match found {
+                Ok(found) => found,
                 Err(
                     ObjectError::NotFound { .. }
                     | ObjectError::NoMatch { .. }
@@ -64,7 +67,6 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let object = store.read(&id)?;
             writeln!(ctx.out, "{id} {} {}", object.kind, object.payload.len())?;
             ctx.out.write_all(&object.payload)?;
             ctx.out.write_all(b"\n")?;

@@ -17,6 +17,10 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "prodigy", &mut ctx.out);
+    // Generated into memory first: clap_complete panics on a write error, and a closed
+    // pipe must exit quietly.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "prodigy", &mut script);
+    ctx.out.write_all(&script)?;
     Ok(Exit::Success)
 }

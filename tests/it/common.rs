@@ -1,0 +1,116 @@
+//! Helpers: a scratch home, the `prodigy` command with a pinned environment, and the one
+//! snapshot helper.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// A scratch home (and a scratch HOME, so nothing touches the real `~/.prodigy`).
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn scratch(&self) -> PathBuf {
+        let p = self.dir.path().join("scratch");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// `prodigy` with the environment pinned.
+    pub fn cmd(&self) -> Command {
+        Command::from_std(self.std_cmd())
+    }
+
+    /// The same as a plain `std::process::Command`, for spawning.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("prodigy"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("PRODIGY_HOME", self.home())
+            .env("HOME", self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .env("PRODIGY_LOCK_TIMEOUT", "10s")
+            .current_dir(self.scratch());
+        cmd
+    }
+
+    /// Runs `prodigy args…` with `stdin`.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        self.cmd()
+            .args(args)
+            .write_stdin(stdin.to_vec())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "prodigy {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn store(&self) -> prodigy::RefStore {
+        let home = prodigy::Home::at(self.home()).unwrap();
+        prodigy::RefStore::new(&home, prodigy::lock::LockOptions::default())
+    }
+}
+
+/// Exit code, stdout and stderr as one text, for snapshots and assertions.
+pub fn transcript(out: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code().map_or("signal".into(), |c| c.to_string()),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts that `out` exited with `code` and printed exactly one `error:` line.
+pub fn assert_one_line_error(out: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{}", transcript(out));
+    let errors: Vec<_> = stderr.lines().filter(|l| !l.starts_with("hint:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].starts_with("error: "), "{stderr}");
+    stderr
+}
+
+/// Snapshots a transcript into the top-level `snapshots/`, with the home, ids and times
+/// redacted.
+pub fn snapshot(name: &str, out: &Output, home: &Path) {
+    let text = transcript(out).replace(&home.display().to_string(), "[HOME]");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.add_filter(r"\b[0-9a-f]{64}\b", "[ID]");
+    settings.add_filter(r"\b[0-9a-f]{2}/[0-9a-f]{62}\b", "[OBJECT FILE]");
+    settings.add_filter(r"\(\d+s old", "([AGE] old");
+    settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[TIME]");
+    settings.add_filter(r"/tmp/\.tmp[A-Za-z0-9]+", "[TMP]");
+    settings.bind(|| insta::assert_snapshot!(name, text));
+}
+
+/// The id of a stored object whose payload is `text`.
+pub fn blob(env: &Env, text: &str) -> String {
+    env.ok(&["hash-object", "-w", "--stdin"], text.as_bytes())
+        .trim()
+        .to_owned()
+}

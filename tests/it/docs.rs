@@ -1,0 +1,106 @@
+//! Generated documentation stays in step with the clap definitions, and help and error
+//! output is snapshotted.
+
+use std::fs;
+use std::path::Path;
+
+use clap::CommandFactory;
+
+use crate::common::{Env, snapshot};
+
+#[test]
+fn man_pages_are_current() {
+    let dir = tempfile::tempdir().unwrap();
+    clap_mangen::generate_to(prodigy::cli::Cli::command(), dir.path()).unwrap();
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    if std::env::var_os("PRODIGY_UPDATE_MAN").is_some() {
+        let _ = fs::remove_dir_all(&committed);
+        fs::create_dir_all(&committed).unwrap();
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), committed.join(entry.file_name())).unwrap();
+        }
+    }
+    let list = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(d)
+            .map(|r| {
+                r.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let fresh = list(dir.path());
+    assert!(
+        fresh.contains(&"prodigy-ref-update.1".to_owned()),
+        "{fresh:?}"
+    );
+    assert_eq!(
+        list(&committed),
+        fresh,
+        "man/ is stale: run PRODIGY_UPDATE_MAN=1 cargo test man_pages"
+    );
+    for page in fresh {
+        assert_eq!(
+            fs::read(committed.join(&page)).unwrap(),
+            fs::read(dir.path().join(&page)).unwrap(),
+            "man/{page} is stale: run PRODIGY_UPDATE_MAN=1 cargo test man_pages"
+        );
+    }
+}
+
+#[test]
+fn help_output() {
+    let env = Env::new();
+    for (name, args) in [
+        ("help", vec!["--help"]),
+        ("help_hash_object", vec!["hash-object", "--help"]),
+        ("help_cat_object", vec!["cat-object", "--help"]),
+        ("help_ref", vec!["ref", "--help"]),
+        ("help_ref_update", vec!["ref", "update", "--help"]),
+        ("help_fsck", vec!["fsck", "--help"]),
+        ("usage_error", vec!["cat-object"]),
+        ("unknown_command", vec!["frobnicate"]),
+    ] {
+        let out = env.run(&args, b"");
+        snapshot(name, &out, &env.home());
+    }
+}
+
+#[test]
+fn completions_are_generated() {
+    let env = Env::new();
+    let out = env.ok(&["completions", "bash"], b"");
+    assert!(
+        out.contains("hash-object") && out.contains("_prodigy"),
+        "{out}"
+    );
+    let out = env.run(&["completions", "nosuchshell"], b"");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_closed_pipe_exits_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let env = Env::new();
+    let mut child = env
+        .std_cmd()
+        .args(["completions", "zsh"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

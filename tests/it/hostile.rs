@@ -1,0 +1,281 @@
+//! Bad input: each gets a one-line error, a non-zero exit, and changes nothing.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{Env, assert_one_line_error, blob, snapshot};
+
+/// Every file under `dir`, with its content, for "nothing changed" checks.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            let content = if meta.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((p.display().to_string(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn hostile_ref_names_are_refused_before_any_file_is_touched() {
+    let env = Env::new();
+    let id = blob(&env, "x");
+    let before = tree(env.dir.path());
+    let long = format!("events/api/{}", "j".repeat(200));
+    for name in [
+        "events/../x",
+        "events/api/..",
+        "events/a/b/c",
+        "events//x",
+        "/etc/passwd",
+        "events/api/x.lock",
+        "events/api/x.tmp",
+        "events/api/-x",
+        "objects/api/x",
+        "",
+        long.as_str(),
+    ] {
+        for args in [
+            vec!["ref", "update", name, id.as_str()],
+            vec!["ref", "show", name],
+            vec!["ref", "log", name],
+            vec!["ref", "delete", name],
+        ] {
+            let out = env.run(&args, b"");
+            let stderr = assert_one_line_error(&out, 1);
+            assert!(stderr.contains("invalid"), "{args:?}: {stderr}");
+        }
+    }
+    assert_eq!(tree(env.dir.path()), before);
+    let out = env.run(&["ref", "update", &long, &id], b"");
+    snapshot("hostile_long_name", &out, &env.home());
+    let out = env.run(&["ref", "update", "events/../x", &id], b"");
+    snapshot("hostile_dotdot", &out, &env.home());
+}
+
+#[test]
+fn flipped_and_truncated_objects_are_refused() {
+    let env = Env::new();
+    let id = blob(&env, &"some payload ".repeat(20));
+    let path = env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    let good = fs::read(&path).unwrap();
+    for (what, bytes) in [
+        ("flipped", {
+            let mut b = good.clone();
+            b[good.len() / 2] ^= 1;
+            b
+        }),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        ("empty", Vec::new()),
+        ("not zstd", b"blob 3\0abc".to_vec()),
+    ] {
+        fs::write(&path, &bytes).unwrap();
+        for mode in ["-p", "-s", "-t", "-e"] {
+            let out = env.run(&["cat-object", mode, &id], b"");
+            let stderr = assert_one_line_error(&out, 1);
+            assert!(stderr.contains("is corrupt"), "{what} {mode}: {stderr}");
+            assert!(out.stdout.is_empty(), "{what}");
+        }
+        let out = env.run(&["cat-object", "--batch"], format!("{id}\n").as_bytes());
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        assert!(out.stdout.is_empty(), "{what}");
+        let out = env.run(&["fsck"], b"");
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        // A ref can not be pointed at it either.
+        let out = env.run(&["ref", "update", "events/api/j", &id], b"");
+        assert_one_line_error(&out, 1);
+        assert!(!env.home().join("events/api/j/HEAD").exists());
+    }
+    fs::write(&path, &good).unwrap();
+    assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
+}
+
+/// A 1 KiB zstd frame whose header declares 10 GiB of content (250 RLE blocks follow).
+fn bomb() -> Vec<u8> {
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+    frame.extend_from_slice(&(10u64 << 30).to_le_bytes());
+    for n in 0..250 {
+        let last = u32::from(n == 249);
+        let header = last | (1 << 1) | (131_072 << 3);
+        frame.extend_from_slice(&header.to_le_bytes()[..3]);
+        frame.push(b'A');
+    }
+    frame
+}
+
+#[test]
+fn decompression_bombs_are_refused_without_inflating() {
+    let env = Env::new();
+    let id = blob(&env, "victim");
+    let path = env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    let frame = bomb();
+    assert!(frame.len() <= 1100);
+    fs::write(&path, &frame).unwrap();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(assert_cmd::cargo::cargo_bin("prodigy"))
+        .args(["cat-object", "-p", &id])
+        .env("PRODIGY_HOME", env.home())
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(_) => env.run(&["cat-object", "-p", &id], b""),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("declares 10737418240 bytes, above the limit"),
+        "{stderr}"
+    );
+    if let Some(kb) = stderr.lines().find_map(|l| l.strip_prefix("maxrss_kb=")) {
+        let kb: u64 = kb.trim().parse().unwrap();
+        assert!(kb < 64 * 1024, "peak memory {kb} KiB");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn planted_symlinks_are_never_followed() {
+    let env = Env::new();
+    let id = blob(&env, "inside");
+    let outside = env.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    // An object file replaced by a symlink to a copy outside the home.
+    let path = env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    fs::copy(&path, outside.join("copy")).unwrap();
+    fs::remove_file(&path).unwrap();
+    symlink(outside.join("copy"), &path).unwrap();
+    let out = env.run(&["cat-object", "-p", &id], b"");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(env.run(&["fsck"], b"").status.code(), Some(1));
+    // Writing the object again replaces the link with a real file.
+    blob(&env, "inside");
+    assert!(fs::symlink_metadata(&path).unwrap().is_file());
+    // A ref directory that is a symlink out of the home.
+    symlink(&outside, env.home().join("events")).unwrap();
+    let out = env.run(&["ref", "update", "events/api/j", &id], b"");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("symlink"), "{stderr}");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        1,
+        "wrote outside the home"
+    );
+    fs::remove_file(env.home().join("events")).unwrap();
+    // A HEAD that is a symlink.
+    env.ok(&["ref", "update", "state/api/j", &id], b"");
+    let head = env.home().join("state/api/j/HEAD");
+    fs::remove_file(&head).unwrap();
+    fs::write(outside.join("HEAD"), format!("{id}\n")).unwrap();
+    symlink(outside.join("HEAD"), &head).unwrap();
+    for args in [
+        vec!["ref", "show", "state/api/j"],
+        vec!["ref", "update", "state/api/j", &id],
+    ] {
+        let out = env.run(&args, b"");
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains("symlink"), "{stderr}");
+    }
+    assert_eq!(
+        fs::read_to_string(outside.join("HEAD")).unwrap(),
+        format!("{id}\n")
+    );
+}
+
+#[test]
+fn garbage_in_a_ref_is_an_error() {
+    let env = Env::new();
+    let id = blob(&env, "x");
+    env.ok(&["ref", "update", "dlq/api/j", &id], b"");
+    let head = env.home().join("dlq/api/j/HEAD");
+    for garbage in [
+        &b"garbage\n"[..],
+        b"",
+        &id.as_bytes()[..63],
+        id.to_uppercase().as_bytes(),
+    ] {
+        fs::write(&head, garbage).unwrap();
+        let out = env.run(&["ref", "show", "dlq/api/j"], b"");
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains("is corrupt"), "{stderr}");
+        let out = env.run(&["ref", "update", "dlq/api/j", &id], b"");
+        assert_one_line_error(&out, 1);
+        assert_eq!(fs::read(&head).unwrap(), garbage);
+    }
+    fs::write(&head, b"garbage\n").unwrap();
+    let out = env.run(&["ref", "show", "dlq/api/j"], b"");
+    snapshot("garbage_ref", &out, &env.home());
+}
+
+#[test]
+fn a_held_lock_is_waited_for_then_times_out() {
+    let env = Env::new();
+    let a = blob(&env, "a");
+    let b = blob(&env, "b");
+    env.ok(&["ref", "update", "events/api/j", &a], b"");
+    let lock = fs::File::options()
+        .write(true)
+        .open(env.home().join("events/api/j/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = env
+        .cmd()
+        .env("PRODIGY_LOCK_TIMEOUT", "300ms")
+        .args(["ref", "update", "events/api/j", &b])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("waiting for lock on '"), "{stderr}");
+    assert!(stderr.contains("error: timed out after"), "{stderr}");
+    assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), a);
+    // Released while a writer waits: the writer goes ahead.
+    let child = env
+        .std_cmd()
+        .args(["ref", "update", "events/api/j", &b])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(lock);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.starts_with("waiting for lock on '"), "{stderr}");
+    assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), b);
+}
+
+#[test]
+fn malformed_object_names_are_refused() {
+    let env = Env::new();
+    for bad in [
+        "xyz",
+        "abc",
+        "g".repeat(64).as_str(),
+        "a".repeat(65).as_str(),
+        "",
+    ] {
+        let out = env.run(&["cat-object", "-p", bad], b"");
+        assert_one_line_error(&out, 1);
+    }
+    let out = env.run(&["hash-object", "-t", "tree", "--stdin"], b"");
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,11 @@
+//! The integration tests: one binary, real processes, a temp `PRODIGY_HOME` each.
+
+mod common;
+mod concurrency;
+mod crash;
+mod docs;
+mod hostile;
+mod plumbing;
+mod props;
+mod repo_name;
+mod worker;
