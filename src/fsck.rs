@@ -144,7 +144,7 @@ impl Checker<'_> {
                 }
                 Err(e) => {
                     self.bad.insert(id);
-                    self.find(Severity::Error, &path, error_line(&e));
+                    self.find(Severity::Error, &path, crate::error_line(&e));
                 }
             }
         }
@@ -253,7 +253,7 @@ impl Checker<'_> {
         let log = match store.log(name) {
             Ok(log) => log,
             Err(e) => {
-                self.find(Severity::Error, &log_path, error_line(&e));
+                self.find(Severity::Error, &log_path, crate::error_line(&e));
                 return Ok(());
             }
         };
@@ -319,23 +319,11 @@ impl Checker<'_> {
                     format!("the record names {:?}, not {name:?}", record.name),
                 ),
                 Ok(None) => {}
-                Err(e) => self.find(Severity::Error, &path, error_line(&e)),
+                Err(e) => self.find(Severity::Error, &path, crate::error_line(&e)),
             }
         }
         Ok(())
     }
-}
-
-/// An error and its causes on one line.
-fn error_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// Checks the whole store of `home`.

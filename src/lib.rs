@@ -7,6 +7,7 @@
 //! the streams its caller hands in.
 
 pub mod cli;
+pub mod events;
 pub mod fsck;
 pub mod fsutil;
 pub mod home;
@@ -21,3 +22,15 @@ pub use home::Home;
 pub use object::{Object, ObjectError, ObjectId, ObjectStore, ObjectType};
 pub use refs::{Expect, RefError, RefKind, RefName, RefStore};
 pub use repo::{extract_repo_name, resolve_repo_name};
+
+/// An error and its causes on one line, joined by `: `.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}

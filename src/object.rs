@@ -271,6 +271,12 @@ thread_local! {
 /// The canonical bytes of an object, compressed into one zstd frame (with its content size
 /// recorded), and its id.
 pub fn encode(kind: ObjectType, payload: &[u8]) -> Result<(ObjectId, Vec<u8>), ObjectError> {
+    let id = ObjectId::hash(kind, payload);
+    Ok((id, compress(&id, kind, payload)?))
+}
+
+/// The zstd frame of an object whose id is already known.
+fn compress(id: &ObjectId, kind: ObjectType, payload: &[u8]) -> Result<Vec<u8>, ObjectError> {
     if payload.len() as u64 > MAX_OBJECT_SIZE {
         return Err(ObjectError::TooLarge {
             size: payload.len() as u64,
@@ -278,7 +284,6 @@ pub fn encode(kind: ObjectType, payload: &[u8]) -> Result<(ObjectId, Vec<u8>), O
     }
     let mut canonical = header(kind, payload.len()).into_bytes();
     canonical.extend_from_slice(payload);
-    let id = ObjectId(*blake3::hash(&canonical).as_bytes());
     let frame = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -287,8 +292,7 @@ pub fn encode(kind: ObjectType, payload: &[u8]) -> Result<(ObjectId, Vec<u8>), O
         slot.as_mut()
             .map_or_else(missing_context, |c| c.compress(&canonical))
     });
-    let frame = frame.map_err(|e| FsError::new("compress object", id.to_string(), e))?;
-    Ok((id, frame))
+    frame.map_err(|e| FsError::new("compress object", id.to_string(), e).into())
 }
 
 fn missing_context<T>() -> io::Result<T> {
@@ -504,7 +508,7 @@ impl ObjectStore {
         if self.contains(&id)? {
             return Ok(id);
         }
-        let (id, frame) = encode(kind, payload)?;
+        let frame = compress(&id, kind, payload)?;
         let path = self.path(&id);
         let fanout = path.parent().unwrap_or(&self.objects);
         fsutil::ensure_dir(&self.home, fanout)?;
@@ -670,7 +674,7 @@ impl ObjectBatch<'_> {
         if self.pending.is_empty() {
             fsutil::ensure_dir(&self.store.home, &self.store.tmp)?;
         }
-        let (id, frame) = encode(kind, payload)?;
+        let frame = compress(&id, kind, payload)?;
         let temp = fsutil::write_temp(
             &self.store.tmp,
             "obj-",

@@ -139,6 +139,16 @@ fn main_root_from_git_file(worktree: &Path, dot_git: &Path) -> Result<PathBuf, R
     }
 }
 
+/// The git worktree `path` is in: the innermost directory holding a `.git` (for a linked
+/// worktree, the worktree itself, not its main repository).
+pub fn worktree_root(path: &Path) -> Option<PathBuf> {
+    let canonical = fs::canonicalize(path).ok()?;
+    canonical
+        .ancestors()
+        .find(|dir| fs::symlink_metadata(dir.join(".git")).is_ok())
+        .map(Path::to_path_buf)
+}
+
 /// The name `path` maps to before any collision handling: the basename of its main
 /// repository's root (or of itself outside git), made a valid name. This is what every
 /// worktree of one repository shares; [`resolve_repo_name`] adds the identity check.

@@ -71,6 +71,9 @@ pub enum Command {
     /// Read and change refs: show, list, log, update, delete.
     #[command(subcommand)]
     Ref(commands::refs::RefCommand),
+    /// Append to and read jobs' event logs.
+    #[command(subcommand)]
+    Events(commands::events::EventsCommand),
     /// Verify every object, ref, reflog and repo record.
     Fsck(commands::fsck::Args),
     /// Print the repo name that a path maps to.

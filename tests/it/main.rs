@@ -4,6 +4,8 @@ mod common;
 mod concurrency;
 mod crash;
 mod docs;
+mod events;
+mod events_concurrency;
 mod hostile;
 mod plumbing;
 mod props;

@@ -344,3 +344,35 @@ fn read_only_home_fails_cleanly() {
     assert_eq!(read.stdout, b"kept");
     assert!(!home.join("events").exists());
 }
+
+#[test]
+fn storage_api_names_the_global_directories() {
+    let env = Env::new();
+    let ack = env.dir.path().join("dirs");
+    let mut child = crate::worker::spawn(
+        "storage",
+        &env.home(),
+        &ack,
+        &[("PRODIGY_HOME", env.home().display().to_string())],
+    );
+    assert!(child.wait().unwrap().success());
+    let home = env.home().display().to_string();
+    let lines: Vec<String> = fs::read_to_string(&ack)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines[..3],
+        [
+            format!("{home}/events/api"),
+            format!("{home}/dlq/api"),
+            format!("{home}/state/api")
+        ]
+    );
+    assert!(
+        lines[3].starts_with("invalid repo name \"../x\""),
+        "{}",
+        lines[3]
+    );
+}

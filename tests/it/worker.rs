@@ -26,7 +26,11 @@ pub fn spawn(kind: &str, home: &Path, ack: &Path, extra: &[(&str, String)]) -> C
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     for (k, v) in extra {
-        cmd.env(k, v);
+        if *k == "CWD" {
+            cmd.current_dir(v);
+        } else {
+            cmd.env(k, v);
+        }
     }
     cmd.spawn().unwrap()
 }
@@ -52,6 +56,9 @@ fn worker() {
     match kind.as_str() {
         "cas" => cas(&refs, &mut ack),
         "crash" => crash(&refs, &mut ack),
+        "storage" => storage_dirs(&mut ack),
+        "events" => events(&home, &mut ack),
+        "events-crash" => events_crash(&home, &mut ack),
         other => panic!("unknown worker {other}"),
     }
 }
@@ -110,5 +117,72 @@ fn crash(refs: &RefStore, ack: &mut std::fs::File) {
         )
         .unwrap();
         writeln!(ack, "{seq}").unwrap();
+    }
+}
+
+/// The directory API of `prodigy::storage`, which reads `PRODIGY_HOME` from the process
+/// environment: reported by a worker so the test can set that environment.
+fn storage_dirs(ack: &mut std::fs::File) {
+    for dir in [
+        prodigy::storage::get_global_events_dir("api"),
+        prodigy::storage::get_global_dlq_dir("api"),
+        prodigy::storage::get_global_state_dir("api"),
+    ] {
+        writeln!(ack, "{}", dir.unwrap().display()).unwrap();
+    }
+    let err = prodigy::storage::get_global_events_dir("../x").unwrap_err();
+    writeln!(ack, "{err}").unwrap();
+}
+
+/// 40 appends of 50 events from the current directory's repository: one logger, one
+/// writer, flushed by the size threshold.
+fn events(home: &Home, ack: &mut std::fs::File) {
+    use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
+    let repo = prodigy::resolve_repo_name(home, &std::env::current_dir().unwrap()).unwrap();
+    let thresholds = Thresholds {
+        max_events: 50,
+        max_bytes: 1 << 30,
+        max_delay: std::time::Duration::from_secs(3600),
+    };
+    let logger = EventLogger::new(home, &repo, "shared-job", thresholds).unwrap();
+    for i in 0..2000u32 {
+        logger
+            .log(MapReduceEvent::AgentProgress {
+                job_id: "shared-job".into(),
+                agent_id: var("PRODIGY_IT_ID"),
+                item_id: format!("item-{i}"),
+                step: "step".into(),
+                progress_pct: 1.0,
+            })
+            .unwrap();
+    }
+    writeln!(ack, "{}", logger.writer()).unwrap();
+    logger.shutdown().unwrap();
+}
+
+/// Forever: log a few events, flush, and report the last seq that `flush` acknowledged.
+fn events_crash(home: &Home, ack: &mut std::fs::File) {
+    use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
+    let thresholds = Thresholds {
+        max_events: 1 << 20,
+        max_bytes: 1 << 30,
+        max_delay: std::time::Duration::from_secs(3600),
+    };
+    let logger = EventLogger::new(home, "api", &var("PRODIGY_IT_JOB"), thresholds).unwrap();
+    writeln!(ack, "writer {}", logger.writer()).unwrap();
+    let mut seq = 0u64;
+    for round in 0u64.. {
+        for _ in 0..(1 + round % 13) {
+            logger
+                .log(MapReduceEvent::CheckpointCreated {
+                    job_id: "crash".into(),
+                    version: seq as u32,
+                    agents_completed: 0,
+                })
+                .unwrap();
+            seq += 1;
+        }
+        logger.flush().unwrap();
+        writeln!(ack, "{}", seq - 1).unwrap();
     }
 }

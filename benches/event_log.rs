@@ -1,0 +1,288 @@
+//! The event log's speed beside its floor, in one run (`cargo bench --bench event_log`).
+//!
+//! 1. baseline: the same JSON Lines appended to one file, one `fdatasync` per 1,000 lines;
+//! 2. one `EventLogger`, 1,000,000 events, one durable batch per 1,000;
+//! 3. 8 writer processes at once, 125,000 events each, into one job;
+//! 4. `prodigy events stats` and `prodigy events show --json > /dev/null` on 1,000,000 events;
+//! 5. bytes on disk per event against the raw JSON Lines; peak memory of `events show`.
+//!
+//! `EVENTS=N` changes the event count (default 1,000,000), `WRITERS=N` the process count.
+
+// A benchmark program: its report is its output.
+#![allow(clippy::print_stdout)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use prodigy::Home;
+use prodigy::events::record::{EventRecord, Metadata, RECORD_VERSION, new_id, now_timestamp};
+use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
+
+fn event(n: u64) -> MapReduceEvent {
+    let item_id = format!("item-{n:07}");
+    let agent_id = format!("agent-{}", n % 16);
+    match n % 4 {
+        0 => MapReduceEvent::AgentStarted {
+            job_id: "bench".into(),
+            agent_id,
+            item_id,
+            worktree: format!("agent-{}-wt", n % 16),
+            attempt: 1,
+        },
+        1 => MapReduceEvent::AgentProgress {
+            job_id: "bench".into(),
+            agent_id,
+            item_id,
+            step: "analyze".into(),
+            progress_pct: 50.0,
+        },
+        2 => MapReduceEvent::AgentCompleted {
+            job_id: "bench".into(),
+            agent_id,
+            item_id,
+            duration_ms: 1000 + n % 5000,
+            commits: vec![format!("{:040x}", n * 7919)],
+            json_log_location: None,
+        },
+        _ => MapReduceEvent::QueueDepthChanged {
+            job_id: "bench".into(),
+            pending: (n % 1000) as usize,
+            active: 8,
+            completed: n as usize,
+        },
+    }
+}
+
+fn write_events(home: &Path, job: &str, count: u64) -> Duration {
+    let home = Home::at(home).unwrap();
+    let logger = EventLogger::new(
+        &home,
+        "bench",
+        job,
+        Thresholds {
+            max_events: 1000,
+            max_bytes: 64 << 20,
+            max_delay: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let start = Instant::now();
+    for n in 0..count {
+        logger.log(event(n)).unwrap();
+    }
+    logger.shutdown().unwrap();
+    start.elapsed()
+}
+
+/// The floor: the same records as JSON Lines, appended to one file, `fdatasync` every
+/// 1,000 lines.
+fn baseline(path: &Path, count: u64) -> (Duration, u64) {
+    let metadata = Metadata {
+        host: Some("bench".into()),
+        pid: Some(std::process::id()),
+        worktree: None,
+        agent_id: None,
+        extra: Default::default(),
+    };
+    let writer = new_id();
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut buf = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    for n in 0..count {
+        let record = EventRecord {
+            v: RECORD_VERSION,
+            id: new_id(),
+            timestamp: now_timestamp(),
+            writer: writer.clone(),
+            seq: n,
+            correlation_id: None,
+            event: serde_json::to_value(event(n)).unwrap(),
+            metadata: metadata.clone(),
+        };
+        serde_json::to_writer(&mut buf, &record).unwrap();
+        buf.push(b'\n');
+        if (n + 1) % 1000 == 0 || n + 1 == count {
+            file.write_all(&buf).unwrap();
+            file.sync_data().unwrap();
+            buf.clear();
+        }
+    }
+    (start.elapsed(), std::fs::metadata(path).unwrap().len())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time_cli(home: &Path, args: &[&str], runs: usize) -> (Duration, u64) {
+    let exe = env!("CARGO_BIN_EXE_prodigy");
+    let mut times = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "%M", exe])
+            .args(args)
+            .env("PRODIGY_HOME", home)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        times.push(start.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rss = String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+    }
+    (median(times), rss)
+}
+
+fn disk_bytes(dir: &Path) -> (u64, u64) {
+    let (mut size, mut blocks) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                use std::os::unix::fs::MetadataExt;
+                size += m.len();
+                blocks += m.blocks() * 512;
+            }
+        }
+    }
+    (size, blocks)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--writer") {
+        let elapsed = write_events(Path::new(&args[2]), &args[3], args[4].parse().unwrap());
+        println!("{}", elapsed.as_secs_f64());
+        return;
+    }
+    let count: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let writers: u64 = std::env::var("WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let dir = tempfile::Builder::new()
+        .prefix("prodigy-events-bench")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+
+    let raw = dir.path().join("baseline.jsonl");
+    let (base_time, raw_bytes) = baseline(&raw, count);
+    let home = dir.path().join("home");
+    let single = write_events(&home, "single", count);
+    println!("| measurement | result |\n|---|---|");
+    println!(
+        "| baseline: JSON Lines + fdatasync per 1,000 | {:.0} events/s ({:.2} s) |",
+        rate(count, base_time),
+        base_time.as_secs_f64()
+    );
+    println!(
+        "| one EventLogger, durable batch per 1,000 | {:.0} events/s ({:.2} s), {:.2}x the baseline |",
+        rate(count, single),
+        single.as_secs_f64(),
+        base_time.as_secs_f64() / single.as_secs_f64()
+    );
+    let (size, blocks) = disk_bytes(&home.join("objects"));
+    println!(
+        "| bytes on disk per event | {:.1} (file sizes; {:.1} in blocks) vs {:.1} raw JSONL: {:.3} of raw |",
+        size as f64 / count as f64,
+        blocks as f64 / count as f64,
+        raw_bytes as f64 / count as f64,
+        size as f64 / raw_bytes as f64
+    );
+    let zstd3 = zstd::encode_all(std::fs::File::open(&raw).unwrap(), 3)
+        .unwrap()
+        .len();
+    println!(
+        "| whole-file zstd -3 of the raw JSONL (reference) | {:.3} of raw |",
+        zstd3 as f64 / raw_bytes as f64
+    );
+
+    let (stats, _) = time_cli(&home, &["events", "stats", "--repo", "bench", "single"], 5);
+    println!(
+        "| `events stats` over {count} events (median of 5, whole process) | {:.1} ms |",
+        stats.as_secs_f64() * 1000.0
+    );
+    let (show, show_rss) = time_cli(
+        &home,
+        &["events", "show", "--repo", "bench", "single", "--json"],
+        3,
+    );
+    println!(
+        "| `events show --json > /dev/null` (median of 3) | {:.0} events/s ({:.2} s), peak RSS {} KiB |",
+        rate(count, show),
+        show.as_secs_f64(),
+        show_rss
+    );
+    let small = count / 10;
+    write_events(&home, "small", small);
+    let (_, small_rss) = time_cli(
+        &home,
+        &["events", "show", "--repo", "bench", "small", "--json"],
+        1,
+    );
+    println!(
+        "| peak RSS of `events show` at {small} events vs {count} | {small_rss} KiB vs {show_rss} KiB |"
+    );
+
+    let per = count / writers;
+    let start = Instant::now();
+    let children: Vec<_> = (0..writers)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--writer",
+                    home.to_str().unwrap(),
+                    "concurrent",
+                    &per.to_string(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        assert!(c.wait_with_output().unwrap().status.success());
+    }
+    let wall = start.elapsed();
+    let log = prodigy::events::EventLog::new(
+        prodigy::RefStore::new(&Home::at(&home).unwrap(), Default::default()),
+        "bench",
+        "concurrent",
+    )
+    .unwrap();
+    let total = log.head().unwrap().unwrap().1.total.count;
+    assert_eq!(total, per * writers, "events lost");
+    println!(
+        "| {writers} writer processes, {per} events each, one job | {:.0} events/s aggregate ({:.2} s), {total} of {} present |",
+        rate(per * writers, wall),
+        wall.as_secs_f64(),
+        per * writers
+    );
+    println!(
+        "\nmachine: {} cores, {}; {count} events",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        String::from_utf8_lossy(&Command::new("uname").arg("-sr").output().unwrap().stdout).trim()
+    );
+}

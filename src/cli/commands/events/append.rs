@@ -1,0 +1,211 @@
+//! `prodigy events append`: JSON Lines in, one durable append per call.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use serde_json::{Map, Value};
+
+use super::RepoArg;
+use crate::cli::{Ctx, Exit};
+use crate::events::record::{RECORD_VERSION, new_id, normalize_timestamp, now_timestamp};
+use crate::events::{Batch, EventLog, EventRecord, Metadata};
+
+/// The longest line accepted (16 MiB); a longer one is refused after reading this much.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Append events from JSON Lines (FILE, or standard input when FILE is - or absent).
+///
+/// Each line is either a full record (with `id`, `timestamp` and an `event` object) or a
+/// bare event object with an `event_type`, which is wrapped into a record with a new id,
+/// the current time, this call's writer id and the next seq. Event types this version does
+/// not know are kept as they are. The call is all or nothing: a malformed line is refused
+/// with its line number and nothing is appended. Prints how many events were appended,
+/// once they are durable.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job to append to.
+    #[arg(long, value_name = "JOB")]
+    pub job: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Records per batch object.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_size: u64,
+    /// The input file (default: standard input).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+/// Turns input lines into batches: consecutive records of one writer, at most
+/// `batch_size` each.
+struct Builder {
+    batches: Vec<Batch>,
+    batch_size: u64,
+    writer: String,
+    next_seq: u64,
+    metadata: Metadata,
+}
+
+impl Builder {
+    fn push(&mut self, record: EventRecord) -> Result<(), String> {
+        let start_new = match self.batches.last() {
+            None => true,
+            Some(b) => b.writer() != Some(record.writer.as_str()) || b.len() >= self.batch_size,
+        };
+        if start_new {
+            self.batches.push(Batch::new());
+        }
+        let batch = self.batches.last_mut().ok_or("no batch")?;
+        batch.push(&record).map_err(|e| e.to_string())
+    }
+
+    fn line(&mut self, value: Value) -> Result<EventRecord, String> {
+        let Value::Object(mut obj) = value else {
+            return Err("not a JSON object".into());
+        };
+        if obj.contains_key("event") {
+            return full_record(obj);
+        }
+        match obj.get("event_type") {
+            Some(Value::String(_)) => {}
+            Some(_) => return Err("event_type must be a string".into()),
+            None => return Err("not an event: no event_type".into()),
+        }
+        let mut metadata = self.metadata.clone();
+        if let Some(Value::Object(extra)) = obj.remove("metadata") {
+            merge_metadata(&mut metadata, extra);
+        }
+        let correlation_id = match obj.remove("correlation_id") {
+            Some(Value::String(c)) => Some(c),
+            _ => None,
+        };
+        let record = EventRecord {
+            v: RECORD_VERSION,
+            id: new_id(),
+            timestamp: now_timestamp(),
+            writer: self.writer.clone(),
+            seq: self.next_seq,
+            correlation_id,
+            event: Value::Object(obj),
+            metadata,
+        };
+        self.next_seq += 1;
+        Ok(record)
+    }
+}
+
+fn merge_metadata(metadata: &mut Metadata, extra: Map<String, Value>) {
+    for (k, v) in extra {
+        match (k.as_str(), v) {
+            ("agent_id", Value::String(s)) => metadata.agent_id = Some(s),
+            ("worktree", Value::String(s)) => metadata.worktree = Some(s),
+            (_, v) => {
+                metadata.extra.insert(k, v);
+            }
+        }
+    }
+}
+
+fn full_record(mut obj: Map<String, Value>) -> Result<EventRecord, String> {
+    let event = obj.get("event").ok_or("no event")?;
+    match event.get("event_type") {
+        Some(Value::String(_)) => {}
+        _ => return Err("the record's event has no string event_type".into()),
+    }
+    for field in ["id", "timestamp", "writer"] {
+        if !matches!(obj.get(field), Some(Value::String(_))) {
+            return Err(format!("a full record needs a string {field:?}"));
+        }
+    }
+    if !obj.get("seq").is_some_and(Value::is_u64) {
+        return Err("a full record needs a numeric \"seq\"".into());
+    }
+    obj.entry("v").or_insert(Value::from(RECORD_VERSION));
+    let ts = obj
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let ts = normalize_timestamp(ts)?;
+    obj.insert("timestamp".into(), Value::String(ts));
+    serde_json::from_value(Value::Object(obj)).map_err(|e| format!("not a valid record: {e}"))
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes; `Err` names a longer one without
+/// keeping more than that of it.
+fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let n = (&mut *input)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+        return Ok(Some(false));
+    }
+    Ok(Some(true))
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    let repo = args.repo.resolve(ctx)?;
+    let log = EventLog::new(ctx.refs(), &repo, &args.job)?;
+    let cwd = std::env::current_dir().ok();
+    let mut builder = Builder {
+        batches: Vec::new(),
+        batch_size: args.batch_size,
+        writer: new_id(),
+        next_seq: 0,
+        metadata: Metadata {
+            host: Some(
+                rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            pid: Some(std::process::id()),
+            worktree: cwd
+                .and_then(|d| crate::repo::worktree_root(&d))
+                .map(|p| p.display().to_string()),
+            agent_id: None,
+            extra: Map::new(),
+        },
+    };
+    let mut file_input;
+    let input: &mut dyn BufRead = match &args.file {
+        Some(path) if path.as_os_str() != "-" => {
+            let file =
+                File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+            file_input = BufReader::with_capacity(1 << 16, file);
+            &mut file_input
+        }
+        _ => &mut *ctx.stdin,
+    };
+    let mut buf = Vec::new();
+    let mut number = 0usize;
+    while let Some(complete) = read_line(input, &mut buf).context("cannot read the input")? {
+        number += 1;
+        if !complete {
+            return Err(anyhow!(
+                "line {number} is longer than {MAX_LINE} bytes; nothing was appended"
+            ));
+        }
+        let text = buf.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        let refuse = |reason: String| anyhow!("line {number}: {reason}; nothing was appended");
+        let value: Value =
+            serde_json::from_slice(text).map_err(|e| refuse(format!("invalid JSON: {e}")))?;
+        let record = builder.line(value).map_err(&refuse)?;
+        builder.push(record).map_err(refuse)?;
+    }
+    let count: u64 = builder.batches.iter().map(Batch::len).sum();
+    log.append(&builder.batches)?;
+    let plural = if count == 1 { "" } else { "s" };
+    writeln!(ctx.out, "appended {count} event{plural} to {}", log.name())?;
+    Ok(Exit::Success)
+}

@@ -1,0 +1,172 @@
+//! `prodigy events …`: append to and read jobs' event logs. One file per subcommand.
+
+pub mod append;
+pub mod export;
+pub mod follow;
+pub mod ls;
+pub mod search;
+pub mod show;
+pub mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::cli::{Ctx, Exit};
+use crate::events::{EventError, EventLog, EventRecord};
+
+/// Append to and read jobs' event logs. Every worktree of a repository sees the same jobs;
+/// --repo reaches another repository's.
+#[derive(Debug, clap::Subcommand)]
+pub enum EventsCommand {
+    /// Append JSON Lines of events to a job's log.
+    Append(append::Args),
+    /// List jobs with their event counts and time ranges.
+    Ls(ls::Args),
+    /// Show a job's events, oldest first.
+    Show(show::Args),
+    /// Count events by type, agent or job, with outcomes and durations.
+    Stats(stats::Args),
+    /// Search events with a regular expression.
+    Search(search::Args),
+    /// Print a job's events as they are appended, until interrupted.
+    Follow(follow::Args),
+    /// Export a job's events as JSON Lines, JSON, CSV or Markdown.
+    Export(export::Args),
+}
+
+/// The repository option shared by the subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepoArg {
+    /// The repo name (default: the repository of the current directory).
+    #[arg(long, value_name = "NAME")]
+    pub repo: Option<String>,
+}
+
+impl RepoArg {
+    /// The repo name given, or the one the current directory maps to.
+    pub fn resolve(&self, ctx: &Ctx<'_>) -> anyhow::Result<String> {
+        match &self.repo {
+            Some(name) => {
+                crate::names::validate("repo name", name)?;
+                Ok(name.clone())
+            }
+            None => {
+                let cwd = std::env::current_dir().context("cannot read the current directory")?;
+                Ok(crate::repo::resolve_repo_name(&ctx.home, &cwd)?)
+            }
+        }
+    }
+}
+
+/// Opens the log of `job`, failing when the job has no events.
+pub fn open_existing(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<EventLog> {
+    let log = EventLog::new(ctx.refs(), repo, job)?;
+    if log.refs().read(log.name())?.is_none() {
+        return Err(EventError::NoSuchJob {
+            repo: repo.to_owned(),
+            job: job.to_owned(),
+        }
+        .into());
+    }
+    Ok(log)
+}
+
+/// Runs an events subcommand.
+pub fn exec(cmd: EventsCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    match cmd {
+        EventsCommand::Append(args) => append::exec(args, ctx),
+        EventsCommand::Ls(args) => ls::exec(args, ctx),
+        EventsCommand::Show(args) => show::exec(args, ctx),
+        EventsCommand::Stats(args) => stats::exec(args, ctx),
+        EventsCommand::Search(args) => search::exec(args, ctx),
+        EventsCommand::Follow(args) => follow::exec(args, ctx),
+        EventsCommand::Export(args) => export::exec(args, ctx),
+    }
+}
+
+/// One record as a human-readable line: time, type, agent, item, the other fields.
+pub fn human_line(r: &EventRecord) -> String {
+    let mut details = Vec::new();
+    if let Some(fields) = r.event.as_object() {
+        for (k, v) in fields {
+            if matches!(k.as_str(), "event_type" | "job_id" | "agent_id" | "item_id") {
+                continue;
+            }
+            let shown = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            details.push(format!("{k}={}", ellipsis(&shown, 80)));
+        }
+    }
+    format!(
+        "{}  {:<22} {:<14} {:<10} {}",
+        r.timestamp,
+        r.event_type(),
+        r.agent_id().unwrap_or("-"),
+        r.item_id().unwrap_or("-"),
+        details.join(" ")
+    )
+    .trim_end()
+    .to_owned()
+}
+
+fn ellipsis(s: &str, n: usize) -> String {
+    let s = s.replace(['\n', '\r', '\t'], " ");
+    if s.chars().count() <= n {
+        s
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// Where output goes: stdout, or a file written atomically (`-o FILE`).
+pub struct Output {
+    file: Option<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl Output {
+    /// Starts output to `path`, or to stdout when `None`.
+    pub fn new(path: Option<&PathBuf>) -> anyhow::Result<Output> {
+        let file = match path {
+            Some(path) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let temp = tempfile::Builder::new()
+                    .prefix(".prodigy-export.")
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+                    .with_context(|| format!("cannot create a file in '{}'", dir.display()))?;
+                Some((temp, path.clone()))
+            }
+            None => None,
+        };
+        Ok(Output { file })
+    }
+
+    /// The writer to use.
+    pub fn writer<'a>(
+        &'a mut self,
+        stdout: &'a mut (dyn std::io::Write + Send),
+    ) -> Box<dyn std::io::Write + 'a> {
+        match &mut self.file {
+            Some((temp, _)) => Box::new(std::io::BufWriter::new(temp.as_file_mut())),
+            None => Box::new(stdout),
+        }
+    }
+
+    /// Moves a finished file into place.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if let Some((temp, path)) = self.file {
+            temp.as_file()
+                .sync_all()
+                .context("cannot fsync the export")?;
+            temp.persist(&path)
+                .with_context(|| format!("cannot write '{}'", path.display()))?;
+        }
+        Ok(())
+    }
+}

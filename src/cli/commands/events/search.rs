@@ -1,0 +1,107 @@
+//! `prodigy events search`: a regular expression over records or one field.
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::show::io_error;
+use super::{RepoArg, human_line, open_existing};
+use crate::cli::{Ctx, Exit};
+use crate::events::query::stream;
+use crate::events::{EventLog, Filter, list_jobs};
+
+/// Search events with a regular expression: over each record's JSON, or over one field
+/// given as a dotted path (`event.error`, `metadata.host`, `event_type`). Searches one job,
+/// or every job of the repository. Exits 1 when nothing matches, like grep.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The regular expression (Rust regex syntax).
+    pub pattern: String,
+    /// The job (default: every job of the repository).
+    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Match only this field (a dotted path into the record).
+    #[arg(long, value_name = "FIELD")]
+    pub field: Option<String>,
+    /// Print JSON Lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The value at a dotted path; `event_type`-style short names also look inside `event`.
+fn field<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
+    let walk = |root: &'a Value| path.split('.').try_fold(root, |v, key| v.get(key));
+    walk(record).or_else(|| {
+        record
+            .get("event")
+            .and_then(|e| path.split('.').try_fold(e, |v, key| v.get(key)))
+    })
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    let regex = Regex::new(&args.pattern).map_err(|e| {
+        // The regex crate draws its errors over several lines; keep the verdict only.
+        let text = e.to_string();
+        let reason = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        crate::cli::UsageError(format!(
+            "invalid pattern {:?}: {}",
+            args.pattern,
+            reason.trim_start_matches("error: ")
+        ))
+    })?;
+    let repo = args.repo.resolve(ctx)?;
+    let logs: Vec<EventLog> = match &args.job {
+        Some(job) => vec![open_existing(ctx, &repo, job)?],
+        None => list_jobs(&ctx.refs(), Some(&repo))?
+            .into_iter()
+            .map(|j| EventLog::new(ctx.refs(), &j.repo, &j.job))
+            .collect::<Result<_, _>>()?,
+    };
+    let many = logs.len() > 1;
+    let mut found = 0u64;
+    let out = &mut *ctx.out;
+    for log in &logs {
+        stream(log, &Filter::default(), false, true, |line| {
+            let Some(record) = &line.record else {
+                return Ok(true);
+            };
+            let hit = match &args.field {
+                None => std::str::from_utf8(line.json).is_ok_and(|t| regex.is_match(t)),
+                Some(path) => {
+                    let value = serde_json::to_value(record)
+                        .map_err(|e| crate::events::EventError::BadRecord(e.to_string()))?;
+                    match field(&value, path) {
+                        Some(Value::String(s)) => regex.is_match(s),
+                        Some(other) => regex.is_match(&other.to_string()),
+                        None => false,
+                    }
+                }
+            };
+            if hit {
+                found += 1;
+                let text = if args.json {
+                    String::from_utf8_lossy(line.json).into_owned()
+                } else if many {
+                    format!("{}  {}", log.name().job(), human_line(record))
+                } else {
+                    human_line(record)
+                };
+                writeln!(out, "{text}").map_err(io_error)?;
+            }
+            Ok(true)
+        })?;
+    }
+    ctx.diag.verbose(&format!("{found} matching events"));
+    Ok(if found > 0 {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}

@@ -1,0 +1,118 @@
+//! `prodigy events show`: a job's events, oldest first, streamed.
+
+use std::collections::VecDeque;
+
+use super::{RepoArg, human_line, open_existing};
+use crate::cli::{Ctx, Exit};
+use crate::events::Filter;
+use crate::events::query::{parse_time_bound, stream};
+
+/// Show a job's events, oldest first (the order they were appended; within an append, the
+/// order they were logged). Filters combine with AND; --type may be repeated.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job.
+    pub job: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Show only the newest N matching events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print JSON Lines (one record per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Print what can be read of a damaged log, naming what cannot, instead of failing.
+    #[arg(long)]
+    pub best_effort: bool,
+}
+
+/// Record filters shared by show, search and export.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Only events of this agent.
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// Only events at or after this time: RFC 3339, or a duration ago (10m, 2h, 3d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events at or before this time: RFC 3339, or a duration ago.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only events with this correlation id.
+    #[arg(long, value_name = "ID")]
+    pub correlation: Option<String>,
+}
+
+impl FilterArgs {
+    /// The library filter, with times parsed.
+    pub fn to_filter(&self) -> anyhow::Result<Filter> {
+        let time = |t: &Option<String>| {
+            t.as_deref()
+                .map(parse_time_bound)
+                .transpose()
+                .map_err(anyhow::Error::msg)
+        };
+        Ok(Filter {
+            types: self.types.clone(),
+            agent: self.agent.clone(),
+            since: time(&self.since)?,
+            until: time(&self.until)?,
+            correlation: self.correlation.clone(),
+        })
+    }
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    let repo = args.repo.resolve(ctx)?;
+    let log = open_existing(ctx, &repo, &args.job)?;
+    let filter = args.filter.to_filter()?;
+    let mut newest: VecDeque<Vec<u8>> = VecDeque::new();
+    let out = &mut *ctx.out;
+    let skipped = stream(&log, &filter, args.best_effort, !args.json, |line| {
+        let text = match &line.record {
+            Some(r) if !args.json => human_line(r).into_bytes(),
+            _ => line.json.to_vec(),
+        };
+        match args.limit {
+            Some(limit) => {
+                if newest.len() == limit {
+                    newest.pop_front();
+                }
+                if limit > 0 {
+                    newest.push_back(text);
+                }
+            }
+            None => {
+                out.write_all(&text)
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(io_error)?;
+            }
+        }
+        Ok(true)
+    })?;
+    for text in newest {
+        out.write_all(&text)?;
+        out.write_all(b"\n")?;
+    }
+    for e in &skipped {
+        ctx.diag.warning(&crate::error_line(e));
+    }
+    Ok(if skipped.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
+/// Carries an output error through the event reader.
+pub fn io_error(e: std::io::Error) -> crate::events::EventError {
+    crate::events::EventError::Output(e)
+}

@@ -1,0 +1,204 @@
+//! `prodigy events stats`: counts, outcomes and durations from log nodes only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{RepoArg, open_existing};
+use crate::cli::{Ctx, Exit};
+use crate::events::{JobEvents, Summary, list_jobs};
+
+/// How to group the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// By event type.
+    Type,
+    /// By agent.
+    Agent,
+    /// By job.
+    Job,
+}
+
+/// Count the events of one job (or of every job of the repository): by type, agent or
+/// job, with agent and job outcomes and the durations events reported. Reads the log
+/// nodes' summaries only, never the events.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job (default: every job of the repository).
+    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Every repository (with no JOB).
+    #[arg(long, conflicts_with_all = ["repo", "job"])]
+    pub all_repos: bool,
+    /// How to group the counts.
+    #[arg(long, value_enum, default_value_t = GroupBy::Type)]
+    pub group_by: GroupBy,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    jobs: usize,
+    total: Summary,
+    agents_completed: u64,
+    agents_failed: u64,
+    jobs_completed: u64,
+    jobs_failed: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    by_agent: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    by_job: Vec<JobEvents>,
+}
+
+fn count(s: &Summary, t: &str) -> u64 {
+    s.types.get(t).copied().unwrap_or(0)
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    let repo = if args.all_repos {
+        None
+    } else {
+        Some(args.repo.resolve(ctx)?)
+    };
+    let jobs: Vec<JobEvents> = match (&args.job, &repo) {
+        (Some(job), Some(repo)) => {
+            let log = open_existing(ctx, repo, job)?;
+            let (_, head) = log
+                .head()?
+                .ok_or_else(|| anyhow::anyhow!("no events for job {job}"))?;
+            vec![JobEvents {
+                repo: repo.clone(),
+                job: job.clone(),
+                total: head.total,
+                batches: head.depth,
+            }]
+        }
+        _ => list_jobs(&ctx.refs(), repo.as_deref())?,
+    };
+    let mut total = Summary::default();
+    for j in &jobs {
+        total.merge(&j.total);
+    }
+    let mut by_agent = BTreeMap::new();
+    if args.group_by == GroupBy::Agent {
+        for j in &jobs {
+            let log = crate::events::EventLog::new(ctx.refs(), &j.repo, &j.job)?;
+            for (_, node) in log.nodes()? {
+                for (agent, n) in node.agents {
+                    *by_agent.entry(agent).or_default() += n;
+                }
+            }
+        }
+    }
+    let report = Report {
+        jobs: jobs.len(),
+        agents_completed: count(&total, "agent_completed"),
+        agents_failed: count(&total, "agent_failed"),
+        jobs_completed: count(&total, "job_completed"),
+        jobs_failed: count(&total, "job_failed"),
+        total,
+        by_agent,
+        by_job: if args.group_by == GroupBy::Job {
+            jobs
+        } else {
+            Vec::new()
+        },
+    };
+    if args.json {
+        writeln!(ctx.out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(Exit::Success);
+    }
+    let t = &report.total;
+    let out = &mut *ctx.out;
+    writeln!(
+        out,
+        "{} events in {} job{}, {} to {}",
+        t.count,
+        report.jobs,
+        if report.jobs == 1 { "" } else { "s" },
+        t.first_ts.as_deref().unwrap_or("-"),
+        t.last_ts.as_deref().unwrap_or("-")
+    )?;
+    let finished = report.agents_completed + report.agents_failed;
+    if finished > 0 {
+        writeln!(
+            out,
+            "agents: {} completed, {} failed ({:.1}% succeeded)",
+            report.agents_completed,
+            report.agents_failed,
+            100.0 * report.agents_completed as f64 / finished as f64
+        )?;
+    }
+    if report.jobs_completed + report.jobs_failed > 0 {
+        writeln!(
+            out,
+            "jobs: {} completed, {} failed",
+            report.jobs_completed, report.jobs_failed
+        )?;
+    }
+    match args.group_by {
+        GroupBy::Type => {
+            writeln!(out, "\n{:<26} {:>10}", "TYPE", "EVENTS")?;
+            let mut types: Vec<_> = t.types.iter().collect();
+            types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            for (name, n) in types {
+                writeln!(out, "{name:<26} {n:>10}")?;
+            }
+        }
+        GroupBy::Agent => {
+            writeln!(out, "\n{:<26} {:>10}", "AGENT", "EVENTS")?;
+            for (agent, n) in &report.by_agent {
+                writeln!(out, "{agent:<26} {n:>10}")?;
+            }
+        }
+        GroupBy::Job => {
+            writeln!(
+                out,
+                "\n{:<28} {:>10} {:>10} {:>10}",
+                "JOB", "EVENTS", "COMPLETED", "FAILED"
+            )?;
+            for j in &report.by_job {
+                writeln!(
+                    out,
+                    "{:<28} {:>10} {:>10} {:>10}",
+                    j.job,
+                    j.total.count,
+                    count(&j.total, "agent_completed"),
+                    count(&j.total, "agent_failed")
+                )?;
+            }
+        }
+    }
+    if !t.durations.is_empty() {
+        writeln!(
+            out,
+            "\n{:<26} {:>8} {:>12} {:>12} {:>12}",
+            "DURATIONS", "COUNT", "AVG", "MIN", "MAX"
+        )?;
+        for (name, d) in &t.durations {
+            let avg = d.total_ms.checked_div(d.count).unwrap_or(0);
+            writeln!(
+                out,
+                "{name:<26} {:>8} {:>12} {:>12} {:>12}",
+                d.count,
+                ms(avg),
+                ms(d.min_ms),
+                ms(d.max_ms)
+            )?;
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}

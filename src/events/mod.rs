@@ -1,0 +1,12 @@
+//! The event log (DESIGN.md §6): records, batches chained by `log` nodes, the logger, and
+//! queries over a job's log.
+
+pub mod log;
+pub mod logger;
+pub mod query;
+pub mod record;
+
+pub use log::{Batch, EventError, EventLog, JobEvents, LogNode, Summary, list_jobs};
+pub use logger::{EventLogger, Thresholds};
+pub use query::Filter;
+pub use record::{EventRecord, MapReduceEvent, Metadata};

@@ -1,0 +1,357 @@
+//! Event records (DESIGN.md §6): the envelope every event is stored in, and the 27 typed
+//! MapReduce events of the original tool.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The schema version written in every record's `v`.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One stored event: the envelope and its event (kept as JSON, so that unknown event types
+/// from newer writers survive a round trip).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Schema version.
+    pub v: u32,
+    /// Unique id (UUID v7 when written here).
+    pub id: String,
+    /// RFC 3339, UTC, microseconds: `2026-11-25T17:50:02.024123Z`.
+    pub timestamp: String,
+    /// Unique per logger instance (or per `events append` call).
+    pub writer: String,
+    /// 0, 1, 2, … per writer.
+    pub seq: u64,
+    /// Groups the events of one logical operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The event: a JSON object with an `event_type`.
+    pub event: Value,
+    /// Where it was written.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Where a record was written: real values, never invented ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The git worktree the writer ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<String>,
+    /// The agent that wrote it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Anything else the writer added.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl EventRecord {
+    /// The event's `event_type` ("" when missing, which appends refuse).
+    pub fn event_type(&self) -> &str {
+        self.event
+            .get("event_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+
+    /// The agent: the event's `agent_id`, else the metadata's.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.event
+            .get("agent_id")
+            .and_then(Value::as_str)
+            .or(self.metadata.agent_id.as_deref())
+    }
+
+    /// The work item, if the event names one.
+    pub fn item_id(&self) -> Option<&str> {
+        self.event.get("item_id").and_then(Value::as_str)
+    }
+
+    /// The event's `duration_ms`, if it has one.
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.event.get("duration_ms").and_then(Value::as_u64)
+    }
+}
+
+/// The MapReduce events of the original tool, with its field names, plus `item_id` on every
+/// agent event. Durations are whole milliseconds (`duration_ms`); the original's
+/// `[secs, nanos]` arrays are converted on import.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum MapReduceEvent {
+    JobStarted {
+        job_id: String,
+        config: Value,
+        total_items: usize,
+        timestamp: String,
+    },
+    JobCompleted {
+        job_id: String,
+        duration_ms: u64,
+        success_count: usize,
+        failure_count: usize,
+    },
+    JobFailed {
+        job_id: String,
+        error: String,
+        partial_results: usize,
+    },
+    JobPaused {
+        job_id: String,
+        checkpoint_version: u32,
+    },
+    JobResumed {
+        job_id: String,
+        checkpoint_version: u32,
+        pending_items: usize,
+    },
+    AgentStarted {
+        job_id: String,
+        agent_id: String,
+        item_id: String,
+        worktree: String,
+        attempt: u32,
+    },
+    AgentProgress {
+        job_id: String,
+        agent_id: String,
+        item_id: String,
+        step: String,
+        progress_pct: f32,
+    },
+    AgentCompleted {
+        job_id: String,
+        agent_id: String,
+        item_id: String,
+        duration_ms: u64,
+        commits: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json_log_location: Option<String>,
+    },
+    AgentFailed {
+        job_id: String,
+        agent_id: String,
+        item_id: String,
+        error: String,
+        retry_eligible: bool,
+    },
+    AgentRetrying {
+        job_id: String,
+        agent_id: String,
+        item_id: String,
+        attempt: u32,
+        backoff_ms: u64,
+    },
+    CheckpointCreated {
+        job_id: String,
+        version: u32,
+        agents_completed: usize,
+    },
+    CheckpointLoaded {
+        job_id: String,
+        version: u32,
+    },
+    CheckpointFailed {
+        job_id: String,
+        error: String,
+    },
+    WorktreeCreated {
+        job_id: String,
+        agent_id: String,
+        worktree_name: String,
+        branch: String,
+    },
+    WorktreeMerged {
+        job_id: String,
+        agent_id: String,
+        target_branch: String,
+    },
+    WorktreeCleaned {
+        job_id: String,
+        agent_id: String,
+        worktree_name: String,
+    },
+    QueueDepthChanged {
+        job_id: String,
+        pending: usize,
+        active: usize,
+        completed: usize,
+    },
+    MemoryPressure {
+        job_id: String,
+        used_mb: usize,
+        limit_mb: usize,
+    },
+    #[serde(rename = "dlq_item_added")]
+    DlqItemAdded {
+        job_id: String,
+        item_id: String,
+        error_signature: String,
+        failure_count: u32,
+    },
+    #[serde(rename = "dlq_item_removed")]
+    DlqItemRemoved {
+        job_id: String,
+        item_id: String,
+    },
+    #[serde(rename = "dlq_items_reprocessed")]
+    DlqItemsReprocessed {
+        job_id: String,
+        count: usize,
+    },
+    #[serde(rename = "dlq_items_evicted")]
+    DlqItemsEvicted {
+        job_id: String,
+        count: usize,
+    },
+    #[serde(rename = "dlq_analysis_generated")]
+    DlqAnalysisGenerated {
+        job_id: String,
+        patterns: usize,
+    },
+    ClaudeToolInvoked {
+        agent_id: String,
+        tool_name: String,
+        tool_id: String,
+        parameters: Value,
+        timestamp: String,
+    },
+    ClaudeTokenUsage {
+        agent_id: String,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_tokens: u64,
+    },
+    ClaudeSessionStarted {
+        agent_id: String,
+        session_id: String,
+        model: String,
+        tools: Vec<String>,
+    },
+    ClaudeMessage {
+        agent_id: String,
+        content: String,
+        message_type: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        json_log_location: Option<String>,
+    },
+}
+
+/// Every event type name, in the original's order.
+pub const EVENT_TYPES: [&str; 27] = [
+    "job_started",
+    "job_completed",
+    "job_failed",
+    "job_paused",
+    "job_resumed",
+    "agent_started",
+    "agent_progress",
+    "agent_completed",
+    "agent_failed",
+    "agent_retrying",
+    "checkpoint_created",
+    "checkpoint_loaded",
+    "checkpoint_failed",
+    "worktree_created",
+    "worktree_merged",
+    "worktree_cleaned",
+    "queue_depth_changed",
+    "memory_pressure",
+    "dlq_item_added",
+    "dlq_item_removed",
+    "dlq_items_reprocessed",
+    "dlq_items_evicted",
+    "dlq_analysis_generated",
+    "claude_tool_invoked",
+    "claude_token_usage",
+    "claude_session_started",
+    "claude_message",
+];
+
+/// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,
+/// so that timestamps compare correctly as strings.
+pub fn now_timestamp() -> String {
+    format_timestamp(jiff::Timestamp::now())
+}
+
+/// Formats a timestamp the way records store it (truncated to microseconds).
+pub fn format_timestamp(ts: jiff::Timestamp) -> String {
+    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Parses any RFC 3339 timestamp and returns it in the stored form (microseconds, UTC).
+pub fn normalize_timestamp(text: &str) -> Result<String, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(format_timestamp)
+        .map_err(|e| format!("invalid timestamp {text:?}: {e}"))
+}
+
+/// A new unique id (UUID v7: time-ordered).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_serializes_under_its_name() {
+        let samples = [
+            MapReduceEvent::JobStarted {
+                job_id: "j".into(),
+                config: Value::Null,
+                total_items: 1,
+                timestamp: now_timestamp(),
+            },
+            MapReduceEvent::DlqItemAdded {
+                job_id: "j".into(),
+                item_id: "i".into(),
+                error_signature: "s".into(),
+                failure_count: 1,
+            },
+            MapReduceEvent::ClaudeMessage {
+                agent_id: "a".into(),
+                content: "c".into(),
+                message_type: "m".into(),
+                json_log_location: None,
+            },
+        ];
+        for (event, name) in samples
+            .iter()
+            .zip(["job_started", "dlq_item_added", "claude_message"])
+        {
+            let json = serde_json::to_value(event).unwrap();
+            assert_eq!(json["event_type"], name);
+            assert!(EVENT_TYPES.contains(&name));
+            let back: MapReduceEvent = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, event);
+        }
+    }
+
+    #[test]
+    fn timestamps_have_six_digits_and_normalize() {
+        let ts = now_timestamp();
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert_eq!(
+            normalize_timestamp("2025-01-09T14:32:53.346192243Z").unwrap(),
+            "2025-01-09T14:32:53.346192Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2025-01-09T14:32:53Z").unwrap(),
+            "2025-01-09T14:32:53.000000Z"
+        );
+        assert_eq!(
+            normalize_timestamp("2025-01-09T15:32:53+01:00").unwrap(),
+            "2025-01-09T14:32:53.000000Z"
+        );
+        assert!(normalize_timestamp("yesterday").is_err());
+    }
+}

@@ -1,0 +1,610 @@
+//! The event log end to end: `prodigy events …`, worktrees, bad input, damaged logs.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::common::{Env, assert_one_line_error, snapshot};
+
+/// A repository `api` with one commit and a linked worktree `wt`, inside the scratch dir.
+pub fn repo_with_worktree(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = env.scratch();
+    let main = base.join("api");
+    fs::create_dir_all(&main).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&main, &["init", "-q", "-b", "main"]);
+    git(&main, &["commit", "-q", "--allow-empty", "-m", "init"]);
+    git(&main, &["worktree", "add", "-q", "../wt", "-b", "wt"]);
+    (main, base.join("wt"))
+}
+
+const JOB_EVENTS: &str = r#"{"event_type":"job_started","job_id":"mr-1","config":{"max_parallel":2},"total_items":3,"timestamp":"2026-01-01T00:00:00Z"}
+{"event_type":"agent_started","job_id":"mr-1","agent_id":"agent-1","item_id":"item-1","worktree":"wt-1","attempt":1}
+{"event_type":"agent_completed","job_id":"mr-1","agent_id":"agent-1","item_id":"item-1","duration_ms":1500,"commits":["abc"]}
+{"event_type":"agent_started","job_id":"mr-1","agent_id":"agent-2","item_id":"item-2","worktree":"wt-2","attempt":1}
+"#;
+
+const WORKTREE_EVENTS: &str = r#"{"event_type":"agent_failed","job_id":"mr-1","agent_id":"agent-2","item_id":"item-2","error":"file /a/b.rs:12 not found","retry_eligible":true}
+{"event_type":"some_future_event","job_id":"mr-1","detail":"kept as is"}
+{"event_type":"job_completed","job_id":"mr-1","duration_ms":4000,"success_count":1,"failure_count":1}
+"#;
+
+fn run_in(env: &Env, dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    env.cmd()
+        .current_dir(dir)
+        .args(args)
+        .write_stdin(stdin.as_bytes().to_vec())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn appends_from_two_worktrees_make_one_log() {
+    let env = Env::new();
+    let (main, wt) = repo_with_worktree(&env);
+    let out = run_in(
+        &env,
+        &main,
+        &["events", "append", "--job", "mr-1"],
+        JOB_EVENTS,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "appended 4 events to events/api/mr-1\n"
+    );
+    let out = run_in(
+        &env,
+        &wt,
+        &["events", "append", "--job", "mr-1", "-"],
+        WORKTREE_EVENTS,
+    );
+    assert!(out.status.success());
+    // Both worktrees see the same 7 events, in append order.
+    for dir in [&main, &wt] {
+        let out = run_in(&env, dir, &["events", "show", "mr-1", "--json"], "");
+        let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let types: Vec<&str> = records
+            .iter()
+            .map(|r| r["event"]["event_type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "job_started",
+                "agent_started",
+                "agent_completed",
+                "agent_started",
+                "agent_failed",
+                "some_future_event",
+                "job_completed"
+            ]
+        );
+        assert_eq!(records[0]["v"], 1);
+        assert_eq!(
+            records[0]["metadata"]["worktree"],
+            fs::canonicalize(&main).unwrap().to_str().unwrap()
+        );
+        assert_eq!(
+            records[4]["metadata"]["worktree"],
+            fs::canonicalize(&wt).unwrap().to_str().unwrap()
+        );
+        assert!(records[4]["metadata"]["pid"].as_u64().is_some());
+        assert_eq!(records[0]["timestamp"].as_str().unwrap().len(), 27);
+    }
+    // Filters.
+    let show = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["events", "show", "mr-1", "--json"];
+        all.extend_from_slice(args);
+        let out = run_in(&env, &wt, &all, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(show(&["--type", "agent_started"]).len(), 2);
+    assert_eq!(
+        show(&["--type", "agent_started", "--type", "agent_failed"]).len(),
+        3
+    );
+    assert_eq!(show(&["--agent", "agent-2"]).len(), 2);
+    assert_eq!(show(&["--limit", "2"]).len(), 2);
+    assert!(show(&["--limit", "1"])[0].contains("job_completed"));
+    assert_eq!(show(&["--since", "1h"]).len(), 7);
+    assert_eq!(show(&["--until", "1h"]).len(), 0);
+    assert_eq!(
+        show(&[
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2100-01-01T00:00:00+02:00"
+        ])
+        .len(),
+        7
+    );
+    let out = run_in(
+        &env,
+        &wt,
+        &["events", "show", "mr-1", "--since", "yesterday"],
+        "",
+    );
+    assert_one_line_error(&out, 1);
+    // From outside the repository, --repo reaches it.
+    let out = env.run(&["events", "show", "mr-1", "--repo", "api", "--json"], b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7);
+    // Human output.
+    snapshot(
+        "events_show",
+        &run_in(&env, &wt, &["events", "show", "mr-1"], ""),
+        &env.home(),
+    );
+    snapshot(
+        "events_ls",
+        &run_in(&env, &wt, &["events", "ls"], ""),
+        &env.home(),
+    );
+    snapshot(
+        "events_stats",
+        &run_in(&env, &wt, &["events", "stats"], ""),
+        &env.home(),
+    );
+    snapshot(
+        "events_stats_agent",
+        &run_in(
+            &env,
+            &main,
+            &["events", "stats", "mr-1", "--group-by", "agent"],
+            "",
+        ),
+        &env.home(),
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&run_in(&env, &main, &["events", "stats", "--json"], "").stdout)
+            .unwrap();
+    assert_eq!(json["total"]["count"], 7);
+    assert_eq!(json["agents_completed"], 1);
+    assert_eq!(json["agents_failed"], 1);
+    assert_eq!(
+        json["total"]["durations"]["agent_completed"]["total_ms"],
+        1500
+    );
+    let all: serde_json::Value = serde_json::from_slice(
+        &env.run(&["events", "ls", "--all-repos", "--json"], b"")
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(all[0]["repo"], "api");
+    assert_eq!(all[0]["total"]["count"], 7);
+}
+
+#[test]
+fn search_and_export() {
+    let env = Env::new();
+    let (main, _) = repo_with_worktree(&env);
+    run_in(
+        &env,
+        &main,
+        &["events", "append", "--job", "mr-1"],
+        JOB_EVENTS,
+    );
+    run_in(
+        &env,
+        &main,
+        &["events", "append", "--job", "mr-2"],
+        WORKTREE_EVENTS,
+    );
+    let out = run_in(
+        &env,
+        &main,
+        &[
+            "events",
+            "search",
+            r"/a/b\.rs:\d+",
+            "--field",
+            "event.error",
+        ],
+        "",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("mr-2  "), "{text}");
+    let out = run_in(
+        &env,
+        &main,
+        &["events", "search", "agent-1", "mr-1", "--json"],
+        "",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let out = run_in(&env, &main, &["events", "search", "no such thing"], "");
+    assert_eq!(out.status.code(), Some(1));
+    let out = run_in(&env, &main, &["events", "search", "(unclosed"], "");
+    assert_one_line_error(&out, 2);
+
+    let out = run_in(
+        &env,
+        &main,
+        &["events", "export", "mr-1", "--format", "json"],
+        "",
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc.as_array().unwrap().len(), 4);
+    let file = env.scratch().join("out.csv");
+    let out = run_in(
+        &env,
+        &main,
+        &[
+            "events",
+            "export",
+            "mr-1",
+            "--format",
+            "csv",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success());
+    let csv = fs::read_to_string(&file).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "id,timestamp,event_type,agent_id,item_id,correlation_id,writer,seq,event"
+    );
+    // The event column is quoted JSON with doubled quotes.
+    let row = lines.nth(2).unwrap();
+    assert!(
+        row.contains(",agent_completed,agent-1,item-1,,") && row.contains(r#""{""agent_id"""#),
+        "{row}"
+    );
+    let out = run_in(
+        &env,
+        &main,
+        &["events", "export", "mr-1", "--format", "markdown"],
+        "",
+    );
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.starts_with("| time | type | agent | item | event |\n|---|---|---|---|---|\n"));
+    assert_eq!(md.lines().count(), 6);
+    let out = run_in(
+        &env,
+        &main,
+        &["events", "export", "mr-1", "--format", "jsonl"],
+        "",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+}
+
+#[test]
+fn bad_lines_append_nothing() {
+    let env = Env::new();
+    let cases = [
+        (
+            "{\"event_type\":\"job_started\"}\nnot json\n",
+            "line 2: invalid JSON",
+        ),
+        (
+            "{\"event_type\":\"job_started\"}\n{\"no_type\":1}\n",
+            "line 2: not an event: no event_type",
+        ),
+        ("[1,2]\n", "line 1: not a JSON object"),
+        (
+            "{\"event_type\":7}\n",
+            "line 1: event_type must be a string",
+        ),
+        (
+            "{\"id\":\"x\",\"timestamp\":\"nope\",\"writer\":\"w\",\"seq\":0,\"event\":{\"event_type\":\"a\"}}\n",
+            "line 1: invalid timestamp",
+        ),
+        (
+            "{\"id\":\"x\",\"event\":{\"event_type\":\"a\"}}\n",
+            "line 1: a full record needs a string \"timestamp\"",
+        ),
+    ];
+    for (input, want) in cases {
+        let out = env.run(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            input.as_bytes(),
+        );
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains(want) && stderr.contains("nothing was appended"),
+            "{stderr}"
+        );
+    }
+    assert!(!env.home().join("events/api/j/HEAD").exists());
+    let out = env.run(&["events", "show", "j", "--repo", "api"], b"");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("no events for job j in repo api"),
+        "{stderr}"
+    );
+    for bad in ["../x", "a/b", &"j".repeat(200)] {
+        let out = env.run(
+            &["events", "append", "--job", bad, "--repo", "api"],
+            b"{\"event_type\":\"x\"}\n",
+        );
+        assert_one_line_error(&out, 1);
+    }
+    assert!(!env.home().join("events").exists());
+}
+
+#[test]
+fn a_huge_line_is_refused_without_being_read_whole() {
+    let env = Env::new();
+    let mut child = env
+        .std_cmd()
+        .args(["events", "append", "--job", "j", "--repo", "api"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(b"{\"event_type\":\"ok\"}\n{\"event_type\":\"x\",\"blob\":\"");
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..100 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = stdin.write_all(b"\"}\n");
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("line 2 is longer than 16777216 bytes"),
+        "{stderr}"
+    );
+    assert!(!env.home().join("events/api/j/HEAD").exists());
+}
+
+#[test]
+fn full_records_keep_their_identity() {
+    let env = Env::new();
+    let input = concat!(
+        r#"{"id":"r1","timestamp":"2025-01-09T14:32:53.346192243Z","writer":"w1","seq":0,"correlation_id":"c1","event":{"event_type":"agent_started","agent_id":"a","item_id":"i"},"metadata":{"host":"h","pid":7}}"#,
+        "\n",
+        r#"{"id":"r2","timestamp":"2025-01-09T14:32:54Z","writer":"w1","seq":1,"event":{"event_type":"agent_completed","agent_id":"a","item_id":"i","duration_ms":5}}"#,
+        "\n"
+    );
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        input.as_bytes(),
+    );
+    let out = env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"");
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records[0]["id"], "r1");
+    assert_eq!(records[0]["timestamp"], "2025-01-09T14:32:53.346192Z");
+    assert_eq!(records[0]["metadata"]["host"], "h");
+    assert_eq!(records[1]["seq"], 1);
+    let out = env.ok(
+        &[
+            "events",
+            "show",
+            "j",
+            "--repo",
+            "api",
+            "--correlation",
+            "c1",
+            "--json",
+        ],
+        b"",
+    );
+    assert_eq!(out.lines().count(), 1);
+    // Out-of-order seq from one writer is refused.
+    let bad = input.replace(r#""seq":1"#, r#""seq":0"#);
+    let out = env.run(
+        &["events", "append", "--job", "k", "--repo", "api"],
+        bad.as_bytes(),
+    );
+    assert_one_line_error(&out, 1);
+}
+
+#[test]
+fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
+    let env = Env::new();
+    for n in 0..3 {
+        let line = format!("{{\"event_type\":\"step\",\"n\":{n}}}\n");
+        env.ok(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            line.as_bytes(),
+        );
+    }
+    let refs = env.store();
+    let log = prodigy::events::EventLog::new(refs.clone(), "api", "j").unwrap();
+    let nodes = log.nodes().unwrap();
+    let middle = nodes[1].1.batch;
+    let path = refs.objects().path(&middle);
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() - 2;
+    bytes[at] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let out = env.run(&["events", "show", "j", "--repo", "api", "--json"], b"");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains(&format!("broken at batch {middle}")),
+        "{stderr}"
+    );
+    let out = env.run(
+        &[
+            "events",
+            "show",
+            "j",
+            "--repo",
+            "api",
+            "--json",
+            "--best-effort",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("warning: the event log events/api/j is broken at batch")
+    );
+    // A missing node: the newer part is still shown.
+    fs::remove_file(refs.objects().path(&nodes[0].0)).unwrap();
+    let out = env.run(
+        &[
+            "events",
+            "show",
+            "j",
+            "--repo",
+            "api",
+            "--json",
+            "--best-effort",
+        ],
+        b"",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("broken at log node {}", nodes[0].0))
+    );
+}
+
+#[test]
+fn follow_prints_appends_as_they_land() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        b"{\"event_type\":\"before\"}\n",
+    );
+    let mut child = env
+        .std_cmd()
+        .args([
+            "events",
+            "follow",
+            "j",
+            "--repo",
+            "api",
+            "--json",
+            "--interval",
+            "20ms",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for n in 0..3 {
+        env.ok(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            format!("{{\"event_type\":\"live\",\"n\":{n}}}\n").as_bytes(),
+        );
+        let line = lines.next().unwrap().unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(record["event"]["n"], n);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn events_survive_in_fsck() {
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        JOB_EVENTS.as_bytes(),
+    );
+    let out = env.run(&["fsck"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn the_logger_flushes_on_time_on_drop_and_on_size() {
+    use prodigy::events::{EventLog, EventLogger, MapReduceEvent, Thresholds};
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let home = prodigy::Home::at(env.home()).unwrap();
+    let count = || {
+        EventLog::new(env.store(), "api", "j")
+            .unwrap()
+            .head()
+            .unwrap()
+            .map_or(0, |(_, node)| node.total.count)
+    };
+    let event = |n: u32| MapReduceEvent::CheckpointLoaded {
+        job_id: "j".into(),
+        version: n,
+    };
+    let thresholds = Thresholds {
+        max_events: 5,
+        max_bytes: 1 << 20,
+        max_delay: Duration::from_millis(100),
+    };
+    let logger = EventLogger::new(&home, "api", "j", thresholds).unwrap();
+    logger.set_correlation_id(Some("corr-1".into()));
+    logger.log(event(0)).unwrap();
+    // The time threshold flushes without any further call.
+    let start = Instant::now();
+    while count() < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the time threshold never flushed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The size threshold flushes inside log().
+    for n in 1..=5 {
+        logger.log(event(n)).unwrap();
+    }
+    assert_eq!(count(), 6);
+    logger.log(event(6)).unwrap();
+    drop(logger);
+    assert_eq!(count(), 7, "drop did not flush");
+    let out = env.ok(
+        &[
+            "events",
+            "show",
+            "j",
+            "--repo",
+            "api",
+            "--correlation",
+            "corr-1",
+            "--json",
+        ],
+        b"",
+    );
+    assert_eq!(out.lines().count(), 7);
+    let logger = EventLogger::new(&home, "api", "j", Thresholds::default()).unwrap();
+    logger.log(event(7)).unwrap();
+    logger.shutdown().unwrap();
+    assert_eq!(count(), 8);
+}
