@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::EventRecord;
+use super::record::{EventRecord, RecordInfo};
 use crate::object::{ObjectError, ObjectId, ObjectStore, ObjectType};
 use crate::refs::{RefError, RefKind, RefName, RefStore};
 
@@ -101,6 +101,16 @@ impl DurationStats {
     }
 }
 
+/// Adds `n` to a counter, allocating the key only the first time.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+    match map.get_mut(key) {
+        Some(count) => *count += n,
+        None => {
+            map.insert(key.to_owned(), n);
+        }
+    }
+}
+
 /// What a set of events holds, without the events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -120,25 +130,25 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, record: &EventRecord, bytes: u64) {
+    fn add(&mut self, r: &RecordInfo<'_>, bytes: u64) {
         self.count += 1;
         self.bytes += bytes;
-        let ts = &record.timestamp;
-        if self.first_ts.as_ref().is_none_or(|f| ts < f) {
-            self.first_ts = Some(ts.clone());
+        if self.first_ts.as_deref().is_none_or(|f| r.timestamp < f) {
+            self.first_ts = Some(r.timestamp.to_owned());
         }
-        if self.last_ts.as_ref().is_none_or(|l| ts > l) {
-            self.last_ts = Some(ts.clone());
+        if self.last_ts.as_deref().is_none_or(|l| r.timestamp > l) {
+            self.last_ts = Some(r.timestamp.to_owned());
         }
-        *self
-            .types
-            .entry(record.event_type().to_owned())
-            .or_default() += 1;
-        if let Some(ms) = record.duration_ms() {
-            self.durations
-                .entry(record.event_type().to_owned())
-                .or_default()
-                .add(ms);
+        bump(&mut self.types, r.event_type, 1);
+        if let Some(ms) = r.duration_ms {
+            match self.durations.get_mut(r.event_type) {
+                Some(d) => d.add(ms),
+                None => self
+                    .durations
+                    .entry(r.event_type.to_owned())
+                    .or_default()
+                    .add(ms),
+            }
         }
     }
 
@@ -211,34 +221,39 @@ impl Batch {
     /// Adds a record (serialized as one line). Refuses a record from another writer than
     /// the batch's first, or out of `seq` order.
     pub fn push(&mut self, record: &EventRecord) -> Result<(), EventError> {
+        let mut line = Vec::with_capacity(256);
+        serde_json::to_writer(&mut line, record)
+            .map_err(|e| EventError::BadRecord(format!("record {}: {e}", record.id)))?;
+        self.push_encoded(&line, &record.info())
+    }
+
+    /// Adds a record already serialized as JSON (without a newline), described by `info`.
+    pub fn push_encoded(&mut self, json: &[u8], info: &RecordInfo<'_>) -> Result<(), EventError> {
         match &self.writer {
             None => {
-                self.writer = Some(record.writer.clone());
-                self.seq_first = record.seq;
+                self.writer = Some(info.writer.to_owned());
+                self.seq_first = info.seq;
             }
-            Some(w) if *w != record.writer => {
+            Some(w) if w != info.writer => {
                 return Err(EventError::BadRecord(format!(
-                    "record {} is from writer {}, the batch from {w}",
-                    record.id, record.writer
+                    "record seq {} is from writer {}, the batch from {w}",
+                    info.seq, info.writer
                 )));
             }
-            Some(_) if record.seq <= self.seq_last => {
+            Some(_) if info.seq <= self.seq_last => {
                 return Err(EventError::BadRecord(format!(
-                    "record {} has seq {} after seq {}",
-                    record.id, record.seq, self.seq_last
+                    "writer {} has seq {} after seq {}",
+                    info.writer, info.seq, self.seq_last
                 )));
             }
             Some(_) => {}
         }
-        self.seq_last = record.seq;
-        let start = self.payload.len();
-        serde_json::to_writer(&mut self.payload, record)
-            .map_err(|e| EventError::BadRecord(format!("record {}: {e}", record.id)))?;
+        self.seq_last = info.seq;
+        self.payload.extend_from_slice(json);
         self.payload.push(b'\n');
-        let bytes = (self.payload.len() - start) as u64;
-        self.summary.add(record, bytes);
-        if let Some(agent) = record.agent_id() {
-            *self.agents.entry(agent.to_owned()).or_default() += 1;
+        self.summary.add(info, json.len() as u64 + 1);
+        if let Some(agent) = info.agent_id {
+            bump(&mut self.agents, agent, 1);
         }
         Ok(())
     }
@@ -254,8 +269,8 @@ impl Batch {
         }
         self.payload.extend_from_slice(&newer.payload);
         self.summary.merge(&newer.summary);
-        for (agent, n) in newer.agents {
-            *self.agents.entry(agent).or_default() += n;
+        for (agent, n) in &newer.agents {
+            bump(&mut self.agents, agent, *n);
         }
         self.seq_last = newer.seq_last;
     }
@@ -273,6 +288,11 @@ impl Batch {
     /// Bytes of JSON Lines so far.
     pub fn bytes(&self) -> usize {
         self.payload.len()
+    }
+
+    /// The last record's seq.
+    pub fn seq_last(&self) -> u64 {
+        self.seq_last
     }
 
     /// The writer of the batch's records.
@@ -448,6 +468,38 @@ impl EventLog {
         }
         nodes.reverse();
         Ok((nodes, None))
+    }
+
+    /// Like [`Self::nodes_between`], keeping only the node ids.
+    pub fn node_ids_between(
+        &self,
+        head: Option<ObjectId>,
+        stop: Option<ObjectId>,
+        best_effort: bool,
+    ) -> Result<(Vec<ObjectId>, Option<EventError>), EventError> {
+        let mut ids = Vec::new();
+        let mut next = head;
+        while let Some(id) = next {
+            if Some(id) == stop {
+                break;
+            }
+            match self.node(&id) {
+                Ok(node) => {
+                    next = node.parent;
+                    ids.push(id);
+                }
+                Err(e) => {
+                    let e = self.broken("log node", id, e);
+                    if !best_effort {
+                        return Err(e);
+                    }
+                    ids.reverse();
+                    return Ok((ids, Some(e)));
+                }
+            }
+        }
+        ids.reverse();
+        Ok((ids, None))
     }
 
     /// Every node, oldest first (errors on a broken chain).

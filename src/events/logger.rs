@@ -1,27 +1,41 @@
-//! `EventLogger`: buffers records and appends them to a job's log in durable batches, on a
-//! size threshold, a time threshold (a background thread), `flush()`, `shutdown()` and drop.
+//! `EventLogger`: buffers records and appends them to a job's log in durable batches.
+//!
+//! The caller's thread only serializes records into the current batch. A full batch (size
+//! threshold), an old one (time threshold), `flush()`, `shutdown()` and drop seal it and
+//! hand it to the logger's flusher thread, which appends sealed batches in order. So
+//! serialization on the caller's core overlaps compression and fsyncs on the other; at
+//! most [`MAX_SEALED`] sealed batches wait, after which `log` blocks (back-pressure).
 
+use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::log::{Batch, EventError, EventLog};
-use super::record::{EventRecord, MapReduceEvent, Metadata, RECORD_VERSION, new_id, now_timestamp};
-use crate::home::{Home, HomeError};
+use super::record::{MapReduceEvent, Metadata, RECORD_VERSION, RecordInfo, new_id, now_timestamp};
+use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::refs::RefStore;
+
+/// How many sealed batches may wait for the flusher before `log` blocks.
+pub const MAX_SEALED: usize = 4;
 
 /// When buffered records are flushed.
 #[derive(Debug, Clone, Copy)]
 pub struct Thresholds {
-    /// Flush once this many records are buffered.
+    /// Seal the batch once it holds this many records.
     pub max_events: usize,
-    /// Flush once the buffered JSON reaches this many bytes.
+    /// Seal the batch once its JSON reaches this many bytes.
     pub max_bytes: usize,
-    /// Flush records that have waited this long.
+    /// Seal records that have waited this long.
     pub max_delay: Duration,
+    /// Group commit: at most this many sealed batches that piled up while the job's lock
+    /// was busy are appended as one batch (1 appends every sealed batch on its own).
+    pub max_merge: usize,
 }
 
 impl Default for Thresholds {
@@ -30,46 +44,64 @@ impl Default for Thresholds {
             max_events: 1000,
             max_bytes: 1 << 20,
             max_delay: Duration::from_secs(1),
+            max_merge: MAX_SEALED,
         }
     }
 }
 
+/// What the summary needs from an event, before the envelope exists.
+struct Info<'a> {
+    event_type: &'a str,
+    agent_id: Option<&'a str>,
+    duration_ms: Option<u64>,
+}
+
 struct State {
-    batch: Batch,
+    current: Batch,
     oldest: Option<Instant>,
+    sealed: VecDeque<Batch>,
+    /// Every record with a lower seq is durable.
+    durable_next: u64,
     next_seq: u64,
     correlation_id: Option<String>,
-    shutdown: bool,
-    /// A background flush that failed; reported by the next call.
+    /// The flusher's last failure, reported by the next call.
     failed: Option<String>,
+    /// After a failure the flusher waits to be asked again (by `flush`, `log`).
+    paused: bool,
+    shutdown: bool,
+    line: Vec<u8>,
 }
 
 struct Shared {
     log: EventLog,
     writer: String,
     metadata: Metadata,
+    /// `metadata` serialized once: most records carry exactly it.
+    metadata_json: Vec<u8>,
     thresholds: Thresholds,
     state: Mutex<State>,
-    wake: Condvar,
-    /// Held across a whole flush, so one logger's batches reach the log in `seq` order.
-    flushing: Mutex<()>,
+    changed: Condvar,
 }
 
 /// Appends events of one job to the global store. Many loggers (threads, processes,
 /// worktrees) may append to one job at once; each has its own `writer` id and `seq`.
 ///
-/// `log` buffers; `flush` returns once everything logged before it is durable. Buffered
-/// records are also flushed by size and time thresholds, `shutdown` and drop (a failure in
-/// drop cannot be reported: call `shutdown` to see it).
+/// `log` buffers; `flush` returns once everything logged before it is durable. Records are
+/// also flushed by the size and time thresholds, `shutdown` and drop (a failure in drop
+/// cannot be reported: call `shutdown` to see it).
 pub struct EventLogger {
     shared: Arc<Shared>,
-    ticker: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+fn failure(reason: String) -> EventError {
+    EventError::BadRecord(format!("appending buffered events failed: {reason}"))
 }
 
 impl EventLogger {
     /// A logger for `job` of `repo` in the default home (`PRODIGY_HOME` or `~/.prodigy`).
     pub fn new_global(repo: &str, job: &str) -> Result<EventLogger, EventError> {
-        let home = Home::from_env().map_err(|e: HomeError| EventError::BadRecord(e.to_string()))?;
+        let home = Home::from_env().map_err(|e| EventError::BadRecord(e.to_string()))?;
         EventLogger::new(&home, repo, job, Thresholds::default())
     }
 
@@ -90,34 +122,44 @@ impl EventLogger {
             .nodename()
             .to_string_lossy()
             .into_owned();
+        let metadata = Metadata {
+            host: Some(host),
+            pid: Some(std::process::id()),
+            worktree,
+            agent_id: None,
+            extra: Map::new(),
+        };
+        let metadata_json =
+            serde_json::to_vec(&metadata).map_err(|e| EventError::BadRecord(e.to_string()))?;
         let shared = Arc::new(Shared {
             log,
             writer: new_id(),
-            metadata: Metadata {
-                host: Some(host),
-                pid: Some(std::process::id()),
-                worktree,
-                agent_id: None,
-                extra: Map::new(),
-            },
+            metadata,
+            metadata_json,
             thresholds,
             state: Mutex::new(State {
-                batch: Batch::new(),
+                current: Batch::new(),
                 oldest: None,
+                sealed: VecDeque::new(),
+                durable_next: 0,
                 next_seq: 0,
                 correlation_id: None,
-                shutdown: false,
                 failed: None,
+                paused: false,
+                shutdown: false,
+                line: Vec::with_capacity(512),
             }),
-            wake: Condvar::new(),
-            flushing: Mutex::new(()),
+            changed: Condvar::new(),
         });
-        let ticker_shared = Arc::clone(&shared);
-        let ticker = std::thread::Builder::new()
-            .name("prodigy-event-flush".into())
-            .spawn(move || ticker_shared.tick())
-            .ok();
-        Ok(EventLogger { shared, ticker })
+        let flusher_shared = Arc::clone(&shared);
+        let flusher = std::thread::Builder::new()
+            .name("prodigy-event-flusher".into())
+            .spawn(move || flusher_shared.run_flusher())
+            .map_err(|e| EventError::BadRecord(format!("cannot start the flusher thread: {e}")))?;
+        Ok(EventLogger {
+            shared,
+            flusher: Some(flusher),
+        })
     }
 
     /// This logger's writer id.
@@ -127,12 +169,17 @@ impl EventLogger {
 
     /// Sets the correlation id of the records logged from now on (`None` clears it).
     pub fn set_correlation_id(&self, id: Option<String>) {
-        self.shared.lock_state().correlation_id = id;
+        self.shared.lock().correlation_id = id;
     }
 
     /// Buffers an event.
     pub fn log(&self, event: MapReduceEvent) -> Result<(), EventError> {
-        self.log_with_metadata(event, Map::new())
+        let info = Info {
+            event_type: event.event_type(),
+            agent_id: event.agent_id(),
+            duration_ms: event.duration_ms(),
+        };
+        self.shared.record(&event, info, None)
     }
 
     /// Buffers an event with extra metadata (`agent_id` and `worktree` keys fill those
@@ -142,19 +189,75 @@ impl EventLogger {
         event: MapReduceEvent,
         metadata: Map<String, Value>,
     ) -> Result<(), EventError> {
-        let event =
-            serde_json::to_value(event).map_err(|e| EventError::BadRecord(e.to_string()))?;
-        self.log_value(event, metadata)
+        let metadata = self.shared.metadata_with(metadata);
+        let info = Info {
+            event_type: event.event_type(),
+            agent_id: event.agent_id().or(metadata.agent_id.as_deref()),
+            duration_ms: event.duration_ms(),
+        };
+        self.shared.record(&event, info, Some(&metadata))
     }
 
-    /// Buffers an event given as JSON (it must have an `event_type`).
-    pub fn log_value(&self, event: Value, mut extra: Map<String, Value>) -> Result<(), EventError> {
-        if event.get("event_type").and_then(Value::as_str).is_none() {
+    /// Buffers an event given as JSON (it must be an object with a string `event_type`).
+    pub fn log_value(&self, event: Value, metadata: Map<String, Value>) -> Result<(), EventError> {
+        let Some(event_type) = event.get("event_type").and_then(Value::as_str) else {
             return Err(EventError::BadRecord(
                 "an event needs a string event_type".into(),
             ));
+        };
+        let metadata = self.shared.metadata_with(metadata);
+        let info = Info {
+            event_type,
+            agent_id: event
+                .get("agent_id")
+                .and_then(Value::as_str)
+                .or(metadata.agent_id.as_deref()),
+            duration_ms: event.get("duration_ms").and_then(Value::as_u64),
+        };
+        self.shared.record(&event, info, Some(&metadata))
+    }
+
+    /// Appends everything buffered; returns once it is durable.
+    pub fn flush(&self) -> Result<(), EventError> {
+        self.shared.flush()
+    }
+
+    /// Flushes and stops the flusher thread, reporting any failure.
+    pub fn shutdown(mut self) -> Result<(), EventError> {
+        let result = self.shared.flush();
+        self.stop();
+        result
+    }
+
+    fn stop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.changed.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
         }
-        let mut metadata = self.shared.metadata.clone();
+    }
+}
+
+impl Drop for EventLogger {
+    fn drop(&mut self) {
+        if self.flusher.is_some() {
+            let _ = self.shared.flush();
+            self.stop();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn metadata_with(&self, mut extra: Map<String, Value>) -> Metadata {
+        let mut metadata = self.metadata.clone();
         if let Some(Value::String(agent)) = extra.remove("agent_id") {
             metadata.agent_id = Some(agent);
         }
@@ -162,134 +265,146 @@ impl EventLogger {
             metadata.worktree = Some(worktree);
         }
         metadata.extra = extra;
-        let full = {
-            let mut state = self.shared.lock_state();
-            if let Some(reason) = state.failed.take() {
-                return Err(EventError::BadRecord(format!(
-                    "an earlier background flush failed: {reason}"
-                )));
-            }
-            let record = EventRecord {
-                v: RECORD_VERSION,
-                id: new_id(),
-                timestamp: now_timestamp(),
-                writer: self.shared.writer.clone(),
-                seq: state.next_seq,
-                correlation_id: state.correlation_id.clone(),
-                event,
-                metadata,
-            };
-            state.batch.push(&record)?;
-            state.next_seq += 1;
-            state.oldest.get_or_insert_with(Instant::now);
-            state.batch.len() as usize >= self.shared.thresholds.max_events
-                || state.batch.bytes() >= self.shared.thresholds.max_bytes
+        metadata
+    }
+
+    /// Serializes one record into the current batch (the envelope by hand, in the field
+    /// order of `EventRecord`), sealing the batch when it is full.
+    fn record<E: Serialize>(
+        &self,
+        event: &E,
+        info: Info<'_>,
+        metadata: Option<&Metadata>,
+    ) -> Result<(), EventError> {
+        let id = new_id();
+        let timestamp = now_timestamp();
+        let mut state = self.lock();
+        if let Some(reason) = state.failed.take() {
+            state.paused = false;
+            self.changed.notify_all();
+            return Err(failure(reason));
+        }
+        while state.sealed.len() >= MAX_SEALED && !state.paused {
+            state = self.wait(state);
+        }
+        let state = &mut *state;
+        let seq = state.next_seq;
+        let line = &mut state.line;
+        line.clear();
+        let bad = |e: serde_json::Error| EventError::BadRecord(e.to_string());
+        write!(
+            line,
+            "{{\"v\":{RECORD_VERSION},\"id\":\"{id}\",\"timestamp\":\"{timestamp}\",\"writer\":\"{}\",\"seq\":{seq}",
+            self.writer
+        )
+        .map_err(|e| EventError::BadRecord(e.to_string()))?;
+        if let Some(c) = &state.correlation_id {
+            line.extend_from_slice(b",\"correlation_id\":");
+            serde_json::to_writer(&mut *line, c).map_err(bad)?;
+        }
+        line.extend_from_slice(b",\"event\":");
+        serde_json::to_writer(&mut *line, event).map_err(bad)?;
+        line.extend_from_slice(b",\"metadata\":");
+        match metadata {
+            Some(m) => serde_json::to_writer(&mut *line, m).map_err(bad)?,
+            None => line.extend_from_slice(&self.metadata_json),
+        }
+        line.push(b'}');
+        let info = RecordInfo {
+            timestamp: &timestamp,
+            event_type: info.event_type,
+            agent_id: info.agent_id,
+            duration_ms: info.duration_ms,
+            writer: &self.writer,
+            seq,
         };
-        if full {
-            self.shared.flush()?;
-        } else {
-            self.shared.wake.notify_one();
+        state.current.push_encoded(line, &info)?;
+        state.next_seq += 1;
+        state.oldest.get_or_insert_with(Instant::now);
+        if state.current.len() as usize >= self.thresholds.max_events
+            || state.current.bytes() >= self.thresholds.max_bytes
+        {
+            self.seal(state);
+        } else if state.current.len() == 1 {
+            // The flusher sleeps without a deadline while nothing is buffered.
+            self.changed.notify_all();
         }
         Ok(())
     }
 
-    /// Appends everything buffered; returns once it is durable.
-    pub fn flush(&self) -> Result<(), EventError> {
-        if let Some(reason) = self.shared.lock_state().failed.take() {
-            return Err(EventError::BadRecord(format!(
-                "an earlier background flush failed: {reason}"
-            )));
+    fn seal(&self, state: &mut State) {
+        if state.current.is_empty() {
+            return;
         }
-        self.shared.flush()
+        let batch = std::mem::take(&mut state.current);
+        state.sealed.push_back(batch);
+        state.oldest = None;
+        self.changed.notify_all();
     }
 
-    /// Flushes and stops the background thread, reporting any failure.
-    pub fn shutdown(mut self) -> Result<(), EventError> {
-        self.stop();
-        let failed = self.shared.lock_state().failed.take();
-        self.shared.flush()?;
-        match failed {
-            Some(reason) => Err(EventError::BadRecord(format!(
-                "an earlier background flush failed: {reason}"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn stop(&mut self) {
-        self.shared.lock_state().shutdown = true;
-        self.shared.wake.notify_all();
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
-        }
-    }
-}
-
-impl Drop for EventLogger {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = self.shared.flush();
-    }
-}
-
-impl Shared {
-    fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes the buffer and appends it. On failure the records go back to the front of the
-    /// buffer, so nothing buffered is dropped and `seq` order holds.
     fn flush(&self) -> Result<(), EventError> {
-        let _order = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
-        let batch = {
-            let mut state = self.lock_state();
-            state.oldest = None;
-            std::mem::take(&mut state.batch)
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        match self.log.append(std::slice::from_ref(&batch)) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let mut state = self.lock_state();
-                let newer = std::mem::replace(&mut state.batch, batch);
-                state.batch.extend(newer);
-                state.oldest.get_or_insert_with(Instant::now);
-                Err(e)
+        let mut state = self.lock();
+        self.seal(&mut state);
+        state.paused = false;
+        self.changed.notify_all();
+        let target = state.next_seq;
+        loop {
+            if let Some(reason) = state.failed.take() {
+                return Err(failure(reason));
             }
+            if state.durable_next >= target {
+                return Ok(());
+            }
+            state = self.wait(state);
         }
     }
 
-    /// The background thread: flushes records older than `max_delay`.
-    fn tick(&self) {
-        let mut state = self.lock_state();
+    /// The flusher thread: appends sealed batches in order, seals batches that waited past
+    /// `max_delay`.
+    fn run_flusher(&self) {
+        let mut state = self.lock();
         loop {
-            if state.shutdown {
-                return;
-            }
-            let wait = match state.oldest {
-                Some(oldest) => self.thresholds.max_delay.saturating_sub(oldest.elapsed()),
-                None => self.thresholds.max_delay,
-            };
-            if state.oldest.is_some() && wait.is_zero() {
-                drop(state);
-                if let Err(e) = self.flush() {
-                    let mut s = self.lock_state();
-                    s.failed = Some(e.to_string());
-                    // Back off before retrying a failing store.
-                    let _ = self.wake.wait_timeout(s, self.thresholds.max_delay);
+            if !state.paused
+                && let Some(mut batch) = state.sealed.pop_front()
+            {
+                // Group commit: batches that piled up while the job's lock was busy go out
+                // as one, so a contended log takes fewer, larger appends.
+                for _ in 1..self.thresholds.max_merge {
+                    match state.sealed.pop_front() {
+                        Some(next) => batch.extend(next),
+                        None => break,
+                    }
                 }
-                state = self.lock_state();
+                drop(state);
+                let result = self.log.append(std::slice::from_ref(&batch));
+                state = self.lock();
+                match result {
+                    Ok(_) => state.durable_next = batch.seq_last() + 1,
+                    Err(e) => {
+                        state.sealed.push_front(batch);
+                        state.failed = Some(crate::error_line(&e));
+                        state.paused = true;
+                    }
+                }
+                self.changed.notify_all();
                 continue;
             }
-            state = match self
-                .wake
-                .wait_timeout(state, wait.max(Duration::from_millis(1)))
-            {
-                Ok((guard, _)) => guard,
-                Err(p) => p.into_inner().0,
-            };
+            if state.shutdown && (state.sealed.is_empty() || state.paused) {
+                return;
+            }
+            match state.oldest {
+                Some(oldest) if oldest.elapsed() >= self.thresholds.max_delay => {
+                    self.seal(&mut state);
+                }
+                Some(oldest) => {
+                    let left = self.thresholds.max_delay.saturating_sub(oldest.elapsed());
+                    state = self
+                        .changed
+                        .wait_timeout(state, left)
+                        .map_or_else(|p| p.into_inner().0, |(g, _)| g);
+                }
+                None => state = self.wait(state),
+            }
         }
     }
 }

@@ -98,13 +98,16 @@ pub fn stream(
     mut each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
 ) -> Result<Vec<EventError>, EventError> {
     let head = log.refs().read(log.name())?;
-    let (nodes, broken) = log.nodes_between(head, None, best_effort)?;
+    // Only the ids are kept on the way back, so memory does not grow with the log's
+    // length (32 bytes per batch); each node is read again on the way forward.
+    let (ids, broken) = log.node_ids_between(head, None, best_effort)?;
     let mut skipped: Vec<EventError> = broken.into_iter().collect();
-    for (_, node) in &nodes {
-        if !filter.node_may_match(node) {
+    for id in ids {
+        let node = log.node(&id)?;
+        if !filter.node_may_match(&node) {
             continue;
         }
-        let lines = match log.batch_lines(node) {
+        let lines = match log.batch_lines(&node) {
             Ok(lines) => lines,
             Err(e) if best_effort => {
                 skipped.push(e);

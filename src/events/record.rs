@@ -244,6 +244,103 @@ pub enum MapReduceEvent {
     },
 }
 
+impl MapReduceEvent {
+    /// The `event_type` tag.
+    pub fn event_type(&self) -> &'static str {
+        use MapReduceEvent::*;
+        let index = match self {
+            JobStarted { .. } => 0,
+            JobCompleted { .. } => 1,
+            JobFailed { .. } => 2,
+            JobPaused { .. } => 3,
+            JobResumed { .. } => 4,
+            AgentStarted { .. } => 5,
+            AgentProgress { .. } => 6,
+            AgentCompleted { .. } => 7,
+            AgentFailed { .. } => 8,
+            AgentRetrying { .. } => 9,
+            CheckpointCreated { .. } => 10,
+            CheckpointLoaded { .. } => 11,
+            CheckpointFailed { .. } => 12,
+            WorktreeCreated { .. } => 13,
+            WorktreeMerged { .. } => 14,
+            WorktreeCleaned { .. } => 15,
+            QueueDepthChanged { .. } => 16,
+            MemoryPressure { .. } => 17,
+            DlqItemAdded { .. } => 18,
+            DlqItemRemoved { .. } => 19,
+            DlqItemsReprocessed { .. } => 20,
+            DlqItemsEvicted { .. } => 21,
+            DlqAnalysisGenerated { .. } => 22,
+            ClaudeToolInvoked { .. } => 23,
+            ClaudeTokenUsage { .. } => 24,
+            ClaudeSessionStarted { .. } => 25,
+            ClaudeMessage { .. } => 26,
+        };
+        EVENT_TYPES[index]
+    }
+
+    /// The agent the event is about, if any.
+    pub fn agent_id(&self) -> Option<&str> {
+        use MapReduceEvent::*;
+        match self {
+            AgentStarted { agent_id, .. }
+            | AgentProgress { agent_id, .. }
+            | AgentCompleted { agent_id, .. }
+            | AgentFailed { agent_id, .. }
+            | AgentRetrying { agent_id, .. }
+            | WorktreeCreated { agent_id, .. }
+            | WorktreeMerged { agent_id, .. }
+            | WorktreeCleaned { agent_id, .. }
+            | ClaudeToolInvoked { agent_id, .. }
+            | ClaudeTokenUsage { agent_id, .. }
+            | ClaudeSessionStarted { agent_id, .. }
+            | ClaudeMessage { agent_id, .. } => Some(agent_id),
+            _ => None,
+        }
+    }
+
+    /// The reported duration in milliseconds, if any.
+    pub fn duration_ms(&self) -> Option<u64> {
+        match self {
+            MapReduceEvent::JobCompleted { duration_ms, .. }
+            | MapReduceEvent::AgentCompleted { duration_ms, .. } => Some(*duration_ms),
+            _ => None,
+        }
+    }
+}
+
+/// What a batch summary needs from a record, borrowed from wherever the record is.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordInfo<'a> {
+    /// Its timestamp (stored form).
+    pub timestamp: &'a str,
+    /// Its event type.
+    pub event_type: &'a str,
+    /// Its agent.
+    pub agent_id: Option<&'a str>,
+    /// Its duration.
+    pub duration_ms: Option<u64>,
+    /// Its writer.
+    pub writer: &'a str,
+    /// Its seq.
+    pub seq: u64,
+}
+
+impl EventRecord {
+    /// The summary view of this record.
+    pub fn info(&self) -> RecordInfo<'_> {
+        RecordInfo {
+            timestamp: &self.timestamp,
+            event_type: self.event_type(),
+            agent_id: self.agent_id(),
+            duration_ms: self.duration_ms(),
+            writer: &self.writer,
+            seq: self.seq,
+        }
+    }
+}
+
 /// Every event type name, in the original's order.
 pub const EVENT_TYPES: [&str; 27] = [
     "job_started",
@@ -283,7 +380,7 @@ pub fn now_timestamp() -> String {
 
 /// Formats a timestamp the way records store it (truncated to microseconds).
 pub fn format_timestamp(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    format!("{ts:.6}")
 }
 
 /// Parses any RFC 3339 timestamp and returns it in the stored form (microseconds, UTC).
@@ -330,6 +427,7 @@ mod tests {
         {
             let json = serde_json::to_value(event).unwrap();
             assert_eq!(json["event_type"], name);
+            assert_eq!(event.event_type(), name);
             assert!(EVENT_TYPES.contains(&name));
             let back: MapReduceEvent = serde_json::from_value(json).unwrap();
             assert_eq!(&back, event);

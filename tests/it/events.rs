@@ -568,6 +568,7 @@ fn the_logger_flushes_on_time_on_drop_and_on_size() {
         max_events: 5,
         max_bytes: 1 << 20,
         max_delay: Duration::from_millis(100),
+        ..Thresholds::default()
     };
     let logger = EventLogger::new(&home, "api", "j", thresholds).unwrap();
     logger.set_correlation_id(Some("corr-1".into()));
@@ -581,11 +582,18 @@ fn the_logger_flushes_on_time_on_drop_and_on_size() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The size threshold flushes inside log().
+    // The size threshold seals the batch and the flusher appends it, with no flush().
     for n in 1..=5 {
         logger.log(event(n)).unwrap();
     }
-    assert_eq!(count(), 6);
+    let start = Instant::now();
+    while count() < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the size threshold never flushed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     logger.log(event(6)).unwrap();
     drop(logger);
     assert_eq!(count(), 7, "drop did not flush");

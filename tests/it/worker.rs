@@ -143,6 +143,8 @@ fn events(home: &Home, ack: &mut std::fs::File) {
         max_events: 50,
         max_bytes: 1 << 30,
         max_delay: std::time::Duration::from_secs(3600),
+        // Exactly 40 appends of 50 events each.
+        max_merge: 1,
     };
     let logger = EventLogger::new(home, &repo, "shared-job", thresholds).unwrap();
     for i in 0..2000u32 {
@@ -167,6 +169,7 @@ fn events_crash(home: &Home, ack: &mut std::fs::File) {
         max_events: 1 << 20,
         max_bytes: 1 << 30,
         max_delay: std::time::Duration::from_secs(3600),
+        ..Thresholds::default()
     };
     let logger = EventLogger::new(home, "api", &var("PRODIGY_IT_JOB"), thresholds).unwrap();
     writeln!(ack, "writer {}", logger.writer()).unwrap();
