@@ -15,8 +15,8 @@ const MAX_BATCH: usize = 65_536;
 ///
 /// With -w the objects are also stored, durably before the first id is printed: when many
 /// objects are written in one call (several FILEs, or --stdin-paths), one durability
-/// barrier covers them all. With --stdin-paths ids are printed whenever standard input has
-/// no more lines ready, so a caller may wait for each answer.
+/// barrier covers them all. With --stdin-paths and --batch ids are printed whenever
+/// standard input has nothing more ready, so a caller may wait for each answer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Store the objects as well as printing their ids.
@@ -28,12 +28,18 @@ pub struct Args {
     pub kind: ObjectType,
 
     /// Read the object from standard input.
-    #[arg(long, conflicts_with_all = ["stdin_paths", "files"])]
+    #[arg(long, conflicts_with_all = ["stdin_paths", "files", "batch"])]
     pub stdin: bool,
 
     /// Read file paths from standard input, one per line.
-    #[arg(long, conflicts_with = "files")]
+    #[arg(long, conflicts_with_all = ["files", "batch"])]
     pub stdin_paths: bool,
+
+    /// Read objects from standard input, each a header line `[<id>] <type> <size>` then
+    /// <size> bytes of payload and a newline: the output of `cat-object --batch`. A given
+    /// id must match the content; the header's type overrides -t.
+    #[arg(long, conflicts_with = "files")]
+    pub batch: bool,
 
     /// Store the payload even if it is not valid for its type (JSON for log, dlq, item,
     /// checkpoint, items; JSON Lines for batch).
@@ -56,23 +62,23 @@ struct Writer<'s> {
 }
 
 impl Writer<'_> {
-    fn add(&mut self, args: &Args, payload: &[u8]) -> anyhow::Result<()> {
+    fn add(&mut self, args: &Args, kind: ObjectType, payload: &[u8]) -> anyhow::Result<ObjectId> {
         if !args.literally {
-            object::check_payload(args.kind, payload)?;
+            object::check_payload(kind, payload)?;
         }
         let id = match &mut self.batch {
-            Some(batch) => batch.add(args.kind, payload)?,
-            None => ObjectId::hash(args.kind, payload),
+            Some(batch) => batch.add(kind, payload)?,
+            None => ObjectId::hash(kind, payload),
         };
         self.ids.push(id);
-        Ok(())
+        Ok(id)
     }
 }
 
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
-    if !args.stdin && !args.stdin_paths && args.files.is_empty() {
-        return Err(UsageError("give FILEs, --stdin or --stdin-paths".into()).into());
+    if !args.stdin && !args.stdin_paths && !args.batch && args.files.is_empty() {
+        return Err(UsageError("give FILEs, --stdin, --stdin-paths or --batch".into()).into());
     }
     let refs = ctx.refs();
     let store = refs.objects();
@@ -107,12 +113,48 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         ctx.out.flush()?;
         Ok(())
     };
-    if args.stdin_paths {
+    if args.batch {
+        let mut number = 0u64;
+        while let Some(header) = ctx.read_line().context("cannot read standard input")? {
+            number += 1;
+            let (given, kind, size) = parse_batch_header(&header).map_err(|reason| {
+                anyhow::anyhow!("object {number}: {reason} in header {header:?}")
+            })?;
+            if size > object::MAX_OBJECT_SIZE {
+                return Err(object::ObjectError::TooLarge { size }.into());
+            }
+            let mut payload = vec![0; size as usize];
+            ctx.stdin.read_exact(&mut payload).with_context(|| {
+                format!("object {number}: the input ends inside its {size} bytes")
+            })?;
+            let mut newline = [0u8; 1];
+            let ends = ctx
+                .stdin
+                .read(&mut newline)
+                .context("cannot read standard input")?;
+            if ends == 1 && newline[0] != b'\n' {
+                return Err(anyhow::anyhow!(
+                    "object {number}: expected a newline after its {size} bytes"
+                ));
+            }
+            let id = writer.add(&args, kind, &payload)?;
+            if let Some(given) = given
+                && given != id
+            {
+                return Err(anyhow::anyhow!(
+                    "object {number}: its header names {given} but its content hashes to {id}"
+                ));
+            }
+            if writer.ids.len() >= MAX_BATCH || ctx.stdin_would_block() {
+                flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
+            }
+        }
+    } else if args.stdin_paths {
         while let Some(line) = ctx.read_line().context("cannot read standard input")? {
             let path = PathBuf::from(line);
             let payload = std::fs::read(&path)
                 .with_context(|| format!("cannot read '{}'", path.display()))?;
-            writer.add(&args, &payload)?;
+            writer.add(&args, args.kind, &payload)?;
             if writer.ids.len() >= MAX_BATCH || ctx.stdin_would_block() {
                 flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
             }
@@ -121,7 +163,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         for path in &args.files {
             let payload =
                 std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-            writer.add(&args, &payload)?;
+            writer.add(&args, args.kind, &payload)?;
             if writer.ids.len() >= MAX_BATCH {
                 flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
             }
@@ -129,4 +171,23 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     }
     flush(writer, ctx)?;
     Ok(Exit::Success)
+}
+
+/// Parses `[<id>] <type> <size>`.
+fn parse_batch_header(header: &str) -> Result<(Option<ObjectId>, ObjectType, u64), String> {
+    let fields: Vec<&str> = header.split(' ').collect();
+    let (id, kind, size) = match fields.as_slice() {
+        [kind, size] => (None, kind, size),
+        [id, kind, size] => (
+            Some(id.parse::<ObjectId>().map_err(|e| e.to_string())?),
+            kind,
+            size,
+        ),
+        _ => return Err("expected [<id>] <type> <size>".into()),
+    };
+    let kind = kind.parse::<ObjectType>().map_err(|e| e.to_string())?;
+    let size = size
+        .parse::<u64>()
+        .map_err(|_| format!("bad size {size:?}"))?;
+    Ok((id, kind, size))
 }
