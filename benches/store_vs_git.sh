@@ -41,19 +41,21 @@ timed() {
 
 : > "$WORK/results"
 for run in $(seq "$RUNS"); do
-  # Each writer starts from a clean slate and an idle disk: what the previous step left
-  # dirty is flushed first, so no one pays for another's writeback.
-  rm -rf "$WORK/git" && git init -q --bare "$WORK/git" && sync
-  IN=$WORK/paths timed git-write git --git-dir="$WORK/git" hash-object -w --stdin-paths
+  # Each writer starts in a new directory on an idle disk: what the previous step left
+  # dirty is flushed first, so no one pays for another's writeback. Nothing is deleted
+  # until the end: ext4 skips recently deleted inodes when it allocates new ones, which
+  # made whichever store was written right after a deletion several times slower.
+  git init -q --bare "$WORK/git-$run" && sync
+  IN=$WORK/paths timed git-write git --git-dir="$WORK/git-$run" hash-object -w --stdin-paths
   cp "$WORK/out" "$WORK/git-ids"
-  rm -rf "$WORK/gitfs" && git init -q --bare "$WORK/gitfs" && sync
-  IN=$WORK/paths timed git-fsync-write git --git-dir="$WORK/gitfs" -c core.fsync=loose-object hash-object -w --stdin-paths
-  rm -rf "$WORK/home" && sync
-  IN=$WORK/paths timed prodigy-write env PRODIGY_HOME="$WORK/home" "$PRODIGY" hash-object -w --stdin-paths
+  git init -q --bare "$WORK/gitfs-$run" && sync
+  IN=$WORK/paths timed git-fsync-write git --git-dir="$WORK/gitfs-$run" -c core.fsync=loose-object hash-object -w --stdin-paths
+  sync
+  IN=$WORK/paths timed prodigy-write env PRODIGY_HOME="$WORK/home-$run" "$PRODIGY" hash-object -w --stdin-paths
   sync
   cp "$WORK/out" "$WORK/prodigy-ids"
-  IN=$WORK/git-ids timed git-read git --git-dir="$WORK/git" cat-file --batch
-  IN=$WORK/prodigy-ids timed prodigy-read env PRODIGY_HOME="$WORK/home" "$PRODIGY" cat-object --batch
+  IN=$WORK/git-ids timed git-read git --git-dir="$WORK/git-$run" cat-file --batch
+  IN=$WORK/prodigy-ids timed prodigy-read env PRODIGY_HOME="$WORK/home-$run" "$PRODIGY" cat-object --batch
   if grep -q " missing$" "$WORK/out"; then echo "prodigy read reported missing objects" >&2; exit 1; fi
 done
 
@@ -71,8 +73,8 @@ done
 echo
 echo "| store | bytes per object (file size) | bytes per object (disk blocks) |"
 echo "|---|---|---|"
-echo "| git | $(bytes "$WORK/git") | $(blocks "$WORK/git") |"
-echo "| prodigy | $(bytes "$WORK/home") | $(blocks "$WORK/home") |"
+echo "| git | $(bytes "$WORK/git-1") | $(blocks "$WORK/git-1") |"
+echo "| prodigy | $(bytes "$WORK/home-1") | $(blocks "$WORK/home-1") |"
 echo
 gw=$(stat_of git-write 2); gf=$(stat_of git-fsync-write 2); pw=$(stat_of prodigy-write 2)
 gr=$(stat_of git-read 2); pr=$(stat_of prodigy-read 2)

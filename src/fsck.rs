@@ -148,7 +148,7 @@ impl Checker<'_> {
                 }
             }
         }
-        for path in list_files(store.tmp_dir())? {
+        for path in store.temp_files()? {
             self.temp(&path);
         }
         Ok(())
@@ -381,11 +381,4 @@ fn list_entries(dir: &Path) -> Result<Vec<PathBuf>, FsError> {
     }
     paths.sort();
     Ok(paths)
-}
-
-fn list_files(dir: &Path) -> Result<Vec<PathBuf>, FsError> {
-    Ok(list_entries(dir)?
-        .into_iter()
-        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
-        .collect())
 }
