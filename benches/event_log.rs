@@ -301,6 +301,32 @@ fn main() {
         wall.as_secs_f64(),
         per * writers
     );
+    // `events ls` over many jobs: it reads one node per job, whatever their length.
+    let jobs: u64 = std::env::var("LS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    if jobs > 0 {
+        let per_job = 10_000;
+        let ls_home = dir.path().join("ls-home");
+        let start = Instant::now();
+        for j in 0..jobs {
+            write_events(
+                &ls_home,
+                &format!("job-{j:04}"),
+                per_job,
+                Thresholds::default().max_merge,
+            );
+        }
+        let filled = start.elapsed();
+        let (ls, _) = time_cli(&ls_home, &["events", "ls", "--repo", "bench"], 5);
+        println!(
+            "| `events ls` over {jobs} jobs, {} events (median of 5, whole process) | {:.1} ms (filling took {:.1} s) |",
+            jobs * per_job,
+            ls.as_secs_f64() * 1000.0,
+            filled.as_secs_f64()
+        );
+    }
     println!(
         "\nmachine: {} cores, {}; {count} events",
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -532,23 +532,30 @@ pub struct JobEvents {
 }
 
 /// Every job with an event log in `repo` (or in every repo), sorted by repo and job,
-/// reading one node per job.
-pub fn list_jobs(refs: &RefStore, repo: Option<&str>) -> Result<Vec<JobEvents>, EventError> {
+/// reading one node per job. A job whose head cannot be read does not hide the others: it
+/// is returned among the errors.
+pub fn list_jobs(
+    refs: &RefStore,
+    repo: Option<&str>,
+) -> Result<(Vec<JobEvents>, Vec<EventError>), EventError> {
     let prefix = match repo {
         Some(repo) => format!("events/{repo}"),
         None => "events".to_owned(),
     };
-    let mut out = Vec::new();
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
     for (name, _) in refs.list(Some(&prefix))? {
         let log = EventLog::new(refs.clone(), name.repo(), name.job())?;
-        if let Some((_, node)) = log.head()? {
-            out.push(JobEvents {
+        match log.head() {
+            Ok(Some((_, node))) => jobs.push(JobEvents {
                 repo: name.repo().to_owned(),
                 job: name.job().to_owned(),
                 total: node.total,
                 batches: node.depth,
-            });
+            }),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
     }
-    Ok(out)
+    Ok((jobs, errors))
 }

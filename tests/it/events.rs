@@ -616,3 +616,29 @@ fn the_logger_flushes_on_time_on_drop_and_on_size() {
     logger.shutdown().unwrap();
     assert_eq!(count(), 8);
 }
+
+#[test]
+fn a_job_whose_head_is_not_a_log_node_does_not_hide_the_others() {
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "good", "--repo", "api"],
+        JOB_EVENTS.as_bytes(),
+    );
+    let blob = crate::common::blob(&env, "not a log node");
+    env.ok(&["ref", "update", "events/api/odd", &blob], b"");
+    let out = env.run(&["events", "ls", "--repo", "api"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("good") && !stdout.contains("odd"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: the event log events/api/odd is broken at log node"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("it is a blob object"), "{stderr}");
+    let out = env.run(&["events", "show", "odd", "--repo", "api"], b"");
+    assert_one_line_error(&out, 1);
+}

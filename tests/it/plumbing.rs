@@ -46,12 +46,7 @@ fn writing_again_writes_nothing() {
         (before.ino(), before.mtime_nsec()),
         (after.ino(), after.mtime_nsec())
     );
-    assert_eq!(
-        fs::read_dir(env.home().join("objects/tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert!(env.store().objects().temp_files().unwrap().is_empty());
 }
 
 #[test]
@@ -375,4 +370,38 @@ fn storage_api_names_the_global_directories() {
         "{}",
         lines[3]
     );
+}
+
+#[test]
+fn hash_object_batch_reads_what_cat_object_batch_writes() {
+    let src = Env::new();
+    let ids: Vec<String> = ["one", "two\nlines", ""]
+        .iter()
+        .map(|t| blob(&src, t))
+        .collect();
+    let log = src.ok(&["hash-object", "-w", "-t", "log", "--stdin"], b"{\"a\":1}");
+    let mut request = ids.join("\n");
+    request.push('\n');
+    request.push_str(&log);
+    let dump = src
+        .run(&["cat-object", "--batch"], request.as_bytes())
+        .stdout;
+    let dst = Env::new();
+    let out = dst.ok(&["hash-object", "-w", "--batch"], &dump);
+    let mut want = ids.clone();
+    want.push(log.trim().to_owned());
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
+    assert_eq!(dst.ok(&["cat-object", "-t", log.trim()], b""), "log\n");
+    assert_eq!(dst.ok(&["cat-object", "-p", &ids[1]], b""), "two\nlines");
+    // A header whose id does not match its content, a short payload, a bad header.
+    let lie = format!("{} blob 3\nabc\n", ids[0]);
+    for bad in [
+        lie.as_str(),
+        "blob 10\nabc\n",
+        "blob\nabc\n",
+        "tree 3\nabc\n",
+    ] {
+        let out = dst.run(&["hash-object", "-w", "--batch"], bad.as_bytes());
+        assert_one_line_error(&out, 1);
+    }
 }

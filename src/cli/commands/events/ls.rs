@@ -1,8 +1,8 @@
 //! `prodigy events ls`: jobs with event counts and time ranges, from head nodes only.
 
 use super::RepoArg;
+use super::list_jobs_warning;
 use crate::cli::{Ctx, Exit};
-use crate::events::list_jobs;
 
 /// List the jobs of this repository (or of every repository) that have events, with their
 /// event counts and time ranges. Reads one log node per job, never the events.
@@ -26,10 +26,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     } else {
         Some(args.repo.resolve(ctx)?)
     };
-    let jobs = list_jobs(&ctx.refs(), repo.as_deref())?;
+    let (jobs, skipped) = list_jobs_warning(ctx, repo.as_deref())?;
+    let exit = if skipped {
+        Exit::Failure
+    } else {
+        Exit::Success
+    };
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&jobs)?)?;
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     if jobs.is_empty() {
         ctx.diag.note(&format!(
@@ -37,7 +42,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             repo.as_deref()
                 .map_or("any repo".to_owned(), |r| format!("repo {r}"))
         ));
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     let dash = || "-".to_owned();
     if args.all_repos {
@@ -70,5 +75,5 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             )?;
         }
     }
-    Ok(Exit::Success)
+    Ok(exit)
 }

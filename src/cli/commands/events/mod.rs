@@ -72,6 +72,19 @@ pub fn open_existing(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<Eve
     Ok(log)
 }
 
+/// The jobs with events in `repo` (or every repo); jobs whose log head cannot be read are
+/// reported as warnings. Returns the jobs and whether any was skipped.
+pub fn list_jobs_warning(
+    ctx: &Ctx<'_>,
+    repo: Option<&str>,
+) -> anyhow::Result<(Vec<crate::events::JobEvents>, bool)> {
+    let (jobs, errors) = crate::events::list_jobs(&ctx.refs(), repo)?;
+    for e in &errors {
+        ctx.diag.warning(&crate::error_line(e));
+    }
+    Ok((jobs, !errors.is_empty()))
+}
+
 /// Runs an events subcommand.
 pub fn exec(cmd: EventsCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     match cmd {

@@ -3,11 +3,12 @@
 use regex::Regex;
 use serde_json::Value;
 
+use super::list_jobs_warning;
 use super::show::io_error;
 use super::{RepoArg, human_line, open_existing};
 use crate::cli::{Ctx, Exit};
 use crate::events::query::stream;
-use crate::events::{EventLog, Filter, list_jobs};
+use crate::events::{EventLog, Filter};
 
 /// Search events with a regular expression: over each record's JSON, or over one field
 /// given as a dotted path (`event.error`, `metadata.host`, `event_type`). Searches one job,
@@ -59,7 +60,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let logs: Vec<EventLog> = match &args.job {
         Some(job) => vec![open_existing(ctx, &repo, job)?],
-        None => list_jobs(&ctx.refs(), Some(&repo))?
+        None => list_jobs_warning(ctx, Some(&repo))?
+            .0
             .into_iter()
             .map(|j| EventLog::new(ctx.refs(), &j.repo, &j.job))
             .collect::<Result<_, _>>()?,

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::list_jobs_warning;
 use super::{RepoArg, open_existing};
 use crate::cli::{Ctx, Exit};
-use crate::events::{JobEvents, Summary, list_jobs};
+use crate::events::{JobEvents, Summary};
 
 /// How to group the counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +66,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     } else {
         Some(args.repo.resolve(ctx)?)
     };
+    let mut exit = Exit::Success;
     let jobs: Vec<JobEvents> = match (&args.job, &repo) {
         (Some(job), Some(repo)) => {
             let log = open_existing(ctx, repo, job)?;
@@ -78,7 +80,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 batches: head.depth,
             }]
         }
-        _ => list_jobs(&ctx.refs(), repo.as_deref())?,
+        _ => {
+            let (jobs, skipped) = list_jobs_warning(ctx, repo.as_deref())?;
+            exit = if skipped {
+                Exit::Failure
+            } else {
+                Exit::Success
+            };
+            jobs
+        }
     };
     let mut total = Summary::default();
     for j in &jobs {
@@ -111,7 +121,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     };
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&report)?)?;
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     let t = &report.total;
     let out = &mut *ctx.out;
@@ -192,7 +202,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             )?;
         }
     }
-    Ok(Exit::Success)
+    Ok(exit)
 }
 
 fn ms(ms: u64) -> String {
