@@ -3,10 +3,11 @@
 //!
 //! The layers, lowest first (a lower layer never imports a higher one):
 //! [`names`] and [`home`] → [`fsutil`] and [`lock`] → [`object`] → [`refs`] → [`repo`],
-//! [`storage`], [`fsck`] → [`cli`]. The library never prints; the command line writes to
+//! [`storage`], [`events`], [`dlq`], [`fsck`] → [`cli`]. The library never prints; the command line writes to
 //! the streams its caller hands in.
 
 pub mod cli;
+pub mod dlq;
 pub mod events;
 pub mod fsck;
 pub mod fsutil;

@@ -74,6 +74,9 @@ pub enum Command {
     /// Append to and read jobs' event logs.
     #[command(subcommand)]
     Events(commands::events::EventsCommand),
+    /// Dead-lettered items: list, inspect, analyze, stats, export, purge.
+    #[command(subcommand)]
+    Dlq(commands::dlq::DlqCommand),
     /// Verify every object, ref, reflog and repo record.
     Fsck(commands::fsck::Args),
     /// Print the repo name that a path maps to.

@@ -17,6 +17,8 @@ pub struct Filter {
     pub until: Option<String>,
     /// Keep records with this correlation id.
     pub correlation: Option<String>,
+    /// Keep records about this work item.
+    pub item: Option<String>,
 }
 
 impl Filter {
@@ -27,6 +29,7 @@ impl Filter {
             && self.since.is_none()
             && self.until.is_none()
             && self.correlation.is_none()
+            && self.item.is_none()
     }
 
     /// False when the node's summary proves none of its records can match.
@@ -61,6 +64,7 @@ impl Filter {
                 .correlation
                 .as_deref()
                 .is_none_or(|c| r.correlation_id.as_deref() == Some(c))
+            && self.item.as_deref().is_none_or(|i| r.item_id() == Some(i))
     }
 }
 

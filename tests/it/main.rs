@@ -3,6 +3,8 @@
 mod common;
 mod concurrency;
 mod crash;
+mod dlq;
+mod dlq_concurrency;
 mod docs;
 mod events;
 mod events_concurrency;

@@ -59,6 +59,7 @@ fn worker() {
         "storage" => storage_dirs(&mut ack),
         "events" => events(&home, &mut ack),
         "events-crash" => events_crash(&home, &mut ack),
+        "dlq" => dlq_adds(&home, &mut ack),
         other => panic!("unknown worker {other}"),
     }
 }
@@ -187,5 +188,33 @@ fn events_crash(home: &Home, ack: &mut std::fs::File) {
         }
         logger.flush().unwrap();
         writeln!(ack, "{}", seq - 1).unwrap();
+    }
+}
+
+/// Adds one failure for each of 50 items, in an order of its own.
+fn dlq_adds(home: &Home, ack: &mut std::fs::File) {
+    let queue = prodigy::dlq::DeadLetterQueue::new(
+        RefStore::new(home, LockOptions::default()),
+        "api",
+        "contended",
+    )
+    .unwrap();
+    let me: u64 = var("PRODIGY_IT_ID").parse().unwrap();
+    for k in 0..50u64 {
+        let item = (k * 7 + me * 13) % 50;
+        let failure = prodigy::dlq::Failure {
+            error_message: format!("worker {me} failed item {item}"),
+            exit_code: Some(1),
+            agent_id: Some(format!("worker-{me}")),
+            ..Default::default()
+        };
+        queue
+            .add(
+                &format!("item-{item:02}"),
+                serde_json::json!({"n": item}),
+                failure,
+            )
+            .unwrap();
+        writeln!(ack, "{item}").unwrap();
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cat_object;
 pub mod completions;
+pub mod dlq;
 pub mod events;
 pub mod fsck;
 pub mod hash_object;
@@ -17,6 +18,7 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::CatObject(args) => cat_object::exec(args, ctx),
         Command::Ref(cmd) => refs::exec(cmd, ctx),
         Command::Events(cmd) => events::exec(cmd, ctx),
+        Command::Dlq(cmd) => dlq::exec(cmd, ctx),
         Command::Fsck(args) => fsck::exec(args, ctx),
         Command::RepoName(args) => repo_name::exec(args, ctx),
         Command::Completions(args) => completions::exec(args, ctx),

@@ -65,6 +65,7 @@ impl FilterArgs {
             since: time(&self.since)?,
             until: time(&self.until)?,
             correlation: self.correlation.clone(),
+            item: None,
         })
     }
 }

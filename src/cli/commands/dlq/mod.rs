@@ -1,0 +1,89 @@
+//! `prodigy dlq …`: the dead-letter queues of a repository's jobs. One file per subcommand.
+
+pub mod add;
+pub mod analyze;
+pub mod export;
+pub mod inspect;
+pub mod list;
+pub mod purge;
+pub mod stats;
+
+use crate::cli::commands::events::RepoArg;
+use crate::cli::{Ctx, Exit, UsageError};
+use crate::dlq::DeadLetterQueue;
+use crate::refs::RefKind;
+
+/// Dead-lettered items: the work items whose agents failed past their retries, with their
+/// whole failure history.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Record a failure of an item (from a script; runners use the library).
+    Add(add::Args),
+    /// List dead-lettered items.
+    List(list::Args),
+    /// Show one item with its whole history and the job's events for it.
+    Inspect(inspect::Args),
+    /// Group failures into patterns by their normalised signature.
+    Analyze(analyze::Args),
+    /// Count items and failures, per job and across the repository.
+    Stats(stats::Args),
+    /// Export a job's items as JSON or CSV.
+    Export(export::Args),
+    /// Remove items whose last failure is older than a given age.
+    Purge(purge::Args),
+}
+
+/// Runs a dlq subcommand.
+pub fn exec(cmd: DlqCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    match cmd {
+        DlqCommand::Add(args) => add::exec(args, ctx),
+        DlqCommand::List(args) => list::exec(args, ctx),
+        DlqCommand::Inspect(args) => inspect::exec(args, ctx),
+        DlqCommand::Analyze(args) => analyze::exec(args, ctx),
+        DlqCommand::Stats(args) => stats::exec(args, ctx),
+        DlqCommand::Export(args) => export::exec(args, ctx),
+        DlqCommand::Purge(args) => purge::exec(args, ctx),
+    }
+}
+
+/// The jobs of `repo` whose queue holds items, sorted.
+pub fn jobs_with_items(ctx: &Ctx<'_>, repo: &str) -> anyhow::Result<Vec<String>> {
+    let refs = ctx.refs();
+    let mut jobs = Vec::new();
+    for (name, _) in refs.list(Some(&format!("{}/{repo}", RefKind::Dlq.as_str())))? {
+        let queue = DeadLetterQueue::new(refs.clone(), repo, name.job())?;
+        if !queue.snapshot()?.items.is_empty() {
+            jobs.push(name.job().to_owned());
+        }
+    }
+    Ok(jobs)
+}
+
+/// The job to use: the one given, else the only job of the repository holding items.
+pub fn pick_job(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Result<String> {
+    if let Some(job) = job {
+        crate::names::validate("job id", &job)?;
+        return Ok(job);
+    }
+    let jobs = jobs_with_items(ctx, repo)?;
+    match jobs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(anyhow::anyhow!(
+            "no job of repo {repo} has dead-lettered items"
+        )),
+        many => Err(UsageError(format!(
+            "{} jobs of repo {repo} have dead-lettered items ({}); name one",
+            many.len(),
+            many.join(", ")
+        ))
+        .into()),
+    }
+}
+
+/// Opens the queue of `repo`/`job`.
+pub fn queue(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<DeadLetterQueue> {
+    Ok(DeadLetterQueue::new(ctx.refs(), repo, job)?)
+}
+
+/// The repo name option, shared with `events`.
+pub type Repo = RepoArg;

@@ -1,0 +1,525 @@
+//! Item filter expressions for `dlq list --filter` and `dlq retry --filter`.
+//!
+//! ```text
+//! expr       := or
+//! or         := and (("||" | "or") and)*
+//! and        := unary (("&&" | "and") unary)*
+//! unary      := ("!" | "not") unary | "(" expr ")" | field op value
+//! field      := item_id | error_type | failure_count | first_attempt | last_attempt
+//!             | error_signature | reprocess_eligible | manual_review_required
+//!             | error_message | item.<key>[.<key>…]
+//! op         := == | != | < | <= | > | >= | ~ (regex) | contains
+//! value      := 'text' | "text" | number | true | false | null
+//! ```
+//!
+//! A malformed expression is an error naming its column, never "match everything".
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::{DeadLetteredItem, ItemSummary};
+
+/// A filter expression that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid filter {expr:?} at column {column}: {message}")]
+pub struct FilterError {
+    /// The expression.
+    pub expr: String,
+    /// 1-based column of the problem.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Num(f64),
+    Op(&'static str),
+    LParen,
+    RParen,
+    End,
+}
+
+const FIELDS: [&str; 9] = [
+    "item_id",
+    "error_type",
+    "failure_count",
+    "first_attempt",
+    "last_attempt",
+    "error_signature",
+    "reprocess_eligible",
+    "manual_review_required",
+    "error_message",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Regex,
+    Contains,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Not(Box<Node>),
+    Test {
+        field: Vec<String>,
+        cmp: Cmp,
+        value: Value,
+        regex: Option<Regex>,
+    },
+}
+
+/// A parsed filter.
+#[derive(Debug, Clone)]
+pub struct ItemFilter {
+    root: Node,
+    needs_item: bool,
+}
+
+fn lex(expr: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
+    let err = |column: usize, message: String| FilterError {
+        expr: expr.to_owned(),
+        column,
+        message,
+    };
+    let chars: Vec<(usize, char)> = expr.char_indices().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let (pos, c) = chars[i];
+        let column = expr[..pos].chars().count() + 1;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let next = chars.get(i + 1).map(|(_, c)| *c);
+        let two = |a: char, b: char| c == a && next == Some(b);
+        let tok = if two('=', '=')
+            || two('!', '=')
+            || two('<', '=')
+            || two('>', '=')
+            || two('&', '&')
+            || two('|', '|')
+        {
+            i += 2;
+            Tok::Op(match (c, next) {
+                ('=', _) => "==",
+                ('!', _) => "!=",
+                ('<', _) => "<=",
+                ('>', _) => ">=",
+                ('&', _) => "&&",
+                _ => "||",
+            })
+        } else if matches!(c, '<' | '>' | '~' | '!') {
+            i += 1;
+            Tok::Op(match c {
+                '<' => "<",
+                '>' => ">",
+                '~' => "~",
+                _ => "!",
+            })
+        } else if c == '(' {
+            i += 1;
+            Tok::LParen
+        } else if c == ')' {
+            i += 1;
+            Tok::RParen
+        } else if c == '\'' || c == '"' {
+            let mut text = String::new();
+            let mut j = i + 1;
+            loop {
+                match chars.get(j) {
+                    None => return Err(err(column, format!("unbalanced quote {c}"))),
+                    Some((_, '\\')) if chars.get(j + 1).is_some() => {
+                        text.push(chars[j + 1].1);
+                        j += 2;
+                    }
+                    Some((_, q)) if *q == c => break,
+                    Some((_, other)) => {
+                        text.push(*other);
+                        j += 1;
+                    }
+                }
+            }
+            i = j + 1;
+            Tok::Str(text)
+        } else if c.is_ascii_digit() || (c == '-' && next.is_some_and(|n| n.is_ascii_digit())) {
+            let mut j = i + 1;
+            while chars
+                .get(j)
+                .is_some_and(|(_, c)| c.is_ascii_digit() || *c == '.')
+            {
+                j += 1;
+            }
+            let end = chars.get(j).map_or(expr.len(), |(p, _)| *p);
+            let text = &expr[pos..end];
+            i = j;
+            Tok::Num(
+                text.parse()
+                    .map_err(|_| err(column, format!("bad number {text:?}")))?,
+            )
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let mut j = i + 1;
+            while chars
+                .get(j)
+                .is_some_and(|(_, c)| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            {
+                j += 1;
+            }
+            let end = chars.get(j).map_or(expr.len(), |(p, _)| *p);
+            i = j;
+            Tok::Ident(expr[pos..end].to_owned())
+        } else {
+            return Err(err(column, format!("unexpected character {c:?}")));
+        };
+        out.push((tok, column));
+    }
+    out.push((Tok::End, expr.chars().count() + 1));
+    Ok(out)
+}
+
+struct Parser<'a> {
+    expr: &'a str,
+    toks: Vec<(Tok, usize)>,
+    at: usize,
+    needs_item: bool,
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.at].0
+    }
+
+    fn column(&self) -> usize {
+        self.toks[self.at].1
+    }
+
+    fn err(&self, message: String) -> FilterError {
+        FilterError {
+            expr: self.expr.to_owned(),
+            column: self.column(),
+            message,
+        }
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self.peek(), Tok::Ident(w) if w == word)
+    }
+
+    fn or(&mut self) -> Result<Node, FilterError> {
+        let mut left = self.and()?;
+        while matches!(self.peek(), Tok::Op("||")) || self.is_word("or") {
+            self.at += 1;
+            left = Node::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Node, FilterError> {
+        let mut left = self.unary()?;
+        while matches!(self.peek(), Tok::Op("&&")) || self.is_word("and") {
+            self.at += 1;
+            left = Node::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Node, FilterError> {
+        if matches!(self.peek(), Tok::Op("!")) || self.is_word("not") {
+            self.at += 1;
+            return Ok(Node::Not(Box::new(self.unary()?)));
+        }
+        if *self.peek() == Tok::LParen {
+            self.at += 1;
+            let inner = self.or()?;
+            if *self.peek() != Tok::RParen {
+                return Err(self.err("expected ')'".into()));
+            }
+            self.at += 1;
+            return Ok(inner);
+        }
+        self.test()
+    }
+
+    fn test(&mut self) -> Result<Node, FilterError> {
+        let Tok::Ident(name) = self.peek().clone() else {
+            return Err(self.err("expected a field name".into()));
+        };
+        let field: Vec<String> = name.split('.').map(str::to_owned).collect();
+        let known = match field.as_slice() {
+            [one] => FIELDS.contains(&one.as_str()),
+            [first, rest @ ..] => first == "item" && rest.iter().all(|k| !k.is_empty()),
+            [] => false,
+        };
+        if !known {
+            return Err(self.err(format!(
+                "unknown field {name:?} (known: {}, item.<key>)",
+                FIELDS.join(", ")
+            )));
+        }
+        if field[0] == "item" || field[0] == "error_message" {
+            self.needs_item = true;
+        }
+        self.at += 1;
+        let cmp = match self.peek() {
+            Tok::Op("==") => Cmp::Eq,
+            Tok::Op("!=") => Cmp::Ne,
+            Tok::Op("<") => Cmp::Lt,
+            Tok::Op("<=") => Cmp::Le,
+            Tok::Op(">") => Cmp::Gt,
+            Tok::Op(">=") => Cmp::Ge,
+            Tok::Op("~") => Cmp::Regex,
+            Tok::Ident(w) if w == "contains" => Cmp::Contains,
+            other => {
+                return Err(self.err(format!(
+                    "expected an operator (== != < <= > >= ~ contains), found {}",
+                    describe(other)
+                )));
+            }
+        };
+        self.at += 1;
+        let value = match self.peek().clone() {
+            Tok::Str(s) => Value::String(s),
+            Tok::Num(n) => serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+            Tok::Ident(w) if w == "true" => Value::Bool(true),
+            Tok::Ident(w) if w == "false" => Value::Bool(false),
+            Tok::Ident(w) if w == "null" => Value::Null,
+            other => {
+                return Err(self.err(format!(
+                    "expected a value ('text', a number, true, false, null), found {}",
+                    describe(&other)
+                )));
+            }
+        };
+        let regex = if cmp == Cmp::Regex {
+            let Value::String(pattern) = &value else {
+                return Err(self.err("~ needs a quoted regular expression".into()));
+            };
+            Some(Regex::new(pattern).map_err(|e| {
+                let text = e.to_string();
+                self.err(format!(
+                    "bad regular expression: {}",
+                    text.lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim()
+                        .trim_start_matches("error: ")
+                ))
+            })?)
+        } else {
+            None
+        };
+        self.at += 1;
+        Ok(Node::Test {
+            field,
+            cmp,
+            value,
+            regex,
+        })
+    }
+}
+
+fn describe(tok: &Tok) -> String {
+    match tok {
+        Tok::End => "the end".into(),
+        Tok::Ident(w) => format!("{w:?}"),
+        Tok::Str(s) => format!("'{s}'"),
+        Tok::Num(n) => n.to_string(),
+        Tok::Op(o) => format!("{o:?}"),
+        Tok::LParen => "'('".into(),
+        Tok::RParen => "')'".into(),
+    }
+}
+
+impl ItemFilter {
+    /// Parses an expression.
+    pub fn parse(expr: &str) -> Result<ItemFilter, FilterError> {
+        let toks = lex(expr)?;
+        let mut parser = Parser {
+            expr,
+            toks,
+            at: 0,
+            needs_item: false,
+        };
+        if *parser.peek() == Tok::End {
+            return Err(parser.err("the filter is empty".into()));
+        }
+        let root = parser.or()?;
+        if *parser.peek() != Tok::End {
+            return Err(parser.err(format!("unexpected {}", describe(parser.peek()))));
+        }
+        Ok(ItemFilter {
+            root,
+            needs_item: parser.needs_item,
+        })
+    }
+
+    /// True when the filter reads fields that only the item object has (`item.*`,
+    /// `error_message`).
+    pub fn needs_item(&self) -> bool {
+        self.needs_item
+    }
+
+    /// Tests a summary; fields it lacks are null (see [`Self::needs_item`]).
+    pub fn matches_summary(&self, id: &str, s: &ItemSummary) -> bool {
+        eval(&self.root, &|field: &[String]| summary_field(id, s, field))
+    }
+
+    /// Tests a full item.
+    pub fn matches_item(&self, item: &DeadLetteredItem, s: &ItemSummary) -> bool {
+        eval(&self.root, &|field: &[String]| match field[0].as_str() {
+            "item" => field[1..]
+                .iter()
+                .try_fold(&item.item_data, |v, k| v.get(k))
+                .cloned()
+                .unwrap_or(Value::Null),
+            "error_message" => item
+                .failure_history
+                .last()
+                .map_or(Value::Null, |f| Value::String(f.error_message.clone())),
+            _ => summary_field(&item.item_id, s, field),
+        })
+    }
+}
+
+fn summary_field(id: &str, s: &ItemSummary, field: &[String]) -> Value {
+    match field[0].as_str() {
+        "item_id" => Value::String(id.to_owned()),
+        "error_type" => Value::String(s.error_type.name().to_owned()),
+        "failure_count" => Value::from(s.failure_count),
+        "first_attempt" => Value::String(s.first_attempt.clone()),
+        "last_attempt" => Value::String(s.last_attempt.clone()),
+        "error_signature" => Value::String(s.error_signature.clone()),
+        "reprocess_eligible" => Value::Bool(s.reprocess_eligible),
+        "manual_review_required" => Value::Bool(s.manual_review_required),
+        _ => Value::Null,
+    }
+}
+
+fn eval(node: &Node, get: &dyn Fn(&[String]) -> Value) -> bool {
+    match node {
+        Node::And(a, b) => eval(a, get) && eval(b, get),
+        Node::Or(a, b) => eval(a, get) || eval(b, get),
+        Node::Not(a) => !eval(a, get),
+        Node::Test {
+            field,
+            cmp,
+            value,
+            regex,
+        } => compare(&get(field), *cmp, value, regex.as_ref()),
+    }
+}
+
+fn compare(actual: &Value, cmp: Cmp, want: &Value, regex: Option<&Regex>) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match cmp {
+        Cmp::Regex => regex.is_some_and(|r| !actual.is_null() && r.is_match(&text(actual))),
+        Cmp::Contains => match actual {
+            Value::Array(items) => items.iter().any(|v| v == want || text(v) == text(want)),
+            Value::Null => false,
+            other => text(other).contains(&text(want)),
+        },
+        Cmp::Eq | Cmp::Ne => {
+            let equal = match (actual, want) {
+                (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+                (a, b) => a == b,
+            };
+            equal == (cmp == Cmp::Eq)
+        }
+        Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge => {
+            let order = match (actual, want) {
+                (Value::Number(a), Value::Number(b)) => a.as_f64().partial_cmp(&b.as_f64()),
+                (Value::String(a), Value::String(b)) => Some(a.cmp(b)),
+                _ => None,
+            };
+            order.is_some_and(|o| match cmp {
+                Cmp::Lt => o.is_lt(),
+                Cmp::Le => o.is_le(),
+                Cmp::Gt => o.is_gt(),
+                _ => o.is_ge(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::ErrorType;
+
+    fn summary() -> ItemSummary {
+        ItemSummary {
+            object: crate::object::ObjectId::ZERO,
+            failure_count: 3,
+            error_type: ErrorType::Timeout,
+            first_attempt: "2026-01-01T00:00:00.000000Z".into(),
+            last_attempt: "2026-01-02T00:00:00.000000Z".into(),
+            error_signature: "timeout: agent timed out after <n>s".into(),
+            reprocess_eligible: true,
+            manual_review_required: true,
+        }
+    }
+
+    #[test]
+    fn evaluates() {
+        let s = summary();
+        let yes = |e: &str| {
+            assert!(
+                ItemFilter::parse(e).unwrap().matches_summary("item-7", &s),
+                "{e}"
+            )
+        };
+        let no = |e: &str| {
+            assert!(
+                !ItemFilter::parse(e).unwrap().matches_summary("item-7", &s),
+                "{e}"
+            )
+        };
+        yes("error_type == 'timeout'");
+        yes("failure_count >= 3 && reprocess_eligible == true");
+        yes("failure_count > 5 || item_id == \"item-7\"");
+        yes("not (failure_count < 2) and error_signature ~ 'timed out'");
+        yes("last_attempt > '2026-01-01'");
+        yes("item_id contains 'em-'");
+        no("error_type != 'timeout'");
+        no("failure_count == 2");
+        no("!(reprocess_eligible == true)");
+    }
+
+    #[test]
+    fn malformed_filters_name_the_column_and_never_match_all() {
+        for (expr, column, what) in [
+            ("error_type = 'x'", 12, "unexpected character '='"),
+            ("error_type == 'x", 15, "unbalanced quote"),
+            ("bogus == 1", 1, "unknown field"),
+            ("failure_count >", 16, "expected a value"),
+            ("(failure_count > 1", 19, "expected ')'"),
+            ("failure_count > 1 extra", 19, "unexpected \"extra\""),
+            ("failure_count like 1", 15, "expected an operator"),
+            ("", 1, "empty"),
+            ("item. == 1", 1, "unknown field"),
+            (
+                "error_type ~ '('",
+                14,
+                "bad regular expression: unclosed group",
+            ),
+        ] {
+            let err = ItemFilter::parse(expr).unwrap_err();
+            assert_eq!(err.column, column, "{expr}: {err}");
+            assert!(err.message.contains(what), "{expr}: {err}");
+        }
+    }
+}
