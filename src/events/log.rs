@@ -339,13 +339,26 @@ impl EventLog {
     /// there was nothing to append. When this returns, every record is durable.
     pub fn append(&self, batches: &[Batch]) -> Result<Option<ObjectId>, EventError> {
         let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
-        if batches.is_empty() {
+        let mut staged = Vec::with_capacity(batches.len());
+        for batch in batches {
+            staged.push((batch, self.write_batch(batch)?));
+        }
+        self.commit(&staged)
+    }
+
+    /// The first half of an append: stores a batch object durably (no lock taken).
+    pub fn write_batch(&self, batch: &Batch) -> Result<ObjectId, EventError> {
+        Ok(self.objects().write(ObjectType::Batch, &batch.payload)?)
+    }
+
+    /// The second half of an append: under the ref's lock, chains one node per stored
+    /// batch onto the current head and moves the ref once. Returns the new head.
+    pub fn commit(&self, staged: &[(&Batch, ObjectId)]) -> Result<Option<ObjectId>, EventError> {
+        if staged.is_empty() {
             return Ok(None);
         }
-        let mut batch_ids = Vec::with_capacity(batches.len());
-        for batch in &batches {
-            batch_ids.push(self.objects().write(ObjectType::Batch, &batch.payload)?);
-        }
+        let batches: Vec<&Batch> = staged.iter().map(|(b, _)| *b).collect();
+        let batch_ids: Vec<ObjectId> = staged.iter().map(|(_, id)| *id).collect();
         let count: u64 = batches.iter().map(|b| b.len()).sum();
         let message = format!("append {count} events");
         let mut failure = None;

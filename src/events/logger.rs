@@ -2,9 +2,11 @@
 //!
 //! The caller's thread only serializes records into the current batch. A full batch (size
 //! threshold), an old one (time threshold), `flush()`, `shutdown()` and drop seal it and
-//! hand it to the logger's flusher thread, which appends sealed batches in order. So
-//! serialization on the caller's core overlaps compression and fsyncs on the other; at
-//! most [`MAX_SEALED`] sealed batches wait, after which `log` blocks (back-pressure).
+//! hand it to a two-stage pipeline: the store thread compresses and stores batch objects
+//! (outside the job's lock), the commit thread chains their log nodes and moves the ref
+//! under the lock, all waiting batches at once. Serialization, storing and committing
+//! overlap; at most [`MAX_SEALED`] sealed batches wait, after which `log` blocks
+//! (back-pressure).
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -19,6 +21,7 @@ use super::log::{Batch, EventError, EventLog};
 use super::record::{MapReduceEvent, Metadata, RECORD_VERSION, RecordInfo, new_id, now_timestamp};
 use crate::home::Home;
 use crate::lock::LockOptions;
+use crate::object::ObjectId;
 use crate::refs::RefStore;
 
 /// How many sealed batches may wait for the flusher before `log` blocks.
@@ -60,6 +63,8 @@ struct State {
     current: Batch,
     oldest: Option<Instant>,
     sealed: VecDeque<Batch>,
+    /// Batches whose objects are stored, waiting for their nodes and the ref move.
+    staged: VecDeque<(Batch, ObjectId)>,
     /// Every record with a lower seq is durable.
     durable_next: u64,
     next_seq: u64,
@@ -91,7 +96,7 @@ struct Shared {
 /// cannot be reported: call `shutdown` to see it).
 pub struct EventLogger {
     shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 fn failure(reason: String) -> EventError {
@@ -112,7 +117,21 @@ impl EventLogger {
         job: &str,
         thresholds: Thresholds,
     ) -> Result<EventLogger, EventError> {
-        let refs = RefStore::new(home, LockOptions::from_env());
+        EventLogger::with_refs(
+            RefStore::new(home, LockOptions::from_env()),
+            repo,
+            job,
+            thresholds,
+        )
+    }
+
+    /// A logger for `job` of `repo` on `refs` (which carries the lock options).
+    pub fn with_refs(
+        refs: RefStore,
+        repo: &str,
+        job: &str,
+        thresholds: Thresholds,
+    ) -> Result<EventLogger, EventError> {
         let log = EventLog::new(refs, repo, job)?;
         let worktree = std::env::current_dir()
             .ok()
@@ -141,6 +160,7 @@ impl EventLogger {
                 current: Batch::new(),
                 oldest: None,
                 sealed: VecDeque::new(),
+                staged: VecDeque::new(),
                 durable_next: 0,
                 next_seq: 0,
                 correlation_id: None,
@@ -151,15 +171,21 @@ impl EventLogger {
             }),
             changed: Condvar::new(),
         });
-        let flusher_shared = Arc::clone(&shared);
-        let flusher = std::thread::Builder::new()
-            .name("prodigy-event-flusher".into())
-            .spawn(move || flusher_shared.run_flusher())
-            .map_err(|e| EventError::BadRecord(format!("cannot start the flusher thread: {e}")))?;
-        Ok(EventLogger {
-            shared,
-            flusher: Some(flusher),
-        })
+        let mut threads = Vec::new();
+        for (name, stage) in [
+            ("prodigy-event-store", Shared::run_store as fn(&Shared)),
+            ("prodigy-event-commit", Shared::run_commit),
+        ] {
+            let shared = Arc::clone(&shared);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || stage(&shared))
+                .map_err(|e| {
+                    EventError::BadRecord(format!("cannot start the {name} thread: {e}"))
+                })?;
+            threads.push(handle);
+        }
+        Ok(EventLogger { shared, threads })
     }
 
     /// This logger's writer id.
@@ -232,15 +258,15 @@ impl EventLogger {
     fn stop(&mut self) {
         self.shared.lock().shutdown = true;
         self.shared.changed.notify_all();
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
 
 impl Drop for EventLogger {
     fn drop(&mut self) {
-        if self.flusher.is_some() {
+        if !self.threads.is_empty() {
             let _ = self.shared.flush();
             self.stop();
         }
@@ -359,16 +385,23 @@ impl Shared {
         }
     }
 
-    /// The flusher thread: appends sealed batches in order, seals batches that waited past
-    /// `max_delay`.
-    fn run_flusher(&self) {
+    /// Records a stage's failure: the batches go back to the front of their queue, the
+    /// pipeline pauses until `log` or `flush` reports the failure and asks again.
+    fn fail(&self, state: &mut State, e: &EventError) {
+        state.failed = Some(crate::error_line(e));
+        state.paused = true;
+        self.changed.notify_all();
+    }
+
+    /// Stage one: stores sealed batches (merging up to `max_merge` that piled up) as batch
+    /// objects, outside the job's lock, and seals batches that waited past `max_delay`.
+    fn run_store(&self) {
         let mut state = self.lock();
         loop {
             if !state.paused
+                && state.staged.len() < MAX_SEALED
                 && let Some(mut batch) = state.sealed.pop_front()
             {
-                // Group commit: batches that piled up while the job's lock was busy go out
-                // as one, so a contended log takes fewer, larger appends.
                 for _ in 1..self.thresholds.max_merge {
                     match state.sealed.pop_front() {
                         Some(next) => batch.extend(next),
@@ -376,14 +409,13 @@ impl Shared {
                     }
                 }
                 drop(state);
-                let result = self.log.append(std::slice::from_ref(&batch));
+                let result = self.log.write_batch(&batch);
                 state = self.lock();
                 match result {
-                    Ok(_) => state.durable_next = batch.seq_last() + 1,
+                    Ok(id) => state.staged.push_back((batch, id)),
                     Err(e) => {
                         state.sealed.push_front(batch);
-                        state.failed = Some(crate::error_line(&e));
-                        state.paused = true;
+                        self.fail(&mut state, &e);
                     }
                 }
                 self.changed.notify_all();
@@ -405,6 +437,43 @@ impl Shared {
                 }
                 None => state = self.wait(state),
             }
+        }
+    }
+
+    /// Stage two: under the job's lock, chains a node for every stored batch waiting (each
+    /// batch keeps its own node) and moves the ref once for all of them. Stage one stores
+    /// the next batches meanwhile, so their fsyncs overlap.
+    fn run_commit(&self) {
+        let mut state = self.lock();
+        loop {
+            if !state.paused && !state.staged.is_empty() {
+                let staged: Vec<(Batch, ObjectId)> = state.staged.drain(..).collect();
+                drop(state);
+                let refs: Vec<(&Batch, ObjectId)> = staged.iter().map(|(b, id)| (b, *id)).collect();
+                let result = self.log.commit(&refs);
+                state = self.lock();
+                match result {
+                    Ok(_) => {
+                        if let Some((last, _)) = staged.last() {
+                            state.durable_next = last.seq_last() + 1;
+                        }
+                    }
+                    Err(e) => {
+                        for entry in staged.into_iter().rev() {
+                            state.staged.push_front(entry);
+                        }
+                        self.fail(&mut state, &e);
+                    }
+                }
+                self.changed.notify_all();
+                continue;
+            }
+            if state.shutdown
+                && ((state.staged.is_empty() && state.sealed.is_empty()) || state.paused)
+            {
+                return;
+            }
+            state = self.wait(state);
         }
     }
 }

@@ -642,3 +642,63 @@ fn a_job_whose_head_is_not_a_log_node_does_not_hide_the_others() {
     let out = env.run(&["events", "show", "odd", "--repo", "api"], b"");
     assert_one_line_error(&out, 1);
 }
+
+#[test]
+fn a_failed_append_keeps_the_events_for_the_next_flush() {
+    use prodigy::events::{EventLog, EventLogger, MapReduceEvent, Thresholds};
+    use prodigy::lock::LockOptions;
+    use std::time::Duration;
+    let env = Env::new();
+    let home = prodigy::Home::at(env.home()).unwrap();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        b"{\"event_type\":\"first\"}\n",
+    );
+    let lock = fs::File::options()
+        .write(true)
+        .open(env.home().join("events/api/j/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let opts = LockOptions {
+        timeout: Duration::from_millis(200),
+        on_wait: None,
+    };
+    let logger = EventLogger::with_refs(
+        prodigy::RefStore::new(&home, opts),
+        "api",
+        "j",
+        Thresholds::default(),
+    )
+    .unwrap();
+    for n in 0..3 {
+        logger
+            .log(MapReduceEvent::CheckpointLoaded {
+                job_id: "j".into(),
+                version: n,
+            })
+            .unwrap();
+    }
+    let err = logger.flush().unwrap_err().to_string();
+    assert!(err.contains("timed out"), "{err}");
+    assert!(logger.flush().is_err(), "still locked");
+    drop(lock);
+    logger.flush().unwrap();
+    logger.shutdown().unwrap();
+    let out = env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"");
+    let seqs: Vec<u64> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [0, 1, 2]);
+    let (_, head) = EventLog::new(env.store(), "api", "j")
+        .unwrap()
+        .head()
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.total.count, 4);
+}
