@@ -458,29 +458,7 @@ impl EventLog {
         stop: Option<ObjectId>,
         best_effort: bool,
     ) -> Result<PartialChain, EventError> {
-        let mut nodes = Vec::new();
-        let mut next = head;
-        while let Some(id) = next {
-            if Some(id) == stop {
-                break;
-            }
-            match self.node(&id) {
-                Ok(node) => {
-                    next = node.parent;
-                    nodes.push((id, node));
-                }
-                Err(e) => {
-                    let e = self.broken("log node", id, e);
-                    if !best_effort {
-                        return Err(e);
-                    }
-                    nodes.reverse();
-                    return Ok((nodes, Some(e)));
-                }
-            }
-        }
-        nodes.reverse();
-        Ok((nodes, None))
+        self.walk(head, stop, best_effort, |id, node| (id, node))
     }
 
     /// Like [`Self::nodes_between`], keeping only the node ids.
@@ -490,8 +468,21 @@ impl EventLog {
         stop: Option<ObjectId>,
         best_effort: bool,
     ) -> Result<(Vec<ObjectId>, Option<EventError>), EventError> {
-        let mut ids = Vec::new();
+        self.walk(head, stop, best_effort, |id, _| id)
+    }
+
+    /// Walks the chain back from `head`, keeping `keep(id, node)` of each node, and returns
+    /// what it kept oldest first.
+    fn walk<T>(
+        &self,
+        head: Option<ObjectId>,
+        stop: Option<ObjectId>,
+        best_effort: bool,
+        keep: impl Fn(ObjectId, LogNode) -> T,
+    ) -> Result<(Vec<T>, Option<EventError>), EventError> {
+        let mut kept = Vec::new();
         let mut next = head;
+        let mut broken = None;
         while let Some(id) = next {
             if Some(id) == stop {
                 break;
@@ -499,20 +490,20 @@ impl EventLog {
             match self.node(&id) {
                 Ok(node) => {
                     next = node.parent;
-                    ids.push(id);
+                    kept.push(keep(id, node));
                 }
                 Err(e) => {
                     let e = self.broken("log node", id, e);
                     if !best_effort {
                         return Err(e);
                     }
-                    ids.reverse();
-                    return Ok((ids, Some(e)));
+                    broken = Some(e);
+                    break;
                 }
             }
         }
-        ids.reverse();
-        Ok((ids, None))
+        kept.reverse();
+        Ok((kept, broken))
     }
 
     /// Every node, oldest first (errors on a broken chain).

@@ -80,6 +80,17 @@ pub fn pick_job(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Resul
     }
 }
 
+/// The job given (validated), or every job of `repo` whose queue holds items.
+pub fn job_or_all(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Result<Vec<String>> {
+    match job {
+        Some(job) => {
+            crate::names::validate("job id", &job)?;
+            Ok(vec![job])
+        }
+        None => jobs_with_items(ctx, repo),
+    }
+}
+
 /// Opens the queue of `repo`/`job`.
 pub fn queue(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<DeadLetterQueue> {
     Ok(DeadLetterQueue::new(ctx.refs(), repo, job)?)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Repo, jobs_with_items, queue};
+use super::{Repo, job_or_all, queue};
 use crate::cli::{Ctx, Exit};
 use crate::events::record::format_timestamp;
 
@@ -32,13 +32,7 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let jobs = match args.job {
-        Some(job) => {
-            crate::names::validate("job id", &job)?;
-            vec![job]
-        }
-        None => jobs_with_items(ctx, &repo)?,
-    };
+    let jobs = job_or_all(ctx, &repo, args.job)?;
     let span = jiff::SignedDuration::try_from(args.older_than)?;
     let cutoff = format_timestamp(jiff::Timestamp::now().checked_sub(span)?);
     let mut doomed = Vec::new();

@@ -1,6 +1,6 @@
 //! `prodigy dlq stats`: counts per job and across the repository.
 
-use super::{Repo, jobs_with_items, queue};
+use super::{Repo, job_or_all, queue};
 use crate::cli::{Ctx, Exit};
 use crate::dlq::DlqStats;
 
@@ -21,13 +21,7 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let jobs = match args.job {
-        Some(job) => {
-            crate::names::validate("job id", &job)?;
-            vec![job]
-        }
-        None => jobs_with_items(ctx, &repo)?,
-    };
+    let jobs = job_or_all(ctx, &repo, args.job)?;
     let mut per_job = Vec::new();
     let mut total = DlqStats::default();
     for job in jobs {
