@@ -1,7 +1,8 @@
-//! `fsck`: verifies every object (re-hash), every ref and reflog, and the repo records, and
-//! finds stray temp files left by interrupted writers.
+//! `fsck`: verifies every object (re-hash), every ref and reflog, everything a ref reaches
+//! (event-log chains and their batches, DLQ snapshots, shards and items), and the repo
+//! records, and finds stray temp files left by interrupted writers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,10 @@ struct Checker<'a> {
     report: FsckReport,
     good: HashSet<ObjectId>,
     bad: HashSet<ObjectId>,
+    /// The links of every good object that has some (see [`crate::reach`]).
+    links: HashMap<ObjectId, Vec<ObjectId>>,
+    /// Every ref's value, for the reachability walk.
+    heads: Vec<(RefName, PathBuf, ObjectId)>,
     now: SystemTime,
 }
 
@@ -139,8 +144,12 @@ impl Checker<'_> {
         for (id, path) in ids {
             self.report.objects += 1;
             match store.read(&id) {
-                Ok(_) => {
+                Ok(object) => {
                     self.good.insert(id);
+                    let links = crate::reach::links(&object);
+                    if !links.is_empty() {
+                        self.links.insert(id, links);
+                    }
                 }
                 Err(e) => {
                     self.bad.insert(id);
@@ -248,6 +257,7 @@ impl Checker<'_> {
         if let Some(id) = head {
             self.report.refs += 1;
             self.target(&head_path, &format!("ref {name}"), id);
+            self.heads.push((name.clone(), head_path.clone(), id));
         }
         let log_path = store.reflog_path(name);
         let log = match store.log(name) {
@@ -296,6 +306,35 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// Walks every ref's objects through their links: each must be present and valid.
+    fn reachability(&mut self) {
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        for (name, path, head) in std::mem::take(&mut self.heads) {
+            let mut stack = vec![head];
+            while let Some(id) = stack.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                for link in self.links.get(&id).cloned().unwrap_or_default() {
+                    if self.good.contains(&link) {
+                        stack.push(link);
+                    } else {
+                        let state = if self.bad.contains(&link) {
+                            "corrupt"
+                        } else {
+                            "missing"
+                        };
+                        self.find(
+                            Severity::Error,
+                            &path,
+                            format!("ref {name} reaches {state} object {link} (named by {id})"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn records(&mut self) -> Result<(), FsckError> {
         let dir = self.home.repos_dir();
         for path in list_entries(&dir)? {
@@ -333,10 +372,13 @@ pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
         report: FsckReport::default(),
         good: HashSet::new(),
         bad: HashSet::new(),
+        links: HashMap::new(),
+        heads: Vec::new(),
         now: SystemTime::now(),
     };
     checker.objects(refs.objects())?;
     checker.refs(refs)?;
+    checker.reachability();
     checker.records()?;
     let mut report = checker.report;
     report.findings.sort();

@@ -3,7 +3,7 @@
 //!
 //! The layers, lowest first (a lower layer never imports a higher one):
 //! [`names`] and [`home`] → [`fsutil`] and [`lock`] → [`object`] → [`refs`] → [`repo`],
-//! [`storage`], [`events`], [`dlq`], [`fsck`] → [`cli`]. The library never prints; the command line writes to
+//! [`storage`], [`events`], [`dlq`] → [`reach`], [`fsck`] → [`cli`]. The library never prints; the command line writes to
 //! the streams its caller hands in.
 
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod home;
 pub mod lock;
 pub mod names;
 pub mod object;
+pub mod reach;
 pub mod refs;
 pub mod repo;
 pub mod storage;

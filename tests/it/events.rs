@@ -702,3 +702,50 @@ fn a_failed_append_keeps_the_events_for_the_next_flush() {
         .unwrap();
     assert_eq!(head.total.count, 4);
 }
+
+#[test]
+fn fsck_follows_event_chains_and_dlq_snapshots() {
+    let env = Env::new();
+    for n in 0..3 {
+        env.ok(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            format!("{{\"event_type\":\"e{n}\"}}\n").as_bytes(),
+        );
+    }
+    env.ok(
+        &[
+            "dlq", "add", "--repo", "api", "--job", "j", "--item", "i1", "--error", "boom",
+        ],
+        b"",
+    );
+    assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
+    let refs = env.store();
+    let nodes = prodigy::events::EventLog::new(refs.clone(), "api", "j")
+        .unwrap()
+        .nodes()
+        .unwrap();
+    // The oldest batch, reachable only through the chain, goes missing.
+    std::fs::remove_file(refs.objects().path(&nodes[0].1.batch)).unwrap();
+    // And the DLQ item, reachable only through the snapshot's shard.
+    let item = prodigy::dlq::DeadLetterQueue::new(refs.clone(), "api", "j")
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .items["i1"]
+        .object;
+    std::fs::remove_file(refs.objects().path(&item)).unwrap();
+    let out = env.run(&["fsck"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "ref events/api/j reaches missing object {} (named by {})",
+            nodes[0].1.batch, nodes[0].0
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("ref dlq/api/j reaches missing object {item}")),
+        "{stdout}"
+    );
+}
