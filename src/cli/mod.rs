@@ -5,7 +5,7 @@
 //! Nothing here touches the process's streams directly: the binary hands in an [`Io`].
 
 pub mod commands;
-mod output;
+pub mod output;
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};

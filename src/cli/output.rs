@@ -1,7 +1,11 @@
-//! Diagnostics on stderr (`error:`, `warning:`, `hint:`, notes), exit codes, and the one
-//! place where an error becomes its lines and its exit code.
+//! Diagnostics on stderr (`error:`, `warning:`, `hint:`, notes), exit codes, the one
+//! place where an error becomes its lines and its exit code, and the export target shared
+//! by the `export` commands.
 
 use std::io::{self, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
 use std::sync::{Arc, Mutex};
 
 use crate::lock::LockError;
@@ -154,4 +158,63 @@ fn hints(e: &anyhow::Error) -> Vec<String> {
     }
     out.dedup();
     out
+}
+
+/// Where output goes: stdout, or a file written atomically (`-o FILE`).
+pub struct ExportTarget {
+    file: Option<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl ExportTarget {
+    /// Starts output to `path`, or to stdout when `None`.
+    pub fn new(path: Option<&PathBuf>) -> anyhow::Result<ExportTarget> {
+        let file = match path {
+            Some(path) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let temp = tempfile::Builder::new()
+                    .prefix(".prodigy-export.")
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+                    .with_context(|| format!("cannot create a file in '{}'", dir.display()))?;
+                Some((temp, path.clone()))
+            }
+            None => None,
+        };
+        Ok(ExportTarget { file })
+    }
+
+    /// The writer to use.
+    pub fn writer<'a>(
+        &'a mut self,
+        stdout: &'a mut (dyn std::io::Write + Send),
+    ) -> Box<dyn std::io::Write + 'a> {
+        match &mut self.file {
+            Some((temp, _)) => Box::new(std::io::BufWriter::new(temp.as_file_mut())),
+            None => Box::new(stdout),
+        }
+    }
+
+    /// Moves a finished file into place.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if let Some((temp, path)) = self.file {
+            temp.as_file()
+                .sync_all()
+                .context("cannot fsync the export")?;
+            temp.persist(&path)
+                .with_context(|| format!("cannot write '{}'", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Quotes a CSV field when it needs it (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }

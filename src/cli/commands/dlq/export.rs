@@ -4,8 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::{Repo, queue};
-use crate::cli::commands::events::Output;
-use crate::cli::commands::events::export::csv_field;
+use crate::cli::output::{ExportTarget, csv_field};
 use crate::cli::{Ctx, Exit};
 
 /// The export formats.
@@ -41,7 +40,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     crate::names::validate("job id", &args.job)?;
     let queue = queue(ctx, &repo, &args.job)?;
     let snapshot = queue.snapshot()?;
-    let mut output = Output::new(args.output.as_ref())?;
+    let mut output = ExportTarget::new(args.output.as_ref())?;
     {
         let mut w = output.writer(&mut *ctx.out);
         match args.format {

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::show::{FilterArgs, io_error};
-use super::{Output, RepoArg, open_existing};
+use super::{RepoArg, open_existing};
+use crate::cli::output::{ExportTarget, csv_field};
 use crate::cli::{Ctx, Exit};
 use crate::events::EventRecord;
 use crate::events::query::stream;
@@ -42,15 +43,6 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180).
-pub fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 fn markdown_cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
@@ -60,7 +52,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let log = open_existing(ctx, &repo, &args.job)?;
     let filter = args.filter.to_filter()?;
-    let mut output = Output::new(args.output.as_ref())?;
+    let mut output = ExportTarget::new(args.output.as_ref())?;
     {
         let mut w = output.writer(&mut *ctx.out);
         match args.format {

@@ -8,8 +8,6 @@ pub mod search;
 pub mod show;
 pub mod stats;
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 
 use crate::cli::{Ctx, Exit};
@@ -131,55 +129,5 @@ fn ellipsis(s: &str, n: usize) -> String {
         s
     } else {
         format!("{}…", s.chars().take(n).collect::<String>())
-    }
-}
-
-/// Where output goes: stdout, or a file written atomically (`-o FILE`).
-pub struct Output {
-    file: Option<(tempfile::NamedTempFile, PathBuf)>,
-}
-
-impl Output {
-    /// Starts output to `path`, or to stdout when `None`.
-    pub fn new(path: Option<&PathBuf>) -> anyhow::Result<Output> {
-        let file = match path {
-            Some(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                let temp = tempfile::Builder::new()
-                    .prefix(".prodigy-export.")
-                    .suffix(".tmp")
-                    .tempfile_in(dir)
-                    .with_context(|| format!("cannot create a file in '{}'", dir.display()))?;
-                Some((temp, path.clone()))
-            }
-            None => None,
-        };
-        Ok(Output { file })
-    }
-
-    /// The writer to use.
-    pub fn writer<'a>(
-        &'a mut self,
-        stdout: &'a mut (dyn std::io::Write + Send),
-    ) -> Box<dyn std::io::Write + 'a> {
-        match &mut self.file {
-            Some((temp, _)) => Box::new(std::io::BufWriter::new(temp.as_file_mut())),
-            None => Box::new(stdout),
-        }
-    }
-
-    /// Moves a finished file into place.
-    pub fn finish(self) -> anyhow::Result<()> {
-        if let Some((temp, path)) = self.file {
-            temp.as_file()
-                .sync_all()
-                .context("cannot fsync the export")?;
-            temp.persist(&path)
-                .with_context(|| format!("cannot write '{}'", path.display()))?;
-        }
-        Ok(())
     }
 }
