@@ -3,30 +3,15 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::common::{Env, assert_one_line_error, snapshot};
+use crate::common::{Env, assert_one_line_error, git, snapshot};
 
 /// A repository `api` with one commit and a linked worktree `wt`, inside the scratch dir.
 pub fn repo_with_worktree(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     let base = env.scratch();
     let main = base.join("api");
     fs::create_dir_all(&main).unwrap();
-    let git = |dir: &Path, args: &[&str]| {
-        let ok = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "git {args:?}");
-    };
     git(&main, &["init", "-q", "-b", "main"]);
     git(&main, &["commit", "-q", "--allow-empty", "-m", "init"]);
     git(&main, &["worktree", "add", "-q", "../wt", "-b", "wt"]);
@@ -430,6 +415,20 @@ fn full_records_keep_their_identity() {
 #[test]
 fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     let env = Env::new();
+    let best_effort = || {
+        env.run(
+            &[
+                "events",
+                "show",
+                "j",
+                "--repo",
+                "api",
+                "--json",
+                "--best-effort",
+            ],
+            b"",
+        )
+    };
     for n in 0..3 {
         let line = format!("{{\"event_type\":\"step\",\"n\":{n}}}\n");
         env.ok(
@@ -452,18 +451,7 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
         stderr.contains(&format!("broken at batch {middle}")),
         "{stderr}"
     );
-    let out = env.run(
-        &[
-            "events",
-            "show",
-            "j",
-            "--repo",
-            "api",
-            "--json",
-            "--best-effort",
-        ],
-        b"",
-    );
+    let out = best_effort();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
@@ -473,18 +461,7 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     );
     // A missing node: the newer part is still shown.
     fs::remove_file(refs.objects().path(&nodes[0].0)).unwrap();
-    let out = env.run(
-        &[
-            "events",
-            "show",
-            "j",
-            "--repo",
-            "api",
-            "--json",
-            "--best-effort",
-        ],
-        b"",
-    );
+    let out = best_effort();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(
