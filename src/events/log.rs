@@ -340,8 +340,15 @@ impl EventLog {
     pub fn append(&self, batches: &[Batch]) -> Result<Option<ObjectId>, EventError> {
         let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
         let mut staged = Vec::with_capacity(batches.len());
-        for batch in batches {
-            staged.push((batch, self.write_batch(batch)?));
+        if batches.len() == 1 {
+            staged.push((batches[0], self.write_batch(batches[0])?));
+        } else {
+            // Many batch objects share one durability barrier.
+            let mut group = self.objects().batch();
+            for batch in batches {
+                staged.push((batch, group.add(ObjectType::Batch, &batch.payload)?));
+            }
+            group.commit()?;
         }
         self.commit(&staged)
     }
