@@ -9,9 +9,11 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use zstd::zstd_safe::{CParameter, DParameter};
 
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
@@ -287,12 +289,66 @@ fn compress(id: &ObjectId, kind: ObjectType, payload: &[u8]) -> Result<Vec<u8>, 
     let frame = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = Some(zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?);
+            let mut c = zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?;
+            c.set_parameter(CParameter::ContentSizeFlag(true))?;
+            c.set_parameter(CParameter::ChecksumFlag(false))?;
+            c.set_parameter(CParameter::DictIdFlag(false))?;
+            *slot = Some(c);
         }
-        slot.as_mut()
-            .map_or_else(missing_context, |c| c.compress(&canonical))
+        slot.as_mut().map_or_else(missing_context, |c| {
+            // A window as large as the content makes a single-segment frame, whose header
+            // is fully determined by the content's size (see `check_frame_header`).
+            c.set_parameter(CParameter::WindowLog(window_log(canonical.len())))?;
+            c.compress(&canonical)
+        })
     });
     frame.map_err(|e| FsError::new("compress object", id.to_string(), e).into())
+}
+
+/// The smallest window log (10 to 31) whose window holds `len` bytes.
+fn window_log(len: usize) -> u32 {
+    let bits = usize::BITS - len.saturating_sub(1).leading_zeros();
+    bits.clamp(10, 31)
+}
+
+/// Checks that a frame's header is exactly what [`compress`] writes — zstd magic; a
+/// single-segment frame; no checksum, no dictionary, unused and reserved bits clear; the
+/// content size in the smallest field that holds it — and returns the declared size. So
+/// no byte of the header can change without the object being refused, even where zstd
+/// itself would ignore the change.
+fn check_frame_header(bytes: &[u8]) -> Result<u64, String> {
+    if bytes.len() < 6 || bytes[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err("not a zstd frame".into());
+    }
+    let descriptor = bytes[4];
+    if descriptor & 0x3f != 0x20 {
+        return Err(format!(
+            "the frame header descriptor {descriptor:#04x} is not one this store writes"
+        ));
+    }
+    let field = [1usize, 2, 4, 8][usize::from(descriptor >> 6)];
+    let raw = bytes
+        .get(5..5 + field)
+        .ok_or("the frame header is truncated")?;
+    let mut le = [0u8; 8];
+    le[..field].copy_from_slice(raw);
+    let value = u64::from_le_bytes(le);
+    let size = if field == 2 { value + 256 } else { value };
+    let smallest = if size < 256 {
+        1
+    } else if size < 65_536 + 256 {
+        2
+    } else if size < 0xFFFF_FFFF {
+        4
+    } else {
+        8
+    };
+    if field != smallest {
+        return Err(format!(
+            "the frame records its size {size} in {field} bytes, not {smallest}"
+        ));
+    }
+    Ok(size)
 }
 
 fn missing_context<T>() -> io::Result<T> {
@@ -325,35 +381,34 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
         }
     }
     let limit = MAX_OBJECT_SIZE + 64;
-    let canonical = match zstd::zstd_safe::get_frame_content_size(bytes) {
-        Ok(Some(size)) if size > limit => {
+    let size = check_frame_header(bytes).map_err(corrupt)?;
+    if size > limit {
+        return Err(corrupt(format!(
+            "the frame declares {size} bytes, above the limit of {limit}"
+        )));
+    }
+    let mut canonical = Vec::with_capacity(size as usize);
+    let written = DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut d = zstd::bulk::Decompressor::new()?;
+            // Single-segment frames have windows as large as their content.
+            d.set_parameter(DParameter::WindowLogMax(31))?;
+            *slot = Some(d);
+        }
+        slot.as_mut().map_or_else(missing_context, |d| {
+            d.decompress_to_buffer(bytes, &mut canonical)
+        })
+    });
+    match written {
+        Ok(n) if n as u64 == size => {}
+        Ok(n) => {
             return Err(corrupt(format!(
-                "the frame declares {size} bytes, above the limit of {limit}"
+                "the frame declares {size} bytes but holds {n}"
             )));
         }
-        Ok(Some(size)) => {
-            let mut out = Vec::with_capacity(size as usize);
-            let written = DECOMPRESSOR.with(|cell| {
-                let mut slot = cell.borrow_mut();
-                if slot.is_none() {
-                    *slot = Some(zstd::bulk::Decompressor::new()?);
-                }
-                slot.as_mut()
-                    .map_or_else(missing_context, |d| d.decompress_to_buffer(bytes, &mut out))
-            });
-            match written {
-                Ok(n) if n as u64 == size => out,
-                Ok(n) => {
-                    return Err(corrupt(format!(
-                        "the frame declares {size} bytes but holds {n}"
-                    )));
-                }
-                Err(e) => return Err(corrupt(format!("zstd: {e}"))),
-            }
-        }
-        Ok(None) => decode_unsized(bytes, limit).map_err(corrupt)?,
-        Err(_) => return Err(corrupt("bad zstd frame header".into())),
-    };
+        Err(e) => return Err(corrupt(format!("zstd: {e}"))),
+    }
     let (kind, payload_at) = parse_header(&canonical).map_err(corrupt)?;
     let actual = ObjectId(*blake3::hash(&canonical).as_bytes());
     if actual != *id {
@@ -362,56 +417,6 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
     let mut payload = canonical;
     payload.drain(..payload_at);
     Ok(Object { kind, payload })
-}
-
-/// Decompresses a frame that does not record its size: the header is read first, then
-/// exactly the declared length, then the stream must end. Nothing larger than the declared
-/// size (itself capped at `limit`) is ever allocated.
-fn decode_unsized(bytes: &[u8], limit: u64) -> Result<Vec<u8>, String> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(bytes)
-        .map_err(|e| format!("zstd: {e}"))?
-        .single_frame();
-    let mut head = Vec::with_capacity(32);
-    let mut byte = [0u8; 1];
-    loop {
-        match decoder.read(&mut byte) {
-            Ok(0) => return Err("the content ends inside its header".into()),
-            Ok(_) => head.push(byte[0]),
-            Err(e) => return Err(format!("zstd: {e}")),
-        }
-        if byte[0] == 0 {
-            break;
-        }
-        if head.len() > 32 {
-            return Err("no valid header in the first 32 bytes".into());
-        }
-    }
-    let (_, _) = parse_header_prefix(&head)?;
-    let declared = declared_len(&head)?;
-    let total = head.len() as u64 + declared;
-    if total > limit {
-        return Err(format!(
-            "the header declares {declared} bytes, above the limit of {MAX_OBJECT_SIZE}"
-        ));
-    }
-    let mut out = head;
-    out.reserve_exact(declared as usize);
-    (&mut decoder)
-        .take(declared)
-        .read_to_end(&mut out)
-        .map_err(|e| format!("zstd: {e}"))?;
-    if out.len() as u64 != total {
-        return Err(format!(
-            "the content is shorter than the {declared} bytes its header declares"
-        ));
-    }
-    match decoder.read(&mut byte) {
-        Ok(0) => Ok(out),
-        Ok(_) => Err(format!(
-            "the content expands beyond the {declared} bytes its header declares"
-        )),
-        Err(e) => Err(format!("zstd: {e}")),
-    }
 }
 
 /// Parses `<type> <len>\0` at the start of `head` (which ends at the NUL).
@@ -854,10 +859,16 @@ mod tests {
     }
 
     #[test]
-    fn unsized_frames_are_capped_by_their_header() {
+    fn only_the_frames_this_store_writes_are_accepted() {
         use std::io::Write;
         let id = ObjectId::hash(ObjectType::Blob, b"0123456789");
-        // A frame without a recorded size, whose content runs 30 MB past its header.
+        let (_, good) = encode(ObjectType::Blob, b"0123456789").unwrap();
+        assert_eq!(
+            decode(&id, Path::new("x"), &good).unwrap().payload,
+            b"0123456789"
+        );
+        // The same content, in a frame that does not record its size (a bomb's shape: its
+        // content runs 30 MB past the header).
         let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
         enc.include_contentsize(false).unwrap();
         enc.write_all(b"blob 10\0").unwrap();
@@ -865,15 +876,21 @@ mod tests {
         let bomb = enc.finish().unwrap();
         assert!(bomb.len() < 4096, "bomb is {} bytes", bomb.len());
         let err = decode(&id, Path::new("x"), &bomb).unwrap_err().to_string();
-        assert!(err.contains("expands beyond the 10 bytes"), "{err}");
-        // The same without the flood decodes fine.
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
-        enc.include_contentsize(false).unwrap();
-        enc.write_all(b"blob 10\x000123456789").unwrap();
-        let ok = enc.finish().unwrap();
+        assert!(err.contains("not one this store writes"), "{err}");
+        // zstd ignores the unused bit; the store does not.
+        let mut flipped = good.clone();
+        flipped[4] ^= 0x10;
+        let err = decode(&id, Path::new("x"), &flipped)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not one this store writes"), "{err}");
+        // Large objects are single-segment too.
+        let big = vec![7u8; 3 << 20];
+        let (big_id, frame) = encode(ObjectType::Blob, &big).unwrap();
+        assert_eq!(frame[4] & 0x20, 0x20);
         assert_eq!(
-            decode(&id, Path::new("x"), &ok).unwrap().payload,
-            b"0123456789"
+            decode(&big_id, Path::new("x"), &frame).unwrap().payload,
+            big
         );
     }
 

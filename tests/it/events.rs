@@ -489,12 +489,15 @@ fn follow_prints_appends_as_they_land() {
             "--json",
             "--interval",
             "20ms",
+            "--from-start",
         ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // What was there before is printed first; then each append as it lands.
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["event"]["event_type"], "before");
     for n in 0..3 {
         env.ok(
             &["events", "append", "--job", "j", "--repo", "api"],

@@ -3,7 +3,6 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::time::Duration;
 
 use crate::common::{Env, assert_one_line_error, blob, snapshot};
 
@@ -247,19 +246,22 @@ fn a_held_lock_is_waited_for_then_times_out() {
     assert!(stderr.starts_with("waiting for lock on '"), "{stderr}");
     assert!(stderr.contains("error: timed out after"), "{stderr}");
     assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), a);
-    // Released while a writer waits: the writer goes ahead.
-    let child = env
+    // Released while a writer waits: the writer goes ahead. The lock is released only
+    // once the writer has said it is waiting, whatever the machine's load.
+    let mut child = env
         .std_cmd()
         .args(["ref", "update", "events/api/j", &b])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(first.starts_with("waiting for lock on '"), "{first}");
     drop(lock);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.starts_with("waiting for lock on '"), "{stderr}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{first}{rest}");
     assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), b);
 }
 

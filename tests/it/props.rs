@@ -11,7 +11,10 @@ fn any_type() -> impl Strategy<Value = ObjectType> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // PROPTEST_CASES=N runs more (the long version); 512 in the suite.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    ))]
 
     #[test]
     fn any_payload_round_trips(kind in any_type(), payload in prop::collection::vec(any::<u8>(), 0..4096)) {

@@ -96,6 +96,7 @@ fn crash(refs: &RefStore, ack: &mut std::fs::File) {
     let name = var("PRODIGY_IT_REF").parse().unwrap();
     let trial = var("PRODIGY_IT_ID");
     let store = refs.objects();
+    writeln!(ack, "ready").unwrap();
     for seq in 0u64.. {
         let payload = format!(
             "{{\"trial\":\"{trial}\",\"seq\":{seq},\"pad\":\"{}\"}}",
