@@ -488,6 +488,11 @@ impl DeadLetterQueue {
         }
     }
 
+    /// The item a snapshot entry names (one object read, from a snapshot already in hand).
+    pub fn item(&self, summary: &ItemSummary) -> Result<DeadLetteredItem, DlqError> {
+        self.read_item(&summary.object)
+    }
+
     fn read_item(&self, id: &ObjectId) -> Result<DeadLetteredItem, DlqError> {
         let object = self.refs.objects().read(id)?;
         if object.kind != ObjectType::Item {

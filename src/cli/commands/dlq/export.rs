@@ -50,10 +50,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 "item_id,error_type,failure_count,first_attempt,last_attempt,error_signature,reprocess_eligible,manual_review_required,last_error,item_data"
             )?,
         }
-        for (n, (id, _)) in snapshot.items.iter().enumerate() {
-            let item = queue
-                .get(id)?
-                .ok_or_else(|| anyhow::anyhow!("item {id} vanished"))?;
+        for (n, summary) in snapshot.items.values().enumerate() {
+            let item = queue.item(summary)?;
             match args.format {
                 Format::Json => {
                     w.write_all(if n == 0 { b"\n" } else { b",\n" })?;

@@ -59,10 +59,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let mut kept = std::collections::BTreeMap::new();
         for (id, s) in std::mem::take(&mut snapshot.items) {
             let keep = if filter.needs_item() {
-                let item = queue
-                    .get(&id)?
-                    .ok_or_else(|| anyhow::anyhow!("item {id} vanished"))?;
-                filter.matches_item(&item, &s)
+                filter.matches_item(&queue.item(&s)?, &s)
             } else {
                 filter.matches_summary(&id, &s)
             };
