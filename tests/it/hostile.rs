@@ -281,3 +281,113 @@ fn malformed_object_names_are_refused() {
     let out = env.run(&["hash-object", "-t", "tree", "--stdin"], b"");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Bytes zstd cannot compress.
+fn noise(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(b"noise")
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_loses_nothing() {
+    let env = Env::new();
+    let home = env.home();
+    fs::create_dir_all(&home).unwrap();
+    // A 1 MiB file system for the home (root only; elsewhere there is nothing to test).
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=4096", "tmpfs"])
+        .arg(&home)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let kept = blob(&env, "kept");
+        env.ok(&["ref", "update", "events/api/j", &kept], b"");
+        env.ok(
+            &["events", "append", "--job", "e", "--repo", "api"],
+            b"{\"event_type\":\"first\"}\n",
+        );
+        let out = env.run(&["hash-object", "-w", "--stdin"], &noise(2 << 20));
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains("No space left on device"), "{stderr}");
+        assert!(stderr.contains("hint: free some space"), "{stderr}");
+        // An events append that does not fit appends nothing.
+        let huge: String = (0..400)
+            .map(|n| {
+                format!(
+                    "{{\"event_type\":\"x\",\"blob\":\"{}\"}}\n",
+                    hex(&noise_seeded(n, 4096))
+                )
+            })
+            .collect();
+        let out = env.run(
+            &["events", "append", "--job", "e", "--repo", "api"],
+            huge.as_bytes(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The store still reads, refs are unchanged, no temp file is left.
+        assert_eq!(env.ok(&["cat-object", "-p", &kept], b""), "kept");
+        assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), kept);
+        assert_eq!(
+            env.ok(&["events", "show", "e", "--repo", "api", "--json"], b"")
+                .lines()
+                .count(),
+            1
+        );
+        let fsck = env.run(&["fsck"], b"");
+        assert_eq!(
+            fsck.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        assert!(
+            !String::from_utf8_lossy(&fsck.stdout).contains("temp "),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        // Once space is free again, appends work.
+        env.ok(
+            &["events", "append", "--job", "e", "--repo", "api"],
+            b"{\"event_type\":\"after\"}\n",
+        );
+        assert_eq!(
+            env.ok(&["events", "show", "e", "--repo", "api", "--json"], b"")
+                .lines()
+                .count(),
+            2
+        );
+    });
+    std::process::Command::new("umount")
+        .arg(&home)
+        .status()
+        .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn noise_seeded(seed: u32, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
