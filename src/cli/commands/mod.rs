@@ -9,6 +9,8 @@ pub mod hash_object;
 pub mod refs;
 pub mod repo_name;
 
+use anyhow::Context;
+
 use super::{Command, Ctx, Exit};
 
 /// Runs one parsed command.
@@ -22,5 +24,29 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Fsck(args) => fsck::exec(args, ctx),
         Command::RepoName(args) => repo_name::exec(args, ctx),
         Command::Completions(args) => completions::exec(args, ctx),
+    }
+}
+
+/// The `--repo` option shared by the `events` and `dlq` subcommands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepoArg {
+    /// The repo name (default: the repository of the current directory).
+    #[arg(long, value_name = "NAME")]
+    pub repo: Option<String>,
+}
+
+impl RepoArg {
+    /// The repo name given, or the one the current directory maps to.
+    pub fn resolve(&self, ctx: &Ctx<'_>) -> anyhow::Result<String> {
+        match &self.repo {
+            Some(name) => {
+                crate::names::validate("repo name", name)?;
+                Ok(name.clone())
+            }
+            None => {
+                let cwd = std::env::current_dir().context("cannot read the current directory")?;
+                Ok(crate::repo::resolve_repo_name(&ctx.home, &cwd)?)
+            }
+        }
     }
 }

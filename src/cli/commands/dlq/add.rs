@@ -1,6 +1,7 @@
 //! `prodigy dlq add`: record a failure of an item.
 
-use super::{Repo, queue};
+use super::queue;
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::dlq::Failure;
 
@@ -14,7 +15,7 @@ pub struct Args {
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// The item's id.
     #[arg(long, value_name = "ID")]
     pub item: String,

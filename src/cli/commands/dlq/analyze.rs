@@ -1,6 +1,7 @@
 //! `prodigy dlq analyze`: failure patterns.
 
-use super::{Repo, pick_job, queue};
+use super::{pick_job, queue};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 
 /// Group a job's failures into patterns by normalised signature (paths, numbers, hex,
@@ -12,7 +13,7 @@ pub struct Args {
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

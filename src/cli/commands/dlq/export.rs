@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{Repo, queue};
+use super::queue;
+use crate::cli::commands::RepoArg;
 use crate::cli::output::{ExportTarget, csv_field};
 use crate::cli::{Ctx, Exit};
 
@@ -25,7 +26,7 @@ pub struct Args {
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// The format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,

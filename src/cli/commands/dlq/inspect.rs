@@ -1,6 +1,7 @@
 //! `prodigy dlq inspect`: one item, its whole history, and the job's events for it.
 
-use super::{Repo, pick_job, queue};
+use super::{pick_job, queue};
+use crate::cli::commands::RepoArg;
 use crate::cli::commands::events::human_line;
 use crate::cli::{Ctx, Exit};
 use crate::dlq::DlqError;
@@ -18,7 +19,7 @@ pub struct Args {
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// Print the item as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,6 +1,7 @@
 //! `prodigy dlq list`: dead-lettered items, from the snapshot only.
 
-use super::{Repo, pick_job, queue};
+use super::{pick_job, queue};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::dlq::{ItemFilter, analyze};
 
@@ -19,7 +20,7 @@ pub struct Args {
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// Only items eligible for reprocessing.
     #[arg(long)]
     pub eligible: bool,

@@ -8,7 +8,6 @@ pub mod list;
 pub mod purge;
 pub mod stats;
 
-use crate::cli::commands::events::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::dlq::DeadLetterQueue;
 use crate::refs::RefKind;
@@ -95,6 +94,3 @@ pub fn job_or_all(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Res
 pub fn queue(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<DeadLetterQueue> {
     Ok(DeadLetterQueue::new(ctx.refs(), repo, job)?)
 }
-
-/// The repo name option, shared with `events`.
-pub type Repo = RepoArg;

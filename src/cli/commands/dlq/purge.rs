@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::{Repo, job_or_all, queue};
+use super::{job_or_all, queue};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::record::format_timestamp;
 
@@ -20,7 +21,7 @@ pub struct Args {
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// Do not ask.
     #[arg(long)]
     pub yes: bool,

@@ -1,6 +1,7 @@
 //! `prodigy dlq stats`: counts per job and across the repository.
 
-use super::{Repo, job_or_all, queue};
+use super::{job_or_all, queue};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::dlq::DlqStats;
 
@@ -12,7 +13,7 @@ pub struct Args {
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
-    pub repo: Repo,
+    pub repo: RepoArg,
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,

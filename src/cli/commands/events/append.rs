@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, anyhow};
 use serde_json::{Map, Value};
 
-use super::RepoArg;
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::record::{RECORD_VERSION, new_id, normalize_timestamp, now_timestamp};
 use crate::events::{Batch, EventLog, EventRecord, Metadata};

@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::open_existing;
 use super::show::{FilterArgs, io_error};
-use super::{RepoArg, open_existing};
+use crate::cli::commands::RepoArg;
 use crate::cli::output::{ExportTarget, csv_field};
 use crate::cli::{Ctx, Exit};
 use crate::events::EventRecord;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use super::human_line;
 use super::show::io_error;
-use super::{RepoArg, human_line};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::{EventLog, EventRecord};
 

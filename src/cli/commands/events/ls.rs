@@ -1,7 +1,7 @@
 //! `prodigy events ls`: jobs with event counts and time ranges, from head nodes only.
 
-use super::RepoArg;
 use super::list_jobs_warning;
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 
 /// List the jobs of this repository (or of every repository) that have events, with their

@@ -8,8 +8,6 @@ pub mod search;
 pub mod show;
 pub mod stats;
 
-use anyhow::Context;
-
 use crate::cli::{Ctx, Exit};
 use crate::events::{EventError, EventLog, EventRecord};
 
@@ -31,30 +29,6 @@ pub enum EventsCommand {
     Follow(follow::Args),
     /// Export a job's events as JSON Lines, JSON, CSV or Markdown.
     Export(export::Args),
-}
-
-/// The repository option shared by the subcommands.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RepoArg {
-    /// The repo name (default: the repository of the current directory).
-    #[arg(long, value_name = "NAME")]
-    pub repo: Option<String>,
-}
-
-impl RepoArg {
-    /// The repo name given, or the one the current directory maps to.
-    pub fn resolve(&self, ctx: &Ctx<'_>) -> anyhow::Result<String> {
-        match &self.repo {
-            Some(name) => {
-                crate::names::validate("repo name", name)?;
-                Ok(name.clone())
-            }
-            None => {
-                let cwd = std::env::current_dir().context("cannot read the current directory")?;
-                Ok(crate::repo::resolve_repo_name(&ctx.home, &cwd)?)
-            }
-        }
-    }
 }
 
 /// Opens the log of `job`, failing when the job has no events.

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use super::list_jobs_warning;
 use super::show::io_error;
-use super::{RepoArg, human_line, open_existing};
+use super::{human_line, open_existing};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::query::stream;
 use crate::events::{EventLog, Filter};

@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 
-use super::{RepoArg, human_line, open_existing};
+use super::{human_line, open_existing};
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::Filter;
 use crate::events::query::{parse_time_bound, stream};

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::list_jobs_warning;
-use super::{RepoArg, open_existing};
+use super::open_existing;
+use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::{JobEvents, Summary};
 
