@@ -6,16 +6,14 @@
 // A benchmark program: its report is its output.
 #![allow(clippy::print_stdout)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::{env_number, median, scratch_dir, time_cli};
 
 use prodigy::dlq::{DeadLetterQueue, Failure};
 use prodigy::{Home, RefStore};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn failure(n: u64) -> Failure {
     let messages = [
@@ -35,14 +33,8 @@ fn failure(n: u64) -> Failure {
 }
 
 fn main() {
-    let items: u64 = std::env::var("ITEMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let dir = tempfile::Builder::new()
-        .prefix("prodigy-dlq-bench")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    let items = env_number("ITEMS", 10_000);
+    let dir = scratch_dir("prodigy-dlq-bench");
     let home = Home::at(dir.path()).unwrap();
     let queue =
         DeadLetterQueue::new(RefStore::new(&home, Default::default()), "bench", "job").unwrap();
@@ -76,26 +68,7 @@ fn main() {
             .unwrap();
         adds.push(start.elapsed());
     }
-    let exe = env!("CARGO_BIN_EXE_prodigy");
-    let cli = |args: &[&str]| {
-        let mut times = Vec::new();
-        for _ in 0..7 {
-            let start = Instant::now();
-            let out = Command::new(exe)
-                .args(args)
-                .env("PRODIGY_HOME", dir.path())
-                .stdout(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            times.push(start.elapsed());
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        median(times)
-    };
+    let cli = |args: &[&str]| time_cli(dir.path(), args, 7).0;
     let add_cli = cli(&[
         "dlq",
         "add",

@@ -16,9 +16,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use prodigy::Home;
 use prodigy::events::record::{EventRecord, Metadata, RECORD_VERSION, new_id, now_timestamp};
 use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
+use support::{env_number, scratch_dir, time_cli};
 
 fn event(n: u64) -> MapReduceEvent {
     let item_id = format!("item-{n:07}");
@@ -111,41 +114,6 @@ fn baseline(path: &Path, count: u64) -> (Duration, u64) {
     (start.elapsed(), std::fs::metadata(path).unwrap().len())
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time_cli(home: &Path, args: &[&str], runs: usize) -> (Duration, u64) {
-    let exe = env!("CARGO_BIN_EXE_prodigy");
-    let mut times = Vec::new();
-    let mut rss = 0;
-    for _ in 0..runs {
-        let start = Instant::now();
-        let out = Command::new("/usr/bin/time")
-            .args(["-f", "%M", exe])
-            .args(args)
-            .env("PRODIGY_HOME", home)
-            .stdout(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        times.push(start.elapsed());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        rss = String::from_utf8_lossy(&out.stderr)
-            .trim()
-            .lines()
-            .last()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-    }
-    (median(times), rss)
-}
-
 fn disk_bytes(dir: &Path) -> (u64, u64) {
     let (mut size, mut blocks) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
@@ -177,18 +145,9 @@ fn main() {
         println!("{}", elapsed.as_secs_f64());
         return;
     }
-    let count: u64 = std::env::var("EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let writers: u64 = std::env::var("WRITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let dir = tempfile::Builder::new()
-        .prefix("prodigy-events-bench")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    let count = env_number("EVENTS", 1_000_000);
+    let writers = env_number("WRITERS", 8);
+    let dir = scratch_dir("prodigy-events-bench");
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
 
     let raw = dir.path().join("baseline.jsonl");
@@ -302,10 +261,7 @@ fn main() {
         per * writers
     );
     // `events ls` over many jobs: it reads one node per job, whatever their length.
-    let jobs: u64 = std::env::var("LS_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let jobs = env_number("LS_JOBS", 1000);
     if jobs > 0 {
         let per_job = 10_000;
         let ls_home = dir.path().join("ls-home");

@@ -534,14 +534,23 @@ impl DeadLetterQueue {
     /// to its history, bumps `failure_count` and `last_attempt` and keeps `first_attempt`
     /// (and its `item_data` unless the new data is not null). Safe with many processes
     /// adding at once: each change is a compare-and-swap under the queue's lock.
-    pub fn add_many(&self, failures: Vec<NewFailure>) -> Result<Vec<DeadLetteredItem>, DlqError> {
-        for (item_id, _, failure) in &failures {
+    pub fn add_many(
+        &self,
+        mut failures: Vec<NewFailure>,
+    ) -> Result<Vec<DeadLetteredItem>, DlqError> {
+        // Checked and stamped before the lock is taken, so bad input changes nothing and
+        // the lock is held for writing only.
+        for (item_id, _, failure) in &mut failures {
             if item_id.is_empty() {
                 return Err(DlqError::Invalid("an item id must not be empty".into()));
             }
-            if let Some(ts) = &failure.timestamp {
-                crate::events::record::normalize_timestamp(ts).map_err(DlqError::Invalid)?;
-            }
+            let timestamp = match &failure.timestamp {
+                Some(ts) => {
+                    crate::events::record::normalize_timestamp(ts).map_err(DlqError::Invalid)?
+                }
+                None => now_timestamp(),
+            };
+            failure.timestamp = Some(timestamp);
         }
         let count = failures.len();
         self.change(&format!("dlq add {count} failures"), |snapshot| {
@@ -656,10 +665,8 @@ fn record_failure(
     item_data: Value,
     failure: Failure,
 ) -> Result<DeadLetteredItem, DlqError> {
-    let timestamp = match &failure.timestamp {
-        Some(ts) => crate::events::record::normalize_timestamp(ts).map_err(DlqError::Invalid)?,
-        None => now_timestamp(),
-    };
+    // `add_many` has stamped every failure in the stored form.
+    let timestamp = failure.timestamp.clone().unwrap_or_else(now_timestamp);
     let error_type = failure
         .error_type
         .unwrap_or_else(|| classify(&failure.error_message, failure.exit_code));
