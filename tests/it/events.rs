@@ -29,6 +29,16 @@ const WORKTREE_EVENTS: &str = r#"{"event_type":"agent_failed","job_id":"mr-1","a
 {"event_type":"job_completed","job_id":"mr-1","duration_ms":4000,"success_count":1,"failure_count":1}
 "#;
 
+/// `events show JOB --repo api --json EXTRA…` as parsed records (the command must succeed).
+fn records(env: &Env, job: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["events", "show", job, "--repo", "api", "--json"];
+    args.extend_from_slice(extra);
+    env.ok(&args, b"")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn run_in(env: &Env, dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     env.cmd()
         .current_dir(dir)
@@ -380,29 +390,12 @@ fn full_records_keep_their_identity() {
         &["events", "append", "--job", "j", "--repo", "api"],
         input.as_bytes(),
     );
-    let out = env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"");
-    let records: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(records[0]["id"], "r1");
-    assert_eq!(records[0]["timestamp"], "2025-01-09T14:32:53.346192Z");
-    assert_eq!(records[0]["metadata"]["host"], "h");
-    assert_eq!(records[1]["seq"], 1);
-    let out = env.ok(
-        &[
-            "events",
-            "show",
-            "j",
-            "--repo",
-            "api",
-            "--correlation",
-            "c1",
-            "--json",
-        ],
-        b"",
-    );
-    assert_eq!(out.lines().count(), 1);
+    let all = records(&env, "j", &[]);
+    assert_eq!(all[0]["id"], "r1");
+    assert_eq!(all[0]["timestamp"], "2025-01-09T14:32:53.346192Z");
+    assert_eq!(all[0]["metadata"]["host"], "h");
+    assert_eq!(all[1]["seq"], 1);
+    assert_eq!(records(&env, "j", &["--correlation", "c1"]).len(), 1);
     // Out-of-order seq from one writer is refused.
     let bad = input.replace(r#""seq":1"#, r#""seq":0"#);
     let out = env.run(
@@ -577,20 +570,7 @@ fn the_logger_flushes_on_time_on_drop_and_on_size() {
     logger.log(event(6)).unwrap();
     drop(logger);
     assert_eq!(count(), 7, "drop did not flush");
-    let out = env.ok(
-        &[
-            "events",
-            "show",
-            "j",
-            "--repo",
-            "api",
-            "--correlation",
-            "corr-1",
-            "--json",
-        ],
-        b"",
-    );
-    assert_eq!(out.lines().count(), 7);
+    assert_eq!(records(&env, "j", &["--correlation", "corr-1"]).len(), 7);
     let logger = EventLogger::new(&home, "api", "j", Thresholds::default()).unwrap();
     logger.log(event(7)).unwrap();
     logger.shutdown().unwrap();
@@ -664,15 +644,10 @@ fn a_failed_append_keeps_the_events_for_the_next_flush() {
     drop(lock);
     logger.flush().unwrap();
     logger.shutdown().unwrap();
-    let out = env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"");
-    let seqs: Vec<u64> = out
-        .lines()
+    let seqs: Vec<u64> = records(&env, "j", &[])
+        .iter()
         .skip(1)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
+        .map(|r| r["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [0, 1, 2]);
     let (_, head) = EventLog::new(env.store(), "api", "j")
