@@ -31,11 +31,6 @@ impl FsError {
             source,
         }
     }
-
-    /// True when the path did not exist.
-    pub fn is_not_found(&self) -> bool {
-        self.source.kind() == io::ErrorKind::NotFound
-    }
 }
 
 /// Adds an operation and a path to an `io::Result`.

@@ -142,11 +142,6 @@ impl ObjectType {
             ObjectType::Items => "items",
         }
     }
-
-    /// True for the types whose payload is one JSON document.
-    pub fn is_json(self) -> bool {
-        !matches!(self, ObjectType::Blob | ObjectType::Batch)
-    }
 }
 
 impl fmt::Display for ObjectType {
@@ -484,16 +479,6 @@ impl ObjectStore {
     pub fn path(&self, id: &ObjectId) -> PathBuf {
         let hex = id.to_string();
         self.objects.join(&hex[..2]).join(&hex[2..])
-    }
-
-    /// The `objects/` directory.
-    pub fn dir(&self) -> &Path {
-        &self.objects
-    }
-
-    /// The `objects/tmp/` directory.
-    pub fn tmp_dir(&self) -> &Path {
-        &self.tmp
     }
 
     /// Every file under `objects/tmp/` (temp files of writers running now or killed),
