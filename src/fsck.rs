@@ -233,6 +233,8 @@ impl Checker<'_> {
                 .unwrap_or_default();
             match file.as_str() {
                 "HEAD" | "lock" | "reflog" => {}
+                // A job's run lock (held by the process running it).
+                "run.lock" if name.kind() == crate::refs::RefKind::State => {}
                 _ if file.ends_with(".tmp") => self.temp(&path),
                 _ => self.find(
                     Severity::Warning,

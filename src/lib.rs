@@ -18,7 +18,10 @@ pub mod object;
 pub mod reach;
 pub mod refs;
 pub mod repo;
+pub mod runner;
+pub mod state;
 pub mod storage;
+pub mod workflow;
 
 pub use home::Home;
 pub use object::{Object, ObjectError, ObjectId, ObjectStore, ObjectType};

@@ -1,6 +1,7 @@
 //! Which objects an object names: the edges that `fsck` (and, later, `gc`) follow from
 //! refs. Only the store's own structures are read — `log` nodes (`parent`, `batch`) and
-//! `dlq` snapshots (`parent`, `shards`, each item's `object`) — never user data, so a
+//! `dlq` snapshots (`parent`, `shards`, each item's `object`), `checkpoint`s (`parent`,
+//! `base`, `spec`, `items`) — never user data, so a
 //! 64-hex string inside an event or an item is not mistaken for a link.
 
 use serde_json::Value;
@@ -10,14 +11,27 @@ use crate::object::{Object, ObjectId, ObjectType};
 /// Keys whose string value is a link.
 const LINK_KEYS: [&str; 3] = ["parent", "batch", "object"];
 
+const CHECKPOINT_KEYS: [&str; 4] = ["parent", "base", "spec", "items"];
+
 /// The objects `object` names, in the order found.
 pub fn links(object: &Object) -> Vec<ObjectId> {
-    if !matches!(object.kind, ObjectType::Log | ObjectType::Dlq) {
+    if !matches!(
+        object.kind,
+        ObjectType::Log | ObjectType::Dlq | ObjectType::Checkpoint
+    ) {
         return Vec::new();
     }
     let Ok(value) = serde_json::from_slice::<Value>(&object.payload) else {
         return Vec::new();
     };
+    if object.kind == ObjectType::Checkpoint {
+        // A checkpoint names its parent, its nearest full checkpoint, the job's spec and
+        // its work-item list.
+        return CHECKPOINT_KEYS
+            .iter()
+            .filter_map(|k| value.get(*k)?.as_str()?.parse().ok())
+            .collect();
+    }
     let mut out = Vec::new();
     collect(&value, &mut out);
     out

@@ -288,6 +288,11 @@ impl RefStore {
         }
     }
 
+    /// The home directory.
+    pub fn home_dir(&self) -> &Path {
+        &self.home
+    }
+
     /// The object store the refs point into.
     pub fn objects(&self) -> &ObjectStore {
         &self.objects

@@ -77,6 +77,12 @@ pub enum Command {
     /// Dead-lettered items: list, inspect, analyze, stats, export, purge.
     #[command(subcommand)]
     Dlq(commands::dlq::DlqCommand),
+    /// Run a MapReduce workflow as a new job; prints the job id.
+    Run(commands::run::Args),
+    /// Finish an interrupted job from its checkpoint.
+    Resume(commands::resume::Args),
+    /// List jobs with their phase, item counts and times; `jobs show JOB` for one.
+    Jobs(commands::jobs::Args),
     /// Verify every object, ref, reflog and repo record.
     Fsck(commands::fsck::Args),
     /// Print the repo name that a path maps to.
@@ -110,6 +116,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut (dyn Write + Send),
     /// Diagnostics.
     pub diag: Diag,
+    /// True when long work may draw a progress bar (stderr is a terminal, not `--quiet`).
+    pub progress: bool,
 }
 
 impl Ctx<'_> {
@@ -156,6 +164,15 @@ impl Ctx<'_> {
 
 /// Runs the command line `args` with `io`; returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // The step supervisor (see `runner::exec`): not a command for people, so not in clap.
+    if args.get(1).is_some_and(|a| a == "__supervise") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return crate::runner::exec::supervise(&rest);
+    }
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -197,6 +214,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
             stdin_is_fd0: io.stdin_is_fd0,
             out: &mut *io.stdout,
             diag: diag.clone(),
+            progress: io.stderr_is_terminal && !cli.quiet,
         };
         let exit = commands::run(cli.command, &mut ctx)?;
         ctx.out.flush()?;

@@ -12,6 +12,10 @@
 //! value      := 'text' | "text" | number | true | false | null
 //! ```
 //!
+//! The same language filters a workflow's work items (`map.filter`, see
+//! [`ItemFilter::parse_data`]): there a field is any path into the item, with or without a
+//! leading `item.` (`score >= 5`, `item.meta.lang == 'rust'`).
+//!
 //! A malformed expression is an error naming its column, never "match everything".
 
 use regex::Regex;
@@ -193,6 +197,7 @@ struct Parser<'a> {
     toks: Vec<(Tok, usize)>,
     at: usize,
     needs_item: bool,
+    data: bool,
 }
 
 impl Parser<'_> {
@@ -255,8 +260,19 @@ impl Parser<'_> {
         let Tok::Ident(name) = self.peek().clone() else {
             return Err(self.err("expected a field name".into()));
         };
-        let field: Vec<String> = name.split('.').map(str::to_owned).collect();
-        let known = match field.as_slice() {
+        let mut field: Vec<String> = name.split('.').map(str::to_owned).collect();
+        if self.data {
+            // `item` alone is the item itself (a string item from a line of input).
+            if field[0] == "item" {
+                field.remove(0);
+            }
+            if field.iter().any(String::is_empty) {
+                return Err(self.err(format!("bad field path {name:?}")));
+            }
+            field.insert(0, "item".into());
+        }
+        let known = self.data
+            || match field.as_slice() {
             [one] => FIELDS.contains(&one.as_str()),
             [first, rest @ ..] => first == "item" && rest.iter().all(|k| !k.is_empty()),
             [] => false,
@@ -344,12 +360,23 @@ fn describe(tok: &Tok) -> String {
 impl ItemFilter {
     /// Parses an expression.
     pub fn parse(expr: &str) -> Result<ItemFilter, FilterError> {
+        ItemFilter::parse_mode(expr, false)
+    }
+
+    /// Parses an expression over a work item's data: every field is a path into the item
+    /// (`a.b`, or `item.a.b`).
+    pub fn parse_data(expr: &str) -> Result<ItemFilter, FilterError> {
+        ItemFilter::parse_mode(expr, true)
+    }
+
+    fn parse_mode(expr: &str, data: bool) -> Result<ItemFilter, FilterError> {
         let toks = lex(expr)?;
         let mut parser = Parser {
             expr,
             toks,
             at: 0,
             needs_item: false,
+            data,
         };
         if *parser.peek() == Tok::End {
             return Err(parser.err("the filter is empty".into()));
@@ -373,6 +400,18 @@ impl ItemFilter {
     /// Tests a summary; fields it lacks are null (see [`Self::needs_item`]).
     pub fn matches_summary(&self, id: &str, s: &ItemSummary) -> bool {
         eval(&self.root, &|field: &[String]| summary_field(id, s, field))
+    }
+
+    /// Tests a work item (for filters made by [`Self::parse_data`]); a missing field is
+    /// null.
+    pub fn matches_data(&self, data: &Value) -> bool {
+        eval(&self.root, &|field: &[String]| {
+            field[1..]
+                .iter()
+                .try_fold(data, |v, k| v.get(k))
+                .cloned()
+                .unwrap_or(Value::Null)
+        })
     }
 
     /// Tests a full item.

@@ -6,8 +6,12 @@ pub mod dlq;
 pub mod events;
 pub mod fsck;
 pub mod hash_object;
+pub mod jobs;
+pub mod progress;
 pub mod refs;
 pub mod repo_name;
+pub mod resume;
+pub mod run;
 
 use anyhow::Context;
 
@@ -22,6 +26,9 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Events(cmd) => events::exec(cmd, ctx),
         Command::Dlq(cmd) => dlq::exec(cmd, ctx),
         Command::Fsck(args) => fsck::exec(args, ctx),
+        Command::Run(args) => run::exec(args, ctx),
+        Command::Resume(args) => resume::exec(args, ctx),
+        Command::Jobs(args) => jobs::exec(args, ctx),
         Command::RepoName(args) => repo_name::exec(args, ctx),
         Command::Completions(args) => completions::exec(args, ctx),
     }

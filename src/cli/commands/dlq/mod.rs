@@ -6,6 +6,7 @@ pub mod export;
 pub mod inspect;
 pub mod list;
 pub mod purge;
+pub mod retry;
 pub mod stats;
 
 use crate::cli::{Ctx, Exit, UsageError};
@@ -30,6 +31,8 @@ pub enum DlqCommand {
     Export(export::Args),
     /// Remove items whose last failure is older than a given age.
     Purge(purge::Args),
+    /// Run items again through the job's agent template.
+    Retry(retry::Args),
 }
 
 /// Runs a dlq subcommand.
@@ -42,6 +45,7 @@ pub fn exec(cmd: DlqCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         DlqCommand::Stats(args) => stats::exec(args, ctx),
         DlqCommand::Export(args) => export::exec(args, ctx),
         DlqCommand::Purge(args) => purge::exec(args, ctx),
+        DlqCommand::Retry(args) => retry::exec(args, ctx),
     }
 }
 

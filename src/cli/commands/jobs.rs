@@ -1,0 +1,255 @@
+//! `prodigy jobs` and `prodigy jobs show JOB`: jobs from their state refs.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::cli::commands::RepoArg;
+use crate::cli::{Ctx, Exit};
+use crate::object::ObjectId;
+use crate::refs::RefKind;
+use crate::state::{Checkpoint, JobStateManager};
+
+/// List the jobs of this repository (or of every repository) with their phase, item counts
+/// and times, from their newest checkpoints.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[allow(missing_docs)]
+    #[command(subcommand)]
+    pub command: Option<JobsCommand>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// List the jobs of every repository.
+    #[arg(long, conflicts_with = "repo")]
+    pub all_repos: bool,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// Show one job: phase, counts, times, worktrees, agents at work, checkpoint history.
+    Show(ShowArgs),
+}
+
+/// Show one job.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The job id.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command.
+pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    if let Some(JobsCommand::Show(show)) = args.command {
+        return exec_show(show, ctx);
+    }
+    let repos = if args.all_repos {
+        let mut repos: Vec<String> = ctx
+            .refs()
+            .list(Some(RefKind::State.as_str()))?
+            .into_iter()
+            .map(|(n, _)| n.repo().to_owned())
+            .collect();
+        repos.dedup();
+        repos
+    } else {
+        vec![args.repo.resolve(ctx)?]
+    };
+    let mut rows = Vec::new();
+    for repo in &repos {
+        let states = JobStateManager::new(ctx.refs(), repo)?;
+        for (job, id, c) in states.list()? {
+            let spec = states.read_spec(&c.spec)?;
+            rows.push(summary(repo, &job, &id, &c, &spec.started));
+        }
+    }
+    if args.json {
+        writeln!(ctx.out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(Exit::Success);
+    }
+    if rows.is_empty() {
+        ctx.diag.note(&format!(
+            "no jobs in {}",
+            if args.all_repos {
+                "any repo".to_owned()
+            } else {
+                format!("repo {}", repos[0])
+            }
+        ));
+        return Ok(Exit::Success);
+    }
+    if args.all_repos {
+        write!(ctx.out, "{:<20} ", "REPO")?;
+    }
+    writeln!(
+        ctx.out,
+        "{:<28} {:<9} {:>6} {:>6} {:>6} {:>7} {:<27} DURATION",
+        "JOB", "PHASE", "DONE", "FAILED", "PENDING", "TOTAL", "STARTED"
+    )?;
+    for r in &rows {
+        if args.all_repos {
+            write!(ctx.out, "{:<20} ", r["repo"].as_str().unwrap_or(""))?;
+        }
+        writeln!(
+            ctx.out,
+            "{:<28} {:<9} {:>6} {:>6} {:>6} {:>7} {:<27} {}",
+            r["job"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["done"].as_u64().unwrap_or(0),
+            r["failed"].as_u64().unwrap_or(0),
+            r["pending"].as_u64().unwrap_or(0),
+            r["total"].as_u64().unwrap_or(0),
+            r["started"].as_str().unwrap_or("-"),
+            r["duration"].as_str().unwrap_or("-"),
+        )?;
+    }
+    Ok(Exit::Success)
+}
+
+fn duration(start: &str, end: Option<&str>) -> Option<String> {
+    let start: jiff::Timestamp = start.parse().ok()?;
+    let end: jiff::Timestamp = end?.parse().ok()?;
+    let ms = (end.as_millisecond() - start.as_millisecond()).max(0) as u64;
+    // Whole seconds once there are any: milliseconds of a long job are noise.
+    let shown = if ms >= 1000 { ms / 1000 * 1000 } else { ms };
+    Some(humantime::format_duration(std::time::Duration::from_millis(shown)).to_string())
+}
+
+fn summary(repo: &str, job: &str, id: &ObjectId, c: &Checkpoint, started: &str) -> Value {
+    let status = match (&c.error, c.phase) {
+        (Some(_), phase) => format!("failed:{}", phase.as_str()),
+        (None, phase) => phase.as_str().to_owned(),
+    };
+    json!({
+        "repo": repo,
+        "job": job,
+        "phase": c.phase,
+        "status": status,
+        "error": c.error,
+        "total": c.counters.total,
+        "done": c.counters.done,
+        "failed": c.counters.failed,
+        "pending": c.counters.pending(),
+        "running": c.running.len(),
+        "started": started,
+        "updated": c.created,
+        "ended": c.ended,
+        "duration": duration(started, c.ended.as_deref()),
+        "checkpoint": id.to_string(),
+        "version": c.version,
+    })
+}
+
+fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    crate::names::validate("job id", &args.job)?;
+    let repo = args.repo.resolve(ctx)?;
+    let states = JobStateManager::new(ctx.refs(), &repo)?;
+    let history = states.history(&args.job)?;
+    let (head_id, head) = &history[0];
+    let spec = states.read_spec(&head.spec)?;
+    let mut row = summary(&repo, &args.job, head_id, head, &spec.started);
+    row["workflow"] = json!(spec.workflow_path);
+    row["base_commit"] = json!(spec.base_commit);
+    row["branch"] = json!(spec.branch);
+    row["worktree"] = json!(spec.worktree);
+    row["worktree_exists"] = json!(spec.worktree.exists());
+    let agents: BTreeMap<&String, Value> = head
+        .running
+        .iter()
+        .map(|(k, a)| {
+            (
+                k,
+                json!({"agent_id": a.agent_id, "index": a.index, "worktree": a.worktree, "attempt": a.attempt, "started": a.started}),
+            )
+        })
+        .collect();
+    row["running_agents"] = json!(agents);
+    let checkpoints: Vec<Value> = history
+        .iter()
+        .map(|(id, c)| {
+            json!({
+                "version": c.version,
+                "id": id.to_string(),
+                "created": c.created,
+                "phase": c.phase,
+                "reason": c.reason,
+                "done": c.counters.done,
+                "failed": c.counters.failed,
+                "full": c.full,
+            })
+        })
+        .collect();
+    row["checkpoints"] = json!(checkpoints);
+    if args.json {
+        writeln!(ctx.out, "{}", serde_json::to_string_pretty(&row)?)?;
+        return Ok(Exit::Success);
+    }
+    let s = |k: &str| match &row[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        v => v.to_string(),
+    };
+    writeln!(ctx.out, "job:        {}", args.job)?;
+    writeln!(ctx.out, "repo:       {repo}")?;
+    writeln!(ctx.out, "phase:      {}", s("status"))?;
+    if let Some(e) = &head.error {
+        writeln!(ctx.out, "error:      {e}")?;
+    }
+    writeln!(
+        ctx.out,
+        "items:      {} total, {} done, {} failed, {} pending",
+        s("total"),
+        s("done"),
+        s("failed"),
+        s("pending")
+    )?;
+    writeln!(ctx.out, "started:    {}", s("started"))?;
+    writeln!(ctx.out, "ended:      {}", s("ended"))?;
+    writeln!(ctx.out, "duration:   {}", s("duration"))?;
+    writeln!(ctx.out, "workflow:   {}", s("workflow"))?;
+    writeln!(ctx.out, "base:       {}", s("base_commit"))?;
+    writeln!(
+        ctx.out,
+        "worktree:   {}{}",
+        s("worktree"),
+        if spec.worktree.exists() { "" } else { " (missing)" }
+    )?;
+    writeln!(ctx.out, "branch:     {}", s("branch"))?;
+    for a in head.running.values() {
+        writeln!(
+            ctx.out,
+            "agent:      {} item {} attempt {} in {}",
+            a.agent_id,
+            a.index,
+            a.attempt,
+            a.worktree.display()
+        )?;
+    }
+    writeln!(ctx.out, "checkpoints ({}):", history.len())?;
+    for (id, c) in &history {
+        writeln!(
+            ctx.out,
+            "  {:>5}  {}  {}  {:<8} {:>6} done {:>6} failed  {}",
+            c.version,
+            &id.to_string()[..12],
+            c.created,
+            c.phase.as_str(),
+            c.counters.done,
+            c.counters.failed,
+            c.reason
+        )?;
+    }
+    Ok(Exit::Success)
+}

@@ -1,0 +1,91 @@
+//! What `run`, `resume` and `dlq retry` share: signal handling (SIGINT/SIGTERM stop the job
+//! at a checkpoint; a second one exits at once), the step supervisor, the progress bar on
+//! a terminal, and the report of a finished job.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::output::Diag;
+use crate::cli::{Ctx, Exit};
+use crate::runner::{Observer, Options, Outcome, Progress, RunError};
+
+struct Bar {
+    bar: Option<ProgressBar>,
+    diag: Diag,
+}
+
+impl Observer for Bar {
+    fn progress(&self, p: &Progress) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.total as u64);
+            bar.set_position((p.done + p.failed) as u64);
+            bar.set_message(format!(
+                "{}: {} done, {} failed, {} running",
+                p.phase.as_str(),
+                p.done,
+                p.failed,
+                p.running
+            ));
+        }
+    }
+
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.diag.note(text)),
+            None => self.diag.note(text),
+        }
+    }
+}
+
+/// Runner options for a command: interrupt flag wired to SIGINT and SIGTERM, this binary
+/// as the step supervisor, a progress bar when stderr is a terminal.
+pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while the first is being handled exits at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupt))?;
+        signal_hook::flag::register(signal, Arc::clone(&interrupt))?;
+    }
+    let bar = ctx.progress.then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    Ok(Options {
+        supervisor: std::env::current_exe().ok(),
+        interrupt,
+        observer: Some(Arc::new(Bar {
+            bar,
+            diag: ctx.diag.clone(),
+        })),
+        ..Options::default()
+    })
+}
+
+/// Prints a finished job (id on stdout, a summary on stderr) or returns its error.
+pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::Result<Exit> {
+    let outcome = outcome?;
+    let c = outcome.counters;
+    ctx.diag.note(&format!(
+        "job {} complete: {} items, {} done, {} failed; result in '{}' (branch {})",
+        outcome.job_id,
+        c.total,
+        c.done,
+        c.failed,
+        outcome.worktree.display(),
+        outcome.branch
+    ));
+    if c.failed > 0 {
+        ctx.diag.hint(&format!(
+            "see the failures with `prodigy dlq list {}`; retry them with `prodigy dlq retry {}`",
+            outcome.job_id, outcome.job_id
+        ));
+    }
+    writeln!(ctx.out, "{}", outcome.job_id)?;
+    Ok(Exit::Success)
+}

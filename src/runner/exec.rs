@@ -1,0 +1,303 @@
+//! Running one shell step: `sh -c` in its own process group, output to the agent's log
+//! (and captured when asked), killed with its whole group on a time-out or an interrupt.
+//!
+//! A step survives a runner killed with SIGKILL unless something kills its group: the
+//! kernel tells no one. So each step runs under a *supervisor* — the `prodigy` binary
+//! started as `prodigy __supervise PARENT_PID -- sh -c CMD` — which asks the kernel for a
+//! signal when its parent dies (`PR_SET_PDEATHSIG`) and then kills its process group. The
+//! library runs steps directly (without that guarantee) when no supervisor is given.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// Captured output kept per step.
+pub const MAX_CAPTURE: usize = 1 << 20;
+
+/// Standard error kept for messages.
+pub const STDERR_TAIL: usize = 2048;
+
+/// The exit code of a step killed for its time limit (as `timeout(1)` uses).
+pub const TIMEOUT_EXIT: i32 = 124;
+
+/// What the runner's steps share: the supervisor, the live process groups and the
+/// interrupt flag.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    supervisor: Option<PathBuf>,
+    groups: Arc<Mutex<HashSet<i32>>>,
+    interrupted: Arc<AtomicBool>,
+}
+
+/// One step to run.
+#[derive(Debug)]
+pub struct StepSpec<'a> {
+    /// The command.
+    pub command: &'a str,
+    /// Its working directory.
+    pub cwd: &'a Path,
+    /// Extra environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Kill it after this long.
+    pub timeout: Option<Duration>,
+    /// Keep its standard output.
+    pub capture: bool,
+    /// Where its output goes.
+    pub log: &'a Arc<Mutex<File>>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// Its exit code (128 + n when killed by signal n; [`TIMEOUT_EXIT`] on a time-out).
+    pub exit_code: i32,
+    /// True when it was killed for its time limit.
+    pub timed_out: bool,
+    /// True when it was killed because the runner was interrupted.
+    pub interrupted: bool,
+    /// Its standard output, when captured (at most [`MAX_CAPTURE`] bytes).
+    pub stdout: String,
+    /// The last [`STDERR_TAIL`] bytes of its standard error.
+    pub stderr_tail: String,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+impl StepOutcome {
+    /// True on exit code 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == 0 && !self.timed_out && !self.interrupted
+    }
+}
+
+impl Executor {
+    /// Steps run under `supervisor` (the `prodigy` binary) when given.
+    pub fn new(supervisor: Option<PathBuf>, interrupted: Arc<AtomicBool>) -> Executor {
+        Executor {
+            supervisor,
+            groups: Arc::new(Mutex::new(HashSet::new())),
+            interrupted,
+        }
+    }
+
+    /// True once the runner was asked to stop.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// The interrupt flag.
+    pub fn interrupt_flag(&self) -> &Arc<AtomicBool> {
+        &self.interrupted
+    }
+
+    /// Kills every running step's process group (after an interrupt).
+    pub fn kill_all(&self) {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in groups.iter() {
+            if let Some(pid) = Pid::from_raw(*pid) {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            }
+        }
+    }
+
+    /// Runs one step to its end.
+    pub fn run(&self, step: &StepSpec<'_>) -> std::io::Result<StepOutcome> {
+        let started = Instant::now();
+        let mut cmd = match &self.supervisor {
+            Some(exe) => {
+                let mut c = Command::new(exe);
+                c.arg("__supervise")
+                    .arg(std::process::id().to_string())
+                    .arg("--");
+                c
+            }
+            None => Command::new("sh"),
+        };
+        if self.supervisor.is_some() {
+            cmd.arg("sh");
+        }
+        cmd.arg("-c")
+            .arg(step.command)
+            .current_dir(step.cwd)
+            .envs(step.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if self.interrupted() {
+            return Ok(killed(started, false, true));
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
+        // An interrupt between the check above and the insert would miss this group.
+        if self.interrupted() {
+            kill_group(pid);
+        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let log_out = Arc::clone(step.log);
+        let log_err = Arc::clone(step.log);
+        let capture = step.capture;
+        let out_thread = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            if let Some(mut r) = stdout {
+                pump(&mut r, &log_out, |chunk| {
+                    if capture && kept.len() < MAX_CAPTURE {
+                        let room = MAX_CAPTURE - kept.len();
+                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                });
+            }
+            kept
+        });
+        let err_thread = std::thread::spawn(move || {
+            let mut tail: Vec<u8> = Vec::new();
+            if let Some(mut r) = stderr {
+                pump(&mut r, &log_err, |chunk| {
+                    tail.extend_from_slice(chunk);
+                    if tail.len() > 2 * STDERR_TAIL {
+                        tail.drain(..tail.len() - STDERR_TAIL);
+                    }
+                });
+            }
+            if tail.len() > STDERR_TAIL {
+                tail.drain(..tail.len() - STDERR_TAIL);
+            }
+            tail
+        });
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            status
+        });
+        let mut timed_out = false;
+        match step.timeout {
+            Some(limit) => {
+                if rx.recv_timeout(limit).is_err() {
+                    timed_out = true;
+                    kill_group(pid);
+                }
+            }
+            None => {
+                let _ = rx.recv();
+            }
+        }
+        let status = waiter
+            .join()
+            .map_err(|_| std::io::Error::other("step waiter panicked"))??;
+        // Whatever the shell left running in its group goes with it.
+        kill_group(pid);
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+        let stdout = out_thread.join().unwrap_or_default();
+        let stderr = err_thread.join().unwrap_or_default();
+        let interrupted = !timed_out && self.interrupted() && !status.success();
+        Ok(StepOutcome {
+            exit_code: if timed_out { TIMEOUT_EXIT } else { code(status) },
+            timed_out,
+            interrupted,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
+            duration: started.elapsed(),
+        })
+    }
+}
+
+fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
+    StepOutcome {
+        exit_code: 130,
+        timed_out,
+        interrupted,
+        stdout: String::new(),
+        stderr_tail: String::new(),
+        duration: started.elapsed(),
+    }
+}
+
+fn kill_group(pid: i32) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+}
+
+fn code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+fn pump(r: &mut impl Read, log: &Arc<Mutex<File>>, mut each: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                each(&buf[..n]);
+                let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = f.write_all(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The supervisor's body (`prodigy __supervise PARENT_PID -- PROGRAM ARGS…`): dies with
+/// its parent, taking its whole process group along; otherwise runs PROGRAM and exits with
+/// its status. Returns the exit code.
+pub fn supervise(args: &[String]) -> i32 {
+    let (Some(parent), Some("--"), Some(program)) = (
+        args.first().and_then(|p| p.parse::<i32>().ok()),
+        args.get(1).map(String::as_str),
+        args.get(2),
+    ) else {
+        return 2;
+    };
+    let group = rustix::process::getpgrp();
+    let kill_all = move || {
+        let _ = rustix::process::kill_process_group(group, Signal::KILL);
+    };
+    // The parent's death arrives as SIGTERM; so do an interrupt's and a time-out's kills
+    // when they are not SIGKILL. Each takes the whole group.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(_) => return 126,
+    };
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            kill_all();
+        }
+    });
+    if rustix::process::set_parent_process_death_signal(Some(Signal::TERM)).is_err() {
+        return 126;
+    }
+    // The parent may have died before the request took effect.
+    if rustix::process::getppid().map(Pid::as_raw_nonzero).map(|p| p.get()) != Some(parent) {
+        kill_all();
+        return 1;
+    }
+    let status = Command::new(program).args(&args[3..]).status();
+    match status {
+        Ok(s) => code(s),
+        Err(_) => 127,
+    }
+}

@@ -1,0 +1,203 @@
+//! The git the runner needs, through the `git` command: the base commit, worktrees on
+//! branches, an agent's commits, merges.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// A git command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("git {op} in '{}' failed: {message}", .dir.display())]
+pub struct GitError {
+    /// What was attempted (`worktree add`, `merge`, …).
+    pub op: String,
+    /// Where.
+    pub dir: std::path::PathBuf,
+    /// git's own words (its last line of standard error).
+    pub message: String,
+    /// True when a merge stopped on conflicts.
+    pub conflict: bool,
+}
+
+/// Runs `git -C dir args…`; standard output on success.
+pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    git_env(dir, args, &BTreeMap::new())
+}
+
+/// [`git`] with extra environment (the job's, so that `GIT_AUTHOR_NAME` and friends in a
+/// workflow's `env` also sign the runner's merge commits).
+pub fn git_env(
+    dir: &Path,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> Result<String, GitError> {
+    let out = Command::new("git")
+        .envs(env)
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| GitError {
+            op: args.first().copied().unwrap_or("").to_owned(),
+            dir: dir.to_owned(),
+            message: format!("cannot run git: {e}"),
+            conflict: false,
+        })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let message = stderr
+        .lines()
+        .chain(stdout.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("hint:"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(GitError {
+        op: args.iter().take(2).copied().collect::<Vec<_>>().join(" "),
+        dir: dir.to_owned(),
+        conflict: stdout.contains("CONFLICT") || stderr.contains("CONFLICT"),
+        message: if message.is_empty() {
+            format!("exit status {}", out.status)
+        } else {
+            message
+        },
+    })
+}
+
+/// The commit `HEAD` names in `dir`.
+pub fn head(dir: &Path) -> Result<String, GitError> {
+    git(dir, &["rev-parse", "--verify", "HEAD^{commit}"])
+}
+
+/// True when `branch` exists.
+pub fn branch_exists(dir: &Path, branch: &str) -> bool {
+    git(
+        dir,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
+    .is_ok()
+}
+
+/// Serialises this process's changes to the repository's worktree list: `git worktree
+/// add` reads every other worktree's admin directory (to refuse a branch checked out
+/// twice) and fails on one that a concurrent `add` or `remove` has half made or half
+/// removed.
+static WORKTREES: Mutex<()> = Mutex::new(());
+
+fn worktrees_lock() -> std::sync::MutexGuard<'static, ()> {
+    WORKTREES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Creates a worktree at `path` on `branch`. The branch is reset to `start` when `reset`,
+/// else checked out as it is (created at `start` when missing).
+///
+/// With `reset`, the branch is the caller's alone (an agent's, under the job's run lock),
+/// so a lock file left on it by a git process killed with the runner is stale: it is
+/// removed and the add tried once more.
+pub fn add_worktree(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    start: &str,
+    reset: bool,
+) -> Result<(), GitError> {
+    let path_s = path.to_string_lossy();
+    let _guard = worktrees_lock();
+    if !reset && branch_exists(repo, branch) {
+        git(repo, &["worktree", "add", "-q", &path_s, branch])?;
+        return Ok(());
+    }
+    let args = ["worktree", "add", "-q", "-B", branch, &path_s, start];
+    match git(repo, &args) {
+        Err(e) if reset => {
+            let suffix = format!("refs/heads/{branch}.lock");
+            let stale = e
+                .message
+                .split('\'')
+                .find(|p| p.ends_with(&suffix) && Path::new(p).is_absolute());
+            match stale {
+                Some(lock) => {
+                    let _ = std::fs::remove_file(lock);
+                    if path.exists() {
+                        let _ = std::fs::remove_dir_all(path);
+                    }
+                    git(repo, &args).map(|_| ())
+                }
+                None => Err(e),
+            }
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// Removes the worktree at `path` if its directory exists. A registration whose directory
+/// is gone is left to [`prune`], which must not run while other worktrees are being added
+/// (it would take their half-made registrations for stale ones).
+pub fn remove_worktree(repo: &Path, path: &Path) {
+    if path.exists() {
+        let _guard = worktrees_lock();
+        let r = git(
+            repo,
+            &["worktree", "remove", "--force", "--force", &path.to_string_lossy()],
+        );
+        if r.is_err() {
+            // Half made (git was killed while adding it): remove it and its registration.
+            // Safe here: this process's other worktree changes wait for the guard.
+            let _ = std::fs::remove_dir_all(path);
+            let _ = git(repo, &["worktree", "prune"]);
+        }
+    }
+}
+
+/// Forgets registered worktrees whose directories are gone.
+pub fn prune(repo: &Path) -> Result<(), GitError> {
+    let _guard = worktrees_lock();
+    git(repo, &["worktree", "prune"]).map(|_| ())
+}
+
+/// The commits on `HEAD` since `base`, oldest first.
+pub fn commits_since(dir: &Path, base: &str) -> Result<Vec<String>, GitError> {
+    let out = git(dir, &["rev-list", "--reverse", &format!("{base}..HEAD")])?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// True when `commit` is already in `HEAD`'s history.
+pub fn is_merged(dir: &Path, commit: &str) -> bool {
+    git(dir, &["merge-base", "--is-ancestor", commit, "HEAD"]).is_ok()
+}
+
+/// Merges `commit` into the worktree at `dir`; on a conflict the merge is aborted and the
+/// error says so.
+pub fn merge(
+    dir: &Path,
+    commit: &str,
+    message: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), GitError> {
+    match git_env(dir, &["merge", "--no-edit", "-m", message, commit], env) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = git(dir, &["merge", "--abort"]);
+            Err(e)
+        }
+    }
+}
+
+/// Deletes a branch (missing is fine).
+pub fn delete_branch(repo: &Path, branch: &str) {
+    let _ = git(repo, &["branch", "-q", "-D", branch]);
+}

@@ -1,0 +1,1450 @@
+//! The MapReduce runner (DESIGN.md §9): `run`, `resume` and `dlq retry`.
+//!
+//! A job runs in its own git worktree (`worktrees/<repo>/<job>/parent`, branch
+//! `prodigy/<job>` made from the recorded base commit): setup there, then one agent per
+//! work item in a worktree of its own (`…/agent-<index>`, branch `prodigy/<job>-agent-<index>`
+//! made from the job's worktree after setup), then the agents' commits merged into the
+//! job's worktree, then reduce there. Every change of state is a checkpoint
+//! ([`crate::state`]) written after the events that explain it are durable; `resume`
+//! starts from the checkpoint alone, recreating whatever worktree is missing.
+
+pub mod exec;
+pub mod git;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::dlq::filter::ItemFilter;
+use crate::dlq::{DeadLetterQueue, DlqError, Failure};
+use crate::events::EventError;
+use crate::events::logger::{EventLogger, Thresholds};
+use crate::events::record::{MapReduceEvent, now_timestamp};
+use crate::fsutil::{self, FsError, IoContext};
+use crate::home::Home;
+use crate::lock::LockOptions;
+use crate::names::{self, NameError};
+use crate::object::ObjectId;
+use crate::refs::RefStore;
+use crate::repo::{self, RepoError};
+use crate::state::{
+    AgentState, Counters, ItemResult, ItemStatus, JobSpec, JobState, JobStateManager, Phase,
+    StateError, item_key,
+};
+use crate::workflow::template::Vars;
+use crate::workflow::{OnItemFailure, Plan, PlanStep, WorkflowError, input};
+use exec::{Executor, StepSpec};
+use git::GitError;
+
+/// Output of an agent kept in its result (and the checkpoint).
+const MAX_RESULT_OUTPUT: usize = 64 * 1024;
+
+/// Failures of the runner.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The workflow file.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    /// Job state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Repository names.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A git command.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// The event log.
+    #[error(transparent)]
+    Events(#[from] EventError),
+    /// The dead-letter queue.
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
+    /// A file operation.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A bad job id.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// Not inside git.
+    #[error("'{}' is not inside a git repository (agents work in git worktrees)", .path.display())]
+    NotGit {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The work items could not be made.
+    #[error("{}: map.input: {message}", .workflow.display())]
+    Input {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A setup or reduce step failed.
+    #[error("job '{job}': {phase} step at line {line} failed: {message}")]
+    Step {
+        /// The job.
+        job: String,
+        /// setup or reduce.
+        phase: &'static str,
+        /// The step's line in the workflow.
+        line: u64,
+        /// What happened.
+        message: String,
+    },
+    /// A step could not be started.
+    #[error("cannot start a step in '{}'", .dir.display())]
+    Spawn {
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SIGINT or SIGTERM: a checkpoint was written.
+    #[error("job '{job}' was interrupted; its checkpoint is saved (resume it with `prodigy resume {job}`)")]
+    Interrupted {
+        /// The job.
+        job: String,
+    },
+    /// The error policy stopped the job.
+    #[error("job '{job}' stopped: {reason}")]
+    Stopped {
+        /// The job.
+        job: String,
+        /// Why.
+        reason: String,
+    },
+    /// `run` would reuse a branch that some other job left.
+    #[error("branch '{branch}' already exists in '{}' (left by an earlier job with this id?); delete it with `git branch -D {branch}` or choose another --job-id", .repo.display())]
+    BranchExists {
+        /// The branch.
+        branch: String,
+        /// The repository.
+        repo: PathBuf,
+    },
+    /// Nothing to resume.
+    #[error("job '{job}' is already complete")]
+    Complete {
+        /// The job.
+        job: String,
+    },
+}
+
+/// How far a job got, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The phase.
+    pub phase: Phase,
+    /// Items in all.
+    pub total: usize,
+    /// Items done.
+    pub done: usize,
+    /// Items failed.
+    pub failed: usize,
+    /// Agents at work.
+    pub running: usize,
+}
+
+/// Told what the runner is doing (the library never prints; a front end may).
+pub trait Observer: Send + Sync {
+    /// Items moved.
+    fn progress(&self, _progress: &Progress) {}
+    /// A phase began or a notable thing happened.
+    fn note(&self, _text: &str) {}
+}
+
+/// How to run.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The job id (`run` only; default: generated).
+    pub job_id: Option<String>,
+    /// Agents at once (overrides the workflow).
+    pub max_parallel: Option<usize>,
+    /// The `prodigy` binary, to supervise steps (see [`exec`]).
+    pub supervisor: Option<PathBuf>,
+    /// Set by a signal handler to stop the job at a checkpoint.
+    pub interrupt: Arc<AtomicBool>,
+    /// Progress reports.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("job_id", &self.job_id)
+            .field("max_parallel", &self.max_parallel)
+            .field("supervisor", &self.supervisor)
+            .finish()
+    }
+}
+
+/// A finished job.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The job.
+    pub job_id: String,
+    /// Its repo name.
+    pub repo: String,
+    /// Its counters.
+    pub counters: Counters,
+    /// The job's worktree (holding the merged result).
+    pub worktree: PathBuf,
+    /// The job's branch.
+    pub branch: String,
+}
+
+/// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
+pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Outcome, RunError> {
+    let plan = Plan::load(workflow)?;
+    let location = repo::locate(dir)?;
+    if !location.is_git {
+        return Err(RunError::NotGit {
+            path: dir.to_owned(),
+        });
+    }
+    let repo_name = repo::resolve_repo_name(home, dir)?;
+    let base_commit = git::head(dir)?;
+    let job_id = match &opts.job_id {
+        Some(id) => id.clone(),
+        None => generate_job_id(),
+    };
+    names::validate("job id", &job_id)?;
+    let refs = RefStore::new(home, LockOptions::from_env());
+    let states = JobStateManager::new(refs.clone(), &repo_name)?;
+    let lock = states.lock_job(&job_id)?;
+    let branch = format!("prodigy/{job_id}");
+    if git::branch_exists(&location.root, &branch) {
+        return Err(RunError::BranchExists {
+            branch,
+            repo: location.root,
+        });
+    }
+    let job_dir = home
+        .root()
+        .join("worktrees")
+        .join(&repo_name)
+        .join(&job_id);
+    let spec = JobSpec {
+        id: job_id.clone(),
+        repo: repo_name.clone(),
+        repo_root: location.root.clone(),
+        workflow_path: std::path::absolute(workflow).unwrap_or_else(|_| workflow.to_owned()),
+        workflow: plan.to_json(),
+        base_commit,
+        branch,
+        worktree: job_dir.join("parent"),
+        agents_dir: job_dir,
+        env: plan.env.clone(),
+        started: now_timestamp(),
+        workflow_source: plan.source.clone(),
+    };
+    let state = states.create(spec)?;
+    let mut job = Job::new(home, refs, states, plan, state, opts)?;
+    let _lock = lock;
+    job.drive()
+}
+
+/// Finishes an interrupted job from its newest checkpoint (or from `from`).
+pub fn resume(
+    home: &Home,
+    repo_name: &str,
+    job_id: &str,
+    from: Option<ObjectId>,
+    opts: Options,
+) -> Result<Outcome, RunError> {
+    let refs = RefStore::new(home, LockOptions::from_env());
+    let states = JobStateManager::new(refs.clone(), repo_name)?;
+    names::validate("job id", job_id)?;
+    let lock = states.lock_job(job_id)?;
+    let state = match from {
+        Some(at) => states.load_at(job_id, at)?,
+        None => states.load(job_id)?,
+    };
+    if state.checkpoint.phase == Phase::Complete {
+        return Err(RunError::Complete {
+            job: job_id.to_owned(),
+        });
+    }
+    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
+    let mut job = Job::new(home, refs, states, plan, state, opts)?;
+    let pending = job.state.checkpoint.counters.pending();
+    let version = job.state.checkpoint.version;
+    job.log(MapReduceEvent::CheckpointLoaded {
+        job_id: job_id.to_owned(),
+        version,
+    })?;
+    job.log(MapReduceEvent::JobResumed {
+        job_id: job_id.to_owned(),
+        checkpoint_version: version,
+        pending_items: pending,
+    })?;
+    job.state.checkpoint.error = None;
+    let _lock = lock;
+    job.drive()
+}
+
+/// What `dlq retry` should do.
+#[derive(Debug, Clone, Default)]
+pub struct RetryOptions {
+    /// Only items matching this.
+    pub filter: Option<ItemFilter>,
+    /// Attempts per item (default 1).
+    pub max_retries: u32,
+}
+
+/// What `dlq retry` did.
+#[derive(Debug, Clone, Default)]
+pub struct RetryOutcome {
+    /// Items that now succeed (removed from the queue).
+    pub succeeded: Vec<String>,
+    /// Items that failed again (their history grew).
+    pub failed: Vec<String>,
+}
+
+/// Re-runs dead-lettered items of a job through its agent template in fresh worktrees;
+/// a success is merged into the job's worktree and leaves the queue.
+pub fn retry_dlq(
+    home: &Home,
+    repo_name: &str,
+    job_id: &str,
+    retry: RetryOptions,
+    opts: Options,
+) -> Result<RetryOutcome, RunError> {
+    let refs = RefStore::new(home, LockOptions::from_env());
+    let states = JobStateManager::new(refs.clone(), repo_name)?;
+    names::validate("job id", job_id)?;
+    let lock = states.lock_job(job_id)?;
+    let state = states.load(job_id)?;
+    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
+    let mut job = Job::new(home, refs, states, plan, state, opts)?;
+    let _lock = lock;
+    job.retry(retry)
+}
+
+fn generate_job_id() -> String {
+    let now = jiff::Timestamp::now();
+    let suffix = &uuid::Uuid::now_v7().simple().to_string()[24..];
+    format!("mr-{}-{suffix}", now.strftime("%Y%m%d-%H%M%S"))
+}
+
+/// What the agents share (read-only).
+struct AgentCtx {
+    plan: Plan,
+    spec: JobSpec,
+    map_base: String,
+    exec: Executor,
+    logger: Arc<EventLogger>,
+    items: Vec<Value>,
+    keys: Vec<String>,
+    max_attempts: u32,
+}
+
+enum Msg {
+    Started(String, AgentState),
+    Finished(String, ItemResult, Option<Failure>),
+    Interrupted(String),
+    Cleaned,
+}
+
+struct StepFailure {
+    line: u64,
+    message: String,
+    exit_code: Option<i32>,
+    interrupted: bool,
+}
+
+struct Job {
+    states: JobStateManager,
+    dlq: DeadLetterQueue,
+    plan: Plan,
+    state: JobState,
+    logger: Arc<EventLogger>,
+    exec: Executor,
+    observer: Option<Arc<dyn Observer>>,
+    max_parallel: usize,
+    started: Instant,
+}
+
+impl Job {
+    fn new(
+        _home: &Home,
+        refs: RefStore,
+        states: JobStateManager,
+        plan: Plan,
+        state: JobState,
+        opts: Options,
+    ) -> Result<Job, RunError> {
+        let repo = state.spec.repo.clone();
+        let id = state.spec.id.clone();
+        let logger = EventLogger::with_refs(refs.clone(), &repo, &id, Thresholds::default())?;
+        let dlq = DeadLetterQueue::new(refs, &repo, &id)?;
+        Ok(Job {
+            states,
+            dlq,
+            max_parallel: opts.max_parallel.unwrap_or(plan.max_parallel).max(1),
+            plan,
+            state,
+            logger: Arc::new(logger),
+            exec: Executor::new(opts.supervisor.clone(), opts.interrupt.clone()),
+            observer: opts.observer.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    fn id(&self) -> &str {
+        &self.state.spec.id
+    }
+
+    fn log(&self, event: MapReduceEvent) -> Result<(), RunError> {
+        Ok(self.logger.log(event)?)
+    }
+
+    fn note(&self, text: &str) {
+        if let Some(o) = &self.observer {
+            o.note(text);
+        }
+    }
+
+    fn progress(&self) {
+        if let Some(o) = &self.observer {
+            let c = self.state.checkpoint.counters;
+            o.progress(&Progress {
+                phase: self.state.checkpoint.phase,
+                total: c.total,
+                done: c.done,
+                failed: c.failed,
+                running: self.state.checkpoint.running.len(),
+            });
+        }
+    }
+
+    /// Events first, then the checkpoint that relies on them.
+    fn save(&mut self, reason: &str) -> Result<(), RunError> {
+        self.logger.flush()?;
+        self.states.save(&mut self.state, reason)?;
+        let c = &self.state.checkpoint;
+        self.logger.log(MapReduceEvent::CheckpointCreated {
+            job_id: self.state.spec.id.clone(),
+            version: c.version,
+            agents_completed: c.counters.done + c.counters.failed,
+        })?;
+        Ok(())
+    }
+
+    fn interrupted(&mut self) -> Result<Outcome, RunError> {
+        self.state.checkpoint.running.clear();
+        self.save("interrupted")?;
+        let version = self.state.checkpoint.version;
+        self.log(MapReduceEvent::JobPaused {
+            job_id: self.id().to_owned(),
+            checkpoint_version: version,
+        })?;
+        self.logger.flush()?;
+        Err(RunError::Interrupted {
+            job: self.id().to_owned(),
+        })
+    }
+
+    fn stop(&mut self, reason: String) -> Result<Outcome, RunError> {
+        self.state.checkpoint.error = Some(reason.clone());
+        self.state.checkpoint.ended = Some(now_timestamp());
+        self.state.checkpoint.running.clear();
+        self.save("stopped")?;
+        self.log(MapReduceEvent::JobFailed {
+            job_id: self.id().to_owned(),
+            error: reason.clone(),
+            partial_results: self.state.checkpoint.counters.done,
+        })?;
+        self.logger.flush()?;
+        Err(RunError::Stopped {
+            job: self.id().to_owned(),
+            reason,
+        })
+    }
+
+    fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self.state.spec.env.clone();
+        env.insert("PRODIGY_JOB_ID".into(), self.state.spec.id.clone());
+        env
+    }
+
+    /// Makes sure the job's worktree exists: recreated on its branch (which keeps setup's
+    /// and the merges' commits) or, when the branch is gone too, from the base commit.
+    fn ensure_parent(&self) -> Result<(), RunError> {
+        let spec = &self.state.spec;
+        // Registrations of worktrees deleted behind git's back (by a user, or a crash) would
+        // stop their paths from being used again; no agent is adding one yet.
+        git::prune(&spec.repo_root)?;
+        if spec.worktree.join(".git").exists() {
+            return Ok(());
+        }
+        ensure_dir(&spec.agents_dir)?;
+        if spec.worktree.exists() {
+            std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
+        }
+        git::add_worktree(
+            &spec.repo_root,
+            &spec.worktree,
+            &spec.branch,
+            &spec.base_commit,
+            false,
+        )?;
+        self.log(MapReduceEvent::WorktreeCreated {
+            job_id: spec.id.clone(),
+            agent_id: "job".into(),
+            worktree_name: spec.worktree.display().to_string(),
+            branch: spec.branch.clone(),
+        })?;
+        Ok(())
+    }
+
+    fn drive(&mut self) -> Result<Outcome, RunError> {
+        self.ensure_parent()?;
+        loop {
+            if self.exec.interrupted() {
+                return self.interrupted();
+            }
+            self.progress();
+            match self.state.checkpoint.phase {
+                Phase::Setup => self.setup()?,
+                Phase::Map => {
+                    if let Some(outcome) = self.map()? {
+                        return outcome;
+                    }
+                }
+                Phase::Merge => self.merge()?,
+                Phase::Reduce => self.reduce()?,
+                Phase::Complete => return self.complete(),
+            }
+        }
+    }
+
+    fn open_log(&self, name: &str) -> Result<Arc<Mutex<File>>, RunError> {
+        let dir = self.state.spec.agents_dir.join("logs");
+        ensure_dir(&dir)?;
+        open_log(&dir.join(name))
+    }
+
+    /// Runs job-level steps (setup or reduce) from `from`, checkpointing after each.
+    fn job_steps(&mut self, phase: Phase) -> Result<(), RunError> {
+        let (steps, name) = match phase {
+            Phase::Setup => (self.plan.setup.clone(), "setup"),
+            _ => (self.plan.reduce.clone(), "reduce"),
+        };
+        let log = self.open_log(&format!("{name}.log"))?;
+        let env = self.env();
+        let results_json = if steps.iter().any(|s| s.shell.reads_results()) {
+            self.results_json()
+        } else {
+            String::new()
+        };
+        let mut captured = BTreeMap::new();
+        loop {
+            let done = match phase {
+                Phase::Setup => self.state.checkpoint.setup_done,
+                _ => self.state.checkpoint.reduce_done,
+            };
+            let Some(step) = steps.get(done) else {
+                return Ok(());
+            };
+            self.note(&format!("{name} step {}/{}", done + 1, steps.len()));
+            let c = self.state.checkpoint.counters;
+            let vars = Vars {
+                total: c.total,
+                successful: c.done,
+                failed: c.failed,
+                results_json: &results_json,
+                env: Some(&self.state.spec.env),
+                workflow_name: self.plan.name(),
+                job_id: &self.state.spec.id,
+                captured: Some(&captured),
+                ..Vars::default()
+            };
+            let worktree = self.state.spec.worktree.clone();
+            match run_step(&self.exec, step, &vars, &worktree, &env, &log, None) {
+                Ok(out) => {
+                    if let (Some(name), Some(out)) = (&step.capture, out) {
+                        captured.insert("shell.output".into(), out.clone());
+                        captured.insert(name.clone(), out);
+                    }
+                }
+                Err(f) if f.interrupted => return Err(self.interrupted().unwrap_err()),
+                Err(f) => {
+                    let reason = format!("{name} step at line {} failed: {}", f.line, f.message);
+                    let _ = self.stop(reason);
+                    return Err(RunError::Step {
+                        job: self.id().to_owned(),
+                        phase: name,
+                        line: f.line,
+                        message: f.message,
+                    });
+                }
+            }
+            match phase {
+                Phase::Setup => self.state.checkpoint.setup_done += 1,
+                _ => self.state.checkpoint.reduce_done += 1,
+            }
+            self.save(&format!("{name} step {} done", done + 1))?;
+        }
+    }
+
+    fn setup(&mut self) -> Result<(), RunError> {
+        self.job_steps(Phase::Setup)?;
+        // The work items, made in the job's worktree after setup.
+        let worktree = self.state.spec.worktree.clone();
+        let (bytes, what, from_file) = match input::source(&self.plan, &worktree) {
+            input::Source::File(path) => {
+                let bytes = std::fs::read(&path).at("read map.input", &path)?;
+                (bytes, format!("'{}'", path.display()), true)
+            }
+            input::Source::Command(cmd) => {
+                let log = self.open_log("input.log")?;
+                let env = self.env();
+                let out = self
+                    .exec
+                    .run(&StepSpec {
+                        command: &cmd,
+                        cwd: &worktree,
+                        env: &env,
+                        timeout: None,
+                        capture: true,
+                        log: &log,
+                    })
+                    .map_err(|source| RunError::Spawn {
+                        dir: worktree.clone(),
+                        source,
+                    })?;
+                if out.interrupted {
+                    return Err(self.interrupted().unwrap_err());
+                }
+                if !out.success() {
+                    return Err(self.input_error(format!(
+                        "the command {cmd:?} failed with exit code {}: {}",
+                        out.exit_code,
+                        last_line(&out.stderr_tail)
+                    )));
+                }
+                (
+                    out.stdout.into_bytes(),
+                    format!("the output of {cmd:?}"),
+                    false,
+                )
+            }
+        };
+        let items = input::items(&self.plan, &bytes, &what, from_file)
+            .map_err(|message| self.input_error(message))?;
+        let items_id = self.states.store_items(&items)?;
+        let map_base = git::head(&worktree)?;
+        let c = &mut self.state.checkpoint;
+        c.items = Some(items_id);
+        c.counters.total = items.len();
+        c.map_base = Some(map_base);
+        c.phase = Phase::Map;
+        self.log(MapReduceEvent::JobStarted {
+            job_id: self.id().to_owned(),
+            config: self.state.spec.workflow.clone(),
+            total_items: items.len(),
+            timestamp: self.state.spec.started.clone(),
+        })?;
+        self.save("phase map")?;
+        Ok(())
+    }
+
+    fn input_error(&mut self, message: String) -> RunError {
+        let _ = self.stop(format!("map.input: {message}"));
+        RunError::Input {
+            workflow: self.state.spec.workflow_path.clone(),
+            message,
+        }
+    }
+
+    fn agent_ctx(&self, items: Vec<Value>, keys: Vec<String>, max_attempts: u32) -> AgentCtx {
+        AgentCtx {
+            plan: self.plan.clone(),
+            spec: self.state.spec.clone(),
+            map_base: self
+                .state
+                .checkpoint
+                .map_base
+                .clone()
+                .unwrap_or_else(|| self.state.spec.base_commit.clone()),
+            exec: self.exec.clone(),
+            logger: Arc::clone(&self.logger),
+            items,
+            keys,
+            max_attempts,
+        }
+    }
+
+    fn load_items(&self) -> Result<(Vec<Value>, Vec<String>), RunError> {
+        let items = match self.state.checkpoint.items {
+            Some(id) => self.states.load_items(&id)?,
+            None => Vec::new(),
+        };
+        let keys = items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item_key(i, v))
+            .collect();
+        Ok((items, keys))
+    }
+
+    /// The map phase; `Some` ends the job (interrupted or stopped).
+    fn map(&mut self) -> Result<Option<Result<Outcome, RunError>>, RunError> {
+        let (items, keys) = self.load_items()?;
+        let pending: VecDeque<usize> = (0..items.len())
+            .filter(|i| !self.state.results.contains_key(&keys[*i]))
+            .collect();
+        self.state.checkpoint.running.clear();
+        self.remove_leftover_worktrees(&keys);
+        if !pending.is_empty() {
+            self.note(&format!(
+                "map: {} items to run, {} agents",
+                pending.len(),
+                self.max_parallel.min(pending.len())
+            ));
+        }
+        let ctx = self.agent_ctx(items, keys, self.plan.retry.max_attempts);
+        let stop_reason = self.run_agents(&ctx, pending, |job, key, result, failure| {
+            job.finish_item(&ctx, key, result, failure)
+        })?;
+        if self.exec.interrupted() {
+            return Ok(Some(self.interrupted()));
+        }
+        if let Some(reason) = stop_reason {
+            return Ok(Some(self.stop(reason)));
+        }
+        self.state.checkpoint.phase = Phase::Merge;
+        self.save("phase merge")?;
+        Ok(None)
+    }
+
+    /// Worktrees of agents that finished but were not cleaned up (the runner died first).
+    fn remove_leftover_worktrees(&self, keys: &[String]) {
+        let spec = &self.state.spec;
+        let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(index) = name.strip_prefix("agent-").and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let done = keys
+                .get(index)
+                .and_then(|k| self.state.results.get(k))
+                .is_some_and(|r| r.status == ItemStatus::Done);
+            if done {
+                git::remove_worktree(&spec.repo_root, &entry.path());
+            }
+        }
+    }
+
+    /// Runs agents over `pending` with the job's parallelism; `finished` is called in this
+    /// thread for each result and may ask to stop (returning a reason).
+    fn run_agents(
+        &mut self,
+        ctx: &AgentCtx,
+        pending: VecDeque<usize>,
+        mut finished: impl FnMut(&mut Job, &str, ItemResult, Option<Failure>) -> Result<Option<String>, RunError>,
+    ) -> Result<Option<String>, RunError> {
+        let workers = self.max_parallel.min(pending.len());
+        let queue = Mutex::new(pending);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let mut stop_reason = None;
+        let mut outcome = Ok(());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let queue = &queue;
+                let stop = &stop;
+                s.spawn(move || {
+                    loop {
+                        if stop.load(Ordering::SeqCst) || ctx.exec.interrupted() {
+                            return;
+                        }
+                        let Some(index) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                        else {
+                            return;
+                        };
+                        let msg = run_agent(ctx, index, &tx);
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut killed = false;
+            loop {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                if self.exec.interrupted() && !killed {
+                    killed = true;
+                    stop.store(true, Ordering::SeqCst);
+                    self.exec.kill_all();
+                }
+                let mut changed = false;
+                let mut next = first;
+                while let Some(msg) = next {
+                    match msg {
+                        Msg::Started(key, agent) => {
+                            self.state.checkpoint.running.insert(key, agent);
+                        }
+                        Msg::Interrupted(key) => {
+                            self.state.checkpoint.running.remove(&key);
+                        }
+                        Msg::Cleaned => {}
+                        Msg::Finished(key, result, failure) => {
+                            self.state.checkpoint.running.remove(&key);
+                            changed = true;
+                            if outcome.is_ok() {
+                                match finished(self, &key, result, failure) {
+                                    Ok(Some(reason)) => {
+                                        stop.store(true, Ordering::SeqCst);
+                                        stop_reason.get_or_insert(reason);
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        stop.store(true, Ordering::SeqCst);
+                                        outcome = Err(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if changed && outcome.is_ok() {
+                    let n = self.state.checkpoint.counters.done + self.state.checkpoint.counters.failed;
+                    if let Err(e) = self.save(&format!("{n} items finished")) {
+                        stop.store(true, Ordering::SeqCst);
+                        outcome = Err(e);
+                    }
+                }
+                self.progress();
+            }
+        });
+        outcome?;
+        Ok(stop_reason)
+    }
+
+    fn finish_item(
+        &mut self,
+        ctx: &AgentCtx,
+        key: &str,
+        result: ItemResult,
+        failure: Option<Failure>,
+    ) -> Result<Option<String>, RunError> {
+        let index = result.index;
+        let failed = result.status == ItemStatus::Failed;
+        self.state.record(key, result);
+        let Some(failure) = failure else {
+            return Ok(None);
+        };
+        if self.plan.on_item_failure == OnItemFailure::Dlq || !failed {
+            self.dead_letter(key, ctx.items[index].clone(), failure.clone())?;
+        }
+        let c = self.state.checkpoint.counters;
+        if failed && self.plan.on_item_failure == OnItemFailure::Stop {
+            return Ok(Some(format!(
+                "item {index} ({key}) failed and on_item_failure is stop: {}",
+                failure.error_message
+            )));
+        }
+        if let Some(max) = self.plan.max_failures
+            && c.failed > max
+        {
+            return Ok(Some(format!(
+                "{} items failed, more than max_failures ({max})",
+                c.failed
+            )));
+        }
+        Ok(None)
+    }
+
+    fn dead_letter(&self, key: &str, data: Value, failure: Failure) -> Result<(), RunError> {
+        let item = self.dlq.add(key, data, failure)?;
+        self.log(MapReduceEvent::DlqItemAdded {
+            job_id: self.id().to_owned(),
+            item_id: key.to_owned(),
+            error_signature: item.error_signature,
+            failure_count: item.failure_count,
+        })
+    }
+
+    fn merge(&mut self) -> Result<(), RunError> {
+        let worktree = self.state.spec.worktree.clone();
+        let mut todo: Vec<(String, ItemResult)> = self
+            .state
+            .results
+            .iter()
+            .filter(|(_, r)| r.status == ItemStatus::Done && !r.merged && !r.commits.is_empty())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        todo.sort_by_key(|(_, r)| r.index);
+        if !todo.is_empty() {
+            self.note(&format!("merging {} agents' commits", todo.len()));
+        }
+        let (items, _) = self.load_items()?;
+        for (key, mut result) in todo {
+            if self.exec.interrupted() {
+                return Ok(());
+            }
+            let agent = format!("agent-{}", result.index);
+            let Some(last) = result.commits.last().cloned() else {
+                continue;
+            };
+            let merged = git::is_merged(&worktree, &last) || {
+                let message = format!(
+                    "Merge {agent} (item {key}) of prodigy job {}",
+                    self.state.spec.id
+                );
+                match git::merge(&worktree, &last, &message, &self.state.spec.env) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        let error = if e.conflict {
+                            format!("merge conflict merging {agent}: {}", e.message)
+                        } else {
+                            e.to_string()
+                        };
+                        result.status = ItemStatus::Failed;
+                        result.error = Some(error.clone());
+                        let failure = Failure {
+                            error_message: error,
+                            agent_id: Some(agent.clone()),
+                            step: Some("merge".into()),
+                            ..Failure::default()
+                        };
+                        let data = items.get(result.index).cloned().unwrap_or(Value::Null);
+                        self.dead_letter(&key, data, failure)?;
+                        false
+                    }
+                }
+            };
+            if merged {
+                result.merged = true;
+                self.log(MapReduceEvent::WorktreeMerged {
+                    job_id: self.id().to_owned(),
+                    agent_id: agent.clone(),
+                    target_branch: self.state.spec.branch.clone(),
+                })?;
+                git::delete_branch(&self.state.spec.repo_root, &agent_branch(&self.state.spec, result.index));
+            }
+            self.state.record(&key, result);
+            self.save(&format!("merged {agent}"))?;
+            self.progress();
+        }
+        self.state.checkpoint.phase = Phase::Reduce;
+        self.save("phase reduce")?;
+        Ok(())
+    }
+
+    fn results_json(&self) -> String {
+        let mut rows: Vec<(&String, &ItemResult)> = self.state.results.iter().collect();
+        rows.sort_by_key(|(_, r)| r.index);
+        let list: Vec<Value> = rows
+            .into_iter()
+            .map(|(k, r)| {
+                json!({
+                    "item_id": k,
+                    "index": r.index,
+                    "status": r.status,
+                    "agent_id": r.agent_id,
+                    "output": r.output,
+                    "commits": r.commits,
+                    "error": r.error,
+                })
+            })
+            .collect();
+        Value::Array(list).to_string()
+    }
+
+    fn reduce(&mut self) -> Result<(), RunError> {
+        self.job_steps(Phase::Reduce)?;
+        self.state.checkpoint.phase = Phase::Complete;
+        self.state.checkpoint.ended = Some(now_timestamp());
+        self.save("complete")?;
+        Ok(())
+    }
+
+    fn complete(&mut self) -> Result<Outcome, RunError> {
+        let c = self.state.checkpoint.counters;
+        self.log(MapReduceEvent::JobCompleted {
+            job_id: self.id().to_owned(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            success_count: c.done,
+            failure_count: c.failed,
+        })?;
+        self.logger.flush()?;
+        Ok(Outcome {
+            job_id: self.id().to_owned(),
+            repo: self.state.spec.repo.clone(),
+            counters: c,
+            worktree: self.state.spec.worktree.clone(),
+            branch: self.state.spec.branch.clone(),
+        })
+    }
+
+    fn retry(&mut self, retry: RetryOptions) -> Result<RetryOutcome, RunError> {
+        let snapshot = self.dlq.snapshot()?;
+        let (items, keys) = self.load_items()?;
+        let mut selected = Vec::new();
+        for (key, summary) in &snapshot.items {
+            let keep = match &retry.filter {
+                None => true,
+                Some(f) if f.needs_item() => {
+                    let item = self.dlq.item(summary)?;
+                    f.matches_item(&item, summary)
+                }
+                Some(f) => f.matches_summary(key, summary),
+            };
+            if !keep {
+                continue;
+            }
+            match keys.iter().position(|k| k == key) {
+                Some(index) => selected.push(index),
+                None => self.note(&format!("{key} is not an item of this job's work list; skipped")),
+            }
+        }
+        let mut outcome = RetryOutcome::default();
+        if selected.is_empty() {
+            return Ok(outcome);
+        }
+        self.ensure_parent()?;
+        self.note(&format!("retrying {} items", selected.len()));
+        let attempts = retry.max_retries.max(1);
+        let ctx = self.agent_ctx(items, keys, attempts);
+        let done = Mutex::new(&mut outcome);
+        self.run_agents(&ctx, selected.into(), |job, key, mut result, failure| {
+            let data = ctx.items[result.index].clone();
+            match failure {
+                Some(f) => {
+                    job.dead_letter(key, data, f)?;
+                    job.state.record(key, result);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).failed.push(key.to_owned());
+                }
+                None => {
+                    let worktree = job.state.spec.worktree.clone();
+                    if let Some(last) = result.commits.last().cloned()
+                        && !git::is_merged(&worktree, &last)
+                    {
+                        let message = format!(
+                            "Merge retried agent-{} (item {key}) of prodigy job {}",
+                            result.index, job.state.spec.id
+                        );
+                        git::merge(&worktree, &last, &message, &job.state.spec.env)?;
+                    }
+                    result.merged = true;
+                    git::delete_branch(&job.state.spec.repo_root, &agent_branch(&job.state.spec, result.index));
+                    job.state.record(key, result);
+                    job.dlq.remove(&[key.to_owned()])?;
+                    job.log(MapReduceEvent::DlqItemRemoved {
+                        job_id: job.id().to_owned(),
+                        item_id: key.to_owned(),
+                    })?;
+                    done.lock().unwrap_or_else(|e| e.into_inner()).succeeded.push(key.to_owned());
+                }
+            }
+            Ok(None)
+        })?;
+        let count = outcome.succeeded.len();
+        self.log(MapReduceEvent::DlqItemsReprocessed {
+            job_id: self.id().to_owned(),
+            count,
+        })?;
+        self.save("dlq retry")?;
+        if self.exec.interrupted() {
+            return Err(RunError::Interrupted {
+                job: self.id().to_owned(),
+            });
+        }
+        Ok(outcome)
+    }
+}
+
+fn agent_branch(spec: &JobSpec, index: usize) -> String {
+    format!("{}-agent-{index}", spec.branch)
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).at("create directory", dir)?;
+    Ok(())
+}
+
+fn open_log(path: &Path) -> Result<Arc<Mutex<File>>, RunError> {
+    let file = fsutil::open_append(path).at("open log", path)?;
+    Ok(Arc::new(Mutex::new(file)))
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+}
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+/// Runs one step, with its `on_failure` handler and retries. `Ok` holds the captured
+/// output when the step captures.
+fn run_step(
+    exec: &Executor,
+    step: &PlanStep,
+    vars: &Vars<'_>,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Arc<Mutex<File>>,
+    deadline: Option<Instant>,
+) -> Result<Option<String>, StepFailure> {
+    let fail = |message: String, exit_code, interrupted| StepFailure {
+        line: step.line,
+        message,
+        exit_code,
+        interrupted,
+    };
+    let command = step
+        .shell
+        .render(vars)
+        .map_err(|e| fail(e, None, false))?;
+    let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        let timeout = limit(step.timeout, deadline);
+        if timeout == Some(Duration::ZERO) {
+            return Err(fail("agent timed out (agent_timeout_secs)".into(), Some(exec::TIMEOUT_EXIT), false));
+        }
+        write_log(log, &format!("$ {command}\n"));
+        let out = exec
+            .run(&StepSpec {
+                command: &command,
+                cwd,
+                env,
+                timeout,
+                capture: step.capture.is_some(),
+                log,
+            })
+            .map_err(|e| fail(format!("cannot start sh: {e}"), None, false))?;
+        if out.interrupted {
+            return Err(fail("interrupted".into(), None, true));
+        }
+        if out.success() {
+            return Ok(step
+                .capture
+                .as_ref()
+                .map(|_| out.stdout.trim_end_matches('\n').to_owned()));
+        }
+        let message = if out.timed_out {
+            format!(
+                "timed out after {}s (killed with its process group)",
+                out.duration.as_secs()
+            )
+        } else {
+            let tail = out.stderr_tail.trim();
+            if tail.is_empty() {
+                format!("exit code {}", out.exit_code)
+            } else {
+                format!("exit code {}: {}", out.exit_code, tail)
+            }
+        };
+        last = Some((message, out.exit_code));
+        if let Some(h) = &step.on_failure {
+            let mut captured = vars.captured.cloned().unwrap_or_default();
+            captured.insert("shell.output".into(), out.stderr_tail.clone());
+            let hvars = Vars {
+                captured: Some(&captured),
+                ..*vars
+            };
+            if let Ok(cmd) = h.shell.render(&hvars) {
+                write_log(log, &format!("$ {cmd}   # on_failure\n"));
+                let _ = exec.run(&StepSpec {
+                    command: &cmd,
+                    cwd,
+                    env,
+                    timeout: limit(h.timeout, deadline),
+                    capture: false,
+                    log,
+                });
+            }
+            if exec.interrupted() {
+                return Err(fail("interrupted".into(), None, true));
+            }
+            if attempt == attempts && !h.fail_workflow {
+                return Ok(None);
+            }
+        }
+    }
+    let (message, code) = last.unwrap_or_default();
+    Err(fail(message, Some(code), false))
+}
+
+fn limit(step: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match (step, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn write_log(log: &Arc<Mutex<File>>, text: &str) {
+    use std::io::Write;
+    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = f.write_all(text.as_bytes());
+}
+
+fn meta(agent: &str, worktree: &Path) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("agent_id".into(), Value::String(agent.to_owned()));
+    m.insert(
+        "worktree".into(),
+        Value::String(worktree.display().to_string()),
+    );
+    m
+}
+
+/// One agent: a fresh worktree per attempt, the template's steps, its commits.
+fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
+    let key = ctx.keys[index].clone();
+    let item = &ctx.items[index];
+    let spec = &ctx.spec;
+    let job_id = spec.id.clone();
+    let agent = format!("agent-{index}");
+    let branch = agent_branch(spec, index);
+    let path = spec.agents_dir.join(&agent);
+    let log_path = spec.agents_dir.join("logs").join(format!("{agent}.log"));
+    let logger = &ctx.logger;
+    let log_event = |e: MapReduceEvent| {
+        let _ = logger.log_with_metadata(e, meta(&agent, &path));
+    };
+    let mut env = spec.env.clone();
+    env.insert("PRODIGY_JOB_ID".into(), job_id.clone());
+    env.insert("PRODIGY_AGENT_ID".into(), agent.clone());
+    env.insert("PRODIGY_ITEM_ID".into(), key.clone());
+    let started_all = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if attempt > 1 {
+            let backoff = ctx.plan.retry.delay(attempt);
+            log_event(MapReduceEvent::AgentRetrying {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                attempt,
+                backoff_ms: backoff.as_millis() as u64,
+            });
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !ctx.exec.interrupted() {
+                std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+            }
+        }
+        if ctx.exec.interrupted() {
+            return Msg::Interrupted(key);
+        }
+        let started = Instant::now();
+        let failure = |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
+            let failure = Failure {
+                error_message: message.clone(),
+                exit_code,
+                agent_id: Some(agent.clone()),
+                step,
+                duration_ms: Some(started.elapsed().as_millis() as u64),
+                log_location: Some(log_path.display().to_string()),
+                worktree_artifacts: keep.then(|| {
+                    json!({"worktree": path.display().to_string(), "branch": branch.clone()})
+                }),
+                ..Failure::default()
+            };
+            (message, failure)
+        };
+        let log = match std::fs::create_dir_all(spec.agents_dir.join("logs"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| open_log(&log_path).map_err(|e| e.to_string()))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                let (m, f) = failure(format!("cannot open agent log: {e}"), None, None, false);
+                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+            }
+        };
+        write_log(&log, &format!("== {agent} item {key} attempt {attempt} at {} ==\n", now_timestamp()));
+        git::remove_worktree(&spec.repo_root, &path);
+        if let Err(e) = git::add_worktree(&spec.repo_root, &path, &branch, &ctx.map_base, true) {
+            let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
+            log_event(MapReduceEvent::AgentFailed {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                error: m.clone(),
+                retry_eligible: attempt < ctx.max_attempts,
+            });
+            if attempt < ctx.max_attempts {
+                continue;
+            }
+            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+        }
+        log_event(MapReduceEvent::WorktreeCreated {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            worktree_name: path.display().to_string(),
+            branch: branch.clone(),
+        });
+        let _ = tx.send(Msg::Started(
+            key.clone(),
+            AgentState {
+                agent_id: agent.clone(),
+                index,
+                worktree: path.clone(),
+                branch: branch.clone(),
+                attempt,
+                started: now_timestamp(),
+            },
+        ));
+        log_event(MapReduceEvent::AgentStarted {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            item_id: key.clone(),
+            worktree: path.display().to_string(),
+            attempt,
+        });
+        let deadline = ctx.plan.agent_timeout.map(|t| started + t);
+        let mut captured = BTreeMap::new();
+        let mut output = None;
+        let mut error = None;
+        for step in &ctx.plan.agent {
+            let vars = Vars {
+                item: Some(item),
+                item_id: &key,
+                item_index: index,
+                total: ctx.items.len(),
+                env: Some(&spec.env),
+                workflow_name: ctx.plan.name(),
+                job_id: &job_id,
+                captured: Some(&captured),
+                ..Vars::default()
+            };
+            match run_step(&ctx.exec, step, &vars, &path, &env, &log, deadline) {
+                Ok(out) => {
+                    if let (Some(name), Some(out)) = (&step.capture, out) {
+                        output = Some(cut(out.clone(), MAX_RESULT_OUTPUT));
+                        captured.insert("shell.output".into(), out.clone());
+                        captured.insert(name.clone(), out);
+                    }
+                }
+                Err(f) if f.interrupted => {
+                    let _ = tx.send(Msg::Interrupted(key.clone()));
+                    return Msg::Interrupted(key);
+                }
+                Err(f) => {
+                    error = Some(f);
+                    break;
+                }
+            }
+        }
+        if let Some(f) = error {
+            let message = format!("step at line {} failed: {}", f.line, f.message);
+            write_log(&log, &format!("== failed: {message} ==\n"));
+            log_event(MapReduceEvent::AgentFailed {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                error: message.clone(),
+                retry_eligible: attempt < ctx.max_attempts,
+            });
+            if attempt < ctx.max_attempts {
+                continue;
+            }
+            let (m, fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
+            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, fl);
+        }
+        let commits = match git::commits_since(&path, &ctx.map_base) {
+            Ok(c) => c,
+            Err(e) => {
+                let (m, f) = failure(format!("worktree error: {e}"), None, None, true);
+                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        log_event(MapReduceEvent::AgentCompleted {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            item_id: key.clone(),
+            duration_ms,
+            commits: commits.clone(),
+            json_log_location: Some(log_path.display().to_string()),
+        });
+        // Reported before the clean-up, to narrow the window in which a crash makes a
+        // finished agent run again; a worktree left behind is removed by the next run.
+        let _ = tx.send(Msg::Finished(
+            key.clone(),
+            ItemResult {
+                index,
+                status: ItemStatus::Done,
+                agent_id: agent.clone(),
+                attempts: attempt,
+                duration_ms,
+                commits: commits.clone(),
+                merged: false,
+                output,
+                error: None,
+            },
+            None,
+        ));
+        // Uncommitted changes are the agent's scratch: only commits are merged.
+        git::remove_worktree(&spec.repo_root, &path);
+        log_event(MapReduceEvent::WorktreeCleaned {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            worktree_name: path.display().to_string(),
+        });
+        if commits.is_empty() {
+            git::delete_branch(&spec.repo_root, &branch);
+        }
+        return Msg::Cleaned;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finished_failed(
+    _ctx: &AgentCtx,
+    key: &str,
+    index: usize,
+    agent: &str,
+    attempts: u32,
+    started: Instant,
+    message: String,
+    failure: Failure,
+) -> Msg {
+    Msg::Finished(
+        key.to_owned(),
+        ItemResult {
+            index,
+            status: ItemStatus::Failed,
+            agent_id: agent.to_owned(),
+            attempts,
+            duration_ms: started.elapsed().as_millis() as u64,
+            commits: Vec::new(),
+            merged: false,
+            output: None,
+            error: Some(message),
+        },
+        Some(failure),
+    )
+}

@@ -1,0 +1,747 @@
+//! Job state and checkpoints (DESIGN.md §8): `JobStateManager`, the `checkpoint` chain
+//! under `state/<repo>/<job>`, the job's `items` object and the per-job run lock.
+//!
+//! A checkpoint is small and grows by O(1) per finished item: it names the job's spec (a
+//! `blob` written once), its work-item list (an `items` object written once) and its
+//! parent, and holds only the item results that changed since its parent (`delta`). Every
+//! so often a checkpoint is *full* (its `delta` holds every result) and later ones name it
+//! as their `base`, so loading walks at most [`MAX_HOPS`] checkpoints. A full checkpoint
+//! is written when the results since the last one outnumber those in it (a geometric
+//! rule, so its cost is amortised O(1) per item, like a growing vector) or after
+//! [`MAX_HOPS`] checkpoints.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::events::record::now_timestamp;
+use crate::fsutil::{self, FsError, IoContext};
+use crate::home::Home;
+use crate::lock::LockOptions;
+use crate::names::{self, NameError};
+use crate::object::{ObjectError, ObjectId, ObjectType};
+use crate::refs::{Expect, RefError, RefKind, RefName, RefStore};
+
+/// Checkpoints walked at most to load a job (then a full checkpoint is written).
+pub const MAX_HOPS: u32 = 1024;
+
+/// Results below which a full checkpoint is not worth writing.
+const MIN_FULL: usize = 64;
+
+/// Failures of job state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A bad repo name or job id.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The ref layer failed.
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    /// The object layer failed.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// A file operation failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// No state ref for the job.
+    #[error("no job '{job}' in repository '{repo}' (no ref state/{repo}/{job})")]
+    NoJob {
+        /// The repo name.
+        repo: String,
+        /// The job id.
+        job: String,
+    },
+    /// The job already exists (`run --job-id` with a used id).
+    #[error("job '{job}' already exists in repository '{repo}' (use `prodigy resume {job}`)")]
+    Exists {
+        /// The repo name.
+        repo: String,
+        /// The job id.
+        job: String,
+    },
+    /// Another process runs the job.
+    #[error("job '{job}' is running in another process (lock '{}' is held)", .path.display())]
+    Busy {
+        /// The job id.
+        job: String,
+        /// The run lock.
+        path: PathBuf,
+    },
+    /// Someone moved the state ref while we held the run lock.
+    #[error("state/{repo}/{job} moved under the runner: expected {expected}, found {found}")]
+    Moved {
+        /// The repo name.
+        repo: String,
+        /// The job id.
+        job: String,
+        /// What we last wrote.
+        expected: String,
+        /// What is there.
+        found: String,
+    },
+    /// A stored object does not have the shape it should.
+    #[error("{what} {id} is malformed: {message}")]
+    Malformed {
+        /// Which kind of object.
+        what: &'static str,
+        /// The object.
+        id: ObjectId,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The phase a job is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Running the setup steps.
+    Setup,
+    /// Running agents over the work items.
+    Map,
+    /// Merging the agents' commits into the job's worktree.
+    Merge,
+    /// Running the reduce steps.
+    Reduce,
+    /// Finished.
+    Complete,
+}
+
+impl Phase {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Map => "map",
+            Phase::Merge => "merge",
+            Phase::Reduce => "reduce",
+            Phase::Complete => "complete",
+        }
+    }
+}
+
+/// What the job is: fixed when it starts, stored once as a `blob`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The job id.
+    pub id: String,
+    /// The repo name.
+    pub repo: String,
+    /// The repository's root (its main worktree).
+    pub repo_root: PathBuf,
+    /// Where the workflow file was.
+    pub workflow_path: PathBuf,
+    /// The workflow, resolved (as JSON).
+    pub workflow: Value,
+    /// The commit the job started from.
+    pub base_commit: String,
+    /// The branch the job's own worktree works on.
+    pub branch: String,
+    /// The job's own worktree (setup, merge and reduce run there).
+    pub worktree: PathBuf,
+    /// The directory holding the agents' worktrees and logs.
+    pub agents_dir: PathBuf,
+    /// The environment the steps get (the workflow's `env`, resolved).
+    pub env: BTreeMap<String, String>,
+    /// When the job started.
+    pub started: String,
+    /// The workflow file's text, parsed again by `resume`.
+    pub workflow_source: String,
+}
+
+/// The outcome of one finished item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The item's position in the work list.
+    pub index: usize,
+    /// done, failed or skipped.
+    pub status: ItemStatus,
+    /// The agent that ran it last.
+    pub agent_id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// How long the last attempt took.
+    pub duration_ms: u64,
+    /// The commits the agent made (oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<String>,
+    /// True once its commits are merged into the job's worktree.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merged: bool,
+    /// The captured output of its last step with `capture_output` (cut at 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The error, for a failed item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How an item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// Its agent succeeded.
+    Done,
+    /// Its agent failed after every retry (in the DLQ when the policy says so).
+    Failed,
+}
+
+/// An agent at work when the checkpoint was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The agent id.
+    pub agent_id: String,
+    /// The item's position.
+    pub index: usize,
+    /// Its worktree.
+    pub worktree: PathBuf,
+    /// Its branch.
+    pub branch: String,
+    /// The attempt (1-based).
+    pub attempt: u32,
+    /// When it started.
+    pub started: String,
+}
+
+/// Counts of a job's items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Items in the work list.
+    pub total: usize,
+    /// Items done.
+    pub done: usize,
+    /// Items failed.
+    pub failed: usize,
+}
+
+impl Counters {
+    /// Items neither done nor failed.
+    pub fn pending(&self) -> usize {
+        self.total.saturating_sub(self.done + self.failed)
+    }
+}
+
+/// A `checkpoint` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version.
+    pub v: u32,
+    /// The previous checkpoint.
+    pub parent: Option<ObjectId>,
+    /// 1, 2, 3, … along the chain.
+    pub version: u32,
+    /// When it was written.
+    pub created: String,
+    /// Why it was written (`item finished`, `phase map`, `interrupted`, …).
+    pub reason: String,
+    /// The job's spec (a `blob`).
+    pub spec: ObjectId,
+    /// The work-item list, once known.
+    pub items: Option<ObjectId>,
+    /// The phase.
+    pub phase: Phase,
+    /// Setup steps finished.
+    pub setup_done: usize,
+    /// Reduce steps finished.
+    pub reduce_done: usize,
+    /// The commit agents branch from (the job's worktree after setup).
+    pub map_base: Option<String>,
+    /// Counters.
+    pub counters: Counters,
+    /// Agents at work.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub running: BTreeMap<String, AgentState>,
+    /// The nearest full checkpoint before this one (none when this one is full).
+    pub base: Option<ObjectId>,
+    /// Checkpoints since `base`.
+    pub hops: u32,
+    /// True when `delta` holds every result.
+    pub full: bool,
+    /// Results that changed since the parent (all results when `full`).
+    pub delta: BTreeMap<String, ItemResult>,
+    /// When the job ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// Why the job stopped before completing (its error policy, a failed setup or reduce
+    /// step); `resume` clears it and goes on from `phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A job's state in memory: the newest checkpoint's header plus every result.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    /// The checkpoint this state was loaded from or last saved as.
+    pub head: Option<ObjectId>,
+    /// Its header (its `delta` is the pending one, see [`JobState::record`]).
+    pub checkpoint: Checkpoint,
+    /// The job's spec.
+    pub spec: JobSpec,
+    /// Every finished item's result, by item key.
+    pub results: BTreeMap<String, ItemResult>,
+    since_base: usize,
+    base_len: usize,
+    // Loaded from an older checkpoint: the next one cannot build on its parent's chain.
+    force_full: bool,
+}
+
+impl JobState {
+    /// Records an item's result; the next [`JobStateManager::save`] writes it.
+    pub fn record(&mut self, key: &str, result: ItemResult) {
+        let before = self.results.insert(key.to_owned(), result.clone());
+        let c = &mut self.checkpoint.counters;
+        if let Some(old) = before {
+            match old.status {
+                ItemStatus::Done => c.done -= 1,
+                ItemStatus::Failed => c.failed -= 1,
+            }
+        }
+        match result.status {
+            ItemStatus::Done => c.done += 1,
+            ItemStatus::Failed => c.failed += 1,
+        }
+        self.checkpoint.delta.insert(key.to_owned(), result);
+    }
+
+    /// True when something changed since the last save.
+    pub fn has_changes(&self) -> bool {
+        !self.checkpoint.delta.is_empty()
+    }
+}
+
+/// A held run lock: one process runs (or resumes, or retries) a job at a time. The kernel
+/// releases it when the process dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+/// Reads and writes the checkpoints of one repository's jobs.
+#[derive(Debug, Clone)]
+pub struct JobStateManager {
+    refs: RefStore,
+    repo: String,
+}
+
+impl JobStateManager {
+    /// The jobs of `repo` in the default home.
+    pub fn new_global(repo: &str) -> Result<JobStateManager, StateError> {
+        let home = Home::from_env().map_err(|e| StateError::Malformed {
+            what: "home",
+            id: ObjectId::ZERO,
+            message: e.to_string(),
+        })?;
+        JobStateManager::new(RefStore::new(&home, LockOptions::from_env()), repo)
+    }
+
+    /// The jobs of `repo` on `refs`.
+    pub fn new(refs: RefStore, repo: &str) -> Result<JobStateManager, StateError> {
+        names::validate("repo name", repo)?;
+        Ok(JobStateManager {
+            refs,
+            repo: repo.to_owned(),
+        })
+    }
+
+    /// The repo name.
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    /// The ref store.
+    pub fn refs(&self) -> &RefStore {
+        &self.refs
+    }
+
+    /// The job's state ref.
+    pub fn ref_name(&self, job: &str) -> Result<RefName, StateError> {
+        Ok(RefName::new(RefKind::State, &self.repo, job)?)
+    }
+
+    /// Takes the job's run lock without waiting; [`StateError::Busy`] when another process
+    /// holds it.
+    pub fn lock_job(&self, job: &str) -> Result<RunLock, StateError> {
+        let name = self.ref_name(job)?;
+        let dir = name.dir(self.refs.home_dir());
+        fsutil::ensure_dir(self.refs.home_dir(), &dir)?;
+        let path = dir.join("run.lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .at("open run lock", &path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Busy {
+                job: job.to_owned(),
+                path,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(FsError::new("lock run lock", &path, e).into())
+            }
+        }
+    }
+
+    /// Stores the work-item list (once per job; identical lists share one object).
+    pub fn store_items(&self, items: &[Value]) -> Result<ObjectId, StateError> {
+        let json = serde_json::to_vec(items).map_err(|e| StateError::Malformed {
+            what: "items",
+            id: ObjectId::ZERO,
+            message: e.to_string(),
+        })?;
+        Ok(self.refs.objects().write(ObjectType::Items, &json)?)
+    }
+
+    /// Reads a work-item list.
+    pub fn load_items(&self, id: &ObjectId) -> Result<Vec<Value>, StateError> {
+        let object = self.refs.objects().read(id)?;
+        if object.kind != ObjectType::Items {
+            return Err(malformed("items", *id, format!("is a {}", object.kind)));
+        }
+        serde_json::from_slice(&object.payload).map_err(|e| malformed("items", *id, e))
+    }
+
+    /// Starts a job: stores its spec and its first checkpoint (phase setup). Refuses a job
+    /// id that exists.
+    pub fn create(&self, spec: JobSpec) -> Result<JobState, StateError> {
+        let name = self.ref_name(&spec.id)?;
+        let json = serde_json::to_vec(&spec).map_err(|e| malformed("spec", ObjectId::ZERO, e))?;
+        let spec_id = self.refs.objects().write(ObjectType::Blob, &json)?;
+        let checkpoint = Checkpoint {
+            v: 1,
+            parent: None,
+            version: 0,
+            created: now_timestamp(),
+            reason: String::new(),
+            spec: spec_id,
+            items: None,
+            phase: Phase::Setup,
+            setup_done: 0,
+            reduce_done: 0,
+            map_base: None,
+            counters: Counters::default(),
+            running: BTreeMap::new(),
+            base: None,
+            hops: 0,
+            full: true,
+            delta: BTreeMap::new(),
+            ended: None,
+            error: None,
+        };
+        let mut state = JobState {
+            head: None,
+            checkpoint,
+            spec,
+            results: BTreeMap::new(),
+            since_base: 0,
+            base_len: 0,
+            force_full: false,
+        };
+        match self.write(&name, &mut state, "job created", Expect::Absent) {
+            Err(StateError::Moved { .. }) => Err(StateError::Exists {
+                repo: self.repo.clone(),
+                job: state.spec.id.clone(),
+            }),
+            other => other.map(|_| state),
+        }
+    }
+
+    /// Writes a checkpoint of `state` (its pending results, phase, counters, agents) and
+    /// moves the job's ref to it, checking that nobody else moved it.
+    pub fn save(&self, state: &mut JobState, reason: &str) -> Result<ObjectId, StateError> {
+        let name = self.ref_name(&state.spec.id)?;
+        let expect = match state.head {
+            Some(id) => Expect::Value(id),
+            None => Expect::Absent,
+        };
+        self.write(&name, state, reason, expect)
+    }
+
+    fn write(
+        &self,
+        name: &RefName,
+        state: &mut JobState,
+        reason: &str,
+        expect: Expect,
+    ) -> Result<ObjectId, StateError> {
+        let mut c = state.checkpoint.clone();
+        c.parent = state.head;
+        c.version += 1;
+        c.created = now_timestamp();
+        c.reason = reason.to_owned();
+        let changed = c.delta.len();
+        let full = state.head.is_none()
+            || state.force_full
+            || c.hops + 1 >= MAX_HOPS
+            || state.since_base + changed >= state.base_len.max(MIN_FULL);
+        if full {
+            c.full = true;
+            c.delta = state.results.clone();
+            c.hops = 0;
+            c.base = None;
+        } else {
+            c.full = false;
+            c.hops += 1;
+        }
+        let json = serde_json::to_vec(&c).map_err(|e| malformed("checkpoint", ObjectId::ZERO, e))?;
+        let id = self.refs.objects().write(ObjectType::Checkpoint, &json)?;
+        if let Err(e) = self.refs.update(name, id, expect, &format!("checkpoint: {reason}")) {
+            // The state is unchanged, so a retry writes the same results again.
+            return Err(match e {
+                RefError::Conflict { found, .. } => StateError::Moved {
+                    repo: self.repo.clone(),
+                    job: state.spec.id.clone(),
+                    expected: state.head.map_or("nothing".into(), |h| h.to_string()),
+                    found,
+                },
+                e => e.into(),
+            });
+        }
+        c.delta = BTreeMap::new();
+        if full {
+            c.base = Some(id);
+            state.force_full = false;
+            state.base_len = state.results.len();
+            state.since_base = 0;
+        } else {
+            state.since_base += changed;
+        }
+        state.checkpoint = c;
+        state.head = Some(id);
+        Ok(id)
+    }
+
+    /// Reads one checkpoint object.
+    pub fn read_checkpoint(&self, id: &ObjectId) -> Result<Checkpoint, StateError> {
+        let object = self.refs.objects().read(id)?;
+        if object.kind != ObjectType::Checkpoint {
+            return Err(malformed("checkpoint", *id, format!("is a {}", object.kind)));
+        }
+        serde_json::from_slice(&object.payload).map_err(|e| malformed("checkpoint", *id, e))
+    }
+
+    /// Reads a job's spec.
+    pub fn read_spec(&self, id: &ObjectId) -> Result<JobSpec, StateError> {
+        let object = self.refs.objects().read(id)?;
+        serde_json::from_slice(&object.payload).map_err(|e| malformed("job spec", *id, e))
+    }
+
+    /// The newest checkpoint of `job` with its id.
+    pub fn head(&self, job: &str) -> Result<(ObjectId, Checkpoint), StateError> {
+        let name = self.ref_name(job)?;
+        let id = self.refs.read(&name)?.ok_or_else(|| StateError::NoJob {
+            repo: self.repo.clone(),
+            job: job.to_owned(),
+        })?;
+        Ok((id, self.read_checkpoint(&id)?))
+    }
+
+    /// Loads `job` from its newest checkpoint.
+    pub fn load(&self, job: &str) -> Result<JobState, StateError> {
+        let (id, _) = self.head(job)?;
+        self.load_at(job, id)
+    }
+
+    /// Loads `job` as of checkpoint `at` (which must belong to it); the next save still
+    /// moves the ref from its current value.
+    pub fn load_at(&self, job: &str, at: ObjectId) -> Result<JobState, StateError> {
+        let (current, _) = self.head(job)?;
+        let top = self.read_checkpoint(&at)?;
+        // Results: walk from `at` to its full checkpoint; newer deltas win.
+        let mut results = BTreeMap::new();
+        let mut since_base = 0;
+        let mut cursor = top.clone();
+        let mut cursor_id = at;
+        loop {
+            if cursor.full {
+                let base_len = cursor.delta.len();
+                for (k, v) in cursor.delta {
+                    results.entry(k).or_insert(v);
+                }
+                let spec = self.read_spec(&top.spec)?;
+                if spec.id != job {
+                    return Err(malformed(
+                        "checkpoint",
+                        at,
+                        format!("belongs to job '{}', not '{job}'", spec.id),
+                    ));
+                }
+                let mut checkpoint = top;
+                checkpoint.delta = BTreeMap::new();
+                checkpoint.base = Some(cursor_id);
+                return Ok(JobState {
+                    head: Some(current),
+                    checkpoint,
+                    spec,
+                    results,
+                    since_base,
+                    base_len,
+                    force_full: at != current,
+                });
+            }
+            since_base += cursor.delta.len();
+            for (k, v) in cursor.delta {
+                results.entry(k).or_insert(v);
+            }
+            let parent = cursor
+                .parent
+                .ok_or_else(|| malformed("checkpoint", cursor_id, "no parent and not full"))?;
+            cursor = self.read_checkpoint(&parent)?;
+            cursor_id = parent;
+        }
+    }
+
+    /// The checkpoints of `job`, newest first (the parent chain from its ref).
+    pub fn history(&self, job: &str) -> Result<Vec<(ObjectId, Checkpoint)>, StateError> {
+        let (mut id, mut c) = self.head(job)?;
+        let mut out = Vec::new();
+        loop {
+            let parent = c.parent;
+            c.delta = BTreeMap::new();
+            out.push((id, c));
+            match parent {
+                Some(p) => {
+                    c = self.read_checkpoint(&p)?;
+                    id = p;
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The jobs of this repository, sorted by id, with their newest checkpoint.
+    pub fn list(&self) -> Result<Vec<(String, ObjectId, Checkpoint)>, StateError> {
+        let prefix = format!("state/{}/", self.repo);
+        let mut out = Vec::new();
+        for (name, id) in self.refs.list(Some(&prefix))? {
+            if name.repo() != self.repo {
+                continue;
+            }
+            let mut c = self.read_checkpoint(&id)?;
+            c.delta = BTreeMap::new();
+            out.push((name.job().to_owned(), id, c));
+        }
+        Ok(out)
+    }
+}
+
+fn malformed(what: &'static str, id: ObjectId, e: impl std::fmt::Display) -> StateError {
+    StateError::Malformed {
+        what,
+        id,
+        message: e.to_string(),
+    }
+}
+
+/// The stable key of a work item: the first 16 hex digits of BLAKE3 over its index and its
+/// canonical JSON (keys sorted), so items need no `id` field and equal items at different
+/// positions stay distinct.
+pub fn item_key(index: usize, item: &Value) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(index.to_string().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(item.to_string().as_bytes());
+    hasher.finalize().to_hex()[..16].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(job: &str) -> JobSpec {
+        JobSpec {
+            id: job.into(),
+            repo: "r".into(),
+            repo_root: "/r".into(),
+            workflow_path: "/r/w.yml".into(),
+            workflow: Value::Null,
+            base_commit: "0".repeat(40),
+            branch: "prodigy/j".into(),
+            worktree: "/h/worktrees/r/j/job".into(),
+            agents_dir: "/h/worktrees/r/j".into(),
+            env: BTreeMap::new(),
+            started: now_timestamp(),
+            workflow_source: String::new(),
+        }
+    }
+
+    fn result(index: usize) -> ItemResult {
+        ItemResult {
+            index,
+            status: ItemStatus::Done,
+            agent_id: format!("agent-{index}"),
+            attempts: 1,
+            duration_ms: 3,
+            commits: vec![],
+            merged: false,
+            output: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn checkpoints_grow_by_deltas_and_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        let m = JobStateManager::new(RefStore::new(&home, LockOptions::default()), "r").unwrap();
+        let mut state = m.create(spec("j")).unwrap();
+        let again = m.create(spec("j"));
+        assert!(matches!(again, Err(StateError::Exists { .. })), "{again:?}");
+        let mut sizes = Vec::new();
+        for i in 0..300 {
+            state.record(&format!("k{i:04}"), result(i));
+            let id = m.save(&mut state, "item finished").unwrap();
+            sizes.push(m.refs().objects().read(&id).unwrap().payload.len());
+        }
+        // Deltas hold one result each; full checkpoints appear geometrically.
+        let full: Vec<usize> = sizes
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s > 2_000)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(full.len() <= 4, "full checkpoints at {full:?}");
+        let loaded = m.load("j").unwrap();
+        assert_eq!(loaded.results.len(), 300);
+        assert_eq!(loaded.checkpoint.counters.done, 300);
+        assert_eq!(loaded.results, state.results);
+        // Loading an older checkpoint sees only what was done then.
+        let history = m.history("j").unwrap();
+        assert_eq!(history.len(), 301);
+        let old = m.load_at("j", history[200].0).unwrap();
+        assert_eq!(old.results.len(), 100);
+        // A loaded state saves on top of the current head.
+        let mut old = old;
+        old.record("k9999", result(9999));
+        m.save(&mut old, "resumed").unwrap();
+        assert_eq!(m.load("j").unwrap().results.len(), 101);
+    }
+
+    #[test]
+    fn run_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        let m = JobStateManager::new(RefStore::new(&home, LockOptions::default()), "r").unwrap();
+        let held = m.lock_job("j").unwrap();
+        assert!(matches!(m.lock_job("j"), Err(StateError::Busy { .. })));
+        drop(held);
+        m.lock_job("j").unwrap();
+        assert!(m.lock_job("../x").is_err());
+    }
+
+    #[test]
+    fn item_keys_are_stable_and_positional() {
+        let v = serde_json::json!({"b": 1, "a": 2});
+        assert_eq!(item_key(0, &v), item_key(0, &v.clone()));
+        assert_ne!(item_key(0, &v), item_key(1, &v));
+        assert_eq!(item_key(0, &v).len(), 16);
+    }
+}

@@ -1,0 +1,170 @@
+//! The work-item list: `map.input` read (a file) or run (a command), then `json_path`,
+//! `filter`, `sort_by`, `offset` and `max_items`, and every item checked against the
+//! `${item.…}` paths the agent steps read, before any agent starts.
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::Plan;
+use super::template::lookup;
+
+/// Where items come from, as `map.input` decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A JSON file (relative to the job's worktree).
+    File(std::path::PathBuf),
+    /// A command whose standard output holds the items.
+    Command(String),
+}
+
+/// Decides whether `map.input` names a file in `worktree` or is a command.
+pub fn source(plan: &Plan, worktree: &Path) -> Source {
+    let input = plan.workflow.map.input.value.trim();
+    let path = worktree.join(input);
+    if path.is_file() {
+        Source::File(path)
+    } else {
+        Source::Command(input.to_owned())
+    }
+}
+
+/// Turns the input's bytes into the final item list. `from_file` says whether they came
+/// from a file (which must be JSON) or a command (JSON, or one item per line).
+pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<Vec<Value>, String> {
+    let parsed: Option<Value> = match serde_json::from_slice(bytes) {
+        Ok(v) => Some(v),
+        Err(e) if from_file => return Err(format!("{what} is not JSON: {e}")),
+        Err(_) => None,
+    };
+    let mut items: Vec<Value> = match (parsed, &plan.json_path) {
+        (Some(doc), Some(path)) => {
+            let found: Vec<Value> = path.query(&doc).all().into_iter().cloned().collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "map.json_path {:?} matches nothing in {what}",
+                    plan.workflow.map.json_path.as_ref().map_or("", |p| &p.value)
+                ));
+            }
+            found
+        }
+        (Some(Value::Array(items)), None) => items,
+        (Some(other @ Value::Object(_)), None) => vec![other],
+        (Some(other), None) => {
+            return Err(format!(
+                "{what} is a JSON {}, not an array or object (set map.json_path to pick items)",
+                match other {
+                    Value::String(_) => "string",
+                    Value::Number(_) => "number",
+                    Value::Bool(_) => "boolean",
+                    _ => "null",
+                }
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{what} is not JSON, so map.json_path cannot select from it"
+            ));
+        }
+        (None, None) => String::from_utf8_lossy(bytes)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| Value::String(l.to_owned()))
+            .collect(),
+    };
+    if let Some(filter) = &plan.filter {
+        items.retain(|item| filter.matches_data(item));
+    }
+    if let Some((path, desc)) = &plan.sort_by {
+        let key = |v: &Value| path.iter().try_fold(v, |v, k| v.get(k)).cloned();
+        items.sort_by(|a, b| {
+            // Items without the field go last whichever the direction.
+            match (key(a), key(b)) {
+                (None | Some(Value::Null), None | Some(Value::Null)) => Ordering::Equal,
+                (None | Some(Value::Null), _) => Ordering::Greater,
+                (_, None | Some(Value::Null)) => Ordering::Less,
+                (Some(x), Some(y)) => {
+                    let o = compare(&x, &y);
+                    if *desc { o.reverse() } else { o }
+                }
+            }
+        });
+    }
+    let offset = plan.workflow.map.offset.min(items.len());
+    items.drain(..offset);
+    if let Some(max) = plan.workflow.map.max_items {
+        items.truncate(max);
+    }
+    for (index, item) in items.iter().enumerate() {
+        for (path, line) in plan.item_paths() {
+            lookup(item, &path).map_err(|e| {
+                format!(
+                    "item {index} ({}) cannot be used by the step at line {line}: {e}",
+                    preview(item)
+                )
+            })?;
+        }
+    }
+    Ok(items)
+}
+
+fn preview(item: &Value) -> String {
+    let text = item.to_string();
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn compare(a: &Value, b: &Value) -> Ordering {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (x, y) => x.to_string().cmp(&y.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan(map_extra: &str, step: &str) -> Plan {
+        let text = format!(
+            "name: t\nmap:\n  input: x.json\n{map_extra}  agent_template:\n    - shell: {step}\n"
+        );
+        Plan::parse(Path::new("w.yml"), &text).unwrap()
+    }
+
+    #[test]
+    fn selects_filters_sorts_and_slices() {
+        let p = plan(
+            "  json_path: \"$.items[*]\"\n  filter: \"n >= 2\"\n  sort_by: n DESC\n  offset: 1\n  max_items: 2\n",
+            "echo ${item.n}",
+        );
+        let doc = json!({"items": [{"n": 1}, {"n": 5}, {"n": 3}, {"n": 2}, {"n": 4}]});
+        let got = items(&p, doc.to_string().as_bytes(), "x.json", true).unwrap();
+        assert_eq!(got, vec![json!({"n": 4}), json!({"n": 3})]);
+    }
+
+    #[test]
+    fn lines_and_errors() {
+        let p = plan("", "echo ${item}");
+        let got = items(&p, b"a\n\n b \n", "the command", false).unwrap();
+        assert_eq!(got, vec![json!("a"), json!("b")]);
+        assert!(items(&p, b"a\n", "x.json", true).unwrap_err().contains("not JSON"));
+        let p = plan("  json_path: \"$.nope[*]\"\n", "echo ${item}");
+        let e = items(&p, b"{\"items\": []}", "x.json", true).unwrap_err();
+        assert!(e.contains("matches nothing"), "{e}");
+        let p = plan("", "echo ${item.name}");
+        let e = items(&p, b"[\"plain\"]", "x.json", true).unwrap_err();
+        assert!(e.contains("item 0") && e.contains("line 5"), "{e}");
+    }
+}

@@ -1,0 +1,638 @@
+//! MapReduce workflow files (DESIGN.md §9): the shell subset of the original tool's YAML,
+//! parsed with `serde-saphyr` into [`Workflow`] and checked into a [`Plan`] whose step
+//! templates are compiled ([`template`]). Every key this subset does not know (a `claude:`
+//! step, a misspelt option) is an error naming its line, never skipped.
+
+pub mod input;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use crate::dlq::filter::ItemFilter;
+use template::{Scope, Template};
+
+/// A workflow that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    /// The file could not be read.
+    #[error("cannot read workflow '{}'", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A problem at a line of the file (line 0: the file as a whole).
+    #[error("{}{}: {message}", .path.display(), if *.line > 0 { format!(":{}", .line) } else { String::new() })]
+    At {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A workflow file as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// The workflow's name (`${workflow.name}`).
+    pub name: Spanned<String>,
+    /// Must be `mapreduce` when given.
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// Environment variables for every step (`${env.X}`).
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// Steps run once, in the job's worktree, before the map phase.
+    #[serde(default)]
+    pub setup: Vec<Step>,
+    /// The map phase.
+    pub map: MapSpec,
+    /// Steps run once, in the job's worktree, after every agent's commits are merged.
+    #[serde(default)]
+    pub reduce: Vec<Step>,
+    /// What happens when an item fails.
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+}
+
+/// The `map:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapSpec {
+    /// A JSON file (relative to the job's worktree), or a command whose output is a JSON
+    /// array or object, or one item per line.
+    pub input: Spanned<String>,
+    /// An RFC 9535 JSONPath selecting the items from the input.
+    #[serde(default)]
+    pub json_path: Option<Spanned<String>>,
+    /// Keep only items matching this expression (`score >= 5 && lang == 'rust'`).
+    #[serde(default)]
+    pub filter: Option<Spanned<String>>,
+    /// Order items by a field: `field`, `field ASC` or `field DESC`.
+    #[serde(default)]
+    pub sort_by: Option<Spanned<String>>,
+    /// Skip this many items.
+    #[serde(default)]
+    pub offset: usize,
+    /// Keep at most this many items.
+    #[serde(default)]
+    pub max_items: Option<usize>,
+    /// Agents at once (default 4; `--max-parallel` overrides).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
+    /// Kill an agent (its whole process group) after this many seconds.
+    #[serde(default)]
+    pub agent_timeout_secs: Option<u64>,
+    /// The steps each agent runs on its item.
+    pub agent_template: Vec<Step>,
+}
+
+/// One step: a shell command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The command, run with `sh -c` in the worktree.
+    pub shell: Spanned<String>,
+    /// Kill the step (its whole process group) after this many seconds.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// What to do when the step fails.
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Keep the step's standard output: `true` makes it `${shell.output}`, a name makes it
+    /// `${NAME}` too, for the steps after it; an agent's last captured output is its
+    /// result in `${map.results_json}`.
+    #[serde(default)]
+    pub capture_output: Option<Capture>,
+}
+
+/// `capture_output: true` or `capture_output: name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Capture {
+    /// `true` / `false`.
+    Flag(bool),
+    /// A variable name.
+    Name(String),
+}
+
+/// `on_failure:` of a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnFailure {
+    /// A command run after the step fails (`${shell.output}` holds the failed step's
+    /// output tail).
+    pub shell: Spanned<String>,
+    /// Run the failed step again after the handler, up to this many attempts in all
+    /// (default 1: no retry).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// When false, a step that still fails does not fail the agent (default true).
+    #[serde(default)]
+    pub fail_workflow: Option<bool>,
+    /// Kill the handler after this many seconds.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// `error_policy:`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPolicy {
+    /// dlq (default), skip or stop.
+    #[serde(default)]
+    pub on_item_failure: Option<Spanned<String>>,
+    /// Stop the job when more items than this have failed.
+    #[serde(default)]
+    pub max_failures: Option<usize>,
+    /// Retries of a failed agent.
+    #[serde(default)]
+    pub retry_config: Option<RetryConfig>,
+}
+
+/// `retry_config:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all (default 1).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// exponential (default) or fixed.
+    #[serde(default)]
+    pub backoff: Option<Spanned<String>>,
+    /// The first delay (`500ms`, `2s`; default 1s).
+    #[serde(default)]
+    pub initial_delay: Option<Spanned<String>>,
+    /// The longest delay (default 30s).
+    #[serde(default)]
+    pub max_delay: Option<Spanned<String>>,
+}
+
+/// What a failed item becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnItemFailure {
+    /// Dead-lettered; the job goes on.
+    Dlq,
+    /// Recorded as failed; the job goes on.
+    Skip,
+    /// The job stops.
+    Stop,
+}
+
+/// A compiled step.
+#[derive(Debug, Clone)]
+pub struct PlanStep {
+    /// The command template.
+    pub shell: Template,
+    /// Its time limit.
+    pub timeout: Option<Duration>,
+    /// The capture variable (`shell.output` or a name).
+    pub capture: Option<String>,
+    /// The failure handler.
+    pub on_failure: Option<PlanHandler>,
+    /// The line of `shell:` (for messages).
+    pub line: u64,
+}
+
+/// A compiled `on_failure`.
+#[derive(Debug, Clone)]
+pub struct PlanHandler {
+    /// The handler's command.
+    pub shell: Template,
+    /// Attempts of the failed step in all.
+    pub max_attempts: u32,
+    /// Whether a step that still fails fails the agent.
+    pub fail_workflow: bool,
+    /// The handler's time limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Retry timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Attempts in all (≥ 1).
+    pub max_attempts: u32,
+    /// Exponential (true) or fixed.
+    pub exponential: bool,
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Retry {
+    /// The delay before attempt `attempt` (2, 3, …).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if !self.exponential {
+            return self.initial.min(self.max);
+        }
+        let shift = attempt.saturating_sub(2).min(20);
+        self.initial.saturating_mul(1 << shift).min(self.max)
+    }
+}
+
+/// A checked workflow, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The file.
+    pub path: PathBuf,
+    /// Its text (stored with the job, so `resume` runs exactly what `run` ran).
+    pub source: String,
+    /// The parsed workflow.
+    pub workflow: Workflow,
+    /// The resolved environment.
+    pub env: BTreeMap<String, String>,
+    /// Setup steps.
+    pub setup: Vec<PlanStep>,
+    /// Agent steps.
+    pub agent: Vec<PlanStep>,
+    /// Reduce steps.
+    pub reduce: Vec<PlanStep>,
+    /// `map.filter`.
+    pub filter: Option<ItemFilter>,
+    /// `map.sort_by`: the field path and whether descending.
+    pub sort_by: Option<(Vec<String>, bool)>,
+    /// `map.json_path`.
+    pub json_path: Option<serde_json_path::JsonPath>,
+    /// Default agents at once.
+    pub max_parallel: usize,
+    /// Agent time limit.
+    pub agent_timeout: Option<Duration>,
+    /// The failure policy.
+    pub on_item_failure: OnItemFailure,
+    /// Stop after more failures than this.
+    pub max_failures: Option<usize>,
+    /// Retries.
+    pub retry: Retry,
+}
+
+impl Plan {
+    /// Reads and checks a workflow file.
+    pub fn load(path: &Path) -> Result<Plan, WorkflowError> {
+        let source = std::fs::read_to_string(path).map_err(|source| WorkflowError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Plan::parse(path, &source)
+    }
+
+    /// Checks a workflow's text (`path` names it in messages).
+    pub fn parse(path: &Path, source: &str) -> Result<Plan, WorkflowError> {
+        let at = |line: u64, message: String| WorkflowError::At {
+            path: path.to_owned(),
+            line,
+            message,
+        };
+        let workflow: Workflow = serde_saphyr::from_str(source).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            at(line, yaml_message(&e))
+        })?;
+        if let Some(mode) = &workflow.mode
+            && mode.value != "mapreduce"
+        {
+            return Err(at(
+                mode.referenced.line(),
+                format!(
+                    "mode '{}' is not supported (only `mode: mapreduce`)",
+                    mode.value
+                ),
+            ));
+        }
+        if workflow.name.value.trim().is_empty() {
+            return Err(at(workflow.name.referenced.line(), "name is empty".into()));
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &workflow.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.value.contains('\0') {
+                return Err(at(
+                    v.referenced.line(),
+                    format!("bad environment variable {k:?}"),
+                ));
+            }
+            env.insert(k.clone(), v.value.clone());
+        }
+        let m = &workflow.map;
+        if m.input.value.trim().is_empty() {
+            return Err(at(m.input.referenced.line(), "map.input is empty".into()));
+        }
+        if m.agent_template.is_empty() {
+            return Err(at(0, "map.agent_template has no steps".into()));
+        }
+        let json_path = match &m.json_path {
+            Some(p) => Some(
+                serde_json_path::JsonPath::parse(&p.value).map_err(|e| {
+                    at(
+                        p.referenced.line(),
+                        format!("map.json_path {:?} is not RFC 9535 JSONPath: {e}", p.value),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let filter = match &m.filter {
+            Some(f) => Some(
+                ItemFilter::parse_data(&f.value)
+                    .map_err(|e| at(f.referenced.line(), format!("map.filter: {e}")))?,
+            ),
+            None => None,
+        };
+        let sort_by = match &m.sort_by {
+            Some(s) => Some(parse_sort(&s.value).map_err(|e| at(s.referenced.line(), e))?),
+            None => None,
+        };
+        let max_parallel = m.max_parallel.unwrap_or(4);
+        if max_parallel == 0 {
+            return Err(at(0, "map.max_parallel must be at least 1".into()));
+        }
+        let p = &workflow.error_policy;
+        let on_item_failure = match p.on_item_failure.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("dlq", _)) => OnItemFailure::Dlq,
+            Some(("skip", _)) => OnItemFailure::Skip,
+            Some(("stop", _)) => OnItemFailure::Stop,
+            Some((other, s)) => {
+                return Err(at(
+                    s.referenced.line(),
+                    format!("on_item_failure '{other}' is not one of dlq, skip, stop"),
+                ));
+            }
+        };
+        let retry = match &p.retry_config {
+            None => Retry {
+                max_attempts: 1,
+                exponential: true,
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+            },
+            Some(r) => {
+                let duration = |d: &Option<Spanned<String>>, default: u64| match d {
+                    None => Ok(Duration::from_secs(default)),
+                    Some(s) => humantime::parse_duration(s.value.trim()).map_err(|e| {
+                        at(
+                            s.referenced.line(),
+                            format!("bad duration {:?}: {e}", s.value),
+                        )
+                    }),
+                };
+                let exponential = match r.backoff.as_ref().map(|b| (b.value.as_str(), b)) {
+                    None | Some(("exponential", _)) => true,
+                    Some(("fixed", _)) => false,
+                    Some((other, b)) => {
+                        return Err(at(
+                            b.referenced.line(),
+                            format!("backoff '{other}' is not one of exponential, fixed"),
+                        ));
+                    }
+                };
+                Retry {
+                    max_attempts: r.max_attempts.unwrap_or(1).max(1),
+                    exponential,
+                    initial: duration(&r.initial_delay, 1)?,
+                    max: duration(&r.max_delay, 30)?,
+                }
+            }
+        };
+        let compile = |steps: &[Step], scope: Scope| -> Result<Vec<PlanStep>, WorkflowError> {
+            let mut captured: Vec<String> = Vec::new();
+            let mut out = Vec::new();
+            for step in steps {
+                let line = step.shell.referenced.line();
+                let ctx = template::Context {
+                    scope,
+                    captured: &captured,
+                    env: &env,
+                };
+                let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
+                let on_failure = match &step.on_failure {
+                    Some(h) => {
+                        let mut with_output = captured.clone();
+                        with_output.push("shell.output".into());
+                        let hctx = template::Context {
+                            scope,
+                            captured: &with_output,
+                            env: &env,
+                        };
+                        Some(PlanHandler {
+                            shell: Template::compile(&h.shell.value, &hctx)
+                                .map_err(|e| at(h.shell.referenced.line(), e))?,
+                            max_attempts: h.max_attempts.unwrap_or(1).max(1),
+                            fail_workflow: h.fail_workflow.unwrap_or(true),
+                            timeout: h.timeout.map(Duration::from_secs),
+                        })
+                    }
+                    None => None,
+                };
+                let capture = match &step.capture_output {
+                    None | Some(Capture::Flag(false)) => None,
+                    Some(Capture::Flag(true)) => Some("shell.output".to_owned()),
+                    Some(Capture::Name(n)) => {
+                        if !template::is_capture_name(n) {
+                            return Err(at(
+                                line,
+                                format!(
+                                    "capture_output name {n:?} must be letters, digits and _ \
+                                     (and not a built-in like item or map)"
+                                ),
+                            ));
+                        }
+                        Some(n.clone())
+                    }
+                };
+                if let Some(c) = &capture {
+                    captured.push(c.clone());
+                    if c != "shell.output" {
+                        captured.push("shell.output".into());
+                    }
+                }
+                out.push(PlanStep {
+                    shell,
+                    timeout: step.timeout.map(Duration::from_secs),
+                    capture,
+                    on_failure,
+                    line,
+                });
+            }
+            Ok(out)
+        };
+        let setup = compile(&workflow.setup, Scope::Setup)?;
+        let agent = compile(&m.agent_template, Scope::Agent)?;
+        let reduce = compile(&workflow.reduce, Scope::Reduce)?;
+        // `${env.X}` not in the workflow's env comes from the process's environment now,
+        // and is recorded with the job so that `resume` sees the same value.
+        for step in setup.iter().chain(&agent).chain(&reduce) {
+            let handler = step.on_failure.as_ref().map(|h| &h.shell);
+            for t in std::iter::once(&step.shell).chain(handler) {
+                for name in t.env_names() {
+                    if !env.contains_key(&name)
+                        && let Ok(v) = std::env::var(&name)
+                    {
+                        env.insert(name, v);
+                    }
+                }
+            }
+        }
+        Ok(Plan {
+            path: path.to_owned(),
+            source: source.to_owned(),
+            max_parallel,
+            agent_timeout: m.agent_timeout_secs.map(Duration::from_secs),
+            max_failures: p.max_failures,
+            on_item_failure,
+            retry,
+            env,
+            setup,
+            agent,
+            reduce,
+            filter,
+            sort_by,
+            json_path,
+            workflow,
+        })
+    }
+
+    /// The workflow's name.
+    pub fn name(&self) -> &str {
+        &self.workflow.name.value
+    }
+
+    /// The workflow as JSON (for the job's spec).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.workflow).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The item fields the agent steps read (`${item.a.b}` → `["a", "b"]`).
+    pub fn item_paths(&self) -> Vec<(Vec<String>, u64)> {
+        let mut out = Vec::new();
+        for step in &self.agent {
+            for p in step.shell.item_paths() {
+                out.push((p, step.line));
+            }
+            if let Some(h) = &step.on_failure {
+                for p in h.shell.item_paths() {
+                    out.push((p, step.line));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn yaml_message(e: &serde_saphyr::Error) -> String {
+    // The crate's message starts with "line L column C: " and may carry a snippet; keep
+    // one line and let our own prefix name the line.
+    let text = e.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    let stripped = match first.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest,
+        _ => first,
+    };
+    let column = e.location().map(|l| l.column()).unwrap_or(0);
+    if column > 0 {
+        format!("{stripped} (column {column})")
+    } else {
+        stripped.to_owned()
+    }
+}
+
+fn parse_sort(text: &str) -> Result<(Vec<String>, bool), String> {
+    let mut words = text.split_whitespace();
+    let field = words.next().ok_or("map.sort_by is empty")?;
+    let desc = match words.next().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("ASC") => false,
+        Some("DESC") => true,
+        Some(other) => return Err(format!("map.sort_by: expected ASC or DESC, found {other:?}")),
+    };
+    if words.next().is_some() {
+        return Err(format!("map.sort_by {text:?}: expected `field [ASC|DESC]`"));
+    }
+    let mut path: Vec<String> = field.split('.').map(str::to_owned).collect();
+    if path.len() > 1 && path[0] == "item" {
+        path.remove(0);
+    }
+    if path.iter().any(String::is_empty) {
+        return Err(format!("map.sort_by: bad field {field:?}"));
+    }
+    Ok((path, desc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Plan, String> {
+        Plan::parse(Path::new("w.yml"), text).map_err(|e| e.to_string())
+    }
+
+    const OK: &str = "name: demo
+mode: mapreduce
+env:
+  GREETING: hi
+setup:
+  - shell: echo setup ${workflow.name}
+map:
+  input: items.json
+  json_path: \"$.items[*]\"
+  filter: \"score >= 2\"
+  sort_by: score DESC
+  max_parallel: 3
+  agent_template:
+    - shell: echo ${item.name} ${env.GREETING}
+      capture_output: true
+    - shell: echo ${shell.output}
+reduce:
+  - shell: echo ${map.successful}/${map.total}
+error_policy:
+  on_item_failure: dlq
+  retry_config:
+    max_attempts: 3
+    initial_delay: 10ms
+";
+
+    #[test]
+    fn parses_the_subset() {
+        let plan = parse(OK).unwrap();
+        assert_eq!(plan.name(), "demo");
+        assert_eq!(plan.max_parallel, 3);
+        assert_eq!(plan.agent.len(), 2);
+        assert_eq!(plan.retry.max_attempts, 3);
+        assert_eq!(plan.retry.delay(2), Duration::from_millis(10));
+        assert_eq!(plan.retry.delay(3), Duration::from_millis(20));
+        assert_eq!(plan.sort_by, Some((vec!["score".into()], true)));
+        assert_eq!(plan.item_paths(), vec![(vec!["name".to_string()], 14)]);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let claude = OK.replace(
+            "    - shell: echo ${shell.output}",
+            "    - claude: /fix ${item.name}",
+        );
+        let e = parse(&claude).unwrap_err();
+        assert!(e.starts_with("w.yml:16: unknown field `claude`"), "{e}");
+        let e = parse(&OK.replace("  max_parallel: 3", "  max_paralel: 3")).unwrap_err();
+        assert!(e.starts_with("w.yml:12: unknown field `max_paralel`"), "{e}");
+        let e = parse(&OK.replace("  input: items.json\n", "")).unwrap_err();
+        assert!(e.contains("missing field `input`"), "{e}");
+        let e = parse(&OK.replace("echo ${map.successful}", "echo ${item.name}")).unwrap_err();
+        assert!(e.starts_with("w.yml:18: "), "{e}");
+        let e = parse(&OK.replace("$.items[*]", "$.items[")).unwrap_err();
+        assert!(e.starts_with("w.yml:9: map.json_path"), "{e}");
+        let e = parse(&OK.replace("score >= 2", "score >=")).unwrap_err();
+        assert!(e.starts_with("w.yml:10: map.filter"), "{e}");
+        let e = parse("name: [unclosed\n").unwrap_err();
+        assert!(e.starts_with("w.yml:"), "{e}");
+        let e = parse(&OK.replace("${env.GREETING}", "${env.NOPE_NOT_SET_X}")).unwrap_err();
+        assert!(e.contains("NOPE_NOT_SET_X"), "{e}");
+        let e = parse(&OK.replace("mode: mapreduce", "mode: standard")).unwrap_err();
+        assert!(e.starts_with("w.yml:2: mode 'standard'"), "{e}");
+    }
+}

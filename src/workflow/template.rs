@@ -1,0 +1,398 @@
+//! `${…}` interpolation in step commands.
+//!
+//! Ours are `${item}`, `${item.a.b}`, `${item_json}`, `${item_id}`, `${item_index}`,
+//! `${map.total}`, `${map.successful}`, `${map.failed}`, `${map.results_json}`,
+//! `${env.X}`, `${workflow.name}`, `${job.id}`, `${shell.output}` and names given to
+//! `capture_output`. Each is checked when the workflow is loaded: a variable the step's
+//! phase cannot have (`${item.x}` in reduce) or an unknown `${map.x}` is an error. Any other
+//! `${NAME}` (`${HOME}`) is left for the shell. Values are substituted as they are, like the
+//! original tool: a workflow that feeds untrusted items to a shell must quote them itself.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// Where a step runs, which decides the variables it can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Setup: env, workflow, job.
+    Setup,
+    /// An agent: the item too, and `${map.total}`.
+    Agent,
+    /// Reduce: the map totals and results.
+    Reduce,
+}
+
+/// What a template is checked against.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The step's phase.
+    pub scope: Scope,
+    /// Captured variables set by earlier steps.
+    pub captured: &'a [String],
+    /// The workflow's `env`.
+    pub env: &'a BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Var {
+    Item(Vec<String>),
+    ItemJson,
+    ItemId,
+    ItemIndex,
+    MapTotal,
+    MapSuccessful,
+    MapFailed,
+    MapResultsJson,
+    Env(String),
+    WorkflowName,
+    JobId,
+    Captured(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Lit(String),
+    Var(Var),
+}
+
+/// A compiled command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+/// The values a template is rendered with.
+#[derive(Debug, Default)]
+pub struct Vars<'a> {
+    /// The work item.
+    pub item: Option<&'a Value>,
+    /// Its key.
+    pub item_id: &'a str,
+    /// Its index.
+    pub item_index: usize,
+    /// Items in the map phase.
+    pub total: usize,
+    /// Items done.
+    pub successful: usize,
+    /// Items failed.
+    pub failed: usize,
+    /// The map results as JSON.
+    pub results_json: &'a str,
+    /// The job's environment.
+    pub env: Option<&'a BTreeMap<String, String>>,
+    /// The workflow's name.
+    pub workflow_name: &'a str,
+    /// The job id.
+    pub job_id: &'a str,
+    /// Captured outputs.
+    pub captured: Option<&'a BTreeMap<String, String>>,
+}
+
+const RESERVED: [&str; 9] = [
+    "item",
+    "item_json",
+    "item_id",
+    "item_index",
+    "map",
+    "env",
+    "workflow",
+    "job",
+    "shell",
+];
+
+/// True for a name `capture_output` may use.
+pub fn is_capture_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !RESERVED.contains(&name)
+}
+
+impl Template {
+    /// Compiles `text`, checking every variable of ours against `ctx`.
+    pub fn compile(text: &str, ctx: &Context<'_>) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("${") {
+            lit.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let Some(end) = after.find('}') else {
+                lit.push_str(&rest[at..]);
+                rest = "";
+                break;
+            };
+            let name = &after[..end];
+            match parse_var(name, ctx)? {
+                Some(var) => {
+                    if !lit.is_empty() {
+                        parts.push(Part::Lit(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Var(var));
+                }
+                None => lit.push_str(&rest[at..at + 2 + end + 1]),
+            }
+            rest = &after[end + 1..];
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The item paths it reads.
+    pub fn item_paths(&self) -> Vec<Vec<String>> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Var(Var::Item(path)) if !path.is_empty() => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `${env.X}` names it reads.
+    pub fn env_names(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Var(Var::Env(n)) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// True when it reads `${map.results_json}`.
+    pub fn reads_results(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(Var::MapResultsJson)))
+    }
+
+    /// Renders the command.
+    pub fn render(&self, vars: &Vars<'_>) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Lit(s) => out.push_str(s),
+                Part::Var(v) => out.push_str(&value(v, vars)?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Looks up `path` in an item; `Err` says why it cannot be read.
+pub fn lookup<'v>(item: &'v Value, path: &[String]) -> Result<&'v Value, String> {
+    let mut cur = item;
+    for (i, key) in path.iter().enumerate() {
+        let Value::Object(map) = cur else {
+            let shown = if i == 0 {
+                "the item".to_owned()
+            } else {
+                format!("item.{}", path[..i].join("."))
+            };
+            return Err(format!(
+                "${{item.{}}} needs {shown} to be an object, but it is {}",
+                path.join("."),
+                kind(cur)
+            ));
+        };
+        cur = map.get(key).ok_or_else(|| {
+            format!("${{item.{}}}: the item has no field {key:?}", path.join("."))
+        })?;
+    }
+    Ok(cur)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn value(v: &Var, vars: &Vars<'_>) -> Result<String, String> {
+    let item = || vars.item.ok_or("no item here".to_owned());
+    Ok(match v {
+        Var::Item(path) => text(lookup(item()?, path)?),
+        Var::ItemJson => item()?.to_string(),
+        Var::ItemId => vars.item_id.to_owned(),
+        Var::ItemIndex => vars.item_index.to_string(),
+        Var::MapTotal => vars.total.to_string(),
+        Var::MapSuccessful => vars.successful.to_string(),
+        Var::MapFailed => vars.failed.to_string(),
+        Var::MapResultsJson => vars.results_json.to_owned(),
+        Var::Env(name) => vars
+            .env
+            .and_then(|e| e.get(name))
+            .cloned()
+            .ok_or_else(|| format!("${{env.{name}}} is not set"))?,
+        Var::WorkflowName => vars.workflow_name.to_owned(),
+        Var::JobId => vars.job_id.to_owned(),
+        Var::Captured(name) => vars
+            .captured
+            .and_then(|c| c.get(name))
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
+    let (head, tail) = match name.split_once('.') {
+        Some((h, t)) => (h, Some(t)),
+        None => (name, None),
+    };
+    let agent = ctx.scope == Scope::Agent;
+    let only = |what: &str, ok: bool, var: Var| {
+        if ok {
+            Ok(Some(var))
+        } else {
+            Err(format!(
+                "${{{name}}} is not available in {} steps ({what})",
+                match ctx.scope {
+                    Scope::Setup => "setup",
+                    Scope::Agent => "agent_template",
+                    Scope::Reduce => "reduce",
+                }
+            ))
+        }
+    };
+    if ctx.captured.iter().any(|c| c == name) {
+        return Ok(Some(Var::Captured(name.to_owned())));
+    }
+    match (head, tail) {
+        ("item", None) => only("only agents have an item", agent, Var::Item(Vec::new())),
+        ("item", Some(path)) => {
+            let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(format!("${{{name}}}: bad field path"));
+            }
+            only("only agents have an item", agent, Var::Item(path))
+        }
+        ("item_json", None) => only("only agents have an item", agent, Var::ItemJson),
+        ("item_id", None) => only("only agents have an item", agent, Var::ItemId),
+        ("item_index", None) => only("only agents have an item", agent, Var::ItemIndex),
+        ("map", Some("total")) => only(
+            "the items are known after setup",
+            ctx.scope != Scope::Setup,
+            Var::MapTotal,
+        ),
+        ("map", Some("successful" | "failed" | "results_json" | "results")) => {
+            let var = match tail {
+                Some("successful") => Var::MapSuccessful,
+                Some("failed") => Var::MapFailed,
+                _ => Var::MapResultsJson,
+            };
+            only(
+                "map results exist in reduce",
+                ctx.scope == Scope::Reduce,
+                var,
+            )
+        }
+        ("map", _) => Err(format!(
+            "unknown variable ${{{name}}} (map has total, successful, failed, results_json)"
+        )),
+        ("env", Some(var)) => {
+            if ctx.env.contains_key(var) || std::env::var_os(var).is_some() {
+                Ok(Some(Var::Env(var.to_owned())))
+            } else {
+                Err(format!(
+                    "${{{name}}}: {var} is set neither in the workflow's env nor in the environment"
+                ))
+            }
+        }
+        ("workflow", Some("name")) => Ok(Some(Var::WorkflowName)),
+        ("job", Some("id")) => Ok(Some(Var::JobId)),
+        ("shell", Some("output")) => Err(format!(
+            "${{{name}}} needs an earlier step with capture_output"
+        )),
+        ("env" | "workflow" | "job" | "shell", _) => Err(format!("unknown variable ${{{name}}}")),
+        _ if head.starts_with("item") && head.len() > 4 => {
+            Err(format!("unknown variable ${{{name}}}"))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(scope: Scope) -> (BTreeMap<String, String>, Vec<String>, Scope) {
+        let mut env = BTreeMap::new();
+        env.insert("A".to_owned(), "a-value".to_owned());
+        (env, vec!["out".to_owned()], scope)
+    }
+
+    #[test]
+    fn renders_and_leaves_shell_variables() {
+        let (env, captured, scope) = ctx(Scope::Agent);
+        let c = Context {
+            scope,
+            captured: &captured,
+            env: &env,
+        };
+        let t = Template::compile(
+            "f ${item.a.b} ${item_json} ${HOME} $X ${env.A} ${out} ${unclosed",
+            &c,
+        )
+        .unwrap();
+        let item = json!({"a": {"b": "deep"}});
+        let mut cap = BTreeMap::new();
+        cap.insert("out".to_owned(), "o".to_owned());
+        let s = t
+            .render(&Vars {
+                item: Some(&item),
+                env: Some(&env),
+                captured: Some(&cap),
+                ..Vars::default()
+            })
+            .unwrap();
+        assert_eq!(
+            s,
+            r#"f deep {"a":{"b":"deep"}} ${HOME} $X a-value o ${unclosed"#
+        );
+        assert_eq!(t.item_paths(), vec![vec!["a".to_owned(), "b".to_owned()]]);
+    }
+
+    #[test]
+    fn refuses_what_a_phase_cannot_have() {
+        let (env, captured, _) = ctx(Scope::Reduce);
+        let c = |scope| Context {
+            scope,
+            captured: &captured,
+            env: &env,
+        };
+        assert!(Template::compile("${item.x}", &c(Scope::Reduce)).is_err());
+        assert!(Template::compile("${map.total}", &c(Scope::Setup)).is_err());
+        assert!(Template::compile("${map.nope}", &c(Scope::Reduce)).is_err());
+        assert!(Template::compile("${itme_id}", &c(Scope::Agent)).is_ok());
+        assert!(Template::compile("${item_idx}", &c(Scope::Agent)).is_err());
+        assert!(Template::compile("${map.results_json}", &c(Scope::Reduce)).is_ok());
+    }
+
+    #[test]
+    fn lookup_explains() {
+        let e = lookup(&json!("s"), &["x".to_owned()]).unwrap_err();
+        assert!(e.contains("needs the item to be an object, but it is a string"), "{e}");
+        let e = lookup(&json!({"y": 1}), &["x".to_owned()]).unwrap_err();
+        assert!(e.contains("no field \"x\""), "{e}");
+    }
+}
