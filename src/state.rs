@@ -491,9 +491,13 @@ impl JobStateManager {
             c.full = false;
             c.hops += 1;
         }
-        let json = serde_json::to_vec(&c).map_err(|e| malformed("checkpoint", ObjectId::ZERO, e))?;
+        let json =
+            serde_json::to_vec(&c).map_err(|e| malformed("checkpoint", ObjectId::ZERO, e))?;
         let id = self.refs.objects().write(ObjectType::Checkpoint, &json)?;
-        if let Err(e) = self.refs.update(name, id, expect, &format!("checkpoint: {reason}")) {
+        if let Err(e) = self
+            .refs
+            .update(name, id, expect, &format!("checkpoint: {reason}"))
+        {
             // The state is unchanged, so a retry writes the same results again.
             return Err(match e {
                 RefError::Conflict { found, .. } => StateError::Moved {
@@ -523,7 +527,11 @@ impl JobStateManager {
     pub fn read_checkpoint(&self, id: &ObjectId) -> Result<Checkpoint, StateError> {
         let object = self.refs.objects().read(id)?;
         if object.kind != ObjectType::Checkpoint {
-            return Err(malformed("checkpoint", *id, format!("is a {}", object.kind)));
+            return Err(malformed(
+                "checkpoint",
+                *id,
+                format!("is a {}", object.kind),
+            ));
         }
         serde_json::from_slice(&object.payload).map_err(|e| malformed("checkpoint", *id, e))
     }

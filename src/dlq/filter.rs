@@ -273,10 +273,10 @@ impl Parser<'_> {
         }
         let known = self.data
             || match field.as_slice() {
-            [one] => FIELDS.contains(&one.as_str()),
-            [first, rest @ ..] => first == "item" && rest.iter().all(|k| !k.is_empty()),
-            [] => false,
-        };
+                [one] => FIELDS.contains(&one.as_str()),
+                [first, rest @ ..] => first == "item" && rest.iter().all(|k| !k.is_empty()),
+                [] => false,
+            };
         if !known {
             return Err(self.err(format!(
                 "unknown field {name:?} (known: {}, item.<key>)",

@@ -207,7 +207,11 @@ impl Executor {
         let stderr = err_thread.join().unwrap_or_default();
         let interrupted = !timed_out && self.interrupted() && !status.success();
         Ok(StepOutcome {
-            exit_code: if timed_out { TIMEOUT_EXIT } else { code(status) },
+            exit_code: if timed_out {
+                TIMEOUT_EXIT
+            } else {
+                code(status)
+            },
             timed_out,
             interrupted,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -291,7 +295,11 @@ pub fn supervise(args: &[String]) -> i32 {
         return 126;
     }
     // The parent may have died before the request took effect.
-    if rustix::process::getppid().map(Pid::as_raw_nonzero).map(|p| p.get()) != Some(parent) {
+    if rustix::process::getppid()
+        .map(Pid::as_raw_nonzero)
+        .map(|p| p.get())
+        != Some(parent)
+    {
         kill_all();
         return 1;
     }

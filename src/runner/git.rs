@@ -152,7 +152,13 @@ pub fn remove_worktree(repo: &Path, path: &Path) {
         let _guard = worktrees_lock();
         let r = git(
             repo,
-            &["worktree", "remove", "--force", "--force", &path.to_string_lossy()],
+            &[
+                "worktree",
+                "remove",
+                "--force",
+                "--force",
+                &path.to_string_lossy(),
+            ],
         );
         if r.is_err() {
             // Half made (git was killed while adding it): remove it and its registration.
@@ -161,6 +167,36 @@ pub fn remove_worktree(repo: &Path, path: &Path) {
             let _ = git(repo, &["worktree", "prune"]);
         }
     }
+}
+
+/// Unlocks the registrations of worktrees under `under` (a job's directory, whose
+/// worktrees only the job's runner makes). `git worktree add` locks a registration while
+/// it makes it; killed meanwhile, it leaves the lock, and `prune` skips locked entries, so
+/// the branch would stay "already used" for ever.
+pub fn unlock_stale(repo: &Path, under: &Path) -> Result<(), GitError> {
+    let common = git(repo, &["rev-parse", "--git-common-dir"])?;
+    let common = repo.join(common);
+    let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
+        return Ok(());
+    };
+    let _guard = worktrees_lock();
+    for entry in entries.flatten() {
+        let admin = entry.path();
+        let ours = match std::fs::read_to_string(admin.join("gitdir")) {
+            Ok(gitdir) => Path::new(gitdir.trim()).starts_with(under),
+            // Killed before it wrote `gitdir`: still "initializing", named like ours.
+            Err(_) => {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let locked = std::fs::read_to_string(admin.join("locked")).unwrap_or_default();
+                locked.contains("initializing")
+                    && (name.starts_with("agent-") || name.starts_with("parent"))
+            }
+        };
+        if ours {
+            let _ = std::fs::remove_file(admin.join("locked"));
+        }
+    }
+    Ok(())
 }
 
 /// Forgets registered worktrees whose directories are gone.

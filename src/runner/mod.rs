@@ -107,7 +107,9 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// SIGINT or SIGTERM: a checkpoint was written.
-    #[error("job '{job}' was interrupted; its checkpoint is saved (resume it with `prodigy resume {job}`)")]
+    #[error(
+        "job '{job}' was interrupted; its checkpoint is saved (resume it with `prodigy resume {job}`)"
+    )]
     Interrupted {
         /// The job.
         job: String,
@@ -225,11 +227,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
             repo: location.root,
         });
     }
-    let job_dir = home
-        .root()
-        .join("worktrees")
-        .join(&repo_name)
-        .join(&job_id);
+    let job_dir = home.root().join("worktrees").join(&repo_name).join(&job_id);
     let spec = JobSpec {
         id: job_id.clone(),
         repo: repo_name.clone(),
@@ -480,6 +478,7 @@ impl Job {
         let spec = &self.state.spec;
         // Registrations of worktrees deleted behind git's back (by a user, or a crash) would
         // stop their paths from being used again; no agent is adding one yet.
+        git::unlock_stale(&spec.repo_root, &spec.agents_dir)?;
         git::prune(&spec.repo_root)?;
         if spec.worktree.join(".git").exists() {
             return Ok(());
@@ -600,6 +599,14 @@ impl Job {
         let worktree = self.state.spec.worktree.clone();
         let (bytes, what, from_file) = match input::source(&self.plan, &worktree) {
             input::Source::File(path) => {
+                if !path.is_file() {
+                    let input = self.plan.workflow.map.input.value.clone();
+                    return Err(self.input_error(format!(
+                        "'{input}' is not in the job's worktree '{}' (a checkout of commit {}): commit it, or make it in setup",
+                        worktree.display(),
+                        &self.state.spec.base_commit[..12.min(self.state.spec.base_commit.len())]
+                    )));
+                }
                 let bytes = std::fs::read(&path).at("read map.input", &path)?;
                 (bytes, format!("'{}'", path.display()), true)
             }
@@ -733,7 +740,9 @@ impl Job {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(index) = name.strip_prefix("agent-").and_then(|i| i.parse::<usize>().ok())
+            let Some(index) = name
+                .strip_prefix("agent-")
+                .and_then(|i| i.parse::<usize>().ok())
             else {
                 continue;
             };
@@ -753,7 +762,12 @@ impl Job {
         &mut self,
         ctx: &AgentCtx,
         pending: VecDeque<usize>,
-        mut finished: impl FnMut(&mut Job, &str, ItemResult, Option<Failure>) -> Result<Option<String>, RunError>,
+        mut finished: impl FnMut(
+            &mut Job,
+            &str,
+            ItemResult,
+            Option<Failure>,
+        ) -> Result<Option<String>, RunError>,
     ) -> Result<Option<String>, RunError> {
         let workers = self.max_parallel.min(pending.len());
         let queue = Mutex::new(pending);
@@ -771,7 +785,8 @@ impl Job {
                         if stop.load(Ordering::SeqCst) || ctx.exec.interrupted() {
                             return;
                         }
-                        let Some(index) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                        let Some(index) =
+                            queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
                         else {
                             return;
                         };
@@ -827,7 +842,8 @@ impl Job {
                     next = rx.try_recv().ok();
                 }
                 if changed && outcome.is_ok() {
-                    let n = self.state.checkpoint.counters.done + self.state.checkpoint.counters.failed;
+                    let n =
+                        self.state.checkpoint.counters.done + self.state.checkpoint.counters.failed;
                     if let Err(e) = self.save(&format!("{n} items finished")) {
                         stop.store(true, Ordering::SeqCst);
                         outcome = Err(e);
@@ -853,7 +869,7 @@ impl Job {
         let Some(failure) = failure else {
             return Ok(None);
         };
-        if self.plan.on_item_failure == OnItemFailure::Dlq || !failed {
+        if self.plan.on_item_failure == OnItemFailure::Dlq {
             self.dead_letter(key, ctx.items[index].clone(), failure.clone())?;
         }
         let c = self.state.checkpoint.counters;
@@ -940,7 +956,10 @@ impl Job {
                     agent_id: agent.clone(),
                     target_branch: self.state.spec.branch.clone(),
                 })?;
-                git::delete_branch(&self.state.spec.repo_root, &agent_branch(&self.state.spec, result.index));
+                git::delete_branch(
+                    &self.state.spec.repo_root,
+                    &agent_branch(&self.state.spec, result.index),
+                );
             }
             self.state.record(&key, result);
             self.save(&format!("merged {agent}"))?;
@@ -1015,7 +1034,9 @@ impl Job {
             }
             match keys.iter().position(|k| k == key) {
                 Some(index) => selected.push(index),
-                None => self.note(&format!("{key} is not an item of this job's work list; skipped")),
+                None => self.note(&format!(
+                    "{key} is not an item of this job's work list; skipped"
+                )),
             }
         }
         let mut outcome = RetryOutcome::default();
@@ -1033,7 +1054,10 @@ impl Job {
                 Some(f) => {
                     job.dead_letter(key, data, f)?;
                     job.state.record(key, result);
-                    done.lock().unwrap_or_else(|e| e.into_inner()).failed.push(key.to_owned());
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .failed
+                        .push(key.to_owned());
                 }
                 None => {
                     let worktree = job.state.spec.worktree.clone();
@@ -1047,14 +1071,20 @@ impl Job {
                         git::merge(&worktree, &last, &message, &job.state.spec.env)?;
                     }
                     result.merged = true;
-                    git::delete_branch(&job.state.spec.repo_root, &agent_branch(&job.state.spec, result.index));
+                    git::delete_branch(
+                        &job.state.spec.repo_root,
+                        &agent_branch(&job.state.spec, result.index),
+                    );
                     job.state.record(key, result);
                     job.dlq.remove(&[key.to_owned()])?;
                     job.log(MapReduceEvent::DlqItemRemoved {
                         job_id: job.id().to_owned(),
                         item_id: key.to_owned(),
                     })?;
-                    done.lock().unwrap_or_else(|e| e.into_inner()).succeeded.push(key.to_owned());
+                    done.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .succeeded
+                        .push(key.to_owned());
                 }
             }
             Ok(None)
@@ -1089,7 +1119,11 @@ fn open_log(path: &Path) -> Result<Arc<Mutex<File>>, RunError> {
 }
 
 fn last_line(text: &str) -> &str {
-    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 fn cut(mut s: String, max: usize) -> String {
@@ -1120,16 +1154,17 @@ fn run_step(
         exit_code,
         interrupted,
     };
-    let command = step
-        .shell
-        .render(vars)
-        .map_err(|e| fail(e, None, false))?;
+    let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
     let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
     let mut last = None;
     for attempt in 1..=attempts {
         let timeout = limit(step.timeout, deadline);
         if timeout == Some(Duration::ZERO) {
-            return Err(fail("agent timed out (agent_timeout_secs)".into(), Some(exec::TIMEOUT_EXIT), false));
+            return Err(fail(
+                "agent timed out (agent_timeout_secs)".into(),
+                Some(exec::TIMEOUT_EXIT),
+                false,
+            ));
         }
         write_log(log, &format!("$ {command}\n"));
         let out = exec
@@ -1259,8 +1294,9 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
             return Msg::Interrupted(key);
         }
         let started = Instant::now();
-        let failure = |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
-            let failure = Failure {
+        let failure =
+            |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
+                let failure = Failure {
                 error_message: message.clone(),
                 exit_code,
                 agent_id: Some(agent.clone()),
@@ -1272,8 +1308,8 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
                 }),
                 ..Failure::default()
             };
-            (message, failure)
-        };
+                (message, failure)
+            };
         let log = match std::fs::create_dir_all(spec.agents_dir.join("logs"))
             .map_err(|e| e.to_string())
             .and_then(|()| open_log(&log_path).map_err(|e| e.to_string()))
@@ -1284,7 +1320,13 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
                 return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
             }
         };
-        write_log(&log, &format!("== {agent} item {key} attempt {attempt} at {} ==\n", now_timestamp()));
+        write_log(
+            &log,
+            &format!(
+                "== {agent} item {key} attempt {attempt} at {} ==\n",
+                now_timestamp()
+            ),
+        );
         git::remove_worktree(&spec.repo_root, &path);
         if let Err(e) = git::add_worktree(&spec.repo_root, &path, &branch, &ctx.map_base, true) {
             let (m, f) = failure(format!("worktree error: {e}"), None, None, false);

@@ -19,11 +19,14 @@ pub enum Source {
     Command(String),
 }
 
-/// Decides whether `map.input` names a file in `worktree` or is a command.
+/// Decides whether `map.input` names a file in `worktree` or is a command: an existing
+/// file, or one word ending in `.json` (missing: an error that says so, not a command that
+/// is not found), is a file.
 pub fn source(plan: &Plan, worktree: &Path) -> Source {
     let input = plan.workflow.map.input.value.trim();
     let path = worktree.join(input);
-    if path.is_file() {
+    let looks_like_a_file = input.ends_with(".json") && !input.contains(char::is_whitespace);
+    if path.is_file() || looks_like_a_file {
         Source::File(path)
     } else {
         Source::Command(input.to_owned())
@@ -44,7 +47,11 @@ pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<V
             if found.is_empty() {
                 return Err(format!(
                     "map.json_path {:?} matches nothing in {what}",
-                    plan.workflow.map.json_path.as_ref().map_or("", |p| &p.value)
+                    plan.workflow
+                        .map
+                        .json_path
+                        .as_ref()
+                        .map_or("", |p| &p.value)
                 ));
             }
             found
@@ -159,7 +166,11 @@ mod tests {
         let p = plan("", "echo ${item}");
         let got = items(&p, b"a\n\n b \n", "the command", false).unwrap();
         assert_eq!(got, vec![json!("a"), json!("b")]);
-        assert!(items(&p, b"a\n", "x.json", true).unwrap_err().contains("not JSON"));
+        assert!(
+            items(&p, b"a\n", "x.json", true)
+                .unwrap_err()
+                .contains("not JSON")
+        );
         let p = plan("  json_path: \"$.nope[*]\"\n", "echo ${item}");
         let e = items(&p, b"{\"items\": []}", "x.json", true).unwrap_err();
         assert!(e.contains("matches nothing"), "{e}");

@@ -329,14 +329,12 @@ impl Plan {
             return Err(at(0, "map.agent_template has no steps".into()));
         }
         let json_path = match &m.json_path {
-            Some(p) => Some(
-                serde_json_path::JsonPath::parse(&p.value).map_err(|e| {
-                    at(
-                        p.referenced.line(),
-                        format!("map.json_path {:?} is not RFC 9535 JSONPath: {e}", p.value),
-                    )
-                })?,
-            ),
+            Some(p) => Some(serde_json_path::JsonPath::parse(&p.value).map_err(|e| {
+                at(
+                    p.referenced.line(),
+                    format!("map.json_path {:?} is not RFC 9535 JSONPath: {e}", p.value),
+                )
+            })?),
             None => None,
         };
         let filter = match &m.filter {
@@ -535,6 +533,11 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         Some((head, rest)) if head.starts_with("line ") => rest,
         _ => first,
     };
+    // Some messages end with their own " at line L, column C"; the prefix says the line.
+    let stripped = match stripped.rfind(" at line ") {
+        Some(at) if stripped[at..].contains(", column ") => &stripped[..at],
+        _ => stripped,
+    };
     let column = e.location().map(|l| l.column()).unwrap_or(0);
     if column > 0 {
         format!("{stripped} (column {column})")
@@ -549,7 +552,11 @@ fn parse_sort(text: &str) -> Result<(Vec<String>, bool), String> {
     let desc = match words.next().map(str::to_ascii_uppercase).as_deref() {
         None | Some("ASC") => false,
         Some("DESC") => true,
-        Some(other) => return Err(format!("map.sort_by: expected ASC or DESC, found {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "map.sort_by: expected ASC or DESC, found {other:?}"
+            ));
+        }
     };
     if words.next().is_some() {
         return Err(format!("map.sort_by {text:?}: expected `field [ASC|DESC]`"));
@@ -619,7 +626,10 @@ error_policy:
         let e = parse(&claude).unwrap_err();
         assert!(e.starts_with("w.yml:16: unknown field `claude`"), "{e}");
         let e = parse(&OK.replace("  max_parallel: 3", "  max_paralel: 3")).unwrap_err();
-        assert!(e.starts_with("w.yml:12: unknown field `max_paralel`"), "{e}");
+        assert!(
+            e.starts_with("w.yml:12: unknown field `max_paralel`"),
+            "{e}"
+        );
         let e = parse(&OK.replace("  input: items.json\n", "")).unwrap_err();
         assert!(e.contains("missing field `input`"), "{e}");
         let e = parse(&OK.replace("echo ${map.successful}", "echo ${item.name}")).unwrap_err();

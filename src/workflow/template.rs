@@ -210,7 +210,10 @@ pub fn lookup<'v>(item: &'v Value, path: &[String]) -> Result<&'v Value, String>
             ));
         };
         cur = map.get(key).ok_or_else(|| {
-            format!("${{item.{}}}: the item has no field {key:?}", path.join("."))
+            format!(
+                "${{item.{}}}: the item has no field {key:?}",
+                path.join(".")
+            )
         })?;
     }
     Ok(cur)
@@ -391,7 +394,10 @@ mod tests {
     #[test]
     fn lookup_explains() {
         let e = lookup(&json!("s"), &["x".to_owned()]).unwrap_err();
-        assert!(e.contains("needs the item to be an object, but it is a string"), "{e}");
+        assert!(
+            e.contains("needs the item to be an object, but it is a string"),
+            "{e}"
+        );
         let e = lookup(&json!({"y": 1}), &["x".to_owned()]).unwrap_err();
         assert!(e.contains("no field \"x\""), "{e}");
     }

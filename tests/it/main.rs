@@ -12,4 +12,5 @@ mod hostile;
 mod plumbing;
 mod props;
 mod repo_name;
+mod runner;
 mod worker;

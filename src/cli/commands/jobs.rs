@@ -224,7 +224,11 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         ctx.out,
         "worktree:   {}{}",
         s("worktree"),
-        if spec.worktree.exists() { "" } else { " (missing)" }
+        if spec.worktree.exists() {
+            ""
+        } else {
+            " (missing)"
+        }
     )?;
     writeln!(ctx.out, "branch:     {}", s("branch"))?;
     for a in head.running.values() {

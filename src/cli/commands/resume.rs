@@ -48,7 +48,10 @@ fn checkpoint(ctx: &Ctx<'_>, repo: &str, job: &str, text: &str) -> anyhow::Resul
     let history = states.history(job)?;
     let found = if !text.is_empty() && text.len() < 10 && text.bytes().all(|b| b.is_ascii_digit()) {
         let version: u32 = text.parse()?;
-        history.iter().find(|(_, c)| c.version == version).map(|(id, _)| *id)
+        history
+            .iter()
+            .find(|(_, c)| c.version == version)
+            .map(|(id, _)| *id)
     } else {
         let id = ctx.refs().objects().resolve(text)?;
         history.iter().find(|(h, _)| *h == id).map(|(id, _)| *id)

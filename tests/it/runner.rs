@@ -1,0 +1,694 @@
+//! The MapReduce runner end to end: real git repositories and worktrees, real processes,
+//! SIGKILL of the runner's process group at each phase, `resume` from refs alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Env, git, snapshot, transcript};
+
+/// Asserts exit `code` with exactly one `error:` line (the runner's progress notes may
+/// precede it); returns stderr.
+fn assert_one_line_error(out: &Output, code: i32) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{}", transcript(out));
+    let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
+    assert_eq!(errors, 1, "{stderr}");
+    assert!(stderr.lines().all(|l| !l.contains("panicked")), "{stderr}");
+    stderr
+}
+
+const IDENTITY: &str = "env:
+  GIT_AUTHOR_NAME: t
+  GIT_AUTHOR_EMAIL: t@example.com
+  GIT_COMMITTER_NAME: t
+  GIT_COMMITTER_EMAIL: t@example.com
+";
+
+/// A repository with one commit, in the env's scratch dir.
+fn repo(env: &Env, name: &str) -> PathBuf {
+    let dir = env.scratch().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "init"]);
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn in_repo(env: &Env, repo: &Path, args: &[&str]) -> Output {
+    env.cmd().current_dir(repo).args(args).output().unwrap()
+}
+
+fn ok_in(env: &Env, repo: &Path, args: &[&str]) -> String {
+    let out = in_repo(env, repo, args);
+    assert!(out.status.success(), "{args:?}: {}", transcript(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_in(env: &Env, repo: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok_in(env, repo, args)).unwrap()
+}
+
+/// Starts `prodigy args…` in `repo` as the leader of a new process group.
+fn spawn_in(env: &Env, repo: &Path, args: &[&str]) -> Child {
+    let mut cmd = env.std_cmd();
+    cmd.current_dir(repo)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().unwrap()
+}
+
+/// SIGKILL to the whole process group led by `child`.
+fn kill_group(child: &mut Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = child.wait();
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+fn job_show(env: &Env, repo: &Path, job: &str) -> Value {
+    json_in(env, repo, &["jobs", "show", job, "--json"])
+}
+
+fn worktrees(repo: &Path) -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["worktree", "list", "--porcelain"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("worktree ").map(str::to_owned))
+        .collect()
+}
+
+fn assert_fsck_clean(env: &Env) {
+    let out = env.run(&["fsck"], b"");
+    assert!(out.status.success(), "{}", transcript(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("warning")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn runs_a_workflow_end_to_end() {
+    let env = Env::new();
+    let repo = repo(&env, "api");
+    let items = r#"{"files": [{"name": "a", "n": 3}, {"name": "b", "n": 1}, {"name": "c", "n": 5}, {"name": "d", "n": 0}]}"#;
+    write(&repo, "items.json", items);
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: demo
+mode: mapreduce
+{IDENTITY}  WHO: world
+setup:
+  - shell: echo setup-${{workflow.name}}-${{job.id}} > setup.txt
+map:
+  input: items.json
+  json_path: \"$.files[*]\"
+  filter: \"n >= 1\"
+  sort_by: n DESC
+  max_parallel: 2
+  agent_template:
+    - shell: printf '%s\\n' '${{item.name}}' > out-${{item.name}}.txt && git add . && git commit -qm ${{item_id}}
+    - shell: echo ${{item_index}}:${{item.name}}:${{env.WHO}}
+      capture_output: true
+reduce:
+  - shell: echo \"${{map.successful}}/${{map.total}} failed=${{map.failed}}\" > totals.txt
+  - shell: printf '%s' '${{map.results_json}}' > results.json
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    let out = ok_in(&env, &repo, &["run", "w.yml", "--job-id", "j1"]);
+    assert_eq!(out, "j1\n");
+    let show = job_show(&env, &repo, "j1");
+    assert_eq!(show["phase"], "complete");
+    assert_eq!(show["done"], 3);
+    assert_eq!(show["failed"], 0);
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert!(parent.starts_with(env.home().join("worktrees/api/j1")));
+    // Every agent's commit is merged into the job's worktree, where reduce ran.
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            std::fs::read_to_string(parent.join(format!("out-{name}.txt"))).unwrap(),
+            format!("{name}\n")
+        );
+    }
+    assert!(!parent.join("out-d.txt").exists(), "filtered out");
+    assert_eq!(
+        std::fs::read_to_string(parent.join("totals.txt")).unwrap(),
+        "3/3 failed=0\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parent.join("setup.txt")).unwrap(),
+        "setup-demo-j1\n"
+    );
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(parent.join("results.json")).unwrap())
+            .unwrap();
+    let outputs: Vec<&str> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["output"].as_str().unwrap())
+        .collect();
+    // Sorted by n descending: c (5), a (3), b (1).
+    assert_eq!(outputs, ["0:c:world", "1:a:world", "2:b:world"]);
+    // Agents' worktrees are gone; the job's stays; nothing was written into the repository.
+    assert_eq!(worktrees(&repo).len(), 2, "{:?}", worktrees(&repo));
+    assert!(!repo.join(".prodigy").exists());
+    let stats = json_in(&env, &repo, &["events", "stats", "j1", "--json"]);
+    let types = &stats["total"]["types"];
+    for (t, n) in [
+        ("agent_started", 3),
+        ("agent_completed", 3),
+        ("worktree_cleaned", 3),
+        ("worktree_merged", 3),
+        ("job_started", 1),
+        ("job_completed", 1),
+    ] {
+        assert_eq!(types[t], n, "{t}: {stats}");
+    }
+    assert!(types["checkpoint_created"].as_u64().unwrap() >= 3);
+    let list = json_in(&env, &repo, &["jobs", "--json"]);
+    assert_eq!(list[0]["job"], "j1");
+    assert_eq!(list[0]["status"], "complete");
+    // A finished job has nothing to resume; its id cannot be reused.
+    let again = in_repo(&env, &repo, &["resume", "j1"]);
+    assert_one_line_error(&again, 1);
+    let again = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j1"]);
+    let err = assert_one_line_error(&again, 1);
+    assert!(err.contains("already exists"), "{err}");
+    assert_fsck_clean(&env);
+}
+
+/// The workflow of the crash test: item n fails while `fail-<n>` exists outside the
+/// repository; every finished agent appends a line to its counter.
+fn counting_workflow(repo: &Path, marks: &Path, items: usize, agent_sleep: &str) {
+    let m = marks.display();
+    write(
+        repo,
+        "w.yml",
+        &format!(
+            "name: count
+{IDENTITY}map:
+  input: seq 1 {items}
+  max_parallel: 4
+  agent_template:
+    - shell: sleep {agent_sleep}; test ! -e {m}/fail-${{item}}
+    - shell: echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}' && echo x >> {m}/count-${{item}}
+reduce:
+  - shell: ls f-*.txt | wc -l > n.txt && echo \"${{map.successful}} ${{map.failed}} ${{map.total}}\" >> {m}/reduce
+error_policy:
+  on_item_failure: dlq
+"
+        ),
+    );
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "workflow"]);
+}
+
+fn done_keys(env: &Env, repo_name: &str, job: &str) -> Vec<String> {
+    let states = prodigy::state::JobStateManager::new(env.store(), repo_name).unwrap();
+    let state = states.load(job).unwrap();
+    state
+        .results
+        .iter()
+        .filter(|(_, r)| r.status == prodigy::state::ItemStatus::Done)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn key_of(n: usize) -> String {
+    prodigy::state::item_key(n - 1, &Value::String(n.to_string()))
+}
+
+#[test]
+fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
+    let env = Env::new();
+    let repo = repo(&env, "svc");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let failing = [7, 17, 27, 37];
+    for n in failing {
+        write(&marks, &format!("fail-{n}"), "");
+    }
+    counting_workflow(&repo, &marks, 40, "0.2");
+    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "c1"]);
+    wait_for("ten finished agents", Duration::from_secs(60), || {
+        (1..=40)
+            .filter(|n| marks.join(format!("count-{n}")).exists())
+            .count()
+            >= 10
+    });
+    kill_group(&mut child);
+    // What the checkpoint says was done before the crash never runs again.
+    let before = done_keys(&env, "svc", "c1");
+    assert!(before.len() >= 5, "{before:?}");
+    assert!(before.len() < 40);
+    // Every worktree goes, the job's own too.
+    std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
+    let out = ok_in(&env, &repo, &["resume", "c1"]);
+    assert_eq!(out, "c1\n");
+    let show = job_show(&env, &repo, "c1");
+    assert_eq!(show["phase"], "complete", "{show}");
+    let dlq = ok_in(&env, &repo, &["dlq", "list", "c1"]);
+    assert_eq!(show["done"], 36, "{dlq}");
+    assert_eq!(show["failed"], 4);
+    for n in 1..=40 {
+        let count = lines(&marks.join(format!("count-{n}")));
+        if failing.contains(&n) {
+            assert_eq!(count, 0, "item {n}");
+        } else if before.contains(&key_of(n)) {
+            assert_eq!(count, 1, "item {n} was done before the crash and ran again");
+        } else {
+            // An agent killed after its last step but before its result was recorded runs
+            // again (at least once for in-flight work); its result is recorded once.
+            assert!((1..=2).contains(&count), "item {n}: {count}");
+        }
+    }
+    // Reduce ran once, with the right totals, in the recreated job worktree.
+    assert_eq!(
+        std::fs::read_to_string(marks.join("reduce")).unwrap(),
+        "36 4 40\n"
+    );
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("n.txt"))
+            .unwrap()
+            .trim(),
+        "36"
+    );
+    // The DLQ holds exactly the failing items.
+    let dlq = json_in(&env, &repo, &["dlq", "list", "c1", "--json"]);
+    let mut in_dlq: Vec<String> = dlq
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_owned())
+        .collect();
+    in_dlq.sort();
+    let mut want: Vec<String> = failing.iter().map(|n| key_of(*n)).collect();
+    want.sort();
+    assert_eq!(in_dlq, want);
+    let item = json_in(
+        &env,
+        &repo,
+        &["dlq", "inspect", &want[0], "--job", "c1", "--json"],
+    );
+    let failure = &item["failure_history"][0];
+    assert_eq!(failure["exit_code"], 1, "{item}");
+    assert!(failure["log_location"].as_str().unwrap().ends_with(".log"));
+    assert!(failure["step"].as_str().unwrap().starts_with("line "));
+    // Fix the cause; retry empties the queue and merges the new work.
+    for n in failing {
+        std::fs::remove_file(marks.join(format!("fail-{n}"))).unwrap();
+    }
+    let out = ok_in(&env, &repo, &["dlq", "retry", "c1", "--parallel", "2"]);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok")).count(),
+        4,
+        "{out}"
+    );
+    let dlq = json_in(&env, &repo, &["dlq", "list", "c1", "--json"]);
+    assert_eq!(dlq.as_array().unwrap().len(), 0);
+    for n in failing {
+        assert_eq!(lines(&marks.join(format!("count-{n}"))), 1);
+        assert!(parent.join(format!("f-{n}.txt")).exists());
+    }
+    let show = job_show(&env, &repo, "c1");
+    assert_eq!(show["done"], 40);
+    let stats = json_in(&env, &repo, &["events", "stats", "c1", "--json"]);
+    assert_eq!(stats["total"]["types"]["dlq_item_removed"], 4, "{stats}");
+    assert_eq!(stats["total"]["types"]["job_resumed"], 1);
+    // No agent survived the runner's death: nothing of ours is still running.
+    assert_eq!(worktrees(&repo).len(), 2, "{:?}", worktrees(&repo));
+    assert_fsck_clean(&env);
+}
+
+/// Runs a job, kills its process group once `marker` exists, deletes every worktree,
+/// creates `release` (so the step that waited runs through), and resumes the job to
+/// completion.
+fn kill_when(env: &Env, repo: &Path, job: &str, marker: &Path, release: &Path) {
+    let mut child = spawn_in(env, repo, &["run", "w.yml", "--job-id", job]);
+    wait_for(
+        &marker.display().to_string(),
+        Duration::from_secs(60),
+        || marker.exists(),
+    );
+    kill_group(&mut child);
+    let name = repo.file_name().unwrap().to_str().unwrap();
+    std::fs::remove_dir_all(env.home().join("worktrees").join(name).join(job)).unwrap();
+    std::fs::write(release, "").unwrap();
+    let out = ok_in(env, repo, &["resume", job]);
+    assert_eq!(out, format!("{job}\n"));
+}
+
+#[test]
+fn kill_at_each_phase_and_resume() {
+    let env = Env::new();
+    let repo = repo(&env, "phases");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: phases
+{IDENTITY}setup:
+  - shell: echo x >> {m}/setup1-$PRODIGY_JOB_ID && echo s > setup.txt && git add . && git commit -qm setup
+  - shell: touch {m}/in-setup2-$PRODIGY_JOB_ID; test -e {m}/go-$PRODIGY_JOB_ID || sleep 30; echo x >> {m}/setup2-$PRODIGY_JOB_ID
+map:
+  input: seq 1 6
+  max_parallel: 3
+  agent_template:
+    - shell: test -e setup.txt && echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}'
+reduce:
+  - shell: touch {m}/in-reduce-$PRODIGY_JOB_ID; test -e {m}/go-reduce-$PRODIGY_JOB_ID || sleep 30; ls f-*.txt | wc -l > n.txt; echo x >> {m}/reduce-$PRODIGY_JOB_ID
+"
+        ),
+    );
+    // Merges are slowed down by a hook (shared by every worktree) that, once armed,
+    // marks them.
+    let hook = repo.join(".git/hooks/post-merge");
+    write(
+        &repo.join(".git/hooks"),
+        "post-merge",
+        &format!("#!/bin/sh\nif test -e {m}/arm-merge; then touch {m}/in-merge; sleep 0.2; fi\n"),
+    );
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    git(&repo, &["add", "w.yml"]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+
+    // During setup's second step (after the first finished): step 1 does not run again.
+    write(&marks, "go-reduce-s", "");
+    kill_when(
+        &env,
+        &repo,
+        "s",
+        &marks.join("in-setup2-s"),
+        &marks.join("go-s"),
+    );
+    // During reduce.
+    write(&marks, "go-r", "");
+    kill_when(
+        &env,
+        &repo,
+        "r",
+        &marks.join("in-reduce-r"),
+        &marks.join("go-reduce-r"),
+    );
+    // During the merges.
+    write(&marks, "go-m", "");
+    write(&marks, "go-reduce-m", "");
+    write(&marks, "arm-merge", "");
+    kill_when(
+        &env,
+        &repo,
+        "m",
+        &marks.join("in-merge"),
+        &marks.join("unused"),
+    );
+
+    for job in ["s", "r", "m"] {
+        let show = job_show(&env, &repo, job);
+        assert_eq!(show["phase"], "complete", "{job}: {show}");
+        assert_eq!(show["done"], 6, "{job}");
+        let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(parent.join("n.txt"))
+                .unwrap()
+                .trim(),
+            "6",
+            "{job}"
+        );
+        assert_eq!(lines(&marks.join(format!("setup1-{job}"))), 1, "{job}");
+        assert_eq!(lines(&marks.join(format!("reduce-{job}"))), 1, "{job}");
+        // Each agent's commit is merged exactly once.
+        let log = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&parent)
+            .args(["log", "--format=%s"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&log.stdout);
+        for n in 1..=6 {
+            assert_eq!(
+                log.lines().filter(|l| *l == format!("item {n}")).count(),
+                1,
+                "{job}: {log}"
+            );
+        }
+    }
+    assert_eq!(lines(&marks.join("setup2-s")), 1);
+    assert_fsck_clean(&env);
+}
+
+#[test]
+fn one_runner_per_job() {
+    let env = Env::new();
+    let repo = repo(&env, "lock");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    counting_workflow(&repo, &marks, 6, "0.5");
+    let mut first = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "L"]);
+    wait_for("the first agent", Duration::from_secs(30), || {
+        env.home().join("worktrees/lock/L/agent-0").exists()
+    });
+    // While it runs: a second run of the same job and two resumes are refused.
+    let out = in_repo(&env, &repo, &["resume", "L"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("is running in another process"), "{err}");
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "L"]);
+    assert_one_line_error(&out, 1);
+    kill_group(&mut first);
+    // The killed runner's lock does not block; of two resumes at once, one runs.
+    let a = spawn_in(&env, &repo, &["resume", "L"]);
+    let b = spawn_in(&env, &repo, &["resume", "L"]);
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes.contains(&Some(0)),
+        "{}\n{}",
+        transcript(&a),
+        transcript(&b)
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    let err = assert_one_line_error(loser, 1);
+    assert!(err.contains("is running in another process"), "{err}");
+    assert_eq!(job_show(&env, &repo, "L")["phase"], "complete");
+}
+
+#[test]
+fn sigterm_checkpoints_and_resume_finishes() {
+    let env = Env::new();
+    let repo = repo(&env, "term");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    counting_workflow(&repo, &marks, 8, "0.3");
+    let child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "t"]);
+    wait_for("two finished agents", Duration::from_secs(30), || {
+        std::fs::read_dir(&marks).unwrap().count() >= 2
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("was interrupted"), "{err}");
+    let show = job_show(&env, &repo, "t");
+    assert_eq!(show["phase"], "map");
+    assert_eq!(show["checkpoints"][0]["reason"], "interrupted");
+    ok_in(&env, &repo, &["resume", "t"]);
+    assert_eq!(job_show(&env, &repo, "t")["done"], 8);
+    let stats = json_in(&env, &repo, &["events", "stats", "t", "--json"]);
+    assert_eq!(stats["total"]["types"]["job_paused"], 1);
+}
+
+#[test]
+fn a_step_past_its_timeout_dies_with_its_process_group() {
+    let env = Env::new();
+    let repo = repo(&env, "slow");
+    let pids = env.dir.path().join("pids");
+    std::fs::create_dir_all(&pids).unwrap();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: slow
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: sleep 60 & echo $! > {}/${{item}}; wait
+      timeout: 1
+error_policy:
+  on_item_failure: dlq
+  retry_config:
+    max_attempts: 2
+    initial_delay: 10ms
+",
+            pids.display()
+        ),
+    );
+    let started = Instant::now();
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "slow"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    for n in 1..=2 {
+        let pid: i32 = std::fs::read_to_string(pids.join(n.to_string()))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background sleep was in the step's group: it is gone (or a zombie that
+        // nobody reaped, which the container's init may leave).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .chars()
+            .next();
+        assert!(
+            matches!(state, None | Some('Z' | 'X')),
+            "pid {pid} survived its step's time-out: {stat}"
+        );
+    }
+    let dlq = json_in(&env, &repo, &["dlq", "list", "slow", "--json"]);
+    assert_eq!(dlq.as_array().unwrap().len(), 2);
+    assert_eq!(dlq[0]["error_type"]["type"], "timeout");
+    let stats = json_in(&env, &repo, &["events", "stats", "slow", "--json"]);
+    assert_eq!(stats["total"]["types"]["agent_retrying"], 2);
+    assert_eq!(stats["total"]["types"]["agent_failed"], 4);
+}
+
+#[test]
+fn bad_workflows_fail_before_any_agent_with_file_and_line() {
+    let env = Env::new();
+    let repo = repo(&env, "bad");
+    let cases: [(&str, &str); 7] = [
+        ("yaml", "name: x\nmap: [unclosed\n"),
+        (
+            "claude",
+            "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - claude: /fix ${item}\n",
+        ),
+        (
+            "missing-input",
+            "name: x\nmap:\n  agent_template:\n    - shell: echo\n",
+        ),
+        (
+            "unknown-key",
+            "name: x\nmap:\n  input: seq 1 2\n  max_paralel: 2\n  agent_template:\n    - shell: echo\n",
+        ),
+        (
+            "json-path-nothing",
+            "name: x\nmap:\n  input: items.json\n  json_path: \"$.nope[*]\"\n  agent_template:\n    - shell: echo ${item}\n",
+        ),
+        (
+            "not-an-object",
+            "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo ${item.name}\n",
+        ),
+        (
+            "wrong-phase",
+            "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo\nreduce:\n  - shell: echo ${item.name}\n",
+        ),
+    ];
+    write(&repo, "items.json", r#"{"items": [1, 2]}"#);
+    git(&repo, &["add", "items.json"]);
+    git(&repo, &["commit", "-q", "-m", "items"]);
+    for (name, text) in cases {
+        write(&repo, "w.yml", text);
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", name]);
+        assert_one_line_error(&out, 1);
+        snapshot(&format!("run-bad-{name}"), &out, &env.home());
+        // No agent ever started.
+        assert!(
+            !env.home()
+                .join(format!("worktrees/bad/{name}/agent-0"))
+                .exists()
+        );
+        let events = env.home().join(format!("events/bad/{name}"));
+        if events.exists() {
+            let stats = json_in(&env, &repo, &["events", "stats", name, "--json"]);
+            assert!(
+                stats["total"]["types"].get("agent_started").is_none(),
+                "{stats}"
+            );
+        }
+    }
+    // Outside git; hostile job ids; a missing workflow file.
+    let outside = env.scratch().join("plain");
+    std::fs::create_dir_all(&outside).unwrap();
+    write(
+        &outside,
+        "w.yml",
+        "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo\n",
+    );
+    let out = in_repo(&env, &outside, &["run", "w.yml"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("not inside a git repository"), "{err}");
+    write(
+        &repo,
+        "w.yml",
+        "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo\n",
+    );
+    let long = "x".repeat(200);
+    for id in ["../x", "a/b", long.as_str(), "", "x.lock"] {
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", id]);
+        assert_one_line_error(&out, 1);
+        let out = in_repo(&env, &repo, &["resume", id]);
+        assert_ne!(out.status.code(), Some(0));
+    }
+    let out = in_repo(&env, &repo, &["run", "nope.yml"]);
+    assert_one_line_error(&out, 1);
+    // An input file that is not committed is not in the job's worktree: said plainly.
+    write(
+        &repo,
+        "w.yml",
+        "name: x\nmap:\n  input: new.json\n  agent_template:\n    - shell: echo\n",
+    );
+    write(&repo, "new.json", "[1]");
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "uncommitted"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(
+        err.contains("'new.json' is not in the job's worktree"),
+        "{err}"
+    );
+    let out = in_repo(&env, &repo, &["resume", "never-ran"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("no job 'never-ran'"), "{err}");
+}
