@@ -102,28 +102,51 @@ fn worktrees_lock() -> std::sync::MutexGuard<'static, ()> {
     WORKTREES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Creates a worktree at `path` on `branch`. The branch is reset to `start` when `reset`,
-/// else checked out as it is (created at `start` when missing).
-///
-/// With `reset`, the branch is the caller's alone (an agent's, under the job's run lock),
-/// so a lock file left on it by a git process killed with the runner is stale: it is
-/// removed and the add tried once more.
-pub fn add_worktree(
-    repo: &Path,
-    path: &Path,
-    branch: &str,
-    start: &str,
-    reset: bool,
-) -> Result<(), GitError> {
+/// Creates a worktree at `path` on `branch`: checked out as it is when it exists, else
+/// created at `start`.
+pub fn add_worktree(repo: &Path, path: &Path, branch: &str, start: &str) -> Result<(), GitError> {
     let path_s = path.to_string_lossy();
     let _guard = worktrees_lock();
-    if !reset && branch_exists(repo, branch) {
+    if branch_exists(repo, branch) {
         git(repo, &["worktree", "add", "-q", &path_s, branch])?;
-        return Ok(());
+    } else {
+        git(
+            repo,
+            &["worktree", "add", "-q", "-b", branch, &path_s, start],
+        )?;
     }
-    let args = ["worktree", "add", "-q", "-B", branch, &path_s, start];
+    Ok(())
+}
+
+/// Creates an agent's worktree at `path`, on a detached `HEAD` at `start`. Only the
+/// registration holds this process's worktree guard; the files are checked out after it,
+/// in parallel with other agents.
+pub fn add_detached_worktree(repo: &Path, path: &Path, start: &str) -> Result<(), GitError> {
+    {
+        let _guard = worktrees_lock();
+        git(
+            repo,
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "--no-checkout",
+                "--detach",
+                &path.to_string_lossy(),
+                start,
+            ],
+        )?;
+    }
+    git(path, &["reset", "-q", "--hard"]).map(|_| ())
+}
+
+/// Points `branch` at `commit`. The branch is the caller's alone (an agent's, under the
+/// job's run lock), so a lock file left on it by a git process killed with an earlier
+/// runner is stale: it is removed and the update tried once more.
+pub fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
+    let args = ["branch", "-f", branch, commit];
     match git(repo, &args) {
-        Err(e) if reset => {
+        Err(e) => {
             let suffix = format!("refs/heads/{branch}.lock");
             let stale = e
                 .message
@@ -132,15 +155,12 @@ pub fn add_worktree(
             match stale {
                 Some(lock) => {
                     let _ = std::fs::remove_file(lock);
-                    if path.exists() {
-                        let _ = std::fs::remove_dir_all(path);
-                    }
                     git(repo, &args).map(|_| ())
                 }
                 None => Err(e),
             }
         }
-        other => other.map(|_| ()),
+        Ok(_) => Ok(()),
     }
 }
 

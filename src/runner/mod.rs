@@ -492,7 +492,6 @@ impl Job {
             &spec.worktree,
             &spec.branch,
             &spec.base_commit,
-            false,
         )?;
         self.log(MapReduceEvent::WorktreeCreated {
             job_id: spec.id.clone(),
@@ -1297,17 +1296,16 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
         let failure =
             |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
                 let failure = Failure {
-                error_message: message.clone(),
-                exit_code,
-                agent_id: Some(agent.clone()),
-                step,
-                duration_ms: Some(started.elapsed().as_millis() as u64),
-                log_location: Some(log_path.display().to_string()),
-                worktree_artifacts: keep.then(|| {
-                    json!({"worktree": path.display().to_string(), "branch": branch.clone()})
-                }),
-                ..Failure::default()
-            };
+                    error_message: message.clone(),
+                    exit_code,
+                    agent_id: Some(agent.clone()),
+                    step,
+                    duration_ms: Some(started.elapsed().as_millis() as u64),
+                    log_location: Some(log_path.display().to_string()),
+                    worktree_artifacts: keep
+                        .then(|| json!({"worktree": path.display().to_string()})),
+                    ..Failure::default()
+                };
                 (message, failure)
             };
         let log = match std::fs::create_dir_all(spec.agents_dir.join("logs"))
@@ -1328,7 +1326,7 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
             ),
         );
         git::remove_worktree(&spec.repo_root, &path);
-        if let Err(e) = git::add_worktree(&spec.repo_root, &path, &branch, &ctx.map_base, true) {
+        if let Err(e) = git::add_detached_worktree(&spec.repo_root, &path, &ctx.map_base) {
             let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
             log_event(MapReduceEvent::AgentFailed {
                 job_id: job_id.clone(),
@@ -1416,7 +1414,14 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
             let (m, fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
             return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, fl);
         }
-        let commits = match git::commits_since(&path, &ctx.map_base) {
+        // The agent worked on a detached HEAD; a branch keeps its commits (if any) reachable
+        // until they are merged.
+        let commits = match git::commits_since(&path, &ctx.map_base).and_then(|c| {
+            if let Some(last) = c.last() {
+                git::set_branch(&spec.repo_root, &branch, last)?;
+            }
+            Ok(c)
+        }) {
             Ok(c) => c,
             Err(e) => {
                 let (m, f) = failure(format!("worktree error: {e}"), None, None, true);
@@ -1456,9 +1461,6 @@ fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
             agent_id: agent.clone(),
             worktree_name: path.display().to_string(),
         });
-        if commits.is_empty() {
-            git::delete_branch(&spec.repo_root, &branch);
-        }
         return Msg::Cleaned;
     }
 }
