@@ -8,7 +8,7 @@
 //! as their `base`, so loading walks at most [`MAX_HOPS`] checkpoints. A full checkpoint
 //! is written when the results since the last one outnumber those in it (a geometric
 //! rule, so its cost is amortised O(1) per item, like a growing vector) or after
-//! [`MAX_HOPS`] checkpoints.
+//! [`MAX_HOPS`] checkpoints (or a quarter of the full checkpoint's results, if more).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -26,7 +26,9 @@ use crate::names::{self, NameError};
 use crate::object::{ObjectError, ObjectId, ObjectType};
 use crate::refs::{Expect, RefError, RefKind, RefName, RefStore};
 
-/// Checkpoints walked at most to load a job (then a full checkpoint is written).
+/// Checkpoints walked at most to load a job (then a full checkpoint is written), or a
+/// quarter of the results in the last full checkpoint when that is more (so a full
+/// checkpoint's cost stays amortised O(1) per item).
 pub const MAX_HOPS: u32 = 1024;
 
 /// Results below which a full checkpoint is not worth writing.
@@ -480,7 +482,7 @@ impl JobStateManager {
         let changed = c.delta.len();
         let full = state.head.is_none()
             || state.force_full
-            || c.hops + 1 >= MAX_HOPS
+            || c.hops + 1 >= MAX_HOPS.max((state.base_len / 4) as u32)
             || state.since_base + changed >= state.base_len.max(MIN_FULL);
         if full {
             c.full = true;

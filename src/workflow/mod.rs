@@ -562,7 +562,8 @@ fn parse_sort(text: &str) -> Result<(Vec<String>, bool), String> {
         return Err(format!("map.sort_by {text:?}: expected `field [ASC|DESC]`"));
     }
     let mut path: Vec<String> = field.split('.').map(str::to_owned).collect();
-    if path.len() > 1 && path[0] == "item" {
+    // `item` alone sorts by the item itself (string items).
+    if path[0] == "item" {
         path.remove(0);
     }
     if path.iter().any(String::is_empty) {

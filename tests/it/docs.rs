@@ -104,3 +104,18 @@ fn a_closed_pipe_exits_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The workflow README.md shows is one the runner accepts.
+#[test]
+fn readme_workflow_parses() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```yaml\n").expect("a yaml block") + 8;
+    let len = readme[start..].find("```").unwrap();
+    let plan = prodigy::workflow::Plan::parse(
+        std::path::Path::new("README.md"),
+        &readme[start..start + len],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.name(), "file-stats");
+    assert_eq!(plan.retry.max_attempts, 3);
+}

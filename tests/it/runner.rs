@@ -692,3 +692,46 @@ fn bad_workflows_fail_before_any_agent_with_file_and_line() {
     let err = assert_one_line_error(&out, 1);
     assert!(err.contains("no job 'never-ran'"), "{err}");
 }
+
+#[test]
+fn the_readme_example_runs() {
+    let env = Env::new();
+    let repo = repo(&env, "example");
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    write(&repo, "src/a.rs", "// one\nfn a() {}\n");
+    write(&repo, "src/b.rs", "fn b() {}\n");
+    std::fs::create_dir_all(repo.join("examples")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/file-stats.yml"),
+        repo.join("examples/file-stats.yml"),
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "sources"]);
+    let job = ok_in(&env, &repo, &["run", "examples/file-stats.yml"]);
+    let job = job.trim();
+    assert!(job.starts_with("mr-"), "{job}");
+    let show = job_show(&env, &repo, job);
+    assert_eq!(show["done"], 2, "{show}");
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("STATS.tsv")).unwrap(),
+        "lines\tcomments\tfile\n2\t1\tsrc/a.rs\n1\t0\tsrc/b.rs\n"
+    );
+    // The result is committed on the job's branch, in the user's repository.
+    let log = git_out(
+        &repo,
+        &["log", "--format=%s", "-1", &format!("prodigy/{job}")],
+    );
+    assert_eq!(log, "file-stats: 2 of 2 files");
+}
+
+fn git_out(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
