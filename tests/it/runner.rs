@@ -536,6 +536,64 @@ fn sigterm_checkpoints_and_resume_finishes() {
     assert_eq!(job_show(&env, &repo, "t")["done"], 8);
     let stats = json_in(&env, &repo, &["events", "stats", "t", "--json"]);
     assert_eq!(stats["total"]["types"]["job_paused"], 1);
+    // --from an older checkpoint: what finished after it runs again (here: everything
+    // after the work list was made), and the job completes again.
+    let show = job_show(&env, &repo, "t");
+    let map_start = show["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["reason"] == "phase map")
+        .unwrap()["version"]
+        .to_string();
+    let out = in_repo(&env, &repo, &["resume", "t", "--from", "999999"]);
+    assert_one_line_error(&out, 2);
+    ok_in(&env, &repo, &["resume", "t", "--from", &map_start]);
+    assert_eq!(job_show(&env, &repo, "t")["done"], 8);
+    for n in 1..=8 {
+        assert!(lines(&marks.join(format!("count-{n}"))) >= 2, "item {n}");
+    }
+}
+
+#[test]
+fn error_policy_stop_then_resume() {
+    let env = Env::new();
+    let repo = repo(&env, "policy");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    write(&marks, "fail-3", "");
+    counting_workflow(&repo, &marks, 6, "0");
+    let text = std::fs::read_to_string(repo.join("w.yml"))
+        .unwrap()
+        .replace("on_item_failure: dlq", "on_item_failure: stop")
+        .replace("max_parallel: 4", "max_parallel: 1");
+    write(&repo, "w.yml", &text);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "p"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("on_item_failure is stop"), "{err}");
+    let list = json_in(&env, &repo, &["jobs", "--json"]);
+    assert_eq!(list[0]["status"], "failed:map", "{list}");
+    // Items 1 and 2 were done; the agent already at work when item 3 failed finishes.
+    let done = list[0]["done"].as_u64().unwrap();
+    assert!((2..=3).contains(&done), "{list}");
+    assert_eq!(list[0]["failed"], 1);
+    // `stop` does not dead-letter; a failed item stays failed on resume, the rest run.
+    let dlq = json_in(&env, &repo, &["dlq", "list", "p", "--json"]);
+    assert_eq!(dlq.as_array().unwrap().len(), 0, "{dlq}");
+    ok_in(&env, &repo, &["resume", "p"]);
+    let show = job_show(&env, &repo, "p");
+    assert_eq!(show["phase"], "complete");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(5), Some(1))
+    );
+    // A malformed retry filter is a usage error, never "all".
+    let out = in_repo(
+        &env,
+        &repo,
+        &["dlq", "retry", "p", "--filter", "error_type =="],
+    );
+    assert_one_line_error(&out, 2);
 }
 
 #[test]

@@ -49,7 +49,8 @@ pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {
         signal_hook::flag::register(signal, Arc::clone(&interrupt))?;
     }
     let bar = ctx.progress.then(|| {
-        let bar = ProgressBar::new(0);
+        // Cleared when the runner drops it, before the summary is printed.
+        let bar = ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -1,0 +1,390 @@
+//! One agent (a fresh worktree per attempt, the template's steps, its commits) and one
+//! step (with its `on_failure` handler and retries), shared by the map phase, setup,
+//! reduce and `dlq retry`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use super::exec::{self, Executor, StepSpec};
+use super::{AgentCtx, Msg, StepFailure, agent_branch, git, open_log};
+use crate::dlq::Failure;
+use crate::events::record::{MapReduceEvent, now_timestamp};
+use crate::state::{AgentState, ItemResult, ItemStatus};
+use crate::workflow::PlanStep;
+use crate::workflow::template::Vars;
+
+/// Output of an agent kept in its result (and the checkpoint).
+const MAX_RESULT_OUTPUT: usize = 64 * 1024;
+
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+/// Runs one step, with its `on_failure` handler and retries. `Ok` holds the captured
+/// output when the step captures.
+pub(super) fn run_step(
+    exec: &Executor,
+    step: &PlanStep,
+    vars: &Vars<'_>,
+    cwd: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Arc<Mutex<File>>,
+    deadline: Option<Instant>,
+) -> Result<Option<String>, StepFailure> {
+    let fail = |message: String, exit_code, interrupted| StepFailure {
+        line: step.line,
+        message,
+        exit_code,
+        interrupted,
+    };
+    let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
+    let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
+    let mut last = None;
+    for attempt in 1..=attempts {
+        let timeout = limit(step.timeout, deadline);
+        if timeout == Some(Duration::ZERO) {
+            return Err(fail(
+                "agent timed out (agent_timeout_secs)".into(),
+                Some(exec::TIMEOUT_EXIT),
+                false,
+            ));
+        }
+        write_log(log, &format!("$ {command}\n"));
+        let out = exec
+            .run(&StepSpec {
+                command: &command,
+                cwd,
+                env,
+                timeout,
+                capture: step.capture.is_some(),
+                log,
+            })
+            .map_err(|e| fail(format!("cannot start sh: {e}"), None, false))?;
+        if out.interrupted {
+            return Err(fail("interrupted".into(), None, true));
+        }
+        if out.success() {
+            return Ok(step
+                .capture
+                .as_ref()
+                .map(|_| out.stdout.trim_end_matches('\n').to_owned()));
+        }
+        let message = if out.timed_out {
+            format!(
+                "timed out after {}s (killed with its process group)",
+                out.duration.as_secs()
+            )
+        } else {
+            let tail = out.stderr_tail.trim();
+            if tail.is_empty() {
+                format!("exit code {}", out.exit_code)
+            } else {
+                format!("exit code {}: {}", out.exit_code, tail)
+            }
+        };
+        last = Some((message, out.exit_code));
+        if let Some(h) = &step.on_failure {
+            let mut captured = vars.captured.cloned().unwrap_or_default();
+            captured.insert("shell.output".into(), out.stderr_tail.clone());
+            let hvars = Vars {
+                captured: Some(&captured),
+                ..*vars
+            };
+            if let Ok(cmd) = h.shell.render(&hvars) {
+                write_log(log, &format!("$ {cmd}   # on_failure\n"));
+                let _ = exec.run(&StepSpec {
+                    command: &cmd,
+                    cwd,
+                    env,
+                    timeout: limit(h.timeout, deadline),
+                    capture: false,
+                    log,
+                });
+            }
+            if exec.interrupted() {
+                return Err(fail("interrupted".into(), None, true));
+            }
+            if attempt == attempts && !h.fail_workflow {
+                return Ok(None);
+            }
+        }
+    }
+    let (message, code) = last.unwrap_or_default();
+    Err(fail(message, Some(code), false))
+}
+
+fn limit(step: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match (step, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+pub(super) fn write_log(log: &Arc<Mutex<File>>, text: &str) {
+    use std::io::Write;
+    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = f.write_all(text.as_bytes());
+}
+
+fn meta(agent: &str, worktree: &Path) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("agent_id".into(), Value::String(agent.to_owned()));
+    m.insert(
+        "worktree".into(),
+        Value::String(worktree.display().to_string()),
+    );
+    m
+}
+
+/// One agent: a fresh worktree per attempt, the template's steps, its commits.
+pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
+    let key = ctx.keys[index].clone();
+    let item = &ctx.items[index];
+    let spec = &ctx.spec;
+    let job_id = spec.id.clone();
+    let agent = format!("agent-{index}");
+    let branch = agent_branch(spec, index);
+    let path = spec.agents_dir.join(&agent);
+    let log_path = spec.agents_dir.join("logs").join(format!("{agent}.log"));
+    let logger = &ctx.logger;
+    let log_event = |e: MapReduceEvent| {
+        let _ = logger.log_with_metadata(e, meta(&agent, &path));
+    };
+    let mut env = spec.env.clone();
+    env.insert("PRODIGY_JOB_ID".into(), job_id.clone());
+    env.insert("PRODIGY_AGENT_ID".into(), agent.clone());
+    env.insert("PRODIGY_ITEM_ID".into(), key.clone());
+    let started_all = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if attempt > 1 {
+            let backoff = ctx.plan.retry.delay(attempt);
+            log_event(MapReduceEvent::AgentRetrying {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                attempt,
+                backoff_ms: backoff.as_millis() as u64,
+            });
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !ctx.exec.interrupted() {
+                std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+            }
+        }
+        if ctx.exec.interrupted() {
+            return Msg::Interrupted(key);
+        }
+        let started = Instant::now();
+        let failure =
+            |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
+                let failure = Failure {
+                    error_message: message.clone(),
+                    exit_code,
+                    agent_id: Some(agent.clone()),
+                    step,
+                    duration_ms: Some(started.elapsed().as_millis() as u64),
+                    log_location: Some(log_path.display().to_string()),
+                    worktree_artifacts: keep
+                        .then(|| json!({"worktree": path.display().to_string()})),
+                    ..Failure::default()
+                };
+                (message, failure)
+            };
+        let log = match std::fs::create_dir_all(spec.agents_dir.join("logs"))
+            .map_err(|e| e.to_string())
+            .and_then(|()| open_log(&log_path).map_err(|e| e.to_string()))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                let (m, f) = failure(format!("cannot open agent log: {e}"), None, None, false);
+                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+            }
+        };
+        write_log(
+            &log,
+            &format!(
+                "== {agent} item {key} attempt {attempt} at {} ==\n",
+                now_timestamp()
+            ),
+        );
+        git::remove_worktree(&spec.repo_root, &path);
+        if let Err(e) = git::add_detached_worktree(&spec.repo_root, &path, &ctx.map_base) {
+            let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
+            log_event(MapReduceEvent::AgentFailed {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                error: m.clone(),
+                retry_eligible: attempt < ctx.max_attempts,
+            });
+            if attempt < ctx.max_attempts {
+                continue;
+            }
+            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+        }
+        log_event(MapReduceEvent::WorktreeCreated {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            worktree_name: path.display().to_string(),
+            branch: branch.clone(),
+        });
+        let _ = tx.send(Msg::Started(
+            key.clone(),
+            AgentState {
+                agent_id: agent.clone(),
+                index,
+                worktree: path.clone(),
+                branch: branch.clone(),
+                attempt,
+                started: now_timestamp(),
+            },
+        ));
+        log_event(MapReduceEvent::AgentStarted {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            item_id: key.clone(),
+            worktree: path.display().to_string(),
+            attempt,
+        });
+        let deadline = ctx.plan.agent_timeout.map(|t| started + t);
+        let mut captured = BTreeMap::new();
+        let mut output = None;
+        let mut error = None;
+        for step in &ctx.plan.agent {
+            let vars = Vars {
+                item: Some(item),
+                item_id: &key,
+                item_index: index,
+                total: ctx.items.len(),
+                env: Some(&spec.env),
+                workflow_name: ctx.plan.name(),
+                job_id: &job_id,
+                captured: Some(&captured),
+                ..Vars::default()
+            };
+            match run_step(&ctx.exec, step, &vars, &path, &env, &log, deadline) {
+                Ok(out) => {
+                    if let (Some(name), Some(out)) = (&step.capture, out) {
+                        output = Some(cut(out.clone(), MAX_RESULT_OUTPUT));
+                        captured.insert("shell.output".into(), out.clone());
+                        captured.insert(name.clone(), out);
+                    }
+                }
+                Err(f) if f.interrupted => {
+                    let _ = tx.send(Msg::Interrupted(key.clone()));
+                    return Msg::Interrupted(key);
+                }
+                Err(f) => {
+                    error = Some(f);
+                    break;
+                }
+            }
+        }
+        if let Some(f) = error {
+            let message = format!("step at line {} failed: {}", f.line, f.message);
+            write_log(&log, &format!("== failed: {message} ==\n"));
+            log_event(MapReduceEvent::AgentFailed {
+                job_id: job_id.clone(),
+                agent_id: agent.clone(),
+                item_id: key.clone(),
+                error: message.clone(),
+                retry_eligible: attempt < ctx.max_attempts,
+            });
+            if attempt < ctx.max_attempts {
+                continue;
+            }
+            let (m, fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
+            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, fl);
+        }
+        // The agent worked on a detached HEAD; a branch keeps its commits (if any) reachable
+        // until they are merged.
+        let commits = match git::commits_since(&path, &ctx.map_base).and_then(|c| {
+            if let Some(last) = c.last() {
+                git::set_branch(&spec.repo_root, &branch, last)?;
+            }
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                let (m, f) = failure(format!("worktree error: {e}"), None, None, true);
+                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+            }
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        log_event(MapReduceEvent::AgentCompleted {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            item_id: key.clone(),
+            duration_ms,
+            commits: commits.clone(),
+            json_log_location: Some(log_path.display().to_string()),
+        });
+        // Reported before the clean-up, to narrow the window in which a crash makes a
+        // finished agent run again; a worktree left behind is removed by the next run.
+        let _ = tx.send(Msg::Finished(
+            key.clone(),
+            ItemResult {
+                index,
+                status: ItemStatus::Done,
+                agent_id: agent.clone(),
+                attempts: attempt,
+                duration_ms,
+                commits: commits.clone(),
+                merged: false,
+                output,
+                error: None,
+            },
+            None,
+        ));
+        // Uncommitted changes are the agent's scratch: only commits are merged.
+        git::remove_worktree(&spec.repo_root, &path);
+        log_event(MapReduceEvent::WorktreeCleaned {
+            job_id: job_id.clone(),
+            agent_id: agent.clone(),
+            worktree_name: path.display().to_string(),
+        });
+        return Msg::Cleaned;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finished_failed(
+    _ctx: &AgentCtx,
+    key: &str,
+    index: usize,
+    agent: &str,
+    attempts: u32,
+    started: Instant,
+    message: String,
+    failure: Failure,
+) -> Msg {
+    Msg::Finished(
+        key.to_owned(),
+        ItemResult {
+            index,
+            status: ItemStatus::Failed,
+            agent_id: agent.to_owned(),
+            attempts,
+            duration_ms: started.elapsed().as_millis() as u64,
+            commits: Vec::new(),
+            merged: false,
+            output: None,
+            error: Some(message),
+        },
+        Some(failure),
+    )
+}
