@@ -189,31 +189,95 @@ pub fn remove_worktree(repo: &Path, path: &Path) {
     }
 }
 
-/// Unlocks the registrations of worktrees under `under` (a job's directory, whose
+/// Repairs the registrations of worktrees under `under` (a job's directory, whose
 /// worktrees only the job's runner makes). `git worktree add` locks a registration while
-/// it makes it; killed meanwhile, it leaves the lock, and `prune` skips locked entries, so
-/// the branch would stay "already used" for ever.
-pub fn unlock_stale(repo: &Path, under: &Path) -> Result<(), GitError> {
-    let common = git(repo, &["rev-parse", "--git-common-dir"])?;
-    let common = repo.join(common);
+/// it makes it and writes its files one by one; killed meanwhile, it leaves a lock (and
+/// `prune` skips locked entries, so the path stays "already used") or a half-written
+/// entry (which makes every later `add` fail reading it). Locks are removed; a
+/// half-written entry is removed with its directory.
+pub fn repair_registrations(repo: &Path, under: &Path) -> Result<(), GitError> {
+    let common = repo.join(git(repo, &["rev-parse", "--git-common-dir"])?);
     let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
         return Ok(());
     };
     let _guard = worktrees_lock();
+    let nonempty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
     for entry in entries.flatten() {
         let admin = entry.path();
-        let ours = match std::fs::read_to_string(admin.join("gitdir")) {
-            Ok(gitdir) => Path::new(gitdir.trim()).starts_with(under),
+        let gitdir = std::fs::read_to_string(admin.join("gitdir")).ok();
+        let ours = match &gitdir {
+            Some(g) => Path::new(g.trim()).starts_with(under),
             // Killed before it wrote `gitdir`: still "initializing", named like ours.
-            Err(_) => {
+            None => {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let locked = std::fs::read_to_string(admin.join("locked")).unwrap_or_default();
                 locked.contains("initializing")
                     && (name.starts_with("agent-") || name.starts_with("parent"))
             }
         };
-        if ours {
-            let _ = std::fs::remove_file(admin.join("locked"));
+        if !ours {
+            continue;
+        }
+        let _ = std::fs::remove_file(admin.join("locked"));
+        let whole = ["gitdir", "commondir", "HEAD"]
+            .iter()
+            .all(|f| nonempty(&admin.join(f)));
+        if !whole {
+            if let Some(g) = &gitdir
+                && let Some(dir) = Path::new(g.trim()).parent()
+                && dir.starts_with(under)
+            {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let _ = std::fs::remove_dir_all(&admin);
+        }
+    }
+    Ok(())
+}
+
+/// Clears what git processes killed with an earlier runner left behind, in refs and a
+/// worktree only this job's runner touches (the caller holds the job's run lock): lock
+/// files on the job's branch and its agents' branches, and in the job's worktree a stale
+/// `*.lock` (`index.lock`, `AUTO_MERGE.lock`, …) or an unfinished merge, which is undone (`git reset --merge`, as `merge
+/// --abort` does) so that the next step starts from the last commit.
+pub fn recover(repo: &Path, branch: &str, worktree: &Path) -> Result<(), GitError> {
+    let common = repo.join(git(repo, &["rev-parse", "--git-common-dir"])?);
+    let heads = common.join("refs/heads");
+    let own = |name: &str| {
+        name.strip_suffix(".lock").is_some_and(|base| {
+            base == branch.rsplit('/').next().unwrap_or(branch)
+                || base.starts_with(&format!("{}-agent-", branch.rsplit('/').next().unwrap_or(branch)))
+        })
+    };
+    let dir = match branch.rsplit_once('/') {
+        Some((d, _)) => heads.join(d),
+        None => heads.clone(),
+    };
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            if own(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if !worktree.join(".git").exists() {
+        return Ok(());
+    }
+    let gitdir = worktree.join(git(worktree, &["rev-parse", "--git-dir"])?);
+    let mut interrupted = false;
+    // index.lock, HEAD.lock, AUTO_MERGE.lock, ORIG_HEAD.lock, …
+    if let Ok(entries) = std::fs::read_dir(&gitdir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".lock")
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                interrupted = true;
+            }
+        }
+    }
+    if gitdir.join("MERGE_HEAD").exists() || interrupted {
+        if git(worktree, &["reset", "-q", "--merge", "HEAD"]).is_err() {
+            git(worktree, &["reset", "-q", "--hard", "HEAD"])?;
         }
     }
     Ok(())

@@ -129,12 +129,6 @@ pub enum RunError {
         /// The repository.
         repo: PathBuf,
     },
-    /// Nothing to resume.
-    #[error("job '{job}' is already complete")]
-    Complete {
-        /// The job.
-        job: String,
-    },
 }
 
 /// How far a job got, for a progress bar.
@@ -198,6 +192,8 @@ pub struct Outcome {
     pub worktree: PathBuf,
     /// The job's branch.
     pub branch: String,
+    /// `resume` found the job complete and did nothing.
+    pub already_complete: bool,
 }
 
 /// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
@@ -264,8 +260,14 @@ pub fn resume(
         None => states.load(job_id)?,
     };
     if state.checkpoint.phase == Phase::Complete {
-        return Err(RunError::Complete {
-            job: job_id.to_owned(),
+        // Nothing to do, like `git merge` of a merged branch: a script may resume blindly.
+        return Ok(Outcome {
+            job_id: job_id.to_owned(),
+            repo: repo_name.to_owned(),
+            counters: state.checkpoint.counters,
+            worktree: state.spec.worktree.clone(),
+            branch: state.spec.branch.clone(),
+            already_complete: true,
         });
     }
     let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
@@ -477,8 +479,9 @@ impl Job {
         let spec = &self.state.spec;
         // Registrations of worktrees deleted behind git's back (by a user, or a crash) would
         // stop their paths from being used again; no agent is adding one yet.
-        git::unlock_stale(&spec.repo_root, &spec.agents_dir)?;
+        git::repair_registrations(&spec.repo_root, &spec.agents_dir)?;
         git::prune(&spec.repo_root)?;
+        git::recover(&spec.repo_root, &spec.branch, &spec.worktree)?;
         if spec.worktree.join(".git").exists() {
             return Ok(());
         }
@@ -1011,6 +1014,7 @@ impl Job {
             counters: c,
             worktree: self.state.spec.worktree.clone(),
             branch: self.state.spec.branch.clone(),
+            already_complete: false,
         })
     }
 

@@ -8,20 +8,8 @@ use std::time::Duration;
 use prodigy::fsck::{self, Severity};
 use prodigy::{Home, RefName};
 
-use crate::common::Env;
+use crate::common::{Env, Rng};
 use crate::worker;
-
-/// A small deterministic generator (xorshift), so a failing trial can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[test]
 fn sigkill_during_writes_loses_nothing_acknowledged() {

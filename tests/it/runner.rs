@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Env, git, snapshot, transcript};
+use crate::common::{Env, Rng, env_knob, git, snapshot, transcript};
 
 /// Asserts exit `code` with exactly one `error:` line (the runner's progress notes may
 /// precede it); returns stderr.
@@ -202,9 +202,10 @@ reduce:
     let list = json_in(&env, &repo, &["jobs", "--json"]);
     assert_eq!(list[0]["job"], "j1");
     assert_eq!(list[0]["status"], "complete");
-    // A finished job has nothing to resume; its id cannot be reused.
+    // A finished job has nothing to resume (and says so); its id cannot be reused.
     let again = in_repo(&env, &repo, &["resume", "j1"]);
-    assert_one_line_error(&again, 1);
+    assert!(again.status.success(), "{}", transcript(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("job j1 was already complete"));
     let again = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j1"]);
     let err = assert_one_line_error(&again, 1);
     assert!(err.contains("already exists"), "{err}");
@@ -766,7 +767,14 @@ fn the_readme_example_runs() {
     .unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "sources"]);
-    let job = ok_in(&env, &repo, &["run", "examples/file-stats.yml"]);
+    // From outside the repository, pointing at it with -p.
+    let out = env
+        .cmd()
+        .args(["run", "example/examples/file-stats.yml", "-p", "example"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", transcript(&out));
+    let job = String::from_utf8(out.stdout).unwrap();
     let job = job.trim();
     assert!(job.starts_with("mr-"), "{job}");
     let show = job_show(&env, &repo, job);
@@ -792,4 +800,96 @@ fn git_out(dir: &Path, args: &[&str]) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// SIGKILL at random moments, again and again, each time resuming (and sometimes deleting
+/// every worktree first): the job always ends with every item merged exactly once and
+/// the same result. A step in flight at a kill runs again, so the job-level steps here
+/// are idempotent, as they must be in any workflow that wants the same result. `PRODIGY_RUNNER_TRIALS=N` runs more trials (3 in the suite),
+/// `PRODIGY_TORTURE_SEED` replays.
+#[test]
+fn sigkill_at_random_moments_then_resume() {
+    let trials = env_knob("PRODIGY_RUNNER_TRIALS", 3);
+    let mut rng = Rng(env_knob("PRODIGY_TORTURE_SEED", 0x5eed));
+    for trial in 0..trials {
+        let env = Env::new();
+        let repo = repo(&env, "torture");
+        let marks = env.dir.path().join("marks");
+        std::fs::create_dir_all(&marks).unwrap();
+        let m = marks.display();
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "name: torture
+{IDENTITY}setup:
+  - shell: echo s > setup.txt && git add . && (git diff --cached --quiet || git commit -qm setup)
+map:
+  input: seq 1 10
+  max_parallel: 3
+  agent_template:
+    - shell: sleep 0.0$(( ${{item}} % 7 )); echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}'
+reduce:
+  - shell: ls f-*.txt | wc -l > n.txt && git add n.txt && (git diff --cached --quiet || git commit -qm reduce) && echo x >> {m}/reduce
+"
+            ),
+        );
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "workflow"]);
+        let mut args = vec!["run", "w.yml", "--job-id", "t"];
+        let mut kills = 0;
+        loop {
+            let mut child = spawn_in(&env, &repo, &args);
+            let delay = rng.below(1500);
+            let start = Instant::now();
+            let mut finished = None;
+            while start.elapsed() < Duration::from_millis(delay) {
+                if let Some(status) = child.try_wait().unwrap() {
+                    finished = Some(status);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if let Some(status) = finished {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+                    .unwrap();
+                assert!(status.success(), "trial {trial}: {args:?} failed: {stderr}");
+                break;
+            }
+            kill_group(&mut child);
+            kills += 1;
+            if rng.below(2) == 0 {
+                let _ = std::fs::remove_dir_all(env.home().join("worktrees/torture/t"));
+            }
+            // A kill before the first checkpoint leaves no job: run it again.
+            let created = env.home().join("state/torture/t/HEAD").exists();
+            args = if created {
+                vec!["resume", "t"]
+            } else {
+                vec!["run", "w.yml", "--job-id", "t"]
+            };
+            if kills > 8 {
+                let out = in_repo(&env, &repo, &args);
+                assert!(out.status.success(), "trial {trial}: {}", transcript(&out));
+                break;
+            }
+        }
+        let show = job_show(&env, &repo, "t");
+        assert_eq!(show["phase"], "complete", "trial {trial}: {show}");
+        let dlq = ok_in(&env, &repo, &["dlq", "list", "t", "--json"]);
+        assert_eq!(show["done"], 10, "trial {trial}: {dlq}");
+        let log = git_out(&repo, &["log", "--format=%s", "prodigy/t"]);
+        for n in 1..=10 {
+            let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
+            assert_eq!(merged, 1, "trial {trial}: item {n} in\n{log}");
+        }
+        assert_eq!(log.lines().filter(|l| *l == "setup").count(), 1, "trial {trial}");
+        // Reduce finished once, unless a kill fell between its end and its checkpoint.
+        let reduced = lines(&marks.join("reduce"));
+        assert!((1..=2).contains(&reduced), "trial {trial}: reduce ran {reduced} times");
+        // (The job's worktree may be gone: killed after completing, then deleted.)
+        assert_eq!(git_out(&repo, &["show", "prodigy/t:n.txt"]), "10", "trial {trial}");
+        assert_fsck_clean(&env);
+    }
 }

@@ -72,8 +72,13 @@ pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {
 pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::Result<Exit> {
     let outcome = outcome?;
     let c = outcome.counters;
+    let already = if outcome.already_complete {
+        "was already "
+    } else {
+        ""
+    };
     ctx.diag.note(&format!(
-        "job {} complete: {} items, {} done, {} failed; result in '{}' (branch {})",
+        "job {} {already}complete: {} items, {} done, {} failed; result in '{}' (branch {})",
         outcome.job_id,
         c.total,
         c.done,
