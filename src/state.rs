@@ -250,8 +250,16 @@ pub struct Checkpoint {
     pub setup_done: usize,
     /// Reduce steps finished.
     pub reduce_done: usize,
+    /// What the finished setup or reduce steps captured (`capture_output`), for the steps
+    /// after them, across a resume.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub captured: BTreeMap<String, String>,
     /// The commit agents branch from (the job's worktree after setup).
     pub map_base: Option<String>,
+    /// The job's branch when this checkpoint was written (moved by setup, the merges and
+    /// reduce); `resume --from` puts the branch back here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_head: Option<String>,
     /// Counters.
     pub counters: Counters,
     /// Agents at work.
@@ -428,7 +436,9 @@ impl JobStateManager {
             phase: Phase::Setup,
             setup_done: 0,
             reduce_done: 0,
+            captured: BTreeMap::new(),
             map_base: None,
+            job_head: None,
             counters: Counters::default(),
             running: BTreeMap::new(),
             base: None,
@@ -563,7 +573,7 @@ impl JobStateManager {
     /// Loads `job` as of checkpoint `at` (which must belong to it); the next save still
     /// moves the ref from its current value.
     pub fn load_at(&self, job: &str, at: ObjectId) -> Result<JobState, StateError> {
-        let (current, _) = self.head(job)?;
+        let (current, newest) = self.head(job)?;
         let top = self.read_checkpoint(&at)?;
         // Results: walk from `at` to its full checkpoint; newer deltas win.
         let mut results = BTreeMap::new();
@@ -587,6 +597,8 @@ impl JobStateManager {
                 let mut checkpoint = top;
                 checkpoint.delta = BTreeMap::new();
                 checkpoint.base = Some(cursor_id);
+                // Versions keep counting from the newest, also after `resume --from`.
+                checkpoint.version = newest.version;
                 return Ok(JobState {
                     head: Some(current),
                     checkpoint,

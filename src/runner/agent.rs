@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 
 use super::exec::{self, Executor, StepSpec};
-use super::{AgentCtx, Msg, StepFailure, agent_branch, git, open_log};
+use super::{AgentCtx, Msg, StepFailure, agent_branch, agent_dir, git, open_log};
 use crate::dlq::Failure;
 use crate::events::record::{MapReduceEvent, now_timestamp};
 use crate::state::{AgentState, ItemResult, ItemStatus};
@@ -46,6 +46,7 @@ pub(super) fn run_step(
     let fail = |message: String, exit_code, interrupted| StepFailure {
         line: step.line,
         message,
+        detail: String::new(),
         exit_code,
         interrupted,
     };
@@ -87,14 +88,15 @@ pub(super) fn run_step(
                 out.duration.as_secs()
             )
         } else {
-            let tail = out.stderr_tail.trim();
-            if tail.is_empty() {
+            // One line for messages; the whole tail goes to the DLQ and the log.
+            let last = super::last_line(&out.stderr_tail);
+            if last.is_empty() {
                 format!("exit code {}", out.exit_code)
             } else {
-                format!("exit code {}: {}", out.exit_code, tail)
+                format!("exit code {}: {last}", out.exit_code)
             }
         };
-        last = Some((message, out.exit_code));
+        last = Some((message, out.exit_code, out.stderr_tail.clone()));
         if let Some(h) = &step.on_failure {
             let mut captured = vars.captured.cloned().unwrap_or_default();
             captured.insert("shell.output".into(), out.stderr_tail.clone());
@@ -121,8 +123,11 @@ pub(super) fn run_step(
             }
         }
     }
-    let (message, code) = last.unwrap_or_default();
-    Err(fail(message, Some(code), false))
+    let (message, code, detail) = last.unwrap_or_default();
+    Err(StepFailure {
+        detail,
+        ..fail(message, Some(code), false)
+    })
 }
 
 fn limit(step: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
@@ -157,7 +162,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
     let job_id = spec.id.clone();
     let agent = format!("agent-{index}");
     let branch = agent_branch(spec, index);
-    let path = spec.agents_dir.join(&agent);
+    let path = agent_dir(spec, index);
     let log_path = spec.agents_dir.join("logs").join(format!("{agent}.log"));
     let logger = &ctx.logger;
     let log_event = |e: MapReduceEvent| {
@@ -180,7 +185,10 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 attempt,
                 backoff_ms: backoff.as_millis() as u64,
             });
-            let until = Instant::now() + backoff;
+            // A delay too long for the clock is no delay limit: wait until interrupted.
+            let until = Instant::now()
+                .checked_add(backoff)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
             while Instant::now() < until && !ctx.exec.interrupted() {
                 std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
             }
@@ -221,8 +229,8 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 now_timestamp()
             ),
         );
-        git::remove_worktree(&spec.repo_root, &path);
-        if let Err(e) = git::add_detached_worktree(&spec.repo_root, &path, &ctx.map_base) {
+        ctx.worktrees.remove(&path);
+        if let Err(e) = ctx.worktrees.add_detached(&path, &ctx.map_base) {
             let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
             log_event(MapReduceEvent::AgentFailed {
                 job_id: job_id.clone(),
@@ -260,7 +268,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             worktree: path.display().to_string(),
             attempt,
         });
-        let deadline = ctx.plan.agent_timeout.map(|t| started + t);
+        let deadline = ctx.plan.agent_timeout.and_then(|t| started.checked_add(t));
         let mut captured = BTreeMap::new();
         let mut output = None;
         let mut error = None;
@@ -296,6 +304,11 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         }
         if let Some(f) = error {
             let message = format!("step at line {} failed: {}", f.line, f.message);
+            let detail = if f.detail.trim().is_empty() {
+                message.clone()
+            } else {
+                format!("{message}\nstderr:\n{}", f.detail.trim_end())
+            };
             write_log(&log, &format!("== failed: {message} ==\n"));
             log_event(MapReduceEvent::AgentFailed {
                 job_id: job_id.clone(),
@@ -307,7 +320,8 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             if attempt < ctx.max_attempts {
                 continue;
             }
-            let (m, fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
+            let (m, mut fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
+            fl.error_message = detail;
             return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, fl);
         }
         // The agent worked on a detached HEAD; a branch keeps its commits (if any) reachable
@@ -351,7 +365,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             None,
         ));
         // Uncommitted changes are the agent's scratch: only commits are merged.
-        git::remove_worktree(&spec.repo_root, &path);
+        ctx.worktrees.remove(&path);
         log_event(MapReduceEvent::WorktreeCleaned {
             job_id: job_id.clone(),
             agent_id: agent.clone(),

@@ -24,6 +24,10 @@ pub const MAX_CAPTURE: usize = 1 << 20;
 /// Standard error kept for messages.
 pub const STDERR_TAIL: usize = 2048;
 
+/// How long a step's output is still read after the step ended (a process that escaped
+/// its group may hold the pipes open).
+const READER_GRACE: Duration = Duration::from_secs(2);
+
 /// The exit code of a step killed for its time limit (as `timeout(1)` uses).
 pub const TIMEOUT_EXIT: i32 = 124;
 
@@ -146,36 +150,41 @@ impl Executor {
         }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let log_out = Arc::clone(step.log);
-        let log_err = Arc::clone(step.log);
-        let capture = step.capture;
-        let out_thread = std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            if let Some(mut r) = stdout {
-                pump(&mut r, &log_out, |chunk| {
+        // The readers hand over their bytes through shared buffers and say when they are
+        // done; a process that left the step's group may keep the pipes open for ever, so
+        // they are waited for only briefly once the step has ended.
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        if let Some(mut r) = stdout {
+            let (log, kept, done) = (Arc::clone(step.log), Arc::clone(&kept), done_tx.clone());
+            let capture = step.capture;
+            std::thread::spawn(move || {
+                pump(&mut r, &log, |chunk| {
+                    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if capture && kept.len() < MAX_CAPTURE {
                         let room = MAX_CAPTURE - kept.len();
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
                 });
-            }
-            kept
-        });
-        let err_thread = std::thread::spawn(move || {
-            let mut tail: Vec<u8> = Vec::new();
-            if let Some(mut r) = stderr {
-                pump(&mut r, &log_err, |chunk| {
+                let _ = done.send(());
+            });
+        }
+        if let Some(mut r) = stderr {
+            let (log, tail, done) = (Arc::clone(step.log), Arc::clone(&tail), done_tx.clone());
+            std::thread::spawn(move || {
+                pump(&mut r, &log, |chunk| {
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                     tail.extend_from_slice(chunk);
                     if tail.len() > 2 * STDERR_TAIL {
-                        tail.drain(..tail.len() - STDERR_TAIL);
+                        let cut = tail.len() - STDERR_TAIL;
+                        tail.drain(..cut);
                     }
                 });
-            }
-            if tail.len() > STDERR_TAIL {
-                tail.drain(..tail.len() - STDERR_TAIL);
-            }
-            tail
-        });
+                let _ = done.send(());
+            });
+        }
+        drop(done_tx);
         let (tx, rx) = mpsc::channel();
         let waiter = std::thread::spawn(move || {
             let status = child.wait();
@@ -197,14 +206,23 @@ impl Executor {
         let status = waiter
             .join()
             .map_err(|_| std::io::Error::other("step waiter panicked"))??;
+        let duration = started.elapsed();
         // Whatever the shell left running in its group goes with it.
         kill_group(pid);
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pid);
-        let stdout = out_thread.join().unwrap_or_default();
-        let stderr = err_thread.join().unwrap_or_default();
+        let grace = Instant::now() + READER_GRACE;
+        while done_rx
+            .recv_timeout(grace.saturating_duration_since(Instant::now()))
+            .is_ok()
+        {}
+        let stdout = std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut stderr = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
+        if stderr.len() > STDERR_TAIL {
+            stderr.drain(..stderr.len() - STDERR_TAIL);
+        }
         let interrupted = !timed_out && self.interrupted() && !status.success();
         Ok(StepOutcome {
             exit_code: if timed_out {
@@ -216,7 +234,7 @@ impl Executor {
             interrupted,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
-            duration: started.elapsed(),
+            duration,
         })
     }
 }

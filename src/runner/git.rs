@@ -2,9 +2,10 @@
 //! branches, an agent's commits, merges.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 /// A git command that failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,86 +93,104 @@ pub fn branch_exists(dir: &Path, branch: &str) -> bool {
     .is_ok()
 }
 
-/// Serialises this process's changes to the repository's worktree list: `git worktree
-/// add` reads every other worktree's admin directory (to refuse a branch checked out
-/// twice) and fails on one that a concurrent `add` or `remove` has half made or half
-/// removed.
-static WORKTREES: Mutex<()> = Mutex::new(());
-
-fn worktrees_lock() -> std::sync::MutexGuard<'static, ()> {
-    WORKTREES.lock().unwrap_or_else(|e| e.into_inner())
+/// The worktrees of one repository, changed under one lock: `git worktree add` reads
+/// every other worktree's admin directory (to refuse a branch checked out twice) and fails
+/// on one that a concurrent `add` or `remove` has half made or half removed. The lock is a
+/// mutex inside this process and an OS file lock (in the store's home, never in the
+/// repository) between processes, so two jobs of one repository do not race either.
+#[derive(Debug, Clone)]
+pub struct Worktrees {
+    repo: PathBuf,
+    lock: PathBuf,
 }
 
-/// Creates a worktree at `path` on `branch`: checked out as it is when it exists, else
-/// created at `start`.
-pub fn add_worktree(repo: &Path, path: &Path, branch: &str, start: &str) -> Result<(), GitError> {
-    let path_s = path.to_string_lossy();
-    let _guard = worktrees_lock();
-    if branch_exists(repo, branch) {
-        git(repo, &["worktree", "add", "-q", &path_s, branch])?;
-    } else {
-        git(
-            repo,
-            &["worktree", "add", "-q", "-b", branch, &path_s, start],
-        )?;
-    }
-    Ok(())
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+struct Guard {
+    _file: crate::lock::LockGuard,
+    _mutex: MutexGuard<'static, ()>,
 }
 
-/// Creates an agent's worktree at `path`, on a detached `HEAD` at `start`. Only the
-/// registration holds this process's worktree guard; the files are checked out after it,
-/// in parallel with other agents.
-pub fn add_detached_worktree(repo: &Path, path: &Path, start: &str) -> Result<(), GitError> {
-    {
-        let _guard = worktrees_lock();
-        git(
-            repo,
-            &[
-                "worktree",
-                "add",
-                "-q",
-                "--no-checkout",
-                "--detach",
-                &path.to_string_lossy(),
-                start,
-            ],
-        )?;
-    }
-    git(path, &["reset", "-q", "--hard"]).map(|_| ())
-}
-
-/// Points `branch` at `commit`. The branch is the caller's alone (an agent's, under the
-/// job's run lock), so a lock file left on it by a git process killed with an earlier
-/// runner is stale: it is removed and the update tried once more.
-pub fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
-    let args = ["branch", "-f", branch, commit];
-    match git(repo, &args) {
-        Err(e) => {
-            let suffix = format!("refs/heads/{branch}.lock");
-            let stale = e
-                .message
-                .split('\'')
-                .find(|p| p.ends_with(&suffix) && Path::new(p).is_absolute());
-            match stale {
-                Some(lock) => {
-                    let _ = std::fs::remove_file(lock);
-                    git(repo, &args).map(|_| ())
-                }
-                None => Err(e),
-            }
+impl Worktrees {
+    /// The worktrees of the repository at `repo`, locked with the file `lock`.
+    pub fn new(repo: &Path, lock: &Path) -> Worktrees {
+        Worktrees {
+            repo: repo.to_owned(),
+            lock: lock.to_owned(),
         }
-        Ok(_) => Ok(()),
     }
-}
 
-/// Removes the worktree at `path` if its directory exists. A registration whose directory
-/// is gone is left to [`prune`], which must not run while other worktrees are being added
-/// (it would take their half-made registrations for stale ones).
-pub fn remove_worktree(repo: &Path, path: &Path) {
-    if path.exists() {
-        let _guard = worktrees_lock();
+    /// The repository.
+    pub fn repo(&self) -> &Path {
+        &self.repo
+    }
+
+    fn guard(&self) -> Result<Guard, GitError> {
+        let mutex = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+        let opts = crate::lock::LockOptions {
+            timeout: Duration::from_secs(600),
+            on_wait: None,
+        };
+        let file = crate::lock::lock(&self.lock, crate::lock::LockMode::Exclusive, &opts).map_err(
+            |e| GitError {
+                op: "worktree lock".into(),
+                dir: self.repo.clone(),
+                message: e.to_string(),
+                conflict: false,
+            },
+        )?;
+        Ok(Guard {
+            _file: file,
+            _mutex: mutex,
+        })
+    }
+
+    /// Creates a worktree at `path` on `branch`: checked out as it is when it exists, else
+    /// created at `start`.
+    pub fn add_on_branch(&self, path: &Path, branch: &str, start: &str) -> Result<(), GitError> {
+        let path_s = path.to_string_lossy();
+        let _guard = self.guard()?;
+        if branch_exists(&self.repo, branch) {
+            git(&self.repo, &["worktree", "add", "-q", &path_s, branch])?;
+        } else {
+            git(
+                &self.repo,
+                &["worktree", "add", "-q", "-b", branch, &path_s, start],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates an agent's worktree at `path`, on a detached `HEAD` at `start`. Only the
+    /// registration holds the lock; the files are checked out after it, in parallel with
+    /// other agents.
+    pub fn add_detached(&self, path: &Path, start: &str) -> Result<(), GitError> {
+        {
+            let _guard = self.guard()?;
+            git(
+                &self.repo,
+                &[
+                    "worktree",
+                    "add",
+                    "-q",
+                    "--no-checkout",
+                    "--detach",
+                    &path.to_string_lossy(),
+                    start,
+                ],
+            )?;
+        }
+        git(path, &["reset", "-q", "--hard"]).map(|_| ())
+    }
+
+    /// Removes the worktree at `path` if its directory exists (a half-made one too).
+    pub fn remove(&self, path: &Path) {
+        if !path.exists() {
+            return;
+        }
+        let Ok(_guard) = self.guard() else { return };
         let r = git(
-            repo,
+            &self.repo,
             &[
                 "worktree",
                 "remove",
@@ -182,111 +201,94 @@ pub fn remove_worktree(repo: &Path, path: &Path) {
         );
         if r.is_err() {
             // Half made (git was killed while adding it): remove it and its registration.
-            // Safe here: this process's other worktree changes wait for the guard.
             let _ = std::fs::remove_dir_all(path);
-            let _ = git(repo, &["worktree", "prune"]);
+            let _ = git(&self.repo, &["worktree", "prune"]);
         }
+    }
+
+    /// Repairs the registrations of worktrees in `under` (a job's directory) or named
+    /// like this job's (`own_name`), then forgets those whose directories are gone. `git
+    /// worktree add` locks a registration while it makes it and writes its files one by
+    /// one; killed meanwhile, it leaves a lock (`prune` skips locked entries, so the path
+    /// stays "already used") or a half-written entry (which makes every later `add` fail
+    /// reading it). Locks are removed; a half-written entry is removed with its directory.
+    pub fn repair(&self, under: &Path, own_name: impl Fn(&str) -> bool) -> Result<(), GitError> {
+        let common = self
+            .repo
+            .join(git(&self.repo, &["rev-parse", "--git-common-dir"])?);
+        let _guard = self.guard()?;
+        if let Ok(entries) = std::fs::read_dir(common.join("worktrees")) {
+            let nonempty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+            for entry in entries.flatten() {
+                let admin = entry.path();
+                let gitdir = std::fs::read_to_string(admin.join("gitdir")).ok();
+                let ours = match &gitdir {
+                    Some(g) => Path::new(g.trim()).starts_with(under),
+                    None => own_name(&entry.file_name().to_string_lossy()),
+                };
+                if !ours {
+                    continue;
+                }
+                let _ = std::fs::remove_file(admin.join("locked"));
+                let whole = ["gitdir", "commondir", "HEAD"]
+                    .iter()
+                    .all(|f| nonempty(&admin.join(f)));
+                if !whole {
+                    if let Some(g) = &gitdir
+                        && let Some(dir) = Path::new(g.trim()).parent()
+                        && dir.starts_with(under)
+                    {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    let _ = std::fs::remove_dir_all(&admin);
+                }
+            }
+        }
+        git(&self.repo, &["worktree", "prune"]).map(|_| ())
     }
 }
 
-/// Repairs the registrations of worktrees under `under` (a job's directory, whose
-/// worktrees only the job's runner makes). `git worktree add` locks a registration while
-/// it makes it and writes its files one by one; killed meanwhile, it leaves a lock (and
-/// `prune` skips locked entries, so the path stays "already used") or a half-written
-/// entry (which makes every later `add` fail reading it). Locks are removed; a
-/// half-written entry is removed with its directory.
-pub fn repair_registrations(repo: &Path, under: &Path) -> Result<(), GitError> {
-    let common = repo.join(git(repo, &["rev-parse", "--git-common-dir"])?);
-    let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
-        return Ok(());
-    };
-    let _guard = worktrees_lock();
-    let nonempty = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
-    for entry in entries.flatten() {
-        let admin = entry.path();
-        let gitdir = std::fs::read_to_string(admin.join("gitdir")).ok();
-        let ours = match &gitdir {
-            Some(g) => Path::new(g.trim()).starts_with(under),
-            // Killed before it wrote `gitdir`: still "initializing", named like ours.
-            None => {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let locked = std::fs::read_to_string(admin.join("locked")).unwrap_or_default();
-                locked.contains("initializing")
-                    && (name.starts_with("agent-") || name.starts_with("parent"))
-            }
-        };
-        if !ours {
-            continue;
-        }
-        let _ = std::fs::remove_file(admin.join("locked"));
-        let whole = ["gitdir", "commondir", "HEAD"]
-            .iter()
-            .all(|f| nonempty(&admin.join(f)));
-        if !whole {
-            if let Some(g) = &gitdir
-                && let Some(dir) = Path::new(g.trim()).parent()
-                && dir.starts_with(under)
-            {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            let _ = std::fs::remove_dir_all(&admin);
-        }
-    }
-    Ok(())
-}
-
-/// Clears what git processes killed with an earlier runner left behind, in refs and a
+/// Clears what git processes killed with an earlier runner left behind in refs and a
 /// worktree only this job's runner touches (the caller holds the job's run lock): lock
-/// files on the job's branch and its agents' branches, and in the job's worktree a stale
-/// `*.lock` (`index.lock`, `AUTO_MERGE.lock`, …) or an unfinished merge, which is undone (`git reset --merge`, as `merge
-/// --abort` does) so that the next step starts from the last commit.
-pub fn recover(repo: &Path, branch: &str, worktree: &Path) -> Result<(), GitError> {
+/// files on the job's branch and in `agent_refs` (the directory of its agents' branches),
+/// and in the job's worktree any top-level `*.lock` (`index.lock`, `AUTO_MERGE.lock`, …)
+/// or an unfinished merge, which is undone (`git reset --merge`, as `merge --abort` does)
+/// so that the next step starts from the last commit.
+pub fn recover(
+    repo: &Path,
+    branch: &str,
+    agent_refs: &str,
+    worktree: &Path,
+) -> Result<(), GitError> {
     let common = repo.join(git(repo, &["rev-parse", "--git-common-dir"])?);
-    let heads = common.join("refs/heads");
-    let own = |name: &str| {
-        name.strip_suffix(".lock").is_some_and(|base| {
-            base == branch.rsplit('/').next().unwrap_or(branch)
-                || base.starts_with(&format!("{}-agent-", branch.rsplit('/').next().unwrap_or(branch)))
-        })
-    };
-    let dir = match branch.rsplit_once('/') {
-        Some((d, _)) => heads.join(d),
-        None => heads.clone(),
-    };
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            if own(&e.file_name().to_string_lossy()) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
+    let _ = std::fs::remove_file(common.join(format!("refs/heads/{branch}.lock")));
+    remove_locks(&common.join("refs/heads").join(agent_refs));
     if !worktree.join(".git").exists() {
         return Ok(());
     }
     let gitdir = worktree.join(git(worktree, &["rev-parse", "--git-dir"])?);
-    let mut interrupted = false;
-    // index.lock, HEAD.lock, AUTO_MERGE.lock, ORIG_HEAD.lock, …
-    if let Ok(entries) = std::fs::read_dir(&gitdir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().ends_with(".lock")
-                && std::fs::remove_file(e.path()).is_ok()
-            {
-                interrupted = true;
-            }
-        }
-    }
-    if gitdir.join("MERGE_HEAD").exists() || interrupted {
-        if git(worktree, &["reset", "-q", "--merge", "HEAD"]).is_err() {
-            git(worktree, &["reset", "-q", "--hard", "HEAD"])?;
-        }
+    let interrupted = remove_locks(&gitdir);
+    if (gitdir.join("MERGE_HEAD").exists() || interrupted)
+        && git(worktree, &["reset", "-q", "--merge", "HEAD"]).is_err()
+    {
+        git(worktree, &["reset", "-q", "--hard", "HEAD"])?;
     }
     Ok(())
 }
 
-/// Forgets registered worktrees whose directories are gone.
-pub fn prune(repo: &Path) -> Result<(), GitError> {
-    let _guard = worktrees_lock();
-    git(repo, &["worktree", "prune"]).map(|_| ())
+/// Removes the `*.lock` files directly in `dir`; true if there were any.
+fn remove_locks(dir: &Path) -> bool {
+    let mut found = false;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".lock")
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                found = true;
+            }
+        }
+    }
+    found
 }
 
 /// The commits on `HEAD` since `base`, oldest first.
@@ -301,18 +303,79 @@ pub fn is_merged(dir: &Path, commit: &str) -> bool {
 }
 
 /// Merges `commit` into the worktree at `dir`; on a conflict the merge is aborted and the
-/// error says so.
+/// error says so. Untracked files that the merge would overwrite with exactly their own
+/// content are what an earlier merge killed half-way wrote: they are removed and the merge
+/// tried again.
 pub fn merge(
     dir: &Path,
     commit: &str,
     message: &str,
     env: &BTreeMap<String, String>,
 ) -> Result<(), GitError> {
-    match git_env(dir, &["merge", "--no-edit", "-m", message, commit], env) {
+    let args = ["merge", "--no-edit", "-m", message, commit];
+    let e = match git_env(dir, &args, env) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    let _ = git(dir, &["merge", "--abort"]);
+    let Some(list) = e
+        .message
+        .split_once("would be overwritten by merge:; ")
+        .map(|(_, rest)| rest)
+    else {
+        return Err(e);
+    };
+    let files: Vec<&str> = list
+        .split("; ")
+        .take_while(|f| !f.starts_with("Please move or remove") && !f.starts_with("Aborting"))
+        .collect();
+    let leftovers = files.iter().all(|f| {
+        let ours = std::fs::read(dir.join(f)).ok();
+        let theirs = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["cat-file", "blob", &format!("{commit}:{f}")])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| o.stdout);
+        ours.is_some() && ours == theirs
+    });
+    if files.is_empty() || !leftovers {
+        return Err(e);
+    }
+    for f in &files {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    match git_env(dir, &args, env) {
         Ok(_) => Ok(()),
         Err(e) => {
             let _ = git(dir, &["merge", "--abort"]);
             Err(e)
+        }
+    }
+}
+
+/// Points `branch` at `commit`. The branch is the caller's alone (an agent's, under the
+/// job's run lock), so a lock file left on it by a git process killed with an earlier
+/// runner is stale: it is removed and the update tried once more.
+pub fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
+    let args = ["branch", "-f", branch, commit];
+    match git(repo, &args) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let suffix = format!("refs/heads/{branch}.lock");
+            let stale = e
+                .message
+                .split('\'')
+                .find(|p| p.ends_with(&suffix) && Path::new(p).is_absolute());
+            match stale {
+                Some(lock) => {
+                    let _ = std::fs::remove_file(lock);
+                    git(repo, &args).map(|_| ())
+                }
+                None => Err(e),
+            }
         }
     }
 }

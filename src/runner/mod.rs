@@ -231,7 +231,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         workflow: plan.to_json(),
         base_commit,
         branch,
-        worktree: job_dir.join("parent"),
+        worktree: job_dir.join(format!("{job_id}@job")),
         agents_dir: job_dir,
         env: plan.env.clone(),
         started: now_timestamp(),
@@ -254,6 +254,8 @@ pub fn resume(
     let refs = RefStore::new(home, LockOptions::from_env());
     let states = JobStateManager::new(refs.clone(), repo_name)?;
     names::validate("job id", job_id)?;
+    // An unknown job is refused before its lock file is made.
+    states.head(job_id)?;
     let lock = states.lock_job(job_id)?;
     let state = match from {
         Some(at) => states.load_at(job_id, at)?,
@@ -284,6 +286,8 @@ pub fn resume(
         pending_items: pending,
     })?;
     job.state.checkpoint.error = None;
+    job.state.checkpoint.ended = None;
+    job.rewind = from.is_some();
     let _lock = lock;
     job.drive()
 }
@@ -318,6 +322,8 @@ pub fn retry_dlq(
     let refs = RefStore::new(home, LockOptions::from_env());
     let states = JobStateManager::new(refs.clone(), repo_name)?;
     names::validate("job id", job_id)?;
+    // An unknown job is refused before its lock file is made.
+    states.head(job_id)?;
     let lock = states.lock_job(job_id)?;
     let state = states.load(job_id)?;
     let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
@@ -336,6 +342,7 @@ fn generate_job_id() -> String {
 struct AgentCtx {
     plan: Plan,
     spec: JobSpec,
+    worktrees: git::Worktrees,
     map_base: String,
     exec: Executor,
     logger: Arc<EventLogger>,
@@ -353,7 +360,10 @@ enum Msg {
 
 struct StepFailure {
     line: u64,
+    /// One line.
     message: String,
+    /// The failed command's standard error (its tail), for the DLQ.
+    detail: String,
     exit_code: Option<i32>,
     interrupted: bool,
 }
@@ -368,6 +378,8 @@ struct Job {
     observer: Option<Arc<dyn Observer>>,
     max_parallel: usize,
     started: Instant,
+    /// `resume --from`: put the job's branch back where the checkpoint saw it.
+    rewind: bool,
 }
 
 impl Job {
@@ -393,6 +405,7 @@ impl Job {
             exec: Executor::new(opts.supervisor.clone(), opts.interrupt.clone()),
             observer: opts.observer.clone(),
             started: Instant::now(),
+            rewind: false,
         })
     }
 
@@ -475,26 +488,38 @@ impl Job {
 
     /// Makes sure the job's worktree exists: recreated on its branch (which keeps setup's
     /// and the merges' commits) or, when the branch is gone too, from the base commit.
+    fn worktrees(&self) -> git::Worktrees {
+        let spec = &self.state.spec;
+        let lock = spec
+            .agents_dir
+            .parent()
+            .unwrap_or(&spec.agents_dir)
+            .join("worktrees.lock");
+        git::Worktrees::new(&spec.repo_root, &lock)
+    }
+
     fn ensure_parent(&self) -> Result<(), RunError> {
         let spec = &self.state.spec;
-        // Registrations of worktrees deleted behind git's back (by a user, or a crash) would
-        // stop their paths from being used again; no agent is adding one yet.
-        git::repair_registrations(&spec.repo_root, &spec.agents_dir)?;
-        git::prune(&spec.repo_root)?;
-        git::recover(&spec.repo_root, &spec.branch, &spec.worktree)?;
+        ensure_dir(&spec.agents_dir)?;
+        // What a killed runner's git left: locked or half-made registrations, lock files on
+        // the job's branches, a merge half done. No agent is at work yet.
+        let prefix = format!("{}@", spec.id);
+        self.worktrees()
+            .repair(&spec.agents_dir, |name| name.starts_with(&prefix))?;
+        git::recover(
+            &spec.repo_root,
+            &spec.branch,
+            &agent_refs(spec),
+            &spec.worktree,
+        )?;
         if spec.worktree.join(".git").exists() {
             return Ok(());
         }
-        ensure_dir(&spec.agents_dir)?;
         if spec.worktree.exists() {
             std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
         }
-        git::add_worktree(
-            &spec.repo_root,
-            &spec.worktree,
-            &spec.branch,
-            &spec.base_commit,
-        )?;
+        self.worktrees()
+            .add_on_branch(&spec.worktree, &spec.branch, &spec.base_commit)?;
         self.log(MapReduceEvent::WorktreeCreated {
             job_id: spec.id.clone(),
             agent_id: "job".into(),
@@ -504,8 +529,32 @@ impl Job {
         Ok(())
     }
 
+    /// Resets the job's branch (and worktree) to what the loaded checkpoint recorded, so
+    /// that merges and job steps after it are not applied twice.
+    fn rewind_branch(&mut self) -> Result<(), RunError> {
+        let c = &self.state.checkpoint;
+        let target = match (&c.job_head, c.setup_done) {
+            (Some(head), _) => head.clone(),
+            (None, 0) => self.state.spec.base_commit.clone(),
+            (None, _) => return Ok(()),
+        };
+        let worktree = self.state.spec.worktree.clone();
+        if git::head(&worktree)? != target {
+            self.note(&format!(
+                "resetting branch {} to {}",
+                self.state.spec.branch,
+                &target[..12.min(target.len())]
+            ));
+            git::git(&worktree, &["reset", "-q", "--hard", &target])?;
+        }
+        Ok(())
+    }
+
     fn drive(&mut self) -> Result<Outcome, RunError> {
         self.ensure_parent()?;
+        if self.rewind {
+            self.rewind_branch()?;
+        }
         loop {
             if self.exec.interrupted() {
                 return self.interrupted();
@@ -544,7 +593,8 @@ impl Job {
         } else {
             String::new()
         };
-        let mut captured = BTreeMap::new();
+        // Captures of earlier steps of this phase survive a resume in the checkpoint.
+        let mut captured = self.state.checkpoint.captured.clone();
         loop {
             let done = match phase {
                 Phase::Setup => self.state.checkpoint.setup_done,
@@ -590,6 +640,8 @@ impl Job {
                 Phase::Setup => self.state.checkpoint.setup_done += 1,
                 _ => self.state.checkpoint.reduce_done += 1,
             }
+            self.state.checkpoint.captured = captured.clone();
+            self.state.checkpoint.job_head = git::head(&worktree).ok();
             self.save(&format!("{name} step {} done", done + 1))?;
         }
     }
@@ -652,8 +704,10 @@ impl Job {
         let c = &mut self.state.checkpoint;
         c.items = Some(items_id);
         c.counters.total = items.len();
+        c.job_head = Some(map_base.clone());
         c.map_base = Some(map_base);
         c.phase = Phase::Map;
+        c.captured.clear();
         self.log(MapReduceEvent::JobStarted {
             job_id: self.id().to_owned(),
             config: self.state.spec.workflow.clone(),
@@ -676,6 +730,7 @@ impl Job {
         AgentCtx {
             plan: self.plan.clone(),
             spec: self.state.spec.clone(),
+            worktrees: self.worktrees(),
             map_base: self
                 .state
                 .checkpoint
@@ -736,6 +791,7 @@ impl Job {
     /// Worktrees of agents that finished but were not cleaned up (the runner died first).
     fn remove_leftover_worktrees(&self, keys: &[String]) {
         let spec = &self.state.spec;
+        let worktrees = self.worktrees();
         let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
             return;
         };
@@ -752,7 +808,7 @@ impl Job {
                 .and_then(|k| self.state.results.get(k))
                 .is_some_and(|r| r.status == ItemStatus::Done);
             if done {
-                git::remove_worktree(&spec.repo_root, &entry.path());
+                worktrees.remove(&entry.path());
             }
         }
     }
@@ -901,8 +957,54 @@ impl Job {
         })
     }
 
-    fn merge(&mut self) -> Result<(), RunError> {
+    /// Merges a done agent's commits into the job's worktree. A conflict makes the item
+    /// failed (dead-lettered as `merge_conflict`, which needs a person); any other git
+    /// failure stops the job at its checkpoint, since it is not the item's fault.
+    fn merge_one(
+        &mut self,
+        key: &str,
+        mut result: ItemResult,
+        data: Value,
+    ) -> Result<ItemResult, RunError> {
         let worktree = self.state.spec.worktree.clone();
+        let agent = result.agent_id.clone();
+        let Some(last) = result.commits.last().cloned() else {
+            result.merged = true;
+            return Ok(result);
+        };
+        if !git::is_merged(&worktree, &last) {
+            let message = format!(
+                "Merge {agent} (item {key}) of prodigy job {}",
+                self.state.spec.id
+            );
+            if let Err(e) = git::merge(&worktree, &last, &message, &self.state.spec.env) {
+                if !e.conflict {
+                    return Err(e.into());
+                }
+                let error = format!("merge conflict merging {agent}: {}", e.message);
+                result.status = ItemStatus::Failed;
+                result.error = Some(error.clone());
+                let failure = Failure {
+                    error_message: error,
+                    agent_id: Some(agent),
+                    step: Some("merge".into()),
+                    ..Failure::default()
+                };
+                self.dead_letter(key, data, failure)?;
+                return Ok(result);
+            }
+        }
+        result.merged = true;
+        self.log(MapReduceEvent::WorktreeMerged {
+            job_id: self.id().to_owned(),
+            agent_id: agent,
+            target_branch: self.state.spec.branch.clone(),
+        })?;
+        self.state.checkpoint.job_head = git::head(&worktree).ok();
+        Ok(result)
+    }
+
+    fn merge(&mut self) -> Result<(), RunError> {
         let mut todo: Vec<(String, ItemResult)> = self
             .state
             .results
@@ -915,55 +1017,22 @@ impl Job {
             self.note(&format!("merging {} agents' commits", todo.len()));
         }
         let (items, _) = self.load_items()?;
-        for (key, mut result) in todo {
+        for (key, result) in todo {
             if self.exec.interrupted() {
                 return Ok(());
             }
-            let agent = format!("agent-{}", result.index);
-            let Some(last) = result.commits.last().cloned() else {
-                continue;
-            };
-            let merged = git::is_merged(&worktree, &last) || {
-                let message = format!(
-                    "Merge {agent} (item {key}) of prodigy job {}",
-                    self.state.spec.id
-                );
-                match git::merge(&worktree, &last, &message, &self.state.spec.env) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        let error = if e.conflict {
-                            format!("merge conflict merging {agent}: {}", e.message)
-                        } else {
-                            e.to_string()
-                        };
-                        result.status = ItemStatus::Failed;
-                        result.error = Some(error.clone());
-                        let failure = Failure {
-                            error_message: error,
-                            agent_id: Some(agent.clone()),
-                            step: Some("merge".into()),
-                            ..Failure::default()
-                        };
-                        let data = items.get(result.index).cloned().unwrap_or(Value::Null);
-                        self.dead_letter(&key, data, failure)?;
-                        false
-                    }
-                }
-            };
+            let index = result.index;
+            let data = items.get(index).cloned().unwrap_or(Value::Null);
+            let result = self.merge_one(&key, result, data)?;
+            let merged = result.merged;
+            self.state.record(&key, result);
+            self.save(&format!("merged agent-{index}"))?;
             if merged {
-                result.merged = true;
-                self.log(MapReduceEvent::WorktreeMerged {
-                    job_id: self.id().to_owned(),
-                    agent_id: agent.clone(),
-                    target_branch: self.state.spec.branch.clone(),
-                })?;
                 git::delete_branch(
                     &self.state.spec.repo_root,
-                    &agent_branch(&self.state.spec, result.index),
+                    &agent_branch(&self.state.spec, index),
                 );
             }
-            self.state.record(&key, result);
-            self.save(&format!("merged {agent}"))?;
             self.progress();
         }
         self.state.checkpoint.phase = Phase::Reduce;
@@ -1022,6 +1091,7 @@ impl Job {
         let snapshot = self.dlq.snapshot()?;
         let (items, keys) = self.load_items()?;
         let mut selected = Vec::new();
+        let mut stale = Vec::new();
         for (key, summary) in &snapshot.items {
             let keep = match &retry.filter {
                 None => true,
@@ -1034,12 +1104,30 @@ impl Job {
             if !keep {
                 continue;
             }
+            // An item that succeeded after it was dead-lettered (a crash between the two
+            // records, or `resume --from`) leaves the queue instead of running again.
+            if self
+                .state
+                .results
+                .get(key)
+                .is_some_and(|r| r.status == ItemStatus::Done)
+            {
+                stale.push(key.clone());
+                continue;
+            }
             match keys.iter().position(|k| k == key) {
                 Some(index) => selected.push(index),
                 None => self.note(&format!(
                     "{key} is not an item of this job's work list; skipped"
                 )),
             }
+        }
+        if !stale.is_empty() {
+            self.note(&format!(
+                "{} items already done; removed from the queue",
+                stale.len()
+            ));
+            self.dlq.remove(&stale)?;
         }
         let mut outcome = RetryOutcome::default();
         if selected.is_empty() {
@@ -1050,7 +1138,7 @@ impl Job {
         let attempts = retry.max_retries.max(1);
         let ctx = self.agent_ctx(items, keys, attempts);
         let done = Mutex::new(&mut outcome);
-        self.run_agents(&ctx, selected.into(), |job, key, mut result, failure| {
+        self.run_agents(&ctx, selected.into(), |job, key, result, failure| {
             let data = ctx.items[result.index].clone();
             match failure {
                 Some(f) => {
@@ -1062,31 +1150,28 @@ impl Job {
                         .push(key.to_owned());
                 }
                 None => {
-                    let worktree = job.state.spec.worktree.clone();
-                    if let Some(last) = result.commits.last().cloned()
-                        && !git::is_merged(&worktree, &last)
-                    {
-                        let message = format!(
-                            "Merge retried agent-{} (item {key}) of prodigy job {}",
-                            result.index, job.state.spec.id
-                        );
-                        git::merge(&worktree, &last, &message, &job.state.spec.env)?;
-                    }
-                    result.merged = true;
-                    git::delete_branch(
-                        &job.state.spec.repo_root,
-                        &agent_branch(&job.state.spec, result.index),
-                    );
+                    // Merged, recorded and saved before it leaves the queue: a crash in
+                    // between leaves a queue entry that the next retry drops as done.
+                    let index = result.index;
+                    let result = job.merge_one(key, result, data)?;
+                    let merged = result.merged;
                     job.state.record(key, result);
-                    job.dlq.remove(&[key.to_owned()])?;
-                    job.log(MapReduceEvent::DlqItemRemoved {
-                        job_id: job.id().to_owned(),
-                        item_id: key.to_owned(),
-                    })?;
-                    done.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .succeeded
-                        .push(key.to_owned());
+                    job.save(&format!("retried agent-{index}"))?;
+                    let mut outcome = done.lock().unwrap_or_else(|e| e.into_inner());
+                    if merged {
+                        job.dlq.remove(&[key.to_owned()])?;
+                        job.log(MapReduceEvent::DlqItemRemoved {
+                            job_id: job.id().to_owned(),
+                            item_id: key.to_owned(),
+                        })?;
+                        git::delete_branch(
+                            &job.state.spec.repo_root,
+                            &agent_branch(&job.state.spec, index),
+                        );
+                        outcome.succeeded.push(key.to_owned());
+                    } else {
+                        outcome.failed.push(key.to_owned());
+                    }
                 }
             }
             Ok(None)
@@ -1106,8 +1191,20 @@ impl Job {
     }
 }
 
+/// Where the agents' branches live: `prodigy-agent/<job>/<index>`, a namespace no job
+/// branch (`prodigy/<job>`) can collide with.
+fn agent_refs(spec: &JobSpec) -> String {
+    format!("prodigy-agent/{}", spec.id)
+}
+
 fn agent_branch(spec: &JobSpec, index: usize) -> String {
-    format!("{}-agent-{index}", spec.branch)
+    format!("{}/{index}", agent_refs(spec))
+}
+
+/// An agent's worktree: `<job>@agent-<index>`, a name (git's too) no other job's can
+/// take, since `@` is not allowed in job ids.
+fn agent_dir(spec: &JobSpec, index: usize) -> PathBuf {
+    spec.agents_dir.join(format!("{}@agent-{index}", spec.id))
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), RunError> {

@@ -36,8 +36,10 @@ pub fn source(plan: &Plan, worktree: &Path) -> Source {
 /// Turns the input's bytes into the final item list. `from_file` says whether they came
 /// from a file (which must be JSON) or a command (JSON, or one item per line).
 pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<Vec<Value>, String> {
-    let parsed: Option<Value> = match serde_json::from_slice(bytes) {
-        Ok(v) => Some(v),
+    let parsed: Option<Value> = match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if from_file || v.is_array() || v.is_object() => Some(v),
+        // A command printing `1` or `"x"` prints one item per line, like any other.
+        Ok(_) => None,
         Err(e) if from_file => return Err(format!("{what} is not JSON: {e}")),
         Err(_) => None,
     };
@@ -166,6 +168,8 @@ mod tests {
         let p = plan("", "echo ${item}");
         let got = items(&p, b"a\n\n b \n", "the command", false).unwrap();
         assert_eq!(got, vec![json!("a"), json!("b")]);
+        let got = items(&p, b"1\n", "the command", false).unwrap();
+        assert_eq!(got, vec![json!("1")]);
         assert!(
             items(&p, b"a\n", "x.json", true)
                 .unwrap_err()

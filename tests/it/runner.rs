@@ -16,6 +16,14 @@ fn assert_one_line_error(out: &Output, code: i32) -> String {
     assert_eq!(out.status.code(), Some(code), "{}", transcript(out));
     let errors = stderr.lines().filter(|l| l.starts_with("error:")).count();
     assert_eq!(errors, 1, "{stderr}");
+    // Nothing but hints after it: the error is one line.
+    let after: Vec<&str> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("error:"))
+        .skip(1)
+        .filter(|l| !l.starts_with("hint:"))
+        .collect();
+    assert!(after.is_empty(), "{stderr}");
     assert!(stderr.lines().all(|l| !l.contains("panicked")), "{stderr}");
     stderr
 }
@@ -484,7 +492,7 @@ fn one_runner_per_job() {
     counting_workflow(&repo, &marks, 6, "0.5");
     let mut first = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "L"]);
     wait_for("the first agent", Duration::from_secs(30), || {
-        env.home().join("worktrees/lock/L/agent-0").exists()
+        env.home().join("worktrees/lock/L/L@agent-0").exists()
     });
     // While it runs: a second run of the same job and two resumes are refused.
     let out = in_repo(&env, &repo, &["resume", "L"]);
@@ -551,9 +559,23 @@ fn sigterm_checkpoints_and_resume_finishes() {
     assert_one_line_error(&out, 2);
     ok_in(&env, &repo, &["resume", "t", "--from", &map_start]);
     assert_eq!(job_show(&env, &repo, "t")["done"], 8);
+    let log = git_out(&repo, &["log", "--format=%s", "prodigy/t"]);
     for n in 1..=8 {
         assert!(lines(&marks.join(format!("count-{n}"))) >= 2, "item {n}");
+        // The branch was put back to the checkpoint: each item's work is merged once.
+        let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
+        assert_eq!(merged, 1, "item {n}: {log}");
     }
+    // Versions keep counting after --from.
+    let versions: Vec<u64> = job_show(&env, &repo, "t")["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["version"].as_u64().unwrap())
+        .collect();
+    let mut unique = versions.clone();
+    unique.dedup();
+    assert_eq!(unique, versions);
 }
 
 #[test]
@@ -697,7 +719,7 @@ fn bad_workflows_fail_before_any_agent_with_file_and_line() {
         // No agent ever started.
         assert!(
             !env.home()
-                .join(format!("worktrees/bad/{name}/agent-0"))
+                .join(format!("worktrees/bad/{name}/{name}@agent-0"))
                 .exists()
         );
         let events = env.home().join(format!("events/bad/{name}"));
@@ -852,8 +874,7 @@ reduce:
             }
             if let Some(status) = finished {
                 let mut stderr = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
-                    .unwrap();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
                 assert!(status.success(), "trial {trial}: {args:?} failed: {stderr}");
                 break;
             }
@@ -884,12 +905,123 @@ reduce:
             let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
             assert_eq!(merged, 1, "trial {trial}: item {n} in\n{log}");
         }
-        assert_eq!(log.lines().filter(|l| *l == "setup").count(), 1, "trial {trial}");
+        assert_eq!(
+            log.lines().filter(|l| *l == "setup").count(),
+            1,
+            "trial {trial}"
+        );
         // Reduce finished once, unless a kill fell between its end and its checkpoint.
         let reduced = lines(&marks.join("reduce"));
-        assert!((1..=2).contains(&reduced), "trial {trial}: reduce ran {reduced} times");
+        assert!(
+            (1..=2).contains(&reduced),
+            "trial {trial}: reduce ran {reduced} times"
+        );
         // (The job's worktree may be gone: killed after completing, then deleted.)
-        assert_eq!(git_out(&repo, &["show", "prodigy/t:n.txt"]), "10", "trial {trial}");
+        assert_eq!(
+            git_out(&repo, &["show", "prodigy/t:n.txt"]),
+            "10",
+            "trial {trial}"
+        );
         assert_fsck_clean(&env);
     }
+}
+
+#[test]
+fn captures_survive_a_resume_and_errors_stay_one_line() {
+    let env = Env::new();
+    let repo = repo(&env, "cap");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: cap
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: \"true\"
+reduce:
+  - shell: echo captured-value
+    capture_output: X
+  - shell: test -e {m}/go || {{ echo first line >&2; echo second line >&2; exit 3; }}; echo \"X=${{X}}\" > {m}/out
+"
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "c"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("exit code 3: second line"), "{err}");
+    write(&marks, "go", "");
+    ok_in(&env, &repo, &["resume", "c"]);
+    assert_eq!(
+        std::fs::read_to_string(marks.join("out")).unwrap(),
+        "X=captured-value\n"
+    );
+}
+
+#[test]
+fn a_step_that_leaves_a_daemon_does_not_hang_the_runner() {
+    let env = Env::new();
+    let repo = repo(&env, "daemon");
+    write(
+        &repo,
+        "w.yml",
+        "name: d\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: setsid sleep 8 > /dev/null 2>&1 & setsid sleep 8 & sleep 30\n      timeout: 1\n",
+    );
+    let started = Instant::now();
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "d"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(job_show(&env, &repo, "d")["failed"], 1);
+}
+
+#[test]
+fn a_retry_that_conflicts_stays_in_the_queue() {
+    let env = Env::new();
+    let repo = repo(&env, "conflict");
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    // Item 2 fails at first; on retry it writes the file item 1 wrote, differently.
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: conflict
+{IDENTITY}map:
+  input: seq 1 2
+  max_parallel: 1
+  agent_template:
+    - shell: test ${{item}} = 1 || test -e {m}/go
+    - shell: echo ${{item}} > same.txt && git add . && git commit -qm 'item ${{item}}'
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "k"]);
+    write(&marks, "go", "");
+    let out = in_repo(&env, &repo, &["dlq", "retry", "k"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("failed "));
+    let dlq = json_in(&env, &repo, &["dlq", "list", "k", "--json"]);
+    assert_eq!(dlq[0]["failure_count"], 2, "{dlq}");
+    assert_eq!(dlq[0]["error_type"]["type"], "merge_conflict");
+    let show = job_show(&env, &repo, "k");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // The job's worktree is left clean, on item 1's work.
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("same.txt")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(git_out(&parent, &["status", "--porcelain"]), "");
 }
