@@ -96,10 +96,8 @@ pub struct LockGuard {
     _file: File,
 }
 
-/// Takes the lock on `path` (creating the file, never through a symlink), waiting at most
-/// `opts.timeout`.
-pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard, LockError> {
-    let file = OpenOptions::new()
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
+    Ok(OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -107,15 +105,33 @@ pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard
         .mode(0o644)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
-        .at("open lock file", path)?;
+        .at("open lock file", path)?)
+}
+
+fn attempt(file: &File, path: &Path, mode: LockMode) -> Result<bool, LockError> {
     let attempt = match mode {
         LockMode::Exclusive => file.try_lock(),
         LockMode::Shared => file.try_lock_shared(),
     };
     match attempt {
-        Ok(()) => return Ok(LockGuard { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(e)) => return Err(FsError::new("lock", path, e).into()),
+        Ok(()) => Ok(true),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => Err(FsError::new("lock", path, e).into()),
+    }
+}
+
+/// Takes the lock on `path` if it is free, without waiting; `None` when someone holds it.
+pub fn try_lock(path: &Path, mode: LockMode) -> Result<Option<LockGuard>, LockError> {
+    let file = open_lock_file(path)?;
+    Ok(attempt(&file, path, mode)?.then_some(LockGuard { _file: file }))
+}
+
+/// Takes the lock on `path` (creating the file, never through a symlink), waiting at most
+/// `opts.timeout`.
+pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard, LockError> {
+    let file = open_lock_file(path)?;
+    if attempt(&file, path, mode)? {
+        return Ok(LockGuard { _file: file });
     }
     if let Some(hook) = &opts.on_wait {
         hook(path);

@@ -11,17 +11,15 @@
 //! [`MAX_HOPS`] checkpoints (or a quarter of the full checkpoint's results, if more).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::record::now_timestamp;
-use crate::fsutil::{self, FsError, IoContext};
+use crate::fsutil::{self, FsError};
 use crate::home::Home;
-use crate::lock::LockOptions;
+use crate::lock::{self, LockError, LockGuard, LockMode, LockOptions};
 use crate::names::{self, NameError};
 use crate::object::{ObjectError, ObjectId, ObjectType};
 use crate::refs::{Expect, RefError, RefKind, RefName, RefStore};
@@ -49,6 +47,9 @@ pub enum StateError {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The run lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// No state ref for the job.
     #[error("no job '{job}' in repository '{repo}' (no ref state/{repo}/{job})")]
     NoJob {
@@ -327,7 +328,7 @@ impl JobState {
 /// releases it when the process dies.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: File,
+    _guard: LockGuard,
 }
 
 /// Reads and writes the checkpoints of one repository's jobs.
@@ -379,24 +380,12 @@ impl JobStateManager {
         let dir = name.dir(self.refs.home_dir());
         fsutil::ensure_dir(self.refs.home_dir(), &dir)?;
         let path = dir.join("run.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&path)
-            .at("open run lock", &path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Busy {
+        match lock::try_lock(&path, LockMode::Exclusive)? {
+            Some(guard) => Ok(RunLock { _guard: guard }),
+            None => Err(StateError::Busy {
                 job: job.to_owned(),
                 path,
             }),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(FsError::new("lock run lock", &path, e).into())
-            }
         }
     }
 

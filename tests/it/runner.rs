@@ -46,6 +46,13 @@ fn repo(env: &Env, name: &str) -> PathBuf {
     dir
 }
 
+/// A repository and a directory for marks outside it.
+fn repo_and_marks(env: &Env, name: &str) -> (PathBuf, PathBuf) {
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    (repo(env, name), marks)
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -264,9 +271,7 @@ fn key_of(n: usize) -> String {
 #[test]
 fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
     let env = Env::new();
-    let repo = repo(&env, "svc");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "svc");
     let failing = [7, 17, 27, 37];
     for n in failing {
         write(&marks, &format!("fail-{n}"), "");
@@ -385,9 +390,7 @@ fn kill_when(env: &Env, repo: &Path, job: &str, marker: &Path, release: &Path) {
 #[test]
 fn kill_at_each_phase_and_resume() {
     let env = Env::new();
-    let repo = repo(&env, "phases");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "phases");
     let m = marks.display();
     write(
         &repo,
@@ -486,9 +489,7 @@ reduce:
 #[test]
 fn one_runner_per_job() {
     let env = Env::new();
-    let repo = repo(&env, "lock");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "lock");
     counting_workflow(&repo, &marks, 6, "0.5");
     let mut first = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "L"]);
     wait_for("the first agent", Duration::from_secs(30), || {
@@ -522,9 +523,7 @@ fn one_runner_per_job() {
 #[test]
 fn sigterm_checkpoints_and_resume_finishes() {
     let env = Env::new();
-    let repo = repo(&env, "term");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "term");
     counting_workflow(&repo, &marks, 8, "0.3");
     let child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "t"]);
     wait_for("two finished agents", Duration::from_secs(30), || {
@@ -581,9 +580,7 @@ fn sigterm_checkpoints_and_resume_finishes() {
 #[test]
 fn error_policy_stop_then_resume() {
     let env = Env::new();
-    let repo = repo(&env, "policy");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "policy");
     write(&marks, "fail-3", "");
     counting_workflow(&repo, &marks, 6, "0");
     let text = std::fs::read_to_string(repo.join("w.yml"))
@@ -835,9 +832,7 @@ fn sigkill_at_random_moments_then_resume() {
     let mut rng = Rng(env_knob("PRODIGY_TORTURE_SEED", 0x5eed));
     for trial in 0..trials {
         let env = Env::new();
-        let repo = repo(&env, "torture");
-        let marks = env.dir.path().join("marks");
-        std::fs::create_dir_all(&marks).unwrap();
+        let (repo, marks) = repo_and_marks(&env, "torture");
         let m = marks.display();
         write(
             &repo,
@@ -929,9 +924,7 @@ reduce:
 #[test]
 fn captures_survive_a_resume_and_errors_stay_one_line() {
     let env = Env::new();
-    let repo = repo(&env, "cap");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "cap");
     let m = marks.display();
     write(
         &repo,
@@ -983,9 +976,7 @@ fn a_step_that_leaves_a_daemon_does_not_hang_the_runner() {
 #[test]
 fn a_retry_that_conflicts_stays_in_the_queue() {
     let env = Env::new();
-    let repo = repo(&env, "conflict");
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    let (repo, marks) = repo_and_marks(&env, "conflict");
     let m = marks.display();
     // Item 2 fails at first; on retry it writes the file item 1 wrote, differently.
     write(
