@@ -4,22 +4,60 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::exec::{self, Executor, StepSpec};
 use super::{AgentCtx, Msg, StepFailure, agent_branch, agent_dir, git, open_log};
 use crate::dlq::Failure;
 use crate::events::record::{MapReduceEvent, now_timestamp};
-use crate::state::{AgentState, ItemResult, ItemStatus};
+use crate::state::{AgentState, ItemResult, ItemStatus, JobSpec};
 use crate::workflow::PlanStep;
 use crate::workflow::template::Vars;
 
 /// Output of an agent kept in its result (and the checkpoint).
 const MAX_RESULT_OUTPUT: usize = 64 * 1024;
+
+/// What an agent whose steps all succeeded leaves at once, beside its worktree
+/// (`<job>@agent-<i>.done`), before the slower work of reporting it: if the runner dies
+/// before its checkpoint records the item, `resume` adopts the result instead of running
+/// the agent again. Made visible by a rename (no fsync: it guards against a killed runner,
+/// not a lost machine, after which the agent simply runs again).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct DoneMarker {
+    pub attempt: u32,
+    pub head: String,
+    pub output: Option<String>,
+    pub duration_ms: u64,
+}
+
+pub(super) fn marker_path(spec: &JobSpec, index: usize) -> PathBuf {
+    let mut name = agent_dir(spec, index).into_os_string();
+    name.push(".done");
+    PathBuf::from(name)
+}
+
+fn write_marker(path: &Path, marker: &DoneMarker) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let bytes = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The commit a worktree's detached `HEAD` names, read from its files (no git process, so
+/// the marker is written within microseconds of the last step's end).
+fn detached_head(worktree: &Path) -> Option<String> {
+    let dotgit = std::fs::read_to_string(worktree.join(".git")).ok()?;
+    let gitdir = Path::new(dotgit.strip_prefix("gitdir:")?.trim()).to_owned();
+    let head = std::fs::read_to_string(gitdir.join("HEAD")).ok()?;
+    let head = head.trim();
+    (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
+}
 
 fn cut(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -229,6 +267,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 now_timestamp()
             ),
         );
+        let _ = std::fs::remove_file(marker_path(spec, index));
         ctx.worktrees.remove(&path);
         if let Err(e) = ctx.worktrees.add_detached(&path, &ctx.map_base) {
             let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
@@ -300,6 +339,26 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                     error = Some(f);
                     break;
                 }
+            }
+        }
+        let marker = marker_path(spec, index);
+        if error.is_none() {
+            match detached_head(&path) {
+                Some(head) => {
+                    let done = DoneMarker {
+                        attempt,
+                        head,
+                        output: output.clone(),
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    };
+                    if let Err(e) = write_marker(&marker, &done) {
+                        write_log(
+                            &log,
+                            &format!("== cannot write {}: {e} ==\n", marker.display()),
+                        );
+                    }
+                }
+                None => write_log(&log, "== HEAD is not detached: no done marker ==\n"),
             }
         }
         if let Some(f) = error {

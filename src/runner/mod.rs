@@ -761,6 +761,7 @@ impl Job {
     /// The map phase; `Some` ends the job (interrupted or stopped).
     fn map(&mut self) -> Result<Option<Result<Outcome, RunError>>, RunError> {
         let (items, keys) = self.load_items()?;
+        self.adopt_finished_agents(&keys)?;
         let pending: VecDeque<usize> = (0..items.len())
             .filter(|i| !self.state.results.contains_key(&keys[*i]))
             .collect();
@@ -786,6 +787,62 @@ impl Job {
         self.state.checkpoint.phase = Phase::Merge;
         self.save("phase merge")?;
         Ok(None)
+    }
+
+    /// Agents that finished their steps but whose results no checkpoint recorded (the
+    /// runner died in between) left a done marker: their results are recorded now
+    /// instead of running them again.
+    fn adopt_finished_agents(&mut self, keys: &[String]) -> Result<(), RunError> {
+        let spec = self.state.spec.clone();
+        let map_base = self
+            .state
+            .checkpoint
+            .map_base
+            .clone()
+            .unwrap_or_else(|| spec.base_commit.clone());
+        let mut adopted = 0;
+        for (index, key) in keys.iter().enumerate() {
+            if self.state.results.contains_key(key) {
+                continue;
+            }
+            let marker = agent::marker_path(&spec, index);
+            let Ok(bytes) = std::fs::read(&marker) else {
+                continue;
+            };
+            let Ok(done) = serde_json::from_slice::<agent::DoneMarker>(&bytes) else {
+                continue;
+            };
+            let range = format!("{map_base}..{}", done.head);
+            let Ok(list) = git::git(&spec.repo_root, &["rev-list", "--reverse", &range]) else {
+                continue;
+            };
+            let commits: Vec<String> = list.lines().map(str::to_owned).collect();
+            if let Some(last) = commits.last() {
+                git::set_branch(&spec.repo_root, &agent_branch(&spec, index), last)?;
+            }
+            self.state.record(
+                key,
+                ItemResult {
+                    index,
+                    status: ItemStatus::Done,
+                    agent_id: format!("agent-{index}"),
+                    attempts: done.attempt,
+                    duration_ms: done.duration_ms,
+                    commits,
+                    merged: false,
+                    output: done.output,
+                    error: None,
+                },
+            );
+            adopted += 1;
+        }
+        if adopted > 0 {
+            self.note(&format!(
+                "{adopted} agents had finished before the interruption"
+            ));
+            self.save(&format!("adopted {adopted} finished agents"))?;
+        }
+        Ok(())
     }
 
     /// Worktrees of agents that finished but were not cleaned up (the runner died first).
@@ -1069,6 +1126,14 @@ impl Job {
     }
 
     fn complete(&mut self) -> Result<Outcome, RunError> {
+        // Done markers have served: every result is in the checkpoint.
+        if let Ok(entries) = std::fs::read_dir(&self.state.spec.agents_dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".done") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let c = self.state.checkpoint.counters;
         self.log(MapReduceEvent::JobCompleted {
             job_id: self.id().to_owned(),
