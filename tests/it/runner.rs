@@ -217,6 +217,17 @@ reduce:
     let list = json_in(&env, &repo, &["jobs", "--json"]);
     assert_eq!(list[0]["job"], "j1");
     assert_eq!(list[0]["status"], "complete");
+    // From anywhere, with every repository.
+    let all: Value = serde_json::from_slice(
+        &env.cmd().args(["jobs", "--all-repos", "--json"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert_eq!((all[0]["repo"].as_str(), all[0]["job"].as_str()), (Some("api"), Some("j1")));
+    let table = ok_in(&env, &repo, &["jobs"]);
+    assert!(table.starts_with("JOB "), "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("j1 "), "{table}");
+    let shown = ok_in(&env, &repo, &["jobs", "show", "j1"]);
+    assert!(shown.contains("phase:      complete"), "{shown}");
     // A finished job has nothing to resume (and says so); its id cannot be reused.
     let again = in_repo(&env, &repo, &["resume", "j1"]);
     assert!(again.status.success(), "{}", transcript(&again));
