@@ -239,6 +239,11 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
     };
     let state = states.create(spec)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
+    job.note(&format!(
+        "job {job_id} of repo {repo_name}: workflow {}, worktree '{}'",
+        job.plan.name(),
+        job.state.spec.worktree.display()
+    ));
     let _lock = lock;
     job.drive()
 }
