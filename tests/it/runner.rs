@@ -219,10 +219,17 @@ reduce:
     assert_eq!(list[0]["status"], "complete");
     // From anywhere, with every repository.
     let all: Value = serde_json::from_slice(
-        &env.cmd().args(["jobs", "--all-repos", "--json"]).output().unwrap().stdout,
+        &env.cmd()
+            .args(["jobs", "--all-repos", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap();
-    assert_eq!((all[0]["repo"].as_str(), all[0]["job"].as_str()), (Some("api"), Some("j1")));
+    assert_eq!(
+        (all[0]["repo"].as_str(), all[0]["job"].as_str()),
+        (Some("api"), Some("j1"))
+    );
     let table = ok_in(&env, &repo, &["jobs"]);
     assert!(table.starts_with("JOB "), "{table}");
     assert!(table.lines().nth(1).unwrap().starts_with("j1 "), "{table}");
