@@ -19,6 +19,10 @@ use crate::state::{AgentState, ItemResult, ItemStatus, JobSpec};
 use crate::workflow::PlanStep;
 use crate::workflow::template::Vars;
 
+/// The longest command `sh -c` is given: Linux refuses a single argument over 128 KiB
+/// (`MAX_ARG_STRLEN`) with a bare E2BIG.
+const MAX_COMMAND: usize = 128 * 1024 - 1;
+
 /// Output of an agent kept in its result (and the checkpoint).
 const MAX_RESULT_OUTPUT: usize = 64 * 1024;
 
@@ -89,6 +93,19 @@ pub(super) fn run_step(
         interrupted,
     };
     let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
+    if command.len() > MAX_COMMAND {
+        return Err(fail(
+            format!(
+                "the command is {} KiB after interpolation, more than the system takes in one \
+                 argument ({} KiB); read big values from files instead (reduce steps get \
+                 $PRODIGY_MAP_RESULTS, the path of ${{map.results_json}})",
+                command.len() / 1024,
+                MAX_COMMAND / 1024
+            ),
+            None,
+            false,
+        ));
+    }
     let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
     let mut last = None;
     for attempt in 1..=attempts {

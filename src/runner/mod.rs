@@ -592,9 +592,15 @@ impl Job {
             _ => (self.plan.reduce.clone(), "reduce"),
         };
         let log = self.open_log(&format!("{name}.log"))?;
-        let env = self.env();
-        let results_json = if steps.iter().any(|s| s.shell.reads_results()) {
-            self.results_json()
+        let mut env = self.env();
+        let results_json = if phase == Phase::Reduce {
+            // Also as a file: a command line holds at most 128 KiB per argument, and the
+            // results of many agents do not fit in `${map.results_json}`.
+            let json = self.results_json();
+            let path = self.state.spec.agents_dir.join("map-results.json");
+            std::fs::write(&path, &json).at("write map results", &path)?;
+            env.insert("PRODIGY_MAP_RESULTS".into(), path.display().to_string());
+            json
         } else {
             String::new()
         };

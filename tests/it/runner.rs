@@ -158,6 +158,7 @@ map:
 reduce:
   - shell: echo \"${{map.successful}}/${{map.total}} failed=${{map.failed}}\" > totals.txt
   - shell: printf '%s' '${{map.results_json}}' > results.json
+  - shell: cmp results.json \"$PRODIGY_MAP_RESULTS\"
 "
         ),
     );
@@ -1039,4 +1040,27 @@ fn a_retry_that_conflicts_stays_in_the_queue() {
         "1\n"
     );
     assert_eq!(git_out(&parent, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn a_command_too_long_for_the_system_is_a_clear_failure() {
+    let env = Env::new();
+    let repo = repo(&env, "long");
+    let big = "x".repeat(200 * 1024);
+    write(
+        &repo,
+        "items.json",
+        &serde_json::to_string(&vec![big]).unwrap(),
+    );
+    write(
+        &repo,
+        "w.yml",
+        "name: long\nmap:\n  input: items.json\n  agent_template:\n    - shell: echo '${item}'\n",
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "long"]);
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "l"]);
+    let dlq = json_in(&env, &repo, &["dlq", "list", "l", "--json"]);
+    let sig = dlq[0]["error_signature"].as_str().unwrap();
+    assert!(sig.contains("after interpolation"), "{sig}");
 }
