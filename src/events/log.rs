@@ -275,6 +275,11 @@ impl Batch {
         self.seq_last = newer.seq_last;
     }
 
+    /// What the batch holds.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
     /// Number of records.
     pub fn len(&self) -> u64 {
         self.summary.count
@@ -316,6 +321,11 @@ impl EventLog {
     /// The log of `job` in `repo` (names validated).
     pub fn new(refs: RefStore, repo: &str, job: &str) -> Result<EventLog, EventError> {
         let name = RefName::new(RefKind::Events, repo, job)?;
+        Ok(EventLog { refs, name })
+    }
+
+    /// The log under another ref (an archive).
+    pub fn with_name(refs: RefStore, name: RefName) -> Result<EventLog, EventError> {
         Ok(EventLog { refs, name })
     }
 
@@ -384,6 +394,19 @@ impl EventLog {
             Some(e) => Err(e),
             None => Ok(new),
         }
+    }
+
+    /// Chains one node per stored batch onto `old` (no ref change); the new head.
+    pub(crate) fn chain_after(
+        &self,
+        old: Option<ObjectId>,
+        batches: &[&Batch],
+        batch_ids: &[ObjectId],
+    ) -> Result<Option<ObjectId>, EventError> {
+        if batches.is_empty() {
+            return Ok(old);
+        }
+        self.chain_nodes(old, batches, batch_ids).map(Some)
     }
 
     fn chain_nodes(

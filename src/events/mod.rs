@@ -5,6 +5,7 @@ pub mod log;
 pub mod logger;
 pub mod query;
 pub mod record;
+pub mod retain;
 
 pub use log::{Batch, EventError, EventLog, JobEvents, LogNode, Summary, list_jobs};
 pub use logger::{EventLogger, Thresholds};

@@ -1136,6 +1136,36 @@ impl Job {
         Ok(())
     }
 
+    /// The repository's retention policy, when it says `auto`, applied to the job's log
+    /// now that it is complete. A failure is reported, not fatal: the job is done.
+    fn apply_retention(&self) {
+        let Ok(home) = crate::home::Home::at(self.states.refs().home_dir()) else {
+            return;
+        };
+        let result = crate::events::retain::Config::load(&home).and_then(|config| {
+            let policy = config.policy(&self.state.spec.repo);
+            if !policy.auto || policy.is_unlimited() {
+                return Ok(None);
+            }
+            let log = crate::events::EventLog::new(
+                self.states.refs().clone(),
+                &self.state.spec.repo,
+                self.id(),
+            )?;
+            log.clean(policy, jiff::Timestamp::now(), false).map(Some)
+        });
+        match result {
+            Ok(Some(r)) if r.events_removed > 0 => self.note(&format!(
+                "retention: {} {} of {} events",
+                if r.archived { "archived" } else { "removed" },
+                r.events_removed,
+                r.events_before
+            )),
+            Ok(_) => {}
+            Err(e) => self.note(&format!("retention not applied: {}", crate::error_line(&e))),
+        }
+    }
+
     fn complete(&mut self) -> Result<Outcome, RunError> {
         // Done markers have served: every result is in the checkpoint.
         if let Ok(entries) = std::fs::read_dir(&self.state.spec.agents_dir) {
@@ -1153,6 +1183,7 @@ impl Job {
             failure_count: c.failed,
         })?;
         self.logger.flush()?;
+        self.apply_retention();
         Ok(Outcome {
             job_id: self.id().to_owned(),
             repo: self.state.spec.repo.clone(),

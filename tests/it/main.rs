@@ -12,5 +12,6 @@ mod hostile;
 mod plumbing;
 mod props;
 mod repo_name;
+mod retention;
 mod runner;
 mod worker;

@@ -1,6 +1,7 @@
 //! `prodigy events …`: append to and read jobs' event logs. One file per subcommand.
 
 pub mod append;
+pub mod clean;
 pub mod export;
 pub mod follow;
 pub mod ls;
@@ -29,6 +30,8 @@ pub enum EventsCommand {
     Follow(follow::Args),
     /// Export a job's events as JSON Lines, JSON, CSV or Markdown.
     Export(export::Args),
+    /// Apply a retention policy: keep the newest events, archive or remove the rest.
+    Clean(clean::Args),
 }
 
 /// Opens the log of `job`, failing when the job has no events.
@@ -67,6 +70,7 @@ pub fn exec(cmd: EventsCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         EventsCommand::Search(args) => search::exec(args, ctx),
         EventsCommand::Follow(args) => follow::exec(args, ctx),
         EventsCommand::Export(args) => export::exec(args, ctx),
+        EventsCommand::Clean(args) => clean::exec(args, ctx),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Args {
     /// Print what can be read of a damaged log, naming what cannot, instead of failing.
     #[arg(long)]
     pub best_effort: bool,
+    /// Also the events `events clean --archive` moved to the job's archive (first: they
+    /// are older).
+    #[arg(long)]
+    pub archived: bool,
 }
 
 /// Record filters shared by show, search and export.
@@ -74,32 +78,53 @@ impl FilterArgs {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let log = open_existing(ctx, &repo, &args.job)?;
+    let logs = if args.archived {
+        let live = crate::events::EventLog::new(ctx.refs(), &repo, &args.job)?;
+        let logs: Vec<_> = [live.archive()?, live]
+            .into_iter()
+            .filter(|l| matches!(l.refs().read(l.name()), Ok(Some(_))))
+            .collect();
+        if logs.is_empty() {
+            open_existing(ctx, &repo, &args.job)?;
+        }
+        logs
+    } else {
+        vec![open_existing(ctx, &repo, &args.job)?]
+    };
     let filter = args.filter.to_filter()?;
     let mut newest: VecDeque<Vec<u8>> = VecDeque::new();
     let out = &mut *ctx.out;
-    let skipped = stream(&log, &filter, args.best_effort, !args.json, |line| {
-        let text = match &line.record {
-            Some(r) if !args.json => human_line(r).into_bytes(),
-            _ => line.json.to_vec(),
-        };
-        match args.limit {
-            Some(limit) => {
-                if newest.len() == limit {
-                    newest.pop_front();
+    let mut skipped = Vec::new();
+    for log in &logs {
+        skipped.extend(stream(
+            log,
+            &filter,
+            args.best_effort,
+            !args.json,
+            |line| {
+                let text = match &line.record {
+                    Some(r) if !args.json => human_line(r).into_bytes(),
+                    _ => line.json.to_vec(),
+                };
+                match args.limit {
+                    Some(limit) => {
+                        if newest.len() == limit {
+                            newest.pop_front();
+                        }
+                        if limit > 0 {
+                            newest.push_back(text);
+                        }
+                    }
+                    None => {
+                        out.write_all(&text)
+                            .and_then(|_| out.write_all(b"\n"))
+                            .map_err(io_error)?;
+                    }
                 }
-                if limit > 0 {
-                    newest.push_back(text);
-                }
-            }
-            None => {
-                out.write_all(&text)
-                    .and_then(|_| out.write_all(b"\n"))
-                    .map_err(io_error)?;
-            }
-        }
-        Ok(true)
-    })?;
+                Ok(true)
+            },
+        )?);
+    }
     for text in newest {
         out.write_all(&text)?;
         out.write_all(b"\n")?;

@@ -1,0 +1,444 @@
+//! Retention (DESIGN.md §10): keep the newest events of a job's log within a policy (max
+//! age, max events, max size), exactly, and move the rest out — into the job's
+//! `archive/<repo>/<job>` log, where they stay readable, or away.
+//!
+//! The live log is rebuilt under its ref's lock: the batches kept whole keep their objects
+//! (only their nodes are written again, chained onto the new start), and the one batch the
+//! limit falls inside is split in two new batch objects, its newer records kept, its older
+//! ones archived. Removed batches are appended to the archive's chain as they are, never
+//! re-compressed or copied. The archive ref moves before the live one (both under their
+//! locks, always in that order), so a crash between the two leaves events in both logs,
+//! never in neither.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::log::{Batch, EventError, EventLog, LogNode, Summary};
+use super::record::{EventRecord, format_timestamp};
+use crate::object::{ObjectId, ObjectType};
+use crate::refs::{RefKind, RefName};
+
+/// A retention policy; `None` limits nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Drop events older than this (`30d`, `12h`).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many of the newest events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u64>,
+    /// Keep at most this many bytes of the newest events (JSON Lines, uncompressed).
+    #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// Move what goes to the job's archive log instead of dropping it.
+    #[serde(default)]
+    pub archive: bool,
+    /// Apply the policy to a job's log when the runner completes the job.
+    #[serde(default)]
+    pub auto: bool,
+}
+
+/// `config.json` in the home: `{"retention": {"default": POLICY, "repos": {"api":
+/// POLICY}}}`, a policy being `{"max_age": "30d", "max_events": 100000, "max_size":
+/// "512MiB", "archive": true, "auto": true}`. No file, or no policy for a repository,
+/// means no limits: nothing is ever removed unless asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Retention policies.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// The `retention` section of `config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The policy of repositories not named in `repos`.
+    #[serde(default)]
+    pub default: Retention,
+    /// Policies by repo name.
+    #[serde(default)]
+    pub repos: std::collections::BTreeMap<String, Retention>,
+}
+
+impl Config {
+    /// Reads `config.json` from `home` (absent: the defaults).
+    pub fn load(home: &crate::home::Home) -> Result<Config, EventError> {
+        let path = home.root().join("config.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                EventError::BadRecord(format!("'{}' is not a valid config: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(EventError::BadRecord(format!(
+                "cannot read '{}': {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The policy of `repo`.
+    pub fn policy(&self, repo: &str) -> &Retention {
+        self.retention
+            .repos
+            .get(repo)
+            .unwrap_or(&self.retention.default)
+    }
+}
+
+impl Retention {
+    /// True when the policy limits nothing.
+    pub fn is_unlimited(&self) -> bool {
+        self.max_age.is_none() && self.max_events.is_none() && self.max_size.is_none()
+    }
+}
+
+/// What a clean did (or, with `dry_run`, would do) to one job's log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanReport {
+    /// The repo.
+    pub repo: String,
+    /// The job.
+    pub job: String,
+    /// Events before.
+    pub events_before: u64,
+    /// Events kept.
+    pub events_kept: u64,
+    /// Events removed from the live log.
+    pub events_removed: u64,
+    /// Bytes of JSON Lines removed.
+    pub bytes_removed: u64,
+    /// Oldest timestamp kept.
+    pub oldest_kept: Option<String>,
+    /// True when the removed events went to the archive.
+    pub archived: bool,
+    /// True when nothing was changed because of `dry_run`.
+    pub dry_run: bool,
+}
+
+/// Parses a size: `500`, `10K`, `10KB`, `10KiB`, `5M`, `1G` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {text:?} (examples: 500, 10K, 5MB, 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("bad size {text:?} (examples: 500, 10K, 5MB, 1GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+mod opt_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => s.serialize_u64(*n),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            N(u64),
+            Text(String),
+        }
+        match Option::<Size>::deserialize(d)? {
+            None => Ok(None),
+            Some(Size::N(n)) => Ok(Some(n)),
+            Some(Size::Text(t)) => super::parse_size(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How much of the newest part of the log a policy allows.
+struct Budget {
+    cutoff: Option<String>,
+    events: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    /// Whether a record of `len` bytes stamped `ts` still fits; takes it if so.
+    fn take(&mut self, ts: &str, len: u64) -> bool {
+        let fresh = self.cutoff.as_deref().is_none_or(|c| ts >= c);
+        if !fresh || self.events == 0 || self.bytes < len {
+            return false;
+        }
+        self.events -= 1;
+        self.bytes -= len;
+        true
+    }
+
+    /// Whether a whole node fits; takes it if so.
+    fn take_node(&mut self, s: &Summary) -> bool {
+        let fresh = match (&self.cutoff, &s.first_ts) {
+            (Some(c), Some(f)) => f >= c,
+            _ => true,
+        };
+        if !fresh || s.count > self.events || s.bytes > self.bytes {
+            return false;
+        }
+        self.events -= s.count;
+        self.bytes -= s.bytes;
+        true
+    }
+}
+
+/// The plan for one log: nodes kept whole (oldest first), the split batch's kept and
+/// removed parts, and nodes removed whole.
+struct Cut {
+    removed: Vec<(ObjectId, LogNode)>,
+    split: Option<(Batch, Batch)>,
+    kept: Vec<(ObjectId, LogNode)>,
+}
+
+impl EventLog {
+    /// The archive log of the job this log belongs to.
+    pub fn archive(&self) -> Result<EventLog, EventError> {
+        let name = self.name();
+        EventLog::with_name(
+            self.refs().clone(),
+            RefName::new(RefKind::Archive, name.repo(), name.job())?,
+        )
+    }
+
+    fn cut(
+        &self,
+        head: Option<ObjectId>,
+        policy: &Retention,
+        now: jiff::Timestamp,
+    ) -> Result<Cut, EventError> {
+        let mut nodes = self.nodes_between(head, None, false)?.0;
+        let mut budget = Budget {
+            cutoff: policy.max_age.and_then(|age| {
+                let age = jiff::SignedDuration::try_from(age).ok()?;
+                now.checked_sub(age).ok().map(format_timestamp)
+            }),
+            events: policy.max_events.unwrap_or(u64::MAX),
+            bytes: policy.max_size.unwrap_or(u64::MAX),
+        };
+        let mut kept = Vec::new();
+        while let Some((id, node)) = nodes.pop() {
+            if budget.take_node(&node.summary) {
+                kept.push((id, node));
+                continue;
+            }
+            // The limit falls inside this batch: keep its newest records that fit.
+            let lines = self.batch_lines(&node)?;
+            let records: Vec<&[u8]> = lines
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut keep_from = records.len();
+            for (i, line) in records.iter().enumerate().rev() {
+                let record: EventRecord = serde_json::from_slice(line)
+                    .map_err(|e| EventError::BadRecord(format!("batch {}: {e}", node.batch)))?;
+                if !budget.take(&record.timestamp, line.len() as u64 + 1) {
+                    break;
+                }
+                keep_from = i;
+            }
+            let mut older = Batch::new();
+            let mut newer = Batch::new();
+            for (i, line) in records.iter().enumerate() {
+                let record: EventRecord = serde_json::from_slice(line)
+                    .map_err(|e| EventError::BadRecord(format!("batch {}: {e}", node.batch)))?;
+                let target = if i < keep_from {
+                    &mut older
+                } else {
+                    &mut newer
+                };
+                target.push_encoded(line, &record.info())?;
+            }
+            kept.reverse();
+            let split = if newer.is_empty() {
+                nodes.push((id, node));
+                None
+            } else {
+                Some((newer, older))
+            };
+            return Ok(Cut {
+                removed: nodes,
+                split,
+                kept,
+            });
+        }
+        kept.reverse();
+        Ok(Cut {
+            removed: Vec::new(),
+            split: None,
+            kept,
+        })
+    }
+
+    /// Applies `policy` to this log: keeps the newest events it allows, exactly, and
+    /// removes (or, with `policy.archive`, archives) the rest. With `dry_run`, says what
+    /// would go and changes nothing.
+    pub fn clean(
+        &self,
+        policy: &Retention,
+        now: jiff::Timestamp,
+        dry_run: bool,
+    ) -> Result<CleanReport, EventError> {
+        let mut report = CleanReport {
+            repo: self.name().repo().to_owned(),
+            job: self.name().job().to_owned(),
+            archived: policy.archive,
+            dry_run,
+            ..CleanReport::default()
+        };
+        if dry_run {
+            let head = self.refs().read(self.name())?;
+            let cut = self.cut(head, policy, now)?;
+            fill(&mut report, &cut, head.map(|h| self.node(&h)).transpose()?);
+            return Ok(report);
+        }
+        let mut failure = None;
+        let archive = self.archive()?;
+        self.refs().transact(self.name(), "events clean", |old| {
+            let result = (|| {
+                let head_node = old.map(|h| self.node(&h)).transpose()?;
+                let cut = self.cut(old, policy, now)?;
+                fill(&mut report, &cut, head_node);
+                if report.events_removed == 0 {
+                    return Ok(old);
+                }
+                if policy.archive {
+                    archive.append_removed(&cut)?;
+                }
+                self.rebuild(&cut)
+            })();
+            match result {
+                Ok(new) => Ok(new),
+                Err(EventError::Ref(e)) => Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    Ok(old)
+                }
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Appends what a cut removes (whole batches as they are, then the split batch's older
+    /// part) to this (archive) log.
+    fn append_removed(&self, cut: &Cut) -> Result<(), EventError> {
+        let older = cut.split.as_ref().map(|(_, older)| older);
+        let stored = match older {
+            Some(b) if !b.is_empty() => Some(self.write_batch(b)?),
+            _ => None,
+        };
+        let mut failure = None;
+        self.refs().transact(self.name(), "archive", |old| {
+            let result = (|| {
+                let mut head = old;
+                for (_, node) in &cut.removed {
+                    head = Some(self.rechain(head, node)?);
+                }
+                if let (Some(b), Some(id)) = (older, stored) {
+                    head = self.chain_after(head, &[b], &[id])?;
+                }
+                Ok(head)
+            })();
+            match result {
+                Ok(new) => Ok(new),
+                Err(EventError::Ref(e)) => Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    Ok(old)
+                }
+            }
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The live chain after a cut: the split batch's newer part, then the kept nodes.
+    fn rebuild(&self, cut: &Cut) -> Result<Option<ObjectId>, EventError> {
+        let mut head = None;
+        if let Some((newer, _)) = &cut.split {
+            let id = self.write_batch(newer)?;
+            head = self.chain_after(None, &[newer], &[id])?;
+        }
+        for (_, node) in &cut.kept {
+            head = Some(self.rechain(head, node)?);
+        }
+        Ok(head)
+    }
+
+    /// Writes `node` again on top of `parent`, its batch unchanged, its totals recomputed.
+    fn rechain(&self, parent: Option<ObjectId>, node: &LogNode) -> Result<ObjectId, EventError> {
+        let (mut total, depth) = match parent {
+            Some(p) => {
+                let n = self.node(&p)?;
+                (n.total, n.depth)
+            }
+            None => (Summary::default(), 0),
+        };
+        total.merge(&node.summary);
+        let new = LogNode {
+            parent,
+            total,
+            depth: depth + 1,
+            ..node.clone()
+        };
+        let json = serde_json::to_vec(&new).map_err(|e| EventError::BadRecord(e.to_string()))?;
+        Ok(self.refs().objects().write(ObjectType::Log, &json)?)
+    }
+}
+
+fn fill(report: &mut CleanReport, cut: &Cut, head: Option<LogNode>) {
+    let before = head.map(|h| h.total).unwrap_or_default();
+    let mut kept = Summary::default();
+    if let Some((newer, _)) = &cut.split {
+        kept.merge(newer.summary());
+    }
+    for (_, n) in &cut.kept {
+        kept.merge(&n.summary);
+    }
+    report.events_before = before.count;
+    report.events_kept = kept.count;
+    report.events_removed = before.count - kept.count.min(before.count);
+    report.bytes_removed = before.bytes - kept.bytes.min(before.bytes);
+    report.oldest_kept = kept.first_ts;
+}
