@@ -10,6 +10,7 @@ pub mod cli;
 pub mod dlq;
 pub mod events;
 pub mod fsck;
+pub mod gc;
 pub mod fsutil;
 pub mod home;
 pub mod lock;

@@ -160,6 +160,59 @@ pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard
     }
 }
 
+/// A writer's hold on the home's gc lock (DESIGN.md §10): taken shared from before the
+/// first object a change writes until the ref that names them has moved, so that `gc`
+/// (which takes it exclusively) never sees an object written but not yet referenced.
+///
+/// Writers first pass through `gc.intent` (shared, released at once): `gc` holds it
+/// exclusively while it waits, so a stream of writers cannot starve it. Within a thread
+/// the guard is re-entrant (a nested change reuses the held one), since taking it anew
+/// while gc waits would deadlock the thread against itself. Dropping the last clone
+/// releases the lock; a guard may be moved to another thread (the event logger's stages).
+#[derive(Debug, Clone)]
+pub struct WriteGuard {
+    _held: Arc<LockGuard>,
+}
+
+thread_local! {
+    static HELD: std::cell::RefCell<std::collections::HashMap<PathBuf, std::sync::Weak<LockGuard>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The file gc and writers lock, in `home`.
+pub fn gc_lock_path(home: &Path) -> PathBuf {
+    home.join("gc.lock")
+}
+
+/// The turnstile gc takes while it waits, in `home`.
+pub fn gc_intent_path(home: &Path) -> PathBuf {
+    home.join("gc.intent")
+}
+
+/// Takes (or re-enters) the home's gc lock as a writer.
+pub fn write_guard(home: &Path, opts: &LockOptions) -> Result<WriteGuard, LockError> {
+    let key = home.to_path_buf();
+    if let Some(held) = HELD.with(|h| h.borrow().get(&key).and_then(|w| w.upgrade())) {
+        return Ok(WriteGuard { _held: held });
+    }
+    // The home may not exist yet before its first write.
+    let _ = std::fs::create_dir_all(home);
+    let turnstile = lock(&gc_intent_path(home), LockMode::Shared, opts)?;
+    let held = Arc::new(lock(&gc_lock_path(home), LockMode::Shared, opts)?);
+    drop(turnstile);
+    HELD.with(|h| h.borrow_mut().insert(key, Arc::downgrade(&held)));
+    Ok(WriteGuard { _held: held })
+}
+
+/// Takes the home's gc lock exclusively (gc's side): the turnstile first, then the lock,
+/// which every writer's change in progress delays.
+pub fn gc_guard(home: &Path, opts: &LockOptions) -> Result<(LockGuard, LockGuard), LockError> {
+    let _ = std::fs::create_dir_all(home);
+    let turnstile = lock(&gc_intent_path(home), LockMode::Exclusive, opts)?;
+    let held = lock(&gc_lock_path(home), LockMode::Exclusive, opts)?;
+    Ok((turnstile, held))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,6 +288,12 @@ impl RefStore {
         }
     }
 
+    /// A writer's hold on the home's gc lock ([`lock::write_guard`]): take it before
+    /// writing the objects of a change, keep it until the ref that names them has moved.
+    pub fn write_guard(&self) -> Result<lock::WriteGuard, RefError> {
+        Ok(lock::write_guard(&self.home, &self.lock_opts)?)
+    }
+
     /// The home directory.
     pub fn home_dir(&self) -> &Path {
         &self.home

@@ -412,6 +412,7 @@ impl JobStateManager {
     /// id that exists.
     pub fn create(&self, spec: JobSpec) -> Result<JobState, StateError> {
         let name = self.ref_name(&spec.id)?;
+        let _gc = self.refs.write_guard()?;
         let json = serde_json::to_vec(&spec).map_err(|e| malformed("spec", ObjectId::ZERO, e))?;
         let spec_id = self.refs.objects().write(ObjectType::Blob, &json)?;
         let checkpoint = Checkpoint {
@@ -473,6 +474,7 @@ impl JobStateManager {
         reason: &str,
         expect: Expect,
     ) -> Result<ObjectId, StateError> {
+        let _gc = self.refs.write_guard()?;
         let mut c = state.checkpoint.clone();
         c.parent = state.head;
         c.version += 1;

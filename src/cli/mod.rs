@@ -85,6 +85,8 @@ pub enum Command {
     Jobs(commands::jobs::Args),
     /// Verify every object, ref, reflog and repo record.
     Fsck(commands::fsck::Args),
+    /// Remove unreachable objects older than a grace period, and stale temp files.
+    Gc(commands::gc::Args),
     /// Print the repo name that a path maps to.
     RepoName(commands::repo_name::Args),
     /// Print shell completions.

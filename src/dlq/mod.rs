@@ -594,6 +594,7 @@ impl DeadLetterQueue {
         message: &str,
         edit: impl FnOnce(&mut Working<'_>) -> Result<T, DlqError>,
     ) -> Result<T, DlqError> {
+        let _gc = self.refs.write_guard()?;
         let mut outcome = None;
         let mut failure = None;
         self.refs.transact(&self.name, message, |old| {

@@ -348,6 +348,7 @@ impl EventLog {
     /// whatever the head is and the ref moves once. Returns the new head, or `None` if
     /// there was nothing to append. When this returns, every record is durable.
     pub fn append(&self, batches: &[Batch]) -> Result<Option<ObjectId>, EventError> {
+        let _gc = self.refs.write_guard()?;
         let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
         let mut staged = Vec::with_capacity(batches.len());
         if batches.len() == 1 {

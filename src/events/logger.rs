@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use super::log::{Batch, EventError, EventLog};
 use super::record::{MapReduceEvent, Metadata, RECORD_VERSION, RecordInfo, new_id, now_timestamp};
 use crate::home::Home;
+use crate::lock::WriteGuard;
 use crate::lock::LockOptions;
 use crate::object::ObjectId;
 use crate::refs::RefStore;
@@ -64,7 +65,7 @@ struct State {
     oldest: Option<Instant>,
     sealed: VecDeque<Batch>,
     /// Batches whose objects are stored, waiting for their nodes and the ref move.
-    staged: VecDeque<(Batch, ObjectId)>,
+    staged: VecDeque<(Batch, ObjectId, WriteGuard)>,
     /// Every record with a lower seq is durable.
     durable_next: u64,
     next_seq: u64,
@@ -409,10 +410,16 @@ impl Shared {
                     }
                 }
                 drop(state);
-                let result = self.log.write_batch(&batch);
+                // Held until the commit stage has moved the ref over this batch.
+                let result = self
+                    .log
+                    .refs()
+                    .write_guard()
+                    .map_err(EventError::from)
+                    .and_then(|gc| Ok((self.log.write_batch(&batch)?, gc)));
                 state = self.lock();
                 match result {
-                    Ok(id) => state.staged.push_back((batch, id)),
+                    Ok((id, gc)) => state.staged.push_back((batch, id, gc)),
                     Err(e) => {
                         state.sealed.push_front(batch);
                         self.fail(&mut state, &e);
@@ -447,14 +454,15 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if !state.paused && !state.staged.is_empty() {
-                let staged: Vec<(Batch, ObjectId)> = state.staged.drain(..).collect();
+                let staged: Vec<(Batch, ObjectId, WriteGuard)> = state.staged.drain(..).collect();
                 drop(state);
-                let refs: Vec<(&Batch, ObjectId)> = staged.iter().map(|(b, id)| (b, *id)).collect();
+                let refs: Vec<(&Batch, ObjectId)> =
+                    staged.iter().map(|(b, id, _)| (b, *id)).collect();
                 let result = self.log.commit(&refs);
                 state = self.lock();
                 match result {
                     Ok(_) => {
-                        if let Some((last, _)) = staged.last() {
+                        if let Some((last, _, _)) = staged.last() {
                             state.durable_next = last.seq_last() + 1;
                         }
                     }

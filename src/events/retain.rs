@@ -331,6 +331,7 @@ impl EventLog {
             fill(&mut report, &cut, head.map(|h| self.node(&h)).transpose()?);
             return Ok(report);
         }
+        let _gc = self.refs().write_guard()?;
         let mut failure = None;
         let archive = self.archive()?;
         self.refs().transact(self.name(), "events clean", |old| {

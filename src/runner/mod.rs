@@ -710,6 +710,8 @@ impl Job {
         };
         let items = input::items(&self.plan, &bytes, &what, from_file)
             .map_err(|message| self.input_error(message))?;
+        // The items object is named by the checkpoint saved below; gc must not come between.
+        let _gc = self.states.refs().write_guard().map_err(StateError::from)?;
         let items_id = self.states.store_items(&items)?;
         let map_base = git::head(&worktree)?;
         let c = &mut self.state.checkpoint;

@@ -5,6 +5,7 @@ pub mod completions;
 pub mod dlq;
 pub mod events;
 pub mod fsck;
+pub mod gc;
 pub mod hash_object;
 pub mod jobs;
 pub mod progress;
@@ -26,6 +27,7 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Events(cmd) => events::exec(cmd, ctx),
         Command::Dlq(cmd) => dlq::exec(cmd, ctx),
         Command::Fsck(args) => fsck::exec(args, ctx),
+        Command::Gc(args) => gc::exec(args, ctx),
         Command::Run(args) => run::exec(args, ctx),
         Command::Resume(args) => resume::exec(args, ctx),
         Command::Jobs(args) => jobs::exec(args, ctx),
