@@ -90,7 +90,12 @@ pub struct GcReport {
 }
 
 /// Collects the home's garbage.
-pub fn gc(home: &Home, refs: &RefStore, lock_opts: &LockOptions, opts: GcOptions) -> Result<GcReport, GcError> {
+pub fn gc(
+    home: &Home,
+    refs: &RefStore,
+    lock_opts: &LockOptions,
+    opts: GcOptions,
+) -> Result<GcReport, GcError> {
     let _held = lock::gc_guard(home.root(), lock_opts)?;
     let mut report = GcReport {
         dry_run: opts.dry_run,
@@ -164,7 +169,12 @@ fn remove(path: &Path) -> Result<(), FsError> {
 /// Every ref directory (with a HEAD, or only a reflog left by a deleted ref).
 fn ref_dirs(home: &Home) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for kind in [RefKind::Events, RefKind::Dlq, RefKind::State, RefKind::Archive] {
+    for kind in [
+        RefKind::Events,
+        RefKind::Dlq,
+        RefKind::State,
+        RefKind::Archive,
+    ] {
         let Ok(repos) = std::fs::read_dir(home.kind_dir(kind.as_str())) else {
             continue;
         };

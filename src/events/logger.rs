@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use super::log::{Batch, EventError, EventLog};
 use super::record::{MapReduceEvent, Metadata, RECORD_VERSION, RecordInfo, new_id, now_timestamp};
 use crate::home::Home;
-use crate::lock::WriteGuard;
 use crate::lock::LockOptions;
+use crate::lock::WriteGuard;
 use crate::object::ObjectId;
 use crate::refs::RefStore;
 

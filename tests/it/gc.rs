@@ -38,7 +38,12 @@ fn the_grace_period_keeps_young_garbage_and_prune_now_removes_it() {
     assert_eq!(report["pruned"], 1, "{report}");
     assert!(!exists(&garbage));
     // What a ref reaches stays, and so does what a reflog still names.
-    assert_eq!(env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"").lines().count(), 1);
+    assert_eq!(
+        env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"")
+            .lines()
+            .count(),
+        1
+    );
     assert_fsck_clean(&env);
     let out = env.run(&["gc", "--prune", "soon"], b"");
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
@@ -76,7 +81,10 @@ fn appenders_lose_nothing_while_gc_prunes_now_in_a_loop() {
     assert!(rounds >= 2, "gc ran {rounds} times beside the appenders");
     let out = env.run(&["gc", "--prune", "now"], b"");
     assert!(out.status.success());
-    let lines = env.ok(&["events", "show", "shared-job", "--repo", "api", "--json"], b"");
+    let lines = env.ok(
+        &["events", "show", "shared-job", "--repo", "api", "--json"],
+        b"",
+    );
     assert_eq!(lines.lines().count(), 8000);
     assert_fsck_clean(&env);
 }
@@ -103,12 +111,27 @@ fn sigkill_of_gc_at_random_moments() {
                 p.display().to_string()
             })
             .collect();
-        env.ok(&["hash-object", "-w", "--stdin-paths"], paths.join("\n").as_bytes());
         env.ok(
-            &["events", "append", "--job", &format!("j{}", trial % 5), "--repo", "api"],
-            format!(r#"{{"event_type":"job_paused","job_id":"j","checkpoint_version":{trial}}}"#).as_bytes(),
+            &["hash-object", "-w", "--stdin-paths"],
+            paths.join("\n").as_bytes(),
         );
-        let mut child = env.std_cmd().args(["gc", "--prune", "now"]).spawn().unwrap();
+        env.ok(
+            &[
+                "events",
+                "append",
+                "--job",
+                &format!("j{}", trial % 5),
+                "--repo",
+                "api",
+            ],
+            format!(r#"{{"event_type":"job_paused","job_id":"j","checkpoint_version":{trial}}}"#)
+                .as_bytes(),
+        );
+        let mut child = env
+            .std_cmd()
+            .args(["gc", "--prune", "now"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_micros(rng.below(20_000)));
         let _ = child.kill();
         let _ = child.wait();
@@ -120,9 +143,19 @@ fn sigkill_of_gc_at_random_moments() {
     assert_fsck_clean(&env);
     let total: usize = (0..5)
         .map(|j| {
-            env.ok(&["events", "show", &format!("j{j}"), "--repo", "api", "--json"], b"")
-                .lines()
-                .count()
+            env.ok(
+                &[
+                    "events",
+                    "show",
+                    &format!("j{j}"),
+                    "--repo",
+                    "api",
+                    "--json",
+                ],
+                b"",
+            )
+            .lines()
+            .count()
         })
         .sum();
     assert_eq!(total as u64, trials);

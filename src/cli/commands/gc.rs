@@ -45,7 +45,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(Exit::Success);
     }
-    let verb = if report.dry_run { "would remove" } else { "removed" };
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     writeln!(
         ctx.out,
         "{} objects, {} reachable; {verb} {} unreachable ({} bytes) and {} temp files; kept {} younger than the grace period",
