@@ -303,9 +303,9 @@ pub fn is_merged(dir: &Path, commit: &str) -> bool {
 }
 
 /// Merges `commit` into the worktree at `dir`; on a conflict the merge is aborted and the
-/// error says so. Untracked files that the merge would overwrite with exactly their own
-/// content are what an earlier merge killed half-way wrote: they are removed and the merge
-/// tried again.
+/// error says so. Files (untracked, or changed in the index) that the merge would
+/// overwrite with exactly their own content are what an earlier merge killed half-way
+/// wrote: they are put back as `HEAD` has them and the merge is tried again.
 pub fn merge(
     dir: &Path,
     commit: &str,
@@ -344,8 +344,15 @@ pub fn merge(
     if files.is_empty() || !leftovers {
         return Err(e);
     }
+    // Put each file back as HEAD has it (absent, for a file HEAD does not have): the
+    // index first, then the working tree.
     for f in &files {
-        let _ = std::fs::remove_file(dir.join(f));
+        let _ = git(dir, &["reset", "-q", "--", f]);
+        if git(dir, &["cat-file", "-e", &format!("HEAD:{f}")]).is_ok() {
+            let _ = git(dir, &["checkout", "-q", "--", f]);
+        } else {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
     }
     match git_env(dir, &args, env) {
         Ok(_) => Ok(()),

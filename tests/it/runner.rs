@@ -260,7 +260,7 @@ fn counting_workflow(repo: &Path, marks: &Path, items: usize, agent_sleep: &str)
   max_parallel: 4
   agent_template:
     - shell: sleep {agent_sleep}; test ! -e {m}/fail-${{item}}
-    - shell: echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}' && echo x >> {m}/count-${{item}}
+    - shell: echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}' && date +%s%N >> {m}/count-${{item}}
 reduce:
   - shell: ls f-*.txt | wc -l > n.txt && echo \"${{map.successful}} ${{map.failed}} ${{map.total}}\" >> {m}/reduce
 error_policy:
@@ -306,6 +306,10 @@ fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
     // Not at the very moment an agent's last command ran (which no runner can tell from
     // "about to run"), but while others are mid-step.
     std::thread::sleep(Duration::from_millis(90));
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     kill_group(&mut child);
     // What the checkpoint says was done before the crash never runs again.
     let before = done_keys(&env, "svc", "c1");
@@ -324,14 +328,22 @@ fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
         let count = lines(&marks.join(format!("count-{n}")));
         if failing.contains(&n) {
             assert_eq!(count, 0, "item {n}");
-        } else {
+        } else if count != 1 {
             // Done before the crash, or finished but not yet recorded (adopted from its
-            // done marker): never run again.
-            assert_eq!(
-                count,
-                1,
-                "item {n} ran {count} times (done before: {})",
-                before.contains(&key_of(n))
+            // done marker): never run again — unless the kill came while the agent's last
+            // command had just run and the agent was still ending (no runner can tell that
+            // from "about to run"). The counter lines are times: allow only that.
+            let text = std::fs::read_to_string(marks.join(format!("count-{n}"))).unwrap();
+            let first: u128 = text.lines().next().unwrap().trim().parse().unwrap();
+            assert_eq!(count, 2, "item {n} ran {count} times");
+            assert!(
+                !before.contains(&key_of(n)),
+                "item {n} was recorded done, yet ran again"
+            );
+            assert!(
+                killed_at.saturating_sub(first) < 200_000_000,
+                "item {n} had finished {} ms before the kill, yet ran again",
+                killed_at.saturating_sub(first) / 1_000_000
             );
         }
     }
