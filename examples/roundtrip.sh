@@ -4,7 +4,8 @@
 # back verified, filtered and summed up; the plumbing underneath is inspected (the ref, its
 # reflog, the log node object) and a stale compare-and-swap is refused; fsck checks it all.
 #
-# Until the MapReduce runner lands (issue 5) this is the "main job" of README.md.
+# The main job of README.md is the MapReduce workflow examples/file-stats.yml; this is a
+# tour of the plumbing underneath it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
