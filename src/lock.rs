@@ -189,12 +189,20 @@ pub fn gc_intent_path(home: &Path) -> PathBuf {
     home.join("gc.intent")
 }
 
+/// How long a writer waits for a gc to finish, at least: gc holds its lock for its whole
+/// run, which on a big home takes much longer than any ref lock is held.
+pub const GC_WAIT: Duration = Duration::from_secs(600);
+
 /// Takes (or re-enters) the home's gc lock as a writer.
 pub fn write_guard(home: &Path, opts: &LockOptions) -> Result<WriteGuard, LockError> {
     let key = home.to_path_buf();
     if let Some(held) = HELD.with(|h| h.borrow().get(&key).and_then(|w| w.upgrade())) {
         return Ok(WriteGuard { _held: held });
     }
+    let opts = &LockOptions {
+        timeout: opts.timeout.max(GC_WAIT),
+        on_wait: opts.on_wait.clone(),
+    };
     // The home may not exist yet before its first write.
     let _ = std::fs::create_dir_all(home);
     let turnstile = lock(&gc_intent_path(home), LockMode::Shared, opts)?;
