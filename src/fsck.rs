@@ -160,7 +160,89 @@ impl Checker<'_> {
         for path in store.temp_files()? {
             self.temp(&path);
         }
+        self.packs(store);
         Ok(())
+    }
+
+    /// Every pack: its index opens, both checksums match, and every object in it decodes
+    /// and re-hashes (a bad one is named with its offset).
+    fn packs(&mut self, store: &ObjectStore) {
+        let dir = store.pack_dir();
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|e| e.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.sort();
+        for path in paths {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("idx") => {}
+                Some("pack") if path.with_extension("idx").exists() => continue,
+                Some("pack") => {
+                    self.find(
+                        Severity::Warning,
+                        &path,
+                        "a pack without an index (left by an interrupted gc; the next gc removes it)",
+                    );
+                    continue;
+                }
+                _ => {
+                    self.find(
+                        Severity::Warning,
+                        &path,
+                        "not a pack file (unexpected name)",
+                    );
+                    continue;
+                }
+            }
+            let pack = match crate::pack::Pack::open(&path) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.find(Severity::Error, &path, format!("corrupt pack index: {e}"));
+                    continue;
+                }
+            };
+            // A checksum names the pack; the objects below name themselves and their offsets.
+            if let Err(e) = pack.verify() {
+                self.find(Severity::Error, &path, format!("corrupt pack: {e}"));
+            }
+            let entries = match pack.entries() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.find(
+                        Severity::Error,
+                        &path,
+                        format!("cannot read pack index: {e}"),
+                    );
+                    continue;
+                }
+            };
+            for (id, offset, len) in entries {
+                self.report.objects += 1;
+                let object = pack
+                    .frame(offset, len)
+                    .map_err(|e| e.to_string())
+                    .and_then(|bytes| {
+                        crate::object::decode(&id, pack.pack_path(), &bytes)
+                            .map_err(|e| crate::error_line(&e))
+                    });
+                match object {
+                    Ok(object) => {
+                        self.good.insert(id);
+                        let links = crate::reach::links(&object);
+                        if !links.is_empty() {
+                            self.links.insert(id, links);
+                        }
+                    }
+                    Err(e) => {
+                        self.bad.insert(id);
+                        self.find(
+                            Severity::Error,
+                            pack.pack_path(),
+                            format!("object {id} at offset {offset}: {e}"),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn target(&mut self, path: &Path, what: &str, id: ObjectId) {

@@ -1,5 +1,6 @@
 //! Garbage collection (DESIGN.md §10): mark everything reachable from refs and reflogs,
-//! sweep unreachable loose objects older than a grace period, remove stale temp files.
+//! sweep unreachable loose objects older than a grace period, remove stale temp files,
+//! and pack the reachable loose objects (`crate::pack`), merging packs once they pile up.
 //!
 //! gc holds the home's gc lock exclusively (`lock::gc_guard`) for its whole run; writers
 //! hold it shared from their first object write until their ref moves
@@ -81,10 +82,14 @@ pub struct GcReport {
     pub missing: u64,
     /// Temp files removed.
     pub temp_removed: u64,
-    /// Bytes of loose objects before.
+    /// Bytes of objects (loose and packed) before.
     pub bytes_before: u64,
-    /// Bytes of loose objects after.
+    /// Bytes of objects (loose and packed) after.
     pub bytes_after: u64,
+    /// Objects written into the new pack.
+    pub packed: u64,
+    /// Packs after.
+    pub packs: u64,
     /// True when nothing was changed.
     pub dry_run: bool,
 }
@@ -106,6 +111,10 @@ pub fn gc(
     report.reachable = marked.len() as u64;
     let now = SystemTime::now();
     let (loose, _) = store.list_loose()?;
+    report.bytes_before = dir_bytes(&store.pack_dir());
+    for pack in store.packs(true) {
+        report.objects_before += pack.len();
+    }
     let mut touched_dirs = HashSet::new();
     for (id, path) in loose {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
@@ -152,10 +161,126 @@ pub fn gc(
             }
         }
     }
-    for dir in touched_dirs {
-        fsutil::sync_dir(&dir)?;
+    for dir in &touched_dirs {
+        fsutil::sync_dir(dir)?;
+    }
+    if !opts.dry_run {
+        pack(home, store, &marked, opts, &mut report)?;
     }
     Ok(report)
+}
+
+/// Packs merged into one once there are more than this.
+pub const MAX_PACKS: usize = 4;
+
+/// Packs the reachable loose objects into a new pack (and, once packs pile up, every pack
+/// into one, dropping what is no longer reachable); removes the loose copies only after
+/// the pack and its index are durable, and old packs only after the new one is.
+fn pack(
+    home: &Home,
+    store: &crate::object::ObjectStore,
+    marked: &HashSet<ObjectId>,
+    opts: GcOptions,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    let now = SystemTime::now();
+    // A pack without an index is what a gc killed while packing left.
+    if let Ok(entries) = std::fs::read_dir(store.pack_dir()) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let young = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age < opts.prune);
+            if p.extension().is_some_and(|x| x == "pack")
+                && !p.with_extension("idx").exists()
+                && !young
+            {
+                remove(&p)?;
+            }
+        }
+    }
+    let (loose, _) = store.list_loose()?;
+    let loose: Vec<(ObjectId, PathBuf)> = loose
+        .into_iter()
+        .filter(|(id, _)| marked.contains(id))
+        .collect();
+    let old_packs = store.packs(true);
+    let merge = old_packs.len() >= MAX_PACKS;
+    if loose.is_empty() && !merge {
+        report.packs = old_packs.len() as u64;
+        return Ok(());
+    }
+    let mut objects: Vec<(ObjectId, Vec<u8>)> = Vec::with_capacity(loose.len());
+    for (id, path) in &loose {
+        let bytes = match fsutil::read_nofollow(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(FsError::new("read object", path, e).into()),
+        };
+        crate::object::decode(id, path, &bytes)
+            .map_err(|source| GcError::Unreadable { id: *id, source })?;
+        objects.push((*id, bytes));
+    }
+    if merge {
+        for pack in &old_packs {
+            let entries = pack
+                .entries()
+                .map_err(|e| FsError::new("read pack index", pack.idx_path(), e))?;
+            for (id, offset, len) in entries {
+                if !marked.contains(&id) {
+                    report.pruned += 1;
+                    continue;
+                }
+                let bytes = pack
+                    .frame(offset, len)
+                    .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
+                crate::object::decode(&id, pack.pack_path(), &bytes)
+                    .map_err(|source| GcError::Unreadable { id, source })?;
+                objects.push((id, bytes));
+            }
+        }
+    }
+    objects.sort_by_key(|o| o.0);
+    objects.dedup_by(|a, b| a.0 == b.0);
+    report.packed = objects.len() as u64;
+    crate::pack::write(&store.pack_dir(), &store.pack_tmp_dir(), objects)?;
+    // The pack is durable: the loose copies (and merged packs) can go.
+    for (_, path) in &loose {
+        remove(path)?;
+    }
+    if merge {
+        for pack in &old_packs {
+            remove(pack.idx_path())?;
+            remove(pack.pack_path())?;
+        }
+    }
+    fsutil::sync_filesystem(home.root())?;
+    report.packs = store.packs(true).len() as u64;
+    report.bytes_after = dir_bytes(&store.pack_dir()) + loose_bytes(store)?;
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn loose_bytes(store: &crate::object::ObjectStore) -> Result<u64, GcError> {
+    let (loose, _) = store.list_loose()?;
+    Ok(loose
+        .iter()
+        .filter_map(|(_, p)| std::fs::symlink_metadata(p).ok())
+        .map(|m| m.len())
+        .sum())
 }
 
 fn remove(path: &Path) -> Result<(), FsError> {

@@ -16,6 +16,7 @@ pub mod home;
 pub mod lock;
 pub mod names;
 pub mod object;
+pub mod pack;
 pub mod reach;
 pub mod refs;
 pub mod repo;

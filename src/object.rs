@@ -12,11 +12,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use zstd::zstd_safe::{CParameter, DParameter};
 
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
+use crate::pack::Pack;
 
 /// The largest payload an object may have (1 GiB). A frame declaring more is refused before
 /// anything is allocated.
@@ -42,6 +44,11 @@ impl ObjectId {
         hasher.update(header(kind, payload.len()).as_bytes());
         hasher.update(payload);
         ObjectId(*hasher.finalize().as_bytes())
+    }
+
+    /// The raw 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> ObjectId {
+        ObjectId(bytes)
     }
 
     /// The raw 32 bytes.
@@ -457,12 +464,14 @@ fn parse_header(canonical: &[u8]) -> Result<(ObjectType, usize), String> {
 /// Loose object files `(id, path)` sorted by id, and the other files found among them.
 pub type LooseListing = (Vec<(ObjectId, PathBuf)>, Vec<PathBuf>);
 
-/// The loose-object store of a home.
+/// The object store of a home: loose objects, and packs (`crate::pack`) read
+/// transparently.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
     home: PathBuf,
     objects: PathBuf,
     tmp: PathBuf,
+    packs: Arc<Mutex<Option<Vec<Arc<Pack>>>>>,
 }
 
 impl ObjectStore {
@@ -472,6 +481,7 @@ impl ObjectStore {
             home: home.root().to_path_buf(),
             objects: home.objects_dir(),
             tmp: home.objects_tmp_dir(),
+            packs: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -518,10 +528,78 @@ impl ObjectStore {
     pub fn contains(&self, id: &ObjectId) -> Result<bool, ObjectError> {
         let path = self.path(id);
         match fs::symlink_metadata(&path) {
-            Ok(meta) => Ok(meta.is_file()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Ok(meta) if meta.is_file() => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(self.find_packed(id)?.is_some()),
             Err(e) => Err(FsError::new("inspect", path, e).into()),
         }
+    }
+
+    /// The packs directory.
+    pub fn pack_dir(&self) -> PathBuf {
+        self.objects.join("pack")
+    }
+
+    /// The temp directory for packs.
+    pub fn pack_tmp_dir(&self) -> PathBuf {
+        self.tmp.join("pack")
+    }
+
+    /// The packs (opened once; `reload` looks at the directory again). An index that does
+    /// not open is skipped here: `fsck` names it.
+    pub fn packs(&self, reload: bool) -> Vec<Arc<Pack>> {
+        let mut cached = self.packs.lock().unwrap_or_else(|e| e.into_inner());
+        if reload || cached.is_none() {
+            let mut found = Vec::new();
+            if let Ok(entries) = fs::read_dir(self.pack_dir()) {
+                let mut paths: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+                    .collect();
+                paths.sort();
+                for path in paths {
+                    if let Ok(pack) = Pack::open(&path) {
+                        found.push(Arc::new(pack));
+                    }
+                }
+            }
+            *cached = Some(found);
+        }
+        cached.clone().unwrap_or_default()
+    }
+
+    /// Where `id` is packed: its pack, offset and length. Looks at the packs directory
+    /// again before saying no (a gc may have packed it since).
+    pub fn find_packed(&self, id: &ObjectId) -> Result<Option<(Arc<Pack>, u64, u32)>, ObjectError> {
+        for reload in [false, true] {
+            for pack in self.packs(reload) {
+                if let Some((offset, len)) = pack
+                    .find(id)
+                    .map_err(|e| FsError::new("read pack index", pack.idx_path(), e))?
+                {
+                    return Ok(Some((pack, offset, len)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_packed(&self, id: &ObjectId) -> Result<Object, ObjectError> {
+        let Some((pack, offset, len)) = self.find_packed(id)? else {
+            return Err(ObjectError::NotFound { id: *id });
+        };
+        let bytes = pack
+            .frame(offset, len)
+            .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
+        decode(id, pack.pack_path(), &bytes).map_err(|e| match e {
+            ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
+                id,
+                path,
+                reason: format!("{reason} (packed at offset {offset})"),
+            },
+            other => other,
+        })
     }
 
     /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
@@ -559,9 +637,7 @@ impl ObjectStore {
         let path = self.path(id);
         let bytes = match fsutil::read_nofollow(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ObjectError::NotFound { id: *id });
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_packed(id),
             Err(e) if fsutil::is_symlink_refusal(&e) => {
                 return Err(ObjectError::Corrupt {
                     id: *id,
@@ -572,7 +648,11 @@ impl ObjectStore {
             Err(e) => return Err(FsError::new("read object", path, e).into()),
         };
         self.check_fanout(id, &path)?;
-        decode(id, &path, &bytes)
+        match decode(id, &path, &bytes) {
+            // A good packed copy beats a damaged loose one.
+            Err(e @ ObjectError::Corrupt { .. }) => self.read_packed(id).map_err(|_| e),
+            other => other,
+        }
     }
 
     /// Refuses an object whose fan-out directory is a symlink (which could point anywhere).
@@ -607,11 +687,15 @@ impl ObjectStore {
         let dir = self.objects.join(&lower[..2]);
         let rest = &lower[2..];
         let mut candidates = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(ObjectError::NoMatch { prefix: lower });
-            }
+        for pack in self.packs(true) {
+            candidates.extend(
+                pack.with_prefix(&lower)
+                    .map_err(|e| FsError::new("read pack index", pack.idx_path(), e))?,
+            );
+        }
+        let entries: Vec<io::Result<fs::DirEntry>> = match fs::read_dir(&dir) {
+            Ok(entries) => entries.collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(FsError::new("list", dir, e).into()),
         };
         for entry in entries {
@@ -626,6 +710,7 @@ impl ObjectStore {
             }
         }
         candidates.sort();
+        candidates.dedup();
         match candidates.len() {
             0 => Err(ObjectError::NoMatch { prefix: lower }),
             1 => Ok(candidates[0]),

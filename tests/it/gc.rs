@@ -160,3 +160,81 @@ fn sigkill_of_gc_at_random_moments() {
         .sum();
     assert_eq!(total as u64, trials);
 }
+
+/// gc packs reachable loose objects; reads, prefixes and fsck see packed objects; packs
+/// merge once they pile up; a damaged pack is named with the offset and never read as data.
+#[test]
+fn packs_are_read_transparently_merged_and_checked() {
+    let env = Env::new();
+    let append = |job: &str, n: u32| {
+        env.ok(
+            &["events", "append", "--job", job, "--repo", "api"],
+            format!(r#"{{"event_type":"job_paused","job_id":"{job}","checkpoint_version":{n}}}"#)
+                .as_bytes(),
+        );
+    };
+    for round in 0..6u32 {
+        append(&format!("j{round}"), round);
+        let report = gc_json(&env, &[]);
+        assert!(
+            report["packs"].as_u64().unwrap() <= prodigy::gc::MAX_PACKS as u64,
+            "{report}"
+        );
+    }
+    let loose: Vec<_> = walkdir(&env.home().join("objects"))
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().contains("/pack/"))
+        .collect();
+    assert!(loose.is_empty(), "left loose: {loose:?}");
+    for round in 0..6u32 {
+        let out = env.ok(
+            &[
+                "events",
+                "show",
+                &format!("j{round}"),
+                "--repo",
+                "api",
+                "--json",
+            ],
+            b"",
+        );
+        assert_eq!(out.lines().count(), 1);
+    }
+    let head = std::fs::read_to_string(env.home().join("events/api/j0/HEAD")).unwrap();
+    let prefix = &head.trim()[..8];
+    assert_eq!(env.ok(&["cat-object", "-t", prefix], b"").trim(), "log");
+    assert_fsck_clean(&env);
+    // Flip a byte inside the one pack's objects.
+    let pack = walkdir(&env.home().join("objects/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let mut perms = std::fs::metadata(&pack).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&pack, perms).unwrap();
+    std::fs::write(&pack, bytes).unwrap();
+    let out = env.run(&["fsck"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("corrupt pack"), "{}", transcript(&out));
+    assert!(text.contains("at offset"), "{}", transcript(&out));
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
