@@ -20,7 +20,7 @@ use prodigy::home::Home;
 use prodigy::lock::LockOptions;
 use prodigy::object::{ObjectId, ObjectStore, ObjectType};
 use prodigy::refs::{Expect, RefName, RefStore};
-use support::{env_number, scratch_dir};
+use support::{env_number, git, scratch_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_prodigy");
 
@@ -139,25 +139,6 @@ fn ours(n: u64, reads: usize) {
     );
 }
 
-fn git(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn baseline(n: u64) {
     let scratch = scratch_dir("prodigy-bench-gitgc-");
     // The same payloads as blobs of one commit, made with fast-import (a pack), then
@@ -210,8 +191,8 @@ fn baseline(n: u64) {
             .unwrap();
         assert!(status.success());
     }
-    let head = String::from_utf8(git(&src, &["rev-parse", "main"]).stdout).unwrap();
-    git(&repo, &["update-ref", "refs/heads/main", head.trim()]);
+    let head = git(&src, &["rev-parse", "main"]);
+    git(&repo, &["update-ref", "refs/heads/main", &head]);
     let objects = repo.join(".git/objects");
     let before = du(&objects);
     drop_caches();

@@ -25,28 +25,9 @@ use prodigy::lock::LockOptions;
 use prodigy::refs::RefStore;
 use prodigy::state::{ItemResult, ItemStatus, JobSpec, JobStateManager, Phase, item_key};
 use serde_json::Value;
-use support::{env_number, median, scratch_dir};
+use support::{env_number, git, median, scratch_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_prodigy");
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "b")
-        .env("GIT_AUTHOR_EMAIL", "b@example.com")
-        .env("GIT_COMMITTER_NAME", "b")
-        .env("GIT_COMMITTER_EMAIL", "b@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A repository of 20 small files, like a small project.
 fn repo(root: &Path) -> PathBuf {

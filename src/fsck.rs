@@ -142,26 +142,39 @@ impl Checker<'_> {
             }
         }
         for (id, path) in ids {
-            self.report.objects += 1;
-            match store.read(&id) {
-                Ok(object) => {
-                    self.good.insert(id);
-                    let links = crate::reach::links(&object);
-                    if !links.is_empty() {
-                        self.links.insert(id, links);
-                    }
-                }
-                Err(e) => {
-                    self.bad.insert(id);
-                    self.find(Severity::Error, &path, crate::error_line(&e));
-                }
-            }
+            let result = store.read_loose(&id).map_err(|e| crate::error_line(&e));
+            self.checked(id, result, &path, "");
         }
         for path in store.temp_files()? {
             self.temp(&path);
         }
         self.packs(store);
         Ok(())
+    }
+
+    /// Counts an object read for checking: its links when good, an error when not (a good
+    /// copy elsewhere — loose or in another pack — still makes the id good).
+    fn checked(
+        &mut self,
+        id: ObjectId,
+        result: Result<crate::object::Object, String>,
+        path: &Path,
+        context: &str,
+    ) {
+        self.report.objects += 1;
+        match result {
+            Ok(object) => {
+                self.good.insert(id);
+                let links = crate::reach::links(&object);
+                if !links.is_empty() {
+                    self.links.insert(id, links);
+                }
+            }
+            Err(e) => {
+                self.bad.insert(id);
+                self.find(Severity::Error, path, format!("{context}{e}"));
+            }
+        }
     }
 
     /// Every pack: its index opens, both checksums match, and every object in it decodes
@@ -216,7 +229,6 @@ impl Checker<'_> {
                 }
             };
             for (id, offset, len) in entries {
-                self.report.objects += 1;
                 let object = pack
                     .frame(offset, len)
                     .map_err(|e| e.to_string())
@@ -224,23 +236,8 @@ impl Checker<'_> {
                         crate::object::decode(&id, pack.pack_path(), &bytes)
                             .map_err(|e| crate::error_line(&e))
                     });
-                match object {
-                    Ok(object) => {
-                        self.good.insert(id);
-                        let links = crate::reach::links(&object);
-                        if !links.is_empty() {
-                            self.links.insert(id, links);
-                        }
-                    }
-                    Err(e) => {
-                        self.bad.insert(id);
-                        self.find(
-                            Severity::Error,
-                            pack.pack_path(),
-                            format!("object {id} at offset {offset}: {e}"),
-                        );
-                    }
-                }
+                let context = format!("object {id} at offset {offset}: ");
+                self.checked(id, object, pack.pack_path(), &context);
             }
         }
     }

@@ -632,12 +632,24 @@ impl ObjectStore {
         }
     }
 
-    /// Reads and verifies an object.
+    /// Reads and verifies an object, loose or packed (a good packed copy beats a damaged
+    /// loose one).
     pub fn read(&self, id: &ObjectId) -> Result<Object, ObjectError> {
+        match self.read_loose(id) {
+            Err(ObjectError::NotFound { .. }) => self.read_packed(id),
+            Err(e @ ObjectError::Corrupt { .. }) => self.read_packed(id).map_err(|_| e),
+            other => other,
+        }
+    }
+
+    /// Reads and verifies the loose copy of an object only (what `fsck` checks).
+    pub fn read_loose(&self, id: &ObjectId) -> Result<Object, ObjectError> {
         let path = self.path(id);
         let bytes = match fsutil::read_nofollow(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_packed(id),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(ObjectError::NotFound { id: *id });
+            }
             Err(e) if fsutil::is_symlink_refusal(&e) => {
                 return Err(ObjectError::Corrupt {
                     id: *id,
@@ -648,11 +660,7 @@ impl ObjectStore {
             Err(e) => return Err(FsError::new("read object", path, e).into()),
         };
         self.check_fanout(id, &path)?;
-        match decode(id, &path, &bytes) {
-            // A good packed copy beats a damaged loose one.
-            Err(e @ ObjectError::Corrupt { .. }) => self.read_packed(id).map_err(|_| e),
-            other => other,
-        }
+        decode(id, &path, &bytes)
     }
 
     /// Refuses an object whose fan-out directory is a symlink (which could point anywhere).

@@ -204,6 +204,22 @@ fn packs_are_read_transparently_merged_and_checked() {
     let prefix = &head.trim()[..8];
     assert_eq!(env.ok(&["cat-object", "-t", prefix], b"").trim(), "log");
     assert_fsck_clean(&env);
+    // A damaged loose copy of a packed object: reads get the packed one, fsck names the
+    // loose file.
+    let id = head.trim();
+    let loose = env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    std::fs::create_dir_all(loose.parent().unwrap()).unwrap();
+    std::fs::write(&loose, b"garbage").unwrap();
+    assert_eq!(env.ok(&["cat-object", "-t", id], b"").trim(), "log");
+    let out = env.run(&["fsck"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&id[2..]),
+        "{}",
+        transcript(&out)
+    );
+    std::fs::remove_file(&loose).unwrap();
+    assert_fsck_clean(&env);
     // Flip a byte inside the one pack's objects.
     let pack = walkdir(&env.home().join("objects/pack"))
         .into_iter()
