@@ -370,6 +370,36 @@ impl RefStore {
         .map(|(old, _)| old)
     }
 
+    /// [`Self::transact`] for callers with their own error type: `decide` returns the new
+    /// value and a result of its own. When it fails, the ref stays as it is and its error
+    /// is returned as it is (not squeezed into a [`RefError`]). Returns the ref's new value
+    /// and `decide`'s result.
+    pub fn transact_with<T, E, F>(
+        &self,
+        name: &RefName,
+        message: &str,
+        decide: F,
+    ) -> Result<(Option<ObjectId>, T), E>
+    where
+        E: From<RefError>,
+        F: FnOnce(Option<ObjectId>) -> Result<(Option<ObjectId>, T), E>,
+    {
+        let mut outcome = None;
+        let (_, new) = self.transact(name, message, |old| match decide(old) {
+            Ok((new, value)) => {
+                outcome = Some(Ok(value));
+                Ok(new)
+            }
+            Err(e) => {
+                outcome = Some(Err(e));
+                Ok(old)
+            }
+        })?;
+        // `transact` succeeds only after calling `decide`.
+        let value = outcome.expect("transact called decide")?;
+        Ok((new, value))
+    }
+
     /// The general update under the ref's lock: `decide` sees the current value (read under
     /// the lock) and returns the new one (`None` deletes). Appenders use this to build their
     /// next node on top of whatever is current without a retry loop. Returns

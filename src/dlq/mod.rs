@@ -595,10 +595,9 @@ impl DeadLetterQueue {
         edit: impl FnOnce(&mut Working<'_>) -> Result<T, DlqError>,
     ) -> Result<T, DlqError> {
         let _gc = self.refs.write_guard()?;
-        let mut outcome = None;
-        let mut failure = None;
-        self.refs.transact(&self.name, message, |old| {
-            let result = (|| {
+        let (_, value) = self
+            .refs
+            .transact_with::<_, DlqError, _>(&self.name, message, |old| {
                 let root = match old {
                     Some(id) => self.read_root(&id)?,
                     None => Root::default(),
@@ -610,24 +609,9 @@ impl DeadLetterQueue {
                 };
                 let value = edit(&mut working)?;
                 let new = working.write(old)?;
-                Ok((value, new.or(old)))
-            })();
-            match result {
-                Ok((value, new)) => {
-                    outcome = Some(value);
-                    Ok(new)
-                }
-                Err(DlqError::Ref(e)) => Err(e),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(old)
-                }
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        outcome.ok_or_else(|| DlqError::Invalid("the change was not applied".into()))
+                Ok((new.or(old), value))
+            })?;
+        Ok(value)
     }
 
     /// The items passing `filter`, sorted by id (from the snapshot only).

@@ -379,22 +379,12 @@ impl EventLog {
         let batch_ids: Vec<ObjectId> = staged.iter().map(|(_, id)| *id).collect();
         let count: u64 = batches.iter().map(|b| b.len()).sum();
         let message = format!("append {count} events");
-        let mut failure = None;
-        let (_, new) = self.refs.transact(&self.name, &message, |old| {
-            match self.chain_nodes(old, &batches, &batch_ids) {
-                Ok(head) => Ok(Some(head)),
-                Err(EventError::Ref(e)) => Err(e),
-                Err(e) => {
-                    // Keep the ref as it is and report the real error below.
-                    failure = Some(e);
-                    Ok(old)
-                }
-            }
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(new),
-        }
+        let (new, ()) =
+            self.refs
+                .transact_with::<_, EventError, _>(&self.name, &message, |old| {
+                    Ok((Some(self.chain_nodes(old, &batches, &batch_ids)?), ()))
+                })?;
+        Ok(new)
     }
 
     /// Chains one node per stored batch onto `old` (no ref change); the new head.

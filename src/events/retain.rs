@@ -332,34 +332,21 @@ impl EventLog {
             return Ok(report);
         }
         let _gc = self.refs().write_guard()?;
-        let mut failure = None;
         let archive = self.archive()?;
-        self.refs().transact(self.name(), "events clean", |old| {
-            let result = (|| {
+        self.refs()
+            .transact_with::<_, EventError, _>(self.name(), "events clean", |old| {
                 let head_node = old.map(|h| self.node(&h)).transpose()?;
                 let cut = self.cut(old, policy, now)?;
                 fill(&mut report, &cut, head_node);
                 if report.events_removed == 0 {
-                    return Ok(old);
+                    return Ok((old, ()));
                 }
                 if policy.archive {
                     archive.append_removed(&cut)?;
                 }
-                self.rebuild(&cut)
-            })();
-            match result {
-                Ok(new) => Ok(new),
-                Err(EventError::Ref(e)) => Err(e),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(old)
-                }
-            }
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+                Ok((self.rebuild(&cut)?, ()))
+            })?;
+        Ok(report)
     }
 
     /// Appends what a cut removes (whole batches as they are, then the split batch's older
@@ -370,9 +357,8 @@ impl EventLog {
             Some(b) if !b.is_empty() => Some(self.write_batch(b)?),
             _ => None,
         };
-        let mut failure = None;
-        self.refs().transact(self.name(), "archive", |old| {
-            let result = (|| {
+        self.refs()
+            .transact_with::<_, EventError, _>(self.name(), "archive", |old| {
                 let mut head = old;
                 for (_, node) in &cut.removed {
                     head = Some(self.rechain(head, node)?);
@@ -380,18 +366,9 @@ impl EventLog {
                 if let (Some(b), Some(id)) = (older, stored) {
                     head = self.chain_after(head, &[b], &[id])?;
                 }
-                Ok(head)
-            })();
-            match result {
-                Ok(new) => Ok(new),
-                Err(EventError::Ref(e)) => Err(e),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(old)
-                }
-            }
-        })?;
-        failure.map_or(Ok(()), Err)
+                Ok((head, ()))
+            })?;
+        Ok(())
     }
 
     /// The live chain after a cut: the split batch's newer part, then the kept nodes.

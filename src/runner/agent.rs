@@ -274,7 +274,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             Ok(l) => l,
             Err(e) => {
                 let (m, f) = failure(format!("cannot open agent log: {e}"), None, None, false);
-                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+                return finished_failed(&key, index, &agent, attempt, started_all, m, f);
             }
         };
         write_log(
@@ -298,7 +298,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             if attempt < ctx.max_attempts {
                 continue;
             }
-            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+            return finished_failed(&key, index, &agent, attempt, started_all, m, f);
         }
         log_event(MapReduceEvent::WorktreeCreated {
             job_id: job_id.clone(),
@@ -398,7 +398,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             }
             let (m, mut fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
             fl.error_message = detail;
-            return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, fl);
+            return finished_failed(&key, index, &agent, attempt, started_all, m, fl);
         }
         // The agent worked on a detached HEAD; a branch keeps its commits (if any) reachable
         // until they are merged.
@@ -411,7 +411,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             Ok(c) => c,
             Err(e) => {
                 let (m, f) = failure(format!("worktree error: {e}"), None, None, true);
-                return finished_failed(ctx, &key, index, &agent, attempt, started_all, m, f);
+                return finished_failed(&key, index, &agent, attempt, started_all, m, f);
             }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -451,9 +451,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn finished_failed(
-    _ctx: &AgentCtx,
     key: &str,
     index: usize,
     agent: &str,

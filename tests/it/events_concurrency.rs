@@ -21,11 +21,11 @@ fn all_records(env: &Env, repo: &str, job: &str) -> Vec<EventRecord> {
     out
 }
 
-#[test]
-fn four_processes_in_two_worktrees_append_8000_events() {
-    let env = Env::new();
-    let (main, wt) = repo_with_worktree(&env);
-    let children: Vec<_> = (0..4)
+/// Four logger processes, two in each worktree of one repository, each appending 2,000
+/// events to the job `shared-job` of repo `api`.
+pub fn spawn_four_appenders(env: &Env) -> Vec<std::process::Child> {
+    let (main, wt) = repo_with_worktree(env);
+    (0..4)
         .map(|w| {
             let dir = if w % 2 == 0 { &main } else { &wt };
             worker::spawn(
@@ -38,7 +38,13 @@ fn four_processes_in_two_worktrees_append_8000_events() {
                 ],
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn four_processes_in_two_worktrees_append_8000_events() {
+    let env = Env::new();
+    let children = spawn_four_appenders(&env);
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }

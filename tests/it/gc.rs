@@ -4,8 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{Env, Rng, blob, env_knob, transcript};
-use crate::events::repo_with_worktree;
-use crate::worker;
+use crate::events_concurrency::spawn_four_appenders;
 
 fn gc_json(env: &Env, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["gc", "--json"];
@@ -52,21 +51,7 @@ fn the_grace_period_keeps_young_garbage_and_prune_now_removes_it() {
 #[test]
 fn appenders_lose_nothing_while_gc_prunes_now_in_a_loop() {
     let env = Env::new();
-    let (main, wt) = repo_with_worktree(&env);
-    let mut children: Vec<_> = (0..4)
-        .map(|w| {
-            let dir = if w % 2 == 0 { &main } else { &wt };
-            worker::spawn(
-                "events",
-                &env.home(),
-                &env.dir.path().join(format!("ack-{w}")),
-                &[
-                    ("PRODIGY_IT_ID", format!("agent-{w}")),
-                    ("CWD", dir.display().to_string()),
-                ],
-            )
-        })
-        .collect();
+    let mut children = spawn_four_appenders(&env);
     let mut rounds = 0;
     let start = Instant::now();
     while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
