@@ -20,7 +20,7 @@ use prodigy::home::Home;
 use prodigy::lock::LockOptions;
 use prodigy::object::{ObjectId, ObjectStore, ObjectType};
 use prodigy::refs::{Expect, RefName, RefStore};
-use support::{env_number, git, scratch_dir};
+use support::{env_number, git, scratch_dir, time_cli};
 
 const EXE: &str = env!("CARGO_BIN_EXE_prodigy");
 
@@ -106,6 +106,8 @@ fn ours(n: u64, reads: usize) {
     let made = start.elapsed();
     let objects_dir = home.objects_dir();
     let before = du(&objects_dir);
+    let probe = ids[ids.len() / 2].to_string();
+    let (cli_loose, _) = time_cli(home.root(), &["cat-object", "-p", &probe], 31);
     drop_caches();
     let loose_reads = random_reads(&ObjectStore::new(&home), &ids, reads);
     drop_caches();
@@ -123,6 +125,7 @@ fn ours(n: u64, reads: usize) {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let after = du(&objects_dir);
+    let (cli_packed, _) = time_cli(home.root(), &["cat-object", "-p", &probe], 31);
     drop_caches();
     let packed_reads = random_reads(&ObjectStore::new(&home), &ids, reads);
     let per = |d: Duration| d.as_secs_f64() * 1e6 / reads as f64;
@@ -136,6 +139,11 @@ fn ours(n: u64, reads: usize) {
         before as f64 / after.max(1) as f64,
         per(loose_reads),
         per(packed_reads)
+    );
+    println!(
+        "prodigy: `cat-object -p` (whole process, warm, median of 31): loose {:.2} ms, packed {:.2} ms",
+        cli_loose.as_secs_f64() * 1e3,
+        cli_packed.as_secs_f64() * 1e3
     );
 }
 

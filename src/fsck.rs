@@ -377,7 +377,8 @@ impl Checker<'_> {
             previous = Some(entry.new);
         }
         let last = previous.filter(|id| !id.is_zero());
-        if (head.is_some() || !log.entries.is_empty()) && last != head {
+        // An empty reflog beside a ref is what gc's reflog expiry leaves.
+        if !log.entries.is_empty() && last != head {
             self.find(
                 Severity::Warning,
                 &log_path,

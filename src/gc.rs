@@ -1,24 +1,36 @@
-//! Garbage collection (DESIGN.md §10): mark everything reachable from refs and reflogs,
-//! sweep unreachable loose objects older than a grace period, remove stale temp files,
-//! and pack the reachable loose objects (`crate::pack`), merging packs once they pile up.
+//! Garbage collection (DESIGN.md §10): expire old reflog entries, mark everything
+//! reachable from refs and reflogs, sweep unreachable loose objects older than a grace
+//! period, remove stale temp files, and pack the reachable loose objects (`crate::pack`),
+//! merging packs once they pile up.
 //!
 //! gc holds the home's gc lock exclusively (`lock::gc_guard`) for its whole run; writers
 //! hold it shared from their first object write until their ref moves
 //! (`RefStore::write_guard`), so even `--prune now` never removes an object that a writer is
-//! about to reference. Reflogs are roots: an object any ref ever named stays (reflog
-//! expiry is a later setting). A reachable object that cannot be read stops gc before it
-//! removes anything, since what it links to is unknown.
+//! about to reference.
+//!
+//! Every object is read once: a scan reads every loose file (directory by directory, in
+//! inode order, on several threads so that a cold disk's queue stays full) and every pack
+//! (in large sequential chunks), verifies each object and notes its links. Marking then
+//! walks those notes in memory, and the pack is written from the frames already read. A
+//! reachable object that cannot be read stops gc before it removes anything, since what it
+//! links to is unknown.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::fsutil::{self, FsError};
 use crate::home::Home;
 use crate::lock::{self, LockError, LockOptions};
-use crate::object::{ObjectError, ObjectId};
+use crate::object::{ObjectError, ObjectId, ObjectStore};
+use crate::pack::{Entry, Pack};
+use crate::par;
 use crate::refs::{RefError, RefKind, RefStore};
 
 /// Failures of gc.
@@ -47,20 +59,76 @@ pub enum GcError {
     },
 }
 
-/// How to collect.
+/// The steps of a gc, as progress reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcPhase {
+    /// Reading and verifying every object.
+    Scan,
+    /// Removing unreachable objects and temp files.
+    Prune,
+    /// Writing the new pack.
+    Pack,
+    /// Removing the loose copies of packed objects.
+    Remove,
+}
+
+impl GcPhase {
+    /// The phase as a word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GcPhase::Scan => "scanning",
+            GcPhase::Prune => "pruning",
+            GcPhase::Pack => "packing",
+            GcPhase::Remove => "removing loose copies",
+        }
+    }
+}
+
+/// A progress report: `done` of `total` in `phase`.
 #[derive(Debug, Clone, Copy)]
+pub struct GcProgress {
+    /// The step.
+    pub phase: GcPhase,
+    /// Objects done in it.
+    pub done: u64,
+    /// Objects it has.
+    pub total: u64,
+}
+
+/// Where progress goes (called from several threads).
+pub type ProgressFn = Arc<dyn Fn(&GcProgress) + Send + Sync>;
+
+/// How to collect.
+#[derive(Clone)]
 pub struct GcOptions {
     /// Unreachable objects and temp files younger than this stay (zero: `--prune now`).
     pub prune: Duration,
+    /// Reflog entries older than this are dropped first (`None`: never).
+    pub reflog_expire: Option<Duration>,
     /// Report only.
     pub dry_run: bool,
+    /// Progress reports.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for GcOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcOptions")
+            .field("prune", &self.prune)
+            .field("reflog_expire", &self.reflog_expire)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
         GcOptions {
             prune: Duration::from_secs(3600),
+            reflog_expire: Some(crate::config::DEFAULT_REFLOG_EXPIRE),
             dry_run: false,
+            progress: None,
         }
     }
 }
@@ -68,7 +136,7 @@ impl Default for GcOptions {
 /// What gc did (or would do).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
-    /// Loose objects before.
+    /// Objects before, loose and packed.
     pub objects_before: u64,
     /// Objects reachable from refs and reflogs.
     pub reachable: u64,
@@ -80,11 +148,14 @@ pub struct GcReport {
     pub kept_young: u64,
     /// Reachable objects named by a ref or reflog but missing (fsck reports them).
     pub missing: u64,
+    /// Reflog entries dropped for being older than the expiry.
+    pub reflog_expired: u64,
     /// Temp files removed.
     pub temp_removed: u64,
-    /// Bytes of objects (loose and packed) before.
+    /// Bytes the objects (loose and packed) took on disk before: allocated blocks, so a
+    /// 200-byte loose object counts its whole block.
     pub bytes_before: u64,
-    /// Bytes of objects (loose and packed) after.
+    /// Bytes on disk after, counted the same way.
     pub bytes_after: u64,
     /// Objects written into the new pack.
     pub packed: u64,
@@ -92,6 +163,68 @@ pub struct GcReport {
     pub packs: u64,
     /// True when nothing was changed.
     pub dry_run: bool,
+}
+
+/// Packs are merged into one once there are this many.
+pub const MAX_PACKS: usize = 4;
+
+/// A loose object as the scan found it.
+struct Loose {
+    path: PathBuf,
+    ino: u64,
+    /// Bytes on disk.
+    size: u64,
+    mtime: SystemTime,
+    /// The verified frame, or why it cannot be used.
+    frame: Result<Vec<u8>, ObjectError>,
+    links: Vec<ObjectId>,
+}
+
+/// A packed object as the scan found it.
+struct Packed {
+    pack: usize,
+    offset: u64,
+    len: u32,
+    checked: Result<(), ObjectError>,
+    links: Vec<ObjectId>,
+}
+
+/// Counts done work and reports it every so often.
+struct Ticker<'a> {
+    progress: Option<&'a ProgressFn>,
+    phase: GcPhase,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl<'a> Ticker<'a> {
+    fn new(opts: &'a GcOptions, phase: GcPhase, total: u64) -> Ticker<'a> {
+        let t = Ticker {
+            progress: opts.progress.as_ref(),
+            phase,
+            done: AtomicU64::new(0),
+            total,
+        };
+        t.report(0);
+        t
+    }
+
+    fn add(&self, n: u64) {
+        let before = self.done.fetch_add(n, Ordering::Relaxed);
+        if (before + n) / 4096 != before / 4096 || before + n == self.total {
+            self.report(before + n);
+        }
+    }
+
+    fn report(&self, done: u64) {
+        if let Some(p) = self.progress {
+            p(&GcProgress {
+                phase: self.phase,
+                done,
+                total: self.total,
+            });
+        }
+    }
 }
 
 /// Collects the home's garbage.
@@ -107,159 +240,571 @@ pub fn gc(
         ..GcReport::default()
     };
     let store = refs.objects();
-    let marked = mark(home, refs, &mut report)?;
-    report.reachable = marked.len() as u64;
+    let threads = par::io_threads();
+    let roots = roots(home, refs, &opts, &mut report)?;
+
+    // Read and verify everything once.
+    let dirs = list_fanout(store)?;
+    let listed: Vec<Vec<(ObjectId, PathBuf, u64)>> = par::map(&dirs, threads, |d| list_dir(d))
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let packs = store.packs(true);
+    let pack_entries: Vec<Vec<Entry>> = packs
+        .iter()
+        .map(|p| {
+            p.entries()
+                .map_err(|e| FsError::new("read pack index", p.idx_path(), e))
+        })
+        .collect::<Result<_, _>>()?;
+    let loose_count: u64 = listed.iter().map(|d| d.len() as u64).sum();
+    let packed_count: u64 = pack_entries.iter().map(|e| e.len() as u64).sum();
+    report.objects_before = loose_count + packed_count;
+    let ticker = Ticker::new(&opts, GcPhase::Scan, loose_count + packed_count);
+    let mut loose: HashMap<ObjectId, Loose> = HashMap::with_capacity(loose_count as usize);
+    for dir in par::map(&listed, threads, |files| scan_dir(files, &ticker)) {
+        loose.extend(dir);
+    }
+    drop(listed);
+    let packed = scan_packs(&packs, pack_entries, threads, &ticker);
+
+    let marked = mark(roots, &mut loose, &packed, &mut report)?;
+    report.reachable = marked.len() as u64 - report.missing;
+    let pack_bytes_before = dir_bytes(&store.pack_dir());
+    report.bytes_before = pack_bytes_before + loose.values().map(|l| l.size).sum::<u64>();
+
+    // Sweep: unreachable loose objects past the grace period, and old temp files.
     let now = SystemTime::now();
-    let (loose, _) = store.list_loose()?;
-    report.bytes_before = dir_bytes(&store.pack_dir());
-    for pack in store.packs(true) {
-        report.objects_before += pack.len();
-    }
-    let mut touched_dirs = HashSet::new();
-    for (id, path) in loose {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        report.objects_before += 1;
-        report.bytes_before += meta.len();
-        if marked.contains(&id) {
-            report.bytes_after += meta.len();
-            continue;
+    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+    let mut doomed = Vec::new();
+    let mut kept_bytes = 0;
+    loose.retain(|id, l| {
+        if marked.contains(id) {
+            return true;
         }
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
-        if age < opts.prune {
+        if age(l.mtime) < opts.prune {
             report.kept_young += 1;
-            report.bytes_after += meta.len();
-            continue;
+            kept_bytes += l.size;
+        } else {
+            report.pruned += 1;
+            report.pruned_bytes += l.size;
+            doomed.push((std::mem::take(&mut l.path), l.ino));
         }
-        report.pruned += 1;
-        report.pruned_bytes += meta.len();
-        if !opts.dry_run {
-            remove(&path)?;
-            if let Some(dir) = path.parent() {
-                touched_dirs.insert(dir.to_path_buf());
-            }
-        }
-    }
+        false
+    });
     for temp in temp_files(home, store)? {
-        let age = std::fs::symlink_metadata(&temp)
+        let old = std::fs::symlink_metadata(&temp)
             .ok()
             .and_then(|m| m.modified().ok())
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
-        if age >= opts.prune {
+            .is_none_or(|m| age(m) >= opts.prune);
+        if old {
             report.temp_removed += 1;
-            if !opts.dry_run {
-                remove(&temp)?;
-                if let Some(dir) = temp.parent() {
-                    touched_dirs.insert(dir.to_path_buf());
-                }
-            }
+            doomed.push((temp, 0));
         }
     }
-    for dir in &touched_dirs {
-        fsutil::sync_dir(dir)?;
+    // A pack holding unreachable objects past the grace period (a pack's age is its
+    // file's) is rewritten without them; every pack is once there are MAX_PACKS.
+    let mut rewrite = vec![packs.len() >= MAX_PACKS; packs.len()];
+    for (p, pack) in packs.iter().enumerate() {
+        let old = std::fs::metadata(pack.pack_path())
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .is_none_or(|m| age(m) >= opts.prune);
+        rewrite[p] |= old
+            && packed
+                .iter()
+                .any(|(id, e)| e.pack == p && !marked.contains(id));
     }
-    if !opts.dry_run {
-        pack(home, store, &marked, opts, &mut report)?;
+    for (id, e) in &packed {
+        if marked.contains(id) {
+            continue;
+        }
+        if rewrite[e.pack] {
+            report.pruned += 1;
+            report.pruned_bytes += e.len as u64;
+        } else {
+            report.kept_young += 1;
+        }
     }
+    if opts.dry_run {
+        report.bytes_after = report.bytes_before - report.pruned_bytes;
+        report.packs = packs.len() as u64;
+        return Ok(report);
+    }
+    remove_all(
+        &doomed,
+        threads,
+        &Ticker::new(&opts, GcPhase::Prune, doomed.len() as u64),
+    )?;
+    pack(
+        store,
+        &packs,
+        &rewrite,
+        loose,
+        packed,
+        &marked,
+        threads,
+        &opts,
+        &mut report,
+    )?;
+    fsutil::sync_filesystem(home.root())?;
+    report.packs = store.packs(true).len() as u64;
+    report.bytes_after = dir_bytes(&store.pack_dir()) + kept_bytes;
     Ok(report)
 }
 
-/// Packs merged into one once there are more than this.
-pub const MAX_PACKS: usize = 4;
-
-/// Packs the reachable loose objects into a new pack (and, once packs pile up, every pack
-/// into one, dropping what is no longer reachable); removes the loose copies only after
-/// the pack and its index are durable, and old packs only after the new one is.
-fn pack(
+/// The roots: every ref's value and every reflog entry that survives expiry (reflogs of
+/// deleted refs too).
+fn roots(
     home: &Home,
-    store: &crate::object::ObjectStore,
+    refs: &RefStore,
+    opts: &GcOptions,
+    report: &mut GcReport,
+) -> Result<Vec<ObjectId>, GcError> {
+    let mut roots: Vec<ObjectId> = refs.list(None)?.into_iter().map(|(_, id)| id).collect();
+    let cutoff = opts.reflog_expire.map(|expire| {
+        SystemTime::now()
+            .checked_sub(expire)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    });
+    for dir in ref_dirs(home) {
+        let log = match cutoff {
+            Some(cutoff) => {
+                let (log, expired) = refs.expire_reflog(&dir, cutoff, opts.dry_run)?;
+                report.reflog_expired += expired as u64;
+                log
+            }
+            None => crate::refs::read_reflog(&dir.join("reflog"))?,
+        };
+        for e in log.entries {
+            roots.extend([e.old, e.new].into_iter().filter(|id| !id.is_zero()));
+        }
+    }
+    Ok(roots)
+}
+
+/// The fan-out directories (real ones: a symlink is not followed, and its objects read as
+/// unreadable through the store).
+fn list_fanout(store: &ObjectStore) -> Result<Vec<PathBuf>, GcError> {
+    let dir = store.objects_dir();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FsError::new("list", dir, e).into()),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_fanout =
+            name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if is_fanout && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The objects of one fan-out directory, in inode order (the order a cold disk reads
+/// fastest).
+fn list_dir(dir: &Path) -> Result<Vec<(ObjectId, PathBuf, u64)>, GcError> {
+    let prefix = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(FsError::new("list", dir, e).into()),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| FsError::new("list", dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 62 || entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Ok(id) = format!("{prefix}{name}").parse::<ObjectId>() {
+            out.push((id, entry.path(), entry.ino()));
+        }
+    }
+    out.sort_unstable_by_key(|e| e.2);
+    Ok(out)
+}
+
+/// Reads and verifies the listed files of one directory (opened once: each file is
+/// opened by name relative to it, and read with one positioned read of its size).
+fn scan_dir(files: &[(ObjectId, PathBuf, u64)], ticker: &Ticker<'_>) -> Vec<(ObjectId, Loose)> {
+    let dir = files
+        .first()
+        .and_then(|(_, p, _)| p.parent())
+        .and_then(|d| {
+            rustix::fs::open(
+                d,
+                rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        });
+    let mut out = Vec::with_capacity(files.len());
+    for (id, path, ino) in files {
+        if let Some(l) = scan_file(dir.as_ref(), id, path, *ino) {
+            out.push((*id, l));
+        }
+        ticker.add(1);
+    }
+    out
+}
+
+fn open_object(dir: Option<&rustix::fd::OwnedFd>, path: &Path) -> std::io::Result<File> {
+    match (dir, path.file_name()) {
+        (Some(dir), Some(name)) => rustix::fs::openat(
+            dir,
+            name,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(std::io::Error::from),
+        _ => fsutil::open_nofollow(path),
+    }
+}
+
+fn scan_file(
+    dir: Option<&rustix::fd::OwnedFd>,
+    id: &ObjectId,
+    path: &Path,
+    ino: u64,
+) -> Option<Loose> {
+    // Objects never change once renamed into place, so the size read is the size.
+    let open = open_object(dir, path).and_then(|f| {
+        let meta = f.metadata()?;
+        let mut buf = vec![0u8; meta.len() as usize];
+        f.read_exact_at(&mut buf, 0)?;
+        Ok((meta, buf))
+    });
+    let (size, mtime, frame) = match open {
+        Ok((meta, buf)) => (
+            disk_bytes(&meta),
+            meta.modified().unwrap_or(UNIX_EPOCH),
+            crate::object::decode(id, path, &buf).map(|object| (buf, object)),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            let meta = std::fs::symlink_metadata(path).ok();
+            let error = if fsutil::is_symlink_refusal(&e) {
+                ObjectError::Corrupt {
+                    id: *id,
+                    path: path.to_path_buf(),
+                    reason: "it is a symlink, which the store never follows".into(),
+                }
+            } else {
+                FsError::new("read object", path, e).into()
+            };
+            (
+                meta.as_ref().map_or(0, disk_bytes),
+                meta.and_then(|m| m.modified().ok()).unwrap_or(UNIX_EPOCH),
+                Err(error),
+            )
+        }
+    };
+    let (frame, links) = match frame {
+        Ok((buf, object)) => (Ok(buf), crate::reach::links(&object)),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    Some(Loose {
+        path: path.to_path_buf(),
+        ino,
+        size,
+        mtime,
+        frame,
+        links,
+    })
+}
+
+/// Reads every pack in chunks of about this many bytes.
+const PACK_CHUNK: u64 = 8 << 20;
+
+/// Reads and verifies every packed object (the first good copy of an id wins).
+fn scan_packs(
+    packs: &[Arc<Pack>],
+    entries: Vec<Vec<Entry>>,
+    threads: usize,
+    ticker: &Ticker<'_>,
+) -> HashMap<ObjectId, Packed> {
+    let mut chunks: Vec<(usize, Vec<Entry>)> = Vec::new();
+    for (p, mut list) in entries.into_iter().enumerate() {
+        list.sort_unstable_by_key(|e| e.1);
+        let mut chunk = Vec::new();
+        let mut bytes = 0u64;
+        for e in list {
+            bytes += e.2 as u64;
+            chunk.push(e);
+            if bytes >= PACK_CHUNK {
+                chunks.push((p, std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push((p, chunk));
+        }
+    }
+    let scanned = par::map(&chunks, threads, |(p, chunk)| {
+        let out = scan_chunk(*p, &packs[*p], chunk);
+        ticker.add(chunk.len() as u64);
+        out
+    });
+    let mut packed: HashMap<ObjectId, Packed> = HashMap::new();
+    for (id, object) in scanned.into_iter().flatten() {
+        match packed.get(&id) {
+            Some(have) if have.checked.is_ok() => {}
+            _ => {
+                packed.insert(id, object);
+            }
+        }
+    }
+    packed
+}
+
+fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)> {
+    let start = chunk.first().map_or(0, |e| e.1);
+    let end = chunk
+        .iter()
+        .map(|e| e.1 + e.2 as u64)
+        .max()
+        .unwrap_or(start);
+    let mut buf = vec![0u8; (end - start) as usize];
+    let read = File::open(pack.pack_path()).and_then(|f| f.read_exact_at(&mut buf, start));
+    chunk
+        .iter()
+        .map(|&(id, offset, len)| {
+            let frame =
+                buf.get((offset - start) as usize..(offset - start) as usize + len as usize);
+            let decoded = match (&read, frame) {
+                (Ok(()), Some(frame)) => crate::object::decode(&id, pack.pack_path(), frame)
+                    .map_err(|e| match e {
+                        ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
+                            id,
+                            path,
+                            reason: format!("{reason} (packed at offset {offset})"),
+                        },
+                        other => other,
+                    }),
+                (Err(e), _) => Err(FsError::new(
+                    "read pack",
+                    pack.pack_path(),
+                    std::io::Error::new(e.kind(), e.to_string()),
+                )
+                .into()),
+                (Ok(()), None) => Err(ObjectError::Corrupt {
+                    id,
+                    path: pack.pack_path().to_path_buf(),
+                    reason: format!("its entry points outside the pack at offset {offset}"),
+                }),
+            };
+            let (checked, links) = match decoded {
+                Ok(object) => (Ok(()), crate::reach::links(&object)),
+                Err(e) => (Err(e), Vec::new()),
+            };
+            (
+                id,
+                Packed {
+                    pack: p,
+                    offset,
+                    len,
+                    checked,
+                    links,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Everything reachable from `roots`, walked over the scan's notes. A good copy (loose or
+/// packed) is enough; an object with no good copy stops gc.
+fn mark(
+    mut stack: Vec<ObjectId>,
+    loose: &mut HashMap<ObjectId, Loose>,
+    packed: &HashMap<ObjectId, Packed>,
+    report: &mut GcReport,
+) -> Result<HashSet<ObjectId>, GcError> {
+    let mut marked = HashSet::with_capacity(loose.len() + packed.len());
+    while let Some(id) = stack.pop() {
+        if !marked.insert(id) {
+            continue;
+        }
+        let l = loose.get(&id);
+        let p = packed.get(&id);
+        if let Some(l) = l.filter(|l| l.frame.is_ok()) {
+            stack.extend_from_slice(&l.links);
+        } else if let Some(p) = p.filter(|p| p.checked.is_ok()) {
+            stack.extend_from_slice(&p.links);
+        } else if l.is_some() {
+            let source = match loose.remove(&id).map(|l| l.frame) {
+                Some(Err(e)) => e,
+                _ => ObjectError::NotFound { id },
+            };
+            return Err(GcError::Unreadable { id, source });
+        } else if let Some(p) = p {
+            let source = match &p.checked {
+                Err(ObjectError::Corrupt { id, path, reason }) => ObjectError::Corrupt {
+                    id: *id,
+                    path: path.clone(),
+                    reason: reason.clone(),
+                },
+                _ => ObjectError::NotFound { id },
+            };
+            return Err(GcError::Unreadable { id, source });
+        } else {
+            report.missing += 1;
+        }
+    }
+    Ok(marked)
+}
+
+/// Packs the reachable loose objects that no kept pack holds into a new pack, with the
+/// reachable objects of the packs being rewritten; removes the loose copies only after the
+/// pack and its index are durable, and the rewritten packs only after the new one is.
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    store: &ObjectStore,
+    packs: &[Arc<Pack>],
+    rewrite: &[bool],
+    loose: HashMap<ObjectId, Loose>,
+    packed: HashMap<ObjectId, Packed>,
     marked: &HashSet<ObjectId>,
-    opts: GcOptions,
+    threads: usize,
+    opts: &GcOptions,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
-    let now = SystemTime::now();
-    // A pack without an index is what a gc killed while packing left.
-    if let Ok(entries) = std::fs::read_dir(store.pack_dir()) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let young = std::fs::metadata(&p)
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|m| now.duration_since(m).ok())
-                .is_some_and(|age| age < opts.prune);
-            if p.extension().is_some_and(|x| x == "pack")
-                && !p.with_extension("idx").exists()
-                && !young
-            {
-                remove(&p)?;
-            }
+    remove_orphan_packs(store, opts.prune)?;
+    let mut objects: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+    let mut redundant: Vec<(PathBuf, u64)> = Vec::new();
+    for (id, l) in loose {
+        let kept = packed
+            .get(&id)
+            .is_some_and(|p| p.checked.is_ok() && !rewrite[p.pack]);
+        if let (Ok(frame), false) = (l.frame, kept) {
+            objects.push((id, frame));
+        }
+        redundant.push((l.path, l.ino));
+    }
+    for (id, p) in &packed {
+        // A damaged packed copy is not carried over (a good loose copy, if any, is).
+        if rewrite[p.pack] && marked.contains(id) && p.checked.is_ok() {
+            let pack = &packs[p.pack];
+            let frame = pack
+                .frame(p.offset, p.len)
+                .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
+            objects.push((*id, frame));
         }
     }
-    let (loose, _) = store.list_loose()?;
-    let loose: Vec<(ObjectId, PathBuf)> = loose
-        .into_iter()
-        .filter(|(id, _)| marked.contains(id))
-        .collect();
-    let old_packs = store.packs(true);
-    let merge = old_packs.len() >= MAX_PACKS;
-    if loose.is_empty() && !merge {
-        report.packs = old_packs.len() as u64;
-        return Ok(());
-    }
-    let mut objects: Vec<(ObjectId, Vec<u8>)> = Vec::with_capacity(loose.len());
-    for (id, path) in &loose {
-        let bytes = match fsutil::read_nofollow(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(FsError::new("read object", path, e).into()),
-        };
-        crate::object::decode(id, path, &bytes)
-            .map_err(|source| GcError::Unreadable { id: *id, source })?;
-        objects.push((*id, bytes));
-    }
-    if merge {
-        for pack in &old_packs {
-            let entries = pack
-                .entries()
-                .map_err(|e| FsError::new("read pack index", pack.idx_path(), e))?;
-            for (id, offset, len) in entries {
-                if !marked.contains(&id) {
-                    report.pruned += 1;
-                    continue;
-                }
-                let bytes = pack
-                    .frame(offset, len)
-                    .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
-                crate::object::decode(&id, pack.pack_path(), &bytes)
-                    .map_err(|source| GcError::Unreadable { id, source })?;
-                objects.push((id, bytes));
-            }
-        }
-    }
-    objects.sort_by_key(|o| o.0);
+    objects.sort_unstable_by_key(|o| o.0);
     objects.dedup_by(|a, b| a.0 == b.0);
     report.packed = objects.len() as u64;
-    crate::pack::write(&store.pack_dir(), &store.pack_tmp_dir(), objects)?;
-    // The pack is durable: the loose copies (and merged packs) can go.
-    for (_, path) in &loose {
-        remove(path)?;
+    let mut written = None;
+    if !objects.is_empty() {
+        let ticker = Ticker::new(opts, GcPhase::Pack, objects.len() as u64);
+        let frames = objects.into_iter().inspect(|_| ticker.add(1));
+        written = Some(crate::pack::write(
+            &store.pack_dir(),
+            &store.pack_tmp_dir(),
+            frames,
+        )?);
     }
-    if merge {
-        for pack in &old_packs {
-            remove(pack.idx_path())?;
-            remove(pack.pack_path())?;
+    // The new pack is durable: the loose copies and the rewritten packs can go.
+    remove_all(
+        &redundant,
+        threads,
+        &Ticker::new(opts, GcPhase::Remove, redundant.len() as u64),
+    )?;
+    for (pack, _) in packs.iter().zip(rewrite).filter(|(_, r)| **r) {
+        // A pack is named by its ids: a rewrite can produce a pack that is already there
+        // (a gc killed before it removed the packs it had merged), which must stay.
+        if written.as_deref() == Some(pack.idx_path()) {
+            continue;
+        }
+        remove(pack.idx_path())?;
+        remove(pack.pack_path())?;
+    }
+    Ok(())
+}
+
+/// Removes what a gc killed while packing left: a pack without its index, once past the
+/// grace period.
+fn remove_orphan_packs(store: &ObjectStore, prune: Duration) -> Result<(), GcError> {
+    let Ok(entries) = std::fs::read_dir(store.pack_dir()) else {
+        return Ok(());
+    };
+    let now = SystemTime::now();
+    for e in entries.flatten() {
+        let p = e.path();
+        let young = std::fs::metadata(&p)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age < prune);
+        if p.extension().is_some_and(|x| x == "pack") && !p.with_extension("idx").exists() && !young
+        {
+            remove(&p)?;
         }
     }
-    fsutil::sync_filesystem(home.root())?;
-    report.packs = store.packs(true).len() as u64;
-    report.bytes_after = dir_bytes(&store.pack_dir()) + loose_bytes(store)?;
     Ok(())
+}
+
+/// Removes files (`(path, inode)`) on several threads, a directory's files together in
+/// inode order (which keeps the file system's inode-table and bitmap updates close).
+fn remove_all(
+    files: &[(PathBuf, u64)],
+    threads: usize,
+    ticker: &Ticker<'_>,
+) -> Result<(), GcError> {
+    let mut by_dir: HashMap<&Path, Vec<(&Path, u64)>> = HashMap::new();
+    for (p, ino) in files {
+        by_dir
+            .entry(p.parent().unwrap_or(Path::new("")))
+            .or_default()
+            .push((p, *ino));
+    }
+    let mut groups: Vec<Vec<(&Path, u64)>> = by_dir.into_values().collect();
+    for g in &mut groups {
+        g.sort_unstable_by_key(|f| f.1);
+    }
+    par::map(&groups, threads, |group| {
+        // Names relative to the open directory: no path walk per file.
+        let dir = group.first().and_then(|(p, _)| p.parent());
+        let fd = dir.and_then(|d| {
+            rustix::fs::open(
+                d,
+                rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW,
+                rustix::fs::Mode::empty(),
+            )
+            .ok()
+        });
+        for (p, _) in group {
+            match (&fd, p.file_name()) {
+                (Some(fd), Some(name)) => {
+                    match rustix::fs::unlinkat(fd, name, rustix::fs::AtFlags::empty()) {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                        Err(e) => return Err(FsError::new("remove", *p, e.into())),
+                    }
+                }
+                _ => remove(p)?,
+            }
+            ticker.add(1);
+        }
+        Ok::<(), FsError>(())
+    })
+    .into_iter()
+    .collect::<Result<(), FsError>>()?;
+    Ok(())
+}
+
+/// What a file takes on disk (its allocated blocks).
+fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    meta.blocks() * 512
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -268,19 +813,10 @@ fn dir_bytes(dir: &Path) -> u64 {
             entries
                 .flatten()
                 .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
+                .map(|m| disk_bytes(&m))
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn loose_bytes(store: &crate::object::ObjectStore) -> Result<u64, GcError> {
-    let (loose, _) = store.list_loose()?;
-    Ok(loose
-        .iter()
-        .filter_map(|(_, p)| std::fs::symlink_metadata(p).ok())
-        .map(|m| m.len())
-        .sum())
 }
 
 fn remove(path: &Path) -> Result<(), FsError> {
@@ -315,7 +851,7 @@ fn ref_dirs(home: &Home) -> Vec<PathBuf> {
 }
 
 /// Temp files of the objects and of the ref directories.
-fn temp_files(home: &Home, store: &crate::object::ObjectStore) -> Result<Vec<PathBuf>, GcError> {
+fn temp_files(home: &Home, store: &ObjectStore) -> Result<Vec<PathBuf>, GcError> {
     let mut out = store.temp_files()?;
     for dir in ref_dirs(home) {
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -328,28 +864,4 @@ fn temp_files(home: &Home, store: &crate::object::ObjectStore) -> Result<Vec<Pat
         }
     }
     Ok(out)
-}
-
-/// Everything reachable from the refs and every reflog entry.
-fn mark(home: &Home, refs: &RefStore, report: &mut GcReport) -> Result<HashSet<ObjectId>, GcError> {
-    let mut stack: Vec<ObjectId> = refs.list(None)?.into_iter().map(|(_, id)| id).collect();
-    for dir in ref_dirs(home) {
-        let log = crate::refs::read_reflog(&dir.join("reflog"))?;
-        for e in log.entries {
-            stack.extend([e.old, e.new].into_iter().filter(|id| !id.is_zero()));
-        }
-    }
-    let store = refs.objects();
-    let mut marked = HashSet::new();
-    while let Some(id) = stack.pop() {
-        if !marked.insert(id) {
-            continue;
-        }
-        match store.read(&id) {
-            Ok(object) => stack.extend(crate::reach::links(&object)),
-            Err(ObjectError::NotFound { .. }) => report.missing += 1,
-            Err(source) => return Err(GcError::Unreadable { id, source }),
-        }
-    }
-    Ok(marked)
 }

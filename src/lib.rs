@@ -7,6 +7,7 @@
 //! the streams its caller hands in.
 
 pub mod cli;
+pub mod config;
 pub mod dlq;
 pub mod events;
 pub mod fsck;
@@ -17,6 +18,7 @@ pub mod lock;
 pub mod names;
 pub mod object;
 pub mod pack;
+pub mod par;
 pub mod reach;
 pub mod refs;
 pub mod repo;

@@ -535,6 +535,11 @@ impl ObjectStore {
         }
     }
 
+    /// The `objects/` directory.
+    pub fn objects_dir(&self) -> &Path {
+        &self.objects
+    }
+
     /// The packs directory.
     pub fn pack_dir(&self) -> PathBuf {
         self.objects.join("pack")

@@ -30,6 +30,9 @@ const HEADER: u64 = 8 + 8 + 256 * 4;
 const ENTRY: u64 = 32 + 8 + 4;
 const TRAILER: u64 = 64;
 
+/// One index entry: an object's id, and its frame's offset and length in the pack.
+pub type Entry = (ObjectId, u64, u32);
+
 /// An open pack and its index.
 #[derive(Debug)]
 pub struct Pack {
@@ -99,7 +102,7 @@ impl Pack {
         self.count == 0
     }
 
-    fn entry(&self, i: u64) -> io::Result<(ObjectId, u64, u32)> {
+    fn entry(&self, i: u64) -> io::Result<Entry> {
         let mut buf = [0u8; ENTRY as usize];
         self.idx.read_exact_at(&mut buf, HEADER + i * ENTRY)?;
         let mut id = [0u8; 32];
@@ -141,9 +144,20 @@ impl Pack {
         Ok(buf)
     }
 
-    /// Every entry, in id order (the whole index is read).
-    pub fn entries(&self) -> io::Result<Vec<(ObjectId, u64, u32)>> {
-        (0..self.count).map(|i| self.entry(i)).collect()
+    /// Every entry, in id order (the whole index is read, in one read).
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut table = vec![0u8; (self.count * ENTRY) as usize];
+        self.idx.read_exact_at(&mut table, HEADER)?;
+        Ok(table
+            .chunks_exact(ENTRY as usize)
+            .map(|e| {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&e[..32]);
+                let offset = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
+                let len = u32::from_le_bytes(e[40..44].try_into().unwrap_or_default());
+                (ObjectId::from_bytes(id), offset, len)
+            })
+            .collect())
     }
 
     /// The ids whose hex starts with `prefix` (at least two hex digits).
@@ -218,7 +232,7 @@ pub fn write(
     let mut out = io::BufWriter::with_capacity(1 << 20, temp.as_file());
     let mut hasher = blake3::Hasher::new();
     let mut names = blake3::Hasher::new();
-    let mut entries: Vec<(ObjectId, u64, u32)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut offset = PACK_MAGIC.len() as u64;
     out.write_all(PACK_MAGIC).at("write pack", temp.path())?;
     hasher.update(PACK_MAGIC);

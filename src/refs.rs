@@ -471,6 +471,38 @@ impl RefStore {
         Ok(())
     }
 
+    /// Drops the entries older than `cutoff_ms` (Unix milliseconds) from the reflog in the
+    /// ref directory `dir`, under the ref's lock, and returns what stays and how many went
+    /// (as `git reflog expire`: the ref's own value is a root of its own, so every old
+    /// entry may go). A reflog with unparseable lines is left as it is (`fsck` reports
+    /// them): rewriting it would drop them. `dry_run` only counts. The reflog is replaced
+    /// atomically.
+    pub fn expire_reflog(
+        &self,
+        dir: &Path,
+        cutoff_ms: u64,
+        dry_run: bool,
+    ) -> Result<(Reflog, usize), RefError> {
+        let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
+        let path = dir.join("reflog");
+        let mut log = read_reflog(&path)?;
+        if !log.bad_lines.is_empty() || log.torn_tail {
+            return Ok((log, 0));
+        }
+        let before = log.entries.len();
+        log.entries.retain(|e| e.unix_ms >= cutoff_ms);
+        let expired = before - log.entries.len();
+        if expired > 0 && !dry_run {
+            let text: String = log
+                .entries
+                .iter()
+                .map(|e| format!("{}\n", e.to_line()))
+                .collect();
+            fsutil::write_atomic(&path, dir, text.as_bytes(), 0o644)?;
+        }
+        Ok((log, expired))
+    }
+
     /// Reads a ref's reflog, oldest first. A missing reflog is empty.
     pub fn log(&self, name: &RefName) -> Result<Reflog, RefError> {
         read_reflog(&self.reflog_path(name))

@@ -22,6 +22,9 @@ pub enum EventError {
     /// An object-layer failure (missing or corrupt object, I/O).
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The home's `config.json` (retention policies).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A `log` node that is not valid JSON of the node shape.
     #[error("log node {id} of {name} is malformed: {reason}")]
     BadNode {

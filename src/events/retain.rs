@@ -44,55 +44,6 @@ pub struct Retention {
     pub auto: bool,
 }
 
-/// `config.json` in the home: `{"retention": {"default": POLICY, "repos": {"api":
-/// POLICY}}}`, a policy being `{"max_age": "30d", "max_events": 100000, "max_size":
-/// "512MiB", "archive": true, "auto": true}`. No file, or no policy for a repository,
-/// means no limits: nothing is ever removed unless asked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Retention policies.
-    #[serde(default)]
-    pub retention: RetentionConfig,
-}
-
-/// The `retention` section of `config.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// The policy of repositories not named in `repos`.
-    #[serde(default)]
-    pub default: Retention,
-    /// Policies by repo name.
-    #[serde(default)]
-    pub repos: std::collections::BTreeMap<String, Retention>,
-}
-
-impl Config {
-    /// Reads `config.json` from `home` (absent: the defaults).
-    pub fn load(home: &crate::home::Home) -> Result<Config, EventError> {
-        let path = home.root().join("config.json");
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                EventError::BadRecord(format!("'{}' is not a valid config: {e}", path.display()))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(EventError::BadRecord(format!(
-                "cannot read '{}': {e}",
-                path.display()
-            ))),
-        }
-    }
-
-    /// The policy of `repo`.
-    pub fn policy(&self, repo: &str) -> &Retention {
-        self.retention
-            .repos
-            .get(repo)
-            .unwrap_or(&self.retention.default)
-    }
-}
-
 impl Retention {
     /// True when the policy limits nothing.
     pub fn is_unlimited(&self) -> bool {
@@ -143,18 +94,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
-mod opt_duration {
+pub(crate) mod opt_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
             Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom))
             .transpose()

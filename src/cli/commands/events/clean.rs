@@ -2,7 +2,8 @@
 
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
-use crate::events::retain::{Config, Retention, parse_size};
+use crate::config::Config;
+use crate::events::retain::{Retention, parse_size};
 use crate::refs::RefKind;
 
 /// Keep the newest events of jobs' logs within a policy — exactly — and remove the rest,

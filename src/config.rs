@@ -1,0 +1,146 @@
+//! `config.json` in the home: the settings that belong to the store rather than to one
+//! command. `{"retention": {"default": POLICY, "repos": {"api": POLICY}}, "gc":
+//! {"reflog_expire": "90d"}}`, a retention policy being `{"max_age": "30d", "max_events":
+//! 100000, "max_size": "512MiB", "archive": true, "auto": true}`.
+//!
+//! No file means the defaults: no retention limits (nothing is removed unless asked), and
+//! reflog entries expire after 90 days, as git's `gc.reflogExpire`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::retain::Retention;
+use crate::home::Home;
+
+/// A `config.json` that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use config '{}': {reason}", path.display())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The home's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Retention policies.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// gc settings.
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+/// The `retention` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The policy of repositories not named in `repos`.
+    #[serde(default)]
+    pub default: Retention,
+    /// Policies by repo name.
+    #[serde(default)]
+    pub repos: std::collections::BTreeMap<String, Retention>,
+}
+
+/// Reflog entries older than this are dropped by gc, 90 days unless set.
+pub const DEFAULT_REFLOG_EXPIRE: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The `gc` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Reflog entries older than this are dropped by gc, so what only they named can be
+    /// collected (a ref's value is a root of its own): `"90d"`, `"now"`, or `"never"`
+    /// (`None`).
+    #[serde(default = "default_reflog_expire", with = "expiry")]
+    pub reflog_expire: Option<Duration>,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            reflog_expire: default_reflog_expire(),
+        }
+    }
+}
+
+fn default_reflog_expire() -> Option<Duration> {
+    Some(DEFAULT_REFLOG_EXPIRE)
+}
+
+impl Config {
+    /// Reads `config.json` from `home` (absent: the defaults).
+    pub fn load(home: &Home) -> Result<Config, ConfigError> {
+        let path = home.root().join("config.json");
+        let error = |reason: String| ConfigError {
+            path: path.clone(),
+            reason,
+        };
+        match crate::fsutil::read_nofollow(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| error(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(error(e.to_string())),
+        }
+    }
+
+    /// The retention policy of `repo`.
+    pub fn policy(&self, repo: &str) -> &Retention {
+        self.retention
+            .repos
+            .get(repo)
+            .unwrap_or(&self.retention.default)
+    }
+}
+
+/// Parses a reflog expiry: `never`, `now`, or a duration (`90d`, `12h`).
+pub fn parse_expiry(text: &str) -> Result<Option<Duration>, String> {
+    match text.trim() {
+        "never" => Ok(None),
+        "now" => Ok(Some(Duration::ZERO)),
+        t => humantime::parse_duration(t)
+            .map(Some)
+            .map_err(|e| format!("bad expiry {text:?} ({e}; examples: 90d, 12h, now, never)")),
+    }
+}
+
+mod expiry {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("never"),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_expiry(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflog_expiry_defaults_to_90_days_and_reads_never_and_now() {
+        let c: Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.gc.reflog_expire, Some(DEFAULT_REFLOG_EXPIRE));
+        let c: Config = serde_json::from_str(r#"{"gc":{"reflog_expire":"never"}}"#).unwrap();
+        assert_eq!(c.gc.reflog_expire, None);
+        let c: Config = serde_json::from_str(r#"{"gc":{"reflog_expire":"now"}}"#).unwrap();
+        assert_eq!(c.gc.reflog_expire, Some(Duration::ZERO));
+        assert!(serde_json::from_str::<Config>(r#"{"gc":{"reflog_expire":"soon"}}"#).is_err());
+        assert!(serde_json::from_str::<Config>(r#"{"gc":{"typo":"1d"}}"#).is_err());
+    }
+}
