@@ -292,11 +292,7 @@ pub fn gc(
         false
     });
     for temp in temp_files(home, store)? {
-        let old = std::fs::symlink_metadata(&temp)
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .is_none_or(|m| age(m) >= opts.prune);
-        if old {
+        if older_than(&temp, opts.prune, now) {
             report.temp_removed += 1;
             doomed.push((temp, 0));
         }
@@ -305,11 +301,7 @@ pub fn gc(
     // file's) is rewritten without them; every pack is once there are MAX_PACKS.
     let mut rewrite = vec![packs.len() >= MAX_PACKS; packs.len()];
     for (p, pack) in packs.iter().enumerate() {
-        let old = std::fs::metadata(pack.pack_path())
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .is_none_or(|m| age(m) >= opts.prune);
-        rewrite[p] |= old
+        rewrite[p] |= older_than(pack.pack_path(), opts.prune, now)
             && packed
                 .iter()
                 .any(|(id, e)| e.pack == p && !marked.contains(id));
@@ -597,15 +589,9 @@ fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)>
             let frame =
                 buf.get((offset - start) as usize..(offset - start) as usize + len as usize);
             let decoded = match (&read, frame) {
-                (Ok(()), Some(frame)) => crate::object::decode(&id, pack.pack_path(), frame)
-                    .map_err(|e| match e {
-                        ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
-                            id,
-                            path,
-                            reason: format!("{reason} (packed at offset {offset})"),
-                        },
-                        other => other,
-                    }),
+                (Ok(()), Some(frame)) => {
+                    crate::object::decode_packed(&id, pack.pack_path(), offset, frame)
+                }
                 (Err(e), _) => Err(FsError::new(
                     "read pack",
                     pack.pack_path(),
@@ -755,12 +741,9 @@ fn remove_orphan_packs(store: &ObjectStore, prune: Duration) -> Result<(), GcErr
     let now = SystemTime::now();
     for e in entries.flatten() {
         let p = e.path();
-        let young = std::fs::metadata(&p)
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|m| now.duration_since(m).ok())
-            .is_some_and(|age| age < prune);
-        if p.extension().is_some_and(|x| x == "pack") && !p.with_extension("idx").exists() && !young
+        if p.extension().is_some_and(|x| x == "pack")
+            && !p.with_extension("idx").exists()
+            && older_than(&p, prune, now)
         {
             remove(&p)?;
         }
@@ -814,6 +797,15 @@ fn remove_all(
     .into_iter()
     .collect::<Result<(), FsError>>()?;
     Ok(())
+}
+
+/// True when the file at `path` was last modified at least `age` before `now` (or cannot
+/// be inspected: a file that vanished or cannot be read has no age worth waiting for).
+fn older_than(path: &Path, age: Duration, now: SystemTime) -> bool {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .is_none_or(|m| now.duration_since(m).unwrap_or_default() >= age)
 }
 
 /// What a file takes on disk (its allocated blocks).

@@ -421,6 +421,24 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
     Ok(Object { kind, payload })
 }
 
+/// [`decode`] for a frame read from the pack at `pack` at `offset`: a damaged one is named
+/// with its offset.
+pub fn decode_packed(
+    id: &ObjectId,
+    pack: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<Object, ObjectError> {
+    decode(id, pack, bytes).map_err(|e| match e {
+        ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
+            id,
+            path,
+            reason: format!("{reason} (packed at offset {offset})"),
+        },
+        other => other,
+    })
+}
+
 /// Parses `<type> <len>\0` at the start of `head` (which ends at the NUL).
 fn parse_header_prefix(head: &[u8]) -> Result<(ObjectType, usize), String> {
     let nul = head
@@ -597,14 +615,7 @@ impl ObjectStore {
         let bytes = pack
             .frame(offset, len)
             .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
-        decode(id, pack.pack_path(), &bytes).map_err(|e| match e {
-            ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
-                id,
-                path,
-                reason: format!("{reason} (packed at offset {offset})"),
-            },
-            other => other,
-        })
+        decode_packed(id, pack.pack_path(), offset, &bytes)
     }
 
     /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
