@@ -388,9 +388,7 @@ fn list_fanout(store: &ObjectStore) -> Result<Vec<PathBuf>, GcError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let is_fanout =
-            name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if is_fanout && entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if crate::object::is_fanout_name(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             out.push(entry.path());
         }
     }

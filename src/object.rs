@@ -762,8 +762,7 @@ impl ObjectStore {
             if name == "tmp" || name == "pack" {
                 continue;
             }
-            let is_fanout =
-                name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let is_fanout = is_fanout_name(&name);
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if !is_fanout || !is_dir {
                 strays.push(path);
@@ -782,6 +781,11 @@ impl ObjectStore {
         strays.sort();
         Ok((ids, strays))
     }
+}
+
+/// True for the name of a fan-out directory of `objects/`: two lowercase hex digits.
+pub fn is_fanout_name(name: &str) -> bool {
+    name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A group of object writes with one durability barrier for all of them, as git's

@@ -12,6 +12,22 @@ fn gc_json(env: &Env, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&env.ok(&all, b"")).unwrap()
 }
 
+/// Appends one `job_paused` event to job `job` of repo `api`.
+fn append_paused(env: &Env, job: &str, n: u32) {
+    env.ok(
+        &["events", "append", "--job", job, "--repo", "api"],
+        format!(r#"{{"event_type":"job_paused","job_id":"{job}","checkpoint_version":{n}}}"#)
+            .as_bytes(),
+    );
+}
+
+/// Events of job `job` of repo `api`.
+fn event_count(env: &Env, job: &str) -> usize {
+    env.ok(&["events", "show", job, "--repo", "api", "--json"], b"")
+        .lines()
+        .count()
+}
+
 fn assert_fsck_clean(env: &Env) {
     let out = env.run(&["fsck"], b"");
     assert!(out.status.success(), "{}", transcript(&out));
@@ -128,23 +144,7 @@ fn sigkill_of_gc_at_random_moments() {
     let out = env.run(&["gc", "--prune", "now"], b"");
     assert!(out.status.success(), "{}", transcript(&out));
     assert_fsck_clean(&env);
-    let total: usize = (0..5)
-        .map(|j| {
-            env.ok(
-                &[
-                    "events",
-                    "show",
-                    &format!("j{j}"),
-                    "--repo",
-                    "api",
-                    "--json",
-                ],
-                b"",
-            )
-            .lines()
-            .count()
-        })
-        .sum();
+    let total: usize = (0..5).map(|j| event_count(&env, &format!("j{j}"))).sum();
     assert_eq!(total as u64, trials);
 }
 
@@ -153,15 +153,8 @@ fn sigkill_of_gc_at_random_moments() {
 #[test]
 fn packs_are_read_transparently_merged_and_checked() {
     let env = Env::new();
-    let append = |job: &str, n: u32| {
-        env.ok(
-            &["events", "append", "--job", job, "--repo", "api"],
-            format!(r#"{{"event_type":"job_paused","job_id":"{job}","checkpoint_version":{n}}}"#)
-                .as_bytes(),
-        );
-    };
     for round in 0..6u32 {
-        append(&format!("j{round}"), round);
+        append_paused(&env, &format!("j{round}"), round);
         let report = gc_json(&env, &[]);
         assert!(
             report["packs"].as_u64().unwrap() <= prodigy::gc::MAX_PACKS as u64,
@@ -174,18 +167,7 @@ fn packs_are_read_transparently_merged_and_checked() {
         .collect();
     assert!(loose.is_empty(), "left loose: {loose:?}");
     for round in 0..6u32 {
-        let out = env.ok(
-            &[
-                "events",
-                "show",
-                &format!("j{round}"),
-                "--repo",
-                "api",
-                "--json",
-            ],
-            b"",
-        );
-        assert_eq!(out.lines().count(), 1);
+        assert_eq!(event_count(&env, &format!("j{round}")), 1);
     }
     let head = std::fs::read_to_string(env.home().join("events/api/j0/HEAD")).unwrap();
     let prefix = &head.trim()[..8];
@@ -363,18 +345,7 @@ fn a_merge_that_rewrites_an_existing_pack_keeps_it() {
         v
     };
     for round in 0..prodigy::gc::MAX_PACKS as u32 {
-        env.ok(
-            &[
-                "events",
-                "append",
-                "--job",
-                &format!("j{round}"),
-                "--repo",
-                "api",
-            ],
-            format!(r#"{{"event_type":"job_paused","job_id":"j","checkpoint_version":{round}}}"#)
-                .as_bytes(),
-        );
+        append_paused(&env, &format!("j{round}"), round);
         gc_json(&env, &[]);
     }
     let before: Vec<(std::path::PathBuf, Vec<u8>)> = pack_files()
@@ -394,18 +365,7 @@ fn a_merge_that_rewrites_an_existing_pack_keeps_it() {
     let report = gc_json(&env, &[]);
     assert_eq!(report["packs"], 1, "{report}");
     for round in 0..prodigy::gc::MAX_PACKS {
-        let out = env.ok(
-            &[
-                "events",
-                "show",
-                &format!("j{round}"),
-                "--repo",
-                "api",
-                "--json",
-            ],
-            b"",
-        );
-        assert_eq!(out.lines().count(), 1);
+        assert_eq!(event_count(&env, &format!("j{round}")), 1);
     }
     assert_fsck_clean(&env);
 }
