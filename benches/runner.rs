@@ -131,6 +131,7 @@ fn spec(repo_root: &Path, home: &Path, repo_name: &str, job: &str, source: &str)
         env: BTreeMap::new(),
         started: prodigy::events::record::now_timestamp(),
         workflow_source: source.into(),
+        imported_from: None,
     }
 }
 
@@ -299,6 +300,7 @@ fn spec_fixed(repo_root: &Path, home: &Path) -> JobSpec {
         env: BTreeMap::new(),
         started: prodigy::events::record::now_timestamp(),
         workflow_source: String::new(),
+        imported_from: None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod home;
 pub mod lock;
+pub mod migrate;
 pub mod names;
 pub mod object;
 pub mod pack;

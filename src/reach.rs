@@ -11,7 +11,7 @@ use crate::object::{Object, ObjectId, ObjectType};
 /// Keys whose string value is a link.
 const LINK_KEYS: [&str; 3] = ["parent", "batch", "object"];
 
-const CHECKPOINT_KEYS: [&str; 4] = ["parent", "base", "spec", "items"];
+const CHECKPOINT_KEYS: [&str; 5] = ["parent", "base", "spec", "items", "original"];
 
 /// The objects `object` names, in the order found.
 pub fn links(object: &Object) -> Vec<ObjectId> {
@@ -25,8 +25,8 @@ pub fn links(object: &Object) -> Vec<ObjectId> {
         return Vec::new();
     };
     if object.kind == ObjectType::Checkpoint {
-        // A checkpoint names its parent, its nearest full checkpoint, the job's spec and
-        // its work-item list.
+        // A checkpoint names its parent, its nearest full checkpoint, the job's spec, its
+        // work-item list and (imported ones) the original file.
         return CHECKPOINT_KEYS
             .iter()
             .filter_map(|k| value.get(*k)?.as_str()?.parse().ok())

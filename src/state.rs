@@ -18,7 +18,6 @@ use serde_json::Value;
 
 use crate::events::record::now_timestamp;
 use crate::fsutil::{self, FsError};
-use crate::home::Home;
 use crate::lock::{self, LockError, LockGuard, LockMode, LockOptions};
 use crate::names::{self, NameError};
 use crate::object::{ObjectError, ObjectId, ObjectType};
@@ -50,6 +49,9 @@ pub enum StateError {
     /// The run lock could not be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The default home could not be chosen.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// No state ref for the job.
     #[error("no job '{job}' in repository '{repo}' (no ref state/{repo}/{job})")]
     NoJob {
@@ -73,6 +75,16 @@ pub enum StateError {
         job: String,
         /// The run lock.
         path: PathBuf,
+    },
+    /// The job was imported from the original tool and records no workflow to run.
+    #[error(
+        "job '{job}' was imported from the original tool ({from}); it records no workflow steps, so it cannot be resumed or retried (start it again with `prodigy run`)"
+    )]
+    Imported {
+        /// The job id.
+        job: String,
+        /// Where it was imported from.
+        from: String,
     },
     /// Someone moved the state ref while we held the run lock.
     #[error("state/{repo}/{job} moved under the runner: expected {expected}, found {found}")]
@@ -154,6 +166,11 @@ pub struct JobSpec {
     pub started: String,
     /// The workflow file's text, parsed again by `resume`.
     pub workflow_source: String,
+    /// For a job imported from the original tool's repo-local checkpoints
+    /// (`prodigy migrate-events`): where they were. Such a job records no workflow steps,
+    /// so it cannot be resumed; the fields the original did not record are empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// The outcome of one finished item.
@@ -163,7 +180,8 @@ pub struct ItemResult {
     pub index: usize,
     /// done, failed or skipped.
     pub status: ItemStatus,
-    /// The agent that ran it last.
+    /// The agent that ran it last (empty when not recorded: imported results).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent_id: String,
     /// Attempts made.
     pub attempts: u32,
@@ -281,6 +299,9 @@ pub struct Checkpoint {
     /// step); `resume` clears it and goes on from `phase`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For an imported checkpoint: the original file's bytes (a `blob`), kept as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<ObjectId>,
 }
 
 /// A job's state in memory: the newest checkpoint's header plus every result.
@@ -324,6 +345,18 @@ impl JobState {
     }
 }
 
+/// A checkpoint of the original tool, converted, for [`JobStateManager::import`]: its
+/// `parent`, `spec`, `items` and `original` are filled in there.
+#[derive(Debug, Clone)]
+pub struct ImportedCheckpoint {
+    /// The checkpoint (a full one: `delta` holds every result).
+    pub checkpoint: Checkpoint,
+    /// Its work-item list.
+    pub items: Vec<Value>,
+    /// The original file's bytes.
+    pub original: Vec<u8>,
+}
+
 /// A held run lock: one process runs (or resumes, or retries) a job at a time. The kernel
 /// releases it when the process dies.
 #[derive(Debug)]
@@ -341,11 +374,7 @@ pub struct JobStateManager {
 impl JobStateManager {
     /// The jobs of `repo` in the default home.
     pub fn new_global(repo: &str) -> Result<JobStateManager, StateError> {
-        let home = Home::from_env().map_err(|e| StateError::Malformed {
-            what: "home",
-            id: ObjectId::ZERO,
-            message: e.to_string(),
-        })?;
+        let home = crate::storage::default_home()?;
         JobStateManager::new(RefStore::new(&home, LockOptions::from_env()), repo)
     }
 
@@ -437,6 +466,7 @@ impl JobStateManager {
             delta: BTreeMap::new(),
             ended: None,
             error: None,
+            original: None,
         };
         let mut state = JobState {
             head: None,
@@ -578,6 +608,12 @@ impl JobStateManager {
                     results.entry(k).or_insert(v);
                 }
                 let spec = self.read_spec(&top.spec)?;
+                if let Some(from) = spec.imported_from {
+                    return Err(StateError::Imported {
+                        job: job.to_owned(),
+                        from,
+                    });
+                }
                 if spec.id != job {
                     return Err(malformed(
                         "checkpoint",
@@ -610,6 +646,49 @@ impl JobStateManager {
             cursor = self.read_checkpoint(&parent)?;
             cursor_id = parent;
         }
+    }
+
+    /// Chains checkpoints imported from the original tool (oldest first) onto `job`'s ref,
+    /// which must hold `head` (`None`: the job is new). Each names `spec` (written once), its
+    /// own work-item list and the original file's bytes; the ref moves once. Returns the
+    /// new head.
+    pub fn import(
+        &self,
+        job: &str,
+        head: Option<ObjectId>,
+        spec: &JobSpec,
+        checkpoints: Vec<ImportedCheckpoint>,
+    ) -> Result<ObjectId, StateError> {
+        let name = self.ref_name(job)?;
+        let _gc = self.refs.write_guard()?;
+        let objects = self.refs.objects();
+        let spec_json =
+            serde_json::to_vec(spec).map_err(|e| malformed("spec", ObjectId::ZERO, e))?;
+        let spec_id = objects.write(ObjectType::Blob, &spec_json)?;
+        let mut parent = head;
+        for ImportedCheckpoint {
+            mut checkpoint,
+            items,
+            original,
+        } in checkpoints
+        {
+            checkpoint.parent = parent;
+            checkpoint.spec = spec_id;
+            checkpoint.items = Some(self.store_items(&items)?);
+            checkpoint.original = Some(objects.write(ObjectType::Blob, &original)?);
+            let json = serde_json::to_vec(&checkpoint)
+                .map_err(|e| malformed("checkpoint", ObjectId::ZERO, e))?;
+            parent = Some(objects.write(ObjectType::Checkpoint, &json)?);
+        }
+        let new =
+            parent.ok_or_else(|| malformed("checkpoint", ObjectId::ZERO, "nothing to import"))?;
+        let expect = match head {
+            Some(id) => Expect::Value(id),
+            None => Expect::Absent,
+        };
+        let message = format!("import of the original tool's checkpoints of {job}");
+        self.refs.update(&name, new, expect, &message)?;
+        Ok(new)
     }
 
     /// The checkpoints of `job`, newest first (the parent chain from its ref).
@@ -668,6 +747,7 @@ pub fn item_key(index: usize, item: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::home::Home;
 
     fn spec(job: &str) -> JobSpec {
         JobSpec {
@@ -683,6 +763,7 @@ mod tests {
             env: BTreeMap::new(),
             started: now_timestamp(),
             workflow_source: String::new(),
+            imported_from: None,
         }
     }
 

@@ -87,6 +87,8 @@ pub enum Command {
     Fsck(commands::fsck::Args),
     /// Remove unreachable objects older than a grace period, and stale temp files.
     Gc(commands::gc::Args),
+    /// Import the original tool's repo-local .prodigy/ into the store.
+    MigrateEvents(commands::migrate_events::Args),
     /// Print the repo name that a path maps to.
     RepoName(commands::repo_name::Args),
     /// Print shell completions.
@@ -164,6 +166,42 @@ impl Ctx<'_> {
     }
 }
 
+/// The home when `--home` is not given (see [`crate::storage::choose_home`]); says so when
+/// it is the repo-local store.
+fn choose_home(diag: &Diag) -> anyhow::Result<Home> {
+    use crate::storage::{HomeSource, LOCAL_STORAGE_ENV, choose_home};
+    let cwd =
+        anyhow::Context::context(std::env::current_dir(), "cannot read the current directory")?;
+    let chosen = choose_home(&cwd)?;
+    let at = chosen.home.root().display();
+    match &chosen.source {
+        HomeSource::Local => diag.warning(&format!(
+            "{LOCAL_STORAGE_ENV} is deprecated: using the repo-local store '{at}'; unset it to use the global store (PRODIGY_HOME or ~/.prodigy)"
+        )),
+        HomeSource::Fallback { reason, .. } => diag.warning(&format!(
+            "the global store cannot be used ({reason}); using the repo-local store '{at}' (set PRODIGY_HOME to choose another)"
+        )),
+        HomeSource::Env | HomeSource::Default => {}
+    }
+    Ok(chosen.home)
+}
+
+/// Once per repository: the original tool's `.prodigy/` is still there, unimported.
+fn warn_legacy(diag: &Diag, home: &Home) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    let Ok(root) = crate::migrate::legacy_root(&cwd) else {
+        return;
+    };
+    if crate::migrate::legacy_present(&root) && crate::migrate::first_warning(home, &root) {
+        diag.warning(&format!(
+            "'{}' holds event logs, DLQ items or checkpoints of the original prodigy; `prodigy migrate-events` imports them into the store, `--remove-local` then deletes them (shown once per repository)",
+            root.join(crate::storage::LOCAL_DIR).display()
+        ));
+    }
+}
+
 /// Runs the command line `args` with `io`; returns the process exit code.
 pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     let args: Vec<OsString> = args.into_iter().collect();
@@ -206,10 +244,19 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     };
     let diag = Diag::new(io.stderr.clone(), color, cli.quiet, cli.verbose);
     let home = match &cli.home {
-        Some(dir) => Home::at(dir),
-        None => Home::from_env(),
+        Some(dir) => Home::at(dir).map_err(anyhow::Error::from),
+        None => choose_home(&diag),
     };
-    let result = home.map_err(anyhow::Error::from).and_then(|home| {
+    if let Ok(home) = &home
+        && !cli.quiet
+        && !matches!(
+            cli.command,
+            Command::MigrateEvents(_) | Command::Completions(_)
+        )
+    {
+        warn_legacy(&diag, home);
+    }
+    let result = home.and_then(|home| {
         let mut ctx = Ctx {
             home,
             stdin: &mut io.stdin,

@@ -18,7 +18,6 @@ pub use classify::{ErrorType, classify, normalize_message, signature};
 pub use filter::{FilterError, ItemFilter};
 
 use crate::events::record::now_timestamp;
-use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::object::{ObjectError, ObjectId, ObjectType};
 use crate::refs::{RefError, RefKind, RefName, RefStore};
@@ -38,6 +37,9 @@ pub enum DlqError {
     /// An object-layer failure.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The default home could not be chosen.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// A snapshot or item object that is not what it should be.
     #[error("{what} {id} of {name} is malformed: {reason}")]
     Malformed {
@@ -89,6 +91,9 @@ pub struct FailureDetail {
     /// Where its logs are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_location: Option<String>,
+    /// A stack trace, when the writer recorded one (the original tool did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_trace: Option<String>,
 }
 
 /// A dead-lettered item with its whole failure history.
@@ -428,7 +433,7 @@ pub type NewFailure = (String, Value, Failure);
 impl DeadLetterQueue {
     /// The queue of `job` in `repo`, in the default home.
     pub fn new_global(repo: &str, job: &str) -> Result<DeadLetterQueue, DlqError> {
-        let home = Home::from_env().map_err(|e| DlqError::Invalid(e.to_string()))?;
+        let home = crate::storage::default_home()?;
         DeadLetterQueue::new(RefStore::new(&home, LockOptions::from_env()), repo, job)
     }
 
@@ -571,6 +576,27 @@ impl DeadLetterQueue {
         })
     }
 
+    /// Adds whole items (with their histories, as `prodigy migrate-events` converts them)
+    /// that are not in the queue yet, in one snapshot; an item id already there is left as
+    /// it is. Returns the ids added; nothing is written when there are none.
+    pub fn import(&self, items: Vec<DeadLetteredItem>) -> Result<Vec<String>, DlqError> {
+        let count = items.len();
+        self.change(&format!("dlq import of {count} items"), |snapshot| {
+            let mut added = Vec::new();
+            for item in items {
+                if snapshot.get(&item.item_id)?.is_some() {
+                    continue;
+                }
+                let json =
+                    serde_json::to_vec(&item).map_err(|e| DlqError::Invalid(e.to_string()))?;
+                let id = self.refs.objects().write(ObjectType::Item, &json)?;
+                snapshot.insert(item.item_id.clone(), ItemSummary::of(id, &item))?;
+                added.push(item.item_id);
+            }
+            Ok(added)
+        })
+    }
+
     /// Removes items; returns the ids that were there.
     pub fn remove(&self, item_ids: &[String]) -> Result<Vec<String>, DlqError> {
         self.change(
@@ -680,6 +706,7 @@ fn record_failure(
         step: failure.step,
         duration_ms: failure.duration_ms,
         log_location: failure.log_location,
+        stack_trace: None,
     });
     item.failure_count += 1;
     if timestamp > item.last_attempt {

@@ -25,6 +25,9 @@ pub enum EventError {
     /// The home's `config.json` (retention policies).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The default home could not be chosen.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     /// A `log` node that is not valid JSON of the node shape.
     #[error("log node {id} of {name} is malformed: {reason}")]
     BadNode {

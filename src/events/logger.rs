@@ -107,7 +107,7 @@ fn failure(reason: String) -> EventError {
 impl EventLogger {
     /// A logger for `job` of `repo` in the default home (`PRODIGY_HOME` or `~/.prodigy`).
     pub fn new_global(repo: &str, job: &str) -> Result<EventLogger, EventError> {
-        let home = Home::from_env().map_err(|e| EventError::BadRecord(e.to_string()))?;
+        let home = crate::storage::default_home()?;
         EventLogger::new(&home, repo, job, Thresholds::default())
     }
 

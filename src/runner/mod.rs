@@ -236,6 +236,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         env: plan.env.clone(),
         started: now_timestamp(),
         workflow_source: plan.source.clone(),
+        imported_from: None,
     };
     let state = states.create(spec)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;

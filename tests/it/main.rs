@@ -10,6 +10,7 @@ mod events;
 mod events_concurrency;
 mod gc;
 mod hostile;
+mod migrate;
 mod plumbing;
 mod props;
 mod repo_name;

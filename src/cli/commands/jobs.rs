@@ -165,6 +165,7 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     row["branch"] = json!(spec.branch);
     row["worktree"] = json!(spec.worktree);
     row["worktree_exists"] = json!(spec.worktree.exists());
+    row["imported_from"] = json!(spec.imported_from);
     let agents: BTreeMap<&String, Value> = head
         .running
         .iter()
@@ -197,6 +198,7 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let s = |k: &str| match &row[k] {
+        Value::String(s) if s.is_empty() => "-".to_owned(),
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
         v => v.to_string(),
@@ -218,13 +220,19 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     writeln!(ctx.out, "started:    {}", s("started"))?;
     writeln!(ctx.out, "ended:      {}", s("ended"))?;
     writeln!(ctx.out, "duration:   {}", s("duration"))?;
+    if let Some(from) = &spec.imported_from {
+        writeln!(
+            ctx.out,
+            "imported:   from {from} (the original tool; not resumable)"
+        )?;
+    }
     writeln!(ctx.out, "workflow:   {}", s("workflow"))?;
     writeln!(ctx.out, "base:       {}", s("base_commit"))?;
     writeln!(
         ctx.out,
         "worktree:   {}{}",
         s("worktree"),
-        if spec.worktree.exists() {
+        if spec.worktree.as_os_str().is_empty() || spec.worktree.exists() {
             ""
         } else {
             " (missing)"
