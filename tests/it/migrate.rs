@@ -722,7 +722,7 @@ fn the_report_names_every_refusal() {
 #[test]
 fn sigkill_during_a_migration_then_a_rerun_imports_everything_once() {
     let trials = crate::common::env_knob("PRODIGY_MIGRATE_TRIALS", 4);
-    let seed = crate::common::env_knob("PRODIGY_TORTURE_SEED", 0x5eed_7);
+    let seed = crate::common::env_knob("PRODIGY_TORTURE_SEED", 0x5eed7);
     let mut rng = crate::common::Rng(seed | 1);
     for trial in 0..trials {
         let env = Env::new();
