@@ -9,7 +9,6 @@
 //! (back-pressure).
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,7 +17,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::log::{Batch, EventError, EventLog};
-use super::record::{MapReduceEvent, Metadata, RECORD_VERSION, RecordInfo, new_id, now_timestamp};
+use super::record::{
+    MapReduceEvent, Metadata, RecordInfo, new_id, now_timestamp, write_record_line,
+};
 use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::lock::WriteGuard;
@@ -76,6 +77,8 @@ struct State {
     paused: bool,
     shutdown: bool,
     line: Vec<u8>,
+    // The event of the record being written, serialised (reused).
+    event_json: Vec<u8>,
 }
 
 struct Shared {
@@ -169,6 +172,7 @@ impl EventLogger {
                 paused: false,
                 shutdown: false,
                 line: Vec::with_capacity(512),
+                event_json: Vec::with_capacity(256),
             }),
             changed: Condvar::new(),
         });
@@ -316,27 +320,31 @@ impl Shared {
         }
         let state = &mut *state;
         let seq = state.next_seq;
+        let bad = |e: serde_json::Error| EventError::BadRecord(e.to_string());
+        let event_json = &mut state.event_json;
+        event_json.clear();
+        serde_json::to_writer(&mut *event_json, event).map_err(bad)?;
+        let own_metadata;
+        let metadata_json = match metadata {
+            Some(m) => {
+                own_metadata = serde_json::to_vec(m).map_err(bad)?;
+                &own_metadata
+            }
+            None => &self.metadata_json,
+        };
         let line = &mut state.line;
         line.clear();
-        let bad = |e: serde_json::Error| EventError::BadRecord(e.to_string());
-        write!(
+        write_record_line(
             line,
-            "{{\"v\":{RECORD_VERSION},\"id\":\"{id}\",\"timestamp\":\"{timestamp}\",\"writer\":\"{}\",\"seq\":{seq}",
-            self.writer
+            &id,
+            &timestamp,
+            &self.writer,
+            seq,
+            state.correlation_id.as_deref(),
+            event_json,
+            metadata_json,
         )
-        .map_err(|e| EventError::BadRecord(e.to_string()))?;
-        if let Some(c) = &state.correlation_id {
-            line.extend_from_slice(b",\"correlation_id\":");
-            serde_json::to_writer(&mut *line, c).map_err(bad)?;
-        }
-        line.extend_from_slice(b",\"event\":");
-        serde_json::to_writer(&mut *line, event).map_err(bad)?;
-        line.extend_from_slice(b",\"metadata\":");
-        match metadata {
-            Some(m) => serde_json::to_writer(&mut *line, m).map_err(bad)?,
-            None => line.extend_from_slice(&self.metadata_json),
-        }
-        line.push(b'}');
+        .map_err(bad)?;
         let info = RecordInfo {
             timestamp: &timestamp,
             event_type: info.event_type,

@@ -310,6 +310,60 @@ impl MapReduceEvent {
     }
 }
 
+/// Lays out one record's JSON line (no newline) in `line`, the same as [`EventRecord`]'s
+/// own serialisation: the envelope written directly, `event` and `metadata` given as JSON.
+/// The one place a record is laid out by hand (the logger's hot path, imports).
+#[allow(clippy::too_many_arguments)]
+pub fn write_record_line(
+    line: &mut Vec<u8>,
+    id: &str,
+    timestamp: &str,
+    writer: &str,
+    seq: u64,
+    correlation_id: Option<&str>,
+    event: &[u8],
+    metadata: &[u8],
+) -> Result<(), serde_json::Error> {
+    line.extend_from_slice(format!("{{\"v\":{RECORD_VERSION},\"id\":").as_bytes());
+    serde_json::to_writer(&mut *line, id)?;
+    line.extend_from_slice(b",\"timestamp\":");
+    serde_json::to_writer(&mut *line, timestamp)?;
+    line.extend_from_slice(b",\"writer\":");
+    serde_json::to_writer(&mut *line, writer)?;
+    line.extend_from_slice(format!(",\"seq\":{seq}").as_bytes());
+    if let Some(c) = correlation_id {
+        line.extend_from_slice(b",\"correlation_id\":");
+        serde_json::to_writer(&mut *line, c)?;
+    }
+    line.extend_from_slice(b",\"event\":");
+    line.extend_from_slice(event);
+    line.extend_from_slice(b",\"metadata\":");
+    line.extend_from_slice(metadata);
+    line.push(b'}');
+    Ok(())
+}
+
+/// The `id` of a stored record line without parsing the rest: records laid out by
+/// [`write_record_line`] (or serialised from [`EventRecord`]) start `{"v":1,"id":"…"`;
+/// anything else (an escaped id, another layout) is parsed.
+pub fn record_id(line: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    const PREFIX: &[u8] = b"{\"v\":1,\"id\":\"";
+    if let Some(rest) = line.strip_prefix(PREFIX)
+        && let Some(end) = rest.iter().position(|b| *b == b'"' || *b == b'\\')
+        && rest[end] == b'"'
+        && let Ok(id) = std::str::from_utf8(&rest[..end])
+    {
+        return Some(std::borrow::Cow::Borrowed(id));
+    }
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    serde_json::from_slice::<IdOnly>(line)
+        .ok()
+        .map(|r| std::borrow::Cow::Owned(r.id))
+}
+
 /// What a batch summary needs from a record, borrowed from wherever the record is.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordInfo<'a> {
@@ -432,6 +486,20 @@ mod tests {
             let back: MapReduceEvent = serde_json::from_value(json).unwrap();
             assert_eq!(&back, event);
         }
+    }
+
+    #[test]
+    fn record_ids_are_read_from_the_prefix_or_parsed() {
+        let mut line = Vec::new();
+        write_record_line(&mut line, "a-1", "t", "w", 0, None, b"{}", b"{}").unwrap();
+        assert_eq!(record_id(&line).as_deref(), Some("a-1"));
+        line.clear();
+        write_record_line(&mut line, "a\"b", "t", "w", 0, Some("c"), b"{}", b"{}").unwrap();
+        assert_eq!(record_id(&line).as_deref(), Some("a\"b"));
+        let record: EventRecord = serde_json::from_slice(&line).unwrap();
+        assert_eq!(serde_json::to_vec(&record).unwrap(), line);
+        assert_eq!(record_id(br#"{"id":"x","v":1}"#).as_deref(), Some("x"));
+        assert_eq!(record_id(b"{not json"), None);
     }
 
     #[test]

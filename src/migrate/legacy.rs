@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use super::{Reason, Rejection};
 use crate::dlq::classify::{self, ErrorType};
 use crate::dlq::{DeadLetteredItem, FailureDetail, eligibility};
-use crate::events::record::{RECORD_VERSION, normalize_timestamp};
-use crate::events::{EventRecord, Metadata};
+use crate::events::Metadata;
+use crate::events::record::{RecordInfo, normalize_timestamp, write_record_line};
 use crate::state::{Checkpoint, Counters, ItemResult, ItemStatus, Phase};
 
 /// Top-level names of a store's home: in the compatibility mode `<repo>/.prodigy` is both
@@ -385,15 +385,122 @@ pub fn read_content(path: &Path) -> std::io::Result<Content> {
     })
 }
 
-/// One legacy event, converted (its `writer` and `seq` are given when it is imported).
+/// An event file read and every line parsed.
+pub struct ParsedFile {
+    /// True when the file was gzip.
+    pub gzip: bool,
+    /// Why decompression stopped early.
+    pub error: Option<String>,
+    /// Every line, in order.
+    pub lines: Vec<Line>,
+}
+
+/// Lines parsed per task (the parse is spread over the cores in chunks of this many).
+const CHUNK_LINES: usize = 4096;
+
+/// Reads event files (one after the other) and parses their lines on every core.
+pub fn parse_event_files(paths: &[&Path]) -> Vec<std::io::Result<ParsedFile>> {
+    let contents: Vec<std::io::Result<Content>> = paths.iter().map(|p| read_content(p)).collect();
+    // (file, its lines, terminated) and chunks of (file, first line, end).
+    let mut split: Vec<(Vec<&[u8]>, bool)> = Vec::with_capacity(contents.len());
+    let mut chunks = Vec::new();
+    for (file, content) in contents.iter().enumerate() {
+        let (lines, terminated) = match content {
+            Ok(c) => {
+                let mut lines: Vec<&[u8]> = c.bytes.split(|b| *b == b'\n').collect();
+                let terminated = c.bytes.last().is_none_or(|b| *b == b'\n');
+                if terminated {
+                    lines.pop();
+                }
+                (lines, terminated)
+            }
+            Err(_) => (Vec::new(), true),
+        };
+        for start in (0..lines.len()).step_by(CHUNK_LINES) {
+            chunks.push((file, start, (start + CHUNK_LINES).min(lines.len())));
+        }
+        split.push((lines, terminated));
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parsed = crate::par::map(&chunks, threads, |&(file, start, end)| {
+        let (lines, terminated) = &split[file];
+        (start..end)
+            .map(|n| event_line(lines[n], !terminated && n + 1 == lines.len()))
+            .collect::<Vec<Line>>()
+    });
+    let mut out: Vec<std::io::Result<ParsedFile>> = contents
+        .into_iter()
+        .map(|c| {
+            c.map(|c| ParsedFile {
+                gzip: c.gzip,
+                error: c.error,
+                lines: Vec::new(),
+            })
+        })
+        .collect();
+    for ((file, _, _), lines) in chunks.iter().zip(parsed) {
+        if let Ok(f) = &mut out[*file] {
+            f.lines.extend(lines);
+        }
+    }
+    out
+}
+
+/// One legacy event, converted and kept compact (the event and metadata as JSON): its
+/// `writer` and `seq` are given when it is imported ([`LegacyEvent::write_line`]).
 #[derive(Debug)]
 pub struct LegacyEvent {
     /// The event's own `job_id`, if it has one.
     pub job_id: Option<String>,
     /// Its original timestamp (nanoseconds), for ordering.
     pub at: jiff::Timestamp,
-    /// The record.
-    pub record: EventRecord,
+    /// The original id.
+    pub id: String,
+    /// The stored timestamp (microseconds).
+    pub timestamp: String,
+    /// The correlation id.
+    pub correlation_id: Option<String>,
+    /// The converted event's `event_type`.
+    pub event_type: String,
+    /// Its agent.
+    pub agent_id: Option<String>,
+    /// Its duration.
+    pub duration_ms: Option<u64>,
+    /// The converted event, as JSON.
+    pub event: Vec<u8>,
+    /// The metadata, as JSON.
+    pub metadata: Vec<u8>,
+}
+
+impl LegacyEvent {
+    /// Lays out the record as `writer`'s `seq`-th into `line`; returns what a batch
+    /// summary needs.
+    pub fn write_line<'a>(
+        &'a self,
+        line: &mut Vec<u8>,
+        writer: &'a str,
+        seq: u64,
+    ) -> Result<RecordInfo<'a>, serde_json::Error> {
+        line.clear();
+        write_record_line(
+            line,
+            &self.id,
+            &self.timestamp,
+            writer,
+            seq,
+            self.correlation_id.as_deref(),
+            &self.event,
+            &self.metadata,
+        )?;
+        Ok(RecordInfo {
+            timestamp: &self.timestamp,
+            event_type: &self.event_type,
+            agent_id: self.agent_id.as_deref(),
+            duration_ms: self.duration_ms,
+            writer,
+            seq,
+        })
+    }
 }
 
 /// What one line is.
@@ -459,19 +566,24 @@ pub fn event_line(line: &[u8], unterminated: bool) -> Line {
         Some(Value::Object(m)) => metadata(m),
         _ => Metadata::default(),
     };
+    let event = convert_event(event);
+    let text = |k: &str| event.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Ok(event_json), Ok(metadata_json)) =
+        (serde_json::to_vec(&event), serde_json::to_vec(&metadata))
+    else {
+        return Line::Rejected(Reason::NotAnEventRecord, "cannot be serialised".into());
+    };
     Line::Event(Box::new(LegacyEvent {
         job_id,
         at,
-        record: EventRecord {
-            v: RECORD_VERSION,
-            id,
-            timestamp: crate::events::record::format_timestamp(at),
-            writer: String::new(),
-            seq: 0,
-            correlation_id,
-            event: Value::Object(convert_event(event)),
-            metadata,
-        },
+        timestamp: crate::events::record::format_timestamp(at),
+        correlation_id,
+        event_type: text("event_type").unwrap_or_default(),
+        agent_id: text("agent_id").or_else(|| metadata.agent_id.clone()),
+        duration_ms: event.get("duration_ms").and_then(Value::as_u64),
+        id,
+        event: event_json,
+        metadata: metadata_json,
     }))
 }
 
@@ -830,14 +942,24 @@ mod tests {
         let Line::Event(e) = event_line(line, false) else {
             panic!("not an event");
         };
-        assert_eq!(e.record.timestamp, "2025-01-09T10:53:20.056893Z");
-        assert_eq!(e.record.event["event_type"], "dlq_item_added");
-        assert_eq!(e.record.event["duration_ms"], 115_177);
-        assert!(e.record.event.get("duration").is_none());
-        assert_eq!(e.record.metadata.host.as_deref(), Some("h"));
-        assert_eq!(e.record.metadata.pid, Some(7));
-        assert_eq!(e.record.metadata.extra["thread"], "main");
+        let mut line = Vec::new();
+        let info = e.write_line(&mut line, "w", 3).unwrap();
+        assert_eq!(
+            (info.event_type, info.duration_ms),
+            ("dlq_item_added", Some(115_177))
+        );
+        let record: crate::events::EventRecord = serde_json::from_slice(&line).unwrap();
+        assert_eq!((record.writer.as_str(), record.seq), ("w", 3));
+        assert_eq!(record.timestamp, "2025-01-09T10:53:20.056893Z");
+        assert_eq!(record.event["event_type"], "dlq_item_added");
+        assert_eq!(record.event["duration_ms"], 115_177);
+        assert!(record.event.get("duration").is_none());
+        assert_eq!(record.metadata.host.as_deref(), Some("h"));
+        assert_eq!(record.metadata.pid, Some(7));
+        assert_eq!(record.metadata.extra["thread"], "main");
         assert_eq!(e.job_id.as_deref(), Some("j"));
+        // The hand-made line is what serde makes of the record.
+        assert_eq!(serde_json::to_vec(&record).unwrap(), line);
     }
 
     #[test]

@@ -17,14 +17,15 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::dlq::{DeadLetterQueue, DeadLetteredItem, DlqError};
-use crate::events::{Batch, EventError, EventLog, EventRecord};
+use crate::events::record::record_id;
+use crate::events::{Batch, EventError, EventLog};
 use crate::fsutil::{FsError, IoContext};
 use crate::home::Home;
 use crate::names;
 use crate::object::{ObjectId, ObjectType};
 use crate::refs::{RefError, RefKind, RefName, RefStore};
 use crate::state::{ImportedCheckpoint, JobSpec, JobStateManager, StateError};
-use legacy::{JobFrom, LegacyFile, Line, Tree};
+use legacy::{JobFrom, LegacyEvent, LegacyFile, Line, Tree};
 
 /// Records per imported batch object.
 const BATCH_RECORDS: u64 = 1000;
@@ -333,10 +334,6 @@ fn reject(
 
 /// The ids already in a job's log.
 fn stored_event_ids(log: &EventLog) -> Result<HashSet<String>, MigrateError> {
-    #[derive(serde::Deserialize)]
-    struct IdOnly {
-        id: String,
-    }
     let mut ids = HashSet::new();
     if log.refs().read(log.name())?.is_none() {
         return Ok(ids);
@@ -344,18 +341,12 @@ fn stored_event_ids(log: &EventLog) -> Result<HashSet<String>, MigrateError> {
     for (_, node) in log.nodes()? {
         let lines = log.batch_lines(&node)?;
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Ok(r) = serde_json::from_slice::<IdOnly>(line) {
-                ids.insert(r.id);
+            if let Some(id) = record_id(line) {
+                ids.insert(id.into_owned());
             }
         }
     }
     Ok(ids)
-}
-
-struct PendingEvent {
-    at: jiff::Timestamp,
-    file: usize,
-    record: EventRecord,
 }
 
 fn import_events(
@@ -366,11 +357,13 @@ fn import_events(
     report: &mut Report,
     ledger: &mut Ledger,
 ) -> Result<(), MigrateError> {
-    let mut jobs: BTreeMap<String, Vec<PendingEvent>> = BTreeMap::new();
+    let mut jobs: BTreeMap<String, Vec<Box<LegacyEvent>>> = BTreeMap::new();
     let mut seen = HashSet::new();
     // Files with a refusal never count as imported.
     let mut clean = vec![true; tree.events.len()];
-    for (index, ef) in tree.events.iter().enumerate() {
+    let paths: Vec<&Path> = tree.events.iter().map(|e| e.file.path.as_path()).collect();
+    let parsed = legacy::parse_event_files(&paths);
+    for ((index, ef), parsed) in tree.events.iter().enumerate().zip(parsed) {
         let mut fr = EventFileReport {
             path: ef.file.rel.clone(),
             encoding: "plain",
@@ -388,7 +381,7 @@ fn import_events(
             },
             JobFrom::Event => None,
         };
-        let content = match legacy::read_content(&ef.file.path) {
+        let parsed = match parsed {
             Ok(c) => c,
             Err(e) => {
                 reject(
@@ -403,20 +396,12 @@ fn import_events(
                 continue;
             }
         };
-        if content.gzip {
+        if parsed.gzip {
             fr.encoding = "gzip";
         }
-        let bytes = &content.bytes;
-        let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
-        let terminated = bytes.last() == Some(&b'\n') || bytes.is_empty();
-        if terminated {
-            lines.pop();
-        }
-        let count = lines.len();
-        for (n, line) in lines.into_iter().enumerate() {
+        for (n, line) in parsed.lines.into_iter().enumerate() {
             fr.lines += 1;
             let number = Some(n as u64 + 1);
-            let unterminated = !terminated && n + 1 == count;
             let mut refuse = |report: &mut Report, reason: Reason, detail: String| {
                 reject(report, &ef.file, number, reason, detail);
                 *report
@@ -427,7 +412,7 @@ fn import_events(
                 report.events.rejected_total += 1;
                 fr.rejected += 1;
             };
-            let event = match legacy::event_line(line, unterminated) {
+            let event = match line {
                 Line::Blank => {
                     fr.blank += 1;
                     report.events.blank_lines_skipped += 1;
@@ -445,103 +430,113 @@ fn import_events(
                 refuse(report, Reason::UnsafeJobId, e.to_string());
                 continue;
             }
-            let Some(job) = dir_job.clone().or(event.job_id) else {
+            let Some(job) = dir_job.clone().or_else(|| event.job_id.clone()) else {
                 refuse(report, Reason::NoJobId, "the event has no job_id".into());
                 continue;
             };
             fr.records += 1;
             report.events.records_read += 1;
-            if !seen.insert(event.record.id.clone()) {
+            if !seen.insert(event.id.clone()) {
                 report.events.duplicates_skipped += 1;
                 continue;
             }
-            jobs.entry(job).or_default().push(PendingEvent {
-                at: event.at,
-                file: index,
-                record: event.record,
-            });
+            jobs.entry(job).or_default().push(event);
         }
-        if let Some(e) = content.error {
+        if let Some(e) = parsed.error {
             reject(report, &ef.file, None, Reason::UnreadableFile, e);
         }
         clean[index] = fr.rejected == 0 && !report.rejected.iter().any(|r| r.path == ef.file.rel);
         report.events.files.push(fr);
     }
-    // Every file is done unless a record of it fails to read back below.
-    let mut missing_files = HashSet::new();
-    for (job, mut events) in jobs {
-        events.sort_by_key(|e| e.at);
-        let log = EventLog::new(refs.clone(), repo, &job)?;
-        let stored = stored_event_ids(&log)?;
-        let writer = crate::events::record::new_id();
-        let mut count = JobCount {
-            read: events.len() as u64,
-            ..JobCount::default()
-        };
-        let types = report
-            .events
-            .per_job_event_types
-            .entry(job.clone())
-            .or_default();
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut seq = 0;
-        for e in &events {
-            let original = e.record.event_type().replacen("dlq_", "d_l_q_", 1);
-            *types.entry(original).or_default() += 1;
-            if stored.contains(&e.record.id) {
-                count.already_present += 1;
-                continue;
-            }
-            let mut record = e.record.clone();
-            record.writer = writer.clone();
-            record.seq = seq;
-            seq += 1;
-            if batches.last().is_none_or(|b| b.len() >= BATCH_RECORDS) {
-                batches.push(Batch::new());
-            }
-            if let Some(b) = batches.last_mut() {
-                b.push(&record)?;
-            }
-            count.imported += 1;
-        }
+    // Jobs are independent (one ref each): imported on several threads, so one job's
+    // fsyncs overlap another's parsing and read-back.
+    let jobs: Vec<(String, Vec<Box<LegacyEvent>>)> = jobs.into_iter().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() * 2);
+    let results = crate::par::map(&jobs, threads, |(job, events)| {
+        import_job(refs, repo, job, events, opts.dry_run)
+    });
+    for ((job, _), result) in jobs.iter().zip(results) {
+        let (count, types) = result?;
         report.events.imported += count.imported;
         report.events.already_present += count.already_present;
-        if opts.dry_run {
-            report.events.per_job.insert(job, count);
-            continue;
-        }
-        if !batches.is_empty() {
-            log.append(&batches)?;
-        }
-        // Read back: every id of this job must be in the log now.
-        let stored = stored_event_ids(&log)?;
-        let missing: Vec<&PendingEvent> = events
-            .iter()
-            .filter(|e| !stored.contains(&e.record.id))
-            .collect();
-        if let Some(first) = missing.first() {
-            for e in &missing {
-                missing_files.insert(e.file);
-            }
-            return Err(MigrateError::Verify {
-                what: "events",
-                job,
-                detail: format!(
-                    "{} of {} events are not in the log after the import (first: {})",
-                    missing.len(),
-                    events.len(),
-                    first.record.id
-                ),
-            });
-        }
-        report.events.per_job.insert(job, count);
+        report.events.per_job.insert(job.clone(), count);
+        report.events.per_job_event_types.insert(job.clone(), types);
     }
+    // Every record of these files is in the store now (a failed read-back stopped above).
     for (index, ef) in tree.events.iter().enumerate() {
-        if clean[index] && !missing_files.contains(&index) {
+        if clean[index] {
             ledger.done.insert(ef.file.path.clone());
         }
     }
     Ok(())
+}
+
+/// Imports one job's events (sorted by time; those whose id is in its log are skipped) in
+/// one append, then reads the log back: every id must be there. Returns the counts and the
+/// event types (the original's names).
+fn import_job(
+    refs: &RefStore,
+    repo: &str,
+    job: &str,
+    events: &[Box<LegacyEvent>],
+    dry_run: bool,
+) -> Result<(JobCount, BTreeMap<String, u64>), MigrateError> {
+    let mut order: Vec<&LegacyEvent> = events.iter().map(|e| &**e).collect();
+    order.sort_by_key(|e| e.at);
+    let log = EventLog::new(refs.clone(), repo, job)?;
+    let stored = stored_event_ids(&log)?;
+    let writer = crate::events::record::new_id();
+    let mut count = JobCount {
+        read: events.len() as u64,
+        ..JobCount::default()
+    };
+    let mut types = BTreeMap::new();
+    let mut batches: Vec<Batch> = Vec::new();
+    let mut seq = 0;
+    let mut line = Vec::with_capacity(512);
+    for e in order {
+        let original = e.event_type.replacen("dlq_", "d_l_q_", 1);
+        *types.entry(original).or_default() += 1;
+        if stored.contains(&e.id) {
+            count.already_present += 1;
+            continue;
+        }
+        let info = e
+            .write_line(&mut line, &writer, seq)
+            .map_err(|err| EventError::BadRecord(format!("record {}: {err}", e.id)))?;
+        seq += 1;
+        if batches.last().is_none_or(|b| b.len() >= BATCH_RECORDS) {
+            batches.push(Batch::new());
+        }
+        if let Some(b) = batches.last_mut() {
+            b.push_encoded(&line, &info)?;
+        }
+        count.imported += 1;
+    }
+    if dry_run {
+        return Ok((count, types));
+    }
+    if !batches.is_empty() {
+        log.append(&batches)?;
+    }
+    let stored = stored_event_ids(&log)?;
+    let missing: Vec<&str> = events
+        .iter()
+        .map(|e| e.id.as_str())
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(MigrateError::Verify {
+            what: "events",
+            job: job.to_owned(),
+            detail: format!(
+                "{} of {} events are not in the log after the import (first: {first})",
+                missing.len(),
+                events.len(),
+            ),
+        });
+    }
+    Ok((count, types))
 }
 
 /// Checks a job directory's name; refuses all its files when it is not a safe name.
