@@ -21,7 +21,8 @@ command -v /usr/bin/time >/dev/null || { apt-get install -y time >/dev/null; }
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/prodigy-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-cp -a tests/fixtures/legacy-local/repo "$WORK/repo"
+mkdir -p "$WORK/repo"
+cp -a tests/fixtures/legacy-local/repo/dot-prodigy "$WORK/repo/.prodigy"
 python3 - "$WORK" "$JOBS" "$EVENTS" <<'PY'
 import json, os, sys, uuid
 work, jobs, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -79,7 +80,7 @@ for label in migrate again append; do
   python3 - "$WORK/results" "$label" "$n" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.split()[0] == sys.argv[2]]
-wall = statistics.median(float(r[1]) for r in rows)
+wall = max(statistics.median(float(r[1]) for r in rows), 0.01)
 rss = statistics.median(int(r[2]) for r in rows)
 name = {"migrate": "migrate-events (first run)", "again": "migrate-events (second run, writes nothing)",
         "append": "events append per job (baseline, same events)"}[sys.argv[2]]

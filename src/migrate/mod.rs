@@ -124,6 +124,9 @@ pub enum MigrateError {
     /// A file operation failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The repo name is not a valid name.
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
     /// What was written does not read back.
     #[error("verification failed for {what} of job {job}: {detail}")]
     Verify {
@@ -289,7 +292,7 @@ pub fn migrate(
     root: &Path,
     opts: Options,
 ) -> Result<Report, MigrateError> {
-    names::validate("repo name", repo).map_err(RefError::from)?;
+    names::validate("repo name", repo)?;
     let tree = legacy::scan(root);
     let mut report = Report {
         repo: repo.to_owned(),
@@ -442,10 +445,10 @@ fn import_events(
             }
             jobs.entry(job).or_default().push(event);
         }
+        clean[index] = fr.rejected == 0 && parsed.error.is_none();
         if let Some(e) = parsed.error {
             reject(report, &ef.file, None, Reason::UnreadableFile, e);
         }
-        clean[index] = fr.rejected == 0 && !report.rejected.iter().any(|r| r.path == ef.file.rel);
         report.events.files.push(fr);
     }
     // Jobs are independent (one ref each): imported on several threads, so one job's
@@ -597,6 +600,7 @@ fn import_dlq(
         report.dlq.imported += count.imported;
         report.dlq.already_present += count.already_present;
         report.dlq.per_job.insert(dir.job.clone(), count);
+        let fresh_ids: HashSet<&str> = fresh.iter().map(|(i, _)| i.item_id.as_str()).collect();
         // Read back: a file is imported when the queue holds exactly its item (on a dry
         // run, every file that converted would be).
         let mut files = Vec::new();
@@ -610,7 +614,7 @@ fn import_dlq(
                 Some(stored) if &stored == item => {
                     ledger.done.insert(f.path.clone());
                 }
-                Some(_) if !fresh.iter().any(|(i, _)| i.item_id == item.item_id) => {
+                Some(_) if !fresh_ids.contains(item.item_id.as_str()) => {
                     // Another item of this id was there before: kept, this file stays.
                 }
                 _ => {
@@ -893,7 +897,6 @@ pub fn first_warning(home: &Home, root: &Path) -> bool {
         .write(true)
         .create_new(true)
         .open(&marker)
-        .at("create", &marker)
         .is_ok()
 }
 

@@ -13,6 +13,12 @@ use crate::common::{Env, assert_one_line_error, git, transcript};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/legacy-local");
 
+/// The fixture's `.prodigy/`, committed as `dot-prodigy/` (no `.prodigy/` is committed
+/// inside this repository); tests copy it to a scratch repository's `.prodigy/`.
+fn fixture_dot() -> PathBuf {
+    Path::new(FIXTURE).join("repo/dot-prodigy")
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
@@ -29,7 +35,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A copy of the fixture's repository in the scratch directory.
 fn legacy_repo(env: &Env, name: &str) -> PathBuf {
     let dir = env.scratch().join(name);
-    copy_dir(&Path::new(FIXTURE).join("repo"), &dir);
+    copy_dir(&fixture_dot(), &dir.join(".prodigy"));
     dir
 }
 
@@ -441,19 +447,15 @@ fn hostile_repo(env: &Env) -> PathBuf {
     fs::create_dir_all(&items).unwrap();
     fs::write(items.join("bad.json"), "{").unwrap();
     fs::copy(
-        Path::new(FIXTURE)
-            .join("repo/.prodigy/mapreduce/dlq/mapreduce-1736420000000/items/item_5.json"),
+        fixture_dot().join("mapreduce/dlq/mapreduce-1736420000000/items/item_5.json"),
         items.join("item_5.json"),
     )
     .unwrap();
     let jobs = dot.join("mapreduce/jobs/evil");
     fs::create_dir_all(&jobs).unwrap();
     let mut checkpoint: Value = serde_json::from_slice(
-        &fs::read(
-            Path::new(FIXTURE)
-                .join("repo/.prodigy/mapreduce/jobs/mapreduce-1736420000000/checkpoint-v13.json"),
-        )
-        .unwrap(),
+        &fs::read(fixture_dot().join("mapreduce/jobs/mapreduce-1736420000000/checkpoint-v13.json"))
+            .unwrap(),
     )
     .unwrap();
     checkpoint["job_id"] = json!("../../x");
@@ -654,10 +656,7 @@ fn use_local_storage_keeps_the_store_in_the_repository() {
 
     // Legacy data in the same directory migrates into the local store, and
     // --remove-local leaves the store itself alone.
-    copy_dir(
-        &Path::new(FIXTURE).join("repo/.prodigy"),
-        &repo.join(".prodigy"),
-    );
+    copy_dir(&fixture_dot(), &repo.join(".prodigy"));
     let out = run(&repo, &["migrate-events", "--remove-local"], "");
     assert!(out.status.success(), "{}", transcript(&out));
     assert!(!repo.join(".prodigy/mapreduce").exists());

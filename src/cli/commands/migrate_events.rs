@@ -114,25 +114,13 @@ fn print_report(r: &Report, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         e.records_read,
         e.files.len()
     )?;
-    for (job, c) in &e.per_job {
-        writeln!(
-            out,
-            "  {job}: {verb} {}, already present {}",
-            c.imported, c.already_present
-        )?;
-    }
+    per_job(out, verb, &e.per_job)?;
     writeln!(
         out,
         "dlq items: {verb} {}, already present {}, refused {}",
         r.dlq.imported, r.dlq.already_present, r.dlq.rejected_total
     )?;
-    for (job, c) in &r.dlq.per_job {
-        writeln!(
-            out,
-            "  {job}: {verb} {}, already present {}",
-            c.imported, c.already_present
-        )?;
-    }
+    per_job(out, verb, &r.dlq.per_job)?;
     writeln!(
         out,
         "checkpoints: {verb} {}, already present {}, refused {}",
@@ -179,6 +167,21 @@ fn print_report(r: &Report, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         for p in &r.removed {
             writeln!(out, "  {p}")?;
         }
+    }
+    Ok(())
+}
+
+fn per_job(
+    out: &mut (dyn std::io::Write + Send),
+    verb: &str,
+    jobs: &std::collections::BTreeMap<String, migrate::JobCount>,
+) -> std::io::Result<()> {
+    for (job, c) in jobs {
+        writeln!(
+            out,
+            "  {job}: {verb} {}, already present {}",
+            c.imported, c.already_present
+        )?;
     }
     Ok(())
 }
