@@ -16,4 +16,5 @@ mod props;
 mod repo_name;
 mod retention;
 mod runner;
+mod torture;
 mod worker;

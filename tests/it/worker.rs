@@ -60,6 +60,8 @@ fn worker() {
         "events" => events(&home, &mut ack),
         "events-crash" => events_crash(&home, &mut ack),
         "dlq" => dlq_adds(&home, &mut ack),
+        "mixed" => mixed(&home, &refs, &mut ack),
+        "hold-lock" => hold_lock(&refs, &mut ack),
         other => panic!("unknown worker {other}"),
     }
 }
@@ -218,4 +220,134 @@ fn dlq_adds(home: &Home, ack: &mut std::fs::File) {
             .unwrap();
         writeln!(ack, "{item}").unwrap();
     }
+}
+
+/// Forever, in an order of its own: events logged and flushed to a shared job (`e WRITER
+/// SEQ`), a DLQ failure added to a shared queue (`d ITEM N`), a checkpoint of its own job
+/// saved (`c VERSION DONE`), a compare-and-swap of a shared ref (`r ID`). Each line is
+/// written once the operation returned: acknowledged.
+fn mixed(home: &Home, refs: &RefStore, ack: &mut std::fs::File) {
+    use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
+    use prodigy::state::{ItemResult, ItemStatus, JobSpec, JobStateManager};
+    let me: u64 = var("PRODIGY_IT_ID").parse().unwrap();
+    let thresholds = Thresholds {
+        max_events: 1 << 20,
+        max_bytes: 1 << 30,
+        max_delay: std::time::Duration::from_secs(3600),
+        ..Thresholds::default()
+    };
+    let logger = EventLogger::new(home, "api", "mixed", thresholds).unwrap();
+    let queue = prodigy::dlq::DeadLetterQueue::new(refs.clone(), "api", "mixed").unwrap();
+    let states = JobStateManager::new(refs.clone(), "api").unwrap();
+    let job = format!("job-{me}");
+    let mut state = states
+        .create(JobSpec {
+            id: job.clone(),
+            repo: "api".into(),
+            repo_root: "/nowhere".into(),
+            workflow_path: "/nowhere/w.yml".into(),
+            workflow: serde_json::Value::Null,
+            base_commit: "0".repeat(40),
+            branch: format!("prodigy/{job}"),
+            worktree: "/nowhere/wt".into(),
+            agents_dir: "/nowhere/agents".into(),
+            env: Default::default(),
+            started: prodigy::events::record::now_timestamp(),
+            workflow_source: String::new(),
+            imported_from: None,
+        })
+        .unwrap();
+    let shared: prodigy::RefName = "state/api/shared".parse().unwrap();
+    writeln!(ack, "writer {}", logger.writer()).unwrap();
+    let (mut seq, mut done) = (0u64, 0usize);
+    for round in 0u64.. {
+        match (round + me) % 4 {
+            0 => {
+                for _ in 0..(1 + round % 7) {
+                    logger
+                        .log(MapReduceEvent::QueueDepthChanged {
+                            job_id: "mixed".into(),
+                            pending: me as usize,
+                            active: seq as usize,
+                            completed: 0,
+                        })
+                        .unwrap();
+                    seq += 1;
+                }
+                logger.flush().unwrap();
+                writeln!(ack, "e {} {}", logger.writer(), seq - 1).unwrap();
+            }
+            1 => {
+                let item = format!("item-{}", (round * 3 + me) % 20);
+                let message = format!("worker {me} round {round}");
+                queue
+                    .add(
+                        &item,
+                        serde_json::json!({"round": round}),
+                        prodigy::dlq::Failure {
+                            error_message: message.clone(),
+                            exit_code: Some(1),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                writeln!(ack, "d {item} {message}").unwrap();
+            }
+            2 => {
+                let key = format!("k{done:06}");
+                state.record(
+                    &key,
+                    ItemResult {
+                        index: done,
+                        status: ItemStatus::Done,
+                        agent_id: format!("agent-{me}"),
+                        attempts: 1,
+                        duration_ms: 1,
+                        commits: Vec::new(),
+                        merged: false,
+                        output: None,
+                        error: None,
+                    },
+                );
+                done += 1;
+                states.save(&mut state, "item finished").unwrap();
+                writeln!(ack, "c {} {done}", state.checkpoint.version).unwrap();
+            }
+            _ => {
+                let id = refs
+                    .objects()
+                    .write(
+                        ObjectType::Blob,
+                        format!("worker {me} round {round}").as_bytes(),
+                    )
+                    .unwrap();
+                let _gc = refs.write_guard().unwrap();
+                loop {
+                    let old = refs.read(&shared).unwrap();
+                    match refs.update(
+                        &shared,
+                        id,
+                        old.map_or(Expect::Absent, Expect::Value),
+                        "cas",
+                    ) {
+                        Ok(_) => break,
+                        Err(RefError::Conflict { .. }) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                writeln!(ack, "r {id}").unwrap();
+            }
+        }
+    }
+}
+
+/// Takes the lock of `PRODIGY_IT_REF`, says `locked`, and holds it until killed.
+fn hold_lock(refs: &RefStore, ack: &mut std::fs::File) {
+    let name: prodigy::RefName = var("PRODIGY_IT_REF").parse().unwrap();
+    let _ = refs.transact(&name, "held", |_| {
+        writeln!(ack, "locked").unwrap();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    });
 }
