@@ -139,6 +139,7 @@ fn check_trial(env: &Env, trial: u64) -> usize {
 }
 
 #[test]
+#[allow(clippy::print_stderr)] // the figures of a long run
 fn eight_mixed_writers_killed_at_random_lose_nothing_acknowledged() {
     let trials = env_knob("PRODIGY_MIXED_TRIALS", 12);
     let seed = env_knob("PRODIGY_TORTURE_SEED", 0x70_27_0e);
@@ -183,6 +184,7 @@ fn eight_mixed_writers_killed_at_random_lose_nothing_acknowledged() {
 
 /// A waiter blocked on a ref's lock gets it within 100 ms of the holder's SIGKILL.
 #[test]
+#[allow(clippy::print_stderr)] // the figures of a long run
 fn a_killed_lock_holder_releases_its_waiter_at_once() {
     let trials = env_knob("PRODIGY_LOCK_TRIALS", 100);
     let env = Env::new();
