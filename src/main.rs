@@ -4,6 +4,13 @@ use std::io::{BufReader, IsTerminal};
 use std::sync::{Arc, Mutex};
 
 fn main() {
+    // A file-size limit (`ulimit -f`) must fail the write with EFBIG and give a clear
+    // error, not kill the process mid-write with SIGXFSZ: a handler (which only sets a
+    // flag nobody reads) replaces the default action.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let io = prodigy::cli::Io {
         stdin: BufReader::with_capacity(1 << 16, Box::new(std::io::stdin())),
         stdin_is_fd0: true,

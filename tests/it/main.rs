@@ -8,6 +8,7 @@ mod dlq_concurrency;
 mod docs;
 mod events;
 mod events_concurrency;
+mod faults;
 mod gc;
 mod hostile;
 mod migrate;
