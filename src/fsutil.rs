@@ -83,11 +83,33 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// True in a build made to lose data (`--features broken-durability`): every fsync,
+/// fdatasync and syncfs is skipped, so that the power-cut tests can show they catch a
+/// store that does not make its writes durable. Never in a real build.
+pub const BROKEN_DURABILITY: bool = cfg!(feature = "broken-durability");
+
+/// Fsyncs a file (`data_only`: fdatasync) — the one place files are made durable.
+pub fn sync_file(
+    file: &File,
+    data_only: bool,
+    op: &'static str,
+    path: &Path,
+) -> Result<(), FsError> {
+    if BROKEN_DURABILITY {
+        return Ok(());
+    }
+    let result = if data_only {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    };
+    result.at(op, path)
+}
+
 /// Fsyncs a directory so that renames and creations inside it survive a power cut.
 pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .at("fsync directory", dir)
+    let d = File::open(dir).at("fsync directory", dir)?;
+    sync_file(&d, false, "fsync directory", dir)
 }
 
 /// Flushes everything written on the file system holding `path` (Linux `syncfs`), the
@@ -95,6 +117,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
 /// file themselves (see [`BATCH_BARRIER_IS_FILESYSTEM_WIDE`]).
 pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     let dir = File::open(path).at("open for syncfs", path)?;
+    if BROKEN_DURABILITY {
+        return Ok(());
+    }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         rustix::fs::syncfs(&dir)
@@ -103,7 +128,7 @@ pub fn sync_filesystem(path: &Path) -> Result<(), FsError> {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     {
-        dir.sync_all().at("fsync directory", path)
+        sync_file(&dir, false, "fsync directory", path)
     }
 }
 
@@ -184,7 +209,7 @@ pub fn write_temp(
     let path = file.path().to_path_buf();
     file.write_all(bytes).at("write", &path)?;
     if durable {
-        file.as_file().sync_all().at("fsync", &path)?;
+        sync_file(file.as_file(), false, "fsync", &path)?;
     }
     Ok(file.into_temp_path())
 }

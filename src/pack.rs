@@ -245,7 +245,7 @@ pub fn write(
     }
     out.flush().at("write pack", temp.path())?;
     drop(out);
-    temp.as_file().sync_all().at("fsync pack", temp.path())?;
+    fsutil::sync_file(temp.as_file(), false, "fsync pack", temp.path())?;
     let name = format!("pack-{}", names.finalize().to_hex());
     let pack_path = dir.join(format!("{name}.pack"));
     let idx_path = dir.join(format!("{name}.idx"));

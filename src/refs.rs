@@ -467,7 +467,7 @@ impl RefStore {
         let line = format!("{}\n", entry.to_line());
         file.write_all(line.as_bytes())
             .at("append to reflog", &path)?;
-        file.sync_data().at("fsync reflog", &path)?;
+        fsutil::sync_file(&file, true, "fsync reflog", &path)?;
         Ok(())
     }
 

@@ -153,3 +153,42 @@ pub fn env_knob(name: &str, default: u64) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Makes sure `tool` is on the PATH: as root, installs Debian's `package` when it is
+/// missing (what `.ci/run` does up front); otherwise panics saying what to install.
+pub fn need_tool(tool: &str, package: &str) {
+    let have = |t: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have(tool) {
+        return;
+    }
+    if rustix::process::geteuid().is_root() {
+        let _ = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "apt-get install -y -qq {package} >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq {package} >/dev/null)"
+                ),
+            ])
+            .status();
+    }
+    assert!(
+        have(tool),
+        "{tool} is needed by this test: apt-get install {package}"
+    );
+}
+
+/// True when this process may mount file systems (root); under CI it must.
+pub fn can_mount() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    assert!(
+        root || std::env::var_os("CI").is_none(),
+        "CI must run the file-system tests as root"
+    );
+    root
+}

@@ -13,6 +13,7 @@ mod gc;
 mod hostile;
 mod migrate;
 mod plumbing;
+mod powercut;
 mod props;
 mod repo_name;
 mod retention;
