@@ -11,6 +11,16 @@ pub enum HomeError {
     /// Neither `PRODIGY_HOME` nor a user home directory is known.
     #[error("cannot find a home for the store: set PRODIGY_HOME or HOME")]
     NoHome,
+    /// The home belongs to another user (as git refuses a repository it does not own).
+    #[error("the store '{}' belongs to user {owner}, not to you (user {me}); use your own PRODIGY_HOME", path.display())]
+    NotOwner {
+        /// The home.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// This process's effective uid.
+        me: u32,
+    },
     /// The current directory, needed to make a relative home absolute, is unknown.
     #[error("cannot make the home '{}' absolute", path.display())]
     Relative {
@@ -45,6 +55,25 @@ impl Home {
             Some(dir) if !dir.is_empty() => Home::at(dir),
             _ => Home::at(dirs::home_dir().ok_or(HomeError::NoHome)?.join(".prodigy")),
         }
+    }
+
+    /// Refuses a home owned by another user: its refs, locks and objects are theirs to
+    /// write, and a home someone else controls could point anywhere. A home that does not
+    /// exist yet is fine (it will be created as this user's).
+    pub fn check_owner(&self) -> Result<(), HomeError> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(&self.root) else {
+            return Ok(());
+        };
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(HomeError::NotOwner {
+                path: self.root.clone(),
+                owner: meta.uid(),
+                me,
+            });
+        }
+        Ok(())
     }
 
     /// The home directory itself.

@@ -614,16 +614,14 @@ impl ObjectStore {
         };
         // An index that points past the pack's end (or a pack cut short) makes this object
         // unreadable: say which object.
-        let bytes = pack
-            .frame(offset, len)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => ObjectError::Corrupt {
-                    id: *id,
-                    path: pack.pack_path().to_path_buf(),
-                    reason: format!("its {len} bytes at offset {offset} are past the pack's end"),
-                },
-                _ => FsError::new("read pack", pack.pack_path(), e).into(),
-            })?;
+        let bytes = pack.frame(offset, len).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ObjectError::Corrupt {
+                id: *id,
+                path: pack.pack_path().to_path_buf(),
+                reason: format!("its {len} bytes at offset {offset} are past the pack's end"),
+            },
+            _ => FsError::new("read pack", pack.pack_path(), e).into(),
+        })?;
         decode_packed(id, pack.pack_path(), offset, &bytes)
     }
 

@@ -246,7 +246,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     let home = match &cli.home {
         Some(dir) => Home::at(dir).map_err(anyhow::Error::from),
         None => choose_home(&diag),
-    };
+    }
+    .and_then(|home| {
+        home.check_owner()?;
+        Ok(home)
+    });
     if let Ok(home) = &home
         && !cli.quiet
         && !matches!(

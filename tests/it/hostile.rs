@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::common::{Env, assert_one_line_error, blob, snapshot};
 
@@ -395,4 +395,104 @@ fn noise_seeded(seed: u32, len: usize) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Symlinks planted at a lock file, a job directory, a repo directory, a reflog, the temp
+/// directory and the gc lock: every command refuses, and the victim outside the home stays
+/// as it was, in every shape.
+#[test]
+fn symlinks_planted_anywhere_in_the_home_never_reach_outside() {
+    let env = Env::new();
+    let id = blob(&env, "inside");
+    let outside = env.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    let before = tree(&outside);
+    let home = env.home();
+    let plant = |link: &Path, target: &Path| {
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        match fs::symlink_metadata(link) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(link).unwrap(),
+            Ok(_) => fs::remove_file(link).unwrap(),
+            Err(_) => {}
+        }
+        symlink(target, link).unwrap();
+    };
+    let shapes: Vec<(&str, PathBuf, PathBuf, Vec<&str>)> = vec![
+        (
+            "lock file",
+            home.join("events/api/a/lock"),
+            victim.clone(),
+            vec!["ref", "update", "events/api/a", &id],
+        ),
+        (
+            "job directory",
+            home.join("events/api/b"),
+            outside.clone(),
+            vec!["ref", "update", "events/api/b", &id],
+        ),
+        (
+            "repo directory",
+            home.join("dlq/api"),
+            outside.clone(),
+            vec![
+                "dlq", "add", "--repo", "api", "--job", "j", "--item", "i", "--error", "boom",
+            ],
+        ),
+        (
+            "reflog",
+            home.join("state/api/c/reflog"),
+            victim.clone(),
+            vec!["ref", "update", "state/api/c", &id],
+        ),
+        (
+            "temp directory",
+            home.join("objects/tmp"),
+            outside.clone(),
+            vec!["hash-object", "-w", "--stdin"],
+        ),
+        (
+            "gc lock",
+            home.join("gc.lock"),
+            victim.clone(),
+            vec!["events", "append", "--repo", "api", "--job", "e"],
+        ),
+    ];
+    for (what, link, target, args) in shapes {
+        plant(&link, &target);
+        let out = env.run(&args, b"{\"event_type\":\"x\"}\n");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {}",
+            crate::common::transcript(&out)
+        );
+        assert_eq!(tree(&outside), before, "{what}: the victim outside changed");
+        fs::remove_file(&link).unwrap();
+    }
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+/// A home owned by someone else is refused before anything is read or written.
+#[test]
+fn a_store_owned_by_another_user_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        return; // only root can give a directory away
+    }
+    let env = Env::new();
+    let id = blob(&env, "mine");
+    let home = env.home();
+    std::os::unix::fs::chown(&home, Some(4242), Some(4242)).unwrap();
+    for args in [
+        vec!["ref", "list"],
+        vec!["cat-object", "-p", &id],
+        vec!["gc"],
+    ] {
+        let out = env.run(&args, b"");
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains("belongs to user 4242"), "{stderr}");
+    }
+    std::os::unix::fs::chown(&home, Some(0), Some(0)).unwrap();
+    assert_eq!(env.ok(&["cat-object", "-p", &id], b""), "mine");
 }
