@@ -573,19 +573,22 @@ fn scan_packs(
 }
 
 fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)> {
-    let start = chunk.first().map_or(0, |e| e.1);
+    // Entries are sorted by offset; one that reaches past the pack (a damaged index) is
+    // corrupt, and never makes the read bigger than the pack.
+    let start = chunk.first().map_or(0, |e| e.1).min(pack.pack_len());
     let end = chunk
         .iter()
-        .map(|e| e.1 + e.2 as u64)
+        .map(|e| e.1.saturating_add(e.2 as u64).min(pack.pack_len()))
         .max()
-        .unwrap_or(start);
+        .unwrap_or(start)
+        .max(start);
     let mut buf = vec![0u8; (end - start) as usize];
     let read = File::open(pack.pack_path()).and_then(|f| f.read_exact_at(&mut buf, start));
     chunk
         .iter()
         .map(|&(id, offset, len)| {
-            let frame =
-                buf.get((offset - start) as usize..(offset - start) as usize + len as usize);
+            let lo = (offset - start) as usize;
+            let frame = lo.checked_add(len as usize).and_then(|hi| buf.get(lo..hi));
             let decoded = match (&read, frame) {
                 (Ok(()), Some(frame)) => {
                     crate::object::decode_packed(&id, pack.pack_path(), offset, frame)

@@ -42,6 +42,9 @@ pub struct Pack {
     pack: File,
     count: u64,
     fanout: Vec<u32>,
+    // The pack's length when opened: no entry may reach past it (a damaged index must not
+    // make a read allocate what its length field says).
+    pack_len: u64,
 }
 
 impl Pack {
@@ -72,6 +75,7 @@ impl Pack {
         if fanout.windows(2).any(|w| w[0] > w[1]) || fanout.last().copied() != Some(count as u32) {
             return Err("the fan-out table is not monotonic or does not end at the count".into());
         }
+        let pack_len = pack.metadata().map_err(|e| format!("its pack: {e}"))?.len();
         Ok(Pack {
             idx_path: idx_path.to_owned(),
             pack_path,
@@ -79,6 +83,7 @@ impl Pack {
             pack,
             count,
             fanout,
+            pack_len,
         })
     }
 
@@ -90,6 +95,11 @@ impl Pack {
     /// The index file.
     pub fn idx_path(&self) -> &Path {
         &self.idx_path
+    }
+
+    /// The pack file's length when it was opened.
+    pub fn pack_len(&self) -> u64 {
+        self.pack_len
     }
 
     /// Objects in the pack.
@@ -139,6 +149,15 @@ impl Pack {
 
     /// The frame stored at `offset`.
     pub fn frame(&self, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.pack_len)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the entry reaches past the pack's {} bytes", self.pack_len),
+            ));
+        }
         let mut buf = vec![0u8; len as usize];
         self.pack.read_exact_at(&mut buf, offset)?;
         Ok(buf)
@@ -274,4 +293,29 @@ pub fn write(
     idx.extend_from_slice(body_hash.as_bytes());
     fsutil::write_atomic(&idx_path, tmp, &idx, 0o444)?;
     Ok(idx_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index entry whose length says 4 GiB (found by fuzzing: reads allocated it) is
+    /// an error, and nothing that size is allocated.
+    #[test]
+    fn an_entry_reaching_past_the_pack_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, frame) = crate::object::encode(crate::ObjectType::Blob, b"packed").unwrap();
+        let idx_path = write(dir.path(), &dir.path().join("tmp"), [(id, frame.clone())]).unwrap();
+        let mut idx = std::fs::read(&idx_path).unwrap();
+        let at = (HEADER + 32 + 8) as usize;
+        idx[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&idx_path, &idx).unwrap();
+        let pack = Pack::open(&idx_path).unwrap();
+        let (offset, len) = pack.find(&id).unwrap().unwrap();
+        assert_eq!(len, u32::MAX);
+        let err = pack.frame(offset, len).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("past the pack"), "{err}");
+        assert!(pack.verify().is_err());
+    }
 }
