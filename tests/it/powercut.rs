@@ -180,6 +180,7 @@ fn losses(home: &Path, env: &Env, writers: u64) -> Vec<String> {
     lost
 }
 
+#[allow(clippy::print_stderr)] // the figures of a run
 fn power_cuts(fs: &'static str) {
     if !can_mount() {
         return;
@@ -252,6 +253,10 @@ fn power_cuts(fs: &'static str) {
         drop(image);
     }
     if expect_loss {
+        eprintln!(
+            "{fs}: {} of {trials} trials lost acknowledged data, as this build should",
+            lossy.len()
+        );
         assert!(
             !lossy.is_empty(),
             "{fs}: the build that skips fsync lost nothing in {trials} trials"
