@@ -24,14 +24,15 @@ PRODIGY_TORTURE_TRIALS=$(scale 2000) run sigkill_during_writes
 t "2. power cuts on ext4 and xfs"
 PRODIGY_POWERCUT_TRIALS=$(scale 200) run power_cuts
 t "2b. the suite catches a build that skips fsync"
-PRODIGY_EXPECT_LOSS=1 PRODIGY_POWERCUT_TRIALS=$(scale 20) \
+# (its own target directory, so the broken binary never replaces the real one)
+PRODIGY_EXPECT_LOSS=1 PRODIGY_POWERCUT_TRIALS=$(scale 20) CARGO_TARGET_DIR=target/broken-durability \
   cargo test --release --locked --features broken-durability --test it power_cuts -- --nocapture --test-threads=1
 t "3. syscall faults; 4. full disks, inodes, ulimit -f"
 run faults
 run a_full_disk
 t "5. hostile store; 6. corruption"
 run hostile
-run corruption
+PRODIGY_CORRUPTION_TRIALS=$(scale 10000) run corruption
 t "8. killed lock holders"
 PRODIGY_LOCK_TRIALS=$(scale 100) run a_killed_lock_holder
 echo "torture suite passed" >&2
