@@ -170,8 +170,7 @@ impl Scanner<'_> {
 
     /// Event files in `dir` (`*.jsonl`, `*.jsonl.gz`); other files are unknown,
     /// subdirectories are skipped when `skip_dirs` (a local store's refs live beside).
-    fn event_dir(&mut self, dir: &Path, job: JobFrom, skip_dirs: bool) -> usize {
-        let mut found = 0;
+    fn event_dir(&mut self, dir: &Path, job: JobFrom, skip_dirs: bool) {
         for e in self.entries(dir) {
             if e.is_file && is_event_file_name(&e.name) {
                 let file = self.file(&e.path);
@@ -179,12 +178,10 @@ impl Scanner<'_> {
                     file,
                     job: job.clone(),
                 });
-                found += 1;
             } else if !(e.is_dir && skip_dirs) {
                 self.unknown(&e.path);
             }
         }
-        found
     }
 
     /// `<dir>/<job>/…` directories of DLQ items or checkpoints.
@@ -289,9 +286,10 @@ pub fn scan(root: &Path) -> Tree {
             } else {
                 JobFrom::Dir(e.name.clone())
             };
-            if s.event_dir(&e.path, job, true) > 0 || e.name == "archive" {
-                s.tree.dirs.push(e.path);
-            }
+            s.event_dir(&e.path, job, true);
+            // Removed once empty (a local store's `events/<repo>/` never is: it holds
+            // job directories).
+            s.tree.dirs.push(e.path);
         } else if e.is_file && is_event_file_name(&e.name) {
             let file = s.file(&e.path);
             s.tree.events.push(EventFile {
