@@ -184,6 +184,31 @@ impl Scanner<'_> {
         }
     }
 
+    /// A directory of event files: `<root>/<many>/` and files directly in `<root>` hold
+    /// many jobs, `<root>/<job>/` one. Every subdirectory is removed once empty (a local
+    /// store's `events/<repo>/` never is: it holds job directories).
+    fn events_root(&mut self, root: &Path, many: &str, skip_dirs: bool) {
+        for e in self.entries(root) {
+            if e.is_dir {
+                let job = if e.name == many {
+                    JobFrom::Event
+                } else {
+                    JobFrom::Dir(e.name.clone())
+                };
+                self.event_dir(&e.path, job, skip_dirs);
+                self.tree.dirs.push(e.path);
+            } else if e.is_file && is_event_file_name(&e.name) {
+                let file = self.file(&e.path);
+                self.tree.events.push(EventFile {
+                    file,
+                    job: JobFrom::Event,
+                });
+            } else {
+                self.unknown(&e.path);
+            }
+        }
+    }
+
     /// `<dir>/<job>/…` directories of DLQ items or checkpoints.
     fn job_dirs(&mut self, dir: &Path, dlq: bool) -> Vec<JobDir> {
         let mut out = Vec::new();
@@ -257,49 +282,11 @@ pub fn scan(root: &Path) -> Tree {
     // beside it (what `FileEventWriter` with base `.prodigy/mapreduce` would write).
     let mr = dot.join("mapreduce");
     let mr_events = mr.join("events");
-    for e in s.entries(&mr_events) {
-        if e.is_dir {
-            let job = if e.name == "global" {
-                JobFrom::Event
-            } else {
-                JobFrom::Dir(e.name.clone())
-            };
-            s.event_dir(&e.path, job, false);
-            s.tree.dirs.push(e.path);
-        } else if e.is_file && is_event_file_name(&e.name) {
-            let file = s.file(&e.path);
-            s.tree.events.push(EventFile {
-                file,
-                job: JobFrom::Event,
-            });
-        } else {
-            s.unknown(&e.path);
-        }
-    }
+    s.events_root(&mr_events, "global", false);
     // events/<job>/events-*.jsonl (FileEventWriter), events/archive/*.jsonl.gz (retention).
     // In the compatibility mode events/<repo>/<job>/ holds refs: directories, skipped.
     let events = dot.join("events");
-    for e in s.entries(&events) {
-        if e.is_dir {
-            let job = if e.name == "archive" {
-                JobFrom::Event
-            } else {
-                JobFrom::Dir(e.name.clone())
-            };
-            s.event_dir(&e.path, job, true);
-            // Removed once empty (a local store's `events/<repo>/` never is: it holds
-            // job directories).
-            s.tree.dirs.push(e.path);
-        } else if e.is_file && is_event_file_name(&e.name) {
-            let file = s.file(&e.path);
-            s.tree.events.push(EventFile {
-                file,
-                job: JobFrom::Event,
-            });
-        } else {
-            s.unknown(&e.path);
-        }
-    }
+    s.events_root(&events, "archive", true);
     let dlq = s.job_dirs(&mr.join("dlq"), true);
     let checkpoints = s.job_dirs(&mr.join("jobs"), false);
     s.tree.dlq = dlq;

@@ -192,3 +192,18 @@ pub fn can_mount() -> bool {
     );
     root
 }
+
+/// Bytes zstd cannot compress, different for each seed.
+pub fn noise(seed: usize, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{Env, transcript};
+use crate::common::{Env, hex, noise, transcript};
 
 const TRACED: &str = "fsync,fdatasync,syncfs,rename,renameat,renameat2,write,pwrite64";
 
@@ -25,17 +25,10 @@ fn traced_append(env: &Env, inject: Option<&str>, trace: &Path) -> Output {
     if let Some(inject) = inject {
         cmd.args(["-e", &format!("inject={inject}")]);
     }
-    let std = env.std_cmd();
     cmd.arg("--")
-        .arg(std.get_program())
+        .arg(env.std_cmd().get_program())
         .args(["events", "append", "--repo", "api", "--job", "j"]);
-    for (k, v) in std.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.current_dir(env.scratch());
+    pinned(env, &mut cmd);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,6 +43,19 @@ fn traced_append(env: &Env, inject: Option<&str>, trace: &Path) -> Output {
         .write_all(b"{\"event_type\":\"second\"}\n")
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Gives a wrapper command (strace, bash) the test's pinned environment and directory,
+/// those of [`Env::std_cmd`].
+fn pinned(env: &Env, cmd: &mut Command) {
+    let std = env.std_cmd();
+    cmd.env_clear();
+    for (k, v) in std.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.current_dir(env.scratch());
 }
 
 fn is_call(line: &str, syscall: &str) -> bool {
@@ -230,18 +236,12 @@ fn check_case(
 
 /// `bash -c 'ulimit -f BLOCKS; exec prodigy ARGS…'` with the test's environment.
 fn limited(env: &Env, blocks: u64, args: &[&str], stdin: &[u8]) -> Output {
-    let std = env.std_cmd();
     let mut cmd = Command::new("bash");
     cmd.args(["-c", &format!("ulimit -f {blocks}; exec \"$0\" \"$@\"")])
-        .arg(std.get_program())
+        .arg(env.std_cmd().get_program())
         .args(args);
-    for (k, v) in std.get_envs() {
-        if let Some(v) = v {
-            cmd.env(k, v);
-        }
-    }
+    pinned(env, &mut cmd);
     let mut child = cmd
-        .current_dir(env.scratch())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -250,16 +250,6 @@ fn limited(env: &Env, blocks: u64, args: &[&str], stdin: &[u8]) -> Output {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
-}
-
-/// Bytes zstd cannot compress, different for each seed.
-fn noise(seed: usize, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
 }
 
 /// A file-size limit (`ulimit -f`): the write that crosses it fails with EFBIG (SIGXFSZ
@@ -322,10 +312,6 @@ fn a_file_size_limit_fails_writes_cleanly() {
         2
     );
     env.ok(&["fsck"], b"");
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file system out of inodes (a tmpfs with few): writes fail with a clear error, the

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use crate::common::{Env, assert_one_line_error, blob, snapshot};
+use crate::common::{Env, assert_one_line_error, blob, hex, noise, snapshot};
 
 /// Every file under `dir`, with its content, for "nothing changed" checks.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -282,16 +282,6 @@ fn malformed_object_names_are_refused() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// Bytes zstd cannot compress.
-fn noise(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(b"noise")
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
 #[test]
 fn a_full_disk_fails_cleanly_and_loses_nothing() {
     let env = Env::new();
@@ -319,7 +309,7 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
             &["events", "append", "--job", "e", "--repo", "api"],
             b"{\"event_type\":\"first\"}\n",
         );
-        let out = env.run(&["hash-object", "-w", "--stdin"], &noise(2 << 20));
+        let out = env.run(&["hash-object", "-w", "--stdin"], &noise(0, 2 << 20));
         let stderr = assert_one_line_error(&out, 1);
         assert!(stderr.contains("No space left on device"), "{stderr}");
         assert!(stderr.contains("hint: free some space"), "{stderr}");
@@ -328,7 +318,7 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
             .map(|n| {
                 format!(
                     "{{\"event_type\":\"x\",\"blob\":\"{}\"}}\n",
-                    hex(&noise_seeded(n, 4096))
+                    hex(&noise(n, 4096))
                 )
             })
             .collect();
@@ -382,19 +372,6 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-}
-
-fn noise_seeded(seed: u32, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&seed.to_le_bytes())
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Symlinks planted at a lock file, a job directory, a repo directory, a reflog, the temp
