@@ -327,7 +327,13 @@ pub fn merge(
     };
     let files: Vec<&str> = list
         .split("; ")
-        .take_while(|f| !f.starts_with("Please move or remove") && !f.starts_with("Aborting"))
+        // git ends the list with "Please move or remove them…" and "Aborting" (untracked
+        // files) or "Merge with strategy ort failed." (changes in the index).
+        .take_while(|f| {
+            !f.starts_with("Please move or remove")
+                && !f.starts_with("Aborting")
+                && !f.starts_with("Merge with strategy")
+        })
         .collect();
     let leftovers = files.iter().all(|f| {
         let ours = std::fs::read(dir.join(f)).ok();

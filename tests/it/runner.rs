@@ -1076,3 +1076,41 @@ fn a_command_too_long_for_the_system_is_a_clear_failure() {
     let sig = dlq[0]["error_signature"].as_str().unwrap();
     assert!(sig.contains("after interpolation"), "{sig}");
 }
+
+/// A merge killed after it staged an agent's file (no MERGE_HEAD yet) leaves "Your local
+/// changes … would be overwritten by merge … Merge with strategy ort failed.": those are
+/// the merge's own leftovers, put back, and the merge succeeds (found by the SIGKILL test).
+#[test]
+fn a_merge_over_its_own_staged_leftovers_succeeds() {
+    let env = Env::new();
+    let repo = env.scratch().join("leftovers");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("base.txt"), "base\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    git(&repo, &["checkout", "-q", "-b", "agent"]);
+    std::fs::write(repo.join("f-4.txt"), "4\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "item 4"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    // The job's branch moved on (an earlier merge), so this is a real merge.
+    std::fs::write(repo.join("other.txt"), "x\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "other"]);
+    // What the killed merge left: the agent's file staged, no merge in progress.
+    std::fs::write(repo.join("f-4.txt"), "4\n").unwrap();
+    git(&repo, &["add", "f-4.txt"]);
+    let env_vars = std::collections::BTreeMap::from([
+        ("GIT_AUTHOR_NAME".to_owned(), "t".to_owned()),
+        ("GIT_AUTHOR_EMAIL".to_owned(), "t@example.com".to_owned()),
+        ("GIT_COMMITTER_NAME".to_owned(), "t".to_owned()),
+        ("GIT_COMMITTER_EMAIL".to_owned(), "t@example.com".to_owned()),
+    ]);
+    prodigy::runner::git::merge(&repo, "agent", "merge item 4", &env_vars).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(repo.join("f-4.txt")).unwrap(),
+        "4\n"
+    );
+    assert!(prodigy::runner::git::is_merged(&repo, "agent"));
+}
