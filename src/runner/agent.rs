@@ -117,7 +117,12 @@ pub(super) fn run_step(
                 false,
             ));
         }
-        write_log(log, &format!("$ {command}\n"));
+        match &step.name {
+            Some(name) => write_log(log, &format!("$ {command}   # {name}\n")),
+            None => write_log(log, &format!("$ {command}\n")),
+        }
+        // `commit_required`: the commit the worktree is at before the step.
+        let before = step.commit_required.then(|| super::git::head(cwd).ok());
         let out = exec
             .run(&StepSpec {
                 command: &command,
@@ -131,13 +136,19 @@ pub(super) fn run_step(
         if out.interrupted {
             return Err(fail("interrupted".into(), None, true));
         }
-        if out.success() {
+        let no_commit = out.success()
+            && before
+                .as_ref()
+                .is_some_and(|b| *b == super::git::head(cwd).ok());
+        if out.success() && !no_commit {
             return Ok(step
                 .capture
                 .as_ref()
                 .map(|_| out.stdout.trim_end_matches('\n').to_owned()));
         }
-        let message = if out.timed_out {
+        let message = if no_commit {
+            "commit_required: the step succeeded but made no commit".to_owned()
+        } else if out.timed_out {
             format!(
                 "timed out after {}s (killed with its process group)",
                 out.duration.as_secs()

@@ -92,9 +92,34 @@ pub struct MapSpec {
     pub max_parallel: Option<usize>,
     /// Kill an agent (its whole process group) after this many seconds.
     #[serde(default)]
-    pub agent_timeout_secs: Option<u64>,
+    pub agent_timeout_secs: Option<Spanned<u64>>,
+    /// The original's spelling of the agent time limit: seconds, or a duration (`120s`).
+    #[serde(default)]
+    pub timeout_per_agent: Option<Spanned<Seconds>>,
+    /// The original's `timeout_config:` block (its `agent_timeout_secs`).
+    #[serde(default)]
+    pub timeout_config: Option<TimeoutConfig>,
     /// The steps each agent runs on its item.
     pub agent_template: Vec<Step>,
+}
+
+/// A time given as whole seconds or as a duration (`90`, `120s`, `2m`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Seconds {
+    /// Seconds.
+    Secs(u64),
+    /// A duration.
+    Text(String),
+}
+
+/// `map.timeout_config:`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// Kill an agent after this many seconds.
+    #[serde(default)]
+    pub agent_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// One step: a shell command.
@@ -103,6 +128,12 @@ pub struct MapSpec {
 pub struct Step {
     /// The command, run with `sh -c` in the worktree.
     pub shell: Spanned<String>,
+    /// A name for messages and the log.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The step must make a commit: one that exits 0 without moving `HEAD` fails.
+    #[serde(default)]
+    pub commit_required: bool,
     /// Kill the step (its whole process group) after this many seconds.
     #[serde(default)]
     pub timeout: Option<u64>,
@@ -202,6 +233,10 @@ pub struct PlanStep {
     pub on_failure: Option<PlanHandler>,
     /// The line of `shell:` (for messages).
     pub line: u64,
+    /// Its name, if given.
+    pub name: Option<String>,
+    /// Whether it must make a commit.
+    pub commit_required: bool,
 }
 
 /// A compiled `on_failure`.
@@ -348,6 +383,38 @@ impl Plan {
             Some(s) => Some(parse_sort(&s.value).map_err(|e| at(s.referenced.line(), e))?),
             None => None,
         };
+        // The agent time limit, under any of its three spellings, given once.
+        let mut limits: Vec<(u64, Duration)> = Vec::new();
+        if let Some(s) = &m.agent_timeout_secs {
+            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
+        }
+        if let Some(s) = m
+            .timeout_config
+            .as_ref()
+            .and_then(|c| c.agent_timeout_secs.as_ref())
+        {
+            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
+        }
+        if let Some(s) = &m.timeout_per_agent {
+            let d = match &s.value {
+                Seconds::Secs(n) => Duration::from_secs(*n),
+                Seconds::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                    at(
+                        s.referenced.line(),
+                        format!("map.timeout_per_agent {t:?} is not a duration: {e}"),
+                    )
+                })?,
+            };
+            limits.push((s.referenced.line(), d));
+        }
+        if limits.len() > 1 {
+            return Err(at(
+                limits[1].0,
+                "the agent time limit is given twice (agent_timeout_secs, timeout_per_agent,                  timeout_config.agent_timeout_secs): keep one"
+                    .into(),
+            ));
+        }
+        let agent_timeout = limits.first().map(|l| l.1);
         let max_parallel = m.max_parallel.unwrap_or(4);
         if max_parallel == 0 {
             return Err(at(0, "map.max_parallel must be at least 1".into()));
@@ -457,6 +524,8 @@ impl Plan {
                     capture,
                     on_failure,
                     line,
+                    name: step.name.clone(),
+                    commit_required: step.commit_required,
                 });
             }
             Ok(out)
@@ -482,7 +551,7 @@ impl Plan {
             path: path.to_owned(),
             source: source.to_owned(),
             max_parallel,
-            agent_timeout: m.agent_timeout_secs.map(Duration::from_secs),
+            agent_timeout,
             max_failures: p.max_failures,
             on_item_failure,
             retry,

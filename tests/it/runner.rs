@@ -1114,3 +1114,109 @@ fn a_merge_over_its_own_staged_leftovers_succeeds() {
     );
     assert!(prodigy::runner::git::is_merged(&repo, "agent"));
 }
+
+/// The original's step fields `name` and `commit_required`, and its spellings of the agent
+/// time limit (`timeout_per_agent: 1s`, `timeout_config.agent_timeout_secs`): a step that
+/// must commit and does not fails its item; an agent over its limit is killed.
+#[test]
+fn commit_required_and_the_original_agent_time_limits() {
+    let env = Env::new();
+    let repo = repo(&env, "original-fields");
+    write(
+        &repo,
+        "w.yml",
+        "name: commits
+mode: mapreduce
+env:
+  GIT_AUTHOR_NAME: t
+  GIT_AUTHOR_EMAIL: t@example.com
+  GIT_COMMITTER_NAME: t
+  GIT_COMMITTER_EMAIL: t@example.com
+map:
+  input: seq 1 3
+  timeout_per_agent: 20s
+  agent_template:
+    - name: write the item
+      shell: echo ${item} > f-${item}.txt && git add f-${item}.txt
+    - name: commit it, except item 2
+      shell: test ${item} = 2 || git commit -qm 'item ${item}'
+      commit_required: true
+reduce:
+  - shell: ls f-*.txt | wc -l > n.txt
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "commits"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let dlq = json_in(&env, &repo, &["dlq", "list", "commits", "--json"]);
+    let items = dlq.as_array().unwrap();
+    assert_eq!(items.len(), 1, "{dlq}");
+    let item = json_in(
+        &env,
+        &repo,
+        &[
+            "dlq",
+            "inspect",
+            items[0]["item_id"].as_str().unwrap(),
+            "--job",
+            "commits",
+            "--json",
+        ],
+    );
+    let text = item.to_string();
+    assert!(
+        text.contains("commit_required: the step succeeded but made no commit"),
+        "{text}"
+    );
+    let job = job_show(&env, &repo, "commits");
+    assert_eq!(
+        (job["done"].as_u64(), job["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    // timeout_config.agent_timeout_secs kills a slow agent.
+    write(
+        &repo,
+        "slow.yml",
+        "name: slow
+map:
+  input: seq 1 1
+  timeout_config:
+    agent_timeout_secs: 1
+  agent_template:
+    - shell: sleep 30
+error_policy:
+  on_item_failure: skip
+",
+    );
+    let started = Instant::now();
+    let out = in_repo(&env, &repo, &["run", "slow.yml", "--job-id", "slow"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the agent was not killed"
+    );
+    assert_eq!(job_show(&env, &repo, "slow")["failed"], 1);
+
+    // Two spellings at once, or a duration that is none, are refused with their line.
+    for (body, want) in [
+        (
+            "  timeout_per_agent: 5\n  agent_timeout_secs: 5\n",
+            "given twice",
+        ),
+        ("  timeout_per_agent: soon\n", "is not a duration"),
+    ] {
+        write(
+            &repo,
+            "bad.yml",
+            &format!(
+                "name: bad\nmap:\n  input: seq 1 1\n{body}  agent_template:\n    - shell: 'true'\n"
+            ),
+        );
+        let out = in_repo(&env, &repo, &["run", "bad.yml"]);
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains("bad.yml:") && stderr.contains(want),
+            "{stderr}"
+        );
+    }
+}
