@@ -608,11 +608,34 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         _ => stripped,
     };
     let column = e.location().map(|l| l.column()).unwrap_or(0);
-    if column > 0 {
+    let mut message = if column > 0 {
         format!("{stripped} (column {column})")
     } else {
         stripped.to_owned()
+    };
+    if let Some(hint) = instead(stripped) {
+        message.push_str("; ");
+        message.push_str(hint);
     }
+    message
+}
+
+/// What to use instead of a key of the original tool that this runner does not have.
+fn instead(message: &str) -> Option<&'static str> {
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    Some(match key {
+        "claude" => "this runner runs shell steps only: call your agent's CLI from a `shell:` step",
+        "goal_seek" => {
+            "write the loop in a `shell:` step, or retry it with `on_failure: {max_attempts: N}`"
+        }
+        "foreach" => "make the list the map phase's `input` (one agent per item)",
+        "test" => "the original's `test:` was a command: use `shell:`",
+        "validate" => "check in a `shell:` step that exits non-zero when the check fails",
+        "analyze" | "handler" | "write_file" => "do it in a `shell:` step",
+        "capture" | "capture_format" => "use `capture_output: NAME` (a string)",
+        "when" => "test the condition inside the `shell:` step",
+        _ => return None,
+    })
 }
 
 fn parse_sort(text: &str) -> Result<(Vec<String>, bool), String> {
@@ -695,6 +718,34 @@ error_policy:
         );
         let e = parse(&claude).unwrap_err();
         assert!(e.starts_with("w.yml:16: unknown field `claude`"), "{e}");
+        assert!(
+            e.contains("call your agent's CLI from a `shell:` step"),
+            "{e}"
+        );
+        // The original's other step kinds say what to use instead.
+        for (key, hint) in [
+            ("goal_seek", "on_failure: {max_attempts: N}"),
+            ("foreach", "the map phase's `input`"),
+            ("validate", "exits non-zero"),
+        ] {
+            let text = OK.replace(
+                "    - shell: echo ${shell.output}",
+                &format!("    - {key}: x"),
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("w.yml:16: unknown field `{key}`")),
+                "{e}"
+            );
+            assert!(e.contains(hint), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        // A plain typo gets no advice.
+        assert!(
+            !parse(&OK.replace("  max_parallel: 3", "  max_paralel: 3"))
+                .unwrap_err()
+                .contains("; ")
+        );
         let e = parse(&OK.replace("  max_parallel: 3", "  max_paralel: 3")).unwrap_err();
         assert!(
             e.starts_with("w.yml:12: unknown field `max_paralel`"),
