@@ -164,8 +164,19 @@ reduce:
     );
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "workflow"]);
-    let out = ok_in(&env, &repo, &["run", "w.yml", "--job-id", "j1"]);
-    assert_eq!(out, "j1\n");
+    let run = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j1"]);
+    assert!(run.status.success(), "{}", transcript(&run));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "j1\n");
+    // The user is told which branch holds the result and how to merge it; doing so
+    // brings the agents' and reduce's files into the repository.
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let hint = stderr
+        .lines()
+        .find(|l| l.starts_with("hint: to bring the result into your branch"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let command = hint.split('`').nth(1).unwrap();
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    assert_eq!(args, ["merge", "prodigy/j1"], "{hint}");
     let show = job_show(&env, &repo, "j1");
     assert_eq!(show["phase"], "complete");
     assert_eq!(show["done"], 3);
@@ -180,6 +191,13 @@ reduce:
         );
     }
     assert!(!parent.join("out-d.txt").exists(), "filtered out");
+    git(&repo, &["merge", "-q", "--no-edit", "prodigy/j1"]);
+    for name in ["out-a.txt", "out-b.txt", "out-c.txt"] {
+        assert!(
+            repo.join(name).exists(),
+            "{name} not merged into the repository"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(parent.join("totals.txt")).unwrap(),
         "3/3 failed=0\n"

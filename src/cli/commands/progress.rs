@@ -86,6 +86,12 @@ pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::
         outcome.worktree.display(),
         outcome.branch
     ));
+    if c.done > 0 {
+        ctx.diag.hint(&format!(
+            "to bring the result into your branch, run `git merge {}` in your repository",
+            outcome.branch
+        ));
+    }
     if c.failed > 0 {
         ctx.diag.hint(&format!(
             "see the failures with `prodigy dlq list {}`; retry them with `prodigy dlq retry {}`",
