@@ -3,7 +3,9 @@
 //! Ours are `${item}`, `${item.a.b}`, `${item_json}`, `${item_id}`, `${item_index}`,
 //! `${map.total}`, `${map.successful}`, `${map.failed}`, `${map.results_json}`,
 //! `${env.X}`, `${workflow.name}`, `${job.id}`, `${shell.output}` and names given to
-//! `capture_output`. Each is checked when the workflow is loaded: a variable the step's
+//! `capture_output`, each optionally with a default, `${name|default:value}`, used when it
+//! has no value (an item without that field, an unset `env.X`, a capture not made yet).
+//! Each is checked when the workflow is loaded: a variable the step's
 //! phase cannot have (`${item.x}` in reduce) or an unknown `${map.x}` is an error. Any other
 //! `${NAME}` (`${HOME}`) is left for the shell. Values are substituted as they are, like the
 //! original tool: a workflow that feeds untrusted items to a shell must quote them itself.
@@ -53,7 +55,8 @@ enum Var {
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
     Lit(String),
-    Var(Var),
+    /// A variable and its default (`${name|default:value}`), used when it has no value.
+    Var(Var, Option<String>),
 }
 
 /// A compiled command.
@@ -125,15 +128,30 @@ impl Template {
                 rest = "";
                 break;
             };
-            let name = &after[..end];
-            match parse_var(name, ctx)? {
-                Some(var) => {
+            let whole = &after[..end];
+            let (name, default) = match whole.split_once("|default:") {
+                Some((name, default)) => (name.trim(), Some(default.to_owned())),
+                None => (whole, None),
+            };
+            let var = match (&default, name.strip_prefix("env.")) {
+                // With a default, an unset variable is fine: the default is its value.
+                (Some(_), Some(var)) if !var.is_empty() => Some(Var::Env(var.to_owned())),
+                _ => parse_var(name, ctx)?,
+            };
+            match (var, default) {
+                (Some(var), default) => {
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
-                    parts.push(Part::Var(var));
+                    parts.push(Part::Var(var, default));
                 }
-                None => lit.push_str(&rest[at..at + 2 + end + 1]),
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "unknown variable ${{{name}}} in ${{{whole}}} (a default goes with \
+                         item…, env.X, map.…, workflow.name, job.id or a captured name)"
+                    ));
+                }
+                (None, None) => lit.push_str(&rest[at..at + 2 + end + 1]),
             }
             rest = &after[end + 1..];
         }
@@ -149,7 +167,7 @@ impl Template {
         self.parts
             .iter()
             .filter_map(|p| match p {
-                Part::Var(Var::Item(path)) if !path.is_empty() => Some(path.clone()),
+                Part::Var(Var::Item(path), _) if !path.is_empty() => Some(path.clone()),
                 _ => None,
             })
             .collect()
@@ -160,7 +178,7 @@ impl Template {
         self.parts
             .iter()
             .filter_map(|p| match p {
-                Part::Var(Var::Env(n)) => Some(n.clone()),
+                Part::Var(Var::Env(n), _) => Some(n.clone()),
                 _ => None,
             })
             .collect()
@@ -170,7 +188,7 @@ impl Template {
     pub fn reads_results(&self) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Var(Var::MapResultsJson)))
+            .any(|p| matches!(p, Part::Var(Var::MapResultsJson, _)))
     }
 
     /// Renders the command.
@@ -179,7 +197,12 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(v) => out.push_str(&value(v, vars)?),
+                Part::Var(v, default) => match (value(v, vars), default) {
+                    (Ok(Some(s)), _) => out.push_str(&s),
+                    (Ok(None) | Err(_), Some(d)) => out.push_str(d),
+                    (Ok(None), None) => {}
+                    (Err(e), None) => return Err(e),
+                },
             }
         }
         Ok(out)
@@ -230,9 +253,10 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn value(v: &Var, vars: &Vars<'_>) -> Result<String, String> {
+/// A variable's value; `None` for a captured name no step has set yet.
+fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
     let item = || vars.item.ok_or("no item here".to_owned());
-    Ok(match v {
+    Ok(Some(match v {
         Var::Item(path) => text(lookup(item()?, path)?),
         Var::ItemJson => item()?.to_string(),
         Var::ItemId => vars.item_id.to_owned(),
@@ -248,12 +272,8 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<String, String> {
             .ok_or_else(|| format!("${{env.{name}}} is not set"))?,
         Var::WorkflowName => vars.workflow_name.to_owned(),
         Var::JobId => vars.job_id.to_owned(),
-        Var::Captured(name) => vars
-            .captured
-            .and_then(|c| c.get(name))
-            .cloned()
-            .unwrap_or_default(),
-    })
+        Var::Captured(name) => return Ok(vars.captured.and_then(|c| c.get(name)).cloned()),
+    }))
 }
 
 fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
@@ -389,6 +409,53 @@ mod tests {
         assert!(Template::compile("${itme_id}", &c(Scope::Agent)).is_ok());
         assert!(Template::compile("${item_idx}", &c(Scope::Agent)).is_err());
         assert!(Template::compile("${map.results_json}", &c(Scope::Reduce)).is_ok());
+    }
+
+    #[test]
+    fn defaults_stand_in_for_missing_values_only() {
+        let (env, captured, scope) = ctx(Scope::Agent);
+        let c = Context {
+            scope,
+            captured: &captured,
+            env: &env,
+        };
+        let t = Template::compile(
+            "${item.a|default:none} ${item.b|default:none} ${env.PRODIGY_SURELY_UNSET|default:d} ${env.A|default:d} ${out|default:zz}",
+            &c,
+        )
+        .unwrap();
+        let item = json!({"a": 1});
+        let s = t
+            .render(&Vars {
+                item: Some(&item),
+                env: Some(&env),
+                ..Vars::default()
+            })
+            .unwrap();
+        assert_eq!(s, "1 none d a-value zz");
+        // Without a default a missing field is still an error, and a default needs one of
+        // our variables (the shell has no such syntax).
+        let t = Template::compile("${item.b}", &c).unwrap();
+        assert!(
+            t.render(&Vars {
+                item: Some(&item),
+                ..Vars::default()
+            })
+            .is_err()
+        );
+        let e = Template::compile("${FOO|default:x}", &c).unwrap_err();
+        assert!(e.contains("unknown variable ${FOO}"), "{e}");
+        assert!(
+            Template::compile(
+                "${item.x|default:1}",
+                &Context {
+                    scope: Scope::Reduce,
+                    captured: &captured,
+                    env: &env
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
