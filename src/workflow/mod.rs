@@ -54,12 +54,12 @@ pub struct Workflow {
     pub env: BTreeMap<String, Spanned<String>>,
     /// Steps run once, in the job's worktree, before the map phase.
     #[serde(default)]
-    pub setup: Vec<Step>,
+    pub setup: Steps,
     /// The map phase.
     pub map: MapSpec,
     /// Steps run once, in the job's worktree, after every agent's commits are merged.
     #[serde(default)]
-    pub reduce: Vec<Step>,
+    pub reduce: Steps,
     /// What happens when an item fails.
     #[serde(default)]
     pub error_policy: ErrorPolicy,
@@ -100,7 +100,61 @@ pub struct MapSpec {
     #[serde(default)]
     pub timeout_config: Option<TimeoutConfig>,
     /// The steps each agent runs on its item.
-    pub agent_template: Vec<Step>,
+    pub agent_template: Steps,
+}
+
+/// A list of steps, written either as a list or, as the original also allowed, as
+/// `commands:` holding the list. Errors inside keep their lines.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct Steps(pub Vec<Step>);
+
+impl std::ops::Deref for Steps {
+    type Target = [Step];
+    fn deref(&self) -> &[Step] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Steps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Steps, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Steps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of steps, or `commands:` with a list of steps")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Steps, A::Error> {
+                let mut steps = Vec::new();
+                while let Some(step) = seq.next_element::<Step>()? {
+                    steps.push(step);
+                }
+                Ok(Steps(steps))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Steps, A::Error> {
+                let mut steps = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "commands" {
+                        return Err(serde::de::Error::unknown_field(&key, &["commands"]));
+                    }
+                    if steps.is_some() {
+                        return Err(serde::de::Error::duplicate_field("commands"));
+                    }
+                    steps = Some(map.next_value::<Vec<Step>>()?);
+                }
+                steps
+                    .map(Steps)
+                    .ok_or_else(|| serde::de::Error::missing_field("commands"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A time given as whole seconds or as a duration (`90`, `120s`, `2m`).
@@ -708,6 +762,40 @@ error_policy:
         assert_eq!(plan.retry.delay(3), Duration::from_millis(20));
         assert_eq!(plan.sort_by, Some((vec!["score".into()], true)));
         assert_eq!(plan.item_paths(), vec![(vec!["name".to_string()], 14)]);
+    }
+
+    /// The original's `commands:` form of a step list is the same list; errors inside it
+    /// keep their lines.
+    #[test]
+    fn steps_may_be_wrapped_in_commands() {
+        let wrapped = "name: demo
+map:
+  input: items.json
+  json_path: $[*]
+  agent_template:
+    commands:
+      - shell: echo ${item}
+      - shell: echo two
+reduce:
+  commands:
+    - shell: echo ${map.total}
+";
+        let plan = parse(wrapped).unwrap();
+        assert_eq!((plan.agent.len(), plan.reduce.len()), (2, 1));
+        assert_eq!(plan.agent[1].line, 8);
+        assert!(plan.json_path.is_some());
+        let e =
+            parse(&wrapped.replace("      - shell: echo two", "      - claude: /x")).unwrap_err();
+        assert!(e.starts_with("w.yml:8: unknown field `claude`"), "{e}");
+        let e = parse(&wrapped.replace(
+            "    commands:\n      - shell: echo ${item}",
+            "    command:\n      - shell: echo ${item}",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("unknown field `command`") && e.contains("commands"),
+            "{e}"
+        );
     }
 
     #[test]

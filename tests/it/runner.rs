@@ -1238,3 +1238,76 @@ error_policy:
         );
     }
 }
+
+/// A workflow in the original tool's own shape — `commands:` lists, an unquoted
+/// `json_path: $[*]`, `|` blocks, named steps, `commit_required`, `timeout_per_agent` —
+/// runs unchanged, also when the runner is SIGKILLed in the middle of the map phase and
+/// the job is resumed.
+#[test]
+fn a_workflow_in_the_original_shape_runs_and_resumes_after_sigkill() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "original-shape");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: original-shape
+mode: mapreduce
+{IDENTITY}setup:
+  - shell: |
+      echo '[
+        {{\"id\": 1, \"name\": \"one\"}},
+        {{\"id\": 2, \"name\": \"two\"}},
+        {{\"id\": 3, \"name\": \"three\"}},
+        {{\"id\": 4, \"name\": \"four\"}}
+      ]' > items.json
+map:
+  input: items.json
+  json_path: $[*]
+  max_parallel: 2
+  timeout_per_agent: 60s
+  agent_template:
+    commands:
+      - name: write
+        shell: |
+          echo \"Processed ${{item.name}}\" > output-${{item.name}}.txt
+          echo \"Item ID: ${{item.id}}\" >> output-${{item.name}}.txt
+          echo ${{item.name}} >> {marks}/started
+          sleep 0.3
+      - shell: git add output-${{item.name}}.txt
+      - shell: git commit -qm \"Process ${{item.name}} (id=${{item.id}})\"
+        commit_required: true
+reduce:
+  commands:
+    - shell: |
+        count=$(ls output-*.txt | wc -l)
+        test \"$count\" -eq 4 && echo \"${{map.successful}}/${{map.total}}\" > summary.txt
+",
+            marks = marks.display()
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "shape"]);
+    wait_for("an agent at work", Duration::from_secs(30), || {
+        lines(&marks.join("started")) >= 1
+    });
+    kill_group(&mut child); // SIGKILL mid-map
+    let out = in_repo(&env, &repo, &["resume", "shape"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "shape");
+    assert_eq!(
+        (show["phase"].as_str(), show["done"].as_u64()),
+        (Some("complete"), Some(4))
+    );
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("summary.txt")).unwrap(),
+        "4/4\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(parent.join("output-two.txt")).unwrap(),
+        "Processed two\nItem ID: 2\n"
+    );
+    assert_fsck_clean(&env);
+}
