@@ -273,6 +273,9 @@ pub struct Checkpoint {
     /// after them, across a resume.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub captured: BTreeMap<String, String>,
+    /// What the setup steps captured, which agents and reduce see too.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub setup_captured: BTreeMap<String, String>,
     /// The commit agents branch from (the job's worktree after setup).
     pub map_base: Option<String>,
     /// The job's branch when this checkpoint was written (moved by setup, the merges and
@@ -456,6 +459,7 @@ impl JobStateManager {
             setup_done: 0,
             reduce_done: 0,
             captured: BTreeMap::new(),
+            setup_captured: BTreeMap::new(),
             map_base: None,
             job_head: None,
             counters: Counters::default(),

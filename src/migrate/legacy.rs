@@ -893,6 +893,7 @@ pub fn checkpoint(bytes: &[u8], reason: &str) -> Result<LegacyCheckpoint, (Reaso
         setup_done: 0,
         reduce_done,
         captured: BTreeMap::new(),
+        setup_captured: BTreeMap::new(),
         map_base: None,
         job_head: None,
         counters,

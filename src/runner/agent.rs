@@ -140,14 +140,24 @@ pub(super) fn run_step(
             && before
                 .as_ref()
                 .is_some_and(|b| *b == super::git::head(cwd).ok());
+        // The captured value, read by the step's capture_format.
+        let captured = match &step.capture {
+            Some(_) if out.success() => {
+                Some(step.capture_format.read(out.stdout.trim_end_matches('\n')))
+            }
+            _ => None,
+        };
         if out.success() && !no_commit {
-            return Ok(step
-                .capture
-                .as_ref()
-                .map(|_| out.stdout.trim_end_matches('\n').to_owned()));
+            match captured {
+                None => return Ok(None),
+                Some(Ok(value)) => return Ok(Some(value)),
+                Some(Err(_)) => {}
+            }
         }
         let message = if no_commit {
             "commit_required: the step succeeded but made no commit".to_owned()
+        } else if let Some(Err(why)) = captured {
+            why
         } else if out.timed_out {
             format!(
                 "timed out after {}s (killed with its process group)",
@@ -336,7 +346,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             attempt,
         });
         let deadline = ctx.plan.agent_timeout.and_then(|t| started.checked_add(t));
-        let mut captured = BTreeMap::new();
+        let mut captured = ctx.setup_captured.clone();
         let mut output = None;
         let mut error = None;
         for step in &ctx.plan.agent {

@@ -347,6 +347,8 @@ fn generate_job_id() -> String {
 /// What the agents share (read-only).
 struct AgentCtx {
     plan: Plan,
+    /// What setup captured (agents see it).
+    setup_captured: BTreeMap<String, String>,
     spec: JobSpec,
     worktrees: git::Worktrees,
     map_base: String,
@@ -605,8 +607,13 @@ impl Job {
         } else {
             String::new()
         };
-        // Captures of earlier steps of this phase survive a resume in the checkpoint.
-        let mut captured = self.state.checkpoint.captured.clone();
+        // Captures of earlier steps of this phase survive a resume in the checkpoint;
+        // reduce also sees setup's.
+        let mut captured = match phase {
+            Phase::Setup => BTreeMap::new(),
+            _ => self.state.checkpoint.setup_captured.clone(),
+        };
+        captured.extend(self.state.checkpoint.captured.clone());
         loop {
             let done = match phase {
                 Phase::Setup => self.state.checkpoint.setup_done,
@@ -721,7 +728,9 @@ impl Job {
         c.job_head = Some(map_base.clone());
         c.map_base = Some(map_base);
         c.phase = Phase::Map;
-        c.captured.clear();
+        // Setup's captures go on to the agents and reduce; `captured` is reduce's now.
+        c.setup_captured = std::mem::take(&mut c.captured);
+        c.setup_captured.remove("shell.output");
         self.log(MapReduceEvent::JobStarted {
             job_id: self.id().to_owned(),
             config: self.state.spec.workflow.clone(),
@@ -743,6 +752,7 @@ impl Job {
     fn agent_ctx(&self, items: Vec<Value>, keys: Vec<String>, max_attempts: u32) -> AgentCtx {
         AgentCtx {
             plan: self.plan.clone(),
+            setup_captured: self.state.checkpoint.setup_captured.clone(),
             spec: self.state.spec.clone(),
             worktrees: self.worktrees(),
             map_base: self

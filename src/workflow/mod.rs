@@ -199,6 +199,14 @@ pub struct Step {
     /// result in `${map.results_json}`.
     #[serde(default)]
     pub capture_output: Option<Capture>,
+    /// The original's spelling of a named capture: `${NAME}` for the steps after it (setup
+    /// captures also for agents and reduce).
+    #[serde(default)]
+    pub capture: Option<Spanned<String>>,
+    /// How the captured output is read: string (default), number, boolean, json (then
+    /// `${NAME.field}` works) or lines (a JSON array of the lines).
+    #[serde(default)]
+    pub capture_format: Option<Spanned<String>>,
 }
 
 /// `capture_output: true` or `capture_output: name`.
@@ -283,6 +291,8 @@ pub struct PlanStep {
     pub timeout: Option<Duration>,
     /// The capture variable (`shell.output` or a name).
     pub capture: Option<String>,
+    /// How the captured output is read.
+    pub capture_format: CaptureFormat,
     /// The failure handler.
     pub on_failure: Option<PlanHandler>,
     /// The line of `shell:` (for messages).
@@ -291,6 +301,57 @@ pub struct PlanStep {
     pub name: Option<String>,
     /// Whether it must make a commit.
     pub commit_required: bool,
+}
+
+/// Capture names a phase leaves for later phases, each with whether it holds JSON.
+type Captures = Vec<(String, bool)>;
+
+/// How a step's captured output is read (`capture_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureFormat {
+    /// The text (without its last newline).
+    #[default]
+    String,
+    /// A number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// JSON: `${NAME.field}` reads into it.
+    Json,
+    /// The lines, as a JSON array of strings.
+    Lines,
+}
+
+impl CaptureFormat {
+    /// Turns a step's output into the captured value (as stored and substituted), or
+    /// says why it is not of this format.
+    pub fn read(self, output: &str) -> Result<String, String> {
+        let trimmed = output.trim();
+        match self {
+            CaptureFormat::String => Ok(output.to_owned()),
+            CaptureFormat::Number => trimmed
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .map(|_| trimmed.to_owned())
+                .ok_or_else(|| {
+                    format!("capture_format number: the output {trimmed:?} is not a number")
+                }),
+            CaptureFormat::Boolean => match trimmed {
+                "true" | "false" => Ok(trimmed.to_owned()),
+                _ => Err(format!(
+                    "capture_format boolean: the output {trimmed:?} is not true or false"
+                )),
+            },
+            CaptureFormat::Json => serde_json::from_str::<serde_json::Value>(trimmed)
+                .map(|v| v.to_string())
+                .map_err(|e| format!("capture_format json: the output is not JSON: {e}")),
+            CaptureFormat::Lines => Ok(serde_json::Value::from(
+                output.lines().map(str::to_owned).collect::<Vec<_>>(),
+            )
+            .to_string()),
+        }
+    }
 }
 
 /// A compiled `on_failure`.
@@ -520,14 +581,26 @@ impl Plan {
                 }
             }
         };
-        let compile = |steps: &[Step], scope: Scope| -> Result<Vec<PlanStep>, WorkflowError> {
-            let mut captured: Vec<String> = Vec::new();
+        // Captures (name → whether it holds JSON) made by setup are seen by agents and
+        // reduce too.
+        let compile = |steps: &[Step],
+                       scope: Scope,
+                       seen: &[(String, bool)]|
+         -> Result<(Vec<PlanStep>, Captures), WorkflowError> {
+            let mut named: Vec<(String, bool)> = seen.to_vec();
+            let mut captured: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
             let mut out = Vec::new();
             for step in steps {
                 let line = step.shell.referenced.line();
+                let json_names: Vec<String> = named
+                    .iter()
+                    .filter(|(_, json)| *json)
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 let ctx = template::Context {
                     scope,
                     captured: &captured,
+                    json: &json_names,
                     env: &env,
                 };
                 let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
@@ -538,6 +611,7 @@ impl Plan {
                         let hctx = template::Context {
                             scope,
                             captured: &with_output,
+                            json: &json_names,
                             env: &env,
                         };
                         Some(PlanHandler {
@@ -550,7 +624,36 @@ impl Plan {
                     }
                     None => None,
                 };
-                let capture = match &step.capture_output {
+                let output = match (&step.capture_output, &step.capture) {
+                    (Some(Capture::Name(_) | Capture::Flag(true)), Some(c)) => {
+                        return Err(at(
+                            c.referenced.line(),
+                            "a step has both capture and capture_output: keep one".into(),
+                        ));
+                    }
+                    (_, Some(c)) => Some(Capture::Name(c.value.clone())),
+                    (o, None) => o.clone(),
+                };
+                let capture_format = match step
+                    .capture_format
+                    .as_ref()
+                    .map(|f| (f.value.as_str(), f))
+                {
+                    None | Some(("string", _)) => CaptureFormat::String,
+                    Some(("number", _)) => CaptureFormat::Number,
+                    Some(("boolean", _)) => CaptureFormat::Boolean,
+                    Some(("json", _)) => CaptureFormat::Json,
+                    Some(("lines", _)) => CaptureFormat::Lines,
+                    Some((other, f)) => {
+                        return Err(at(
+                            f.referenced.line(),
+                            format!(
+                                "capture_format '{other}' is not one of string, number, boolean, json, lines"
+                            ),
+                        ));
+                    }
+                };
+                let capture = match &output {
                     None | Some(Capture::Flag(false)) => None,
                     Some(Capture::Flag(true)) => Some("shell.output".to_owned()),
                     Some(Capture::Name(n)) => {
@@ -566,27 +669,36 @@ impl Plan {
                         Some(n.clone())
                     }
                 };
+                if step.capture_format.is_some() && capture.is_none() {
+                    return Err(at(
+                        line,
+                        "capture_format without capture: name the capture".into(),
+                    ));
+                }
                 if let Some(c) = &capture {
                     captured.push(c.clone());
                     if c != "shell.output" {
                         captured.push("shell.output".into());
+                        named.retain(|(n, _)| n != c);
+                        named.push((c.clone(), capture_format == CaptureFormat::Json));
                     }
                 }
                 out.push(PlanStep {
                     shell,
                     timeout: step.timeout.map(Duration::from_secs),
                     capture,
+                    capture_format,
                     on_failure,
                     line,
                     name: step.name.clone(),
                     commit_required: step.commit_required,
                 });
             }
-            Ok(out)
+            Ok((out, named))
         };
-        let setup = compile(&workflow.setup, Scope::Setup)?;
-        let agent = compile(&m.agent_template, Scope::Agent)?;
-        let reduce = compile(&workflow.reduce, Scope::Reduce)?;
+        let (setup, from_setup) = compile(&workflow.setup, Scope::Setup, &[])?;
+        let (agent, _) = compile(&m.agent_template, Scope::Agent, &from_setup)?;
+        let (reduce, _) = compile(&workflow.reduce, Scope::Reduce, &from_setup)?;
         // `${env.X}` not in the workflow's env comes from the process's environment now,
         // and is recorded with the job so that `resume` sees the same value.
         for step in setup.iter().chain(&agent).chain(&reduce) {
@@ -686,7 +798,6 @@ fn instead(message: &str) -> Option<&'static str> {
         "test" => "the original's `test:` was a command: use `shell:`",
         "validate" => "check in a `shell:` step that exits non-zero when the check fails",
         "analyze" | "handler" | "write_file" => "do it in a `shell:` step",
-        "capture" | "capture_format" => "use `capture_output: NAME` (a string)",
         "when" => "test the condition inside the `shell:` step",
         _ => return None,
     })

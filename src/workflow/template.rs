@@ -32,6 +32,8 @@ pub struct Context<'a> {
     pub scope: Scope,
     /// Captured variables set by earlier steps.
     pub captured: &'a [String],
+    /// Those of them that hold JSON (`capture_format: json`): `${NAME.field}` reads them.
+    pub json: &'a [String],
     /// The workflow's `env`.
     pub env: &'a BTreeMap<String, String>,
 }
@@ -50,6 +52,7 @@ enum Var {
     WorkflowName,
     JobId,
     Captured(String),
+    CapturedField(String, Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -273,6 +276,23 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
         Var::WorkflowName => vars.workflow_name.to_owned(),
         Var::JobId => vars.job_id.to_owned(),
         Var::Captured(name) => return Ok(vars.captured.and_then(|c| c.get(name)).cloned()),
+        Var::CapturedField(name, path) => {
+            let Some(raw) = vars.captured.and_then(|c| c.get(name)) else {
+                return Ok(None);
+            };
+            let json: Value = serde_json::from_str(raw)
+                .map_err(|e| format!("${{{name}}} does not hold JSON: {e}"))?;
+            let mut cur = &json;
+            for key in path {
+                cur = match cur {
+                    Value::Object(m) => m.get(key),
+                    Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                }
+                .ok_or_else(|| format!("${{{name}.{}}}: no field {key:?}", path.join(".")))?;
+            }
+            text(cur)
+        }
     }))
 }
 
@@ -298,6 +318,20 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
     };
     if ctx.captured.iter().any(|c| c == name) {
         return Ok(Some(Var::Captured(name.to_owned())));
+    }
+    if let Some(path) = tail
+        && ctx.json.iter().any(|c| c == head)
+    {
+        let path: Vec<String> = path.split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!("${{{name}}}: bad field path"));
+        }
+        return Ok(Some(Var::CapturedField(head.to_owned(), path)));
+    }
+    if tail.is_some() && ctx.captured.iter().any(|c| c == head) {
+        return Err(format!(
+            "${{{name}}}: {head} is not JSON (give its step `capture_format: json` to read fields)"
+        ));
     }
     match (head, tail) {
         ("item", None) => only("only agents have an item", agent, Var::Item(Vec::new())),
@@ -370,6 +404,7 @@ mod tests {
         let c = Context {
             scope,
             captured: &captured,
+            json: &[],
             env: &env,
         };
         let t = Template::compile(
@@ -401,6 +436,7 @@ mod tests {
         let c = |scope| Context {
             scope,
             captured: &captured,
+            json: &[],
             env: &env,
         };
         assert!(Template::compile("${item.x}", &c(Scope::Reduce)).is_err());
@@ -417,6 +453,7 @@ mod tests {
         let c = Context {
             scope,
             captured: &captured,
+            json: &[],
             env: &env,
         };
         let t = Template::compile(
@@ -451,6 +488,7 @@ mod tests {
                 &Context {
                     scope: Scope::Reduce,
                     captured: &captured,
+                    json: &[],
                     env: &env
                 }
             )

@@ -1311,3 +1311,97 @@ reduce:
     );
     assert_fsck_clean(&env);
 }
+
+/// The original's `capture:` with `capture_format` (string, number, boolean, json, lines):
+/// setup's captures reach the agents and reduce, `${NAME.field}` reads JSON, and output
+/// that is not of its format fails the step with a message saying so.
+#[test]
+fn captures_with_formats_reach_agents_and_reduce() {
+    let env = Env::new();
+    let repo = repo(&env, "captures");
+    write(
+        &repo,
+        "w.yml",
+        "name: captures
+setup:
+  - shell: echo 3
+    capture: count
+    capture_format: number
+  - shell: |
+      echo '{\"mode\": \"fast\", \"tags\": [\"a\", \"b\"]}'
+    capture: cfg
+    capture_format: json
+  - shell: printf 'x\\ny\\n'
+    capture: names
+    capture_format: lines
+  - shell: echo true
+    capture: flag
+    capture_format: boolean
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: echo ${item}:${count}:${cfg.mode}:${cfg.tags.1}:${flag} > out-${item}.txt
+    - shell: cat out-${item}.txt
+      capture: line
+    - shell: test '${line}' = '${item}:3:fast:b:true'
+reduce:
+  - shell: echo '${count} ${names} ${cfg.mode}' > summary.txt
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "caps"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "caps");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{show}"
+    );
+    let parent = PathBuf::from(show["worktree"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("summary.txt")).unwrap(),
+        "3 [\"x\",\"y\"] fast\n"
+    );
+    // A value that is not of its format fails the step, naming the format.
+    write(
+        &repo,
+        "bad.yml",
+        "name: bad
+setup:
+  - shell: echo many
+    capture: count
+    capture_format: number
+map:
+  input: seq 1 1
+  agent_template:
+    - shell: echo ${count}
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "bad.yml", "--job-id", "bad"]);
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("capture_format number: the output \"many\" is not a number"),
+        "{stderr}"
+    );
+    // An unknown format, or a field of a capture that is not JSON, is refused at load.
+    for (yaml, want) in [
+        (
+            "    capture_format: yaml\n",
+            "capture_format 'yaml' is not one of",
+        ),
+        ("    capture_format: string\n", "${count.x}"),
+    ] {
+        write(
+            &repo,
+            "load.yml",
+            &format!(
+                "name: load\nsetup:\n  - shell: echo 1\n    capture: count\n{yaml}map:\n  input: seq 1 1\n  agent_template:\n    - shell: echo ${{count.x}}\n"
+            ),
+        );
+        let out = in_repo(&env, &repo, &["run", "load.yml"]);
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains("load.yml:") && stderr.contains(want),
+            "{stderr}"
+        );
+    }
+}
