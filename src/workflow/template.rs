@@ -7,7 +7,9 @@
 //! has no value (an item without that field, an unset `env.X`, a capture not made yet).
 //! Each is checked when the workflow is loaded: a variable the step's
 //! phase cannot have (`${item.x}` in reduce) or an unknown `${map.x}` is an error. Any other
-//! `${NAME}` (`${HOME}`) is left for the shell. Values are substituted as they are, like the
+//! `${NAME}` is left for the shell only when NAME is set in the environment (`${HOME}`); an
+//! unknown plain name or dotted path is an error (the shell would make it empty), while
+//! shell parameter syntax (`${f%.txt}`, `${1}`) stays the shell's. Values are substituted as they are, like the
 //! original tool: a workflow that feeds untrusted items to a shell must quote them itself.
 
 use std::collections::BTreeMap;
@@ -383,8 +385,33 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
         _ if head.starts_with("item") && head.len() > 4 => {
             Err(format!("unknown variable ${{{name}}}"))
         }
+        // `${NAME}` set in the environment is the shell's (`${HOME}`); anything else that is
+        // a plain name (or a dotted path) is a mistake: the shell would make it empty.
+        _ if is_plain_name(name) => {
+            if tail.is_none() && (ctx.env.contains_key(name) || std::env::var_os(name).is_some()) {
+                Ok(None)
+            } else {
+                Err(format!(
+                    "unknown variable ${{{name}}}: not a workflow variable nor set in the \
+                     environment (write ${name} for a variable the command itself sets)"
+                ))
+            }
+        }
+        // `${f%.txt}`, `${1}`, `${#a}`, …: shell syntax.
         _ => Ok(None),
     }
+}
+
+/// `NAME` or `a.b.c`: what a variable of ours looks like (not shell parameter syntax).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 #[cfg(test)]
@@ -442,7 +469,13 @@ mod tests {
         assert!(Template::compile("${item.x}", &c(Scope::Reduce)).is_err());
         assert!(Template::compile("${map.total}", &c(Scope::Setup)).is_err());
         assert!(Template::compile("${map.nope}", &c(Scope::Reduce)).is_err());
-        assert!(Template::compile("${itme_id}", &c(Scope::Agent)).is_ok());
+        // A typo is an error before anything runs, not an empty string from the shell;
+        // environment variables and shell parameter syntax stay the shell's.
+        let e = Template::compile("${itme_id}", &c(Scope::Agent)).unwrap_err();
+        assert!(e.contains("unknown variable ${itme_id}"), "{e}");
+        assert!(Template::compile("${item.x.y}", &c(Scope::Agent)).is_ok());
+        assert!(Template::compile("${nope.field}", &c(Scope::Agent)).is_err());
+        assert!(Template::compile("${PATH} ${A} ${f%.txt} ${1} ${#x}", &c(Scope::Agent)).is_ok());
         assert!(Template::compile("${item_idx}", &c(Scope::Agent)).is_err());
         assert!(Template::compile("${map.results_json}", &c(Scope::Reduce)).is_ok());
     }
