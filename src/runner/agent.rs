@@ -92,6 +92,13 @@ pub(super) fn run_step(
         exit_code,
         interrupted,
     };
+    if let Some(when) = &step.when {
+        let text = when.render(vars).map_err(|e| fail(e, None, false))?;
+        if !crate::workflow::template::condition(&text).map_err(|e| fail(e, None, false))? {
+            write_log(log, &format!("# skipped (when: {text})\n"));
+            return Ok(None);
+        }
+    }
     let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
     if command.len() > MAX_COMMAND {
         return Err(fail(

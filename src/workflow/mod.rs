@@ -188,6 +188,10 @@ pub struct Step {
     /// The step must make a commit: one that exits 0 without moving `HEAD` fails.
     #[serde(default)]
     pub commit_required: bool,
+    /// Run the step only when this is true (after interpolation): `true`/`false`,
+    /// comparisons `== != < <= > >=`, `&&`, `||`, `!` (see [`template::condition`]).
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
     /// Kill the step (its whole process group) after this many seconds.
     #[serde(default)]
     pub timeout: Option<u64>,
@@ -301,6 +305,8 @@ pub struct PlanStep {
     pub name: Option<String>,
     /// Whether it must make a commit.
     pub commit_required: bool,
+    /// Its condition, if any.
+    pub when: Option<Template>,
 }
 
 /// Capture names a phase leaves for later phases, each with whether it holds JSON.
@@ -604,6 +610,13 @@ impl Plan {
                     env: &env,
                 };
                 let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
+                let when = match &step.when {
+                    Some(w) => Some(
+                        Template::compile(&w.value, &ctx)
+                            .map_err(|e| at(w.referenced.line(), e))?,
+                    ),
+                    None => None,
+                };
                 let on_failure = match &step.on_failure {
                     Some(h) => {
                         let mut with_output = captured.clone();
@@ -692,6 +705,7 @@ impl Plan {
                     line,
                     name: step.name.clone(),
                     commit_required: step.commit_required,
+                    when,
                 });
             }
             Ok((out, named))
@@ -798,7 +812,6 @@ fn instead(message: &str) -> Option<&'static str> {
         "test" => "the original's `test:` was a command: use `shell:`",
         "validate" => "check in a `shell:` step that exits non-zero when the check fails",
         "analyze" | "handler" | "write_file" => "do it in a `shell:` step",
-        "when" => "test the condition inside the `shell:` step",
         _ => return None,
     })
 }

@@ -414,6 +414,76 @@ fn is_plain_name(name: &str) -> bool {
         })
 }
 
+/// Evaluates a step's `when:` after interpolation: `true` / `false`, comparisons of two
+/// values (`==`, `!=`, and `<`, `<=`, `>`, `>=` between numbers; quotes around a value are
+/// dropped), joined by `&&` and `||` (`&&` binds tighter), each optionally negated with
+/// `!`. Anything else is an error, never a silent false.
+pub fn condition(text: &str) -> Result<bool, String> {
+    let any = |part: &str| -> Result<bool, String> {
+        for term in part.split("&&") {
+            if !term_value(term)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    for part in text.split("||") {
+        if any(part)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn term_value(term: &str) -> Result<bool, String> {
+    let term = term.trim();
+    if let Some(rest) = term.strip_prefix('!')
+        && !rest.starts_with('=')
+    {
+        return term_value(rest).map(|b| !b);
+    }
+    for op in ["==", "!=", "<=", ">=", "<", ">"] {
+        if let Some((l, r)) = term.split_once(op) {
+            let (l, r) = (unquote(l), unquote(r));
+            let nums = (l.parse::<f64>(), r.parse::<f64>());
+            return Ok(match (op, nums) {
+                ("==", (Ok(a), Ok(b))) => a == b,
+                ("!=", (Ok(a), Ok(b))) => a != b,
+                ("==", _) => l == r,
+                ("!=", _) => l != r,
+                (_, (Ok(a), Ok(b))) => match op {
+                    "<" => a < b,
+                    "<=" => a <= b,
+                    ">" => a > b,
+                    _ => a >= b,
+                },
+                _ => {
+                    return Err(format!(
+                        "when: {term:?} compares values that are not numbers"
+                    ));
+                }
+            });
+        }
+    }
+    match unquote(term).to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!(
+            "when: {term:?} is neither true, false nor a comparison"
+        )),
+    }
+}
+
+fn unquote(s: &str) -> &str {
+    let s = s.trim();
+    for q in ['\'', '"'] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,6 +597,27 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn conditions() {
+        for (text, want) in [
+            ("true", true),
+            (" FALSE ", false),
+            ("high == 'high'", true),
+            ("'a' != \"a\"", false),
+            ("3 > 2.5", true),
+            ("10 <= 9", false),
+            ("1 == 1.0", true),
+            ("false || 2 >= 2", true),
+            ("true && !true", false),
+            ("!false && x == x", true),
+        ] {
+            assert_eq!(condition(text), Ok(want), "{text}");
+        }
+        assert!(condition("maybe").is_err());
+        assert!(condition("a < b").is_err());
+        assert!(condition("").is_err());
     }
 
     #[test]

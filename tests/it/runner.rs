@@ -1405,3 +1405,53 @@ map:
         );
     }
 }
+
+/// `when:` runs a step only when its condition (after interpolation) is true; a condition
+/// that is neither true, false nor a comparison fails the step, naming it.
+#[test]
+fn when_skips_steps_whose_condition_is_false() {
+    let env = Env::new();
+    let repo = repo(&env, "when");
+    write(
+        &repo,
+        "w.yml",
+        "name: when
+setup:
+  - shell: echo high
+    capture: level
+  - shell: exit 1
+    when: \"${level} == 'low'\"
+map:
+  input: seq 1 4
+  agent_template:
+    - shell: echo big > mark-${item}.txt
+      when: \"${item} > 2 && ${level} == high\"
+    - shell: test -e mark-${item}.txt && echo yes || echo no
+      capture: seen
+    - shell: test ${seen} = yes
+      when: \"${item} >= 3\"
+    - shell: test ${seen} = no
+      when: \"!${item} >= 3\"
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "when"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "when");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(4), Some(0)),
+        "{show}"
+    );
+    write(
+        &repo,
+        "bad.yml",
+        "name: bad\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: 'true'\n      when: \"${item} maybe\"\nerror_policy:\n  on_item_failure: dlq\n",
+    );
+    ok_in(&env, &repo, &["run", "bad.yml", "--job-id", "bad"]);
+    let dlq = json_in(&env, &repo, &["dlq", "list", "bad", "--json"]);
+    assert!(
+        dlq.to_string()
+            .contains("is neither true, false nor a comparison"),
+        "{dlq}"
+    );
+}
