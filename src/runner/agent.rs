@@ -74,8 +74,35 @@ fn cut(mut s: String, max: usize) -> String {
     s
 }
 
-/// Runs one step, with its `on_failure` handler and retries. `Ok` holds the captured
-/// output when the step captures.
+/// What a step that did not fail the phase left: its capture (read by its format), its
+/// output when a later step reads `${last.output}`, and its exit code (non-zero only for a
+/// failure its `on_failure` forgave with `fail_workflow: false`).
+#[derive(Debug, Default)]
+pub(super) struct StepOk {
+    captured: Option<String>,
+    output: Option<String>,
+    exit_code: i32,
+}
+
+impl StepOk {
+    /// Records it in `vars`'s captures: the step's name and `${shell.output}`, then
+    /// `${last.output}` and `${last.exit_code}`. Returns the captured value.
+    pub(super) fn record(
+        self,
+        step: &PlanStep,
+        captured: &mut BTreeMap<String, String>,
+    ) -> Option<String> {
+        if let (Some(name), Some(value)) = (&step.capture, &self.captured) {
+            captured.insert("shell.output".into(), value.clone());
+            captured.insert(name.clone(), value.clone());
+        }
+        captured.insert("last.output".into(), self.output.unwrap_or_default());
+        captured.insert("last.exit_code".into(), self.exit_code.to_string());
+        self.captured
+    }
+}
+
+/// Runs one step, with its `on_failure` handler and retries.
 pub(super) fn run_step(
     exec: &Executor,
     step: &PlanStep,
@@ -84,7 +111,7 @@ pub(super) fn run_step(
     env: &BTreeMap<String, String>,
     log: &Arc<Mutex<File>>,
     deadline: Option<Instant>,
-) -> Result<Option<String>, StepFailure> {
+) -> Result<StepOk, StepFailure> {
     let fail = |message: String, exit_code, interrupted| StepFailure {
         line: step.line,
         message,
@@ -96,7 +123,7 @@ pub(super) fn run_step(
         let text = when.render(vars).map_err(|e| fail(e, None, false))?;
         if !crate::workflow::template::condition(&text).map_err(|e| fail(e, None, false))? {
             write_log(log, &format!("# skipped (when: {text})\n"));
-            return Ok(None);
+            return Ok(StepOk::default());
         }
     }
     let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
@@ -136,7 +163,7 @@ pub(super) fn run_step(
                 cwd,
                 env,
                 timeout,
-                capture: step.capture.is_some(),
+                capture: step.capture.is_some() || step.keep_output,
                 log,
             })
             .map_err(|e| fail(format!("cannot start sh: {e}"), None, false))?;
@@ -155,9 +182,23 @@ pub(super) fn run_step(
             _ => None,
         };
         if out.success() && !no_commit {
+            let output = step
+                .keep_output
+                .then(|| out.stdout.trim_end_matches('\n').to_owned());
             match captured {
-                None => return Ok(None),
-                Some(Ok(value)) => return Ok(Some(value)),
+                None => {
+                    return Ok(StepOk {
+                        output,
+                        ..StepOk::default()
+                    });
+                }
+                Some(Ok(value)) => {
+                    return Ok(StepOk {
+                        captured: Some(value),
+                        output,
+                        exit_code: 0,
+                    });
+                }
                 Some(Err(_)) => {}
             }
         }
@@ -202,7 +243,13 @@ pub(super) fn run_step(
                 return Err(fail("interrupted".into(), None, true));
             }
             if attempt == attempts && !h.fail_workflow {
-                return Ok(None);
+                return Ok(StepOk {
+                    captured: None,
+                    output: step
+                        .keep_output
+                        .then(|| out.stdout.trim_end_matches('\n').to_owned()),
+                    exit_code: out.exit_code,
+                });
             }
         }
     }
@@ -369,11 +416,9 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 ..Vars::default()
             };
             match run_step(&ctx.exec, step, &vars, &path, &env, &log, deadline) {
-                Ok(out) => {
-                    if let (Some(name), Some(out)) = (&step.capture, out) {
-                        output = Some(cut(out.clone(), MAX_RESULT_OUTPUT));
-                        captured.insert("shell.output".into(), out.clone());
-                        captured.insert(name.clone(), out);
+                Ok(ok) => {
+                    if let Some(value) = ok.record(step, &mut captured) {
+                        output = Some(cut(value, MAX_RESULT_OUTPUT));
                     }
                 }
                 Err(f) if f.interrupted => {

@@ -637,11 +637,8 @@ impl Job {
             };
             let worktree = self.state.spec.worktree.clone();
             match run_step(&self.exec, step, &vars, &worktree, &env, &log, None) {
-                Ok(out) => {
-                    if let (Some(name), Some(out)) = (&step.capture, out) {
-                        captured.insert("shell.output".into(), out.clone());
-                        captured.insert(name.clone(), out);
-                    }
+                Ok(ok) => {
+                    ok.record(step, &mut captured);
                 }
                 Err(f) if f.interrupted => return Err(self.interrupted().unwrap_err()),
                 Err(f) => {
@@ -730,7 +727,9 @@ impl Job {
         c.phase = Phase::Map;
         // Setup's captures go on to the agents and reduce; `captured` is reduce's now.
         c.setup_captured = std::mem::take(&mut c.captured);
-        c.setup_captured.remove("shell.output");
+        for own in ["shell.output", "last.output", "last.exit_code"] {
+            c.setup_captured.remove(own);
+        }
         self.log(MapReduceEvent::JobStarted {
             job_id: self.id().to_owned(),
             config: self.state.spec.workflow.clone(),

@@ -307,6 +307,8 @@ pub struct PlanStep {
     pub commit_required: bool,
     /// Its condition, if any.
     pub when: Option<Template>,
+    /// Keep its standard output: the next step reads `${last.output}`.
+    pub keep_output: bool,
 }
 
 /// Capture names a phase leaves for later phases, each with whether it holds JSON.
@@ -682,6 +684,13 @@ impl Plan {
                         Some(n.clone())
                     }
                 };
+                // From the second step on, `${last.output}` and `${last.exit_code}` name
+                // the step before.
+                for last in ["last.output", "last.exit_code"] {
+                    if !captured.iter().any(|c| c == last) {
+                        captured.push(last.into());
+                    }
+                }
                 if step.capture_format.is_some() && capture.is_none() {
                     return Err(at(
                         line,
@@ -706,7 +715,22 @@ impl Plan {
                     name: step.name.clone(),
                     commit_required: step.commit_required,
                     when,
+                    keep_output: false,
                 });
+            }
+            // A step whose next step reads `${last.output}` keeps its output.
+            for i in 1..out.len() {
+                let next = &out[i];
+                let reads = next.shell.reads_captured("last.output")
+                    || next
+                        .when
+                        .as_ref()
+                        .is_some_and(|w| w.reads_captured("last.output"))
+                    || next
+                        .on_failure
+                        .as_ref()
+                        .is_some_and(|h| h.shell.reads_captured("last.output"));
+                out[i - 1].keep_output |= reads;
             }
             Ok((out, named))
         };

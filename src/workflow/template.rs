@@ -2,7 +2,8 @@
 //!
 //! Ours are `${item}`, `${item.a.b}`, `${item_json}`, `${item_id}`, `${item_index}`,
 //! `${map.total}`, `${map.successful}`, `${map.failed}`, `${map.results_json}`,
-//! `${env.X}`, `${workflow.name}`, `${job.id}`, `${shell.output}` and names given to
+//! `${env.X}`, `${workflow.name}`, `${job.id}`, `${shell.output}`, `${last.output}`,
+//! `${last.exit_code}` (the step before, from a phase's second step on) and names given to
 //! `capture_output`, each optionally with a default, `${name|default:value}`, used when it
 //! has no value (an item without that field, an unset `env.X`, a capture not made yet).
 //! Each is checked when the workflow is loaded: a variable the step's
@@ -97,7 +98,8 @@ pub struct Vars<'a> {
     pub captured: Option<&'a BTreeMap<String, String>>,
 }
 
-const RESERVED: [&str; 9] = [
+const RESERVED: [&str; 10] = [
+    "last",
     "item",
     "item_json",
     "item_id",
@@ -187,6 +189,13 @@ impl Template {
                 _ => None,
             })
             .collect()
+    }
+
+    /// True when it reads the captured variable `name`.
+    pub fn reads_captured(&self, name: &str) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(Var::Captured(n), _) if n == name))
     }
 
     /// True when it reads `${map.results_json}`.

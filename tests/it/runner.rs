@@ -1455,3 +1455,51 @@ map:
         "{dlq}"
     );
 }
+
+/// `${last.output}` and `${last.exit_code}`: the output and exit code of the step before
+/// (the exit code is non-zero after a failure its `on_failure` forgave); in a phase's first
+/// step they are an error at load.
+#[test]
+fn last_output_and_exit_code_name_the_step_before() {
+    let env = Env::new();
+    let repo = repo(&env, "last");
+    write(
+        &repo,
+        "w.yml",
+        "name: last
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: echo hello-${item}
+    - shell: test '${last.output}' = hello-${item} && test ${last.exit_code} = 0
+    - shell: exit 3
+      on_failure:
+        shell: 'true'
+        fail_workflow: false
+    - shell: test ${last.exit_code} = 3
+reduce:
+  - shell: echo ${map.successful}
+  - shell: test '${last.output}' = 2
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "last"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "last");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{show}"
+    );
+    assert_eq!(show["phase"], "complete");
+    write(
+        &repo,
+        "first.yml",
+        "name: first\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: echo ${last.output}\n",
+    );
+    let out = in_repo(&env, &repo, &["run", "first.yml"]);
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("first.yml:5") && stderr.contains("${last.output}"),
+        "{stderr}"
+    );
+}
