@@ -93,9 +93,11 @@ impl StepOk {
         captured: &mut BTreeMap<String, String>,
     ) -> Option<String> {
         if let (Some(name), Some(value)) = (&step.capture, &self.captured) {
-            captured.insert("shell.output".into(), value.clone());
             captured.insert(name.clone(), value.clone());
         }
+        // `${shell.output}`: the step's capture, else its output when kept.
+        let shell_output = self.captured.clone().or_else(|| self.output.clone());
+        captured.insert("shell.output".into(), shell_output.unwrap_or_default());
         captured.insert("last.output".into(), self.output.unwrap_or_default());
         captured.insert("last.exit_code".into(), self.exit_code.to_string());
         self.captured

@@ -684,9 +684,9 @@ impl Plan {
                         Some(n.clone())
                     }
                 };
-                // From the second step on, `${last.output}` and `${last.exit_code}` name
-                // the step before.
-                for last in ["last.output", "last.exit_code"] {
+                // From the second step on, `${last.output}`, `${last.exit_code}` and (as in
+                // the original) `${shell.output}` name the step before.
+                for last in ["last.output", "last.exit_code", "shell.output"] {
                     if !captured.iter().any(|c| c == last) {
                         captured.push(last.into());
                     }
@@ -718,19 +718,19 @@ impl Plan {
                     keep_output: false,
                 });
             }
-            // A step whose next step reads `${last.output}` keeps its output.
+            // A step whose next step reads `${last.output}` or `${shell.output}` keeps its
+            // output (an `on_failure` handler's `${shell.output}` is its own step's).
             for i in 1..out.len() {
                 let next = &out[i];
-                let reads = next.shell.reads_captured("last.output")
-                    || next
-                        .when
-                        .as_ref()
-                        .is_some_and(|w| w.reads_captured("last.output"))
-                    || next
-                        .on_failure
-                        .as_ref()
-                        .is_some_and(|h| h.shell.reads_captured("last.output"));
-                out[i - 1].keep_output |= reads;
+                let reads = ["last.output", "shell.output"].iter().any(|v| {
+                    next.shell.reads_captured(v)
+                        || next.when.as_ref().is_some_and(|w| w.reads_captured(v))
+                });
+                let handler = next
+                    .on_failure
+                    .as_ref()
+                    .is_some_and(|h| h.shell.reads_captured("last.output"));
+                out[i - 1].keep_output |= reads || handler;
             }
             Ok((out, named))
         };

@@ -388,7 +388,7 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
         ("workflow", Some("name")) => Ok(Some(Var::WorkflowName)),
         ("job", Some("id")) => Ok(Some(Var::JobId)),
         ("shell", Some("output")) => Err(format!(
-            "${{{name}}} needs an earlier step with capture_output"
+            "${{{name}}} is the output of the step before: a phase's first step has none"
         )),
         ("env" | "workflow" | "job" | "shell", _) => Err(format!("unknown variable ${{{name}}}")),
         _ if head.starts_with("item") && head.len() > 4 => {

@@ -1456,7 +1456,8 @@ map:
     );
 }
 
-/// `${last.output}` and `${last.exit_code}`: the output and exit code of the step before
+/// `${last.output}` and `${last.exit_code}` (and, as in the original, `${shell.output}`
+/// without a capture): the output and exit code of the step before
 /// (the exit code is non-zero after a failure its `on_failure` forgave); in a phase's first
 /// step they are an error at load.
 #[test]
@@ -1472,6 +1473,8 @@ map:
   agent_template:
     - shell: echo hello-${item}
     - shell: test '${last.output}' = hello-${item} && test ${last.exit_code} = 0
+    - shell: echo again-${item}
+    - shell: test '${shell.output}' = again-${item}
     - shell: exit 3
       on_failure:
         shell: 'true'
