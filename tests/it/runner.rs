@@ -1483,6 +1483,7 @@ map:
 reduce:
   - shell: echo ${map.successful}
   - shell: test '${last.output}' = 2
+  - shell: test '${map.results}' = '${map.results_json}' && echo '${map.results}' | grep -q status
 ",
     );
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "last"]);
