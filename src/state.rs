@@ -28,6 +28,9 @@ use crate::refs::{Expect, RefError, RefKind, RefName, RefStore};
 /// checkpoint's cost stays amortised O(1) per item).
 pub const MAX_HOPS: u32 = 1024;
 
+/// How long taking a job's run lock waits before saying another process runs the job.
+const RUN_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Results below which a full checkpoint is not worth writing.
 const MIN_FULL: usize = 64;
 
@@ -412,12 +415,20 @@ impl JobStateManager {
         let dir = name.dir(self.refs.home_dir());
         fsutil::ensure_dir(self.refs.home_dir(), &dir)?;
         let path = dir.join("run.lock");
-        match lock::try_lock(&path, LockMode::Exclusive)? {
-            Some(guard) => Ok(RunLock { _guard: guard }),
-            None => Err(StateError::Busy {
+        // A runner killed while it was starting a process leaves, for a few milliseconds,
+        // a forked child holding the lock's descriptor until it execs (which closes it):
+        // a short wait covers that; a runner at work holds the lock far longer.
+        let opts = LockOptions {
+            timeout: RUN_LOCK_GRACE,
+            on_wait: None,
+        };
+        match lock::lock(&path, LockMode::Exclusive, &opts) {
+            Ok(guard) => Ok(RunLock { _guard: guard }),
+            Err(LockError::Timeout { .. }) => Err(StateError::Busy {
                 job: job.to_owned(),
                 path,
             }),
+            Err(e) => Err(e.into()),
         }
     }
 
