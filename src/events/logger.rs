@@ -77,8 +77,6 @@ struct State {
     paused: bool,
     shutdown: bool,
     line: Vec<u8>,
-    // The event of the record being written, serialised (reused).
-    event_json: Vec<u8>,
 }
 
 struct Shared {
@@ -172,7 +170,6 @@ impl EventLogger {
                 paused: false,
                 shutdown: false,
                 line: Vec::with_capacity(512),
-                event_json: Vec::with_capacity(256),
             }),
             changed: Condvar::new(),
         });
@@ -321,9 +318,6 @@ impl Shared {
         let state = &mut *state;
         let seq = state.next_seq;
         let bad = |e: serde_json::Error| EventError::BadRecord(e.to_string());
-        let event_json = &mut state.event_json;
-        event_json.clear();
-        serde_json::to_writer(&mut *event_json, event).map_err(bad)?;
         let own_metadata;
         let metadata_json = match metadata {
             Some(m) => {
@@ -341,7 +335,7 @@ impl Shared {
             &self.writer,
             seq,
             state.correlation_id.as_deref(),
-            event_json,
+            |l| serde_json::to_writer(l, event),
             metadata_json,
         )
         .map_err(bad)?;

@@ -474,7 +474,10 @@ impl LegacyEvent {
             writer,
             seq,
             self.correlation_id.as_deref(),
-            &self.event,
+            |l| {
+                l.extend_from_slice(&self.event);
+                Ok(())
+            },
             &self.metadata,
         )?;
         Ok(RecordInfo {
