@@ -595,11 +595,19 @@ impl Plan {
                        scope: Scope,
                        seen: &[(String, bool)]|
          -> Result<(Vec<PlanStep>, Captures), WorkflowError> {
-            let mut named: Vec<(String, bool)> = seen.to_vec();
-            let mut captured: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+            let mut named: Captures = seen.to_vec();
             let mut out = Vec::new();
-            for step in steps {
+            for (i, step) in steps.iter().enumerate() {
                 let line = step.shell.referenced.line();
+                // What a step can read: the names captured so far and, from the second
+                // step on, the step before's `${last.output}`, `${last.exit_code}` and (as
+                // in the original) `${shell.output}`.
+                let mut captured: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+                if i > 0 {
+                    captured.extend(
+                        ["last.output", "last.exit_code", "shell.output"].map(String::from),
+                    );
+                }
                 let json_names: Vec<String> = named
                     .iter()
                     .filter(|(_, json)| *json)
@@ -684,26 +692,15 @@ impl Plan {
                         Some(n.clone())
                     }
                 };
-                // From the second step on, `${last.output}`, `${last.exit_code}` and (as in
-                // the original) `${shell.output}` name the step before.
-                for last in ["last.output", "last.exit_code", "shell.output"] {
-                    if !captured.iter().any(|c| c == last) {
-                        captured.push(last.into());
-                    }
-                }
                 if step.capture_format.is_some() && capture.is_none() {
                     return Err(at(
                         line,
                         "capture_format without capture: name the capture".into(),
                     ));
                 }
-                if let Some(c) = &capture {
-                    captured.push(c.clone());
-                    if c != "shell.output" {
-                        captured.push("shell.output".into());
-                        named.retain(|(n, _)| n != c);
-                        named.push((c.clone(), capture_format == CaptureFormat::Json));
-                    }
+                if let Some(c) = capture.as_ref().filter(|c| *c != "shell.output") {
+                    named.retain(|(n, _)| n != c);
+                    named.push((c.clone(), capture_format == CaptureFormat::Json));
                 }
                 out.push(PlanStep {
                     shell,
