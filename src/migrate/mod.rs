@@ -602,15 +602,24 @@ fn import_dlq(
         report.dlq.per_job.insert(dir.job.clone(), count);
         let fresh_ids: HashSet<&str> = fresh.iter().map(|(i, _)| i.item_id.as_str()).collect();
         // Read back: a file is imported when the queue holds exactly its item (on a dry
-        // run, every file that converted would be).
+        // run, every file that converted would be). One snapshot, then one read per item.
+        let after = if opts.dry_run {
+            None
+        } else {
+            Some(queue.snapshot()?)
+        };
         let mut files = Vec::new();
         for (item, f) in &items {
-            if opts.dry_run {
+            let Some(after) = &after else {
                 ledger.done.insert(f.path.clone());
                 files.push(f.path.clone());
                 continue;
-            }
-            match queue.get(&item.item_id)? {
+            };
+            let stored = match after.items.get(&item.item_id) {
+                Some(summary) => Some(queue.item(summary)?),
+                None => None,
+            };
+            match stored {
                 Some(stored) if &stored == item => {
                     ledger.done.insert(f.path.clone());
                 }
