@@ -45,6 +45,17 @@ fn traced_append(env: &Env, inject: Option<&str>, trace: &Path) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Appends the first event of job `j`; returns the ref's value.
+fn first_event(env: &Env) -> String {
+    env.ok(
+        &["events", "append", "--repo", "api", "--job", "j"],
+        b"{\"event_type\":\"first\"}\n",
+    );
+    env.ok(&["ref", "show", "events/api/j"], b"")
+        .trim()
+        .to_owned()
+}
+
 /// Gives a wrapper command (strace, bash) the test's pinned environment and directory,
 /// those of [`Env::std_cmd`].
 fn pinned(env: &Env, cmd: &mut Command) {
@@ -94,14 +105,7 @@ struct Case {
 #[allow(clippy::print_stderr)] // the figure of a run
 fn every_injected_syscall_fault_fails_cleanly() {
     let env = Env::new();
-    env.ok(
-        &["events", "append", "--repo", "api", "--job", "j"],
-        b"{\"event_type\":\"first\"}\n",
-    );
-    let old = env
-        .ok(&["ref", "show", "events/api/j"], b"")
-        .trim()
-        .to_owned();
+    let old = first_event(&env);
     let trace_path = env.dir.path().join("trace");
     let mut head = old.clone();
     let mut events = 1;
@@ -258,14 +262,7 @@ fn limited(env: &Env, blocks: u64, args: &[&str], stdin: &[u8]) -> Output {
 #[test]
 fn a_file_size_limit_fails_writes_cleanly() {
     let env = Env::new();
-    env.ok(
-        &["events", "append", "--repo", "api", "--job", "j"],
-        b"{\"event_type\":\"first\"}\n",
-    );
-    let old = env
-        .ok(&["ref", "show", "events/api/j"], b"")
-        .trim()
-        .to_owned();
+    let old = first_event(&env);
     let out = limited(
         &env,
         64,
