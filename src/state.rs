@@ -796,6 +796,27 @@ mod tests {
         }
     }
 
+    /// The run lock waits out a holder that lets go within the grace (a killed runner's
+    /// child about to exec), and refuses one that does not.
+    #[test]
+    fn the_run_lock_waits_briefly_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path()).unwrap();
+        let m = JobStateManager::new(RefStore::new(&home, LockOptions::default()), "r").unwrap();
+        let held = m.lock_job("j").unwrap();
+        let going = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let started = std::time::Instant::now();
+        let _second = m.lock_job("j").unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+        going.join().unwrap();
+        let started = std::time::Instant::now();
+        assert!(matches!(m.lock_job("j"), Err(StateError::Busy { .. })));
+        assert!(started.elapsed() >= RUN_LOCK_GRACE);
+    }
+
     #[test]
     fn checkpoints_grow_by_deltas_and_load_back() {
         let dir = tempfile::tempdir().unwrap();
