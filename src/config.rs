@@ -34,6 +34,10 @@ pub struct Config {
     /// gc settings.
     #[serde(default)]
     pub gc: GcConfig,
+    /// A remote store for the objects and refs (`s3://bucket/prefix`); see
+    /// [`crate::storage::attach_store`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// The `retention` section.

@@ -36,6 +36,10 @@ pub enum HomeError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    /// A remote store (`s3://bucket/prefix`) that holds the objects and refs instead of
+    /// this directory, which then keeps only a cache of objects, the config and the local
+    /// worktrees.
+    store: Option<String>,
 }
 
 impl Home {
@@ -46,7 +50,7 @@ impl Home {
             path: root.to_path_buf(),
             source,
         })?;
-        Ok(Home { root })
+        Ok(Home { root, store: None })
     }
 
     /// `PRODIGY_HOME` if set and not empty, else `~/.prodigy`.
@@ -74,6 +78,22 @@ impl Home {
             });
         }
         Ok(())
+    }
+
+    /// The same home with its objects and refs in `store` (`None`: in the home itself).
+    pub fn with_store(mut self, store: Option<String>) -> Home {
+        self.store = store.filter(|s| !s.is_empty());
+        self
+    }
+
+    /// The remote store, when one is chosen.
+    pub fn store(&self) -> Option<&str> {
+        self.store.as_deref()
+    }
+
+    /// `cache/objects/`: objects fetched from (or written to) a remote store.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("objects")
     }
 
     /// The home directory itself.

@@ -22,10 +22,12 @@ pub mod pack;
 pub mod par;
 pub mod reach;
 pub mod refs;
+pub mod remote;
 pub mod repo;
 pub mod runner;
 pub mod state;
 pub mod storage;
+pub mod sync;
 pub mod workflow;
 
 pub use home::Home;

@@ -19,6 +19,7 @@ use zstd::zstd_safe::{CParameter, DParameter};
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
 use crate::pack::Pack;
+use crate::remote::{Remote, RemoteError};
 
 /// The largest payload an object may have (1 GiB). A frame declaring more is refused before
 /// anything is allocated.
@@ -183,6 +184,9 @@ pub enum ObjectError {
     /// A file-system operation failed.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The remote store failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// The object is not in the store.
     #[error("object {id} not found")]
     NotFound {
@@ -490,17 +494,88 @@ pub struct ObjectStore {
     objects: PathBuf,
     tmp: PathBuf,
     packs: Arc<Mutex<Option<Vec<Arc<Pack>>>>>,
+    /// The remote store, when the home names one: objects live there and `objects` is
+    /// only a cache of them.
+    remote: Option<Result<Arc<Remote>, RemoteError>>,
 }
 
 impl ObjectStore {
     /// The object store of `home`.
     pub fn new(home: &Home) -> ObjectStore {
-        ObjectStore {
-            home: home.root().to_path_buf(),
-            objects: home.objects_dir(),
-            tmp: home.objects_tmp_dir(),
-            packs: Arc::new(Mutex::new(None)),
+        match home.store() {
+            None => ObjectStore {
+                home: home.root().to_path_buf(),
+                objects: home.objects_dir(),
+                tmp: home.objects_tmp_dir(),
+                packs: Arc::new(Mutex::new(None)),
+                remote: None,
+            },
+            Some(url) => ObjectStore {
+                home: home.root().to_path_buf(),
+                objects: home.cache_dir(),
+                tmp: home.cache_dir().join("tmp"),
+                packs: Arc::new(Mutex::new(None)),
+                remote: Some(crate::remote::shared(url)),
+            },
         }
+    }
+
+    /// The remote store, when the objects live in one.
+    pub fn remote(&self) -> Result<Option<&Arc<Remote>>, ObjectError> {
+        match &self.remote {
+            None => Ok(None),
+            Some(Ok(remote)) => Ok(Some(remote)),
+            Some(Err(e)) => Err(e.clone().into()),
+        }
+    }
+
+    /// The key of an object in a remote store.
+    pub fn remote_key(id: &ObjectId) -> String {
+        let hex = id.to_string();
+        format!("objects/{}/{}", &hex[..2], &hex[2..])
+    }
+
+    /// Keeps a verified frame in the cache (no fsync: a torn cache file fails its check
+    /// and is fetched again).
+    fn cache(&self, id: &ObjectId, frame: &[u8]) {
+        let path = self.path(id);
+        let fanout = path.parent().unwrap_or(&self.objects).to_path_buf();
+        let tmp = self.tmp_dir_for(id);
+        let _ = fsutil::ensure_dir(&self.home, &fanout)
+            .and_then(|()| fsutil::ensure_dir(&self.home, &tmp))
+            .and_then(|()| fsutil::write_temp(&tmp, "obj-", frame, 0o444, false))
+            .and_then(|temp| fsutil::rename_into_place(temp, &path));
+    }
+
+    /// Fetches an object from the remote store, verifies it and caches it.
+    fn fetch(&self, remote: &Remote, id: &ObjectId) -> Result<Object, ObjectError> {
+        let key = Self::remote_key(id);
+        let Some((bytes, _)) = remote.get(&key)? else {
+            return Err(ObjectError::NotFound { id: *id });
+        };
+        let object = decode(id, Path::new(&remote.address(&key)), &bytes)?;
+        remote.confirm(*id.as_bytes());
+        self.cache(id, &bytes);
+        Ok(object)
+    }
+
+    /// Stores an object in the remote store (a no-op when it is there) and caches it.
+    fn write_remote(
+        &self,
+        remote: &Remote,
+        kind: ObjectType,
+        payload: &[u8],
+    ) -> Result<ObjectId, ObjectError> {
+        let id = ObjectId::hash(kind, payload);
+        if remote.is_confirmed(id.as_bytes()) {
+            return Ok(id);
+        }
+        let frame = compress(&id, kind, payload)?;
+        remote.check_conditional()?;
+        remote.put(&Self::remote_key(&id), frame.clone(), crate::remote::Put::Create)?;
+        remote.confirm(*id.as_bytes());
+        self.cache(&id, &frame);
+        Ok(id)
     }
 
     /// The file of a loose object.
@@ -544,6 +619,16 @@ impl ObjectStore {
 
     /// True when a regular file is stored under `id` (not verified; see [`Self::read`]).
     pub fn contains(&self, id: &ObjectId) -> Result<bool, ObjectError> {
+        if let Some(remote) = self.remote()? {
+            if remote.is_confirmed(id.as_bytes()) {
+                return Ok(true);
+            }
+            let found = remote.exists(&Self::remote_key(id))?;
+            if found {
+                remote.confirm(*id.as_bytes());
+            }
+            return Ok(found);
+        }
         let path = self.path(id);
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() => Ok(true),
@@ -628,6 +713,9 @@ impl ObjectStore {
     /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
     /// returns its id. An object that is already stored is not written again.
     pub fn write(&self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
+        if let Some(remote) = self.remote()? {
+            return self.write_remote(remote, kind, payload);
+        }
         let id = ObjectId::hash(kind, payload);
         if self.contains(&id)? {
             return Ok(id);
@@ -649,6 +737,7 @@ impl ObjectStore {
         ObjectBatch {
             store: self,
             pending: Vec::new(),
+            uploads: Vec::new(),
             seen: HashSet::new(),
             dirs_ready: [false; 256],
             tmp_ready: [false; 256],
@@ -658,6 +747,15 @@ impl ObjectStore {
     /// Reads and verifies an object, loose or packed (a good packed copy beats a damaged
     /// loose one).
     pub fn read(&self, id: &ObjectId) -> Result<Object, ObjectError> {
+        if let Some(remote) = self.remote()? {
+            return match self.read_loose(id) {
+                Ok(object) => Ok(object),
+                Err(ObjectError::NotFound { .. } | ObjectError::Corrupt { .. }) => {
+                    self.fetch(remote, id)
+                }
+                Err(e) => Err(e),
+            };
+        }
         match self.read_loose(id) {
             Err(ObjectError::NotFound { .. }) => self.read_packed(id),
             Err(e @ ObjectError::Corrupt { .. }) => self.read_packed(id).map_err(|_| e),
@@ -718,6 +816,18 @@ impl ObjectStore {
         let dir = self.objects.join(&lower[..2]);
         let rest = &lower[2..];
         let mut candidates = Vec::new();
+        if let Some(remote) = self.remote()? {
+            for listed in remote.list(&format!("objects/{}/", &lower[..2]))? {
+                let name = listed.key.rsplit('/').next().unwrap_or_default();
+                if name.len() == 62
+                    && name.starts_with(rest)
+                    && let Ok(id) = format!("{}{name}", &lower[..2]).parse()
+                {
+                    candidates.push(id);
+                }
+            }
+            return pick(lower, candidates);
+        }
         for pack in self.packs(true) {
             candidates.extend(
                 pack.with_prefix(&lower)
@@ -740,16 +850,7 @@ impl ObjectStore {
                 candidates.push(id);
             }
         }
-        candidates.sort();
-        candidates.dedup();
-        match candidates.len() {
-            0 => Err(ObjectError::NoMatch { prefix: lower }),
-            1 => Ok(candidates[0]),
-            _ => Err(ObjectError::Ambiguous {
-                prefix: lower,
-                candidates,
-            }),
-        }
+        pick(lower, candidates)
     }
 
     /// Every loose object file: `(id, path)`, sorted by id. Files whose names are not ids
@@ -805,6 +906,8 @@ pub fn is_fanout_name(name: &str) -> bool {
 pub struct ObjectBatch<'a> {
     store: &'a ObjectStore,
     pending: Vec<(TempPath, PathBuf)>,
+    /// For a remote store: the frames to upload at commit.
+    uploads: Vec<(ObjectId, Vec<u8>)>,
     seen: HashSet<ObjectId>,
     dirs_ready: [bool; 256],
     tmp_ready: [bool; 256],
@@ -814,6 +917,12 @@ impl ObjectBatch<'_> {
     /// Adds an object; returns its id (valid only once [`Self::commit`] has returned).
     pub fn add(&mut self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
         let id = ObjectId::hash(kind, payload);
+        if let Some(remote) = self.store.remote()? {
+            if self.seen.insert(id) && !remote.is_confirmed(id.as_bytes()) {
+                self.uploads.push((id, compress(&id, kind, payload)?));
+            }
+            return Ok(id);
+        }
         if self.seen.contains(&id) || self.store.contains(&id)? {
             return Ok(id);
         }
@@ -838,16 +947,30 @@ impl ObjectBatch<'_> {
 
     /// Number of objects that this batch will write.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.uploads.len()
     }
 
     /// True when the batch will write nothing.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len() == 0
     }
 
-    /// Makes every added object durable: barrier, renames, barrier.
+    /// Makes every added object durable: barrier, renames, barrier (for a remote store:
+    /// every upload, many at once).
     pub fn commit(mut self) -> Result<(), ObjectError> {
+        if let Some(remote) = self.store.remote()? {
+            let uploads = std::mem::take(&mut self.uploads);
+            let keys = uploads
+                .iter()
+                .map(|(id, frame)| (ObjectStore::remote_key(id), frame.clone()))
+                .collect();
+            remote.create_many(keys)?;
+            for (id, frame) in uploads {
+                remote.confirm(*id.as_bytes());
+                self.store.cache(&id, &frame);
+            }
+            return Ok(());
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -872,6 +995,17 @@ impl ObjectBatch<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The one id a prefix matches, or why there is none.
+fn pick(prefix: String, mut candidates: Vec<ObjectId>) -> Result<ObjectId, ObjectError> {
+    candidates.sort();
+    candidates.dedup();
+    match candidates.len() {
+        0 => Err(ObjectError::NoMatch { prefix }),
+        1 => Ok(candidates[0]),
+        _ => Err(ObjectError::Ambiguous { prefix, candidates }),
     }
 }
 

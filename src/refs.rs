@@ -9,13 +9,14 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::fsutil::{self, FsError, IoContext};
 use crate::home::Home;
 use crate::lock::{self, LockError, LockMode, LockOptions};
 use crate::names::{self, NameError};
 use crate::object::{ObjectError, ObjectId, ObjectStore};
+use crate::remote::{Outcome, Put, Remote, RemoteError, Version};
 
 /// The kinds of refs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,6 +149,9 @@ pub enum RefError {
     /// An object-layer failure.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The remote store failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
     /// A repo name or job id is not a valid path component.
     #[error(transparent)]
     Name(#[from] NameError),
@@ -294,6 +298,11 @@ impl RefStore {
         Ok(lock::write_guard(&self.home, &self.lock_opts)?)
     }
 
+    /// This host's name, as reflog entries record it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     /// The home directory.
     pub fn home_dir(&self) -> &Path {
         &self.home
@@ -316,6 +325,9 @@ impl RefStore {
 
     /// Reads a ref without locking; `None` when it does not exist.
     pub fn read(&self, name: &RefName) -> Result<Option<ObjectId>, RefError> {
+        if let Some(remote) = self.objects.remote()? {
+            return Ok(self.read_remote(remote, name)?.0);
+        }
         let path = self.head_path(name);
         let bytes = match fsutil::read_nofollow(&path) {
             Ok(bytes) => bytes,
@@ -382,8 +394,9 @@ impl RefStore {
     ) -> Result<(Option<ObjectId>, T), E>
     where
         E: From<RefError>,
-        F: FnOnce(Option<ObjectId>) -> Result<(Option<ObjectId>, T), E>,
+        F: FnMut(Option<ObjectId>) -> Result<(Option<ObjectId>, T), E>,
     {
+        let mut decide = decide;
         let mut outcome = None;
         let (_, new) = self.transact(name, message, |old| match decide(old) {
             Ok((new, value)) => {
@@ -403,16 +416,21 @@ impl RefStore {
     /// The general update under the ref's lock: `decide` sees the current value (read under
     /// the lock) and returns the new one (`None` deletes). Appenders use this to build their
     /// next node on top of whatever is current without a retry loop. Returns
-    /// `(old, new)`.
+    /// `(old, new)`. On a remote store there is no lock: the ref moves by a conditional
+    /// put, and when another writer moved it first, `decide` is called again with the new
+    /// value (so it may be called more than once).
     pub fn transact<F>(
         &self,
         name: &RefName,
         message: &str,
-        decide: F,
+        mut decide: F,
     ) -> Result<(Option<ObjectId>, Option<ObjectId>), RefError>
     where
-        F: FnOnce(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
+        F: FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
     {
+        if let Some(remote) = self.objects.remote()? {
+            return self.transact_remote(remote, name, message, &mut decide);
+        }
         let dir = name.dir(&self.home);
         fsutil::ensure_dir(&self.home, &dir)?;
         let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
@@ -448,7 +466,18 @@ impl RefStore {
         new: Option<ObjectId>,
         message: &str,
     ) -> Result<(), RefError> {
-        let entry = ReflogEntry {
+        let entry = self.reflog_entry(old, new, message);
+        let path = dir.join("reflog");
+        let mut file = fsutil::open_append(&path).at("open reflog", &path)?;
+        let line = format!("{}\n", entry.to_line());
+        file.write_all(line.as_bytes())
+            .at("append to reflog", &path)?;
+        fsutil::sync_file(&file, true, "fsync reflog", &path)?;
+        Ok(())
+    }
+
+    fn reflog_entry(&self, old: Option<ObjectId>, new: Option<ObjectId>, message: &str) -> ReflogEntry {
+        ReflogEntry {
             old: old.unwrap_or(ObjectId::ZERO),
             new: new.unwrap_or(ObjectId::ZERO),
             unix_ms: SystemTime::now()
@@ -461,14 +490,143 @@ impl RefStore {
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect(),
+        }
+    }
+
+    /// A remote ref's value and version (`None` for both when the key does not exist; a
+    /// deleted ref is an empty key, its value `None` with a version).
+    fn read_remote(
+        &self,
+        remote: &Remote,
+        name: &RefName,
+    ) -> Result<(Option<ObjectId>, Option<Version>), RefError> {
+        let key = remote_ref_key(name);
+        let Some((bytes, version)) = remote.get(&key)? else {
+            return Ok((None, None));
         };
-        let path = dir.join("reflog");
-        let mut file = fsutil::open_append(&path).at("open reflog", &path)?;
-        let line = format!("{}\n", entry.to_line());
-        file.write_all(line.as_bytes())
-            .at("append to reflog", &path)?;
-        fsutil::sync_file(&file, true, "fsync reflog", &path)?;
+        if bytes.is_empty() {
+            return Ok((None, Some(version)));
+        }
+        let id = parse_ref_file(&bytes).map_err(|reason| RefError::Corrupt {
+            name: name.clone(),
+            path: PathBuf::from(remote.address(&key)),
+            reason,
+        })?;
+        Ok((Some(id), Some(version)))
+    }
+
+    /// [`Self::transact`] on a remote store: read the ref and its version, decide, check
+    /// the target is stored, put conditionally; when another writer moved the ref first,
+    /// back off (with jitter, up to [`REMOTE_ATTEMPTS`] times) and decide again on its
+    /// value. After the put, one reflog entry is created (a crash in between loses only
+    /// that entry, as a crash between the local rename and the reflog append does).
+    fn transact_remote(
+        &self,
+        remote: &Remote,
+        name: &RefName,
+        message: &str,
+        decide: &mut dyn FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
+    ) -> Result<(Option<ObjectId>, Option<ObjectId>), RefError> {
+        remote.check_conditional()?;
+        let key = remote_ref_key(name);
+        let mut pause = Duration::from_millis(5);
+        let mut tried: Option<(Option<ObjectId>, Option<ObjectId>)> = None;
+        for attempt in 1..=REMOTE_ATTEMPTS {
+            let (old, version) = self.read_remote(remote, name)?;
+            // A put reported as failed may have landed (a retried request): finding our
+            // own value means it did, and deciding again would apply the change twice.
+            if let Some((before, after)) = tried
+                && old == after
+                && before != after
+            {
+                self.log_remote(remote, name, before, after, message)?;
+                return Ok((before, after));
+            }
+            let new = decide(old)?;
+            if let Some(id) = new
+                && !self.objects.contains(&id)?
+            {
+                return Err(RefError::MissingTarget {
+                    name: name.clone(),
+                    id,
+                });
+            }
+            if old == new {
+                return Ok((old, new));
+            }
+            let body = new.map(|id| format!("{id}\n").into_bytes()).unwrap_or_default();
+            let mode = match version {
+                None => Put::Create,
+                Some(v) => Put::Replace(v),
+            };
+            tried = Some((old, new));
+            match remote.put(&key, body, mode)? {
+                Outcome::Written(_) => {
+                    self.log_remote(remote, name, old, new, message)?;
+                    return Ok((old, new));
+                }
+                Outcome::Conflict => {
+                    if attempt == REMOTE_ATTEMPTS {
+                        break;
+                    }
+                    let jitter = u64::from_str_radix(&crate::remote::rand_suffix()[..4], 16)
+                        .unwrap_or(0)
+                        % (pause.as_millis() as u64 + 1);
+                    std::thread::sleep(pause + Duration::from_millis(jitter));
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        Err(RemoteError::Contended {
+            url: remote.address(&key),
+            attempts: REMOTE_ATTEMPTS,
+        }
+        .into())
+    }
+
+    fn log_remote(
+        &self,
+        remote: &Remote,
+        name: &RefName,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        message: &str,
+    ) -> Result<(), RefError> {
+        let entry = self.reflog_entry(old, new, message);
+        let key = format!(
+            "{}/{:013}-{}-{}",
+            remote_log_dir(name),
+            entry.unix_ms,
+            entry.old,
+            entry.new
+        );
+        remote.put(&key, format!("{}\n", entry.to_line()).into_bytes(), Put::Create)?;
         Ok(())
+    }
+
+    /// A remote reflog: every entry key under the ref's log, read many at once, ordered
+    /// by time (and by the chain old → new for entries of one millisecond).
+    fn log_remote_read(&self, remote: &Remote, name: &RefName) -> Result<(Reflog, Vec<String>), RefError> {
+        let keys: Vec<String> = remote
+            .list(&format!("{}/", remote_log_dir(name)))?
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        let bodies = remote.get_many(&keys)?;
+        let mut log = Reflog::default();
+        let mut kept = Vec::new();
+        for (n, (key, body)) in keys.into_iter().zip(bodies).enumerate() {
+            let Some(body) = body else { continue };
+            let text = String::from_utf8_lossy(&body);
+            match ReflogEntry::parse(text.trim_end_matches('\n')) {
+                Ok(entry) => {
+                    log.entries.push(entry);
+                    kept.push(key);
+                }
+                Err(reason) => log.bad_lines.push((n + 1, format!("{key}: {reason}"))),
+            }
+        }
+        Ok((log, kept))
     }
 
     /// Drops the entries older than `cutoff_ms` (Unix milliseconds) from the reflog in the
@@ -503,8 +661,57 @@ impl RefStore {
         Ok((log, expired))
     }
 
+    /// [`Self::expire_reflog`] for a ref of a remote store: the entry keys older than
+    /// `cutoff_ms` are deleted.
+    pub fn expire_remote_reflog(
+        &self,
+        name: &RefName,
+        cutoff_ms: u64,
+        dry_run: bool,
+    ) -> Result<(Reflog, usize), RefError> {
+        let Some(remote) = self.objects.remote()? else {
+            return self.expire_reflog(&name.dir(&self.home), cutoff_ms, dry_run);
+        };
+        let (mut log, keys) = self.log_remote_read(remote, name)?;
+        let mut doomed = Vec::new();
+        let mut kept = Vec::new();
+        for (entry, key) in log.entries.drain(..).zip(keys) {
+            if entry.unix_ms < cutoff_ms {
+                doomed.push(key);
+            } else {
+                kept.push(entry);
+            }
+        }
+        log.entries = kept;
+        if !dry_run {
+            remote.delete_many(&doomed)?;
+        }
+        Ok((log, doomed.len()))
+    }
+
+    /// Every ref name with a reflog in a remote store (deleted refs too).
+    pub fn remote_logged_names(&self) -> Result<Vec<RefName>, RefError> {
+        let Some(remote) = self.objects.remote()? else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<RefName> = remote
+            .list("logs/")?
+            .into_iter()
+            .filter_map(|l| {
+                let rest = l.key.strip_prefix("logs/")?;
+                let (name, _) = rest.rsplit_once('/')?;
+                name.parse().ok()
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Reads a ref's reflog, oldest first. A missing reflog is empty.
     pub fn log(&self, name: &RefName) -> Result<Reflog, RefError> {
+        if let Some(remote) = self.objects.remote()? {
+            return Ok(self.log_remote_read(remote, name)?.0);
+        }
         read_reflog(&self.reflog_path(name))
     }
 
@@ -522,6 +729,39 @@ impl RefStore {
             .unwrap_or_default();
         let matches = |level: usize, name: &str| wanted.get(level).is_none_or(|w| *w == name);
         let mut out = Vec::new();
+        if let Some(remote) = self.objects.remote()? {
+            let dir = match wanted.first() {
+                Some(kind) => format!("refs/{kind}/"),
+                None => "refs/".to_owned(),
+            };
+            let mut names = Vec::new();
+            for listed in remote.list(&dir)? {
+                let Some(rest) = listed.key.strip_prefix("refs/") else {
+                    continue;
+                };
+                let parts: Vec<&str> = rest.split('/').collect();
+                if parts.len() != 3 || !parts.iter().enumerate().all(|(l, p)| matches(l, p)) {
+                    continue;
+                }
+                if let Ok(name) = rest.parse::<RefName>() {
+                    names.push(name);
+                }
+            }
+            let keys: Vec<String> = names.iter().map(remote_ref_key).collect();
+            for ((name, key), body) in names.into_iter().zip(&keys).zip(remote.get_many(&keys)?) {
+                let Some(body) = body.filter(|b| !b.is_empty()) else {
+                    continue;
+                };
+                let id = parse_ref_file(&body).map_err(|reason| RefError::Corrupt {
+                    name: name.clone(),
+                    path: PathBuf::from(remote.address(key)),
+                    reason,
+                })?;
+                out.push((name, id));
+            }
+            out.sort();
+            return Ok(out);
+        }
         for kind in RefKind::ALL {
             if !matches(0, kind.as_str()) {
                 continue;
@@ -546,6 +786,19 @@ impl RefStore {
         out.sort();
         Ok(out)
     }
+}
+
+/// How many times a remote ref update is tried before it gives up as contended.
+pub const REMOTE_ATTEMPTS: u32 = 64;
+
+/// The key of a ref in a remote store.
+pub fn remote_ref_key(name: &RefName) -> String {
+    format!("refs/{name}")
+}
+
+/// The key prefix of a ref's reflog entries in a remote store.
+pub fn remote_log_dir(name: &RefName) -> String {
+    format!("logs/{name}")
 }
 
 fn check_expect(name: &RefName, expect: Expect, old: Option<ObjectId>) -> Result<(), RefError> {

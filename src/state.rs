@@ -79,6 +79,22 @@ pub enum StateError {
         /// The run lock.
         path: PathBuf,
     },
+    /// Another host (or process) holds the job's lease on a remote store.
+    #[error(
+        "job '{job}' is running on host '{host}' (pid {pid}): its lease '{url}' expires in {remaining_secs} s unless renewed"
+    )]
+    Leased {
+        /// The job id.
+        job: String,
+        /// The lease's key.
+        url: String,
+        /// The holder's host.
+        host: String,
+        /// The holder's process.
+        pid: u32,
+        /// Seconds until it expires.
+        remaining_secs: u64,
+    },
     /// The job was imported from the original tool and records no workflow to run.
     #[error(
         "job '{job}' was imported from the original tool ({from}); it records no workflow steps, so it cannot be resumed or retried (start it again with `prodigy run`)"
@@ -367,7 +383,18 @@ pub struct ImportedCheckpoint {
 /// releases it when the process dies.
 #[derive(Debug)]
 pub struct RunLock {
-    _guard: LockGuard,
+    _guard: Option<LockGuard>,
+    /// On a remote store: the job's lease, renewed while held.
+    lease: Option<crate::remote::lease::Lease>,
+}
+
+impl RunLock {
+    /// Why the lease was lost, when the job runs on a remote store and it was (another
+    /// host took it over after it expired). The checkpoint's compare-and-swap stops a
+    /// runner that goes on regardless at its next save.
+    pub fn lost(&self) -> Option<String> {
+        self.lease.as_ref().and_then(|l| l.lost())
+    }
 }
 
 /// Reads and writes the checkpoints of one repository's jobs.
@@ -412,6 +439,31 @@ impl JobStateManager {
     /// holds it.
     pub fn lock_job(&self, job: &str) -> Result<RunLock, StateError> {
         let name = self.ref_name(job)?;
+        if let Some(remote) = self.refs.objects().remote()? {
+            use crate::remote::lease::{self, Acquired};
+            let key = format!("leases/{}/{job}", self.repo);
+            return match lease::acquire(
+                remote,
+                &key,
+                self.refs.host(),
+                lease::ttl_from_env(),
+                RUN_LOCK_GRACE,
+            )
+            .map_err(crate::refs::RefError::from)?
+            {
+                Acquired::Held(lease) => Ok(RunLock {
+                    _guard: None,
+                    lease: Some(lease),
+                }),
+                Acquired::Busy(held) => Err(StateError::Leased {
+                    job: job.to_owned(),
+                    url: remote.address(&key),
+                    host: held.host.clone(),
+                    pid: held.pid,
+                    remaining_secs: held.remaining_ms().div_ceil(1000),
+                }),
+            };
+        }
         let dir = name.dir(self.refs.home_dir());
         fsutil::ensure_dir(self.refs.home_dir(), &dir)?;
         let path = dir.join("run.lock");
@@ -423,7 +475,10 @@ impl JobStateManager {
             on_wait: None,
         };
         match lock::lock(&path, LockMode::Exclusive, &opts) {
-            Ok(guard) => Ok(RunLock { _guard: guard }),
+            Ok(guard) => Ok(RunLock {
+                _guard: Some(guard),
+                lease: None,
+            }),
             Err(LockError::Timeout { .. }) => Err(StateError::Busy {
                 job: job.to_owned(),
                 path,

@@ -31,6 +31,9 @@ pub enum StorageError {
     /// The current directory is unknown.
     #[error("cannot read the current directory")]
     Cwd(#[source] std::io::Error),
+    /// `config.json` cannot be read (it may name the store).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// How the home was chosen.
@@ -116,10 +119,25 @@ pub fn choose_home(cwd: &Path) -> Result<ChosenHome, StorageError> {
     }
 }
 
-/// The home library calls use: [`choose_home`] for the current directory.
+/// The home library calls use: [`choose_home`] for the current directory, with the store
+/// of [`attach_store`].
 pub fn default_home() -> Result<Home, StorageError> {
     let cwd = std::env::current_dir().map_err(StorageError::Cwd)?;
-    Ok(choose_home(&cwd)?.home)
+    attach_store(choose_home(&cwd)?.home, None)
+}
+
+/// Where the objects and refs of `home` live: `flag` (`--store`), else `PRODIGY_STORE`,
+/// else `config.json`'s `store`, else the home itself. An empty value (`--store ""`,
+/// `PRODIGY_STORE=`) means the home itself, overriding what comes after it.
+pub fn attach_store(home: Home, flag: Option<String>) -> Result<Home, StorageError> {
+    let chosen = match flag {
+        Some(url) => Some(url),
+        None => match std::env::var(crate::remote::STORE_ENV) {
+            Ok(url) => Some(url),
+            Err(_) => crate::config::Config::load(&home)?.store,
+        },
+    };
+    Ok(home.with_store(chosen))
 }
 
 fn kind_dir(kind: RefKind, repo: &str) -> Result<PathBuf, StorageError> {

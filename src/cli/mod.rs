@@ -33,6 +33,14 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// Keep the objects and refs in a remote store (`s3://bucket/prefix`) instead of the
+    /// home, which then holds only a cache of objects, the config and local worktrees.
+    /// The endpoint, region and credentials come from the usual AWS_* variables
+    /// (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Default:
+    /// PRODIGY_STORE, else `store` in config.json; "" means the home itself.
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+
     /// Print only results and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -91,6 +99,9 @@ pub enum Command {
     MigrateEvents(commands::migrate_events::Args),
     /// Print the repo name that a path maps to.
     RepoName(commands::repo_name::Args),
+    /// Copy a job between the local home and a remote store.
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// Print shell completions.
     Completions(commands::completions::Args),
 }
@@ -249,7 +260,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     }
     .and_then(|home| {
         home.check_owner()?;
-        Ok(home)
+        Ok(crate::storage::attach_store(home, cli.store.clone())?)
     });
     if let Ok(home) = &home
         && !cli.quiet

@@ -113,7 +113,7 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
         .collect::<Vec<_>>()
         .join(": ");
     diag.error(&line);
-    for hint in hints(e) {
+    for hint in hints(e).into_iter().chain(remote_hints(&line)) {
         diag.hint(&hint);
     }
     if e.chain().any(|c| c.is::<UsageError>()) {
@@ -121,6 +121,23 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
     } else {
         Exit::Failure
     }
+}
+
+/// Hints for a remote store's failures, read off the error line (the remote error sits
+/// under several layers' transparent wrappers).
+fn remote_hints(line: &str) -> Vec<String> {
+    let hint = if line.contains("does not honour conditional writes") {
+        "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")"
+    } else if line.contains("cannot reach http") || line.contains("cannot reach the AWS endpoint") {
+        "check AWS_ENDPOINT_URL and that the server is up; nothing was changed"
+    } else if line.contains("' does not exist") && line.contains("s3://") {
+        "create the bucket first, or fix the address in --store / PRODIGY_STORE"
+    } else if line.contains("kept changing under") {
+        "many writers are moving this ref at once; retry, nothing was changed"
+    } else {
+        return Vec::new();
+    };
+    vec![hint.to_owned()]
 }
 
 fn hints(e: &anyhow::Error) -> Vec<String> {
@@ -141,6 +158,15 @@ fn hints(e: &anyhow::Error) -> Vec<String> {
         if lock_timeout {
             out.push(
                 "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m"
+                    .to_owned(),
+            );
+        }
+        if matches!(
+            cause.downcast_ref::<crate::state::StateError>(),
+            Some(crate::state::StateError::Leased { .. })
+        ) {
+            out.push(
+                "a host that died frees the job once its lease expires; then run `prodigy resume` again"
                     .to_owned(),
             );
         }

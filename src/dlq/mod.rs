@@ -560,7 +560,7 @@ impl DeadLetterQueue {
         let count = failures.len();
         self.change(&format!("dlq add {count} failures"), |snapshot| {
             let mut added = Vec::with_capacity(failures.len());
-            for (item_id, item_data, failure) in failures {
+            for (item_id, item_data, failure) in failures.iter().cloned() {
                 let existing = match snapshot.get(&item_id)? {
                     Some(s) => Some(self.read_item(&s.object)?),
                     None => None,
@@ -583,7 +583,7 @@ impl DeadLetterQueue {
         let count = items.len();
         self.change(&format!("dlq import of {count} items"), |snapshot| {
             let mut added = Vec::new();
-            for item in items {
+            for item in items.iter().cloned() {
                 if snapshot.get(&item.item_id)?.is_some() {
                     continue;
                 }
@@ -618,7 +618,7 @@ impl DeadLetterQueue {
     fn change<T>(
         &self,
         message: &str,
-        edit: impl FnOnce(&mut Working<'_>) -> Result<T, DlqError>,
+        mut edit: impl FnMut(&mut Working<'_>) -> Result<T, DlqError>,
     ) -> Result<T, DlqError> {
         let _gc = self.refs.write_guard()?;
         let (_, value) = self

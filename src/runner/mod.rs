@@ -222,7 +222,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
             repo: location.root,
         });
     }
-    let job_dir = home.root().join("worktrees").join(&repo_name).join(&job_id);
+    let job_dir = job_dir(home, &repo_name, &job_id);
     let spec = JobSpec {
         id: job_id.clone(),
         repo: repo_name.clone(),
@@ -263,10 +263,11 @@ pub fn resume(
     // An unknown job is refused before its lock file is made.
     states.head(job_id)?;
     let lock = states.lock_job(job_id)?;
-    let state = match from {
+    let mut state = match from {
         Some(at) => states.load_at(job_id, at)?,
         None => states.load(job_id)?,
     };
+    relocate(home, &mut state.spec);
     if state.checkpoint.phase == Phase::Complete {
         // Nothing to do, like `git merge` of a merged branch: a script may resume blindly.
         return Ok(Outcome {
@@ -331,11 +332,36 @@ pub fn retry_dlq(
     // An unknown job is refused before its lock file is made.
     states.head(job_id)?;
     let lock = states.lock_job(job_id)?;
-    let state = states.load(job_id)?;
+    let mut state = states.load(job_id)?;
+    relocate(home, &mut state.spec);
     let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
     let _lock = lock;
     job.retry(retry)
+}
+
+/// Where a job's worktrees live: `<home>/worktrees/<repo>/<job>`.
+fn job_dir(home: &Home, repo: &str, job: &str) -> PathBuf {
+    home.root().join("worktrees").join(repo).join(job)
+}
+
+/// A job resumed by another home than the one that started it — another host sharing a
+/// remote store — works in worktrees of its own home, from the repository of the current
+/// directory (a clone of the same repository there). The store carries the job's events,
+/// DLQ and checkpoints; commits reach the other host only through git.
+fn relocate(home: &Home, spec: &mut JobSpec) {
+    if spec.agents_dir.starts_with(home.root()) {
+        return;
+    }
+    let dir = job_dir(home, &spec.repo, &spec.id);
+    spec.worktree = dir.join(format!("{}@job", spec.id));
+    spec.agents_dir = dir;
+    if let Some(here) = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| repo::locate(&cwd).ok())
+    {
+        spec.repo_root = here.root;
+    }
 }
 
 fn generate_job_id() -> String {

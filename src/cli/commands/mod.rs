@@ -14,6 +14,7 @@ pub mod refs;
 pub mod repo_name;
 pub mod resume;
 pub mod run;
+pub mod store;
 
 use anyhow::Context;
 
@@ -34,6 +35,7 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Jobs(args) => jobs::exec(args, ctx),
         Command::MigrateEvents(args) => migrate_events::exec(args, ctx),
         Command::RepoName(args) => repo_name::exec(args, ctx),
+        Command::Store(cmd) => store::exec(cmd, ctx),
         Command::Completions(args) => completions::exec(args, ctx),
     }
 }

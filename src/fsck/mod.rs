@@ -15,6 +15,8 @@ use crate::object::{ObjectError, ObjectId, ObjectStore};
 use crate::refs::{RefError, RefKind, RefName, RefStore};
 use crate::repo::{self, RepoError};
 
+mod remote;
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +85,9 @@ pub enum FsckError {
     /// The repo records could not be listed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// The remote store could not be listed or read.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
 }
 
 struct Checker<'a> {
@@ -348,29 +353,42 @@ impl Checker<'_> {
                 return Ok(());
             }
         };
+        self.check_log(name, &log_path, &log, head);
+        Ok(())
+    }
+
+    /// A reflog's lines parse, its entries name good objects and follow one another, and
+    /// the last one matches the ref.
+    fn check_log(
+        &mut self,
+        name: &RefName,
+        log_path: &Path,
+        log: &crate::refs::Reflog,
+        head: Option<ObjectId>,
+    ) {
         let lines = log.entries.len() + log.bad_lines.len();
         for (n, reason) in &log.bad_lines {
             if *n == lines && log.torn_tail {
                 self.find(
                     Severity::Warning,
-                    &log_path,
+                    log_path,
                     format!("line {n} is torn (an append cut short by a crash)"),
                 );
             } else {
-                self.find(Severity::Error, &log_path, format!("line {n}: {reason}"));
+                self.find(Severity::Error, log_path, format!("line {n}: {reason}"));
             }
         }
         let mut previous: Option<ObjectId> = None;
         for (n, entry) in log.entries.iter().enumerate() {
             for id in [entry.old, entry.new] {
                 if !id.is_zero() {
-                    self.target(&log_path, &format!("entry {}", n + 1), id);
+                    self.target(log_path, &format!("entry {}", n + 1), id);
                 }
             }
             if previous.is_some_and(|p| p != entry.old) {
                 self.find(
                     Severity::Warning,
-                    &log_path,
+                    log_path,
                     format!("entry {} does not follow the one before (an update whose reflog line was lost in a crash)", n + 1),
                 );
             }
@@ -381,11 +399,10 @@ impl Checker<'_> {
         if !log.entries.is_empty() && last != head {
             self.find(
                 Severity::Warning,
-                &log_path,
+                log_path,
                 format!("the last entry does not match ref {name} (an update interrupted between its two steps)"),
             );
         }
-        Ok(())
     }
 
     /// Walks every ref's objects through their links: each must be present and valid.
@@ -449,6 +466,9 @@ impl Checker<'_> {
 
 /// Checks the whole store of `home`.
 pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
+    if let Some(remote) = refs.objects().remote()? {
+        return remote::fsck(home, refs, remote);
+    }
     let mut checker = Checker {
         home,
         report: FsckReport::default(),

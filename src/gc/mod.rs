@@ -33,6 +33,8 @@ use crate::pack::{Entry, Pack};
 use crate::par;
 use crate::refs::{RefError, RefKind, RefStore};
 
+mod remote;
+
 /// Failures of gc.
 #[derive(Debug, thiserror::Error)]
 pub enum GcError {
@@ -48,6 +50,9 @@ pub enum GcError {
     /// Removing files.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The remote store failed.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// A reachable object that cannot be read: nothing was removed.
     #[error("reachable object {id} cannot be read, so gc removed nothing (run `prodigy fsck`)")]
     Unreadable {
@@ -234,6 +239,9 @@ pub fn gc(
     lock_opts: &LockOptions,
     opts: GcOptions,
 ) -> Result<GcReport, GcError> {
+    if let Some(remote) = refs.objects().remote()? {
+        return remote::gc(refs, remote, &opts);
+    }
     let _held = lock::gc_guard(home.root(), lock_opts)?;
     let mut report = GcReport {
         dry_run: opts.dry_run,
@@ -344,6 +352,16 @@ pub fn gc(
     Ok(report)
 }
 
+/// Unix milliseconds before which reflog entries expire (`None`: never).
+fn reflog_cutoff(opts: &GcOptions) -> Option<u64> {
+    opts.reflog_expire.map(|expire| {
+        SystemTime::now()
+            .checked_sub(expire)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    })
+}
+
 /// The roots: every ref's value and every reflog entry that survives expiry (reflogs of
 /// deleted refs too).
 fn roots(
@@ -353,12 +371,7 @@ fn roots(
     report: &mut GcReport,
 ) -> Result<Vec<ObjectId>, GcError> {
     let mut roots: Vec<ObjectId> = refs.list(None)?.into_iter().map(|(_, id)| id).collect();
-    let cutoff = opts.reflog_expire.map(|expire| {
-        SystemTime::now()
-            .checked_sub(expire)
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
-    });
+    let cutoff = reflog_cutoff(opts);
     for dir in ref_dirs(home) {
         let log = match cutoff {
             Some(cutoff) => {

@@ -1,0 +1,128 @@
+//! gc of a remote store: the same rules as the local one without the packing. Reflog
+//! entries past the expiry are deleted; the roots are every ref and every surviving
+//! reflog entry; marking walks their links (reading through the local cache, many objects
+//! at once); unreachable object keys older than the grace period (by the server's
+//! last-modified time) are deleted, as are probe keys left by killed processes.
+//!
+//! The refs are read before the objects are listed, so an object written after the
+//! listing (by a writer running now) is never considered, and one written before a ref
+//! named it is reachable. There is no lock shared with writers on other hosts: the grace
+//! period is what protects an object written but not yet named by a ref.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{GcError, GcOptions, GcPhase, GcReport, Ticker, reflog_cutoff};
+use crate::object::{ObjectError, ObjectId, ObjectStore};
+use crate::par;
+use crate::refs::RefStore;
+use crate::remote::Remote;
+
+/// Objects read at once while marking.
+const READERS: usize = 16;
+
+pub(super) fn gc(
+    refs: &RefStore,
+    remote: &Arc<Remote>,
+    opts: &GcOptions,
+) -> Result<GcReport, GcError> {
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    let store = refs.objects();
+
+    // Roots: refs, then reflogs (expired entries deleted first).
+    let mut roots: Vec<ObjectId> = refs.list(None)?.into_iter().map(|(_, id)| id).collect();
+    let cutoff = reflog_cutoff(opts);
+    for name in refs.remote_logged_names()? {
+        let log = match cutoff {
+            Some(cutoff) => {
+                let (log, expired) = refs.expire_remote_reflog(&name, cutoff, opts.dry_run)?;
+                report.reflog_expired += expired as u64;
+                log
+            }
+            None => refs.log(&name)?,
+        };
+        for e in log.entries {
+            roots.extend([e.old, e.new].into_iter().filter(|id| !id.is_zero()));
+        }
+    }
+
+    // Everything stored, after the roots were read.
+    let mut listed: HashMap<ObjectId, (String, u64, SystemTime)> = HashMap::new();
+    for l in remote.list("objects/")? {
+        let hex: String = l.key.trim_start_matches("objects/").replace('/', "");
+        if let Ok(id) = hex.parse::<ObjectId>()
+            && ObjectStore::remote_key(&id) == l.key
+        {
+            listed.insert(id, (l.key, l.size, l.modified));
+        }
+    }
+    report.objects_before = listed.len() as u64;
+    report.bytes_before = listed.values().map(|(_, size, _)| size).sum();
+
+    // Mark, a level of the graph at a time, many reads at once.
+    let ticker = Ticker::new(opts, GcPhase::Scan, listed.len() as u64);
+    let mut marked: HashSet<ObjectId> = HashSet::new();
+    let mut frontier = roots;
+    while !frontier.is_empty() {
+        let mut todo: Vec<ObjectId> = Vec::new();
+        for id in frontier.drain(..) {
+            if !marked.insert(id) {
+                continue;
+            }
+            if listed.contains_key(&id) {
+                todo.push(id);
+            } else {
+                report.missing += 1;
+            }
+        }
+        let read = par::map(&todo, READERS, |id| {
+            let links = store.read(id).map(|object| crate::reach::links(&object));
+            ticker.add(1);
+            (*id, links)
+        });
+        for (id, links) in read {
+            match links {
+                Ok(links) => frontier.extend(links),
+                Err(source @ (ObjectError::Corrupt { .. } | ObjectError::NotFound { .. })) => {
+                    return Err(GcError::Unreadable { id, source });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    report.reachable = marked.len() as u64 - report.missing;
+
+    // Sweep.
+    let now = SystemTime::now();
+    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
+    let mut doomed = Vec::new();
+    for (id, (key, size, modified)) in listed {
+        if marked.contains(&id) {
+            continue;
+        }
+        if age(modified) < opts.prune {
+            report.kept_young += 1;
+        } else {
+            report.pruned += 1;
+            report.pruned_bytes += size;
+            doomed.push(key);
+        }
+    }
+    for probe in remote.list("probe/")? {
+        if age(probe.modified) >= opts.prune.max(std::time::Duration::from_secs(60)) {
+            report.temp_removed += 1;
+            doomed.push(probe.key);
+        }
+    }
+    report.bytes_after = report.bytes_before - report.pruned_bytes;
+    if !opts.dry_run {
+        let ticker = Ticker::new(opts, GcPhase::Prune, doomed.len() as u64);
+        remote.delete_many(&doomed)?;
+        ticker.add(doomed.len() as u64);
+    }
+    Ok(report)
+}

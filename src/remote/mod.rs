@@ -1,0 +1,629 @@
+//! A store on S3-compatible object storage (`s3://bucket/prefix`): the client that
+//! [`crate::object::ObjectStore`] and [`crate::refs::RefStore`] use when a remote store is
+//! chosen, and the run lease ([`lease`]).
+//!
+//! The keys under the prefix mirror the home:
+//!
+//! - `objects/ab/cdef…`: an object's file, the same zstd frame as a loose object;
+//! - `refs/<kind>/<repo>/<job>`: a ref, `<64 hex>\n` (empty once deleted);
+//! - `logs/<kind>/<repo>/<job>/<unix ms>-<old>-<new>`: one reflog entry, its line;
+//! - `leases/<repo>/<job>`: the run lease of a job (JSON);
+//! - `probe/…`: short-lived keys of the conditional-write check.
+//!
+//! Objects are created with `If-None-Match: *` (an existing key is a no-op); refs and
+//! leases move with `If-Match: <etag>`. Before its first conditional write a process checks
+//! that the server honours both headers, and refuses to write when it does not: a server
+//! that ignores them would let two writers overwrite each other silently.
+//!
+//! The client is `object_store`'s S3 client (endpoint, region and credentials from the
+//! usual `AWS_*` variables), driven by a small tokio runtime of its own so that the rest
+//! of the library stays synchronous. Throttling (503 SlowDown, 429) and server errors are
+//! retried with exponential backoff, bounded by `PRODIGY_S3_RETRY_TIMEOUT`; each request is
+//! bounded by `PRODIGY_S3_TIMEOUT`.
+
+pub mod lease;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path as Key;
+use object_store::{
+    ClientOptions, ObjectStore as _, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion,
+};
+
+/// The variable that chooses a remote store (`s3://bucket/prefix`).
+pub const STORE_ENV: &str = "PRODIGY_STORE";
+
+/// How many requests run at once when many objects move.
+pub const CONCURRENCY: usize = 32;
+
+/// Failures of the remote store, each naming the key and what was being done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// The store's address cannot be used.
+    #[error("cannot use the store '{url}': {reason}")]
+    Config {
+        /// The address given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A request failed (after the bounded retries).
+    #[error("cannot {op} '{url}': {reason}")]
+    Request {
+        /// What was being done.
+        op: &'static str,
+        /// The key, as an `s3://` address.
+        url: String,
+        /// Why, in a line.
+        reason: String,
+    },
+    /// The server does not honour conditional writes: nothing is written.
+    #[error(
+        "the store '{url}' does not honour conditional writes ({reason}), so refs cannot move safely; nothing was written"
+    )]
+    NoConditionalWrites {
+        /// The store.
+        url: String,
+        /// What the check saw.
+        reason: String,
+    },
+    /// A ref stayed contended through every retry.
+    #[error("cannot update '{url}': it kept changing under {attempts} attempts")]
+    Contended {
+        /// The ref's key.
+        url: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// The version of a key, for a conditional replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(UpdateVersion);
+
+/// What a key listing returns.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The key under the store's prefix (`objects/ab/…`).
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// When it was last written (the server's clock).
+    pub modified: SystemTime,
+}
+
+/// How a put behaves when the key exists.
+#[derive(Debug, Clone)]
+pub enum Put {
+    /// Only when the key does not exist (`If-None-Match: *`).
+    Create,
+    /// Only when the key holds this version (`If-Match`).
+    Replace(Version),
+}
+
+/// What a conditional put did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written; the key's new version.
+    Written(Version),
+    /// Not written: the key exists (`Create`) or holds another version (`Replace`).
+    Conflict,
+}
+
+/// `s3://bucket/prefix`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    /// The bucket.
+    pub bucket: String,
+    /// The prefix inside it, without slashes at either end (may be empty).
+    pub prefix: String,
+}
+
+impl StoreUrl {
+    /// Parses `s3://bucket[/prefix]`.
+    pub fn parse(text: &str) -> Result<StoreUrl, RemoteError> {
+        let error = |reason: &str| RemoteError::Config {
+            url: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some(rest) = text.strip_prefix("s3://") else {
+            return Err(error(
+                "only s3:// addresses are supported (s3://bucket/prefix)",
+            ));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            return Err(error(
+                "the bucket name must be 3 to 63 lower-case letters, digits, '-' or '.'",
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix_ok = prefix.split('/').all(|part| {
+            prefix.is_empty()
+                || (!part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+                    }))
+        });
+        if !prefix_ok {
+            return Err(error(
+                "the prefix must be '/'-separated names of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        Ok(StoreUrl {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// A connection to a remote store. Cheap to share (`Arc`); every method blocks.
+pub struct Remote {
+    url: StoreUrl,
+    endpoint: String,
+    store: Arc<dyn object_store::ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    /// Objects this process has seen stored remotely (written or found existing).
+    confirmed: Mutex<HashSet<[u8; 32]>>,
+    reachable: OnceLock<Result<(), String>>,
+    conditional: OnceLock<Result<(), String>>,
+}
+
+impl fmt::Debug for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+fn env_duration(name: &str, default: Duration) -> Duration {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| humantime::parse_duration(v.trim()).ok())
+        .unwrap_or(default)
+}
+
+impl Remote {
+    /// Connects (lazily: no request is made here) to `url` with the endpoint, region and
+    /// credentials of the `AWS_*` variables. An `http://` endpoint is allowed as given.
+    pub fn open(url: &str) -> Result<Remote, RemoteError> {
+        let parsed = StoreUrl::parse(url)?;
+        let config = |reason: String| RemoteError::Config {
+            url: url.to_owned(),
+            reason,
+        };
+        let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+            .unwrap_or_default();
+        let client = ClientOptions::new()
+            .with_timeout(env_duration("PRODIGY_S3_TIMEOUT", Duration::from_secs(30)))
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_allow_http(endpoint.starts_with("http://"));
+        let retry = RetryConfig {
+            max_retries: 10,
+            retry_timeout: env_duration("PRODIGY_S3_RETRY_TIMEOUT", Duration::from_secs(20)),
+            ..RetryConfig::default()
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&parsed.bucket)
+            .with_client_options(client)
+            .with_retry(retry)
+            .with_conditional_put(S3ConditionalPut::ETagMatch);
+        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder.build().map_err(|e| config(describe(&e)))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("prodigy-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| config(format!("cannot start the client's runtime: {e}")))?;
+        Ok(Remote {
+            url: parsed,
+            endpoint: if endpoint.is_empty() {
+                "the AWS endpoint".into()
+            } else {
+                endpoint
+            },
+            store: Arc::new(store),
+            runtime,
+            confirmed: Mutex::new(HashSet::new()),
+            reachable: OnceLock::new(),
+            conditional: OnceLock::new(),
+        })
+    }
+
+    /// The store's address.
+    pub fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    /// The `s3://` address of a key.
+    pub fn address(&self, key: &str) -> String {
+        format!("{}/{key}", self.url).replace("s3:///", "s3://")
+    }
+
+    fn key(&self, key: &str) -> Key {
+        if self.url.prefix.is_empty() {
+            Key::from(key)
+        } else {
+            Key::from(format!("{}/{key}", self.url.prefix))
+        }
+    }
+
+    fn unkey(&self, key: &Key) -> String {
+        let full = key.as_ref();
+        if self.url.prefix.is_empty() {
+            full.to_owned()
+        } else {
+            full.strip_prefix(&self.url.prefix)
+                .map(|k| k.trim_start_matches('/'))
+                .unwrap_or(full)
+                .to_owned()
+        }
+    }
+
+    fn failed(&self, op: &'static str, key: &str, e: &object_store::Error) -> RemoteError {
+        let mut reason = describe(e);
+        if reason.contains("NoSuchBucket") || reason.contains("bucket does not exist") {
+            reason = format!("the bucket '{}' does not exist", self.url.bucket);
+        } else if is_connect(&reason) {
+            let lower = reason.to_ascii_lowercase();
+            let why = if lower.contains("connection refused") {
+                "connection refused"
+            } else if lower.contains("dns error") {
+                "the host name does not resolve"
+            } else if lower.contains("timed out") || lower.contains("timeout") {
+                "timed out"
+            } else {
+                "connection failed"
+            };
+            reason = format!("cannot reach {} ({why})", self.endpoint);
+        }
+        RemoteError::Request {
+            op,
+            url: self.address(key),
+            reason,
+        }
+    }
+
+    /// One cheap listing, once per process, so that a wrong endpoint, a missing bucket or
+    /// wrong credentials are reported as such before anything else.
+    pub fn check(&self) -> Result<(), RemoteError> {
+        let result = self.reachable.get_or_init(|| {
+            let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
+            self.runtime
+                .block_on(self.store.list_with_delimiter(prefix.as_ref()))
+                .map(|_| ())
+                .map_err(|e| match self.failed("list", "", &e) {
+                    RemoteError::Request { reason, .. } => reason,
+                    other => other.to_string(),
+                })
+        });
+        result.clone().map_err(|reason| RemoteError::Request {
+            op: "reach the store",
+            url: self.url.to_string(),
+            reason,
+        })
+    }
+
+    /// Checks once per process that the server refuses a second create of one key and a
+    /// replace with a stale version. A server that ignores either would let two writers
+    /// overwrite each other, so nothing is written to it.
+    pub fn check_conditional(&self) -> Result<(), RemoteError> {
+        self.check()?;
+        let result = self.conditional.get_or_init(|| {
+            let key = format!(
+                "probe/{}-{}-{}",
+                std::process::id(),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+                rand_suffix()
+            );
+            let outcome = (|| {
+                let first = self.put(&key, b"1".to_vec(), Put::Create)?;
+                let Outcome::Written(version) = first else {
+                    return Ok(Err("a new key already existed".to_owned()));
+                };
+                if self.put(&key, b"2".to_vec(), Put::Create)? != Outcome::Conflict {
+                    return Ok(Err(
+                        "a create with If-None-Match: * replaced an existing key".to_owned(),
+                    ));
+                }
+                let stale = Version(UpdateVersion {
+                    e_tag: Some("\"0000000000000000\"".into()),
+                    version: None,
+                });
+                if self.put(&key, b"3".to_vec(), Put::Replace(stale))? != Outcome::Conflict {
+                    return Ok(Err("a replace with a stale If-Match was accepted".to_owned()));
+                }
+                if self.put(&key, b"4".to_vec(), Put::Replace(version))? == Outcome::Conflict {
+                    return Ok(Err("a replace with the current If-Match was refused".to_owned()));
+                }
+                Ok::<_, RemoteError>(Ok(()))
+            })();
+            let _ = self.delete(&key);
+            match outcome {
+                Ok(verdict) => verdict,
+                Err(e) => Err(format!("the check failed: {e}")),
+            }
+        });
+        result
+            .clone()
+            .map_err(|reason| RemoteError::NoConditionalWrites {
+                url: self.url.to_string(),
+                reason,
+            })
+    }
+
+    /// Reads a key; `None` when it does not exist.
+    pub fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, RemoteError> {
+        self.check()?;
+        let path = self.key(key);
+        let result = self.runtime.block_on(async {
+            let got = self.store.get(&path).await?;
+            let version = UpdateVersion {
+                e_tag: got.meta.e_tag.clone(),
+                version: got.meta.version.clone(),
+            };
+            let bytes = got.bytes().await?;
+            Ok::<_, object_store::Error>((bytes.to_vec(), Version(version)))
+        });
+        match result {
+            Ok(found) => Ok(Some(found)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.failed("read", key, &e)),
+        }
+    }
+
+    /// Reads many keys at once; `None` for those that do not exist. In the order given.
+    pub fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, RemoteError> {
+        self.check()?;
+        self.runtime.block_on(async {
+            futures::stream::iter(keys.iter().map(|key| async move {
+                match self.store.get(&self.key(key)).await {
+                    Ok(got) => got
+                        .bytes()
+                        .await
+                        .map(|b| Some(b.to_vec()))
+                        .map_err(|e| self.failed("read", key, &e)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(self.failed("read", key, &e)),
+                }
+            }))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
+        })
+    }
+
+    /// Whether a key exists.
+    pub fn exists(&self, key: &str) -> Result<bool, RemoteError> {
+        self.check()?;
+        match self.runtime.block_on(self.store.head(&self.key(key))) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.failed("look up", key, &e)),
+        }
+    }
+
+    /// A conditional write.
+    pub fn put(&self, key: &str, bytes: Vec<u8>, mode: Put) -> Result<Outcome, RemoteError> {
+        self.check()?;
+        self.runtime.block_on(self.put_async(key, bytes, mode))
+    }
+
+    async fn put_async(&self, key: &str, bytes: Vec<u8>, mode: Put) -> Result<Outcome, RemoteError> {
+        let mode = match mode {
+            Put::Create => PutMode::Create,
+            Put::Replace(Version(v)) => PutMode::Update(v),
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&self.key(key), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(done) => Ok(Outcome::Written(Version(UpdateVersion::from(done)))),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Outcome::Conflict),
+            // A replace of a key that does not exist (S3 answers 404 to If-Match then).
+            Err(object_store::Error::NotFound { .. }) => Ok(Outcome::Conflict),
+            Err(e) => Err(self.failed("write", key, &e)),
+        }
+    }
+
+    /// Creates many keys at once; existing keys are left as they are.
+    pub fn create_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), RemoteError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.check_conditional()?;
+        self.runtime.block_on(async {
+            futures::stream::iter(
+                items
+                    .into_iter()
+                    .map(|(key, bytes)| async move { self.put_async(&key, bytes, Put::Create).await }),
+            )
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+        })
+    }
+
+    /// Every key under `dir` (`objects/`, `refs/events/`…), sorted.
+    pub fn list(&self, dir: &str) -> Result<Vec<Listed>, RemoteError> {
+        self.check()?;
+        let prefix = self.key(dir.trim_end_matches('/'));
+        let mut listed: Vec<Listed> = self
+            .runtime
+            .block_on(self.store.list(Some(&prefix)).try_collect::<Vec<_>>())
+            .map_err(|e| self.failed("list", dir, &e))?
+            .into_iter()
+            .map(|meta| Listed {
+                key: self.unkey(&meta.location),
+                size: meta.size,
+                modified: SystemTime::from(meta.last_modified),
+            })
+            .collect();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
+    }
+
+    /// Deletes a key (no error when it is already gone).
+    pub fn delete(&self, key: &str) -> Result<(), RemoteError> {
+        self.check()?;
+        match self.runtime.block_on(self.store.delete(&self.key(key))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("delete", key, &e)),
+        }
+    }
+
+    /// Deletes many keys.
+    pub fn delete_many(&self, keys: &[String]) -> Result<(), RemoteError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.check()?;
+        self.runtime.block_on(async {
+            futures::stream::iter(keys.iter().map(|key| async move {
+                match self.store.delete(&self.key(key)).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(self.failed("delete", key, &e)),
+                }
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+        })
+    }
+
+    /// Notes that an object is stored remotely.
+    pub fn confirm(&self, id: [u8; 32]) {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// Whether this process has seen the object stored remotely.
+    pub fn is_confirmed(&self, id: &[u8; 32]) -> bool {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+}
+
+/// The connection to `url`, one per address per process (so the runtime, the checks and
+/// the set of confirmed objects are shared by every store handle).
+pub fn shared(url: &str) -> Result<Arc<Remote>, RemoteError> {
+    static OPEN: OnceLock<Mutex<std::collections::HashMap<String, Arc<Remote>>>> = OnceLock::new();
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(remote) = open.get(url) {
+        return Ok(remote.clone());
+    }
+    let remote = Arc::new(Remote::open(url)?);
+    open.insert(url.to_owned(), remote.clone());
+    Ok(remote)
+}
+
+/// Eight hex digits that differ between processes and calls.
+pub fn rand_suffix() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let hash = blake3::hash(format!("{}:{nanos}:{:?}", std::process::id(), std::thread::current().id()).as_bytes());
+    hash.to_hex()[..8].to_owned()
+}
+
+fn is_connect(reason: &str) -> bool {
+    let lower = reason.to_ascii_lowercase();
+    lower.contains("error sending request")
+        || lower.contains("connection refused")
+        || lower.contains("dns error")
+        || lower.contains("tcp connect")
+        || lower.contains("client error (connect)")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or(text)
+}
+
+/// An `object_store` error in one line: its chain of causes, with the S3 error code and
+/// message picked out of an XML body, and a word on what to check for the usual ones.
+pub fn describe(e: &object_store::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    let full = parts.join(": ");
+    let code = xml_field(&full, "Code");
+    let message = xml_field(&full, "Message");
+    let status = ["401", "403", "404", "412", "429", "500", "501", "503"]
+        .into_iter()
+        .find(|s| full.contains(&format!("status {s}")) || full.contains(&format!("{s} ")));
+    let mut line = match (&code, &message) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.clone(),
+        _ => first_line(&full).to_owned(),
+    };
+    if let Some(code) = &code
+        && !full.contains("NoSuchBucket")
+        && (code.contains("SignatureDoesNotMatch")
+            || code.contains("InvalidAccessKeyId")
+            || code.contains("AccessDenied"))
+    {
+        line.push_str(" (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)");
+    } else if code.is_none() && status == Some("403") {
+        line.push_str(" (access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)");
+    }
+    if code.as_deref() == Some("NoSuchBucket") {
+        line = "NoSuchBucket: the bucket does not exist".into();
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+fn xml_field(text: &str, field: &str) -> Option<String> {
+    let open = format!("<{field}>");
+    let close = format!("</{field}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find(&close)? + start;
+    Some(text[start..end].trim().to_owned())
+}

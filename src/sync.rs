@@ -1,0 +1,171 @@
+//! `store push` / `store pull`: copies one job — its refs (events, dlq, state, archive) and
+//! every object they reach — from one store to another (the local home and a remote store,
+//! either way). Idempotent: objects already at the destination are not copied again, and a
+//! ref that already holds the value stays as it is.
+//!
+//! Objects go first, refs last, so a copy killed midway leaves the destination's refs
+//! untouched. A destination ref moves only forward: when it is absent, or its value is
+//! reachable from the source's (the source has everything it has, and more). Anything
+//! else — both sides appended independently, or a log rewritten by retention — is refused
+//! unless forced, like a non-fast-forward `git push`.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use crate::object::{ObjectError, ObjectId, ObjectType};
+use crate::par;
+use crate::refs::{RefError, RefKind, RefName, RefStore};
+
+/// Objects read or checked at once.
+const THREADS: usize = 16;
+
+/// Failures of a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A ref-layer failure (either side).
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    /// An object-layer failure (either side).
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    /// The job has no refs at the source.
+    #[error("job '{job}' of repo '{repo}' has no refs in {from}")]
+    NoJob {
+        /// The repo.
+        repo: String,
+        /// The job.
+        job: String,
+        /// The source's name.
+        from: String,
+    },
+    /// The destination's ref is not an ancestor of the source's.
+    #[error(
+        "ref {name} differs: {to} has {theirs}, which {from}'s {ours} does not contain; nothing was changed for it (--force replaces it)"
+    )]
+    Diverged {
+        /// The ref.
+        name: RefName,
+        /// The source's name.
+        from: String,
+        /// The destination's name.
+        to: String,
+        /// The source's value.
+        ours: ObjectId,
+        /// The destination's value.
+        theirs: ObjectId,
+    },
+}
+
+/// What happened to one ref.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefOutcome {
+    /// The destination had it already.
+    UpToDate,
+    /// Created at the destination.
+    Created,
+    /// Moved forward.
+    FastForward,
+    /// Replaced (forced).
+    Forced,
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// Objects the job's refs reach.
+    pub objects: u64,
+    /// Of those, copied now.
+    pub copied: u64,
+    /// Each ref of the job at the source, with its value and what happened.
+    pub refs: Vec<(String, ObjectId, RefOutcome)>,
+}
+
+/// Copies `repo`/`job` from `from` to `to`; `names` are the two stores' names for
+/// messages. `force` replaces destination refs that are not ancestors.
+pub fn copy_job(
+    from: &RefStore,
+    to: &RefStore,
+    names: (&str, &str),
+    repo: &str,
+    job: &str,
+    force: bool,
+) -> Result<SyncReport, SyncError> {
+    let mut heads = Vec::new();
+    for kind in RefKind::ALL {
+        let name = RefName::new(kind, repo, job)?;
+        if let Some(id) = from.read(&name)? {
+            heads.push((name, id));
+        }
+    }
+    if heads.is_empty() {
+        return Err(SyncError::NoJob {
+            repo: repo.to_owned(),
+            job: job.to_owned(),
+            from: names.0.to_owned(),
+        });
+    }
+
+    // Everything the refs reach, read (and verified) at the source a level at a time.
+    let mut seen: HashSet<ObjectId> = HashSet::new();
+    let mut objects: Vec<(ObjectId, ObjectType, Vec<u8>)> = Vec::new();
+    let mut frontier: Vec<ObjectId> = heads.iter().map(|(_, id)| *id).collect();
+    while !frontier.is_empty() {
+        let todo: Vec<ObjectId> = frontier.drain(..).filter(|id| seen.insert(*id)).collect();
+        for read in par::map(&todo, THREADS, |id| from.objects().read(id).map(|o| (*id, o))) {
+            let (id, object) = read?;
+            frontier.extend(crate::reach::links(&object));
+            objects.push((id, object.kind, object.payload));
+        }
+    }
+    let mut report = SyncReport {
+        objects: objects.len() as u64,
+        ..SyncReport::default()
+    };
+
+    // Objects first: only those the destination lacks, all made durable at once.
+    let _gc = to.write_guard()?;
+    let present = par::map(&objects, THREADS, |(id, _, _)| to.objects().contains(id));
+    let mut batch = to.objects().batch();
+    for ((_, kind, payload), present) in objects.iter().zip(present) {
+        if !present? {
+            batch.add(*kind, payload)?;
+            report.copied += 1;
+        }
+    }
+    batch.commit()?;
+
+    // Then the refs, each only forward unless forced.
+    for (name, id) in heads {
+        let mut outcome = RefOutcome::UpToDate;
+        to.transact(&name, &format!("store: copied from {}", names.0), |old| {
+            outcome = match old {
+                None => RefOutcome::Created,
+                Some(old) if old == id => RefOutcome::UpToDate,
+                Some(old) if seen.contains(&old) => RefOutcome::FastForward,
+                Some(_) if force => RefOutcome::Forced,
+                Some(old) => {
+                    return Err(RefError::Conflict {
+                        name: name.clone(),
+                        expected: format!("an ancestor of {id}"),
+                        found: old.to_string(),
+                    });
+                }
+            };
+            Ok(Some(id))
+        })
+        .map_err(|e| match e {
+            RefError::Conflict { name, found, .. } => SyncError::Diverged {
+                name,
+                from: names.0.to_owned(),
+                to: names.1.to_owned(),
+                ours: id,
+                theirs: found.parse().unwrap_or(ObjectId::ZERO),
+            },
+            other => other.into(),
+        })?;
+        report.refs.push((name.to_string(), id, outcome));
+    }
+    Ok(report)
+}
