@@ -102,6 +102,32 @@ impl Config {
     }
 }
 
+/// Just the `store` setting of `config.json`, read on every command: a mistake elsewhere in
+/// the file is reported by the commands that use that part, but a file that is not JSON,
+/// or a `store` that is not a string, is an error here (guessing the local store could
+/// send writes to the wrong place).
+pub fn store_setting(home: &Home) -> Result<Option<String>, ConfigError> {
+    let path = home.root().join("config.json");
+    let error = |reason: String| ConfigError {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = match crate::fsutil::read_nofollow(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(e.to_string())),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
+    match value.get("store") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(url)) => Ok(Some(url.clone())),
+        Some(other) => Err(error(format!(
+            "\"store\" must be an address such as \"s3://bucket/prefix\", not {other}"
+        ))),
+    }
+}
+
 /// Parses a reflog expiry: `never`, `now`, or a duration (`90d`, `12h`).
 pub fn parse_expiry(text: &str) -> Result<Option<Duration>, String> {
     match text.trim() {

@@ -572,7 +572,11 @@ impl ObjectStore {
         }
         let frame = compress(&id, kind, payload)?;
         remote.check_conditional()?;
-        remote.put(&Self::remote_key(&id), frame.clone(), crate::remote::Put::Create)?;
+        remote.put(
+            &Self::remote_key(&id),
+            frame.clone(),
+            crate::remote::Put::Create,
+        )?;
         remote.confirm(*id.as_bytes());
         self.cache(&id, &frame);
         Ok(id)

@@ -476,7 +476,12 @@ impl RefStore {
         Ok(())
     }
 
-    fn reflog_entry(&self, old: Option<ObjectId>, new: Option<ObjectId>, message: &str) -> ReflogEntry {
+    fn reflog_entry(
+        &self,
+        old: Option<ObjectId>,
+        new: Option<ObjectId>,
+        message: &str,
+    ) -> ReflogEntry {
         ReflogEntry {
             old: old.unwrap_or(ObjectId::ZERO),
             new: new.unwrap_or(ObjectId::ZERO),
@@ -554,7 +559,9 @@ impl RefStore {
             if old == new {
                 return Ok((old, new));
             }
-            let body = new.map(|id| format!("{id}\n").into_bytes()).unwrap_or_default();
+            let body = new
+                .map(|id| format!("{id}\n").into_bytes())
+                .unwrap_or_default();
             let mode = match version {
                 None => Put::Create,
                 Some(v) => Put::Replace(v),
@@ -600,13 +607,21 @@ impl RefStore {
             entry.old,
             entry.new
         );
-        remote.put(&key, format!("{}\n", entry.to_line()).into_bytes(), Put::Create)?;
+        remote.put(
+            &key,
+            format!("{}\n", entry.to_line()).into_bytes(),
+            Put::Create,
+        )?;
         Ok(())
     }
 
     /// A remote reflog: every entry key under the ref's log, read many at once, ordered
     /// by time (and by the chain old → new for entries of one millisecond).
-    fn log_remote_read(&self, remote: &Remote, name: &RefName) -> Result<(Reflog, Vec<String>), RefError> {
+    fn log_remote_read(
+        &self,
+        remote: &Remote,
+        name: &RefName,
+    ) -> Result<(Reflog, Vec<String>), RefError> {
         let keys: Vec<String> = remote
             .list(&format!("{}/", remote_log_dir(name)))?
             .into_iter()

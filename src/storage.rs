@@ -134,7 +134,7 @@ pub fn attach_store(home: Home, flag: Option<String>) -> Result<Home, StorageErr
         Some(url) => Some(url),
         None => match std::env::var(crate::remote::STORE_ENV) {
             Ok(url) => Some(url),
-            Err(_) => crate::config::Config::load(&home)?.store,
+            Err(_) => crate::config::store_setting(&home)?,
         },
     };
     Ok(home.with_store(chosen))

@@ -41,15 +41,11 @@ pub enum SyncError {
     },
     /// The destination's ref is not an ancestor of the source's.
     #[error(
-        "ref {name} differs: {to} has {theirs}, which {from}'s {ours} does not contain; nothing was changed for it (--force replaces it)"
+        "ref {name} differs: the destination has {theirs}, which the source's {ours} does not contain; nothing was changed for it (--force replaces it)"
     )]
     Diverged {
         /// The ref.
         name: RefName,
-        /// The source's name.
-        from: String,
-        /// The destination's name.
-        to: String,
         /// The source's value.
         ours: ObjectId,
         /// The destination's value.
@@ -113,7 +109,9 @@ pub fn copy_job(
     let mut frontier: Vec<ObjectId> = heads.iter().map(|(_, id)| *id).collect();
     while !frontier.is_empty() {
         let todo: Vec<ObjectId> = frontier.drain(..).filter(|id| seen.insert(*id)).collect();
-        for read in par::map(&todo, THREADS, |id| from.objects().read(id).map(|o| (*id, o))) {
+        for read in par::map(&todo, THREADS, |id| {
+            from.objects().read(id).map(|o| (*id, o))
+        }) {
             let (id, object) = read?;
             frontier.extend(crate::reach::links(&object));
             objects.push((id, object.kind, object.payload));
@@ -158,8 +156,6 @@ pub fn copy_job(
         .map_err(|e| match e {
             RefError::Conflict { name, found, .. } => SyncError::Diverged {
                 name,
-                from: names.0.to_owned(),
-                to: names.1.to_owned(),
                 ours: id,
                 theirs: found.parse().unwrap_or(ObjectId::ZERO),
             },

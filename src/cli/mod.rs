@@ -33,11 +33,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
-    /// Keep the objects and refs in a remote store (`s3://bucket/prefix`) instead of the
-    /// home, which then holds only a cache of objects, the config and local worktrees.
-    /// The endpoint, region and credentials come from the usual AWS_* variables
-    /// (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Default:
-    /// PRODIGY_STORE, else `store` in config.json; "" means the home itself.
+    /// Keep objects and refs in a remote store, s3://bucket/prefix, reached with the AWS_*
+    /// variables (default: PRODIGY_STORE, else `store` in config.json; "" means the home)
     #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
 

@@ -134,7 +134,9 @@ pub fn acquire(
         let body = serde_json::to_vec(&mine).unwrap_or_default();
         match remote.put(key, body, mode)? {
             Outcome::Written(version) => {
-                return Ok(Acquired::Held(Lease::start(remote, key, version, mine, ttl)));
+                return Ok(Acquired::Held(Lease::start(
+                    remote, key, version, mine, ttl,
+                )));
             }
             // Someone else moved first: look again.
             Outcome::Conflict => continue,
@@ -222,7 +224,9 @@ fn renew(remote: &Remote, key: &str, shared: &Shared, ttl: Duration) {
             }
             // A failed renewal is tried again next period, until the lease has expired.
             Err(e) if state.record.remaining_ms() == 0 => {
-                state.lost = Some(format!("the lease expired before it could be renewed ({e})"));
+                state.lost = Some(format!(
+                    "the lease expired before it could be renewed ({e})"
+                ));
             }
             Err(_) => {}
         }

@@ -153,9 +153,9 @@ impl StoreUrl {
                 || (!part.is_empty()
                     && part != "."
                     && part != ".."
-                    && part.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-                    }))
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
         });
         if !prefix_ok {
             return Err(error(
@@ -231,7 +231,8 @@ impl Remote {
             .with_client_options(client)
             .with_retry(retry)
             .with_conditional_put(S3ConditionalPut::ETagMatch);
-        if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
             builder = builder.with_region("us-east-1");
         }
@@ -360,10 +361,14 @@ impl Remote {
                     version: None,
                 });
                 if self.put(&key, b"3".to_vec(), Put::Replace(stale))? != Outcome::Conflict {
-                    return Ok(Err("a replace with a stale If-Match was accepted".to_owned()));
+                    return Ok(Err(
+                        "a replace with a stale If-Match was accepted".to_owned()
+                    ));
                 }
                 if self.put(&key, b"4".to_vec(), Put::Replace(version))? == Outcome::Conflict {
-                    return Ok(Err("a replace with the current If-Match was refused".to_owned()));
+                    return Ok(Err(
+                        "a replace with the current If-Match was refused".to_owned()
+                    ));
                 }
                 Ok::<_, RemoteError>(Ok(()))
             })();
@@ -438,7 +443,12 @@ impl Remote {
         self.runtime.block_on(self.put_async(key, bytes, mode))
     }
 
-    async fn put_async(&self, key: &str, bytes: Vec<u8>, mode: Put) -> Result<Outcome, RemoteError> {
+    async fn put_async(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        mode: Put,
+    ) -> Result<Outcome, RemoteError> {
         let mode = match mode {
             Put::Create => PutMode::Create,
             Put::Replace(Version(v)) => PutMode::Update(v),
@@ -469,9 +479,9 @@ impl Remote {
         self.check_conditional()?;
         self.runtime.block_on(async {
             futures::stream::iter(
-                items
-                    .into_iter()
-                    .map(|(key, bytes)| async move { self.put_async(&key, bytes, Put::Create).await }),
+                items.into_iter().map(|(key, bytes)| async move {
+                    self.put_async(&key, bytes, Put::Create).await
+                }),
             )
             .buffer_unordered(CONCURRENCY)
             .try_for_each(|_| async { Ok(()) })
@@ -564,7 +574,14 @@ pub fn rand_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let hash = blake3::hash(format!("{}:{nanos}:{:?}", std::process::id(), std::thread::current().id()).as_bytes());
+    let hash = blake3::hash(
+        format!(
+            "{}:{nanos}:{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )
+        .as_bytes(),
+    );
     hash.to_hex()[..8].to_owned()
 }
 
@@ -626,4 +643,51 @@ fn xml_field(text: &str, field: &str) -> Option<String> {
     let start = text.find(&open)? + open.len();
     let end = text[start..].find(&close)? + start;
     Some(text[start..end].trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_addresses_parse_strictly() {
+        let url = StoreUrl::parse("s3://my-bucket/a/b/").unwrap();
+        assert_eq!(
+            (url.bucket.as_str(), url.prefix.as_str()),
+            ("my-bucket", "a/b")
+        );
+        assert_eq!(url.to_string(), "s3://my-bucket/a/b");
+        assert_eq!(StoreUrl::parse("s3://bkt").unwrap().to_string(), "s3://bkt");
+        for bad in [
+            "",
+            "s3://",
+            "s3:///x",
+            "gs://b/x",
+            "http://b/x",
+            "s3://ab",
+            "s3://Upper",
+            "s3://b_b",
+            "s3://bkt/../x",
+            "s3://bkt/a//b",
+            "s3://bkt/a b",
+            "s3://bkt/a\0b",
+        ] {
+            assert!(StoreUrl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_s3_code_and_message() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://h/b/k in 1ms - Server returned non-2XX status code: 403 Forbidden: <?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>".into(),
+        };
+        let line = describe(&e);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("SignatureDoesNotMatch: The request signature"),
+            "{line}"
+        );
+        assert!(line.contains("AWS_SECRET_ACCESS_KEY"), "{line}");
+    }
 }

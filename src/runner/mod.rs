@@ -46,6 +46,17 @@ use git::GitError;
 /// Failures of the runner.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The job's lease on a remote store was lost (another host took the job over after
+    /// it expired): this runner stops.
+    #[error(
+        "job '{job}' lost its lease: {why}; this runner stopped (another host may be running it)"
+    )]
+    LeaseLost {
+        /// The job.
+        job: String,
+        /// How it was lost.
+        why: String,
+    },
     /// The workflow file.
     #[error(transparent)]
     Workflow(#[from] WorkflowError),
@@ -245,7 +256,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         job.plan.name(),
         job.state.spec.worktree.display()
     ));
-    let _lock = lock;
+    job.run_lock = Some(lock);
     job.drive()
 }
 
@@ -295,7 +306,7 @@ pub fn resume(
     job.state.checkpoint.error = None;
     job.state.checkpoint.ended = None;
     job.rewind = from.is_some();
-    let _lock = lock;
+    job.run_lock = Some(lock);
     job.drive()
 }
 
@@ -336,7 +347,7 @@ pub fn retry_dlq(
     relocate(home, &mut state.spec);
     let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
-    let _lock = lock;
+    job.run_lock = Some(lock);
     job.retry(retry)
 }
 
@@ -414,6 +425,8 @@ struct Job {
     started: Instant,
     /// `resume --from`: put the job's branch back where the checkpoint saw it.
     rewind: bool,
+    /// The run lock (a lease on a remote store), held while the job runs.
+    run_lock: Option<crate::state::RunLock>,
 }
 
 impl Job {
@@ -440,6 +453,7 @@ impl Job {
             observer: opts.observer.clone(),
             started: Instant::now(),
             rewind: false,
+            run_lock: None,
         })
     }
 
@@ -472,6 +486,12 @@ impl Job {
 
     /// Events first, then the checkpoint that relies on them.
     fn save(&mut self, reason: &str) -> Result<(), RunError> {
+        if let Some(why) = self.run_lock.as_ref().and_then(|l| l.lost()) {
+            return Err(RunError::LeaseLost {
+                job: self.id().to_owned(),
+                why,
+            });
+        }
         self.logger.flush()?;
         self.states.save(&mut self.state, reason)?;
         let c = &self.state.checkpoint;

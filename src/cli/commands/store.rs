@@ -43,7 +43,8 @@ pub fn exec(cmd: StoreCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     crate::names::validate("job id", &args.job)?;
     let Some(url) = ctx.home.store().map(str::to_owned) else {
         return Err(UsageError(
-            "no remote store is chosen: give --store s3://bucket/prefix, or set PRODIGY_STORE".into(),
+            "no remote store is chosen: give --store s3://bucket/prefix, or set PRODIGY_STORE"
+                .into(),
         )
         .into());
     };

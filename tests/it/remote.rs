@@ -1,0 +1,958 @@
+//! The remote store against a real S3-compatible server (`s3s-fs` on loopback, see
+//! `s3.rs`): every command through it, the same objects as the local store, the cache,
+//! agents on separate "hosts" (network namespaces) appending to one job, a job started on
+//! one host and resumed on another after a SIGKILL, the lease, gc and fsck, push and pull,
+//! and every bad input the issue lists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{Env, env_knob, git, transcript};
+use crate::s3::{BUCKET, Host, S3};
+
+/// `prodigy args…` for `env`'s home on the store `s3://BUCKET/prefix`, through the proxy.
+fn cmd(env: &Env, s3: &S3, prefix: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = env.std_cmd();
+    s3.configure(&mut cmd, &s3.endpoint(), prefix);
+    cmd.args(args);
+    cmd
+}
+
+fn run(env: &Env, s3: &S3, prefix: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut c = assert_cmd::Command::from_std(cmd(env, s3, prefix, args));
+    c.write_stdin(stdin.to_vec()).output().unwrap()
+}
+
+fn ok(env: &Env, s3: &S3, prefix: &str, args: &[&str], stdin: &[u8]) -> String {
+    let out = run(env, s3, prefix, args, stdin);
+    assert!(out.status.success(), "{args:?}: {}", transcript(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Exit 1 and one `error:` line (hints may follow); returns stderr.
+fn one_error(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(out));
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", transcript(out));
+    assert!(
+        stderr.lines().all(|l| l.starts_with("error:")
+            || l.starts_with("hint:")
+            || l.starts_with("warning:")),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn events(n: usize, tag: &str) -> String {
+    (0..n)
+        .map(|i| format!("{{\"event_type\":\"agent_completed\",\"agent_id\":\"{tag}\",\"item_id\":\"{tag}-{i}\",\"duration_ms\":{i}}}\n"))
+        .collect()
+}
+
+fn item_ids(env: &Env, s3: &S3, prefix: &str, job: &str) -> Vec<String> {
+    let out = ok(
+        env,
+        s3,
+        prefix,
+        &["events", "show", job, "--repo", "r", "--json"],
+        b"",
+    );
+    let mut ids: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v.pointer("/event/item_id")?.as_str().map(str::to_owned)
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn every_command_works_on_the_remote_store_with_the_same_objects_as_the_local_one() {
+    let s3 = S3::start();
+    let env = Env::new();
+    let p = "t1";
+    // The same canonical bytes and ids: hash-object -w on both, and the key's bytes are the
+    // loose file's bytes.
+    let remote_id = ok(&env, &s3, p, &["hash-object", "-w", "--stdin"], b"hello\n");
+    let local_env = Env::new();
+    let local_id = local_env.ok(&["hash-object", "-w", "--stdin"], b"hello\n");
+    assert_eq!(remote_id, local_id);
+    let id = remote_id.trim();
+    let key = s3.file(p, &format!("objects/{}/{}", &id[..2], &id[2..]));
+    let local = local_env
+        .home()
+        .join("objects")
+        .join(&id[..2])
+        .join(&id[2..]);
+    assert_eq!(std::fs::read(&key).unwrap(), std::fs::read(&local).unwrap());
+    // A second put is a no-op (the key's bytes and time unchanged).
+    let before = std::fs::metadata(&key).unwrap().modified().unwrap();
+    ok(&env, &s3, p, &["hash-object", "-w", "--stdin"], b"hello\n");
+    assert_eq!(std::fs::metadata(&key).unwrap().modified().unwrap(), before);
+
+    ok(
+        &env,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(50, "a").as_bytes(),
+    );
+    ok(
+        &env,
+        &s3,
+        p,
+        &[
+            "dlq", "add", "--repo", "r", "--job", "j", "--item", "item-1", "--error", "boom",
+        ],
+        b"",
+    );
+    assert_eq!(item_ids(&env, &s3, p, "j").len(), 50);
+    let refs = ok(&env, &s3, p, &["ref", "list"], b"");
+    assert!(
+        refs.contains("events/r/j") && refs.contains("dlq/r/j"),
+        "{refs}"
+    );
+    let log = ok(&env, &s3, p, &["ref", "log", "events/r/j"], b"");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(ok(&env, &s3, p, &["dlq", "list", "j", "--repo", "r"], b"").contains("item-1"));
+    assert!(ok(&env, &s3, p, &["events", "stats", "j", "--repo", "r"], b"").contains("50"));
+    assert!(ok(&env, &s3, p, &["cat-object", "-p", &id[..8]], b"").contains("hello"));
+    let fsck = ok(&env, &s3, p, &["fsck", "--json"], b"");
+    let fsck: Value = serde_json::from_str(&fsck).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+    assert_eq!(fsck["refs"], 2, "{fsck}");
+    // Nothing of the store went into the home: no refs, no objects (only the cache).
+    assert!(!env.home().join("events").exists());
+    assert!(!env.home().join("objects").exists());
+    assert!(env.home().join("cache/objects").is_dir());
+    // The local store is untouched by all of it, and `--store ""` picks it.
+    let local_refs = ok(&env, &s3, p, &["--store", "", "ref", "list"], b"");
+    assert!(local_refs.is_empty(), "{local_refs}");
+}
+
+#[test]
+fn reads_verify_the_hash_and_the_cache_serves_what_was_fetched() {
+    let s3 = S3::start();
+    let writer = Env::new();
+    let p = "t2";
+    let id = ok(
+        &writer,
+        &s3,
+        p,
+        &["hash-object", "-w", "--stdin"],
+        b"cached\n",
+    );
+    let id = id.trim();
+    let key = s3.file(p, &format!("objects/{}/{}", &id[..2], &id[2..]));
+
+    // A reader with a cold cache fetches and keeps it.
+    let reader = Env::new();
+    assert_eq!(
+        ok(&reader, &s3, p, &["cat-object", "-p", id], b""),
+        "cached\n"
+    );
+    let cached = reader
+        .home()
+        .join("cache/objects")
+        .join(&id[..2])
+        .join(&id[2..]);
+    assert!(cached.is_file());
+
+    // With the cache warm, the object is read with the server unreachable.
+    let mut c = reader.std_cmd();
+    s3.configure(&mut c, "http://127.0.0.1:1", p);
+    let out = c.args(["cat-object", "-p", id]).output().unwrap();
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.stdout, b"cached\n");
+
+    // A damaged cache copy is fetched again from the store.
+    std::fs::remove_file(&cached).unwrap();
+    std::fs::write(&cached, b"garbage").unwrap();
+    assert_eq!(
+        ok(&reader, &s3, p, &["cat-object", "-p", id], b""),
+        "cached\n"
+    );
+    assert_ne!(std::fs::read(&cached).unwrap(), b"garbage");
+
+    // A damaged remote object is refused, naming its address, and never cached.
+    let mut bytes = std::fs::read(&key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&key, &bytes).unwrap();
+    let cold = Env::new();
+    let out = run(&cold, &s3, p, &["cat-object", "-p", id], b"");
+    let err = one_error(&out);
+    assert!(
+        err.contains("is corrupt") && err.contains(&format!("s3://{BUCKET}/{p}/objects/")),
+        "{err}"
+    );
+    assert!(
+        !cold
+            .home()
+            .join("cache/objects")
+            .join(&id[..2])
+            .join(&id[2..])
+            .exists()
+    );
+    let fsck = run(&writer, &s3, p, &["fsck"], b"");
+    assert_eq!(fsck.status.code(), Some(1), "{}", transcript(&fsck));
+    assert!(
+        String::from_utf8_lossy(&fsck.stdout).contains("corrupt"),
+        "{}",
+        transcript(&fsck)
+    );
+}
+
+/// Starts `args` for `env` against the store, through `endpoint`, as a process (inside
+/// `host`'s namespace when there is one).
+fn spawn(
+    env: &Env,
+    s3: &S3,
+    host: Option<&Host>,
+    dir: &Path,
+    prefix: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Child {
+    let mut c = env.std_cmd();
+    let endpoint = match host {
+        Some(h) => format!("http://{}:{}", h.gateway, s3.proxy.port),
+        None => s3.endpoint(),
+    };
+    s3.configure(&mut c, &endpoint, prefix);
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.args(args).current_dir(dir);
+    let mut c = match host {
+        Some(h) => h.wrap(&c),
+        None => c,
+    };
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    c.spawn().unwrap()
+}
+
+#[test]
+fn agents_on_separate_hosts_appending_to_one_job_lose_nothing() {
+    let s3 = S3::start();
+    let p = "t3";
+    let agents = env_knob("PRODIGY_REMOTE_AGENTS", 6) as usize;
+    let appends = env_knob("PRODIGY_REMOTE_APPENDS", 15) as usize;
+    // One namespace per agent where the machine allows it (root), else processes on
+    // loopback.
+    let hosts: Vec<Option<Host>> = (0..agents).map(|_| Host::new()).collect();
+    let envs: Vec<Env> = (0..agents).map(|_| Env::new()).collect();
+    let script = format!(
+        "for i in $(seq 1 {appends}); do printf '{{\"event_type\":\"agent_completed\",\"agent_id\":\"%s\",\"item_id\":\"%s-%s\",\"duration_ms\":1}}\\n' \"$AGENT\" \"$AGENT\" \"$i\" | \"$PRODIGY\" events append --repo r --job shared >/dev/null && echo \"$AGENT-$i\"; done"
+    );
+    let bin = assert_cmd::cargo::cargo_bin("prodigy");
+    let mut children = Vec::new();
+    for (n, (env, host)) in envs.iter().zip(&hosts).enumerate() {
+        let agent = format!("agent{n}");
+        let mut c = env.std_cmd();
+        let endpoint = match host {
+            Some(h) => format!("http://{}:{}", h.gateway, s3.proxy.port),
+            None => s3.endpoint(),
+        };
+        s3.configure(&mut c, &endpoint, p);
+        c.env("AGENT", &agent)
+            .env("PRODIGY", &bin)
+            .args(["-c", &script]);
+        // `sh -c` in place of prodigy itself.
+        let mut c = {
+            let mut sh = std::process::Command::new("sh");
+            sh.args(c.get_args());
+            for (k, v) in c.get_envs() {
+                if let Some(v) = v {
+                    sh.env(k, v);
+                }
+            }
+            sh.current_dir(env.scratch());
+            let mut sh = match host {
+                Some(h) => h.wrap(&sh),
+                None => sh,
+            };
+            sh.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            sh
+        };
+        children.push(c.spawn().unwrap());
+    }
+    let mut acknowledged = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", transcript(&out));
+        assert!(out.stderr.is_empty(), "{}", transcript(&out));
+        assert!(!out.stdout.is_empty(), "{}", transcript(&out));
+        acknowledged.extend(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    acknowledged.sort();
+    assert_eq!(acknowledged.len(), agents * appends);
+    let reader = Env::new();
+    assert_eq!(item_ids(&reader, &s3, p, "shared"), acknowledged);
+    // The refs are consistent: the reflog is one chain, old → new, ending at the ref.
+    let log = ok(&reader, &s3, p, &["ref", "log", "events/r/shared"], b"");
+    let entries: Vec<(String, String)> = log
+        .lines()
+        .map(|l| {
+            let mut f = l.split(' ');
+            (f.next().unwrap().to_owned(), f.next().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(entries.len(), agents * appends, "{log}");
+    let mut olds: Vec<&String> = entries.iter().map(|(o, _)| o).collect();
+    olds.sort();
+    olds.dedup();
+    assert_eq!(
+        olds.len(),
+        entries.len(),
+        "two updates from one value: {log}"
+    );
+    let fsck: Value = serde_json::from_str(&ok(&reader, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
+
+const IDENTITY: &str = "env:
+  GIT_AUTHOR_NAME: t
+  GIT_AUTHOR_EMAIL: t@example.com
+  GIT_COMMITTER_NAME: t
+  GIT_COMMITTER_EMAIL: t@example.com
+";
+
+/// A repository named `name` under `parent` with one commit; returns it.
+fn repo(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "init"]);
+    dir
+}
+
+/// A workflow of `items` items, each taking `secs` seconds and leaving a mark.
+fn slow_workflow(dir: &Path, items: usize, secs: &str, marks: &Path) -> PathBuf {
+    let text = format!(
+        "name: slow\nmode: mapreduce\n{IDENTITY}map:\n  input: seq 1 {items}\n  max_parallel: 2\n  agent_template:\n    - shell: sleep {secs}; echo ${{item}} >> {marks}/$(hostname)-done\nreduce:\n  - shell: echo reduced ${{map.successful}}\n",
+        marks = marks.display()
+    );
+    let path = dir.join("slow.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kill_group(child: &mut Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = child.wait();
+}
+
+#[test]
+fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() {
+    let s3 = S3::start();
+    let p = "t4";
+    let (host_a, host_b) = (Host::new(), Host::new());
+    let (env_a, env_b) = (Env::new(), Env::new());
+    let marks = env_a.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // Two clones of one repository, one per host, with the same name.
+    let origin = repo(&env_a.scratch(), "proj");
+    let clone_b = env_b.scratch().join("proj");
+    git(
+        &env_b.scratch(),
+        &["clone", "-q", origin.to_str().unwrap(), "proj"],
+    );
+    let workflow = slow_workflow(&env_a.scratch(), 8, "0.3", &marks);
+    let ttl = [("PRODIGY_LEASE_TTL", "2s")];
+
+    let mut runner = spawn(
+        &env_a,
+        &s3,
+        host_a.as_ref(),
+        &origin,
+        p,
+        &["run", workflow.to_str().unwrap(), "--job-id", "far"],
+        &ttl,
+    );
+    // Kill it once a few items are checkpointed.
+    let start = Instant::now();
+    loop {
+        let out = run(&env_b, &s3, p, &["jobs", "--repo", "proj", "--json"], b"");
+        let done = serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array()?.first()?.get("done")?.as_u64())
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the runner made no progress: {}",
+            transcript(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(&mut runner);
+
+    // At once, host B finds the job leased to host A.
+    let early = spawn(
+        &env_b,
+        &s3,
+        host_b.as_ref(),
+        &clone_b,
+        p,
+        &["resume", "far"],
+        &ttl,
+    )
+    .wait_with_output()
+    .unwrap();
+    let err = one_error(&early);
+    assert!(
+        err.contains("is running on host") && err.contains("lease"),
+        "{err}"
+    );
+    // Once the lease has expired, host B resumes it from the store alone.
+    std::thread::sleep(Duration::from_millis(2200));
+    let resumed = spawn(
+        &env_b,
+        &s3,
+        host_b.as_ref(),
+        &clone_b,
+        p,
+        &["resume", "far"],
+        &ttl,
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(resumed.status.success(), "{}", transcript(&resumed));
+    let show: Value = serde_json::from_str(&ok(
+        &env_b,
+        &s3,
+        p,
+        &["jobs", "show", "far", "--repo", "proj", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(show["phase"], "complete", "{show}");
+    assert_eq!(show["done"], 8, "{show}");
+    // Host B worked in worktrees of its own home.
+    assert!(env_b.home().join("worktrees/proj/far").is_dir());
+    // Every item ran, on one host or the other.
+    let mut ran: Vec<u64> = std::fs::read_dir(&marks)
+        .unwrap()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ran.sort();
+    ran.dedup();
+    assert_eq!(ran, (1..=8).collect::<Vec<u64>>());
+    let fsck: Value = serde_json::from_str(&ok(&env_b, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
+
+#[test]
+fn a_renewed_lease_keeps_a_long_job_from_being_taken_over() {
+    let s3 = S3::start();
+    let p = "t5";
+    let env = Env::new();
+    let other = Env::new();
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let origin = repo(&env.scratch(), "proj");
+    git(
+        &other.scratch(),
+        &["clone", "-q", origin.to_str().unwrap(), "proj"],
+    );
+    // Runs about 3 s with a 1 s lease: only renewal keeps it.
+    let workflow = slow_workflow(&env.scratch(), 6, "1", &marks);
+    let ttl = [("PRODIGY_LEASE_TTL", "1s")];
+    let runner = spawn(
+        &env,
+        &s3,
+        None,
+        &origin,
+        p,
+        &["run", workflow.to_str().unwrap(), "--job-id", "long"],
+        &ttl,
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let out = spawn(
+        &other,
+        &s3,
+        None,
+        &other.scratch().join("proj"),
+        p,
+        &["resume", "long"],
+        &ttl,
+    )
+    .wait_with_output()
+    .unwrap();
+    let err = one_error(&out);
+    assert!(err.contains("is running on host"), "{err}");
+    let done = runner.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", transcript(&done));
+    // Released on exit: a resume right after it is not refused (the job is complete).
+    let again = spawn(
+        &other,
+        &s3,
+        None,
+        &other.scratch().join("proj"),
+        p,
+        &["resume", "long"],
+        &ttl,
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(again.status.success(), "{}", transcript(&again));
+}
+
+#[test]
+fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
+    let s3 = S3::start();
+    let p = "t6";
+    let env = Env::new();
+    ok(
+        &env,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "keep"],
+        events(20, "k").as_bytes(),
+    );
+    let loose = ok(
+        &env,
+        &s3,
+        p,
+        &["hash-object", "-w", "--stdin"],
+        b"unreachable\n",
+    );
+    let loose = loose.trim();
+    let key = s3.file(p, &format!("objects/{}/{}", &loose[..2], &loose[2..]));
+    // Young: kept by the default grace period.
+    let report: Value = serde_json::from_str(&ok(&env, &s3, p, &["gc", "--json"], b"")).unwrap();
+    assert_eq!(report["kept_young"], 1, "{report}");
+    assert_eq!(report["pruned"], 0, "{report}");
+    assert!(key.exists());
+    // A dry run removes nothing.
+    let report: Value = serde_json::from_str(&ok(
+        &env,
+        &s3,
+        p,
+        &["gc", "--prune", "now", "--dry-run", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(report["pruned"], 1, "{report}");
+    assert!(key.exists());
+    let report: Value = serde_json::from_str(&ok(
+        &env,
+        &s3,
+        p,
+        &["gc", "--prune", "now", "--reflog-expire", "never", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(report["pruned"], 1, "{report}");
+    assert_eq!(
+        report["reachable"],
+        report["objects_before"].as_u64().unwrap() - 1,
+        "{report}"
+    );
+    assert!(!key.exists());
+    // The job reads whole, and fsck finds nothing wrong.
+    assert_eq!(item_ids(&env, &s3, p, "keep").len(), 20);
+    let fsck: Value = serde_json::from_str(&ok(&env, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+    // Reflog expiry deletes the entry keys; then a deleted ref's objects can go.
+    ok(&env, &s3, p, &["ref", "delete", "events/r/keep"], b"");
+    let report: Value = serde_json::from_str(&ok(
+        &env,
+        &s3,
+        p,
+        &["gc", "--prune", "now", "--reflog-expire", "now", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert!(report["reflog_expired"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["reachable"], 0, "{report}");
+    let left = std::fs::read_dir(s3.file(p, "objects"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
+    assert_eq!(left, 0);
+    // A ref naming a missing object is an fsck error.
+    ok(
+        &env,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "again"],
+        events(3, "a").as_bytes(),
+    );
+    let head = ok(&env, &s3, p, &["ref", "list"], b"");
+    let head = head.split(' ').next().unwrap();
+    std::fs::remove_file(s3.file(p, &format!("objects/{}/{}", &head[..2], &head[2..]))).unwrap();
+    let out = run(&env, &s3, p, &["fsck"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("missing object"),
+        "{}",
+        transcript(&out)
+    );
+}
+
+#[test]
+fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
+    let s3 = S3::start();
+    let p = "t7";
+    let env = Env::new();
+    // A job in the local home.
+    env.ok(
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(30, "l").as_bytes(),
+    );
+    env.ok(
+        &[
+            "dlq", "add", "--repo", "r", "--job", "j", "--item", "bad", "--error", "x",
+        ],
+        b"",
+    );
+    let pushed = ok(
+        &env,
+        &s3,
+        p,
+        &["store", "push", "j", "--repo", "r", "--json"],
+        b"",
+    );
+    let pushed: Value = serde_json::from_str(&pushed).unwrap();
+    assert!(pushed["copied"].as_u64().unwrap() > 0, "{pushed}");
+    assert_eq!(pushed["copied"], pushed["objects"], "{pushed}");
+    // Again: nothing copied, refs up to date.
+    let again: Value = serde_json::from_str(&ok(
+        &env,
+        &s3,
+        p,
+        &["store", "push", "j", "--repo", "r", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(again["copied"], 0, "{again}");
+    assert!(
+        again["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r[2] == "up_to_date"),
+        "{again}"
+    );
+    // The remote has the same refs as the local home.
+    let local_refs = env.ok(&["ref", "list"], b"");
+    assert_eq!(ok(&env, &s3, p, &["ref", "list"], b""), local_refs);
+    // Another host appends remotely; a pull into a fresh home brings everything.
+    let other = Env::new();
+    ok(
+        &other,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(5, "remote").as_bytes(),
+    );
+    let pulled: Value = serde_json::from_str(&ok(
+        &other,
+        &s3,
+        p,
+        &["store", "pull", "j", "--repo", "r", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert!(
+        pulled["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r[2] == "created"),
+        "{pulled}"
+    );
+    let pulled_ids = other
+        .ok(&["events", "show", "j", "--repo", "r", "--json"], b"")
+        .lines()
+        .count();
+    assert_eq!(pulled_ids, 35);
+    let fsck: Value = serde_json::from_str(&other.ok(&["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+    // The first home pulls the remote appends: a fast-forward.
+    let ff: Value = serde_json::from_str(&ok(
+        &env,
+        &s3,
+        p,
+        &["store", "pull", "j", "--repo", "r", "--json"],
+        b"",
+    ))
+    .unwrap();
+    assert!(
+        ff["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r[2] == "fast_forward"),
+        "{ff}"
+    );
+    // Both sides append: the push is refused without --force, and changes nothing.
+    env.ok(
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(1, "local2").as_bytes(),
+    );
+    ok(
+        &other,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(1, "remote2").as_bytes(),
+    );
+    let remote_before = ok(&env, &s3, p, &["ref", "list"], b"");
+    let out = run(&env, &s3, p, &["store", "push", "j", "--repo", "r"], b"");
+    let err = one_error(&out);
+    assert!(err.contains("differs") && err.contains("--force"), "{err}");
+    assert_eq!(ok(&env, &s3, p, &["ref", "list"], b""), remote_before);
+    ok(
+        &env,
+        &s3,
+        p,
+        &["store", "push", "j", "--repo", "r", "--force"],
+        b"",
+    );
+    assert_eq!(
+        ok(&env, &s3, p, &["ref", "list"], b""),
+        env.ok(&["ref", "list"], b"")
+    );
+    // Without a remote store, push is a usage error.
+    let out = env.run(&["store", "push", "j", "--repo", "r"], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+}
+
+#[test]
+fn bad_stores_credentials_and_endpoints_are_one_clear_error() {
+    let s3 = S3::start();
+    let env = Env::new();
+    // Wrong credentials.
+    let mut c = cmd(&env, &s3, "t8", &["ref", "list"]);
+    c.env("AWS_SECRET_ACCESS_KEY", "wrong");
+    c.stdin(std::process::Stdio::null());
+    let err = one_error(&c.output().unwrap());
+    assert!(
+        err.contains("SignatureDoesNotMatch") || err.contains("AccessDenied"),
+        "{err}"
+    );
+    assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+    // A bucket that does not exist.
+    let out = run(
+        &env,
+        &s3,
+        "t8",
+        &["--store", "s3://no-such-bucket/x", "ref", "list"],
+        b"",
+    );
+    let err = one_error(&out);
+    assert!(
+        err.contains("the bucket 'no-such-bucket' does not exist"),
+        "{err}"
+    );
+    // An unreachable endpoint: bounded by the retry timeout.
+    let mut c = env.std_cmd();
+    s3.configure(&mut c, "http://127.0.0.1:1", "t8");
+    c.env("PRODIGY_S3_RETRY_TIMEOUT", "1s");
+    let start = Instant::now();
+    let err = one_error(&c.args(["ref", "list"]).output().unwrap());
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(
+        err.contains("cannot reach http://127.0.0.1:1 (connection refused)"),
+        "{err}"
+    );
+    assert!(err.contains("hint: check AWS_ENDPOINT_URL"), "{err}");
+    // Addresses that are not a store.
+    for bad in [
+        "s3://",
+        "http://bucket/x",
+        "s3://UPPER/x",
+        "s3://ab",
+        "s3://bucket/../x",
+        "s3://bucket/a b",
+    ] {
+        let out = run(&env, &s3, "t8", &["--store", bad, "ref", "list"], b"");
+        let err = one_error(&out);
+        assert!(err.contains("cannot use the store"), "{bad}: {err}");
+    }
+    // Nothing was written anywhere.
+    assert!(!env.home().join("events").exists());
+}
+
+#[test]
+fn a_server_without_conditional_writes_is_refused_before_anything_is_written() {
+    let s3 = S3::start_unsigned();
+    let env = Env::new();
+    // The store works while the conditions reach the server…
+    ok(
+        &env,
+        &s3,
+        "t9",
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(2, "a").as_bytes(),
+    );
+    let before = ok(&env, &s3, "t9", &["ref", "list"], b"");
+    // …and once they are dropped on the way, every write is refused.
+    s3.proxy
+        .faults
+        .strip_conditions
+        .store(true, Ordering::SeqCst);
+    let out = run(
+        &env,
+        &s3,
+        "t9",
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(2, "b").as_bytes(),
+    );
+    let err = one_error(&out);
+    assert!(err.contains("does not honour conditional writes"), "{err}");
+    assert!(
+        err.contains("hint: use a server with conditional writes"),
+        "{err}"
+    );
+    s3.proxy
+        .faults
+        .strip_conditions
+        .store(false, Ordering::SeqCst);
+    assert_eq!(ok(&env, &s3, "t9", &["ref", "list"], b""), before);
+    assert_eq!(item_ids(&env, &s3, "t9", "j").len(), 2);
+}
+
+#[test]
+fn throttling_is_retried_with_backoff_and_bounded() {
+    let s3 = S3::start();
+    let env = Env::new();
+    // A few 503 SlowDown answers: retried, and the append goes through.
+    s3.proxy.faults.throttle.store(3, Ordering::SeqCst);
+    ok(
+        &env,
+        &s3,
+        "t10",
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(4, "a").as_bytes(),
+    );
+    assert_eq!(s3.proxy.faults.throttled.load(Ordering::SeqCst), 3);
+    assert_eq!(item_ids(&env, &s3, "t10", "j").len(), 4);
+    // Throttled without end: the retries stop at the bound, with a clear error.
+    s3.proxy.faults.throttle.store(u32::MAX, Ordering::SeqCst);
+    let start = Instant::now();
+    let out = run(
+        &env,
+        &s3,
+        "t10",
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(4, "b").as_bytes(),
+    );
+    let elapsed = start.elapsed();
+    s3.proxy.faults.throttle.store(0, Ordering::SeqCst);
+    let err = one_error(&out);
+    assert!(err.contains("SlowDown"), "{err}");
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    assert_eq!(item_ids(&env, &s3, "t10", "j").len(), 4);
+}
+
+#[test]
+fn a_timeout_mid_upload_acknowledges_nothing_and_leaves_the_ref() {
+    let s3 = S3::start();
+    let env = Env::new();
+    let p = "t11";
+    ok(
+        &env,
+        &s3,
+        p,
+        &["events", "append", "--repo", "r", "--job", "j"],
+        events(3, "a").as_bytes(),
+    );
+    let before = ok(&env, &s3, p, &["ref", "list"], b"");
+    for stalled in ["/objects/", "/refs/"] {
+        *s3.proxy.faults.stall.lock().unwrap() = Some(stalled.to_owned());
+        let mut c = cmd(
+            &env,
+            &s3,
+            p,
+            &["events", "append", "--repo", "r", "--job", "j"],
+        );
+        c.env("PRODIGY_S3_TIMEOUT", "1s")
+            .env("PRODIGY_S3_RETRY_TIMEOUT", "2s");
+        let mut c = assert_cmd::Command::from_std(c);
+        let out = c
+            .write_stdin(events(3, "lost").into_bytes())
+            .output()
+            .unwrap();
+        *s3.proxy.faults.stall.lock().unwrap() = None;
+        let err = one_error(&out);
+        assert!(
+            err.contains("cannot write") || err.contains("timed out"),
+            "{stalled}: {err}"
+        );
+        assert_eq!(ok(&env, &s3, p, &["ref", "list"], b""), before, "{stalled}");
+        assert_eq!(item_ids(&env, &s3, p, "j").len(), 3, "{stalled}");
+    }
+}
+
+#[test]
+fn the_store_can_be_chosen_by_flag_variable_or_config() {
+    let s3 = S3::start();
+    let env = Env::new();
+    ok(
+        &env,
+        &s3,
+        "t12",
+        &["events", "append", "--repo", "r", "--job", "viaenv"],
+        events(1, "a").as_bytes(),
+    );
+    // config.json names the store when the variable is not set.
+    std::fs::create_dir_all(env.home()).unwrap();
+    std::fs::write(
+        env.home().join("config.json"),
+        format!("{{\"store\": \"s3://{BUCKET}/t12\"}}"),
+    )
+    .unwrap();
+    let mut c = cmd(&env, &s3, "t12", &["ref", "list"]);
+    c.env_remove("PRODIGY_STORE");
+    let out = c.output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("events/r/viaenv"),
+        "{}",
+        transcript(&out)
+    );
+    // --store beats both.
+    let other = ok(
+        &env,
+        &s3,
+        "t12",
+        &[
+            "--store",
+            &format!("s3://{BUCKET}/elsewhere"),
+            "ref",
+            "list",
+        ],
+        b"",
+    );
+    assert!(other.is_empty(), "{other}");
+}
