@@ -600,12 +600,15 @@ impl RefStore {
         message: &str,
     ) -> Result<(), RefError> {
         let entry = self.reflog_entry(old, new, message);
+        // Time first, so a listing is in order; the ids' first digits keep two updates in
+        // one millisecond apart (the entry holds them whole). Short, as some servers keep a
+        // key's metadata in a file named after the key.
         let key = format!(
             "{}/{:013}-{}-{}",
             remote_log_dir(name),
             entry.unix_ms,
-            entry.old,
-            entry.new
+            &entry.old.to_string()[..12],
+            &entry.new.to_string()[..12]
         );
         remote.put(
             &key,

@@ -6,7 +6,7 @@
 //!
 //! - `objects/ab/cdef…`: an object's file, the same zstd frame as a loose object;
 //! - `refs/<kind>/<repo>/<job>`: a ref, `<64 hex>\n` (empty once deleted);
-//! - `logs/<kind>/<repo>/<job>/<unix ms>-<old>-<new>`: one reflog entry, its line;
+//! - `logs/<kind>/<repo>/<job>/<unix ms>-<old:12>-<new:12>`: one reflog entry, its line;
 //! - `leases/<repo>/<job>`: the run lease of a job (JSON);
 //! - `probe/…`: short-lived keys of the conditional-write check.
 //!
