@@ -559,6 +559,32 @@ impl ObjectStore {
         Ok(object)
     }
 
+    /// Fetches the objects of a remote store that the cache lacks, many at once, verifying
+    /// each; a no-op for a local store. Best effort: an object that cannot be fetched is
+    /// left for the read that follows to report.
+    pub fn prefetch(&self, ids: &[ObjectId]) {
+        let Ok(Some(remote)) = self.remote() else {
+            return;
+        };
+        let wanted: Vec<ObjectId> = ids
+            .iter()
+            .filter(|id| !self.path(id).is_file())
+            .copied()
+            .collect();
+        let keys: Vec<String> = wanted.iter().map(Self::remote_key).collect();
+        let Ok(bodies) = remote.get_many(&keys) else {
+            return;
+        };
+        for ((id, key), body) in wanted.iter().zip(&keys).zip(bodies) {
+            if let Some(bytes) = body
+                && decode(id, Path::new(&remote.address(key)), &bytes).is_ok()
+            {
+                remote.confirm(*id.as_bytes());
+                self.cache(id, &bytes);
+            }
+        }
+    }
+
     /// Stores an object in the remote store (a no-op when it is there) and caches it.
     fn write_remote(
         &self,

@@ -3,6 +3,7 @@
 
 use super::log::{EventError, EventLog, LogNode};
 use super::record::{EventRecord, format_timestamp};
+use crate::object::ObjectId;
 
 /// Which records to keep. An empty filter keeps everything.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +92,9 @@ pub struct Line<'a> {
     pub record: Option<EventRecord>,
 }
 
+/// Batches fetched ahead at once from a remote store.
+const PREFETCH: usize = 64;
+
 /// Streams the records of `log` oldest first through `each`, one batch in memory at a
 /// time. With `best_effort`, unreadable nodes or batches are skipped and returned as
 /// errors; without it the first one is the error. `parse` forces records to be parsed.
@@ -106,8 +110,16 @@ pub fn stream(
     // length (32 bytes per batch); each node is read again on the way forward.
     let (ids, broken) = log.node_ids_between(head, None, best_effort)?;
     let mut skipped: Vec<EventError> = broken.into_iter().collect();
-    for id in ids {
-        let node = log.node(&id)?;
+    for (n, id) in ids.iter().enumerate() {
+        if n % PREFETCH == 0 {
+            // From a remote store, the next batches are fetched many at once.
+            let next: Vec<ObjectId> = ids[n..ids.len().min(n + PREFETCH)]
+                .iter()
+                .filter_map(|id| log.node(id).ok().map(|node| node.batch))
+                .collect();
+            log.refs().objects().prefetch(&next);
+        }
+        let node = log.node(id)?;
         if !filter.node_may_match(&node) {
             continue;
         }
