@@ -183,6 +183,12 @@ pub fn need_tool(tool: &str, package: &str) {
     );
 }
 
+/// The power-cut tests remount a loop image and expect a fresh file system; while a
+/// network namespace exists (the remote tests' hosts), the remount found the old,
+/// shut-down one instead (every read EIO), so those tests hold this exclusively and the
+/// remote tests' hosts hold it shared.
+pub static NETNS_VS_REMOUNTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// True when this process may mount file systems (root); under CI it must.
 pub fn can_mount() -> bool {
     let root = rustix::process::geteuid().is_root();

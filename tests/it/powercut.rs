@@ -189,6 +189,10 @@ fn power_cuts(fs: &'static str) {
     if fs == "xfs" {
         need_tool("mkfs.xfs", "xfsprogs");
     }
+    // No network namespace may exist meanwhile (see `common::NETNS_VS_REMOUNTS`).
+    let _alone = crate::common::NETNS_VS_REMOUNTS
+        .write()
+        .unwrap_or_else(|p| p.into_inner());
     let trials = env_knob("PRODIGY_POWERCUT_TRIALS", 3);
     let expect_loss = std::env::var_os("PRODIGY_EXPECT_LOSS").is_some();
     let mut rng = Rng(env_knob("PRODIGY_TORTURE_SEED", 0xc0ffee) | 1);

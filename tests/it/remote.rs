@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::{Env, env_knob, git, transcript};
-use crate::s3::{BUCKET, Host, S3};
+use crate::s3::{BUCKET, Host, S3, hosts};
 
 /// `prodigy args…` for `env`'s home on the store `s3://BUCKET/prefix`, through the proxy.
 fn cmd(env: &Env, s3: &S3, prefix: &str, args: &[&str]) -> std::process::Command {
@@ -250,14 +250,15 @@ fn agents_on_separate_hosts_appending_to_one_job_lose_nothing() {
     let appends = env_knob("PRODIGY_REMOTE_APPENDS", 15) as usize;
     // One namespace per agent where the machine allows it (root), else processes on
     // loopback.
-    let hosts: Vec<Option<Host>> = (0..agents).map(|_| Host::new()).collect();
+    let hosts = hosts(agents);
+    let hosts = &hosts.list;
     let envs: Vec<Env> = (0..agents).map(|_| Env::new()).collect();
     let script = format!(
         "for i in $(seq 1 {appends}); do printf '{{\"event_type\":\"agent_completed\",\"agent_id\":\"%s\",\"item_id\":\"%s-%s\",\"duration_ms\":1}}\\n' \"$AGENT\" \"$AGENT\" \"$i\" | \"$PRODIGY\" events append --repo r --job shared >/dev/null && echo \"$AGENT-$i\"; done"
     );
     let bin = assert_cmd::cargo::cargo_bin("prodigy");
     let mut children = Vec::new();
-    for (n, (env, host)) in envs.iter().zip(&hosts).enumerate() {
+    for (n, (env, host)) in envs.iter().zip(hosts).enumerate() {
         let agent = format!("agent{n}");
         let mut c = env.std_cmd();
         let endpoint = match host {
@@ -366,7 +367,8 @@ fn kill_group(child: &mut Child) {
 fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() {
     let s3 = S3::start();
     let p = "t4";
-    let (host_a, host_b) = (Host::new(), Host::new());
+    let two = hosts(2);
+    let (host_a, host_b) = (&two.list[0], &two.list[1]);
     let (env_a, env_b) = (Env::new(), Env::new());
     let marks = env_a.dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();

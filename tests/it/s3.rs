@@ -306,6 +306,24 @@ fn handle(
 
 static NEXT_NET: AtomicU32 = AtomicU32::new(0);
 
+/// Some hosts, and the shared hold on `NETNS_VS_REMOUNTS` they need (taken once per test:
+/// a second shared hold could wait behind a waiting writer).
+pub struct Hosts {
+    pub list: Vec<Option<Host>>,
+    _hold: std::sync::RwLockReadGuard<'static, ()>,
+}
+
+/// `n` hosts (each `None` where namespaces cannot be made).
+pub fn hosts(n: usize) -> Hosts {
+    let hold = crate::common::NETNS_VS_REMOUNTS
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    Hosts {
+        list: (0..n).map(|_| Host::new()).collect(),
+        _hold: hold,
+    }
+}
+
 /// A network namespace with its own address, reaching the root namespace (where the proxy
 /// listens on every address) over a veth pair: a separate "host". Removed on drop.
 pub struct Host {
@@ -316,8 +334,8 @@ pub struct Host {
 
 impl Host {
     /// A new host, or `None` where namespaces cannot be made (not root); under CI they
-    /// must be possible.
-    pub fn new() -> Option<Host> {
+    /// must be possible. Made through [`hosts`].
+    fn new() -> Option<Host> {
         if !crate::common::can_mount()
             || !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists()
         {
