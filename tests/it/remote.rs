@@ -380,7 +380,9 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
         &["clone", "-q", origin.to_str().unwrap(), "proj"],
     );
     let workflow = slow_workflow(&env_a.scratch(), 8, "0.3", &marks);
-    let ttl = [("PRODIGY_LEASE_TTL", "2s")];
+    // Long enough that the lease, renewed at most a second ago, outlives the 1 s a
+    // resume waits for a holder before it gives up.
+    let ttl = [("PRODIGY_LEASE_TTL", "3s")];
 
     let mut runner = spawn(
         &env_a,
@@ -429,7 +431,7 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
         "{err}"
     );
     // Once the lease has expired, host B resumes it from the store alone.
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3200));
     let resumed = spawn(
         &env_b,
         &s3,
