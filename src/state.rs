@@ -361,6 +361,20 @@ impl JobState {
         self.checkpoint.delta.insert(key.to_owned(), result);
     }
 
+    /// Forgets an item's result (it is pending again); the next save writes a full
+    /// checkpoint, since a delta cannot say that a result is gone.
+    pub fn forget(&mut self, key: &str) {
+        if let Some(old) = self.results.remove(key) {
+            let c = &mut self.checkpoint.counters;
+            match old.status {
+                ItemStatus::Done => c.done -= 1,
+                ItemStatus::Failed => c.failed -= 1,
+            }
+        }
+        self.checkpoint.delta.remove(key);
+        self.force_full = true;
+    }
+
     /// True when something changed since the last save.
     pub fn has_changes(&self) -> bool {
         !self.checkpoint.delta.is_empty()

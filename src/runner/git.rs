@@ -79,6 +79,11 @@ pub fn head(dir: &Path) -> Result<String, GitError> {
     git(dir, &["rev-parse", "--verify", "HEAD^{commit}"])
 }
 
+/// True when `commit` is in the repository of `dir`.
+pub fn commit_exists(dir: &Path, commit: &str) -> bool {
+    git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok()
+}
+
 /// True when `branch` exists.
 pub fn branch_exists(dir: &Path, branch: &str) -> bool {
     git(

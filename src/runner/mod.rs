@@ -552,7 +552,8 @@ impl Job {
         git::Worktrees::new(&spec.repo_root, &lock)
     }
 
-    fn ensure_parent(&self) -> Result<(), RunError> {
+    /// Returns true when the job's branch was missing (made again from the base commit).
+    fn ensure_parent(&self) -> Result<bool, RunError> {
         let spec = &self.state.spec;
         ensure_dir(&spec.agents_dir)?;
         // What a killed runner's git left: locked or half-made registrations, lock files on
@@ -567,11 +568,12 @@ impl Job {
             &spec.worktree,
         )?;
         if spec.worktree.join(".git").exists() {
-            return Ok(());
+            return Ok(false);
         }
         if spec.worktree.exists() {
             std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
         }
+        let branch_lost = !git::branch_exists(&spec.repo_root, &spec.branch);
         self.worktrees()
             .add_on_branch(&spec.worktree, &spec.branch, &spec.base_commit)?;
         self.log(MapReduceEvent::WorktreeCreated {
@@ -580,7 +582,7 @@ impl Job {
             worktree_name: spec.worktree.display().to_string(),
             branch: spec.branch.clone(),
         })?;
-        Ok(())
+        Ok(branch_lost)
     }
 
     /// Resets the job's branch (and worktree) to what the loaded checkpoint recorded, so
@@ -605,7 +607,9 @@ impl Job {
     }
 
     fn drive(&mut self) -> Result<Outcome, RunError> {
-        self.ensure_parent()?;
+        if self.ensure_parent()? && self.state.checkpoint.phase != Phase::Setup {
+            self.reclaim_commits()?;
+        }
         if self.rewind {
             self.rewind_branch()?;
         }
@@ -1128,6 +1132,57 @@ impl Job {
         })?;
         self.state.checkpoint.job_head = git::head(&worktree).ok();
         Ok(result)
+    }
+
+    /// The job's branch is not in this repository — typically a job resumed on another
+    /// host sharing a remote store: the store has its events and checkpoints, but its
+    /// commits stayed in the first host's repository. Items whose commits are here are
+    /// merged again; the others run again here. Setup's commits are gone with the branch.
+    fn reclaim_commits(&mut self) -> Result<(), RunError> {
+        let root = self.state.spec.repo_root.clone();
+        let mut rerun = Vec::new();
+        let mut remerge = Vec::new();
+        for (key, r) in &self.state.results {
+            if r.status != ItemStatus::Done || r.commits.is_empty() {
+                continue;
+            }
+            if r.commits.iter().all(|c| git::commit_exists(&root, c)) {
+                if r.merged {
+                    remerge.push(key.clone());
+                }
+            } else {
+                rerun.push(key.clone());
+            }
+        }
+        if rerun.is_empty() && remerge.is_empty() {
+            return Ok(());
+        }
+        for key in &remerge {
+            if let Some(mut r) = self.state.results.get(key).cloned() {
+                r.merged = false;
+                self.state.record(key, r);
+            }
+        }
+        for key in &rerun {
+            self.state.forget(key);
+        }
+        if !rerun.is_empty() && matches!(self.state.checkpoint.phase, Phase::Merge | Phase::Reduce)
+        {
+            self.state.checkpoint.phase = Phase::Map;
+            self.state.checkpoint.reduce_done = 0;
+        }
+        if matches!(self.state.checkpoint.phase, Phase::Reduce) {
+            self.state.checkpoint.phase = Phase::Merge;
+            self.state.checkpoint.reduce_done = 0;
+        }
+        self.note(&format!(
+            "branch {} is not in '{}': {} items whose commits are not here run again, {} are merged again (fetch the branch from where the job started to keep its commits instead)",
+            self.state.spec.branch,
+            root.display(),
+            rerun.len(),
+            remerge.len()
+        ));
+        self.save("commits not in this repository")
     }
 
     fn merge(&mut self) -> Result<(), RunError> {

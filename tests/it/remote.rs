@@ -346,10 +346,11 @@ fn repo(parent: &Path, name: &str) -> PathBuf {
     dir
 }
 
-/// A workflow of `items` items, each taking `secs` seconds and leaving a mark.
+/// A workflow of `items` items, each taking `secs` seconds, leaving a mark and committing
+/// a file; reduce commits how many of those files the job's branch holds.
 fn slow_workflow(dir: &Path, items: usize, secs: &str, marks: &Path) -> PathBuf {
     let text = format!(
-        "name: slow\nmode: mapreduce\n{IDENTITY}map:\n  input: seq 1 {items}\n  max_parallel: 2\n  agent_template:\n    - shell: sleep {secs}; echo ${{item}} >> {marks}/$(hostname)-done\nreduce:\n  - shell: echo reduced ${{map.successful}}\n",
+        "name: slow\nmode: mapreduce\n{IDENTITY}map:\n  input: seq 1 {items}\n  max_parallel: 2\n  agent_template:\n    - shell: sleep {secs}; echo ${{item}} >> {marks}/done-$$; echo ${{item}} > item-${{item}}; git add item-${{item}}; git commit -qm item-${{item}}\nreduce:\n  - shell: ls item-* | wc -l > count; git add count; git commit -qm count\n",
         marks = marks.display()
     );
     let path = dir.join("slow.yml");
@@ -454,8 +455,25 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
     .unwrap();
     assert_eq!(show["phase"], "complete", "{show}");
     assert_eq!(show["done"], 8, "{show}");
-    // Host B worked in worktrees of its own home.
+    // Host B worked in worktrees of its own home, and its branch has every item's file:
+    // the items whose commits stayed on host A ran again there.
     assert!(env_b.home().join("worktrees/proj/far").is_dir());
+    let count = std::process::Command::new("git")
+        .args(["show", "prodigy/far:count"])
+        .current_dir(&clone_b)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "8",
+        "{}",
+        transcript(&count)
+    );
+    assert!(
+        String::from_utf8_lossy(&resumed.stderr).contains("run again"),
+        "{}",
+        transcript(&resumed)
+    );
     // Every item ran, on one host or the other.
     let mut ran: Vec<u64> = std::fs::read_dir(&marks)
         .unwrap()
