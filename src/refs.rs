@@ -435,15 +435,7 @@ impl RefStore {
         fsutil::ensure_dir(&self.home, &dir)?;
         let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
         let old = self.read(name)?;
-        let new = decide(old)?;
-        if let Some(id) = new
-            && !self.objects.contains(&id)?
-        {
-            return Err(RefError::MissingTarget {
-                name: name.clone(),
-                id,
-            });
-        }
+        let new = self.decide_checked(name, old, &mut decide)?;
         if old == new {
             return Ok((old, new));
         }
@@ -457,6 +449,25 @@ impl RefStore {
         }
         self.append_reflog(&dir, old, new, message)?;
         Ok((old, new))
+    }
+
+    /// The new value `decide` picks from `old`, which must name a stored object.
+    fn decide_checked(
+        &self,
+        name: &RefName,
+        old: Option<ObjectId>,
+        decide: &mut dyn FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
+    ) -> Result<Option<ObjectId>, RefError> {
+        let new = decide(old)?;
+        if let Some(id) = new
+            && !self.objects.contains(&id)?
+        {
+            return Err(RefError::MissingTarget {
+                name: name.clone(),
+                id,
+            });
+        }
+        Ok(new)
     }
 
     fn append_reflog(
@@ -547,15 +558,7 @@ impl RefStore {
                 self.log_remote(remote, name, before, after, message)?;
                 return Ok((before, after));
             }
-            let new = decide(old)?;
-            if let Some(id) = new
-                && !self.objects.contains(&id)?
-            {
-                return Err(RefError::MissingTarget {
-                    name: name.clone(),
-                    id,
-                });
-            }
+            let new = self.decide_checked(name, old, decide)?;
             if old == new {
                 return Ok((old, new));
             }

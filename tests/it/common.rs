@@ -73,6 +73,24 @@ impl Env {
     }
 }
 
+/// A workflow's `env:` block with a git identity for the commits its steps make.
+pub const IDENTITY: &str = "env:
+  GIT_AUTHOR_NAME: t
+  GIT_AUTHOR_EMAIL: t@example.com
+  GIT_COMMITTER_NAME: t
+  GIT_COMMITTER_EMAIL: t@example.com
+";
+
+/// A repository at `dir` (made if missing) with one commit on `main`; returns `dir`.
+pub fn init_repo(dir: PathBuf) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    git(&dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    git(&dir, &["add", "."]);
+    git(&dir, &["commit", "-q", "-m", "init"]);
+    dir
+}
+
 /// Exit code, stdout and stderr as one text, for snapshots and assertions.
 pub fn transcript(out: &Output) -> String {
     format!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Env, env_knob, git, transcript};
+use crate::common::{Env, IDENTITY, env_knob, git, init_repo, transcript};
 use crate::s3::{BUCKET, Host, S3, hosts};
 
 /// `prodigy args…` for `env`'s home on the store `s3://BUCKET/prefix`, through the proxy.
@@ -31,6 +31,20 @@ fn ok(env: &Env, s3: &S3, prefix: &str, args: &[&str], stdin: &[u8]) -> String {
     let out = run(env, s3, prefix, args, stdin);
     assert!(out.status.success(), "{args:?}: {}", transcript(&out));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `ok(…)` parsed as JSON.
+fn json(env: &Env, s3: &S3, prefix: &str, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(env, s3, prefix, args, b"")).unwrap()
+}
+
+/// True when every ref of a `store push|pull --json` report had `outcome`.
+fn all_refs(report: &Value, outcome: &str) -> bool {
+    report["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r[2] == outcome)
 }
 
 /// Exit 1 and one `error:` line (hints may follow); returns stderr.
@@ -324,26 +338,13 @@ fn agents_on_separate_hosts_appending_to_one_job_lose_nothing() {
         entries.len(),
         "two updates from one value: {log}"
     );
-    let fsck: Value = serde_json::from_str(&ok(&reader, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    let fsck: Value = json(&reader, &s3, p, &["fsck", "--json"]);
     assert_eq!(fsck["errors"], 0, "{fsck}");
 }
 
-const IDENTITY: &str = "env:
-  GIT_AUTHOR_NAME: t
-  GIT_AUTHOR_EMAIL: t@example.com
-  GIT_COMMITTER_NAME: t
-  GIT_COMMITTER_EMAIL: t@example.com
-";
-
 /// A repository named `name` under `parent` with one commit; returns it.
 fn repo(parent: &Path, name: &str) -> PathBuf {
-    let dir = parent.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("README"), "hello\n").unwrap();
-    git(&dir, &["add", "."]);
-    git(&dir, &["commit", "-q", "-m", "init"]);
-    dir
+    init_repo(parent.join(name))
 }
 
 /// A workflow of `items` items, each taking `secs` seconds, leaving a mark and committing
@@ -445,14 +446,12 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
     .wait_with_output()
     .unwrap();
     assert!(resumed.status.success(), "{}", transcript(&resumed));
-    let show: Value = serde_json::from_str(&ok(
+    let show: Value = json(
         &env_b,
         &s3,
         p,
         &["jobs", "show", "far", "--repo", "proj", "--json"],
-        b"",
-    ))
-    .unwrap();
+    );
     assert_eq!(show["phase"], "complete", "{show}");
     assert_eq!(show["done"], 8, "{show}");
     // Host B worked in worktrees of its own home, and its branch has every item's file:
@@ -488,7 +487,7 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
     ran.sort();
     ran.dedup();
     assert_eq!(ran, (1..=8).collect::<Vec<u64>>());
-    let fsck: Value = serde_json::from_str(&ok(&env_b, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    let fsck: Value = json(&env_b, &s3, p, &["fsck", "--json"]);
     assert_eq!(fsck["errors"], 0, "{fsck}");
 }
 
@@ -570,29 +569,25 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
     let loose = loose.trim();
     let key = s3.file(p, &format!("objects/{}/{}", &loose[..2], &loose[2..]));
     // Young: kept by the default grace period.
-    let report: Value = serde_json::from_str(&ok(&env, &s3, p, &["gc", "--json"], b"")).unwrap();
+    let report: Value = json(&env, &s3, p, &["gc", "--json"]);
     assert_eq!(report["kept_young"], 1, "{report}");
     assert_eq!(report["pruned"], 0, "{report}");
     assert!(key.exists());
     // A dry run removes nothing.
-    let report: Value = serde_json::from_str(&ok(
+    let report: Value = json(
         &env,
         &s3,
         p,
         &["gc", "--prune", "now", "--dry-run", "--json"],
-        b"",
-    ))
-    .unwrap();
+    );
     assert_eq!(report["pruned"], 1, "{report}");
     assert!(key.exists());
-    let report: Value = serde_json::from_str(&ok(
+    let report: Value = json(
         &env,
         &s3,
         p,
         &["gc", "--prune", "now", "--reflog-expire", "never", "--json"],
-        b"",
-    ))
-    .unwrap();
+    );
     assert_eq!(report["pruned"], 1, "{report}");
     assert_eq!(
         report["reachable"],
@@ -602,18 +597,16 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
     assert!(!key.exists());
     // The job reads whole, and fsck finds nothing wrong.
     assert_eq!(item_ids(&env, &s3, p, "keep").len(), 20);
-    let fsck: Value = serde_json::from_str(&ok(&env, &s3, p, &["fsck", "--json"], b"")).unwrap();
+    let fsck: Value = json(&env, &s3, p, &["fsck", "--json"]);
     assert_eq!(fsck["errors"], 0, "{fsck}");
     // Reflog expiry deletes the entry keys; then a deleted ref's objects can go.
     ok(&env, &s3, p, &["ref", "delete", "events/r/keep"], b"");
-    let report: Value = serde_json::from_str(&ok(
+    let report: Value = json(
         &env,
         &s3,
         p,
         &["gc", "--prune", "now", "--reflog-expire", "now", "--json"],
-        b"",
-    ))
-    .unwrap();
+    );
     assert!(report["reflog_expired"].as_u64().unwrap() >= 2, "{report}");
     assert_eq!(report["reachable"], 0, "{report}");
     let left = std::fs::read_dir(s3.file(p, "objects"))
@@ -668,23 +661,14 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
     assert!(pushed["copied"].as_u64().unwrap() > 0, "{pushed}");
     assert_eq!(pushed["copied"], pushed["objects"], "{pushed}");
     // Again: nothing copied, refs up to date.
-    let again: Value = serde_json::from_str(&ok(
+    let again: Value = json(
         &env,
         &s3,
         p,
         &["store", "push", "j", "--repo", "r", "--json"],
-        b"",
-    ))
-    .unwrap();
-    assert_eq!(again["copied"], 0, "{again}");
-    assert!(
-        again["refs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r[2] == "up_to_date"),
-        "{again}"
     );
+    assert_eq!(again["copied"], 0, "{again}");
+    assert!(all_refs(&again, "up_to_date"), "{again}");
     // The remote has the same refs as the local home.
     let local_refs = env.ok(&["ref", "list"], b"");
     assert_eq!(ok(&env, &s3, p, &["ref", "list"], b""), local_refs);
@@ -697,22 +681,13 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
         &["events", "append", "--repo", "r", "--job", "j"],
         events(5, "remote").as_bytes(),
     );
-    let pulled: Value = serde_json::from_str(&ok(
+    let pulled: Value = json(
         &other,
         &s3,
         p,
         &["store", "pull", "j", "--repo", "r", "--json"],
-        b"",
-    ))
-    .unwrap();
-    assert!(
-        pulled["refs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r[2] == "created"),
-        "{pulled}"
     );
+    assert!(all_refs(&pulled, "created"), "{pulled}");
     let pulled_ids = other
         .ok(&["events", "show", "j", "--repo", "r", "--json"], b"")
         .lines()
@@ -721,14 +696,12 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
     let fsck: Value = serde_json::from_str(&other.ok(&["fsck", "--json"], b"")).unwrap();
     assert_eq!(fsck["errors"], 0, "{fsck}");
     // The first home pulls the remote appends: a fast-forward.
-    let ff: Value = serde_json::from_str(&ok(
+    let ff: Value = json(
         &env,
         &s3,
         p,
         &["store", "pull", "j", "--repo", "r", "--json"],
-        b"",
-    ))
-    .unwrap();
+    );
     assert!(
         ff["refs"]
             .as_array()

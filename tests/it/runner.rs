@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Env, Rng, env_knob, git, snapshot, transcript};
+use crate::common::{Env, IDENTITY, Rng, env_knob, git, init_repo, snapshot, transcript};
 
 /// Asserts exit `code` with exactly one `error:` line (the runner's progress notes may
 /// precede it); returns stderr.
@@ -28,22 +28,9 @@ fn assert_one_line_error(out: &Output, code: i32) -> String {
     stderr
 }
 
-const IDENTITY: &str = "env:
-  GIT_AUTHOR_NAME: t
-  GIT_AUTHOR_EMAIL: t@example.com
-  GIT_COMMITTER_NAME: t
-  GIT_COMMITTER_EMAIL: t@example.com
-";
-
 /// A repository with one commit, in the env's scratch dir.
 fn repo(env: &Env, name: &str) -> PathBuf {
-    let dir = env.scratch().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    git(&dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("README"), "hello\n").unwrap();
-    git(&dir, &["add", "."]);
-    git(&dir, &["commit", "-q", "-m", "init"]);
-    dir
+    init_repo(env.scratch().join(name))
 }
 
 /// A repository and a directory for marks outside it.
