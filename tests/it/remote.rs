@@ -359,6 +359,21 @@ fn slow_workflow(dir: &Path, items: usize, secs: &str, marks: &Path) -> PathBuf 
     path
 }
 
+/// `prodigy resume job` for `env` (on `host`, in `dir`), waited for.
+fn resume(
+    env: &Env,
+    s3: &S3,
+    host: Option<&Host>,
+    dir: &Path,
+    prefix: &str,
+    job: &str,
+    extra: &[(&str, &str)],
+) -> Output {
+    spawn(env, s3, host, dir, prefix, &["resume", job], extra)
+        .wait_with_output()
+        .unwrap()
+}
+
 fn kill_group(child: &mut Child) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -416,17 +431,7 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
     kill_group(&mut runner);
 
     // At once, host B finds the job leased to host A.
-    let early = spawn(
-        &env_b,
-        &s3,
-        host_b.as_ref(),
-        &clone_b,
-        p,
-        &["resume", "far"],
-        &ttl,
-    )
-    .wait_with_output()
-    .unwrap();
+    let early = resume(&env_b, &s3, host_b.as_ref(), &clone_b, p, "far", &ttl);
     let err = one_error(&early);
     assert!(
         err.contains("is running on host") && err.contains("lease"),
@@ -434,17 +439,7 @@ fn a_job_started_on_one_host_is_resumed_on_another_after_its_runner_is_killed() 
     );
     // Once the lease has expired, host B resumes it from the store alone.
     std::thread::sleep(Duration::from_millis(3200));
-    let resumed = spawn(
-        &env_b,
-        &s3,
-        host_b.as_ref(),
-        &clone_b,
-        p,
-        &["resume", "far"],
-        &ttl,
-    )
-    .wait_with_output()
-    .unwrap();
+    let resumed = resume(&env_b, &s3, host_b.as_ref(), &clone_b, p, "far", &ttl);
     assert!(resumed.status.success(), "{}", transcript(&resumed));
     let show: Value = json(
         &env_b,
@@ -517,33 +512,29 @@ fn a_renewed_lease_keeps_a_long_job_from_being_taken_over() {
         &ttl,
     );
     std::thread::sleep(Duration::from_millis(2000));
-    let out = spawn(
+    let out = resume(
         &other,
         &s3,
         None,
         &other.scratch().join("proj"),
         p,
-        &["resume", "long"],
+        "long",
         &ttl,
-    )
-    .wait_with_output()
-    .unwrap();
+    );
     let err = one_error(&out);
     assert!(err.contains("is running on host"), "{err}");
     let done = runner.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", transcript(&done));
     // Released on exit: a resume right after it is not refused (the job is complete).
-    let again = spawn(
+    let again = resume(
         &other,
         &s3,
         None,
         &other.scratch().join("proj"),
         p,
-        &["resume", "long"],
+        "long",
         &ttl,
-    )
-    .wait_with_output()
-    .unwrap();
+    );
     assert!(again.status.success(), "{}", transcript(&again));
 }
 
