@@ -623,6 +623,20 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
         "{}",
         transcript(&out)
     );
+    // A damaged ref key: reading it is one error naming its address; fsck reports it.
+    std::fs::write(s3.file(p, "refs/events/r/again"), b"not an id\n").unwrap();
+    let err = one_error(&run(&env, &s3, p, &["ref", "show", "events/r/again"], b""));
+    assert!(
+        err.contains(&format!("s3://{BUCKET}/{p}/refs/events/r/again")) && err.contains("corrupt"),
+        "{err}"
+    );
+    let out = run(&env, &s3, p, &["fsck"], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ref events/r/again is corrupt"),
+        "{}",
+        transcript(&out)
+    );
 }
 
 #[test]
