@@ -9,6 +9,7 @@ mod dlq_concurrency;
 mod docs;
 mod events;
 mod events_concurrency;
+mod examples;
 mod faults;
 mod gc;
 mod hostile;
