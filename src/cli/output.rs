@@ -236,11 +236,39 @@ impl ExportTarget {
     }
 }
 
+/// A bar of `n` against `max` in at most `width` cells, in eighths of a cell (`█▌`), for
+/// the small charts of `events stats` and `dlq analyze`; at least a sliver for any n > 0.
+pub fn bar(n: u64, max: u64, width: usize) -> String {
+    const PARTS: [&str; 8] = ["", "▏", "▎", "▍", "▌", "▋", "▊", "▉"];
+    if n == 0 || max == 0 {
+        return String::new();
+    }
+    let eighths = ((n as u128 * width as u128 * 8).div_ceil(max as u128)).max(1) as usize;
+    let mut out = "█".repeat(eighths / 8);
+    out.push_str(PARTS[eighths % 8]);
+    out
+}
+
 /// Quotes a CSV field when it needs it (RFC 4180).
 pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar;
+
+    #[test]
+    fn bars_scale_to_the_largest_count() {
+        assert_eq!(bar(10, 10, 4), "████");
+        assert_eq!(bar(5, 10, 4), "██");
+        assert_eq!(bar(1, 16, 2), "▏");
+        assert_eq!(bar(1, 1000, 20), "▏");
+        assert_eq!(bar(0, 10, 4), "");
+        assert_eq!(bar(3, 8, 1), "▍");
     }
 }

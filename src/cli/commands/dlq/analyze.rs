@@ -43,8 +43,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         writeln!(out, "\n{}. {}", n + 1, p.signature)?;
         writeln!(
             out,
-            "   {} items, {} failures, {}",
-            p.items, p.failures, p.error_type
+            "   {} items, {} failures, {}  {}",
+            p.items,
+            p.failures,
+            p.error_type,
+            crate::cli::output::bar(p.items, stats.items, 20)
         )?;
         writeln!(
             out,
@@ -57,9 +60,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         writeln!(out, "\nerror types:")?;
         let mut types: Vec<_> = stats.by_error_type.iter().collect();
         types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let max = types.first().map_or(0, |(_, n)| **n);
         for (t, n) in types {
             let share = 100.0 * *n as f64 / stats.items.max(1) as f64;
-            writeln!(out, "  {t:<20} {n:>6}  {share:>5.1}%")?;
+            let chart = crate::cli::output::bar(*n, max, 20);
+            writeln!(out, "  {t:<20} {n:>6}  {share:>5.1}%  {chart}")?;
         }
     }
     Ok(Exit::Success)

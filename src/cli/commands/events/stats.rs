@@ -7,8 +7,12 @@ use serde::Serialize;
 use super::list_jobs_warning;
 use super::open_existing;
 use crate::cli::commands::RepoArg;
+use crate::cli::output::bar;
 use crate::cli::{Ctx, Exit};
 use crate::events::{JobEvents, Summary};
+
+/// Cells of a count's bar.
+const BAR: usize = 24;
 
 /// How to group the counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -157,14 +161,16 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             writeln!(out, "\n{:<26} {:>10}", "TYPE", "EVENTS")?;
             let mut types: Vec<_> = t.types.iter().collect();
             types.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let max = types.first().map_or(0, |(_, n)| **n);
             for (name, n) in types {
-                writeln!(out, "{name:<26} {n:>10}")?;
+                writeln!(out, "{name:<26} {n:>10}  {}", bar(*n, max, BAR))?;
             }
         }
         GroupBy::Agent => {
             writeln!(out, "\n{:<26} {:>10}", "AGENT", "EVENTS")?;
+            let max = report.by_agent.values().copied().max().unwrap_or(0);
             for (agent, n) in &report.by_agent {
-                writeln!(out, "{agent:<26} {n:>10}")?;
+                writeln!(out, "{agent:<26} {n:>10}  {}", bar(*n, max, BAR))?;
             }
         }
         GroupBy::Job => {
