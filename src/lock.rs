@@ -81,7 +81,7 @@ pub enum LockError {
     #[error(transparent)]
     Fs(#[from] FsError),
     /// Someone else held the lock past the deadline.
-    #[error("timed out after {} waiting for lock on '{}' (another prodigy process holds it)", humantime::format_duration(*.waited), .path.display())]
+    #[error("timed out after {} waiting for lock on '{}' (another prodigy process holds it)", humantime::format_duration(std::time::Duration::from_millis(.waited.as_millis() as u64)), .path.display())]
     Timeout {
         /// The lock file.
         path: PathBuf,

@@ -113,7 +113,13 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
         .collect::<Vec<_>>()
         .join(": ");
     diag.error(&line);
-    for hint in hints(e).into_iter().chain(remote_hints(&line)) {
+    let mut all = hints(e);
+    for hint in line_hints(&line) {
+        if !all.contains(&hint) {
+            all.push(hint);
+        }
+    }
+    for hint in all {
         diag.hint(&hint);
     }
     if e.chain().any(|c| c.is::<UsageError>()) {
@@ -123,21 +129,61 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
     }
 }
 
-/// Hints for a remote store's failures, read off the error line (the remote error sits
-/// under several layers' transparent wrappers).
-fn remote_hints(line: &str) -> Vec<String> {
-    let hint = if line.contains("does not honour conditional writes") {
-        "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")"
-    } else if line.contains("cannot reach http") || line.contains("cannot reach the AWS endpoint") {
-        "check AWS_ENDPOINT_URL and that the server is up; nothing was changed"
-    } else if line.contains("' does not exist") && line.contains("s3://") {
-        "create the bucket first, or fix the address in --store / PRODIGY_STORE"
-    } else if line.contains("kept changing under") {
-        "many writers are moving this ref at once; retry, nothing was changed"
-    } else {
-        return Vec::new();
-    };
-    vec![hint.to_owned()]
+/// What to do next, read off the error line: the errors of the lower layers reach the
+/// command line under several transparent wrappers, and their words are what the user
+/// sees, so the rules match those words. One hint at most.
+fn line_hints(line: &str) -> Vec<String> {
+    const RULES: [(&[&str], &str); 11] = [
+        (
+            &["does not honour conditional writes"],
+            "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")",
+        ),
+        (
+            &["cannot reach http", "cannot reach the AWS endpoint"],
+            "check AWS_ENDPOINT_URL and that the server is up; nothing was changed",
+        ),
+        (
+            &["the bucket '"],
+            "create the bucket first, or fix the address in --store / PRODIGY_STORE",
+        ),
+        (
+            &["kept changing under"],
+            "many writers are moving this ref at once; retry, nothing was changed",
+        ),
+        (
+            &["waiting for lock on"],
+            "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m",
+        ),
+        (
+            &["is running in another process"],
+            "wait for it to finish (`prodigy jobs` shows how far it is); a killed runner's lock is released at once",
+        ),
+        (
+            &["is corrupt"],
+            "`prodigy fsck` lists everything damaged; `events show --best-effort` reads around a damaged log (docs/troubleshooting.md)",
+        ),
+        (
+            &["no job '"],
+            "`prodigy jobs` lists this repository's jobs (`--all-repos` every repository's)",
+        ),
+        (
+            &["cannot use config '"],
+            "fix or remove the home's config.json (its format: docs/retention-and-gc.md)",
+        ),
+        (
+            &["unknown field", "unknown variant"],
+            "the workflow format prodigy reads is in docs/workflows.md",
+        ),
+        (
+            &["no such object in the store"],
+            "store the object first (`prodigy hash-object -w`)",
+        ),
+    ];
+    RULES
+        .iter()
+        .find(|(words, _)| words.iter().any(|w| line.contains(w)))
+        .map(|(_, hint)| vec![(*hint).to_owned()])
+        .unwrap_or_default()
 }
 
 fn hints(e: &anyhow::Error) -> Vec<String> {

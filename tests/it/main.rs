@@ -7,6 +7,7 @@ mod crash;
 mod dlq;
 mod dlq_concurrency;
 mod docs;
+mod errors;
 mod events;
 mod events_concurrency;
 mod examples;

@@ -1,0 +1,92 @@
+//! The error messages a user meets most, each snapshotted whole: one `error:` line saying
+//! what happened and to which file, ref or job, then a `hint:` saying what to do next.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::{Env, init_repo, snapshot};
+
+fn append(env: &Env, job: &str) {
+    env.ok(
+        &["events", "append", "--repo", "r", "--job", job],
+        br#"{"event_type":"agent_completed","agent_id":"a","item_id":"i","duration_ms":1}"#,
+    );
+}
+
+#[test]
+fn a_corrupt_object_names_it_and_points_at_fsck() {
+    let env = Env::new();
+    append(&env, "j");
+    let id = env.ok(&["ref", "show", "events/r/j"], b"");
+    let id = id.trim();
+    let file = env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[6] ^= 0x55;
+    std::fs::write(&file, bytes).unwrap();
+    snapshot(
+        "error_corrupt_object",
+        &env.run(&["events", "show", "j", "--repo", "r"], b""),
+        &env.home(),
+    );
+}
+
+#[test]
+fn a_held_lock_says_which_and_how_to_wait_longer() {
+    let env = Env::new();
+    append(&env, "j");
+    let lock = env.home().join("events/r/j/lock");
+    let file = std::fs::File::open(&lock).unwrap();
+    file.lock().unwrap();
+    let out = env
+        .cmd()
+        .env("PRODIGY_LOCK_TIMEOUT", "200ms")
+        .args(["events", "append", "--repo", "r", "--job", "j"])
+        .write_stdin(br#"{"event_type":"x"}"#.to_vec())
+        .output()
+        .unwrap();
+    drop(file);
+    snapshot("error_lock_timeout", &out, &env.home());
+}
+
+#[test]
+fn an_unknown_job_points_at_the_job_list() {
+    let env = Env::new();
+    let repo = init_repo(env.scratch().join("proj"));
+    let out = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["resume", "nope"])
+        .output()
+        .unwrap();
+    snapshot("error_unknown_job", &out, &env.home());
+}
+
+#[test]
+fn a_bad_config_names_the_file() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.home()).unwrap();
+    std::fs::write(
+        env.home().join("config.json"),
+        "{\"gc\": {\"reflog_expire\": \"soon\"}}",
+    )
+    .unwrap();
+    snapshot("error_bad_config", &env.run(&["gc"], b""), &env.home());
+}
+
+#[test]
+fn an_unknown_workflow_key_names_the_line_and_the_guide() {
+    let env = Env::new();
+    let repo = init_repo(env.scratch().join("proj"));
+    std::fs::write(
+        repo.join("w.yml"),
+        "name: w\nmode: mapreduce\nmap:\n  input: seq 1 2\n  agent_template:\n    - shel: echo hi\n",
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", "w.yml"])
+        .output()
+        .unwrap();
+    snapshot("error_unknown_workflow_key", &out, &env.home());
+}
