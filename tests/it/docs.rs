@@ -119,3 +119,33 @@ fn readme_workflow_parses() {
     assert_eq!(plan.name(), "file-stats");
     assert_eq!(plan.retry.max_attempts, 3);
 }
+
+/// Every relative link in README.md and the guide under docs/ names a file that exists.
+#[test]
+fn doc_links_resolve() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        pages.push(entry.unwrap().path());
+    }
+    let link = regex::Regex::new(r"\]\(([^)#\s]+)(#[^)]*)?\)").unwrap();
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for cap in link.captures_iter(&text) {
+            let target = &cap[1];
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let path = page.parent().unwrap().join(target);
+            if !path.exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+    // The hints name guide pages: they exist.
+    for page in ["troubleshooting.md", "workflows.md", "retention-and-gc.md"] {
+        assert!(root.join("docs").join(page).is_file(), "{page}");
+    }
+}
