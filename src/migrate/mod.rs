@@ -292,6 +292,28 @@ pub fn migrate(
     root: &Path,
     opts: Options,
 ) -> Result<Report, MigrateError> {
+    migrate_with_progress(refs, repo, root, opts, &|_| {})
+}
+
+/// How far a migration is: `done` of `total` in `phase` (reported from several threads).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// What is being done.
+    pub phase: &'static str,
+    /// Units done.
+    pub done: u64,
+    /// Units in all.
+    pub total: u64,
+}
+
+/// [`migrate`], reporting its progress to `progress` (the command draws it on a terminal).
+pub fn migrate_with_progress(
+    refs: &RefStore,
+    repo: &str,
+    root: &Path,
+    opts: Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, MigrateError> {
     names::validate("repo name", repo)?;
     let tree = legacy::scan(root);
     let mut report = Report {
@@ -306,8 +328,18 @@ pub fn migrate(
         done: HashSet::new(),
         derived: Vec::new(),
     };
-    import_events(refs, repo, &tree, opts, &mut report, &mut ledger)?;
+    import_events(refs, repo, &tree, opts, &mut report, &mut ledger, progress)?;
+    progress(Progress {
+        phase: "importing DLQ items",
+        done: 0,
+        total: tree.dlq.len() as u64,
+    });
     import_dlq(refs, repo, &tree, opts, &mut report, &mut ledger)?;
+    progress(Progress {
+        phase: "importing checkpoints",
+        done: 0,
+        total: tree.checkpoints.len() as u64,
+    });
     import_checkpoints(refs, repo, root, &tree, opts, &mut report, &mut ledger)?;
     report.verified = !opts.dry_run;
     if opts.remove_local {
@@ -359,7 +391,13 @@ fn import_events(
     opts: Options,
     report: &mut Report,
     ledger: &mut Ledger,
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<(), MigrateError> {
+    progress(Progress {
+        phase: "reading event files",
+        done: 0,
+        total: tree.events.len() as u64,
+    });
     let mut jobs: BTreeMap<String, Vec<Box<LegacyEvent>>> = BTreeMap::new();
     let mut seen = HashSet::new();
     // Files with a refusal never count as imported.
@@ -455,8 +493,17 @@ fn import_events(
     // fsyncs overlap another's parsing and read-back.
     let jobs: Vec<(String, Vec<Box<LegacyEvent>>)> = jobs.into_iter().collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() * 2);
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let total = jobs.len() as u64;
     let results = crate::par::map(&jobs, threads, |(job, events)| {
-        import_job(refs, repo, job, events, opts.dry_run)
+        let result = import_job(refs, repo, job, events, opts.dry_run);
+        let done = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(Progress {
+            phase: "importing jobs' events",
+            done,
+            total,
+        });
+        result
     });
     for ((job, _), result) in jobs.iter().zip(results) {
         let (count, types) = result?;

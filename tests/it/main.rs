@@ -17,6 +17,7 @@ mod hostile;
 mod migrate;
 mod plumbing;
 mod powercut;
+mod progress;
 mod props;
 mod remote;
 mod repo_name;

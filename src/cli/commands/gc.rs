@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::cli::commands::fsck::parse_age;
 use crate::cli::{Ctx, Exit};
 use crate::config::{Config, parse_expiry};
@@ -50,14 +48,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Some(Expiry(expire)) => expire,
         None => Config::load(&ctx.home)?.gc.reflog_expire,
     };
-    let bar = ctx.progress.then(|| {
-        let bar = ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>22} {bar:30} {pos}/{len} [{elapsed_precise}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = crate::cli::commands::progress::bar(ctx, args.json);
     let progress = bar.clone().map(|bar| {
         Arc::new(move |p: &GcProgress| {
             bar.set_message(p.phase.as_str());

@@ -59,7 +59,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if !args.dry_run {
         migrate::first_warning(&ctx.home, &root);
     }
-    let report = migrate::migrate(&ctx.refs(), &repo, &root, opts)
+    let bar = crate::cli::commands::progress::bar(ctx, args.json);
+    let show = |p: migrate::Progress| {
+        if let Some(bar) = &bar {
+            bar.set_message(p.phase);
+            bar.set_length(p.total);
+            bar.set_position(p.done);
+        }
+    };
+    let report = migrate::migrate_with_progress(&ctx.refs(), &repo, &root, opts, &show)
         .with_context(|| format!("cannot migrate '{}'", root.join(".prodigy").display()))?;
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&report)?)?;

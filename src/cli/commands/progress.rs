@@ -39,6 +39,19 @@ impl Observer for Bar {
     }
 }
 
+/// A progress bar for long work on a terminal, `None` with `-q`, with `--json` (`quiet`)
+/// or when stderr is not a terminal. Cleared when dropped.
+pub fn bar(ctx: &Ctx<'_>, quiet: bool) -> Option<ProgressBar> {
+    (ctx.progress && !quiet).then(|| {
+        let bar = ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>24} {bar:30} {pos}/{len} [{elapsed_precise}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    })
+}
+
 /// Runner options for a command: interrupt flag wired to SIGINT and SIGTERM, this binary
 /// as the step supervisor, a progress bar when stderr is a terminal.
 pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {

@@ -54,6 +54,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let log = open_existing(ctx, &repo, &args.job)?;
     let filter = args.filter.to_filter()?;
     let mut output = ExportTarget::new(args.output.as_ref())?;
+    // A bar on a terminal while a large log is written to a file.
+    let bar = args
+        .output
+        .as_ref()
+        .and_then(|_| crate::cli::commands::progress::bar(ctx, false));
+    if let Some(bar) = &bar {
+        bar.set_message("exporting events");
+        bar.set_length(log.head()?.map_or(0, |(_, node)| node.total.count));
+    }
     {
         let mut w = output.writer(&mut *ctx.out);
         match args.format {
@@ -95,6 +104,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             };
             first = false;
             result.map_err(io_error)?;
+            if let Some(bar) = &bar {
+                bar.inc(1);
+            }
             Ok(true)
         })?;
         if args.format == Format::Json {
