@@ -133,14 +133,39 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
 /// command line under several transparent wrappers, and their words are what the user
 /// sees, so the rules match those words. One hint at most.
 fn line_hints(line: &str) -> Vec<String> {
-    const RULES: [(&[&str], &str); 11] = [
+    const RULES: &[(&[&str], &str)] = &[
+        // Failures carrying a command's own output come first: that output may hold any
+        // words.
+        (
+            &["': setup step at line", "': reduce step at line"],
+            "the step's log is in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs it again",
+        ),
+        (
+            &["' stopped: "],
+            "the agents' logs are in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs the items left",
+        ),
+        (
+            &[": map.input: "],
+            "no item ran: fix the input, then start a new job with `prodigy run`",
+        ),
+        (
+            &["Needed a single revision"],
+            "the repository has no commit to start from: make one first (`git commit --allow-empty -m init`)",
+        ),
+        (
+            &[
+                "is already used by worktree at",
+                "is already checked out at",
+            ],
+            "the job's branch is checked out there: switch that worktree to another branch, then retry",
+        ),
         (
             &["does not honour conditional writes"],
             "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")",
         ),
         (
             &["cannot reach http", "cannot reach the AWS endpoint"],
-            "check AWS_ENDPOINT_URL and that the server is up; nothing was changed",
+            "check AWS_ENDPOINT_URL (and the AWS credentials) and that the server is up; nothing was changed",
         ),
         (
             &["the bucket '"],
@@ -151,6 +176,10 @@ fn line_hints(line: &str) -> Vec<String> {
             "many writers are moving this ref at once; retry, nothing was changed",
         ),
         (
+            &["lost its lease", "moved under the runner"],
+            "another runner may have the job: `prodigy jobs show <job>` says; if none runs it, `prodigy resume <job>`",
+        ),
+        (
             &["waiting for lock on"],
             "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m",
         ),
@@ -159,7 +188,7 @@ fn line_hints(line: &str) -> Vec<String> {
             "wait for it to finish (`prodigy jobs` shows how far it is); a killed runner's lock is released at once",
         ),
         (
-            &["is corrupt"],
+            &["is corrupt", "is broken at"],
             "`prodigy fsck` lists everything damaged; `events show --best-effort` reads around a damaged log (docs/troubleshooting.md)",
         ),
         (
@@ -167,8 +196,36 @@ fn line_hints(line: &str) -> Vec<String> {
             "`prodigy jobs` lists this repository's jobs (`--all-repos` every repository's)",
         ),
         (
+            &["no events for job"],
+            "`prodigy events ls` lists the jobs with events (`--all-repos` every repository's)",
+        ),
+        (
+            &["in the dead-letter queue of job"],
+            "`prodigy dlq list <job>` lists the ids of its dead-lettered items",
+        ),
+        (
+            &["has no refs in"],
+            "`prodigy jobs --all-repos` lists the store's jobs (`--store \"\"` the local home's); pick one with --repo",
+        ),
+        (
+            &["changed: expected "],
+            "`prodigy ref show <name>` prints its value now; retry with that as --old",
+        ),
+        (
+            &["is not inside a git repository"],
+            "run it inside a git repository, or name one with `prodigy run WORKFLOW -p DIR`",
+        ),
+        (
+            &["no object matches the prefix"],
+            "`prodigy ref log <name>` and `prodigy jobs show <job>` list ids; check that --home / --store name the right store",
+        ),
+        (
             &["cannot use config '"],
             "fix or remove the home's config.json (its format: docs/retention-and-gc.md)",
+        ),
+        (
+            &["invalid filter"],
+            "the filter language (fields, operators, 'quoted' text) is in docs/dlq.md",
         ),
         (
             &["unknown field", "unknown variant"],
@@ -189,6 +246,12 @@ fn line_hints(line: &str) -> Vec<String> {
 fn hints(e: &anyhow::Error) -> Vec<String> {
     let mut out = Vec::new();
     for cause in e.chain() {
+        if matches!(
+            cause.downcast_ref::<ObjectError>(),
+            Some(ObjectError::NotFound { .. })
+        ) {
+            out.push("check that --home / --store name the right store; `prodigy fsck` names the refs that reach missing objects".to_owned());
+        }
         if let Some(ObjectError::Ambiguous { candidates, .. }) = cause.downcast_ref::<ObjectError>()
         {
             out.push("the candidates are:".to_owned());

@@ -227,6 +227,19 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
     let states = JobStateManager::new(refs.clone(), &repo_name)?;
     let lock = states.lock_job(&job_id)?;
     let branch = format!("prodigy/{job_id}");
+    // A job of this id: resume it (its branch is its result, not a leftover).
+    if states
+        .refs()
+        .read(&states.ref_name(&job_id)?)
+        .map_err(StateError::from)?
+        .is_some()
+    {
+        return Err(StateError::Exists {
+            repo: repo_name.clone(),
+            job: job_id.clone(),
+        }
+        .into());
+    }
     if git::branch_exists(&location.root, &branch) {
         return Err(RunError::BranchExists {
             branch,

@@ -90,3 +90,32 @@ fn an_unknown_workflow_key_names_the_line_and_the_guide() {
         .unwrap();
     snapshot("error_unknown_workflow_key", &out, &env.home());
 }
+
+#[test]
+fn running_an_existing_job_id_points_at_resume_not_at_deleting_its_branch() {
+    let env = Env::new();
+    let repo = init_repo(env.scratch().join("proj"));
+    std::fs::write(
+        repo.join("w.yml"),
+        "name: w\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n",
+    )
+    .unwrap();
+    let first = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", "w.yml", "--job-id", "j"])
+        .output()
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        crate::common::transcript(&first)
+    );
+    let again = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", "w.yml", "--job-id", "j"])
+        .output()
+        .unwrap();
+    snapshot("error_existing_job_id", &again, &env.home());
+}

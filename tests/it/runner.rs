@@ -611,8 +611,15 @@ fn sigterm_checkpoints_and_resume_finishes() {
         .to_string();
     let out = in_repo(&env, &repo, &["resume", "t", "--from", "999999"]);
     assert_one_line_error(&out, 2);
-    ok_in(&env, &repo, &["resume", "t", "--from", &map_start]);
-    assert_eq!(job_show(&env, &repo, "t")["done"], 8);
+    let resumed = ok_in(&env, &repo, &["resume", "t", "--from", &map_start]);
+    let show = job_show(&env, &repo, "t");
+    // (Seen once, in a loaded CI run: 7. The state and the queue say why, if it recurs.)
+    assert_eq!(
+        show["done"],
+        8,
+        "{resumed}\n{show}\n{}",
+        ok_in(&env, &repo, &["dlq", "list", "t"])
+    );
     let log = git_out(&repo, &["log", "--format=%s", "prodigy/t"]);
     for n in 1..=8 {
         assert!(lines(&marks.join(format!("count-{n}"))) >= 2, "item {n}");
