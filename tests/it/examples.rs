@@ -26,6 +26,12 @@ fn ok_in(env: &Env, repo: &Path, vars: &[(&str, &str)], args: &[&str]) -> String
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs an example in `repo`; its job id.
+fn run_example(env: &Env, repo: &Path, name: &str) -> String {
+    let out = ok_in(env, repo, &[], &["run", example(name).to_str().unwrap()]);
+    out.trim().to_owned()
+}
+
 fn job_show(env: &Env, repo: &Path, job: &str) -> Value {
     serde_json::from_str(&ok_in(env, repo, &[], &["jobs", "show", job, "--json"])).unwrap()
 }
@@ -49,13 +55,8 @@ fn every_example_is_run_by_a_test() {
 fn the_quick_start_example_runs() {
     let env = Env::new();
     let repo = init_repo(env.scratch().join("proj"));
-    let job = ok_in(
-        &env,
-        &repo,
-        &[],
-        &["run", example("quick-start.yml").to_str().unwrap()],
-    );
-    let job = job.trim();
+    let job = run_example(&env, &repo, "quick-start.yml");
+    let job = job.as_str();
     let show = job_show(&env, &repo, job);
     assert_eq!(
         (show["phase"].as_str(), show["done"].as_u64()),
@@ -75,13 +76,8 @@ fn the_quick_start_example_runs() {
 fn the_dlq_example_fails_two_items_then_retries_them() {
     let env = Env::new();
     let repo = init_repo(env.scratch().join("proj"));
-    let job = ok_in(
-        &env,
-        &repo,
-        &[],
-        &["run", example("dlq-retry.yml").to_str().unwrap()],
-    );
-    let job = job.trim();
+    let job = run_example(&env, &repo, "dlq-retry.yml");
+    let job = job.as_str();
     let show = job_show(&env, &repo, job);
     assert_eq!(
         (show["done"].as_u64(), show["failed"].as_u64()),

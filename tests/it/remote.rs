@@ -33,6 +33,17 @@ fn ok(env: &Env, s3: &S3, prefix: &str, args: &[&str], stdin: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Appends `events` to job `job` of repo `r`.
+fn append(env: &Env, s3: &S3, prefix: &str, job: &str, events: String) {
+    ok(
+        env,
+        s3,
+        prefix,
+        &["events", "append", "--repo", "r", "--job", job],
+        events.as_bytes(),
+    );
+}
+
 /// `ok(…)` parsed as JSON.
 fn json(env: &Env, s3: &S3, prefix: &str, args: &[&str]) -> Value {
     serde_json::from_str(&ok(env, s3, prefix, args, b"")).unwrap()
@@ -111,13 +122,7 @@ fn every_command_works_on_the_remote_store_with_the_same_objects_as_the_local_on
     ok(&env, &s3, p, &["hash-object", "-w", "--stdin"], b"hello\n");
     assert_eq!(std::fs::metadata(&key).unwrap().modified().unwrap(), before);
 
-    ok(
-        &env,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(50, "a").as_bytes(),
-    );
+    append(&env, &s3, p, "j", events(50, "a"));
     ok(
         &env,
         &s3,
@@ -543,13 +548,7 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
     let s3 = S3::start();
     let p = "t6";
     let env = Env::new();
-    ok(
-        &env,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "keep"],
-        events(20, "k").as_bytes(),
-    );
+    append(&env, &s3, p, "keep", events(20, "k"));
     let loose = ok(
         &env,
         &s3,
@@ -606,13 +605,7 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
         .count();
     assert_eq!(left, 0);
     // A ref naming a missing object is an fsck error.
-    ok(
-        &env,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "again"],
-        events(3, "a").as_bytes(),
-    );
+    append(&env, &s3, p, "again", events(3, "a"));
     let head = ok(&env, &s3, p, &["ref", "list"], b"");
     let head = head.split(' ').next().unwrap();
     std::fs::remove_file(s3.file(p, &format!("objects/{}/{}", &head[..2], &head[2..]))).unwrap();
@@ -679,13 +672,7 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
     assert_eq!(ok(&env, &s3, p, &["ref", "list"], b""), local_refs);
     // Another host appends remotely; a pull into a fresh home brings everything.
     let other = Env::new();
-    ok(
-        &other,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(5, "remote").as_bytes(),
-    );
+    append(&other, &s3, p, "j", events(5, "remote"));
     let pulled: Value = json(
         &other,
         &s3,
@@ -720,13 +707,7 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
         &["events", "append", "--repo", "r", "--job", "j"],
         events(1, "local2").as_bytes(),
     );
-    ok(
-        &other,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(1, "remote2").as_bytes(),
-    );
+    append(&other, &s3, p, "j", events(1, "remote2"));
     let remote_before = ok(&env, &s3, p, &["ref", "list"], b"");
     let out = run(&env, &s3, p, &["store", "push", "j", "--repo", "r"], b"");
     let err = one_error(&out);
@@ -809,13 +790,7 @@ fn a_server_without_conditional_writes_is_refused_before_anything_is_written() {
     let s3 = S3::start_unsigned();
     let env = Env::new();
     // The store works while the conditions reach the server…
-    ok(
-        &env,
-        &s3,
-        "t9",
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(2, "a").as_bytes(),
-    );
+    append(&env, &s3, "t9", "j", events(2, "a"));
     let before = ok(&env, &s3, "t9", &["ref", "list"], b"");
     // …and once they are dropped on the way, every write is refused.
     s3.proxy
@@ -849,13 +824,7 @@ fn throttling_is_retried_with_backoff_and_bounded() {
     let env = Env::new();
     // A few 503 SlowDown answers: retried, and the append goes through.
     s3.proxy.faults.throttle.store(3, Ordering::SeqCst);
-    ok(
-        &env,
-        &s3,
-        "t10",
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(4, "a").as_bytes(),
-    );
+    append(&env, &s3, "t10", "j", events(4, "a"));
     assert_eq!(s3.proxy.faults.throttled.load(Ordering::SeqCst), 3);
     assert_eq!(item_ids(&env, &s3, "t10", "j").len(), 4);
     // Throttled without end: the retries stop at the bound, with a clear error.
@@ -881,13 +850,7 @@ fn a_timeout_mid_upload_acknowledges_nothing_and_leaves_the_ref() {
     let s3 = S3::start();
     let env = Env::new();
     let p = "t11";
-    ok(
-        &env,
-        &s3,
-        p,
-        &["events", "append", "--repo", "r", "--job", "j"],
-        events(3, "a").as_bytes(),
-    );
+    append(&env, &s3, p, "j", events(3, "a"));
     let before = ok(&env, &s3, p, &["ref", "list"], b"");
     for stalled in ["/objects/", "/refs/"] {
         *s3.proxy.faults.stall.lock().unwrap() = Some(stalled.to_owned());
@@ -919,13 +882,7 @@ fn a_timeout_mid_upload_acknowledges_nothing_and_leaves_the_ref() {
 fn the_store_can_be_chosen_by_flag_variable_or_config() {
     let s3 = S3::start();
     let env = Env::new();
-    ok(
-        &env,
-        &s3,
-        "t12",
-        &["events", "append", "--repo", "r", "--job", "viaenv"],
-        events(1, "a").as_bytes(),
-    );
+    append(&env, &s3, "t12", "viaenv", events(1, "a"));
     // config.json names the store when the variable is not set.
     std::fs::create_dir_all(env.home()).unwrap();
     std::fs::write(

@@ -7,12 +7,17 @@
 //! contains a given text without answering (a timeout mid-upload), and drop the
 //! `If-Match` / `If-None-Match` headers (a server without conditional writes).
 //!
-//! It also runs conditional PUTs one at a time. s3s-fs 0.14.1 checks `If-Match` and
-//! `If-None-Match` before it writes, without a lock, so two conditional PUTs that arrive
-//! together can both pass the check: measured here, 8 processes × 40 appends straight at
-//! it acknowledged 320 and kept 304, the reflog showing 16 pairs of updates from the same
-//! old value. S3 itself serialises conditional writes per key; the proxy gives s3s-fs the
-//! same guarantee so that the tests check prodigy's protocol, not that server's race.
+//! It also runs conditional PUTs, and every request on a ref or lease key, one at a time.
+//! s3s-fs 0.14.1 is not atomic there: it checks `If-Match` / `If-None-Match` before it
+//! writes, without a lock, so two conditional PUTs that arrive together can both pass
+//! (measured: 8 processes × 40 appends straight at it acknowledged 320 and kept 304, the
+//! reflog showing 16 pairs of updates from one old value); and a GET opens the file, then
+//! reads the ETag from a separate metadata file written after the data's rename, so a GET
+//! racing a PUT can return the old value with the new ETag — a compare-and-swap built on
+//! that pair overwrites the new value (seen as one lost append in 90 under load). S3
+//! serialises conditional writes per key and returns a value with its own ETag; the proxy
+//! gives s3s-fs the same guarantees, so the tests check prodigy's protocol, not that
+//! server's races.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -295,7 +300,11 @@ fn handle(
         out.push_str("\r\n");
     }
     out.push_str("Connection: close\r\n\r\n");
-    let _one_at_a_time = conditional.then(|| serial.lock().unwrap_or_else(|p| p.into_inner()));
+    // Conditional writes, and every request on a ref or lease key, one at a time (see the
+    // module's comment).
+    let path = request_line.split(' ').nth(1).unwrap_or_default();
+    let serialised = conditional || path.contains("/refs/") || path.contains("/leases/");
+    let _one_at_a_time = serialised.then(|| serial.lock().unwrap_or_else(|p| p.into_inner()));
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(out.as_bytes())?;
     up.write_all(&body)?;
