@@ -78,12 +78,12 @@ pub struct SyncReport {
     pub refs: Vec<(String, ObjectId, RefOutcome)>,
 }
 
-/// Copies `repo`/`job` from `from` to `to`; `names` are the two stores' names for
-/// messages. `force` replaces destination refs that are not ancestors.
+/// Copies `repo`/`job` from `from` to `to`; `from_name` names the source in messages and
+/// in the destination's reflog. `force` replaces destination refs that are not ancestors.
 pub fn copy_job(
     from: &RefStore,
     to: &RefStore,
-    names: (&str, &str),
+    from_name: &str,
     repo: &str,
     job: &str,
     force: bool,
@@ -99,7 +99,7 @@ pub fn copy_job(
         return Err(SyncError::NoJob {
             repo: repo.to_owned(),
             job: job.to_owned(),
-            from: names.0.to_owned(),
+            from: from_name.to_owned(),
         });
     }
 
@@ -137,7 +137,7 @@ pub fn copy_job(
     // Then the refs, each only forward unless forced.
     for (name, id) in heads {
         let mut outcome = RefOutcome::UpToDate;
-        to.transact(&name, &format!("store: copied from {}", names.0), |old| {
+        to.transact(&name, &format!("store: copied from {from_name}"), |old| {
             outcome = match old {
                 None => RefOutcome::Created,
                 Some(old) if old == id => RefOutcome::UpToDate,

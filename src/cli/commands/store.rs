@@ -52,13 +52,12 @@ pub fn exec(cmd: StoreCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let local = RefStore::new(&ctx.home.clone().with_store(None), LockOptions::from_env());
     let remote = ctx.refs();
     let local_name = format!("the local home '{}'", ctx.home.root().display());
-    let remote_name = url.clone();
-    let (from, to, names) = if push {
-        (&local, &remote, (local_name.as_str(), remote_name.as_str()))
+    let (from, to, from_name) = if push {
+        (&local, &remote, local_name.as_str())
     } else {
-        (&remote, &local, (remote_name.as_str(), local_name.as_str()))
+        (&remote, &local, url.as_str())
     };
-    let report = sync::copy_job(from, to, names, &repo, &args.job, args.force)?;
+    let report = sync::copy_job(from, to, from_name, &repo, &args.job, args.force)?;
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(Exit::Success);
