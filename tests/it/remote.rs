@@ -44,6 +44,15 @@ fn append(env: &Env, s3: &S3, prefix: &str, job: &str, events: String) {
     );
 }
 
+/// Stores `content` as a blob in the remote store; its id and the server's file for it.
+fn store_blob(env: &Env, s3: &S3, prefix: &str, content: &[u8]) -> (String, PathBuf) {
+    let id = ok(env, s3, prefix, &["hash-object", "-w", "--stdin"], content)
+        .trim()
+        .to_owned();
+    let key = s3.file(prefix, &format!("objects/{}/{}", &id[..2], &id[2..]));
+    (id, key)
+}
+
 /// `ok(…)` parsed as JSON.
 fn json(env: &Env, s3: &S3, prefix: &str, args: &[&str]) -> Value {
     serde_json::from_str(&ok(env, s3, prefix, args, b"")).unwrap()
@@ -161,15 +170,8 @@ fn reads_verify_the_hash_and_the_cache_serves_what_was_fetched() {
     let s3 = S3::start();
     let writer = Env::new();
     let p = "t2";
-    let id = ok(
-        &writer,
-        &s3,
-        p,
-        &["hash-object", "-w", "--stdin"],
-        b"cached\n",
-    );
-    let id = id.trim();
-    let key = s3.file(p, &format!("objects/{}/{}", &id[..2], &id[2..]));
+    let (id, key) = store_blob(&writer, &s3, p, b"cached\n");
+    let id = id.as_str();
 
     // A reader with a cold cache fetches and keeps it.
     let reader = Env::new();
@@ -549,15 +551,7 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
     let p = "t6";
     let env = Env::new();
     append(&env, &s3, p, "keep", events(20, "k"));
-    let loose = ok(
-        &env,
-        &s3,
-        p,
-        &["hash-object", "-w", "--stdin"],
-        b"unreachable\n",
-    );
-    let loose = loose.trim();
-    let key = s3.file(p, &format!("objects/{}/{}", &loose[..2], &loose[2..]));
+    let (_, key) = store_blob(&env, &s3, p, b"unreachable\n");
     // Young: kept by the default grace period.
     let report: Value = json(&env, &s3, p, &["gc", "--json"]);
     assert_eq!(report["kept_young"], 1, "{report}");
