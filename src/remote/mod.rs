@@ -187,7 +187,10 @@ pub struct Remote {
     runtime: tokio::runtime::Runtime,
     /// Objects this process has seen stored remotely (written or found existing).
     confirmed: Mutex<HashSet<[u8; 32]>>,
-    reachable: OnceLock<Result<(), String>>,
+    /// Set once the store answered a listing (a failure is not kept: the next call tries
+    /// again, so a long-running process outlives a blip).
+    reachable: OnceLock<()>,
+    /// The conditional-write check's verdict, once one was reached.
     conditional: OnceLock<Result<(), String>>,
 }
 
@@ -315,21 +318,27 @@ impl Remote {
     /// One cheap listing, once per process, so that a wrong endpoint, a missing bucket or
     /// wrong credentials are reported as such before anything else.
     pub fn check(&self) -> Result<(), RemoteError> {
-        let result = self.reachable.get_or_init(|| {
-            let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
-            self.runtime
-                .block_on(self.store.list_with_delimiter(prefix.as_ref()))
-                .map(|_| ())
-                .map_err(|e| match self.failed("list", "", &e) {
+        if self.reachable.get().is_some() {
+            return Ok(());
+        }
+        let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
+        match self
+            .runtime
+            .block_on(self.store.list_with_delimiter(prefix.as_ref()))
+        {
+            Ok(_) => {
+                let _ = self.reachable.set(());
+                Ok(())
+            }
+            Err(e) => Err(RemoteError::Request {
+                op: "reach the store",
+                url: self.url.to_string(),
+                reason: match self.failed("list", "", &e) {
                     RemoteError::Request { reason, .. } => reason,
                     other => other.to_string(),
-                })
-        });
-        result.clone().map_err(|reason| RemoteError::Request {
-            op: "reach the store",
-            url: self.url.to_string(),
-            reason,
-        })
+                },
+            }),
+        }
     }
 
     /// Checks once per process that the server refuses a second create of one key and a
@@ -337,7 +346,14 @@ impl Remote {
     /// overwrite each other, so nothing is written to it.
     pub fn check_conditional(&self) -> Result<(), RemoteError> {
         self.check()?;
-        let result = self.conditional.get_or_init(|| {
+        let verdict = |reason: &String| RemoteError::NoConditionalWrites {
+            url: self.url.to_string(),
+            reason: reason.clone(),
+        };
+        if let Some(known) = self.conditional.get() {
+            return known.as_ref().map_err(verdict).cloned();
+        }
+        {
             let key = format!(
                 "probe/{}-{}-{}",
                 std::process::id(),
@@ -373,17 +389,11 @@ impl Remote {
                 Ok::<_, RemoteError>(Ok(()))
             })();
             let _ = self.delete(&key);
-            match outcome {
-                Ok(verdict) => verdict,
-                Err(e) => Err(format!("the check failed: {e}")),
-            }
-        });
-        result
-            .clone()
-            .map_err(|reason| RemoteError::NoConditionalWrites {
-                url: self.url.to_string(),
-                reason,
-            })
+            // A verdict is kept for the process; a failed request is not (tried again).
+            let found = outcome?;
+            let known = self.conditional.get_or_init(|| found);
+            known.as_ref().map_err(verdict).cloned()
+        }
     }
 
     /// Reads a key; `None` when it does not exist.
