@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 
-use crate::lock::LockError;
 use crate::object::ObjectError;
-use crate::refs::RefError;
 
 /// The exit codes: 0 success, 1 failure, 2 usage error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +127,8 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
     }
 }
 
-/// What to do next, read off the error line: the errors of the lower layers reach the
+/// What to do next, read off the error line (the typed `hints` keep only what needs the
+/// error's data or an OS error kind): the errors of the lower layers reach the
 /// command line under several transparent wrappers, and their words are what the user
 /// sees, so the rules match those words. One hint at most.
 fn line_hints(line: &str) -> Vec<String> {
@@ -182,6 +181,10 @@ fn line_hints(line: &str) -> Vec<String> {
         (
             &["waiting for lock on"],
             "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m",
+        ),
+        (
+            &["is running on host '"],
+            "a host that died frees the job once its lease expires; then run `prodigy resume` again",
         ),
         (
             &["is running in another process"],
@@ -256,28 +259,6 @@ fn hints(e: &anyhow::Error) -> Vec<String> {
         {
             out.push("the candidates are:".to_owned());
             out.extend(candidates.iter().map(|c| format!("  {c}")));
-        }
-        let lock_timeout = matches!(
-            cause.downcast_ref::<LockError>(),
-            Some(LockError::Timeout { .. })
-        ) || matches!(
-            cause.downcast_ref::<RefError>(),
-            Some(RefError::Lock(LockError::Timeout { .. }))
-        );
-        if lock_timeout {
-            out.push(
-                "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m"
-                    .to_owned(),
-            );
-        }
-        if matches!(
-            cause.downcast_ref::<crate::state::StateError>(),
-            Some(crate::state::StateError::Leased { .. })
-        ) {
-            out.push(
-                "a host that died frees the job once its lease expires; then run `prodigy resume` again"
-                    .to_owned(),
-            );
         }
         if let Some(io) = cause.downcast_ref::<io::Error>() {
             match io.kind() {

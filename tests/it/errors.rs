@@ -5,6 +5,11 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::common::{Env, init_repo, snapshot};
 
+/// `prodigy args…` run in `repo`.
+fn in_repo(env: &Env, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
+    env.cmd().current_dir(repo).args(args).output().unwrap()
+}
+
 fn append(env: &Env, job: &str) {
     env.ok(
         &["events", "append", "--repo", "r", "--job", job],
@@ -52,12 +57,7 @@ fn a_held_lock_says_which_and_how_to_wait_longer() {
 fn an_unknown_job_points_at_the_job_list() {
     let env = Env::new();
     let repo = init_repo(env.scratch().join("proj"));
-    let out = env
-        .cmd()
-        .current_dir(&repo)
-        .args(["resume", "nope"])
-        .output()
-        .unwrap();
+    let out = in_repo(&env, &repo, &["resume", "nope"]);
     snapshot("error_unknown_job", &out, &env.home());
 }
 
@@ -82,12 +82,7 @@ fn an_unknown_workflow_key_names_the_line_and_the_guide() {
         "name: w\nmode: mapreduce\nmap:\n  input: seq 1 2\n  agent_template:\n    - shel: echo hi\n",
     )
     .unwrap();
-    let out = env
-        .cmd()
-        .current_dir(&repo)
-        .args(["run", "w.yml"])
-        .output()
-        .unwrap();
+    let out = in_repo(&env, &repo, &["run", "w.yml"]);
     snapshot("error_unknown_workflow_key", &out, &env.home());
 }
 
@@ -100,22 +95,12 @@ fn running_an_existing_job_id_points_at_resume_not_at_deleting_its_branch() {
         "name: w\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n",
     )
     .unwrap();
-    let first = env
-        .cmd()
-        .current_dir(&repo)
-        .args(["run", "w.yml", "--job-id", "j"])
-        .output()
-        .unwrap();
+    let first = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j"]);
     assert!(
         first.status.success(),
         "{}",
         crate::common::transcript(&first)
     );
-    let again = env
-        .cmd()
-        .current_dir(&repo)
-        .args(["run", "w.yml", "--job-id", "j"])
-        .output()
-        .unwrap();
+    let again = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j"]);
     snapshot("error_existing_job_id", &again, &env.home());
 }

@@ -519,29 +519,15 @@ fn a_renewed_lease_keeps_a_long_job_from_being_taken_over() {
         &ttl,
     );
     std::thread::sleep(Duration::from_millis(2000));
-    let out = resume(
-        &other,
-        &s3,
-        None,
-        &other.scratch().join("proj"),
-        p,
-        "long",
-        &ttl,
-    );
+    let clone = other.scratch().join("proj");
+    let resume_elsewhere = || resume(&other, &s3, None, &clone, p, "long", &ttl);
+    let out = resume_elsewhere();
     let err = one_error(&out);
     assert!(err.contains("is running on host"), "{err}");
     let done = runner.wait_with_output().unwrap();
     assert!(done.status.success(), "{}", transcript(&done));
     // Released on exit: a resume right after it is not refused (the job is complete).
-    let again = resume(
-        &other,
-        &s3,
-        None,
-        &other.scratch().join("proj"),
-        p,
-        "long",
-        &ttl,
-    );
+    let again = resume_elsewhere();
     assert!(again.status.success(), "{}", transcript(&again));
 }
 
