@@ -1,14 +1,15 @@
 //! The git the runner needs, through the `git` command: the base commit, worktrees on
 //! branches, an agent's commits, merges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A git command that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("git {op} in '{}' failed: {message}", .dir.display())]
 pub struct GitError {
     /// What was attempted (`worktree add`, `merge`, …).
@@ -308,9 +309,9 @@ pub fn is_merged(dir: &Path, commit: &str) -> bool {
 }
 
 /// Merges `commit` into the worktree at `dir`; on a conflict the merge is aborted and the
-/// error says so. Files (untracked, or changed in the index) that the merge would
-/// overwrite with exactly their own content are what an earlier merge killed half-way
-/// wrote: they are put back as `HEAD` has them and the merge is tried again.
+/// error says so. A merge that stops half-way (killed, or a full disk) can leave files
+/// git wrote but never recorded: the caller records what was untracked before
+/// ([`untracked`]) and puts the worktree back with [`restore`].
 pub fn merge(
     dir: &Path,
     commit: &str,
@@ -318,60 +319,65 @@ pub fn merge(
     env: &BTreeMap<String, String>,
 ) -> Result<(), GitError> {
     let args = ["merge", "--no-edit", "-m", message, commit];
-    let e = match git_env(dir, &args, env) {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
+    git_env(dir, &args, env).map(|_| ()).inspect_err(|_| {
+        let _ = git(dir, &["merge", "--abort"]);
+    })
+}
+
+/// The untracked files in the worktree at `dir` that git does not ignore (the ones a
+/// merge refuses to overwrite), relative to `dir`, as bytes of their names.
+pub fn untracked(dir: &Path) -> Result<BTreeSet<PathBuf>, GitError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["ls-files", "-z", "--others", "--exclude-standard"])
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let fail = |message: String| GitError {
+        op: "ls-files".into(),
+        dir: dir.to_owned(),
+        message,
+        conflict: false,
     };
-    let _ = git(dir, &["merge", "--abort"]);
-    let Some(list) = e
-        .message
-        .split_once("would be overwritten by merge:; ")
-        .map(|(_, rest)| rest)
-    else {
-        return Err(e);
-    };
-    let files: Vec<&str> = list
-        .split("; ")
-        // git ends the list with "Please move or remove them…" and "Aborting" (untracked
-        // files) or "Merge with strategy ort failed." (changes in the index).
-        .take_while(|f| {
-            !f.starts_with("Please move or remove")
-                && !f.starts_with("Aborting")
-                && !f.starts_with("Merge with strategy")
-        })
-        .collect();
-    let leftovers = files.iter().all(|f| {
-        let ours = std::fs::read(dir.join(f)).ok();
-        let theirs = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["cat-file", "blob", &format!("{commit}:{f}")])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| o.stdout);
-        ours.is_some() && ours == theirs
-    });
-    if files.is_empty() || !leftovers {
-        return Err(e);
+    let out = out.map_err(|e| fail(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
     }
-    // Put each file back as HEAD has it (absent, for a file HEAD does not have): the
-    // index first, then the working tree.
-    for f in &files {
-        let _ = git(dir, &["reset", "-q", "--", f]);
-        if git(dir, &["cat-file", "-e", &format!("HEAD:{f}")]).is_ok() {
-            let _ = git(dir, &["checkout", "-q", "--", f]);
-        } else {
-            let _ = std::fs::remove_file(dir.join(f));
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+        .collect())
+}
+
+/// Brings the worktree at `dir` back to its `HEAD`: the index and every tracked file as
+/// `HEAD` has them, and every untracked file not in `keep` removed (with the directories
+/// that held only such files). What a merge stopped half-way wrote is gone; what job
+/// steps left untracked before it (`keep`) stays.
+pub fn restore(dir: &Path, keep: &BTreeSet<PathBuf>) -> Result<(), GitError> {
+    git(dir, &["reset", "-q", "--hard", "HEAD"])?;
+    for file in untracked(dir)?.difference(keep) {
+        let path = dir.join(file);
+        std::fs::remove_file(&path).map_err(|e| GitError {
+            op: "restore".into(),
+            dir: dir.to_owned(),
+            message: format!("cannot remove '{}': {e}", path.display()),
+            conflict: false,
+        })?;
+        // Directories the merge made for the file, up to the first one that holds more.
+        let mut parent = path.parent();
+        while let Some(p) = parent.filter(|p| *p != dir && p.starts_with(dir)) {
+            if std::fs::remove_dir(p).is_err() {
+                break;
+            }
+            parent = p.parent();
         }
     }
-    match git_env(dir, &args, env) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let _ = git(dir, &["merge", "--abort"]);
-            Err(e)
-        }
-    }
+    Ok(())
 }
 
 /// Points `branch` at `commit`. The branch is the caller's alone (an agent's, under the

@@ -580,6 +580,17 @@ impl Job {
             &agent_refs(spec),
             &spec.worktree,
         )?;
+        let marker = pending_path(spec);
+        match Pending::read(&marker)? {
+            // Killed while checking the worktree out: files without an index. Made again.
+            Some(Pending::Create) => self.worktrees().remove(&spec.worktree),
+            Some(Pending::Merge(keep)) if spec.worktree.join(".git").exists() => {
+                self.note("undoing a merge that stopped half-way");
+                git::restore(&spec.worktree, &keep)?;
+            }
+            _ => {}
+        }
+        Pending::clear(&marker)?;
         if spec.worktree.join(".git").exists() {
             return Ok(false);
         }
@@ -587,8 +598,10 @@ impl Job {
             std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
         }
         let branch_lost = !git::branch_exists(&spec.repo_root, &spec.branch);
+        Pending::Create.write(&marker)?;
         self.worktrees()
             .add_on_branch(&spec.worktree, &spec.branch, &spec.base_commit)?;
+        Pending::clear(&marker)?;
         self.log(MapReduceEvent::WorktreeCreated {
             job_id: spec.id.clone(),
             agent_id: "job".into(),
@@ -1120,7 +1133,18 @@ impl Job {
                 "Merge {agent} (item {key}) of prodigy job {}",
                 self.state.spec.id
             );
-            if let Err(e) = git::merge(&worktree, &last, &message, &self.state.spec.env) {
+            let marker = pending_path(&self.state.spec);
+            let keep = git::untracked(&worktree)?;
+            Pending::Merge(keep.clone()).write(&marker)?;
+            let merged = git::merge(&worktree, &last, &message, &self.state.spec.env);
+            if let Err(e) = &merged
+                && !e.conflict
+            {
+                // Stopped half-way (a full disk): undone now if it can be, else by resume.
+                git::restore(&worktree, &keep).map_err(|_| RunError::from(e.clone()))?;
+            }
+            Pending::clear(&marker)?;
+            if let Err(e) = merged {
                 if !e.conflict {
                     return Err(e.into());
                 }
@@ -1440,6 +1464,73 @@ fn agent_branch(spec: &JobSpec, index: usize) -> String {
 /// take, since `@` is not allowed in job ids.
 fn agent_dir(spec: &JobSpec, index: usize) -> PathBuf {
     spec.agents_dir.join(format!("{}@agent-{index}", spec.id))
+}
+
+/// Where a change to the job's worktree under way is recorded (beside the worktree).
+fn pending_path(spec: &JobSpec) -> PathBuf {
+    spec.agents_dir.join("job-worktree.pending")
+}
+
+/// A change to the job's worktree under way, recorded before git starts it and removed
+/// once the worktree is whole again. The next runner that finds it repairs what the change
+/// left half done: git writes a checkout's or a merge's files before its index, so a kill
+/// or a full disk in between leaves files that block every later merge.
+#[derive(Debug, PartialEq, Eq)]
+enum Pending {
+    /// The worktree is being checked out; it is removed and made again.
+    Create,
+    /// A merge; the worktree is put back to `HEAD`, keeping the files that were untracked
+    /// before it (what setup left).
+    Merge(std::collections::BTreeSet<PathBuf>),
+}
+
+impl Pending {
+    /// The marker's bytes: the operation, then each kept name, each ended by NUL (file
+    /// names are bytes).
+    fn write(&self, path: &Path) -> Result<(), RunError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = match self {
+            Pending::Create => b"create\0".to_vec(),
+            Pending::Merge(_) => b"merge\0".to_vec(),
+        };
+        if let Pending::Merge(keep) = self {
+            for name in keep {
+                bytes.extend_from_slice(name.as_os_str().as_bytes());
+                bytes.push(0);
+            }
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fsutil::write_atomic(path, dir, &bytes, 0o644)?;
+        Ok(())
+    }
+
+    fn read(path: &Path) -> Result<Option<Pending>, RunError> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FsError::new("read", path, e).into()),
+        };
+        let mut parts = bytes.split(|b| *b == 0).filter(|p| !p.is_empty());
+        Ok(match parts.next() {
+            Some(b"create") => Some(Pending::Create),
+            Some(b"merge") => Some(Pending::Merge(
+                parts
+                    .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+                    .collect(),
+            )),
+            // Not ours (or cut short, which write_atomic rules out): repair the most.
+            _ => Some(Pending::Create),
+        })
+    }
+
+    fn clear(path: &Path) -> Result<(), RunError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::new("remove", path, e).into()),
+        }
+    }
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), RunError> {

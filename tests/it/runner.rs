@@ -1105,8 +1105,11 @@ fn a_command_too_long_for_the_system_is_a_clear_failure() {
 /// A merge killed after it staged an agent's file (no MERGE_HEAD yet) leaves "Your local
 /// changes … would be overwritten by merge … Merge with strategy ort failed.": those are
 /// the merge's own leftovers, put back, and the merge succeeds (found by the SIGKILL test).
+/// What a merge stopped half-way leaves (a file staged, another written but untracked):
+/// `restore` puts the worktree back to `HEAD`, keeping the untracked files it is told to
+/// keep, and the merge then succeeds.
 #[test]
-fn a_merge_over_its_own_staged_leftovers_succeeds() {
+fn restore_undoes_a_half_merge_and_keeps_what_was_there() {
     let env = Env::new();
     let repo = env.scratch().join("leftovers");
     std::fs::create_dir_all(&repo).unwrap();
@@ -1115,7 +1118,10 @@ fn a_merge_over_its_own_staged_leftovers_succeeds() {
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "base"]);
     git(&repo, &["checkout", "-q", "-b", "agent"]);
+    std::fs::create_dir_all(repo.join("d/e")).unwrap();
     std::fs::write(repo.join("f-4.txt"), "4\n").unwrap();
+    std::fs::write(repo.join("d/e/g.txt"), "g\n").unwrap();
+    std::fs::write(repo.join("base.txt"), "changed\n").unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "item 4"]);
     git(&repo, &["checkout", "-q", "main"]);
@@ -1123,21 +1129,169 @@ fn a_merge_over_its_own_staged_leftovers_succeeds() {
     std::fs::write(repo.join("other.txt"), "x\n").unwrap();
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "other"]);
-    // What the killed merge left: the agent's file staged, no merge in progress.
+    // Setup left a file untracked: it stays.
+    std::fs::write(repo.join("setup-output.json"), "[]\n").unwrap();
+    let keep = prodigy::runner::git::untracked(&repo).unwrap();
+    assert_eq!(keep.len(), 1, "{keep:?}");
+    // What the stopped merge left: one file staged, one cut short, one tracked file
+    // rewritten.
     std::fs::write(repo.join("f-4.txt"), "4\n").unwrap();
     git(&repo, &["add", "f-4.txt"]);
+    std::fs::create_dir_all(repo.join("d/e")).unwrap();
+    std::fs::write(repo.join("d/e/g.txt"), "").unwrap();
+    std::fs::write(repo.join("base.txt"), "chan").unwrap();
     let env_vars = std::collections::BTreeMap::from([
         ("GIT_AUTHOR_NAME".to_owned(), "t".to_owned()),
         ("GIT_AUTHOR_EMAIL".to_owned(), "t@example.com".to_owned()),
         ("GIT_COMMITTER_NAME".to_owned(), "t".to_owned()),
         ("GIT_COMMITTER_EMAIL".to_owned(), "t@example.com".to_owned()),
     ]);
+    assert!(prodigy::runner::git::merge(&repo, "agent", "merge item 4", &env_vars).is_err());
+    prodigy::runner::git::restore(&repo, &keep).unwrap();
+    assert!(!repo.join("d").exists());
+    assert_eq!(
+        std::fs::read_to_string(repo.join("base.txt")).unwrap(),
+        "base\n"
+    );
     prodigy::runner::git::merge(&repo, "agent", "merge item 4", &env_vars).unwrap();
     assert_eq!(
         std::fs::read_to_string(repo.join("f-4.txt")).unwrap(),
         "4\n"
     );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("d/e/g.txt")).unwrap(),
+        "g\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("setup-output.json")).unwrap(),
+        "[]\n"
+    );
     assert!(prodigy::runner::git::is_merged(&repo, "agent"));
+}
+
+/// A `git` in front of the real one that SIGKILLs the runner's process group once, at
+/// `$KILL_AT`: `merge` (after writing part of a file the merge brings, as git writes files
+/// before its index) or `checkout` (after the job worktree's files are out, before its
+/// index is). Returns the PATH to run with.
+fn killing_git(env: &Env) -> String {
+    let bin = env.dir.path().join("kill-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+real={real}
+once="$KILL_MARKS/killed-$KILL_AT"
+if [ -n "$KILL_AT" ] && [ ! -e "$once" ] && [ "$1" = "-C" ]; then
+  dir=$2
+  case "$3 $4 $KILL_AT" in
+    "merge --no-edit merge")
+      touch "$once"
+      last=$(eval "echo \${{$#}}")
+      f=$("$real" -C "$dir" diff --name-only HEAD "$last" | head -n 1)
+      printf 'partial' > "$dir/$f"
+      kill -s KILL 0 ;;
+    "worktree add checkout")
+      path=
+      for a in "$@"; do case "$a" in *@job) path=$a ;; esac; done
+      [ -n "$path" ] || exec "$real" "$@"
+      touch "$once"
+      "$real" "$@"
+      rm -f "$("$real" -C "$path" rev-parse --absolute-git-dir)/index"
+      kill -s KILL 0 ;;
+  esac
+fi
+exec "$real" "$@"
+"#,
+        real = real.trim()
+    );
+    let path = bin.join("git");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// A SIGKILL while git merges an agent's commits (a file of it half written), and one while
+/// the job's worktree is checked out again after it was deleted (files without an index):
+/// each `resume` puts the worktree back and the job completes, every item merged once.
+#[test]
+fn a_kill_inside_a_merge_or_a_checkout_is_repaired_by_resume() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "halfway");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: halfway
+{IDENTITY}setup:
+  - shell: echo s > setup.txt && git add setup.txt && git commit -qm setup && echo keep > untracked.txt
+map:
+  input: seq 1 4
+  max_parallel: 2
+  agent_template:
+    - shell: echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm 'item ${{item}}'
+reduce:
+  - shell: (test ! -e untracked.txt || test \"$(cat untracked.txt)\" = keep) && ls f-*.txt | wc -l > n.txt && git add n.txt && git commit -qm reduce
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    let path = killing_git(&env);
+    let run = |args: &[&str], kill_at: &str| {
+        let mut cmd = env.std_cmd();
+        cmd.current_dir(&repo)
+            .args(args)
+            .env("PATH", &path)
+            .env("KILL_AT", kill_at)
+            .env("KILL_MARKS", &marks);
+        // Its own process group: the kill takes the runner and its children only.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.output().unwrap()
+    };
+    let out = run(&["run", "w.yml", "--job-id", "t"], "merge");
+    assert!(!out.status.success(), "{}", transcript(&out));
+    assert!(marks.join("killed-merge").exists());
+    let show = job_show(&env, &repo, "t");
+    assert_eq!(show["phase"], "merge", "{show}");
+    // Resumed with the half-written file in place: undone, merged, done.
+    let out = run(&["resume", "t"], "");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(job_show(&env, &repo, "t")["phase"], "complete");
+    let log = git_out(&repo, &["log", "--format=%s", "prodigy/t"]);
+    for n in 1..=4 {
+        let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
+        assert_eq!(merged, 1, "item {n} in\n{log}");
+    }
+    assert_eq!(git_out(&repo, &["show", "prodigy/t:n.txt"]), "4");
+
+    // Another job: killed at its first merge, then its worktrees deleted (setup's
+    // untracked file with them) and the checkout of the job's worktree killed half-way.
+    std::fs::remove_file(marks.join("killed-merge")).unwrap();
+    let out = run(&["run", "w.yml", "--job-id", "v"], "merge");
+    assert!(!out.status.success(), "{}", transcript(&out));
+    std::fs::remove_dir_all(env.home().join("worktrees/halfway/v")).unwrap();
+    let out = run(&["resume", "v"], "checkout");
+    assert!(!out.status.success(), "{}", transcript(&out));
+    assert!(marks.join("killed-checkout").exists());
+    let out = run(&["resume", "v"], "");
+    assert!(out.status.success(), "{}", transcript(&out));
+    let log = git_out(&repo, &["log", "--format=%s", "prodigy/v"]);
+    for n in 1..=4 {
+        let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
+        assert_eq!(merged, 1, "item {n} in\n{log}");
+    }
+    assert_fsck_clean(&env);
 }
 
 /// The original's step fields `name` and `commit_required`, and its spellings of the agent
@@ -1513,4 +1667,74 @@ reduce:
         stderr.contains("first.yml:5") && stderr.contains("${last.output}"),
         "{stderr}"
     );
+}
+
+/// The home on a small file system, filled by the merges (each agent commits 200 KB): the
+/// merge fails on the full disk; once there is room again, `resume` finishes the job with
+/// every item merged once (git's half-written file is undone, not in the way).
+#[test]
+fn a_full_disk_during_the_merges_then_resume_finishes() {
+    let env = Env::new();
+    let home = env.home();
+    std::fs::create_dir_all(&home).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&home)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        // Root can always mount a tmpfs here; only an ordinary user (never CI) skips.
+        assert!(
+            !crate::common::can_mount(),
+            "mount of a tmpfs failed as root"
+        );
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let (repo, _) = repo_and_marks(&env, "full");
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "name: full
+{IDENTITY}map:
+  input: seq 1 24
+  max_parallel: 2
+  agent_template:
+    - shell: head -c 200000 /dev/urandom > f-${{item}}.bin && git add . && git commit -qm 'item ${{item}}'
+"
+            ),
+        );
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "workflow"]);
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "t"]);
+        assert!(!out.status.success(), "{}", transcript(&out));
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains("unable to write") || stderr.contains("No space left"),
+            "{stderr}"
+        );
+        let status = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(env.home())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = in_repo(&env, &repo, &["resume", "t"]);
+        assert!(out.status.success(), "{}", transcript(&out));
+        let show = job_show(&env, &repo, "t");
+        assert_eq!(show["phase"], "complete", "{show}");
+        assert_eq!(show["done"], 24, "{show}");
+        let log = git_out(&repo, &["log", "--format=%s", "prodigy/t"]);
+        for n in 1..=24 {
+            let merged = log.lines().filter(|l| *l == format!("item {n}")).count();
+            assert_eq!(merged, 1, "item {n} in\n{log}");
+        }
+        assert_fsck_clean(&env);
+    });
+    let _ = std::process::Command::new("umount").arg(&home).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }
