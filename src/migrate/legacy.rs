@@ -124,6 +124,10 @@ impl Scanner<'_> {
     /// The entries of `dir` sorted by name; a missing directory has none, an unreadable
     /// one is reported. Symlinks are neither files nor directories here (never followed).
     fn entries(&mut self, dir: &Path) -> Vec<Entry> {
+        if let Some(link) = symlink_on_the_way(self.root, dir) {
+            self.symlink(&link);
+            return Vec::new();
+        }
         let read = match fs::read_dir(dir) {
             Ok(read) => read,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
@@ -152,6 +156,10 @@ impl Scanner<'_> {
                 }
             };
             let kind = entry.file_type().ok();
+            if kind.is_some_and(|k| k.is_symlink()) {
+                self.symlink(&entry.path());
+                continue;
+            }
             out.push(Entry {
                 name: entry.file_name().to_string_lossy().into_owned(),
                 path: entry.path(),
@@ -161,6 +169,24 @@ impl Scanner<'_> {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Refuses a symbolic link (once), naming it.
+    fn symlink(&mut self, link: &Path) {
+        let rel = self.rel(link);
+        if self.tree.problems.iter().any(|p| p.path == rel) {
+            return;
+        }
+        let target = fs::read_link(link)
+            .map(|t| format!(" (to '{}')", t.display()))
+            .unwrap_or_default();
+        self.tree.problems.push(Rejection::file(
+            rel,
+            Reason::Symlink,
+            format!(
+                "a symbolic link{target}: never followed, nothing imported or removed through it"
+            ),
+        ));
     }
 
     fn unknown(&mut self, path: &Path) {
@@ -311,18 +337,46 @@ pub fn scan(root: &Path) -> Tree {
     ] {
         s.tree.dirs.push(dir);
     }
+    // Nothing is removed through a symlink: `.prodigy/mapreduce` a link makes
+    // `.prodigy/mapreduce/dlq` a directory somewhere else.
+    s.tree
+        .dirs
+        .retain(|d| symlink_on_the_way(root, d).is_none());
     s.tree.events.sort_by(|a, b| a.file.rel.cmp(&b.file.rel));
     s.tree
+}
+
+/// The first symbolic link among the components of `path` below `root` (`path` itself
+/// included), if any; `root` (the repository) is the user's own choice and is trusted.
+fn symlink_on_the_way(root: &Path, path: &Path) -> Option<PathBuf> {
+    let rel = path.strip_prefix(root).ok()?;
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return Some(at),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// True when `<root>/.prodigy` holds data of the original tool (a quick look, for the
 /// warning every command gives): `mapreduce/`, or event files under `events/`.
 pub fn present(root: &Path) -> bool {
     let dot = root.join(crate::storage::LOCAL_DIR);
-    if dot.join("mapreduce").is_dir() {
+    // Through a symlink nothing is migrated, so nothing is announced either.
+    let real = |dir: &Path| symlink_on_the_way(root, dir).is_none();
+    let mapreduce = dot.join("mapreduce");
+    if real(&mapreduce) && mapreduce.is_dir() {
         return true;
     }
-    let Ok(read) = fs::read_dir(dot.join("events")) else {
+    let events = dot.join("events");
+    if !real(&events) {
+        return false;
+    }
+    let Ok(read) = fs::read_dir(events) else {
         return false;
     };
     read.flatten().any(|e| {
@@ -350,7 +404,7 @@ pub struct Content {
 
 /// Reads an event file, decompressing gzip.
 pub fn read_content(path: &Path) -> std::io::Result<Content> {
-    let raw = fs::read(path)?;
+    let raw = crate::fsutil::read_nofollow(path)?;
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(Content {
             bytes: raw,

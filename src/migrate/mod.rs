@@ -58,6 +58,9 @@ pub enum Reason {
     UnknownItem,
     /// The job id is taken in the store by a job that was not imported.
     JobExists,
+    /// A symbolic link in the legacy tree (`.prodigy` itself included): never followed,
+    /// so nothing is imported or removed through it.
+    Symlink,
 }
 
 impl Reason {
@@ -76,6 +79,7 @@ impl Reason {
             Reason::NotACheckpoint => "not_a_checkpoint",
             Reason::UnknownItem => "unknown_item",
             Reason::JobExists => "job_exists",
+            Reason::Symlink => "symlink",
         }
     }
 }
@@ -619,7 +623,7 @@ fn import_dlq(
         }
         let mut items: Vec<(DeadLetteredItem, &LegacyFile)> = Vec::new();
         for (_, f) in &dir.files {
-            let converted = fs::read(&f.path)
+            let converted = crate::fsutil::read_nofollow(&f.path)
                 .map_err(|e| (Reason::UnreadableFile, e.to_string()))
                 .and_then(|bytes| legacy::dlq_item(&bytes));
             match converted {
@@ -712,7 +716,7 @@ fn import_checkpoints(
         let mut converted = Vec::new();
         for (_, f) in &dir.files {
             let reason = format!("imported from {}", f.rel);
-            let result = fs::read(&f.path)
+            let result = crate::fsutil::read_nofollow(&f.path)
                 .map_err(|e| (Reason::UnreadableFile, e.to_string()))
                 .and_then(|bytes| {
                     let c = legacy::checkpoint(&bytes, &reason)?;
@@ -878,7 +882,7 @@ fn relative(root: &Path, path: &Path) -> String {
 
 /// True when a file holds nothing but whitespace (safe to remove unimported).
 fn is_empty_file(path: &Path) -> bool {
-    fs::read(path).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace))
+    crate::fsutil::read_nofollow(path).is_ok_and(|b| b.iter().all(u8::is_ascii_whitespace))
 }
 
 /// Removes the imported (or empty) legacy files, the derived indexes of fully imported

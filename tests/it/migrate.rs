@@ -797,3 +797,76 @@ fn sigkill_during_a_migration_then_a_rerun_imports_everything_once() {
         );
     }
 }
+
+/// A repository can ship symlinks in `.prodigy` (`.prodigy` itself, `.prodigy/events`,
+/// `.prodigy/mapreduce`, a job directory, an event file) pointing at data outside it:
+/// `migrate-events --remove-local`, with `--force` too, follows none of them: each is
+/// refused by name, nothing is imported through it, and the victim outside is untouched.
+#[test]
+fn symlinks_in_the_legacy_tree_are_refused_and_nothing_outside_is_removed() {
+    let env = Env::new();
+    let victim = env.dir.path().join("victim");
+    let log = format!("{}\n", line("v1", "jobz", "agent_started"));
+    // Each case: the link (relative to the repository) and the victim tree it points at.
+    let cases: [(&str, &str); 6] = [
+        (".prodigy", ".prodigy"),
+        (".prodigy/events", ".prodigy/events"),
+        (".prodigy/mapreduce", ".prodigy/mapreduce"),
+        (".prodigy/events/jobz", ".prodigy/events/jobz"),
+        (
+            ".prodigy/events/jobz/events-1.jsonl",
+            ".prodigy/events/jobz/events-1.jsonl",
+        ),
+        (".prodigy/mapreduce/dlq/jobz", ".prodigy/mapreduce/dlq/jobz"),
+    ];
+    for (n, (link, _)) in cases.iter().enumerate() {
+        let repo = env.scratch().join(format!("r{n}"));
+        let outside = victim.join(format!("c{n}"));
+        // The victim: a valid legacy tree of its own, outside the repository.
+        let vdot = outside.join("dot");
+        fs::create_dir_all(vdot.join("events/jobz")).unwrap();
+        fs::write(vdot.join("events/jobz/events-1.jsonl"), &log).unwrap();
+        copy_dir(&fixture_dot().join("mapreduce"), &vdot.join("mapreduce"));
+        fs::create_dir_all(vdot.join("mapreduce/dlq/jobz/items")).unwrap();
+        let before = files(&outside);
+        // The repository: the link stands where `link` is, aiming at the same place in
+        // the victim's tree.
+        let target = vdot.join(link.trim_start_matches(".prodigy").trim_start_matches('/'));
+        let at = repo.join(link);
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&target, &at).unwrap();
+        for args in [vec!["--remove-local"], vec!["--remove-local", "--force"]] {
+            let mut all = args.clone();
+            all.push(repo.to_str().unwrap());
+            let (r, out) = migrate_json(&env, &all);
+            let refused: Vec<&Value> = r["rejected"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["reason"] == "symlink")
+                .collect();
+            assert_eq!(refused.len(), 1, "{link} {args:?}: {}", transcript(&out));
+            assert_eq!(refused[0]["path"], *link, "{r}");
+            assert_eq!(
+                files(&outside),
+                before,
+                "{link} {args:?}: the victim changed"
+            );
+            assert!(
+                fs::symlink_metadata(&at).is_ok(),
+                "{link}: the link was removed"
+            );
+            if args.len() == 1 {
+                assert!(!out.status.success(), "{link}: {}", transcript(&out));
+            }
+        }
+        // Nothing came in through the link.
+        let stored = files(&env.home());
+        assert!(
+            !stored
+                .iter()
+                .any(|f| f.contains("jobz") || f.contains("mapreduce-")),
+            "{link}: {stored:?}"
+        );
+    }
+}
