@@ -23,9 +23,56 @@ use serde_json::Value;
 
 use super::{DeadLetteredItem, ItemSummary};
 
+/// How deep parentheses may nest in an expression of user text (filters, `when:`,
+/// JSONPath): deeper is an error, never a stack overflow.
+pub const MAX_NESTING: usize = 64;
+
+/// An expression quoted in an error: whole when short, else its start.
+pub fn preview(expr: &str) -> String {
+    const LIMIT: usize = 80;
+    if expr.chars().count() <= LIMIT {
+        format!("{expr:?}")
+    } else {
+        let start: String = expr.chars().take(LIMIT - 20).collect();
+        format!("{start:?}… ({} characters)", expr.chars().count())
+    }
+}
+
+/// Checks that brackets (`(`, `[`, `{`) outside quotes nest at most [`MAX_NESTING`] deep
+/// in `text`, for parsers of user text that recurse (JSONPath); the error names the
+/// 1-based column where the limit is passed.
+pub fn check_nesting(text: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in text.chars().enumerate() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '\'' | '"' => quote = Some(c),
+                '(' | '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(format!(
+                            "brackets nested deeper than {MAX_NESTING} at column {}",
+                            i + 1
+                        ));
+                    }
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    Ok(())
+}
+
 /// A filter expression that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid filter {expr:?} at column {column}: {message}")]
+#[error("invalid filter {} at column {column}: {message}", preview(.expr))]
 pub struct FilterError {
     /// The expression.
     pub expr: String,
@@ -72,8 +119,9 @@ enum Cmp {
 
 #[derive(Debug, Clone)]
 enum Node {
-    And(Box<Node>, Box<Node>),
-    Or(Box<Node>, Box<Node>),
+    // Chains are lists, not nested pairs: `a && a && …` never makes a deep tree.
+    And(Vec<Node>),
+    Or(Vec<Node>),
     Not(Box<Node>),
     Test {
         field: Vec<String>,
@@ -101,7 +149,7 @@ fn lex(expr: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
     let mut i = 0;
     while i < chars.len() {
         let (pos, c) = chars[i];
-        let column = expr[..pos].chars().count() + 1;
+        let column = i + 1;
         if c.is_whitespace() {
             i += 1;
             continue;
@@ -198,6 +246,8 @@ struct Parser<'a> {
     at: usize,
     needs_item: bool,
     data: bool,
+    /// Parentheses open around the token at hand.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -222,38 +272,63 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Node, FilterError> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while matches!(self.peek(), Tok::Op("||")) || self.is_word("or") {
             self.at += 1;
-            left = Node::Or(Box::new(left), Box::new(self.and()?));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Node::Or(terms)
+        })
     }
 
     fn and(&mut self) -> Result<Node, FilterError> {
-        let mut left = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while matches!(self.peek(), Tok::Op("&&")) || self.is_word("and") {
             self.at += 1;
-            left = Node::And(Box::new(left), Box::new(self.unary()?));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(if terms.len() == 1 {
+            terms.remove(0)
+        } else {
+            Node::And(terms)
+        })
     }
 
+    /// Negations are counted, not nested; each `(` goes one level deeper, at most
+    /// [`MAX_NESTING`].
     fn unary(&mut self) -> Result<Node, FilterError> {
-        if matches!(self.peek(), Tok::Op("!")) || self.is_word("not") {
+        let mut negations = 0usize;
+        while matches!(self.peek(), Tok::Op("!")) || self.is_word("not") {
             self.at += 1;
-            return Ok(Node::Not(Box::new(self.unary()?)));
+            negations += 1;
+            if negations > MAX_NESTING {
+                return Err(self.err(format!("more than {MAX_NESTING} negations in a row")));
+            }
         }
-        if *self.peek() == Tok::LParen {
+        let inner = if *self.peek() == Tok::LParen {
+            if self.depth == MAX_NESTING {
+                return Err(self.err(format!("parentheses nested deeper than {MAX_NESTING}")));
+            }
+            self.depth += 1;
             self.at += 1;
             let inner = self.or()?;
             if *self.peek() != Tok::RParen {
                 return Err(self.err("expected ')'".into()));
             }
             self.at += 1;
-            return Ok(inner);
-        }
-        self.test()
+            self.depth -= 1;
+            inner
+        } else {
+            self.test()?
+        };
+        Ok(if negations % 2 == 1 {
+            Node::Not(Box::new(inner))
+        } else {
+            inner
+        })
     }
 
     fn test(&mut self) -> Result<Node, FilterError> {
@@ -377,6 +452,7 @@ impl ItemFilter {
             at: 0,
             needs_item: false,
             data,
+            depth: 0,
         };
         if *parser.peek() == Tok::End {
             return Err(parser.err("the filter is empty".into()));
@@ -447,8 +523,8 @@ fn summary_field(id: &str, s: &ItemSummary, field: &[String]) -> Value {
 
 fn eval(node: &Node, get: &dyn Fn(&[String]) -> Value) -> bool {
     match node {
-        Node::And(a, b) => eval(a, get) && eval(b, get),
-        Node::Or(a, b) => eval(a, get) || eval(b, get),
+        Node::And(terms) => terms.iter().all(|t| eval(t, get)),
+        Node::Or(terms) => terms.iter().any(|t| eval(t, get)),
         Node::Not(a) => !eval(a, get),
         Node::Test {
             field,

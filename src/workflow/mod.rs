@@ -487,12 +487,21 @@ impl Plan {
             return Err(at(0, "map.agent_template has no steps".into()));
         }
         let json_path = match &m.json_path {
-            Some(p) => Some(serde_json_path::JsonPath::parse(&p.value).map_err(|e| {
-                at(
-                    p.referenced.line(),
-                    format!("map.json_path {:?} is not RFC 9535 JSONPath: {e}", p.value),
-                )
-            })?),
+            Some(p) => Some(
+                crate::dlq::filter::check_nesting(&p.value)
+                    .and_then(|()| {
+                        serde_json_path::JsonPath::parse(&p.value).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| {
+                        at(
+                            p.referenced.line(),
+                            format!(
+                                "map.json_path {} is not RFC 9535 JSONPath: {e}",
+                                crate::dlq::filter::preview(&p.value)
+                            ),
+                        )
+                    })?,
+            ),
             None => None,
         };
         let filter = match &m.filter {

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::dlq::filter::{MAX_NESTING, preview};
+
 /// Where a step runs, which decides the variables it can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -445,12 +447,26 @@ pub fn condition(text: &str) -> Result<bool, String> {
 }
 
 fn term_value(term: &str) -> Result<bool, String> {
-    let term = term.trim();
-    if let Some(rest) = term.strip_prefix('!')
+    let mut term = term.trim();
+    let mut negated = false;
+    let mut negations = 0;
+    while let Some(rest) = term.strip_prefix('!')
         && !rest.starts_with('=')
     {
-        return term_value(rest).map(|b| !b);
+        negations += 1;
+        if negations > MAX_NESTING {
+            return Err(format!(
+                "when: more than {MAX_NESTING} negations in a row in {}",
+                preview(term)
+            ));
+        }
+        negated = !negated;
+        term = rest.trim_start();
     }
+    term_plain(term).map(|b| b != negated)
+}
+
+fn term_plain(term: &str) -> Result<bool, String> {
     for op in ["==", "!=", "<=", ">=", "<", ">"] {
         if let Some((l, r)) = term.split_once(op) {
             let (l, r) = (unquote(l), unquote(r));
@@ -468,7 +484,8 @@ fn term_value(term: &str) -> Result<bool, String> {
                 },
                 _ => {
                     return Err(format!(
-                        "when: {term:?} compares values that are not numbers"
+                        "when: {} compares values that are not numbers",
+                        preview(term)
                     ));
                 }
             });
@@ -478,7 +495,8 @@ fn term_value(term: &str) -> Result<bool, String> {
         "true" => Ok(true),
         "false" => Ok(false),
         _ => Err(format!(
-            "when: {term:?} is neither true, false nor a comparison"
+            "when: {} is neither true, false nor a comparison",
+            preview(term)
         )),
     }
 }

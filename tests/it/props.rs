@@ -68,3 +68,74 @@ fn corruption_on_disk_is_detected_for_every_byte() {
         }
     }
 }
+
+/// Every parser of user text, given up to 1 MiB of one nesting or negation token (and
+/// long `&&`/`||` chains, which must still evaluate): an `Err` of one short line, or a
+/// value, and never a stack overflow (the test thread has the default 2 MiB stack, less
+/// than the runner's main thread). `when:` conditions, DLQ and item filters, a workflow's
+/// `map.filter` and `map.json_path`, and the workflow's YAML itself.
+mod nesting {
+    use std::path::Path;
+
+    use proptest::prelude::*;
+
+    use prodigy::dlq::filter::ItemFilter;
+    use prodigy::workflow::{Plan, template};
+
+    fn one_line<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<(), TestCaseError> {
+        if let Err(e) = r {
+            let text = e.to_string();
+            prop_assert!(!text.contains('\n'), "{}: {}", what, text);
+            prop_assert!(text.len() < 400, "{}: {} bytes of error", what, text.len());
+        }
+        Ok(())
+    }
+
+    fn workflow(map_extra: &str) -> String {
+        format!(
+            "name: t\nmap:\n  input: seq 1 2\n{map_extra}  agent_template:\n    - shell: 'true'\n"
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+        ))]
+
+        #[test]
+        fn deep_nesting_is_a_clean_error(
+            token in prop::sample::select(vec!["(", "!", "not ", "[", "{", "!(", "$[?(", "'", "\\"])
+            , kib in prop::sample::select(vec![1usize, 16, 256, 1024])
+        ) {
+            let n = kib * 1024 / token.len();
+            let deep = token.repeat(n);
+            one_line("filter", ItemFilter::parse(&format!("{deep}failure_count > 1")))?;
+            one_line("item filter", ItemFilter::parse_data(&format!("{deep}n > 1")))?;
+            one_line("when", template::condition(&format!("{deep}true")))?;
+            let quoted = serde_json::to_string(&deep).unwrap();
+            one_line("map.filter", Plan::parse(Path::new("w.yml"), &workflow(&format!("  filter: {quoted}\n"))))?;
+            one_line("map.json_path", Plan::parse(Path::new("w.yml"), &workflow(&format!("  json_path: {quoted}\n"))))?;
+            one_line("yaml", Plan::parse(Path::new("w.yml"), &format!("name: {deep}\n")))?;
+        }
+    }
+
+    #[test]
+    fn long_chains_parse_and_evaluate() {
+        for join in [" && ", " || ", " and "] {
+            let expr = vec!["n == 1"; 100_000].join(join);
+            let f = ItemFilter::parse_data(&expr).unwrap();
+            assert!(f.matches_data(&serde_json::json!({"n": 1})));
+            drop(f);
+        }
+        let when = vec!["1 == 1"; 100_000].join(" && ");
+        assert_eq!(template::condition(&when), Ok(true));
+        // Within the bounds, nesting still means what it says.
+        let f = ItemFilter::parse_data(&format!("{}n == 1{}", "!(".repeat(63), ")".repeat(63)))
+            .unwrap();
+        assert!(f.matches_data(&serde_json::json!({"n": 2})));
+        assert_eq!(
+            template::condition(&format!("{}true", "!".repeat(64))),
+            Ok(true)
+        );
+    }
+}

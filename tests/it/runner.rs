@@ -1738,3 +1738,72 @@ fn a_full_disk_during_the_merges_then_resume_finishes() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Data that nests too deep for a condition (10,000 `!` in an item used as `when:`) fails
+/// its item into the DLQ with a one-line reason; the other items run, and `resume` has
+/// nothing left to trip on. Filters of 50,000 `!` or 10,000 `(` are one-line errors.
+#[test]
+fn a_condition_too_deep_fails_its_item_and_the_job_goes_on() {
+    let env = Env::new();
+    let repo = repo(&env, "deep");
+    let flag = format!("{}true", "!".repeat(10_000));
+    let items = serde_json::json!([{"id": 1, "flag": "true"}, {"id": 2, "flag": flag}, {"id": 3, "flag": "!true"}]);
+    write(&repo, "items.json", &items.to_string());
+    write(
+        &repo,
+        "w.yml",
+        "name: deep\nmap:\n  input: items.json\n  agent_template:\n    - shell: echo ran-${item.id}\n      when: \"${item.flag}\"\nerror_policy:\n  on_item_failure: dlq\n",
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "items"]);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "d"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("overflow"), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "d");
+    assert_eq!(show["phase"], "complete", "{show}");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{show}"
+    );
+    let dlq = ok_in(&env, &repo, &["dlq", "list", "d", "--json"]);
+    assert!(dlq.contains("negations in a row"), "{dlq}");
+    let out = in_repo(&env, &repo, &["resume", "d"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    for filter in [
+        format!("{}failure_count > 0", "!".repeat(50_000)),
+        format!("{}failure_count > 0", "(".repeat(10_000)),
+    ] {
+        let out = in_repo(&env, &repo, &["dlq", "list", "d", "--filter", &filter]);
+        let stderr = assert_one_line_error(&out, 2);
+        assert!(stderr.len() < 400, "{stderr}");
+    }
+    // And in the workflow: a load error naming the line.
+    let deep = "(".repeat(10_000);
+    write(
+        &repo,
+        "f.yml",
+        &format!(
+            "name: f\nmap:\n  input: items.json\n  filter: \"{deep}id > 1\"\n  agent_template:\n    - shell: 'true'\n"
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "f.yml", "--job-id", "f"]);
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("f.yml:4") && stderr.contains("nested deeper than 64"),
+        "{stderr}"
+    );
+    write(
+        &repo,
+        "j.yml",
+        &format!(
+            "name: j\nmap:\n  input: items.json\n  json_path: \"$[?{deep}@.id > 1\"\n  agent_template:\n    - shell: 'true'\n"
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "j.yml", "--job-id", "j"]);
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("j.yml:4") && stderr.contains("nested deeper than 64"),
+        "{stderr}"
+    );
+}
