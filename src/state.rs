@@ -212,7 +212,8 @@ pub struct ItemResult {
     /// True once its commits are merged into the job's worktree.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub merged: bool,
-    /// The captured output of its last step with `capture_output` (cut at 64 KiB).
+    /// The captured output of its last step with `capture_output`, whole (a capture is at
+    /// most 1 MiB; a step printing more fails saying so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// The error, for a failed item.

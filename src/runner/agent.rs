@@ -23,9 +23,6 @@ use crate::workflow::template::Vars;
 /// (`MAX_ARG_STRLEN`) with a bare E2BIG.
 const MAX_COMMAND: usize = 128 * 1024 - 1;
 
-/// Output of an agent kept in its result (and the checkpoint).
-const MAX_RESULT_OUTPUT: usize = 64 * 1024;
-
 /// What an agent whose steps all succeeded leaves at once, beside its worktree
 /// (`<job>@agent-<i>.done`), before the slower work of reporting it: if the runner dies
 /// before its checkpoint records the item, `resume` adopts the result instead of running
@@ -61,17 +58,6 @@ fn detached_head(worktree: &Path) -> Option<String> {
     let head = std::fs::read_to_string(gitdir.join("HEAD")).ok()?;
     let head = head.trim();
     (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
-}
-
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut at = max;
-        while !s.is_char_boundary(at) {
-            at -= 1;
-        }
-        s.truncate(at);
-    }
-    s
 }
 
 /// What a step that did not fail the phase left: its capture (read by its format), its
@@ -177,7 +163,15 @@ pub(super) fn run_step(
                 .as_ref()
                 .is_some_and(|b| *b == super::git::head(cwd).ok());
         // The captured value, read by the step's capture_format.
+        let over = out.stdout_bytes > super::exec::MAX_CAPTURE as u64;
         let captured = match &step.capture {
+            // A capture is whole or an error, never silently cut.
+            Some(name) if out.success() && over => Some(Err(format!(
+                "capture {name}: the step printed {} bytes, more than the {} MiB a capture \
+                 holds; write the output to a file and read it from there",
+                out.stdout_bytes,
+                super::exec::MAX_CAPTURE >> 20
+            ))),
             Some(_) if out.success() => {
                 Some(step.capture_format.read(out.stdout.trim_end_matches('\n')))
             }
@@ -420,7 +414,8 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             match run_step(&ctx.exec, step, &vars, &path, &env, &log, deadline) {
                 Ok(ok) => {
                     if let Some(value) = ok.record(step, &mut captured) {
-                        output = Some(cut(value, MAX_RESULT_OUTPUT));
+                        // Whole: a capture is at most MAX_CAPTURE, more fails the step.
+                        output = Some(value);
                     }
                 }
                 Err(f) if f.interrupted => {

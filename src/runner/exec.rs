@@ -68,6 +68,9 @@ pub struct StepOutcome {
     pub interrupted: bool,
     /// Its standard output, when captured (at most [`MAX_CAPTURE`] bytes).
     pub stdout: String,
+    /// How many bytes it wrote to standard output, when captured (more than
+    /// [`MAX_CAPTURE`] means `stdout` holds only the start).
+    pub stdout_bytes: u64,
     /// The last [`STDERR_TAIL`] bytes of its standard error.
     pub stderr_tail: String,
     /// How long it ran.
@@ -154,13 +157,16 @@ impl Executor {
         // done; a process that left the step's group may keep the pipes open for ever, so
         // they are waited for only briefly once the step has ended.
         let kept = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tail = Arc::new(Mutex::new(Vec::new()));
         let (done_tx, done_rx) = mpsc::channel::<()>();
         if let Some(mut r) = stdout {
             let (log, kept, done) = (Arc::clone(step.log), Arc::clone(&kept), done_tx.clone());
+            let seen = Arc::clone(&seen);
             let capture = step.capture;
             std::thread::spawn(move || {
                 pump(&mut r, &log, |chunk| {
+                    seen.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if capture && kept.len() < MAX_CAPTURE {
                         let room = MAX_CAPTURE - kept.len();
@@ -233,6 +239,11 @@ impl Executor {
             timed_out,
             interrupted,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stdout_bytes: if step.capture {
+                seen.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                0
+            },
             stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
             duration,
         })
@@ -245,6 +256,7 @@ fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
         timed_out,
         interrupted,
         stdout: String::new(),
+        stdout_bytes: 0,
         stderr_tail: String::new(),
         duration: started.elapsed(),
     }

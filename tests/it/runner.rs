@@ -1807,3 +1807,66 @@ fn a_condition_too_deep_fails_its_item_and_the_job_goes_on() {
         "{stderr}"
     );
 }
+
+/// An agent's capture reaches reduce whole (200 KB then `END`, past the old 64 KiB cut),
+/// and a capture over the 1 MiB limit (3 MB, and 1.1 MB of `capture_format: json`) fails
+/// its item naming the limit instead of being cut.
+#[test]
+fn captures_are_whole_or_an_error_naming_the_limit() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "big");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: big
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: n=200000; [ ${{item}} = 1 ] || n=3000000; head -c $n /dev/zero | tr '\\0' a; echo END
+      capture_output: out
+error_policy:
+  on_item_failure: dlq
+reduce:
+  - shell: python3 -c \"import json,os; r=json.load(open(os.environ['PRODIGY_MAP_RESULTS'])); d=[x for x in r if x['status']=='done']; print(len(d), len(d[0]['output']), d[0]['output'].endswith('END'))\" > {}/reduce
+",
+            marks.display()
+        ),
+    );
+    write(
+        &repo,
+        "j.yml",
+        "name: j
+map:
+  input: seq 1 1
+  agent_template:
+    - shell: printf '\"'; head -c 1100000 /dev/zero | tr '\\0' c; printf '\"'
+      capture_output: out
+      capture_format: json
+error_policy:
+  on_item_failure: dlq
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    // Item 1 printed 200,000 bytes and END (whole in reduce); item 2 3,000,000 (failed).
+    let show = job_show(&env, &repo, "b");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{show}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("reduce"))
+            .unwrap()
+            .trim(),
+        "1 200003 True"
+    );
+    let dlq = ok_in(&env, &repo, &["dlq", "list", "b", "--json"]);
+    assert!(dlq.contains("MiB a capture holds"), "{dlq}");
+    let out = in_repo(&env, &repo, &["run", "j.yml", "--job-id", "j"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let dlq = ok_in(&env, &repo, &["dlq", "list", "j", "--json"]);
+    assert!(dlq.contains("MiB a capture holds"), "{dlq}");
+    assert!(!dlq.contains("EOF while parsing"), "{dlq}");
+}
