@@ -51,6 +51,21 @@ impl std::fmt::Debug for LockOptions {
 }
 
 impl LockOptions {
+    /// Checks `PRODIGY_LOCK_TIMEOUT`: unset, or a duration; the front end refuses anything
+    /// else before it starts (so [`Self::from_env`] never meets it).
+    pub fn check_env() -> Result<(), String> {
+        match std::env::var_os(LOCK_TIMEOUT_ENV) {
+            None => Ok(()),
+            Some(v) => match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
+                Some(Ok(_)) => Ok(()),
+                _ => Err(format!(
+                    "{LOCK_TIMEOUT_ENV}={:?} is not a duration (give one such as 30s, 500ms or 2m)",
+                    v.to_string_lossy()
+                )),
+            },
+        }
+    }
+
     /// The defaults, with the timeout taken from `PRODIGY_LOCK_TIMEOUT` when it is set and
     /// parses.
     pub fn from_env() -> LockOptions {

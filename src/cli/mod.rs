@@ -132,6 +132,9 @@ pub struct Ctx<'a> {
     pub progress: bool,
 }
 
+/// The longest line of standard input a command reads (as `events append`).
+pub const MAX_INPUT_LINE: usize = 16 << 20;
+
 impl Ctx<'_> {
     /// The refs (and objects) of the home, with lock waits reported on stderr.
     pub fn refs(&self) -> RefStore {
@@ -163,11 +166,24 @@ impl Ctx<'_> {
     }
 
     /// Reads one line of stdin without its line ending; `None` at end of input.
+    /// Reads a line of standard input, of at most [`MAX_INPUT_LINE`] bytes (a longer one
+    /// is an error, after reading no more than that).
     pub fn read_line(&mut self) -> io::Result<Option<String>> {
-        let mut line = String::new();
-        if self.stdin.read_line(&mut line)? == 0 {
+        let mut bytes = Vec::new();
+        let n = (&mut self.stdin)
+            .take(MAX_INPUT_LINE as u64 + 1)
+            .read_until(b'\n', &mut bytes)?;
+        if n == 0 {
             return Ok(None);
         }
+        if bytes.len() > MAX_INPUT_LINE && !bytes.ends_with(b"\n") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a line is longer than {} MiB", MAX_INPUT_LINE >> 20),
+            ));
+        }
+        let mut line = String::from_utf8(bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a line is not UTF-8"))?;
         let trimmed = line.trim_end_matches(['\n', '\r']).len();
         line.truncate(trimmed);
         Ok(Some(line))
@@ -256,6 +272,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
         None => choose_home(&diag),
     }
     .and_then(|home| {
+        crate::lock::LockOptions::check_env().map_err(output::UsageError)?;
         home.check_owner()?;
         Ok(crate::storage::attach_store(home, cli.store.clone())?)
     });

@@ -473,3 +473,31 @@ fn a_store_owned_by_another_user_is_refused() {
     std::os::unix::fs::chown(&home, Some(0), Some(0)).unwrap();
     assert_eq!(env.ok(&["cat-object", "-p", &id], b""), "mine");
 }
+
+/// A bad `PRODIGY_LOCK_TIMEOUT` is refused by name before anything runs (it was silently
+/// replaced by the default), and `cat-object --batch` refuses a line over 16 MiB as
+/// `events append` does, after reading no more of it.
+#[test]
+fn a_bad_lock_timeout_and_an_endless_batch_line_are_clear_errors() {
+    let env = Env::new();
+    for bad in ["abc", "10", "-1s", ""] {
+        let out = env
+            .cmd()
+            .env("PRODIGY_LOCK_TIMEOUT", bad)
+            .args(["jobs"])
+            .output()
+            .unwrap();
+        let stderr = assert_one_line_error(&out, 2);
+        assert!(stderr.contains("PRODIGY_LOCK_TIMEOUT"), "{bad}: {stderr}");
+    }
+    let out = env
+        .cmd()
+        .env("PRODIGY_LOCK_TIMEOUT", "2s")
+        .args(["jobs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::common::transcript(&out));
+    let out = env.run(&["cat-object", "--batch"], &vec![b'a'; 20 << 20]);
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("longer than 16 MiB"), "{stderr}");
+}
