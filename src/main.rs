@@ -3,6 +3,8 @@
 use std::io::{BufReader, IsTerminal};
 use std::sync::{Arc, Mutex};
 
+use prodigy::cli::output::Printable;
+
 fn main() {
     // A file-size limit (`ulimit -f`) must fail the write with EFBIG and give a clear
     // error, not kill the process mid-write with SIGXFSZ: a handler (which only sets a
@@ -11,10 +13,18 @@ fn main() {
         signal_hook::consts::SIGXFSZ,
         Arc::new(std::sync::atomic::AtomicBool::new(false)),
     );
+    // On a terminal, control characters in what is printed are shown as escapes.
+    let stdout = std::io::BufWriter::new(std::io::stdout());
+    let stdout: Box<dyn std::io::Write + Send> = if std::io::stdout().is_terminal() {
+        Box::new(Printable::new(stdout))
+    } else {
+        Box::new(stdout)
+    };
     let io = prodigy::cli::Io {
         stdin: BufReader::with_capacity(1 << 16, Box::new(std::io::stdin())),
         stdin_is_fd0: true,
-        stdout: Box::new(std::io::BufWriter::new(std::io::stdout())),
+        stdout,
+        // Diagnostics escape their own text (their colours must pass).
         stderr: Arc::new(Mutex::new(std::io::stderr())),
         stderr_is_terminal: std::io::stderr().is_terminal(),
     };

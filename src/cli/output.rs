@@ -51,7 +51,14 @@ impl Diag {
         }
     }
 
+    /// One line of diagnostics. Control characters in `text` (an agent's stderr, a
+    /// workflow's `name:`, an item) are shown as escapes, on a terminal or not: a
+    /// diagnostic is one line for people (see [`Printable`]).
     fn line(&self, label: &str, ansi: &str, text: &str) {
+        let mut escaped = Printable::new(Vec::with_capacity(text.len()));
+        let _ = escaped.write_all(text.as_bytes());
+        let _ = escaped.flush();
+        let text = String::from_utf8_lossy(&escaped.inner);
         let mut err = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
         let _ = if label.is_empty() {
             writeln!(err, "{text}")
@@ -360,5 +367,73 @@ mod tests {
         assert_eq!(bar(1, 1000, 20), "▏");
         assert_eq!(bar(0, 10, 4), "");
         assert_eq!(bar(3, 8, 1), "▍");
+    }
+}
+
+/// A writer for a terminal that shows control characters as escapes (`\x1b`, `\x07`,
+/// `\u{9b}`) instead of sending them: text from items, agents and workflow files (an
+/// agent's stderr, a `name:`) cannot retitle the window, clear the screen or move the
+/// cursor. Newlines and tabs pass. As git and ripgrep, only on a terminal; JSON output
+/// escapes them itself.
+pub struct Printable<W: Write> {
+    inner: W,
+    /// A UTF-8 lead byte `0xc2` at the end of the last write (C1 controls are `c2 80..9f`).
+    lead: bool,
+}
+
+impl<W: Write> Printable<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Printable<W> {
+        Printable { inner, lead: false }
+    }
+}
+
+impl<W: Write> Write for Printable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        for &b in buf {
+            if self.lead {
+                self.lead = false;
+                if (0x80..=0x9f).contains(&b) {
+                    out.extend_from_slice(format!("\\u{{{b:x}}}").as_bytes());
+                    continue;
+                }
+                out.push(0xc2);
+            }
+            match b {
+                b'\n' | b'\t' => out.push(b),
+                0x00..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+                0xc2 => self.lead = true,
+                _ => out.push(b),
+            }
+        }
+        self.inner.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if std::mem::take(&mut self.lead) {
+            self.inner.write_all(&[0xc2])?;
+        }
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn controls_become_escapes_and_text_stays() {
+        let mut p = Printable::new(Vec::new());
+        // Split inside a C1 control and inside a two-byte letter.
+        p.write_all(b"a\x1b]0;TITLE\x07\x1b[2J\tb\n\xc2").unwrap();
+        p.write_all(b"\x9b c\xc3\xa9 \xc2").unwrap();
+        p.write_all(b"\xa0\x7f").unwrap();
+        p.flush().unwrap();
+        assert_eq!(
+            String::from_utf8(p.inner).unwrap(),
+            "a\\x1b]0;TITLE\\x07\\x1b[2J\tb\n\\u{9b} c\u{e9} \u{a0}\\x7f"
+        );
     }
 }

@@ -501,3 +501,47 @@ fn a_bad_lock_timeout_and_an_endless_batch_line_are_clear_errors() {
     let stderr = assert_one_line_error(&out, 1);
     assert!(stderr.contains("longer than 16 MiB"), "{stderr}");
 }
+
+/// An agent's stderr full of terminal controls (set the title, clear the screen) reaches
+/// the terminal as escapes: `dlq list` on a terminal (a pty from `script`), and `run`'s
+/// diagnostics always; `--json` keeps them as JSON escapes.
+#[test]
+fn control_characters_never_reach_the_terminal() {
+    crate::common::need_tool("script", "util-linux");
+    let env = Env::new();
+    let repo = crate::common::init_repo(env.scratch().join("ctl"));
+    fs::write(
+        repo.join("w.yml"),
+        "name: ctl\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: printf '\\033]0;TITLE\\007\\033[2J' >&2; exit 1\nerror_policy:\n  on_item_failure: dlq\n",
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", "w.yml", "--job-id", "c"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = env.ok(&["dlq", "list", "c", "--repo", "ctl", "--json"], b"");
+    assert!(json.contains("\\u001b]<n>;TITLE\\u0007"), "{json}");
+    let bin = assert_cmd::cargo::cargo_bin("prodigy");
+    let mut cmd = std::process::Command::new("script");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PRODIGY_HOME", env.home())
+        .env("HOME", env.dir.path())
+        .args([
+            "-qec",
+            &format!("{} dlq list c --repo ctl", bin.display()),
+            "/dev/null",
+        ]);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\\x1b]<n>;TITLE\\x07\\x1b[<n>J"), "{text}");
+    assert!(!out.stdout.contains(&0x1b), "{text}");
+}
