@@ -474,7 +474,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         // until they are merged.
         let commits = match git::commits_since(&path, &ctx.map_base).and_then(|c| {
             if let Some(last) = c.last() {
-                git::set_branch(&spec.repo_root, &branch, last)?;
+                ctx.worktrees.set_branch(&branch, last)?;
             }
             Ok(c)
         }) {

@@ -189,6 +189,19 @@ impl Worktrees {
         git(path, &["reset", "-q", "--hard"]).map(|_| ())
     }
 
+    /// Points `branch` at `commit` (see [`set_branch`]), under the lock.
+    pub fn set_branch(&self, branch: &str, commit: &str) -> Result<(), GitError> {
+        let _guard = self.guard()?;
+        set_branch(&self.repo, branch, commit)
+    }
+
+    /// Deletes `branch` (missing is fine), under the lock.
+    pub fn delete_branch(&self, branch: &str) {
+        if let Ok(_guard) = self.guard() {
+            delete_branch(&self.repo, branch);
+        }
+    }
+
     /// Removes the worktree at `path` if its directory exists (a half-made one too).
     pub fn remove(&self, path: &Path) {
         if !path.exists() {
@@ -383,7 +396,11 @@ pub fn restore(dir: &Path, keep: &BTreeSet<PathBuf>) -> Result<(), GitError> {
 /// Points `branch` at `commit`. The branch is the caller's alone (an agent's, under the
 /// job's run lock), so a lock file left on it by a git process killed with an earlier
 /// runner is stale: it is removed and the update tried once more.
-pub fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
+///
+/// Called on [`Worktrees`] because git reads every worktree's `HEAD` to refuse a branch
+/// checked out elsewhere: beside a `worktree add` writing one, it failed ("failed to read
+/// …: Success").
+fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitError> {
     let args = ["branch", "-f", branch, commit];
     match git(repo, &args) {
         Ok(_) => Ok(()),
@@ -404,7 +421,7 @@ pub fn set_branch(repo: &Path, branch: &str, commit: &str) -> Result<(), GitErro
     }
 }
 
-/// Deletes a branch (missing is fine).
-pub fn delete_branch(repo: &Path, branch: &str) {
+/// Deletes a branch (missing is fine); on [`Worktrees`] for the reason of [`set_branch`].
+fn delete_branch(repo: &Path, branch: &str) {
     let _ = git(repo, &["branch", "-q", "-D", branch]);
 }

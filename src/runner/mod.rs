@@ -917,7 +917,8 @@ impl Job {
             };
             let commits: Vec<String> = list.lines().map(str::to_owned).collect();
             if let Some(last) = commits.last() {
-                git::set_branch(&spec.repo_root, &agent_branch(&spec, index), last)?;
+                self.worktrees()
+                    .set_branch(&agent_branch(&spec, index), last)?;
             }
             self.state.record(
                 key,
@@ -1246,10 +1247,8 @@ impl Job {
             self.state.record(&key, result);
             self.save(&format!("merged agent-{index}"))?;
             if merged {
-                git::delete_branch(
-                    &self.state.spec.repo_root,
-                    &agent_branch(&self.state.spec, index),
-                );
+                self.worktrees()
+                    .delete_branch(&agent_branch(&self.state.spec, index));
             }
             self.progress();
         }
@@ -1423,10 +1422,8 @@ impl Job {
                             job_id: job.id().to_owned(),
                             item_id: key.to_owned(),
                         })?;
-                        git::delete_branch(
-                            &job.state.spec.repo_root,
-                            &agent_branch(&job.state.spec, index),
-                        );
+                        job.worktrees()
+                            .delete_branch(&agent_branch(&job.state.spec, index));
                         outcome.succeeded.push(key.to_owned());
                     } else {
                         outcome.failed.push(key.to_owned());

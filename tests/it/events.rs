@@ -704,3 +704,68 @@ fn fsck_follows_event_chains_and_dlq_snapshots() {
         "{stdout}"
     );
 }
+
+/// `events clean` rewrites the chain under a running `follow`: follow prints each event
+/// once (it tracks writers' sequence numbers, not the position in the chain), old and new
+/// alike, and the event appended after the clean.
+#[test]
+fn follow_prints_each_event_once_across_a_clean() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    for n in 0..6 {
+        env.ok(
+            &["events", "append", "--job", "f", "--repo", "api"],
+            format!("{{\"event_type\":\"e\",\"n\":{n}}}\n").as_bytes(),
+        );
+    }
+    let mut child = env
+        .std_cmd()
+        .args([
+            "events",
+            "follow",
+            "f",
+            "--repo",
+            "api",
+            "--json",
+            "--interval",
+            "20ms",
+            "--from-start",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let n_of = |line: String| -> u64 {
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        record["event"]["n"].as_u64().unwrap()
+    };
+    let first: Vec<u64> = (0..6)
+        .map(|_| n_of(lines.next().unwrap().unwrap()))
+        .collect();
+    assert_eq!(first, vec![0, 1, 2, 3, 4, 5]);
+    let cleaned = env.ok(
+        &[
+            "events",
+            "clean",
+            "--repo",
+            "api",
+            "--job",
+            "f",
+            "--max-events",
+            "3",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(cleaned.contains('3'), "{cleaned}");
+    // Long enough for follow to see the rewritten head on its own.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    env.ok(
+        &["events", "append", "--job", "f", "--repo", "api"],
+        b"{\"event_type\":\"e\",\"n\":6}\n",
+    );
+    let next = n_of(lines.next().unwrap().unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(next, 6, "an event was printed again after the clean");
+}
