@@ -11,6 +11,13 @@ pub enum HomeError {
     /// Neither `PRODIGY_HOME` nor a user home directory is known.
     #[error("cannot find a home for the store: set PRODIGY_HOME or HOME")]
     NoHome,
+    /// `PRODIGY_HOME` is a relative path: the store would move with the current directory
+    /// (one per worktree), so it is refused.
+    #[error("PRODIGY_HOME '{}' is a relative path: give an absolute one (the store is one for every worktree)", path.display())]
+    RelativeEnv {
+        /// The value.
+        path: PathBuf,
+    },
     /// The home belongs to another user (as git refuses a repository it does not own).
     #[error("the store '{}' belongs to user {owner}, not to you (user {me}); use your own PRODIGY_HOME", path.display())]
     NotOwner {
@@ -56,6 +63,9 @@ impl Home {
     /// `PRODIGY_HOME` if set and not empty, else `~/.prodigy`.
     pub fn from_env() -> Result<Home, HomeError> {
         match std::env::var_os(HOME_ENV) {
+            Some(dir) if Path::new(&dir).is_relative() && !dir.is_empty() => {
+                Err(HomeError::RelativeEnv { path: dir.into() })
+            }
             Some(dir) if !dir.is_empty() => Home::at(dir),
             _ => Home::at(dirs::home_dir().ok_or(HomeError::NoHome)?.join(".prodigy")),
         }

@@ -545,3 +545,48 @@ fn control_characters_never_reach_the_terminal() {
     assert!(text.contains("\\x1b]<n>;TITLE\\x07\\x1b[<n>J"), "{text}");
     assert!(!out.stdout.contains(&0x1b), "{text}");
 }
+
+/// A relative `PRODIGY_HOME` would put a store in whatever directory a command runs in (one
+/// per worktree): it is refused by name, and nothing is created there.
+#[test]
+fn a_relative_prodigy_home_is_refused() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .env("PRODIGY_HOME", "rel-home")
+        .args(["events", "append", "--job", "j", "--repo", "r"])
+        .write_stdin(b"{\"event_type\":\"x\"}\n".to_vec())
+        .output()
+        .unwrap();
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("PRODIGY_HOME 'rel-home' is a relative path"),
+        "{stderr}"
+    );
+    assert!(!env.scratch().join("rel-home").exists());
+}
+
+/// `--since` further back than time goes means every event (as `events clean
+/// --older-than` takes any age), not a library's range error.
+#[test]
+fn a_since_before_time_began_shows_everything() {
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "r"],
+        b"{\"event_type\":\"x\"}\n",
+    );
+    let out = env.ok(
+        &[
+            "events",
+            "show",
+            "j",
+            "--repo",
+            "r",
+            "--since",
+            "9999999999y",
+            "--json",
+        ],
+        b"",
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
