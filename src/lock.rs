@@ -51,30 +51,29 @@ impl std::fmt::Debug for LockOptions {
 }
 
 impl LockOptions {
-    /// Checks `PRODIGY_LOCK_TIMEOUT`: unset, or a duration; the front end refuses anything
-    /// else before it starts (so [`Self::from_env`] never meets it).
-    pub fn check_env() -> Result<(), String> {
-        match std::env::var_os(LOCK_TIMEOUT_ENV) {
-            None => Ok(()),
-            Some(v) => match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
-                Some(Ok(_)) => Ok(()),
-                _ => Err(format!(
-                    "{LOCK_TIMEOUT_ENV}={:?} is not a duration (give one such as 30s, 500ms or 2m)",
-                    v.to_string_lossy()
-                )),
-            },
+    /// `PRODIGY_LOCK_TIMEOUT`: `None` when unset, else the duration it gives or an error
+    /// naming it. The front end refuses an error before any command runs.
+    pub fn env_timeout() -> Result<Option<Duration>, String> {
+        let Some(v) = std::env::var_os(LOCK_TIMEOUT_ENV) else {
+            return Ok(None);
+        };
+        match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
+            Some(Ok(timeout)) => Ok(Some(timeout)),
+            _ => Err(format!(
+                "{LOCK_TIMEOUT_ENV}={:?} is not a duration (give one such as 30s, 500ms or 2m)",
+                v.to_string_lossy()
+            )),
         }
     }
 
-    /// The defaults, with the timeout taken from `PRODIGY_LOCK_TIMEOUT` when it is set and
-    /// parses.
+    /// The defaults, with the timeout from `PRODIGY_LOCK_TIMEOUT` (see
+    /// [`Self::env_timeout`]; one that does not parse gives the default).
     pub fn from_env() -> LockOptions {
-        let timeout = std::env::var(LOCK_TIMEOUT_ENV)
-            .ok()
-            .and_then(|v| humantime::parse_duration(v.trim()).ok())
-            .unwrap_or(DEFAULT_LOCK_TIMEOUT);
         LockOptions {
-            timeout,
+            timeout: Self::env_timeout()
+                .ok()
+                .flatten()
+                .unwrap_or(DEFAULT_LOCK_TIMEOUT),
             on_wait: None,
         }
     }

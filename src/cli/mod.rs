@@ -132,8 +132,22 @@ pub struct Ctx<'a> {
     pub progress: bool,
 }
 
-/// The longest line of standard input a command reads (as `events append`).
+/// The longest line of input a command reads (16 MiB); a longer one is refused after
+/// reading this much of it.
 pub const MAX_INPUT_LINE: usize = 16 << 20;
+
+/// Reads one line of at most [`MAX_INPUT_LINE`] bytes into `buf` (with its newline):
+/// `None` at the end, `Some(false)` for a longer line (of which no more was read).
+pub fn read_bounded_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
+    buf.clear();
+    let n = input
+        .take(MAX_INPUT_LINE as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(buf.len() <= MAX_INPUT_LINE || buf.ends_with(b"\n")))
+}
 
 impl Ctx<'_> {
     /// The refs (and objects) of the home, with lock waits reported on stderr.
@@ -165,22 +179,19 @@ impl Ctx<'_> {
         !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 
-    /// Reads one line of stdin without its line ending; `None` at end of input.
     /// Reads a line of standard input, of at most [`MAX_INPUT_LINE`] bytes (a longer one
     /// is an error, after reading no more than that).
     pub fn read_line(&mut self) -> io::Result<Option<String>> {
         let mut bytes = Vec::new();
-        let n = (&mut self.stdin)
-            .take(MAX_INPUT_LINE as u64 + 1)
-            .read_until(b'\n', &mut bytes)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if bytes.len() > MAX_INPUT_LINE && !bytes.ends_with(b"\n") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a line is longer than {} MiB", MAX_INPUT_LINE >> 20),
-            ));
+        match read_bounded_line(&mut self.stdin, &mut bytes)? {
+            None => return Ok(None),
+            Some(false) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a line is longer than {} MiB", MAX_INPUT_LINE >> 20),
+                ));
+            }
+            Some(true) => {}
         }
         let mut line = String::from_utf8(bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a line is not UTF-8"))?;
@@ -272,7 +283,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
         None => choose_home(&diag),
     }
     .and_then(|home| {
-        crate::lock::LockOptions::check_env().map_err(output::UsageError)?;
+        crate::lock::LockOptions::env_timeout().map_err(output::UsageError)?;
         home.check_owner()?;
         Ok(crate::storage::attach_store(home, cli.store.clone())?)
     });

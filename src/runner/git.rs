@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// A git command that failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("git {op} in '{}' failed: {message}", .dir.display())]
 pub struct GitError {
     /// What was attempted (`worktree add`, `merge`, …).
@@ -34,6 +34,17 @@ pub fn git_env(
     args: &[&str],
     env: &BTreeMap<String, String>,
 ) -> Result<String, GitError> {
+    let out = git_bytes(dir, args, env)?;
+    Ok(String::from_utf8_lossy(&out).trim_end().to_owned())
+}
+
+/// Runs `git -C dir args…` with `env`; standard output as bytes on success (file names
+/// are bytes), else git's own words.
+fn git_bytes(
+    dir: &Path,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, GitError> {
     let out = Command::new("git")
         .envs(env)
         .arg("-C")
@@ -52,7 +63,7 @@ pub fn git_env(
             conflict: false,
         })?;
     if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned());
+        return Ok(out.stdout);
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -340,27 +351,8 @@ pub fn merge(
 /// The untracked files in the worktree at `dir` that git does not ignore (the ones a
 /// merge refuses to overwrite), relative to `dir`, as bytes of their names.
 pub fn untracked(dir: &Path) -> Result<BTreeSet<PathBuf>, GitError> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["ls-files", "-z", "--others", "--exclude-standard"])
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .stdin(std::process::Stdio::null())
-        .output();
-    let fail = |message: String| GitError {
-        op: "ls-files".into(),
-        dir: dir.to_owned(),
-        message,
-        conflict: false,
-    };
-    let out = out.map_err(|e| fail(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
-    }
-    Ok(out
-        .stdout
+    let args = ["ls-files", "-z", "--others", "--exclude-standard"];
+    Ok(git_bytes(dir, &args, &BTreeMap::new())?
         .split(|b| *b == 0)
         .filter(|name| !name.is_empty())
         .map(|name| PathBuf::from(std::ffi::OsStr::from_bytes(name)))

@@ -1138,13 +1138,15 @@ impl Job {
             let keep = git::untracked(&worktree)?;
             Pending::Merge(keep.clone()).write(&marker)?;
             let merged = git::merge(&worktree, &last, &message, &self.state.spec.env);
-            if let Err(e) = &merged
-                && !e.conflict
-            {
-                // Stopped half-way (a full disk): undone now if it can be, else by resume.
-                git::restore(&worktree, &keep).map_err(|_| RunError::from(e.clone()))?;
+            // Stopped half-way (a full disk): undone now if it can be, else by resume (the
+            // marker stays). A conflict was aborted by git itself.
+            let whole = match &merged {
+                Err(e) if !e.conflict => git::restore(&worktree, &keep).is_ok(),
+                _ => true,
+            };
+            if whole {
+                Pending::clear(&marker)?;
             }
-            Pending::clear(&marker)?;
             if let Err(e) = merged {
                 if !e.conflict {
                     return Err(e.into());
@@ -1486,16 +1488,14 @@ impl Pending {
     /// names are bytes).
     fn write(&self, path: &Path) -> Result<(), RunError> {
         use std::os::unix::ffi::OsStrExt;
-        let mut bytes = match self {
+        let bytes = match self {
             Pending::Create => b"create\0".to_vec(),
-            Pending::Merge(_) => b"merge\0".to_vec(),
+            Pending::Merge(keep) => keep.iter().fold(b"merge\0".to_vec(), |mut b, name| {
+                b.extend_from_slice(name.as_os_str().as_bytes());
+                b.push(0);
+                b
+            }),
         };
-        if let Pending::Merge(keep) = self {
-            for name in keep {
-                bytes.extend_from_slice(name.as_os_str().as_bytes());
-                bytes.push(0);
-            }
-        }
         let dir = path.parent().unwrap_or(Path::new("."));
         fsutil::write_atomic(path, dir, &bytes, 0o644)?;
         Ok(())

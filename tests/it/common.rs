@@ -217,6 +217,28 @@ pub fn can_mount() -> bool {
     root
 }
 
+/// Runs `f` with a tmpfs of `options` (`size=1m,nr_inodes=…`) mounted at `dir` (created),
+/// unmounting it whatever `f` does. Only root can mount; an ordinary user (never CI) skips
+/// the test, and `f` does not run.
+pub fn on_tmpfs(dir: &Path, options: &str, f: impl FnOnce()) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(!can_mount(), "mount of a tmpfs failed as root");
+        return;
+    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let _ = std::process::Command::new("umount").arg(dir).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Bytes zstd cannot compress, different for each seed.
 pub fn noise(seed: usize, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];

@@ -463,31 +463,34 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     );
 }
 
+/// `events follow JOB --repo api --json --from-start`, polling every 20 ms, and its lines.
+fn follow_from_start(
+    env: &Env,
+    job: &str,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = env
+        .std_cmd()
+        .args(["events", "follow", job, "--repo", "api", "--json"])
+        .args(["--interval", "20ms", "--from-start"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 #[test]
 fn follow_prints_appends_as_they_land() {
-    use std::io::{BufRead, BufReader};
     let env = Env::new();
     env.ok(
         &["events", "append", "--job", "j", "--repo", "api"],
         b"{\"event_type\":\"before\"}\n",
     );
-    let mut child = env
-        .std_cmd()
-        .args([
-            "events",
-            "follow",
-            "j",
-            "--repo",
-            "api",
-            "--json",
-            "--interval",
-            "20ms",
-            "--from-start",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = follow_from_start(&env, "j");
     // What was there before is printed first; then each append as it lands.
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["event"]["event_type"], "before");
@@ -710,7 +713,6 @@ fn fsck_follows_event_chains_and_dlq_snapshots() {
 /// alike, and the event appended after the clean.
 #[test]
 fn follow_prints_each_event_once_across_a_clean() {
-    use std::io::{BufRead, BufReader};
     let env = Env::new();
     for n in 0..6 {
         env.ok(
@@ -718,23 +720,7 @@ fn follow_prints_each_event_once_across_a_clean() {
             format!("{{\"event_type\":\"e\",\"n\":{n}}}\n").as_bytes(),
         );
     }
-    let mut child = env
-        .std_cmd()
-        .args([
-            "events",
-            "follow",
-            "f",
-            "--repo",
-            "api",
-            "--json",
-            "--interval",
-            "20ms",
-            "--from-start",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = follow_from_start(&env, "f");
     let n_of = |line: String| -> u64 {
         let record: serde_json::Value = serde_json::from_str(&line).unwrap();
         record["event"]["n"].as_u64().unwrap()

@@ -316,22 +316,7 @@ fn a_file_size_limit_fails_writes_cleanly() {
 #[test]
 fn running_out_of_inodes_fails_cleanly_and_recovers() {
     let env = Env::new();
-    let home = env.home();
-    std::fs::create_dir_all(&home).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,nr_inodes=160", "tmpfs"])
-        .arg(&home)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        mounted || !crate::common::can_mount(),
-        "cannot mount a tmpfs as root"
-    );
-    if !mounted {
-        return;
-    }
-    let result = std::panic::catch_unwind(|| {
+    crate::common::on_tmpfs(&env.home(), "size=64m,nr_inodes=160", || {
         env.ok(
             &["events", "append", "--repo", "api", "--job", "j"],
             b"{\"event_type\":\"first\"}\n",
@@ -380,8 +365,4 @@ fn running_out_of_inodes_fails_cleanly_and_recovers() {
         );
         env.ok(&["fsck"], b"");
     });
-    Command::new("umount").arg(&home).status().unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }

@@ -285,24 +285,7 @@ fn malformed_object_names_are_refused() {
 #[test]
 fn a_full_disk_fails_cleanly_and_loses_nothing() {
     let env = Env::new();
-    let home = env.home();
-    fs::create_dir_all(&home).unwrap();
-    // A 1 MiB file system for the home (root only; elsewhere there is nothing to test).
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=4096", "tmpfs"])
-        .arg(&home)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        // Root can always mount a tmpfs here; only an ordinary user (never CI) skips.
-        assert!(
-            !crate::common::can_mount(),
-            "mount of a tmpfs failed as root"
-        );
-        return;
-    }
-    let result = std::panic::catch_unwind(|| {
+    crate::common::on_tmpfs(&env.home(), "size=1m,nr_inodes=4096", || {
         let kept = blob(&env, "kept");
         env.ok(&["ref", "update", "events/api/j", &kept], b"");
         env.ok(
@@ -365,13 +348,6 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
             2
         );
     });
-    std::process::Command::new("umount")
-        .arg(&home)
-        .status()
-        .unwrap();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// Symlinks planted at a lock file, a job directory, a repo directory, a reflog, the temp
@@ -502,9 +478,9 @@ fn a_bad_lock_timeout_and_an_endless_batch_line_are_clear_errors() {
     assert!(stderr.contains("longer than 16 MiB"), "{stderr}");
 }
 
-/// An agent's stderr full of terminal controls (set the title, clear the screen) reaches
-/// the terminal as escapes: `dlq list` on a terminal (a pty from `script`), and `run`'s
-/// diagnostics always; `--json` keeps them as JSON escapes.
+/// An agent's stderr full of terminal controls (set the title, clear the screen) and a
+/// workflow `name:` with them reach the terminal as escapes: `dlq list` on a terminal (a
+/// pty from `script`), and `run`'s diagnostics always; `--json` keeps them as JSON escapes.
 #[test]
 fn control_characters_never_reach_the_terminal() {
     crate::common::need_tool("script", "util-linux");
@@ -512,7 +488,7 @@ fn control_characters_never_reach_the_terminal() {
     let repo = crate::common::init_repo(env.scratch().join("ctl"));
     fs::write(
         repo.join("w.yml"),
-        "name: ctl\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: printf '\\033]0;TITLE\\007\\033[2J' >&2; exit 1\nerror_policy:\n  on_item_failure: dlq\n",
+        "name: \"ctl\\e]0;NAME\\a\"\nmap:\n  input: seq 1 1\n  agent_template:\n    - shell: printf '\\033]0;TITLE\\007\\033[2J' >&2; exit 1\nerror_policy:\n  on_item_failure: dlq\n",
     )
     .unwrap();
     let out = env
@@ -521,11 +497,13 @@ fn control_characters_never_reach_the_terminal() {
         .args(["run", "w.yml", "--job-id", "c"])
         .output()
         .unwrap();
+    // The workflow's name is printed by `run`: escaped, even off a terminal.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.stderr.contains(&0x1b),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("workflow ctl\\x1b]0;NAME\\x07,"),
+        "{stderr}"
     );
+    assert!(!out.stderr.contains(&0x1b), "{stderr}");
     let json = env.ok(&["dlq", "list", "c", "--repo", "ctl", "--json"], b"");
     assert!(json.contains("\\u001b]<n>;TITLE\\u0007"), "{json}");
     let bin = assert_cmd::cargo::cargo_bin("prodigy");

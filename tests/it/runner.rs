@@ -1675,23 +1675,7 @@ reduce:
 #[test]
 fn a_full_disk_during_the_merges_then_resume_finishes() {
     let env = Env::new();
-    let home = env.home();
-    std::fs::create_dir_all(&home).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&home)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        // Root can always mount a tmpfs here; only an ordinary user (never CI) skips.
-        assert!(
-            !crate::common::can_mount(),
-            "mount of a tmpfs failed as root"
-        );
-        return;
-    }
-    let result = std::panic::catch_unwind(|| {
+    crate::common::on_tmpfs(&env.home(), "size=3m", || {
         let (repo, _) = repo_and_marks(&env, "full");
         write(
             &repo,
@@ -1733,10 +1717,6 @@ fn a_full_disk_during_the_merges_then_resume_finishes() {
         }
         assert_fsck_clean(&env);
     });
-    let _ = std::process::Command::new("umount").arg(&home).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// Data that nests too deep for a condition (10,000 `!` in an item used as `when:`) fails

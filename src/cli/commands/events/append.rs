@@ -1,7 +1,7 @@
 //! `prodigy events append`: JSON Lines in, one durable append per call.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
@@ -12,8 +12,8 @@ use crate::cli::{Ctx, Exit};
 use crate::events::record::{RECORD_VERSION, new_id, normalize_timestamp, now_timestamp};
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 
-/// The longest line accepted (16 MiB); a longer one is refused after reading this much.
-pub const MAX_LINE: usize = 16 << 20;
+/// The longest line accepted (16 MiB), as every command reading lines.
+pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
 
 /// Append events from JSON Lines (FILE, or standard input when FILE is - or absent).
 ///
@@ -133,22 +133,6 @@ fn full_record(mut obj: Map<String, Value>) -> Result<EventRecord, String> {
     serde_json::from_value(Value::Object(obj)).map_err(|e| format!("not a valid record: {e}"))
 }
 
-/// Reads one line of at most [`MAX_LINE`] bytes; `Err` names a longer one without
-/// keeping more than that of it.
-fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
-    buf.clear();
-    let n = (&mut *input)
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', buf)?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
-        return Ok(Some(false));
-    }
-    Ok(Some(true))
-}
-
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
@@ -186,7 +170,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     };
     let mut buf = Vec::new();
     let mut number = 0usize;
-    while let Some(complete) = read_line(input, &mut buf).context("cannot read the input")? {
+    while let Some(complete) =
+        crate::cli::read_bounded_line(input, &mut buf).context("cannot read the input")?
+    {
         number += 1;
         if !complete {
             return Err(anyhow!(

@@ -8,7 +8,6 @@ use super::show::io_error;
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::{EventLog, EventRecord};
-use crate::object::ObjectId;
 
 /// Print a job's events as they are appended (by any process, in any worktree), until
 /// interrupted. Starts at the current end of the log; --from-start prints what is already
@@ -32,46 +31,57 @@ pub struct Args {
 }
 
 /// Runs the command. What was printed is tracked by identity, not by position in the
-/// chain: each writer's records carry increasing sequence numbers, so the highest printed
-/// per writer says what was seen even after `events clean` or retention rewrote the chain
-/// (which then no longer reaches the last head seen).
+/// chain: a batch holds one writer's records in `seq` order and its log node names the
+/// writer and the range, so the highest `seq` printed per writer says what was seen even
+/// after `events clean` or retention rewrote the chain (which then no longer reaches the
+/// last head seen, and is walked whole). Only a batch that straddles what was printed has
+/// its records parsed for their `seq`.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let log = EventLog::new(ctx.refs(), &repo, &args.job)?;
     let mut printed: HashMap<String, u64> = HashMap::new();
     let mut seen = None;
     if !args.from_start {
-        // What is there now counts as seen.
+        // What is there now counts as seen: the nodes say it, no batch is read.
         seen = log.refs().read(log.name())?;
-        for_each_record(&log, seen, None, |record, _| {
-            note(&mut printed, &record);
-            Ok(())
-        })?;
+        for (_, node) in log.nodes_between(seen, None, false)?.0 {
+            note(&mut printed, &node.writer, node.seq_last);
+        }
     }
     loop {
         let head = log.refs().read(log.name())?;
         if head != seen {
-            // Readers take no lock. A head that moved forward reaches the last one seen;
-            // a rewritten chain does not, so the walk reads it whole, and what was
-            // printed is skipped.
-            for_each_record(&log, head, seen, |record, json| {
-                if printed
-                    .get(&record.writer)
-                    .is_some_and(|max| record.seq <= *max)
-                {
-                    return Ok(());
+            // Readers take no lock.
+            let (nodes, _) = log.nodes_between(head, seen, false)?;
+            for (_, node) in &nodes {
+                let max = printed.get(&node.writer).copied();
+                if max.is_some_and(|m| node.seq_last <= m) {
+                    continue;
                 }
-                note(&mut printed, &record);
-                if args.json {
-                    ctx.out
-                        .write_all(json)
-                        .and_then(|_| ctx.out.write_all(b"\n"))
-                        .map_err(io_error)?;
-                } else {
-                    writeln!(ctx.out, "{}", human_line(&record))?;
+                let straddles = max.filter(|m| node.seq_first <= *m);
+                let lines = log.batch_lines(node)?;
+                for json in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let record = if !args.json || straddles.is_some() {
+                        Some(serde_json::from_slice::<EventRecord>(json)?)
+                    } else {
+                        None
+                    };
+                    if let (Some(m), Some(r)) = (straddles, &record)
+                        && r.seq <= m
+                    {
+                        continue;
+                    }
+                    match record {
+                        Some(r) if !args.json => writeln!(ctx.out, "{}", human_line(&r))?,
+                        _ => ctx
+                            .out
+                            .write_all(json)
+                            .and_then(|_| ctx.out.write_all(b"\n"))
+                            .map_err(io_error)?,
+                    }
                 }
-                Ok(())
-            })?;
+                note(&mut printed, &node.writer, node.seq_last);
+            }
             ctx.out.flush()?;
             seen = head;
         }
@@ -79,26 +89,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     }
 }
 
-fn note(printed: &mut HashMap<String, u64>, record: &EventRecord) {
-    let max = printed.entry(record.writer.clone()).or_insert(record.seq);
-    *max = (*max).max(record.seq);
-}
-
-/// Calls `f` with each record (and its JSON line) of the nodes after `stop` up to `head`,
-/// oldest first.
-fn for_each_record(
-    log: &EventLog,
-    head: Option<ObjectId>,
-    stop: Option<ObjectId>,
-    mut f: impl FnMut(EventRecord, &[u8]) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let (nodes, _) = log.nodes_between(head, stop, false)?;
-    for (_, node) in &nodes {
-        let lines = log.batch_lines(node)?;
-        for json in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let record: EventRecord = serde_json::from_slice(json)?;
-            f(record, json)?;
-        }
-    }
-    Ok(())
+fn note(printed: &mut HashMap<String, u64>, writer: &str, seq: u64) {
+    let max = printed.entry(writer.to_owned()).or_insert(seq);
+    *max = (*max).max(seq);
 }
