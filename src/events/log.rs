@@ -5,6 +5,7 @@
 //! durations) and carries the running totals of the whole chain, so listing jobs reads one
 //! node per job and stats never open a batch.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,9 @@ pub enum EventError {
     /// Writing what was read failed (a closed pipe, a full disk).
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
+    /// A record whose writer and seq the log already holds with other content.
+    #[error(transparent)]
+    Conflict(Box<RecordConflict>),
     /// A job with no event log.
     #[error("no events for job {job} in repo {repo}")]
     NoSuchJob {
@@ -65,6 +69,24 @@ pub enum EventError {
         /// The job id.
         job: String,
     },
+}
+
+/// A record under a writer and seq the log already holds with other content.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "record {id} (writer {writer}, seq {seq}) differs from the record {stored} the log {name} already holds under that writer and seq; nothing was appended"
+)]
+pub struct RecordConflict {
+    /// The ref.
+    pub name: RefName,
+    /// The writer.
+    pub writer: String,
+    /// The seq.
+    pub seq: u64,
+    /// The new record's id.
+    pub id: String,
+    /// The stored record's id.
+    pub stored: String,
 }
 
 /// Count and spread of the durations one event type reported.
@@ -204,6 +226,83 @@ pub struct LogNode {
     pub total: Summary,
     /// Number of batches in the chain up to here.
     pub depth: u64,
+    /// Every writer of the chain up to here, as a Bloom filter: absent from a chain begun
+    /// before it (until an idempotent append walks that chain whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers: Option<WriterSet>,
+    /// The highest seq of this node's writer in the chain up to here, when the append knew
+    /// it (idempotent appends do; a chain rewrite may keep it too high, never too low).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_seq_max: Option<u64>,
+}
+
+/// Which writers a chain holds: a Bloom filter of 1,024 bits with 3 probes per writer id,
+/// stored in every node (256 hex digits). "No" is certain, so an idempotent append of a
+/// new writer's records reads no other node; "maybe" (1.6% of the time for a new writer
+/// among 50) means a walk of the chain's node headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterSet([u8; WriterSet::BYTES]);
+
+impl WriterSet {
+    const BYTES: usize = 128;
+
+    /// The empty set.
+    pub fn new() -> WriterSet {
+        WriterSet([0; Self::BYTES])
+    }
+
+    fn probes(writer: &str) -> [usize; 3] {
+        let h = blake3::hash(writer.as_bytes());
+        let b = h.as_bytes();
+        let bits = Self::BYTES * 8;
+        [0, 2, 4].map(|i| usize::from(u16::from_le_bytes([b[i], b[i + 1]])) % bits)
+    }
+
+    /// Adds a writer.
+    pub fn insert(&mut self, writer: &str) {
+        for bit in Self::probes(writer) {
+            self.0[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+
+    /// False when the chain certainly holds no record of `writer`.
+    pub fn may_hold(&self, writer: &str) -> bool {
+        Self::probes(writer)
+            .iter()
+            .all(|bit| self.0[bit / 8] & (1 << (bit % 8)) != 0)
+    }
+}
+
+impl Default for WriterSet {
+    fn default() -> WriterSet {
+        WriterSet::new()
+    }
+}
+
+impl Serialize for WriterSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
+        let mut hex = String::with_capacity(Self::BYTES * 2);
+        for b in self.0 {
+            let _ = write!(hex, "{b:02x}");
+        }
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for WriterSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WriterSet, D::Error> {
+        let hex = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom("writers: not 256 hex digits");
+        if hex.len() != Self::BYTES * 2 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut set = WriterSet::new();
+        for (i, byte) in set.0.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(set)
+    }
 }
 
 /// A batch being built: serialized records and their summary. All records of one batch
@@ -312,6 +411,53 @@ impl Batch {
     }
 }
 
+/// What [`EventLog::append_idempotent`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Records added to the log.
+    pub added: u64,
+    /// Records skipped: the log already holds the same record (writer, seq, content).
+    pub skipped: u64,
+}
+
+/// What an idempotent append learnt from the chain's headers.
+#[derive(Debug, Default)]
+struct Known {
+    /// The stored seq ranges that may hold an incoming record, per writer.
+    ranges: BTreeMap<String, Vec<Stored>>,
+    /// The highest stored seq of each checked writer (0 when none), for the new nodes.
+    maxima: BTreeMap<String, u64>,
+    /// The chain's writers, when a chain without a [`WriterSet`] was walked whole.
+    writers: Option<WriterSet>,
+}
+
+/// True when `first..=last` (empty when `last < first`) lies within the union of `ranges`.
+fn covered(ranges: &[Stored], first: u64, last: u64) -> bool {
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+    sorted.sort_unstable();
+    let mut from = first;
+    for (a, b) in sorted {
+        if from > last {
+            break;
+        }
+        if a <= from && from <= b {
+            from = b.saturating_add(1);
+            if b == u64::MAX {
+                return true;
+            }
+        }
+    }
+    from > last
+}
+
+/// A seq range of one writer stored in the chain, and its batch.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    first: u64,
+    last: u64,
+    batch: ObjectId,
+}
+
 /// Nodes read from a chain, oldest first, and the error that ended the walk early (only
 /// with `best_effort`).
 pub type PartialChain = (Vec<(ObjectId, LogNode)>, Option<EventError>);
@@ -370,6 +516,229 @@ impl EventLog {
         self.commit(&staged)
     }
 
+    /// Appends records whose identity the caller was given (full records from outside):
+    /// idempotent by identity. A record's identity is its `writer` and `seq` (each writer
+    /// counts its records up; its `id` names the pair). Under the lock, the chain's node
+    /// headers say which seqs of each writer are already stored; only a batch overlapping
+    /// them is opened, record by record. A stored copy equal to the new one is skipped and
+    /// counted; a different one is refused and nothing is appended. Batches whose writer is
+    /// `fresh` (an id made for this call) are not checked.
+    pub fn append_idempotent(
+        &self,
+        batches: &[Batch],
+        fresh: &str,
+    ) -> Result<Appended, EventError> {
+        let _gc = self.refs.write_guard()?;
+        let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
+        let mut group = self.objects().batch();
+        let mut staged = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            staged.push(group.add(ObjectType::Batch, &batch.payload)?);
+        }
+        group.commit()?;
+        let checked: Vec<&str> = batches
+            .iter()
+            .filter_map(|b| b.writer())
+            .filter(|w| *w != fresh)
+            .collect();
+        let count: u64 = batches.iter().map(|b| b.len()).sum();
+        let message = format!("append {count} events");
+        let (_, appended) =
+            self.refs
+                .transact_with::<_, EventError, _>(&self.name, &message, |old| {
+                    let mut known = self.known_seqs(old, &batches, &checked)?;
+                    let mut kept: Vec<Cow<'_, Batch>> = Vec::new();
+                    let mut kept_ids = Vec::new();
+                    let mut appended = Appended::default();
+                    let mut opened = BTreeMap::new();
+                    for (batch, id) in batches.iter().zip(&staged) {
+                        let writer = batch.writer().unwrap_or_default();
+                        let ranges = known.ranges.get(writer).map(Vec::as_slice).unwrap_or(&[]);
+                        if !ranges
+                            .iter()
+                            .any(|r| r.first <= batch.seq_last && batch.seq_first <= r.last)
+                        {
+                            appended.added += batch.len();
+                            kept.push(Cow::Borrowed(*batch));
+                            kept_ids.push(*id);
+                            continue;
+                        }
+                        let rest =
+                            self.without_stored(batch, ranges, &mut opened, &mut appended)?;
+                        if !rest.is_empty() {
+                            kept_ids.push(self.write_batch(&rest)?);
+                            kept.push(Cow::Owned(rest));
+                        }
+                    }
+                    if kept.is_empty() {
+                        return Ok((old, appended));
+                    }
+                    let kept: Vec<&Batch> = kept.iter().map(|b| b.as_ref()).collect();
+                    let head = self.chain_known(old, &kept, &kept_ids, &mut known)?;
+                    Ok((Some(head), appended))
+                })?;
+        Ok(appended)
+    }
+
+    /// What the chain from `head` stores of the writers of `batches` named in `checked`,
+    /// from node headers alone, reading as few as it can: none for a writer the head's
+    /// [`WriterSet`] has never seen; back to the writer's latest node when every record
+    /// is newer than its `writer_seq_max`; back to the nodes holding the records' seqs
+    /// otherwise (a retry); the whole chain only when the headers cannot tell.
+    fn known_seqs(
+        &self,
+        head: Option<ObjectId>,
+        batches: &[&Batch],
+        checked: &[&str],
+    ) -> Result<Known, EventError> {
+        let mut known = Known::default();
+        let Some(head_id) = head else {
+            for w in checked {
+                known.maxima.insert((*w).to_owned(), 0);
+            }
+            return Ok(known);
+        };
+        let head_node = self
+            .node(&head_id)
+            .map_err(|e| self.broken("log node", head_id, e))?;
+        // Each writer still to be placed, with the seq ranges of its incoming batches.
+        let mut pending: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+        for b in batches {
+            let Some(w) = b.writer().filter(|w| checked.contains(w)) else {
+                continue;
+            };
+            if head_node
+                .writers
+                .as_ref()
+                .is_some_and(|set| !set.may_hold(w))
+            {
+                known.maxima.insert(w.to_owned(), 0);
+                continue;
+            }
+            pending
+                .entry(w)
+                .or_default()
+                .push((b.seq_first, b.seq_last));
+        }
+        let mut all = WriterSet::new();
+        let mut bounds: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+        let mut next = Some((head_id, head_node));
+        while let Some((_, node)) = next.take() {
+            all.insert(&node.writer);
+            if let Some((w, incoming)) = pending.get_key_value(node.writer.as_str()) {
+                let w = *w;
+                let ranges = known.ranges.entry(w.to_owned()).or_default();
+                ranges.push(Stored {
+                    first: node.seq_first,
+                    last: node.seq_last,
+                    batch: node.batch,
+                });
+                // The latest node of the writer bounds its seqs, if it says so.
+                let bound = *bounds.entry(w).or_insert(node.writer_seq_max);
+                if let Some(max) = bound
+                    && incoming
+                        .iter()
+                        .all(|&(first, last)| first > max || covered(ranges, first, last.min(max)))
+                {
+                    known.maxima.insert(w.to_owned(), max);
+                    pending.remove(w);
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            next = match node.parent {
+                Some(p) => Some((p, self.node(&p).map_err(|e| self.broken("log node", p, e))?)),
+                None => {
+                    // The whole chain was walked: every writer is known.
+                    known.writers = Some(std::mem::take(&mut all));
+                    None
+                }
+            };
+        }
+        for (w, _) in pending {
+            let max = known
+                .ranges
+                .get(w)
+                .into_iter()
+                .flatten()
+                .map(|r| r.last)
+                .max();
+            known.maxima.insert(w.to_owned(), max.unwrap_or(0));
+        }
+        Ok(known)
+    }
+
+    /// The records of a stored batch, by seq.
+    fn records_by_seq(&self, batch: &ObjectId) -> Result<BTreeMap<u64, EventRecord>, EventError> {
+        let object = self
+            .objects()
+            .read(batch)
+            .map_err(|e| self.broken("batch", *batch, e.into()))?;
+        let mut records = BTreeMap::new();
+        for line in object
+            .payload
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            if let Ok(r) = serde_json::from_slice::<EventRecord>(line) {
+                records.insert(r.seq, r);
+            }
+        }
+        Ok(records)
+    }
+
+    /// `batch` without the records the log already stores (`ranges`, batches read once
+    /// into `opened`); refuses a record whose stored copy differs.
+    fn without_stored(
+        &self,
+        batch: &Batch,
+        ranges: &[Stored],
+        opened: &mut BTreeMap<ObjectId, BTreeMap<u64, EventRecord>>,
+        appended: &mut Appended,
+    ) -> Result<Batch, EventError> {
+        let mut rest = Batch::new();
+        for line in batch
+            .payload
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            let record: EventRecord = serde_json::from_slice(line)
+                .map_err(|e| EventError::BadRecord(format!("a record of this append: {e}")))?;
+            let in_range: Vec<&Stored> = ranges
+                .iter()
+                .filter(|r| r.first <= record.seq && record.seq <= r.last)
+                .collect();
+            for range in &in_range {
+                if let std::collections::btree_map::Entry::Vacant(v) = opened.entry(range.batch) {
+                    v.insert(self.records_by_seq(&range.batch)?);
+                }
+            }
+            let stored = in_range
+                .iter()
+                .find_map(|r| opened.get(&r.batch).and_then(|rs| rs.get(&record.seq)));
+            match stored {
+                Some(stored) if *stored == record => appended.skipped += 1,
+                Some(stored) => {
+                    return Err(EventError::Conflict(Box::new(RecordConflict {
+                        name: self.name.clone(),
+                        writer: record.writer,
+                        seq: record.seq,
+                        id: record.id,
+                        stored: stored.id.clone(),
+                    })));
+                }
+                // Not stored (no node's range holds it, or the batches in range skip its
+                // seq: a gap the writer left, which the record fills).
+                None => {
+                    rest.push_encoded(line, &record.info())?;
+                    appended.added += 1;
+                }
+            }
+        }
+        Ok(rest)
+    }
+
     /// The first half of an append: stores a batch object durably (no lock taken).
     pub fn write_batch(&self, batch: &Batch) -> Result<ObjectId, EventError> {
         Ok(self.objects().write(ObjectType::Batch, &batch.payload)?)
@@ -412,27 +781,52 @@ impl EventLog {
         batches: &[&Batch],
         batch_ids: &[ObjectId],
     ) -> Result<ObjectId, EventError> {
-        let (mut total, mut depth) = match old {
+        self.chain_known(old, batches, batch_ids, &mut Known::default())
+    }
+
+    /// [`Self::chain_nodes`] with what an idempotent append learnt: the highest seq of
+    /// each writer it checked, and the chain's writers when it walked the chain whole.
+    fn chain_known(
+        &self,
+        old: Option<ObjectId>,
+        batches: &[&Batch],
+        batch_ids: &[ObjectId],
+        known: &mut Known,
+    ) -> Result<ObjectId, EventError> {
+        let (mut total, mut depth, mut writers) = match old {
             Some(id) => {
                 let node = self.node(&id)?;
-                (node.total, node.depth)
+                (node.total, node.depth, node.writers)
             }
-            None => (Summary::default(), 0),
+            None => (Summary::default(), 0, Some(WriterSet::new())),
         };
+        if writers.is_none() {
+            writers = known.writers.take();
+        }
         let mut parent = old;
         for (batch, batch_id) in batches.iter().zip(batch_ids) {
             total.merge(&batch.summary);
             depth += 1;
+            let writer = batch.writer.clone().unwrap_or_default();
+            if let Some(set) = &mut writers {
+                set.insert(&writer);
+            }
+            let writer_seq_max = known.maxima.get_mut(&writer).map(|max| {
+                *max = (*max).max(batch.seq_last);
+                *max
+            });
             let node = LogNode {
                 parent,
                 batch: *batch_id,
-                writer: batch.writer.clone().unwrap_or_default(),
+                writer,
                 seq_first: batch.seq_first,
                 seq_last: batch.seq_last,
                 summary: batch.summary.clone(),
                 agents: batch.agents.clone(),
                 total: total.clone(),
                 depth,
+                writers: writers.clone(),
+                writer_seq_max,
             };
             let json =
                 serde_json::to_vec(&node).map_err(|e| EventError::BadRecord(e.to_string()))?;
@@ -589,4 +983,121 @@ pub fn list_jobs(
         }
     }
     Ok((jobs, errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::record::EventRecord;
+    use crate::lock::LockOptions;
+
+    fn record(writer: &str, seq: u64) -> EventRecord {
+        EventRecord {
+            v: 1,
+            id: format!("{writer}-{seq}"),
+            timestamp: "2026-01-01T00:00:00.000000Z".into(),
+            writer: writer.into(),
+            seq,
+            correlation_id: None,
+            event: serde_json::json!({"event_type": "agent_started"}),
+            metadata: Default::default(),
+        }
+    }
+
+    fn batch(writer: &str, seqs: std::ops::Range<u64>) -> Batch {
+        let mut b = Batch::new();
+        for seq in seqs {
+            b.push(&record(writer, seq)).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn a_writer_set_holds_what_was_added_and_little_else() {
+        let mut set = WriterSet::new();
+        for i in 0..50 {
+            set.insert(&format!("writer-{i}"));
+        }
+        assert!((0..50).all(|i| set.may_hold(&format!("writer-{i}"))));
+        let false_hits = (0..10_000)
+            .filter(|i| set.may_hold(&format!("other-{i}")))
+            .count();
+        // 1,024 bits, 3 probes, 50 writers: 1.6% expected.
+        assert!(false_hits < 400, "{false_hits} false hits in 10,000");
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(json.len(), 256 + 2);
+        assert_eq!(serde_json::from_str::<WriterSet>(&json).unwrap(), set);
+        assert!(serde_json::from_str::<WriterSet>("\"00\"").is_err());
+    }
+
+    #[test]
+    fn coverage_of_seq_ranges() {
+        let s = |first, last| Stored {
+            first,
+            last,
+            batch: ObjectId::from_bytes([0; 32]),
+        };
+        let ranges = [s(5, 9), s(0, 2), s(3, 4)];
+        assert!(covered(&ranges, 0, 9));
+        assert!(covered(&ranges, 4, 6));
+        assert!(!covered(&ranges, 8, 10));
+        assert!(!covered(&[s(0, 2), s(4, 5)], 0, 5));
+        // An empty range is covered.
+        assert!(covered(&[], 3, 2));
+    }
+
+    /// A chain begun before node headers had writer sets is walked whole once; its next
+    /// node has the set, so a new writer after it is certain at the head.
+    #[test]
+    fn an_old_chain_gains_its_writer_set_on_the_first_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::at(dir.path()).unwrap();
+        let refs = RefStore::new(&home, LockOptions::default());
+        let log = EventLog::new(refs, "r", "j").unwrap();
+        log.append(&[batch("old", 0..3)]).unwrap();
+        // Make the chain look old: rewrite its one node without the new fields.
+        let (_, mut node) = log.head().unwrap().unwrap();
+        node.writers = None;
+        node.writer_seq_max = None;
+        let json = serde_json::to_vec(&node).unwrap();
+        let id = log.objects().write(ObjectType::Log, &json).unwrap();
+        log.refs()
+            .transact(log.name(), "old", |_| Ok(Some(id)))
+            .unwrap();
+
+        let done = log
+            .append_idempotent(&[batch("old", 1..5)], "fresh")
+            .unwrap();
+        assert_eq!(
+            done,
+            Appended {
+                added: 2,
+                skipped: 2
+            }
+        );
+        let (_, head) = log.head().unwrap().unwrap();
+        let set = head.writers.expect("the walk made the set");
+        assert!(set.may_hold("old"));
+        assert_eq!(head.writer_seq_max, Some(4));
+        let done = log
+            .append_idempotent(&[batch("new", 0..2)], "fresh")
+            .unwrap();
+        assert_eq!(
+            done,
+            Appended {
+                added: 2,
+                skipped: 0
+            }
+        );
+        let (_, head) = log.head().unwrap().unwrap();
+        assert!(head.writers.unwrap().may_hold("new"));
+        assert_eq!(head.writer_seq_max, Some(1));
+        let all: Vec<u64> = log
+            .nodes()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.summary.count)
+            .collect();
+        assert_eq!(all, [3, 2, 2]);
+    }
 }

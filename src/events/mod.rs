@@ -7,7 +7,9 @@ pub mod query;
 pub mod record;
 pub mod retain;
 
-pub use log::{Batch, EventError, EventLog, JobEvents, LogNode, Summary, list_jobs};
+pub use log::{
+    Appended, Batch, EventError, EventLog, JobEvents, LogNode, Summary, WriterSet, list_jobs,
+};
 pub use logger::{EventLogger, Thresholds};
 pub use query::Filter;
 pub use record::{EventRecord, MapReduceEvent, Metadata};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::log::{Batch, EventError, EventLog, LogNode, Summary};
+use super::log::{Batch, EventError, EventLog, LogNode, Summary, WriterSet};
 use super::record::{EventRecord, format_timestamp};
 use crate::object::{ObjectId, ObjectType};
 use crate::refs::{RefKind, RefName};
@@ -339,18 +339,22 @@ impl EventLog {
 
     /// Writes `node` again on top of `parent`, its batch unchanged, its totals recomputed.
     fn rechain(&self, parent: Option<ObjectId>, node: &LogNode) -> Result<ObjectId, EventError> {
-        let (mut total, depth) = match parent {
+        let (mut total, depth, mut writers) = match parent {
             Some(p) => {
                 let n = self.node(&p)?;
-                (n.total, n.depth)
+                (n.total, n.depth, n.writers)
             }
-            None => (Summary::default(), 0),
+            None => (Summary::default(), 0, Some(WriterSet::new())),
         };
         total.merge(&node.summary);
+        if let Some(set) = &mut writers {
+            set.insert(&node.writer);
+        }
         let new = LogNode {
             parent,
             total,
             depth: depth + 1,
+            writers,
             ..node.clone()
         };
         let json = serde_json::to_vec(&new).map_err(|e| EventError::BadRecord(e.to_string()))?;

@@ -405,6 +405,103 @@ fn full_records_keep_their_identity() {
     assert_one_line_error(&out, 1);
 }
 
+/// A retried append of full records adds nothing twice: a record is known by its writer
+/// and seq; the same record is skipped and counted, another one under them is refused.
+#[test]
+fn appends_of_full_records_are_idempotent() {
+    let env = Env::new();
+    let rec = |id: &str, writer: &str, seq: u64, item: &str| {
+        format!(
+            r#"{{"id":"{id}","timestamp":"2025-01-09T14:32:{:02}Z","writer":"{writer}","seq":{seq},"event":{{"event_type":"agent_started","agent_id":"a","item_id":"{item}"}}}}"#,
+            seq % 60
+        ) + "\n"
+    };
+    let append = |input: &str| {
+        env.ok(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            input.as_bytes(),
+        )
+    };
+    let ab = rec("r0", "w1", 0, "i0") + &rec("r1", "w1", 1, "i1");
+    assert_eq!(append(&ab), "appended 2 events to events/api/j\n");
+    assert_eq!(
+        append(&ab),
+        "appended 0 events to events/api/j; skipped 2 records already there (same writer, seq and content)\n"
+    );
+    let abc = ab.clone() + &rec("r2", "w1", 2, "i2");
+    assert_eq!(
+        append(&abc),
+        "appended 1 event to events/api/j; skipped 2 records already there (same writer, seq and content)\n"
+    );
+    let ids = |env: &Env| -> Vec<String> {
+        records(env, "j", &[])
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&env), ["r0", "r1", "r2"]);
+    // The same id, writer and seq with another payload is refused, and nothing of its call
+    // is appended.
+    let other = rec("r1", "w1", 1, "changed") + &rec("r3", "w1", 3, "i3");
+    let out = env.run(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        other.as_bytes(),
+    );
+    assert_one_line_error(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("record r1 (writer w1, seq 1) differs") && stderr.contains("nothing"),
+        "{stderr}"
+    );
+    assert_eq!(ids(&env), ["r0", "r1", "r2"]);
+    // Within one call too.
+    let twice = rec("q0", "w2", 0, "x") + &rec("q0", "w2", 0, "x");
+    assert!(append(&twice).starts_with("appended 1 event to events/api/j; skipped 1 record"));
+    let out = env.run(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        (rec("q1", "w2", 1, "x") + &rec("q1", "w2", 1, "y")).as_bytes(),
+    );
+    assert_one_line_error(&out, 1);
+    // Bare events have no identity of their own: each append adds them.
+    for _ in 0..2 {
+        append("{\"event_type\":\"agent_started\",\"agent_id\":\"a\"}\n");
+    }
+    assert_eq!(records(&env, "j", &[]).len(), 6);
+
+    // Four processes retrying one append at once: each record lands once.
+    let input: String = (0..50)
+        .map(|s| rec(&format!("c{s}"), "w3", s, "c"))
+        .collect();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut child = env
+                .std_cmd()
+                .args(["events", "append", "--job", "c", "--repo", "api"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            std::io::Write::write_all(&mut stdin, input.as_bytes()).unwrap();
+            child
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stored = records(&env, "c", &[]);
+    assert_eq!(stored.len(), 50);
+    for (s, r) in stored.iter().enumerate() {
+        assert_eq!(r["seq"], s as u64);
+    }
+}
+
 #[test]
 fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     let env = Env::new();

@@ -1,5 +1,7 @@
 //! `prodigy events append`: JSON Lines in, one durable append per call.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -23,6 +25,10 @@ pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
 /// not know are kept as they are. The call is all or nothing: a malformed line is refused
 /// with its line number and nothing is appended. Prints how many events were appended,
 /// once they are durable.
+///
+/// Full records are appended idempotently: a record is known by its writer and seq, so a
+/// retried append skips the records already stored (and says how many), and a record with
+/// the writer and seq of a stored one but other content is refused.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job to append to.
@@ -47,10 +53,36 @@ struct Builder {
     writer: String,
     next_seq: u64,
     metadata: Metadata,
+    /// The full records read so far, by writer and seq: their hash and line number.
+    given: HashMap<(String, u64), (blake3::Hash, usize)>,
+    /// Full records repeated in the input, skipped.
+    repeated: u64,
 }
 
 impl Builder {
-    fn push(&mut self, record: EventRecord) -> Result<(), String> {
+    fn push(&mut self, record: EventRecord, number: usize) -> Result<(), String> {
+        if record.writer != self.writer {
+            let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            let hash = blake3::hash(&json);
+            match self.given.entry((record.writer.clone(), record.seq)) {
+                Entry::Occupied(first) if first.get().0 == hash => {
+                    self.repeated += 1;
+                    return Ok(());
+                }
+                Entry::Occupied(first) => {
+                    return Err(format!(
+                        "record {} has writer {} and seq {} as line {} with other content",
+                        record.id,
+                        record.writer,
+                        record.seq,
+                        first.get().1
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((hash, number));
+                }
+            }
+        }
         let start_new = match self.batches.last() {
             None => true,
             Some(b) => b.writer() != Some(record.writer.as_str()) || b.len() >= self.batch_size,
@@ -157,6 +189,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             agent_id: None,
             extra: Map::new(),
         },
+        given: HashMap::new(),
+        repeated: 0,
     };
     let mut file_input;
     let input: &mut dyn BufRead = match &args.file {
@@ -187,11 +221,24 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let value: Value =
             serde_json::from_slice(text).map_err(|e| refuse(format!("invalid JSON: {e}")))?;
         let record = builder.line(value).map_err(&refuse)?;
-        builder.push(record).map_err(refuse)?;
+        builder.push(record, number).map_err(refuse)?;
     }
-    let count: u64 = builder.batches.iter().map(Batch::len).sum();
-    log.append(&builder.batches)?;
-    let plural = if count == 1 { "" } else { "s" };
-    writeln!(ctx.out, "appended {count} event{plural} to {}", log.name())?;
+    let done = log.append_idempotent(&builder.batches, &builder.writer)?;
+    let plural = if done.added == 1 { "" } else { "s" };
+    write!(
+        ctx.out,
+        "appended {} event{plural} to {}",
+        done.added,
+        log.name()
+    )?;
+    let skipped = done.skipped + builder.repeated;
+    if skipped > 0 {
+        let plural = if skipped == 1 { "" } else { "s" };
+        write!(
+            ctx.out,
+            "; skipped {skipped} record{plural} already there (same writer, seq and content)"
+        )?;
+    }
+    writeln!(ctx.out)?;
     Ok(Exit::Success)
 }
