@@ -164,23 +164,28 @@ pub(super) fn run_step(
                 .is_some_and(|b| *b == super::git::head(cwd).ok());
         // The captured value, read by the step's capture_format.
         let over = out.stdout_bytes > super::exec::MAX_CAPTURE as u64;
-        let captured = match &step.capture {
+        let kept = (step.capture.is_some() || step.keep_output) && out.success();
+        let text = match kept {
             // A capture is whole or an error, never silently cut.
-            Some(name) if out.success() && over => Some(Err(format!(
-                "capture {name}: the step printed {} bytes, more than the {} MiB a capture \
-                 holds; write the output to a file and read it from there",
+            true if over => Err(format!(
+                "the step printed {} bytes, more than the {} MiB a capture holds; write the \
+                 output to a file and read it from there",
                 out.stdout_bytes,
                 super::exec::MAX_CAPTURE >> 20
-            ))),
-            Some(_) if out.success() => {
-                Some(step.capture_format.read(out.stdout.trim_end_matches('\n')))
-            }
+            )),
+            true => out.stdout_text(),
+            false => Ok(""),
+        };
+        let captured = match (&step.capture, &text) {
+            (Some(name), Err(why)) if kept => Some(Err(format!("capture {name}: {why}"))),
+            (Some(_), Ok(text)) if kept => Some(step.capture_format.read(text)),
+            (None, Err(why)) if kept => Some(Err(format!("capture_output: {why}"))),
             _ => None,
         };
         if out.success() && !no_commit {
             let output = step
                 .keep_output
-                .then(|| out.stdout.trim_end_matches('\n').to_owned());
+                .then(|| text.clone().unwrap_or_default().to_owned());
             match captured {
                 None => {
                     return Ok(StepOk {
@@ -239,11 +244,18 @@ pub(super) fn run_step(
                 return Err(fail("interrupted".into(), None, true));
             }
             if attempt == attempts && !h.fail_workflow {
+                let output = match step.keep_output.then(|| out.stdout_text()) {
+                    None => None,
+                    Some(Ok(text)) => Some(text.to_owned()),
+                    Some(Err(why)) => {
+                        let detail = out.stderr_tail.clone();
+                        last = Some((format!("capture_output: {why}"), out.exit_code, detail));
+                        break;
+                    }
+                };
                 return Ok(StepOk {
                     captured: None,
-                    output: step
-                        .keep_output
-                        .then(|| out.stdout.trim_end_matches('\n').to_owned()),
+                    output,
                     exit_code: out.exit_code,
                 });
             }

@@ -66,8 +66,8 @@ pub struct StepOutcome {
     pub timed_out: bool,
     /// True when it was killed because the runner was interrupted.
     pub interrupted: bool,
-    /// Its standard output, when captured (at most [`MAX_CAPTURE`] bytes).
-    pub stdout: String,
+    /// Its standard output, when captured (at most [`MAX_CAPTURE`] bytes), as it wrote it.
+    pub stdout: Vec<u8>,
     /// How many bytes it wrote to standard output, when captured (more than
     /// [`MAX_CAPTURE`] means `stdout` holds only the start).
     pub stdout_bytes: u64,
@@ -78,6 +78,22 @@ pub struct StepOutcome {
 }
 
 impl StepOutcome {
+    /// The captured output as text, without its final newlines; an error naming the first
+    /// byte that is not UTF-8 (a capture is the step's bytes or an error, never a guess).
+    pub fn stdout_text(&self) -> Result<&str, String> {
+        let text = std::str::from_utf8(&self.stdout).map_err(|e| {
+            let at = e.valid_up_to();
+            let start = at.saturating_sub(20);
+            let end = (at + 20).min(self.stdout.len());
+            format!(
+                "the output is not UTF-8 at byte {at} (\"{}\"); write it to a file, or \
+                 encode it (base64, iconv) before capturing it",
+                self.stdout[start..end].escape_ascii()
+            )
+        })?;
+        Ok(text.trim_end_matches('\n'))
+    }
+
     /// True on exit code 0.
     pub fn success(&self) -> bool {
         self.exit_code == 0 && !self.timed_out && !self.interrupted
@@ -238,7 +254,7 @@ impl Executor {
             },
             timed_out,
             interrupted,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stdout,
             stdout_bytes: if step.capture {
                 seen.load(std::sync::atomic::Ordering::Relaxed)
             } else {
@@ -255,7 +271,7 @@ fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
         exit_code: 130,
         timed_out,
         interrupted,
-        stdout: String::new(),
+        stdout: Vec::new(),
         stdout_bytes: 0,
         stderr_tail: String::new(),
         duration: started.elapsed(),

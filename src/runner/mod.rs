@@ -782,11 +782,7 @@ impl Job {
                         last_line(&out.stderr_tail)
                     )));
                 }
-                (
-                    out.stdout.into_bytes(),
-                    format!("the output of {cmd:?}"),
-                    false,
-                )
+                (out.stdout, format!("the output of {cmd:?}"), false)
             }
         };
         let items = input::items(&self.plan, &bytes, &what, from_file)

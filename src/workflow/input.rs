@@ -76,12 +76,7 @@ pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<V
                 "{what} is not JSON, so map.json_path cannot select from it"
             ));
         }
-        (None, None) => String::from_utf8_lossy(bytes)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| Value::String(l.to_owned()))
-            .collect(),
+        (None, None) => lines(bytes, what)?,
     };
     if let Some(filter) = &plan.filter {
         items.retain(|item| filter.matches_data(item));
@@ -114,6 +109,28 @@ pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<V
                     preview(item)
                 )
             })?;
+        }
+    }
+    Ok(items)
+}
+
+/// One item per line, trimmed, blank lines skipped; a line that is not UTF-8 is refused
+/// by number, its bytes shown escaped (an item is its exact text or an error, never a
+/// guess such as U+FFFD).
+fn lines(bytes: &[u8], what: &str) -> Result<Vec<Value>, String> {
+    let mut items = Vec::new();
+    for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let text = std::str::from_utf8(line).map_err(|_| {
+            format!(
+                "line {} of {what} is not UTF-8: \"{}\" (an item is text; encode such \
+                 names, e.g. with `ls | iconv -f latin1 -t utf-8`, or print JSON)",
+                n + 1,
+                line[..line.len().min(80)].escape_ascii()
+            )
+        })?;
+        let text = text.trim();
+        if !text.is_empty() {
+            items.push(Value::String(text.to_owned()));
         }
     }
     Ok(items)

@@ -1850,3 +1850,67 @@ error_policy:
     assert!(dlq.contains("MiB a capture holds"), "{dlq}");
     assert!(!dlq.contains("EOF while parsing"), "{dlq}");
 }
+
+/// Bytes that are not UTF-8 are never replaced (U+FFFD): a line item is refused by number
+/// with its bytes shown, a capture fails its item naming the byte, and text that is UTF-8
+/// beside them goes through unchanged.
+#[test]
+fn bytes_that_are_not_utf8_are_refused_by_name_never_altered() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "bytes");
+    write(
+        &repo,
+        "names.yml",
+        "name: names
+map:
+  input: printf 'caf\\351.txt\\nok.txt\\n'
+  agent_template:
+    - shell: 'true'
+",
+    );
+    let out = in_repo(&env, &repo, &["run", "names.yml", "--job-id", "n"]);
+    assert_one_line_error(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 1 of the output of") && stderr.contains(r#"caf\xe9.txt"#),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{fffd}'), "{stderr}");
+    write(
+        &repo,
+        "out.yml",
+        &format!(
+            "name: out
+map:
+  input: seq 1 2
+  agent_template:
+    - shell: if [ ${{item}} = 1 ]; then printf '\\377\\376'; else printf 'caf\\303\\251'; fi
+      capture_output: out
+error_policy:
+  on_item_failure: dlq
+reduce:
+  - shell: python3 -c \"import json,os; r=json.load(open(os.environ['PRODIGY_MAP_RESULTS'])); print([x['output'] for x in r if x['status']=='done'])\" > {}/reduce
+",
+            marks.display()
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "out.yml", "--job-id", "o"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let show = job_show(&env, &repo, "o");
+    assert_eq!(
+        (show["done"].as_u64(), show["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{show}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("reduce"))
+            .unwrap()
+            .trim(),
+        "['café']"
+    );
+    let dlq = ok_in(&env, &repo, &["dlq", "list", "o", "--json"]);
+    assert!(
+        dlq.contains(r#"capture out: the output is not UTF-<n> at byte <n> (\"\\xff\\xfe\")"#),
+        "{dlq}"
+    );
+}
