@@ -23,13 +23,42 @@ pub struct FsError {
 }
 
 impl FsError {
-    /// Wraps `source` with the operation and path.
+    /// Wraps `source` with the operation and path. `tempfile` wraps the OS error with a
+    /// path of its own ("… (os error 28) at path …", the inner error out of reach); that
+    /// is taken back to the OS error, so the message names one path.
     pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let source = match source.raw_os_error() {
+            Some(_) => source,
+            None => without_path(source),
+        };
         FsError {
             op,
             path: path.into(),
             source,
         }
+    }
+}
+
+fn without_path(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    let Some(cut) = text.find(" at path \"") else {
+        return e;
+    };
+    let head = &text[..cut];
+    let code = head
+        .strip_suffix(')')
+        .and_then(|h| h.rsplit_once("(os error "))
+        .and_then(|(_, n)| n.parse::<i32>().ok());
+    match code {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), head.to_owned()),
+    }
+}
+
+impl FsError {
+    /// True when the file system is mounted read-only (EROFS).
+    pub fn is_read_only(&self) -> bool {
+        self.source.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
     }
 }
 
@@ -256,6 +285,19 @@ pub fn create_new_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tempfile` adds "at path …" to its errors; ours name the path once.
+    #[test]
+    fn an_error_names_its_path_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let e = tempfile::Builder::new().tempfile_in(&missing).unwrap_err();
+        assert!(e.to_string().contains("at path"), "{e}");
+        let ours = FsError::new("create a temp file in", &missing, e);
+        let text = format!("{ours}: {}", ours.source);
+        assert_eq!(text.matches("missing").count(), 1, "{text}");
+        assert_eq!(ours.source.raw_os_error(), Some(2));
+    }
 
     #[test]
     fn write_atomic_replaces_and_leaves_no_temp() {

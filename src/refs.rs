@@ -662,7 +662,16 @@ impl RefStore {
         cutoff_ms: u64,
         dry_run: bool,
     ) -> Result<(Reflog, usize), RefError> {
-        let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
+        // A dry run writes nothing and reads the reflog as any reader does (a tail being
+        // appended reads as torn), so it takes no lock and works on a read-only home.
+        let _guard = match dry_run {
+            true => None,
+            false => Some(lock::lock(
+                &dir.join("lock"),
+                LockMode::Exclusive,
+                &self.lock_opts,
+            )?),
+        };
         let path = dir.join("reflog");
         let mut log = read_reflog(&path)?;
         if !log.bad_lines.is_empty() || log.torn_tail {

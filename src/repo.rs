@@ -284,8 +284,15 @@ pub fn resolve_repo_name(home: &Home, path: &Path) -> Result<String, RepoError> 
             root: location.root.clone(),
             root_commits: commits.clone(),
         };
-        if write_record(home, &record, false)? {
-            return Ok(name);
+        match write_record(home, &record, false) {
+            Ok(true) => return Ok(name),
+            Ok(false) => {}
+            // A read-only home records nothing: the first free name is the one this
+            // repository would be given, and nothing can be stored under it meanwhile.
+            Err(RepoError::Fs(e)) if e.is_read_only() && read_record(home, &name)?.is_none() => {
+                return Ok(name);
+            }
+            Err(e) => return Err(e),
         }
         // Lost a race to another process registering the same repository?
         if read_record(home, &name)?.is_some_and(|r| r.root == location.root) {

@@ -242,7 +242,12 @@ pub fn gc(
     if let Some(remote) = refs.objects().remote()? {
         return remote::gc(refs, remote, &opts);
     }
-    let _held = lock::gc_guard(home.root(), lock_opts)?;
+    // A dry run on a read-only home takes no lock: it changes nothing, and nothing can
+    // change the home under it through this mount.
+    let _held = match lock::gc_guard(home.root(), lock_opts) {
+        Err(lock::LockError::Fs(e)) if opts.dry_run && e.is_read_only() => None,
+        held => Some(held?),
+    };
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..GcReport::default()

@@ -629,7 +629,7 @@ pub fn describe(e: &object_store::Error) -> String {
     let mut line = match (&code, &message) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.clone(),
-        _ => first_line(&full).to_owned(),
+        _ => without_body(&full),
     };
     if let Some(code) = &code
         && !full.contains("NoSuchBucket")
@@ -645,6 +645,35 @@ pub fn describe(e: &object_store::Error) -> String {
         line = "NoSuchBucket: the bucket does not exist".into();
     }
     line.replace(['\n', '\r'], " ")
+}
+
+/// The first line of a reply that carried no S3 error, its body left out: a server that is
+/// not S3 (a web server, a proxy's error page) answers with HTML, which says nothing in a
+/// terminal line. Says what kind of body it was and what to check.
+fn without_body(full: &str) -> String {
+    const MARK: &str = "status code: ";
+    let Some(at) = full.find(MARK) else {
+        return first_line(full).to_owned();
+    };
+    let after = &full[at + MARK.len()..];
+    let Some((status, body)) = after.split_once(": ") else {
+        return first_line(full).to_owned();
+    };
+    let body = body.trim();
+    if body.is_empty() {
+        return first_line(full).to_owned();
+    }
+    let kind = if body.starts_with('<') && body.to_ascii_lowercase().contains("<html") {
+        "an HTML page"
+    } else {
+        "text"
+    };
+    format!(
+        "{}{status}, with {kind} of {} bytes instead of an S3 error (is AWS_ENDPOINT_URL an \
+         S3 server, and the bucket addressed as it expects: AWS_VIRTUAL_HOSTED_STYLE_REQUEST?)",
+        &full[..at + MARK.len()],
+        body.len()
+    )
 }
 
 fn xml_field(text: &str, field: &str) -> Option<String> {
@@ -699,5 +728,22 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("AWS_SECRET_ACCESS_KEY"), "{line}");
+    }
+
+    /// A server that is not S3 answers with a web page: the line names the status and
+    /// what came back, never the page.
+    #[test]
+    fn an_html_reply_is_described_not_printed() {
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://h/b?list-type=2 in 2ms - Server returned non-2xx status code: 404 Not Found: <!DOCTYPE html><html><head><title>404</title></head>\n<body><h1>Not Found</h1></body></html>\n".into(),
+        };
+        let line = describe(&e);
+        assert!(!line.contains('<') && !line.contains('\n'), "{line}");
+        assert!(
+            line.contains("status code: 404 Not Found, with an HTML page of 91 bytes"),
+            "{line}"
+        );
+        assert!(line.contains("AWS_ENDPOINT_URL"), "{line}");
     }
 }

@@ -157,7 +157,10 @@ impl Executor {
         if self.interrupted() {
             return Ok(killed(started, false, true));
         }
-        let mut child = cmd.spawn()?;
+        let mut child = cmd.spawn().map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::TOOBIG.raw_os_error() => too_big(step),
+            _ => e,
+        })?;
         let pid = child.id() as i32;
         self.groups
             .lock()
@@ -264,6 +267,31 @@ impl Executor {
             duration,
         })
     }
+}
+
+/// E2BIG, explained: what is too big, and what to do instead.
+fn too_big(step: &StepSpec<'_>) -> std::io::Error {
+    let total: usize = step.command.len()
+        + step
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    let (what, len) = step
+        .env
+        .iter()
+        .map(|(k, v)| (format!("the variable {k}"), k.len() + v.len() + 1))
+        .chain([("the command".to_owned(), step.command.len())])
+        .max_by_key(|(_, len)| *len)
+        .unwrap_or_default();
+    std::io::Error::new(
+        std::io::ErrorKind::ArgumentListTooLong,
+        format!(
+            "the step's command and environment are too big to start a program ({total} \
+             bytes; Linux allows 128 KiB per string, about 2 MiB in all): the largest is \
+             {what} ({len} bytes); pass big values in a file"
+        ),
+    )
 }
 
 fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {

@@ -107,15 +107,6 @@ pub enum RunError {
         /// What happened.
         message: String,
     },
-    /// A step could not be started.
-    #[error("cannot start a step in '{}'", .dir.display())]
-    Spawn {
-        /// Its directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// SIGINT or SIGTERM: a checkpoint was written.
     #[error(
         "job '{job}' was interrupted; its checkpoint is saved (resume it with `prodigy resume {job}`)"
@@ -768,10 +759,7 @@ impl Job {
                         capture: true,
                         log: &log,
                     })
-                    .map_err(|source| RunError::Spawn {
-                        dir: worktree.clone(),
-                        source,
-                    })?;
+                    .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
                 if out.interrupted {
                     return Err(self.interrupted().unwrap_err());
                 }

@@ -804,6 +804,28 @@ impl Plan {
 }
 
 fn yaml_message(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::Error as E;
+    let column = e.location().map(|l| l.column()).unwrap_or(0);
+    let at_column = |m: String| {
+        if column > 0 {
+            format!("{m} (column {column})")
+        } else {
+            m
+        }
+    };
+    // The crate's words for these name its own options; say what the author can change.
+    match e.without_snippet() {
+        E::DuplicateMappingKey { key, .. } => {
+            let key = key
+                .as_deref()
+                .map_or("a key".to_owned(), |k| format!("the key `{k}`"));
+            return at_column(format!(
+                "{key} appears twice in one mapping; keep one (YAML holds one value per key)"
+            ));
+        }
+        E::Budget { breach, .. } => return at_column(budget_message(breach)),
+        _ => {}
+    }
     // The crate's message starts with "line L column C: " and may carry a snippet; keep
     // one line and let our own prefix name the line.
     let text = e.without_snippet().to_string();
@@ -817,7 +839,6 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         Some(at) if stripped[at..].contains(", column ") => &stripped[..at],
         _ => stripped,
     };
-    let column = e.location().map(|l| l.column()).unwrap_or(0);
     let mut message = if column > 0 {
         format!("{stripped} (column {column})")
     } else {
@@ -828,6 +849,31 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         message.push_str(hint);
     }
     message
+}
+
+/// A limit of the YAML reader, in the author's terms (the limits guard against files made
+/// to exhaust memory; a workflow near them holds data that belongs in a file).
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    // The limits are the reader's defaults, which `from_str` applies.
+    let limit = serde_saphyr::budget::Budget::default();
+    let what = match breach {
+        B::Nodes { .. } => format!(
+            "more than {} YAML values (keys, scalars, lists and maps)",
+            limit.max_nodes
+        ),
+        B::Events { .. } => format!("more than {} YAML parser events", limit.max_events),
+        B::Depth { .. } => format!("lists and maps nested more than {} deep", limit.max_depth),
+        B::Documents { .. } => format!("more than {} YAML documents", limit.max_documents),
+        B::Aliases { .. } => format!("more than {} YAML aliases", limit.max_aliases),
+        B::Anchors { .. } => format!("more than {} YAML anchors", limit.max_anchors),
+        B::ScalarBytes { .. } => format!(
+            "more than {} MiB of text",
+            limit.max_total_scalar_bytes >> 20
+        ),
+        _ => "more than the YAML reader takes".to_owned(),
+    };
+    format!("the workflow is too big: it has {what}; keep data the steps need in a file they read")
 }
 
 /// What to use instead of a key of the original tool that this runner does not have.

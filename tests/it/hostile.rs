@@ -296,6 +296,8 @@ fn a_full_disk_fails_cleanly_and_loses_nothing() {
         let stderr = assert_one_line_error(&out, 1);
         assert!(stderr.contains("No space left on device"), "{stderr}");
         assert!(stderr.contains("hint: free some space"), "{stderr}");
+        // The path is named once (tempfile's own "at path …" is taken off).
+        assert_eq!(stderr.matches("/objects/tmp/").count(), 1, "{stderr}");
         // An events append that does not fit appends nothing.
         let huge: String = (0..400)
             .map(|n| {
@@ -567,4 +569,40 @@ fn a_since_before_time_began_shows_everything() {
         b"",
     );
     assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+/// A home on a read-only mount serves every command that only reads — `gc --dry-run`
+/// included — and a command that writes fails with one line.
+#[test]
+fn a_read_only_home_serves_the_commands_that_only_read() {
+    let env = Env::new();
+    crate::common::on_tmpfs(&env.home(), "size=8m", || {
+        env.ok(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            b"{\"event_type\":\"agent_started\",\"agent_id\":\"a\"}\n",
+        );
+        let remount = |mode: &str| {
+            let ok = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,{mode}")])
+                .arg(env.home())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "remount {mode}");
+        };
+        remount("ro");
+        let dry = env.ok(&["gc", "--dry-run"], b"");
+        assert!(dry.contains("would remove 0 unreachable"), "{dry}");
+        // From a directory this home has never named: the name it would get, unrecorded.
+        assert!(
+            env.ok(&["events", "show", "j", "--repo", "api"], b"")
+                .contains("agent_started")
+        );
+        env.ok(&["jobs"], b"");
+        env.ok(&["fsck"], b"");
+        let out = env.run(&["gc"], b"");
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains("Read-only file system"), "{stderr}");
+        remount("rw");
+    });
 }

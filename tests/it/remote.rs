@@ -748,6 +748,32 @@ fn bad_stores_credentials_and_endpoints_are_one_clear_error() {
         "{err}"
     );
     assert!(err.contains("hint: check AWS_ENDPOINT_URL"), "{err}");
+    // A web server that is not S3 answers every request with a page: the error names the
+    // status and the kind of reply, never the page.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = web.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let page = "<!DOCTYPE html><html><head><title>404 Not Found</title></head>\n<body><h1>Not Found</h1></body></html>\n";
+        for stream in web.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let reply = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, reply.as_bytes());
+        }
+    });
+    let mut c = env.std_cmd();
+    s3.configure(&mut c, &format!("http://{addr}"), "t8");
+    c.env("PRODIGY_S3_RETRY_TIMEOUT", "1s");
+    let err = one_error(&c.args(["ref", "list"]).output().unwrap());
+    assert!(!err.contains('<'), "{err}");
+    assert!(
+        err.contains("404 Not Found, with an HTML page of") && err.contains("AWS_ENDPOINT_URL"),
+        "{err}"
+    );
     // Addresses that are not a store.
     for bad in [
         "s3://",

@@ -740,8 +740,15 @@ error_policy:
 fn bad_workflows_fail_before_any_agent_with_file_and_line() {
     let env = Env::new();
     let repo = repo(&env, "bad");
-    let cases: [(&str, &str); 7] = [
+    let too_big = "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n".to_owned()
+        + &"    - shell: 'true'\n".repeat(130_000);
+    let cases: [(&str, &str); 9] = [
         ("yaml", "name: x\nmap: [unclosed\n"),
+        (
+            "duplicate-key",
+            "name: x\nname: y\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo\n",
+        ),
+        ("too-big", &too_big),
         (
             "claude",
             "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - claude: /fix ${item}\n",
@@ -1913,4 +1920,42 @@ reduce:
         dlq.contains(r#"capture out: the output is not UTF-<n> at byte <n> (\"\\xff\\xfe\")"#),
         "{dlq}"
     );
+}
+
+/// A step whose environment or command is over what Linux starts (E2BIG) fails the job
+/// as failed, naming the variable that is too big and what to do — never a job left in
+/// `setup` with no error.
+#[test]
+fn an_environment_too_big_to_start_a_step_fails_the_job_with_a_hint() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "e2big");
+    let big = "a".repeat(200_000);
+    for (name, setup) in [("input", ""), ("setup", "setup:\n  - shell: echo hi\n")] {
+        write(
+            &repo,
+            &format!("{name}.yml"),
+            &format!(
+                "name: {name}\nenv:\n  BIG: {big}\n{setup}map:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n"
+            ),
+        );
+        let out = in_repo(
+            &env,
+            &repo,
+            &["run", &format!("{name}.yml"), "--job-id", name],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("too big to start a program")
+                && stderr.contains("the largest is the variable BIG (200004 bytes)")
+                && stderr.contains("pass big values in a file"),
+            "{stderr}"
+        );
+        let show = job_show(&env, &repo, name);
+        assert_eq!(show["status"], "failed:setup", "{show}");
+        assert!(
+            show["error"].as_str().is_some_and(|e| e.contains("BIG")),
+            "{show}"
+        );
+    }
 }
