@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prodigy::dlq::filter::ItemFilter;
-use prodigy::workflow::{Plan, template};
+use prodigy::workflow::Plan;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -20,10 +20,13 @@ fuzz_target!(|data: &[u8]| {
             Err(e) => assert!(!e.to_string().contains('\n')),
         }
     }
-    if let Err(e) = template::condition(text) {
-        assert!(!e.contains('\n'));
-    }
     let quoted = serde_json::to_string(text).unwrap();
+    let when = format!(
+        "name: t\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n      when: {quoted}\n"
+    );
+    if let Err(e) = Plan::parse(std::path::Path::new("fuzz.yml"), &when) {
+        assert!(!e.to_string().contains('\n'));
+    }
     for field in ["json_path", "filter"] {
         let workflow = format!(
             "name: t\nmap:\n  input: seq 1 2\n  {field}: {quoted}\n  agent_template:\n    - shell: 'true'\n"

@@ -284,6 +284,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     }
     .and_then(|home| {
         crate::lock::LockOptions::env_timeout().map_err(output::UsageError)?;
+        crate::runner::exec::kill_grace_from_env().map_err(output::UsageError)?;
         home.check_owner()?;
         Ok(crate::storage::attach_store(home, cli.store.clone())?)
     });

@@ -85,6 +85,8 @@ pub struct FilterError {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
+    /// `${name}` in a condition.
+    Var(String),
     Str(String),
     Num(f64),
     Op(&'static str),
@@ -124,11 +126,24 @@ enum Node {
     Or(Vec<Node>),
     Not(Box<Node>),
     Test {
-        field: Vec<String>,
+        left: Operand,
         cmp: Cmp,
-        value: Value,
+        right: Operand,
         regex: Option<Regex>,
     },
+    /// A condition's bare operand: true, false, or a value that says one of them.
+    Truth(Operand),
+}
+
+/// One side of a comparison.
+#[derive(Debug, Clone)]
+enum Operand {
+    /// A field of an item (filters).
+    Field(Vec<String>),
+    /// A literal.
+    Lit(Value),
+    /// A condition's `${…}`, by the index its resolver gave.
+    Var(usize),
 }
 
 /// A parsed filter.
@@ -138,7 +153,18 @@ pub struct ItemFilter {
     needs_item: bool,
 }
 
-fn lex(expr: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
+/// How an expression is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Over a dead-lettered item: its fields, `item.<key>`.
+    Dlq,
+    /// Over a work item's data: every field is a path into it.
+    Data,
+    /// A step's `when:`: operands are `${…}` variables and literals.
+    Condition,
+}
+
+fn lex(expr: &str, mode: Mode) -> Result<Vec<(Tok, usize)>, FilterError> {
     let err = |column: usize, message: String| FilterError {
         expr: expr.to_owned(),
         column,
@@ -180,6 +206,13 @@ fn lex(expr: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
                 '~' => "~",
                 _ => "!",
             })
+        } else if c == '$' && next == Some('{') && mode == Mode::Condition {
+            let Some(len) = chars[i + 2..].iter().position(|(_, c)| *c == '}') else {
+                return Err(err(column, "unclosed ${".into()));
+            };
+            let name: String = chars[i + 2..i + 2 + len].iter().map(|(_, c)| *c).collect();
+            i += len + 3;
+            Tok::Var(name)
         } else if c == '(' {
             i += 1;
             Tok::LParen
@@ -240,17 +273,21 @@ fn lex(expr: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
     Ok(out)
 }
 
-struct Parser<'a> {
+/// Gives each `${…}` of a condition its index (or says why it is not a variable).
+pub type Resolve<'r> = &'r mut dyn FnMut(&str) -> Result<usize, String>;
+
+struct Parser<'a, 'r> {
     expr: &'a str,
     toks: Vec<(Tok, usize)>,
     at: usize,
     needs_item: bool,
-    data: bool,
+    mode: Mode,
+    resolve: Option<Resolve<'r>>,
     /// Parentheses open around the token at hand.
     depth: usize,
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_> {
     fn peek(&self) -> &Tok {
         &self.toks[self.at].0
     }
@@ -331,12 +368,106 @@ impl Parser<'_> {
         })
     }
 
+    /// A condition's operand: a variable or a literal.
+    fn operand(&mut self) -> Result<Operand, FilterError> {
+        let operand = match self.peek().clone() {
+            Tok::Var(name) => {
+                let resolve = self.resolve.as_mut().ok_or_else(|| FilterError {
+                    expr: self.expr.to_owned(),
+                    column: self.toks[self.at].1,
+                    message: "no variables here".into(),
+                })?;
+                match resolve(&name) {
+                    Ok(index) => Operand::Var(index),
+                    Err(message) => return Err(self.err(message)),
+                }
+            }
+            Tok::Str(s) => Operand::Lit(Value::String(s)),
+            Tok::Num(n) => {
+                Operand::Lit(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+            }
+            Tok::Ident(w) if w == "true" => Operand::Lit(Value::Bool(true)),
+            Tok::Ident(w) if w == "false" => Operand::Lit(Value::Bool(false)),
+            Tok::Ident(w) if w == "null" => Operand::Lit(Value::Null),
+            // A condition has no fields: a bare word is text (`${level} == high`).
+            Tok::Ident(w) if !["and", "or", "not", "contains"].contains(&w.as_str()) => {
+                Operand::Lit(Value::String(w))
+            }
+            other => {
+                return Err(self.err(format!(
+                    "expected ${{…}} or a value ('text', a number, true, false, null), found {}",
+                    describe(&other)
+                )));
+            }
+        };
+        self.at += 1;
+        Ok(operand)
+    }
+
+    fn comparison(&self) -> Option<Cmp> {
+        Some(match self.peek() {
+            Tok::Op("==") => Cmp::Eq,
+            Tok::Op("!=") => Cmp::Ne,
+            Tok::Op("<") => Cmp::Lt,
+            Tok::Op("<=") => Cmp::Le,
+            Tok::Op(">") => Cmp::Gt,
+            Tok::Op(">=") => Cmp::Ge,
+            Tok::Op("~") => Cmp::Regex,
+            Tok::Ident(w) if w == "contains" => Cmp::Contains,
+            _ => return None,
+        })
+    }
+
+    /// A condition's test: `a op b`, or `a` alone.
+    fn condition_test(&mut self) -> Result<Node, FilterError> {
+        let left = self.operand()?;
+        let Some(cmp) = self.comparison() else {
+            if let Operand::Lit(v) = &left
+                && !v.is_boolean()
+            {
+                return Err(self.err(format!("{v} is neither true, false nor a comparison")));
+            }
+            return Ok(Node::Truth(left));
+        };
+        self.at += 1;
+        let right = self.operand()?;
+        let regex = match (&right, cmp) {
+            (Operand::Lit(Value::String(pattern)), Cmp::Regex) => Some(self.regex(pattern)?),
+            (_, Cmp::Regex) => return Err(self.err("~ needs a quoted regular expression".into())),
+            _ => None,
+        };
+        Ok(Node::Test {
+            left,
+            cmp,
+            right,
+            regex,
+        })
+    }
+
+    fn regex(&self, pattern: &str) -> Result<Regex, FilterError> {
+        Regex::new(pattern).map_err(|e| {
+            let text = e.to_string();
+            self.err(format!(
+                "bad regular expression: {}",
+                text.lines()
+                    .last()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_start_matches("error: ")
+            ))
+        })
+    }
+
     fn test(&mut self) -> Result<Node, FilterError> {
+        if self.mode == Mode::Condition {
+            return self.condition_test();
+        }
+        let data = self.mode == Mode::Data;
         let Tok::Ident(name) = self.peek().clone() else {
             return Err(self.err("expected a field name".into()));
         };
         let mut field: Vec<String> = name.split('.').map(str::to_owned).collect();
-        if self.data {
+        if data {
             // `item` alone is the item itself (a string item from a line of input).
             if field[0] == "item" {
                 field.remove(0);
@@ -346,7 +477,7 @@ impl Parser<'_> {
             }
             field.insert(0, "item".into());
         }
-        let known = self.data
+        let known = data
             || match field.as_slice() {
                 [one] => FIELDS.contains(&one.as_str()),
                 [first, rest @ ..] => first == "item" && rest.iter().all(|k| !k.is_empty()),
@@ -362,21 +493,11 @@ impl Parser<'_> {
             self.needs_item = true;
         }
         self.at += 1;
-        let cmp = match self.peek() {
-            Tok::Op("==") => Cmp::Eq,
-            Tok::Op("!=") => Cmp::Ne,
-            Tok::Op("<") => Cmp::Lt,
-            Tok::Op("<=") => Cmp::Le,
-            Tok::Op(">") => Cmp::Gt,
-            Tok::Op(">=") => Cmp::Ge,
-            Tok::Op("~") => Cmp::Regex,
-            Tok::Ident(w) if w == "contains" => Cmp::Contains,
-            other => {
-                return Err(self.err(format!(
-                    "expected an operator (== != < <= > >= ~ contains), found {}",
-                    describe(other)
-                )));
-            }
+        let Some(cmp) = self.comparison() else {
+            return Err(self.err(format!(
+                "expected an operator (== != < <= > >= ~ contains), found {}",
+                describe(self.peek())
+            )));
         };
         self.at += 1;
         let value = match self.peek().clone() {
@@ -396,25 +517,15 @@ impl Parser<'_> {
             let Value::String(pattern) = &value else {
                 return Err(self.err("~ needs a quoted regular expression".into()));
             };
-            Some(Regex::new(pattern).map_err(|e| {
-                let text = e.to_string();
-                self.err(format!(
-                    "bad regular expression: {}",
-                    text.lines()
-                        .last()
-                        .unwrap_or("")
-                        .trim()
-                        .trim_start_matches("error: ")
-                ))
-            })?)
+            Some(self.regex(pattern)?)
         } else {
             None
         };
         self.at += 1;
         Ok(Node::Test {
-            field,
+            left: Operand::Field(field),
             cmp,
-            value,
+            right: Operand::Lit(value),
             regex,
         })
     }
@@ -424,6 +535,7 @@ fn describe(tok: &Tok) -> String {
     match tok {
         Tok::End => "the end".into(),
         Tok::Ident(w) => format!("{w:?}"),
+        Tok::Var(v) => format!("${{{v}}}"),
         Tok::Str(s) => format!("'{s}'"),
         Tok::Num(n) => n.to_string(),
         Tok::Op(o) => format!("{o:?}"),
@@ -435,23 +547,37 @@ fn describe(tok: &Tok) -> String {
 impl ItemFilter {
     /// Parses an expression.
     pub fn parse(expr: &str) -> Result<ItemFilter, FilterError> {
-        ItemFilter::parse_mode(expr, false)
+        ItemFilter::parse_mode(expr, Mode::Dlq, None)
     }
 
     /// Parses an expression over a work item's data: every field is a path into the item
     /// (`a.b`, or `item.a.b`).
     pub fn parse_data(expr: &str) -> Result<ItemFilter, FilterError> {
-        ItemFilter::parse_mode(expr, true)
+        ItemFilter::parse_mode(expr, Mode::Data, None)
     }
 
-    fn parse_mode(expr: &str, data: bool) -> Result<ItemFilter, FilterError> {
-        let toks = lex(expr)?;
+    /// Parses a step's condition (`when:`): the same language over `${…}` variables and
+    /// literals (`${item.kind} == 'fix' && ${map.failed} < 3`), where a bare operand is
+    /// true or false itself (`${tests_passed}`). `resolve` gives each variable its index,
+    /// or refuses it. The text is parsed once: a variable's value is a value, never more
+    /// of the expression.
+    pub fn parse_condition(expr: &str, resolve: Resolve<'_>) -> Result<ItemFilter, FilterError> {
+        ItemFilter::parse_mode(expr, Mode::Condition, Some(resolve))
+    }
+
+    fn parse_mode(
+        expr: &str,
+        mode: Mode,
+        resolve: Option<Resolve<'_>>,
+    ) -> Result<ItemFilter, FilterError> {
+        let toks = lex(expr, mode)?;
         let mut parser = Parser {
             expr,
             toks,
             at: 0,
             needs_item: false,
-            data,
+            mode,
+            resolve,
             depth: 0,
         };
         if *parser.peek() == Tok::End {
@@ -467,6 +593,17 @@ impl ItemFilter {
         })
     }
 
+    /// Evaluates a condition with the variables' values (`value(index)`). Values compare
+    /// as they are typed, except that text holding a number or `true`/`false` compares
+    /// with a number or a boolean as one (captures are text). A bare operand that is not
+    /// true or false, and an order between values that have none, are errors.
+    pub fn eval_condition(
+        &self,
+        value: &dyn Fn(usize) -> Result<Value, String>,
+    ) -> Result<bool, String> {
+        eval(&self.root, &|_| Value::Null, value, true)
+    }
+
     /// True when the filter reads fields that only the item object has (`item.*`,
     /// `error_message`).
     pub fn needs_item(&self) -> bool {
@@ -475,24 +612,31 @@ impl ItemFilter {
 
     /// Tests a summary; fields it lacks are null (see [`Self::needs_item`]).
     pub fn matches_summary(&self, id: &str, s: &ItemSummary) -> bool {
-        eval(&self.root, &|field: &[String]| summary_field(id, s, field))
+        eval(
+            &self.root,
+            &|field: &[String]| summary_field(id, s, field),
+            &no_vars,
+            false,
+        )
+        .unwrap_or(false)
     }
 
     /// Tests a work item (for filters made by [`Self::parse_data`]); a missing field is
     /// null.
     pub fn matches_data(&self, data: &Value) -> bool {
-        eval(&self.root, &|field: &[String]| {
+        let get = |field: &[String]| {
             field[1..]
                 .iter()
                 .try_fold(data, |v, k| v.get(k))
                 .cloned()
                 .unwrap_or(Value::Null)
-        })
+        };
+        eval(&self.root, &get, &no_vars, false).unwrap_or(false)
     }
 
     /// Tests a full item.
     pub fn matches_item(&self, item: &DeadLetteredItem, s: &ItemSummary) -> bool {
-        eval(&self.root, &|field: &[String]| match field[0].as_str() {
+        let get = |field: &[String]| match field[0].as_str() {
             "item" => field[1..]
                 .iter()
                 .try_fold(&item.item_data, |v, k| v.get(k))
@@ -503,7 +647,8 @@ impl ItemFilter {
                 .last()
                 .map_or(Value::Null, |f| Value::String(f.error_message.clone())),
             _ => summary_field(&item.item_id, s, field),
-        })
+        };
+        eval(&self.root, &get, &no_vars, false).unwrap_or(false)
     }
 }
 
@@ -521,17 +666,97 @@ fn summary_field(id: &str, s: &ItemSummary, field: &[String]) -> Value {
     }
 }
 
-fn eval(node: &Node, get: &dyn Fn(&[String]) -> Value) -> bool {
-    match node {
-        Node::And(terms) => terms.iter().all(|t| eval(t, get)),
-        Node::Or(terms) => terms.iter().any(|t| eval(t, get)),
-        Node::Not(a) => !eval(a, get),
+fn no_vars(_: usize) -> Result<Value, String> {
+    Err("no variables here".into())
+}
+
+/// `strict` (conditions): loose typing of text, and errors where a filter says false.
+fn eval(
+    node: &Node,
+    get: &dyn Fn(&[String]) -> Value,
+    var: &dyn Fn(usize) -> Result<Value, String>,
+    strict: bool,
+) -> Result<bool, String> {
+    let operand = |o: &Operand| -> Result<Value, String> {
+        Ok(match o {
+            Operand::Field(f) => get(f),
+            Operand::Lit(v) => v.clone(),
+            Operand::Var(i) => var(*i)?,
+        })
+    };
+    Ok(match node {
+        Node::And(terms) => {
+            for t in terms {
+                if !eval(t, get, var, strict)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        Node::Or(terms) => {
+            for t in terms {
+                if eval(t, get, var, strict)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
+        Node::Not(a) => !eval(a, get, var, strict)?,
+        Node::Truth(o) => match operand(o)? {
+            Value::Bool(b) => b,
+            Value::String(s) if s.trim().eq_ignore_ascii_case("true") => true,
+            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => false,
+            other => {
+                return Err(format!(
+                    "{} is neither true nor false",
+                    preview(&other.to_string())
+                ));
+            }
+        },
         Node::Test {
-            field,
+            left,
             cmp,
-            value,
+            right,
             regex,
-        } => compare(&get(field), *cmp, value, regex.as_ref()),
+        } => {
+            let (mut a, mut b) = (operand(left)?, operand(right)?);
+            if strict {
+                let loose_a = loosen(a.clone(), &b);
+                b = loosen(b, &a);
+                a = loose_a;
+                if matches!(cmp, Cmp::Lt | Cmp::Le | Cmp::Gt | Cmp::Ge)
+                    && !matches!(
+                        (&a, &b),
+                        (Value::Number(_), Value::Number(_)) | (Value::String(_), Value::String(_))
+                    )
+                {
+                    return Err(format!(
+                        "{} and {} have no order (compare numbers, or text with text)",
+                        preview(&a.to_string()),
+                        preview(&b.to_string())
+                    ));
+                }
+            }
+            compare(&a, *cmp, &b, regex.as_ref())
+        }
+    })
+}
+
+/// Text that holds a number or a boolean, beside a number or a boolean, as one.
+fn loosen(v: Value, other: &Value) -> Value {
+    match (&v, other) {
+        (Value::String(s), Value::Number(_)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(v, Value::Number),
+        (Value::String(s), Value::Bool(_)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => v,
+        },
+        _ => v,
     }
 }
 

@@ -107,12 +107,11 @@ pub(super) fn run_step(
         exit_code,
         interrupted,
     };
-    if let Some(when) = &step.when {
-        let text = when.render(vars).map_err(|e| fail(e, None, false))?;
-        if !crate::workflow::template::condition(&text).map_err(|e| fail(e, None, false))? {
-            write_log(log, &format!("# skipped (when: {text})\n"));
-            return Ok(StepOk::default());
-        }
+    if let Some(when) = &step.when
+        && !when.eval(vars).map_err(|e| fail(e, None, false))?
+    {
+        write_log(log, &format!("# skipped (when: {})\n", when.text()));
+        return Ok(StepOk::default());
     }
     let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
     if command.len() > MAX_COMMAND {
@@ -209,8 +208,15 @@ pub(super) fn run_step(
             why
         } else if out.timed_out {
             format!(
-                "timed out after {}s (killed with its process group)",
-                out.duration.as_secs()
+                "timed out after {} (stopped with its process group: SIGTERM, then SIGKILL \
+                 after the grace period)",
+                {
+                    let limit = timeout.unwrap_or(out.duration);
+                    match limit.as_secs() {
+                        0 => format!("{}ms", limit.as_millis()),
+                        secs => format!("{secs}s"),
+                    }
+                }
             )
         } else {
             // One line for messages; the whole tail goes to the DLQ and the log.
@@ -310,6 +316,10 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
     env.insert("PRODIGY_JOB_ID".into(), job_id.clone());
     env.insert("PRODIGY_AGENT_ID".into(), agent.clone());
     env.insert("PRODIGY_ITEM_ID".into(), key.clone());
+    // The item for scripts that read it rather than have it pasted: JSON, exact.
+    env.insert("PRODIGY_ITEM".into(), item.to_string());
+    env.insert("PRODIGY_AUTOMATION".into(), "true".into());
+    env.insert("PRODIGY_WORKTREE".into(), path.display().to_string());
     let started_all = Instant::now();
     let mut attempt = 0;
     loop {

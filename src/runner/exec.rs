@@ -1,10 +1,13 @@
 //! Running one shell step: `sh -c` in its own process group, output to the agent's log
-//! (and captured when asked), killed with its whole group on a time-out or an interrupt.
+//! (and captured when asked), stopped with its whole group on a time-out or an interrupt:
+//! SIGTERM, then SIGKILL after a grace period ([`KILL_GRACE_ENV`], 5 s by default, as
+//! `timeout(1)` and CI runners do), so a step can clean up.
 //!
 //! A step survives a runner killed with SIGKILL unless something kills its group: the
 //! kernel tells no one. So each step runs under a *supervisor* — the `prodigy` binary
-//! started as `prodigy __supervise PARENT_PID -- sh -c CMD` — which asks the kernel for a
-//! signal when its parent dies (`PR_SET_PDEATHSIG`) and then kills its process group. The
+//! started as `prodigy __supervise PARENT_PID GRACE_MS -- sh -c CMD` — which asks the
+//! kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`) and then stops its process
+//! group the same way. The
 //! library runs steps directly (without that guarantee) when no supervisor is given.
 
 use std::collections::{BTreeMap, HashSet};
@@ -31,6 +34,26 @@ const READER_GRACE: Duration = Duration::from_secs(2);
 /// The exit code of a step killed for its time limit (as `timeout(1)` uses).
 pub const TIMEOUT_EXIT: i32 = 124;
 
+/// How long a step has between SIGTERM and SIGKILL: a duration (`5s`, `500ms`).
+pub const KILL_GRACE_ENV: &str = "PRODIGY_KILL_GRACE";
+
+/// The grace when [`KILL_GRACE_ENV`] is not set.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The grace from [`KILL_GRACE_ENV`]; an error when it is not a duration.
+pub fn kill_grace_from_env() -> Result<Duration, String> {
+    let Some(v) = std::env::var_os(KILL_GRACE_ENV) else {
+        return Ok(DEFAULT_KILL_GRACE);
+    };
+    match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
+        Some(Ok(grace)) => Ok(grace),
+        _ => Err(format!(
+            "{KILL_GRACE_ENV}={:?} is not a duration (give one such as 5s or 500ms)",
+            v.to_string_lossy()
+        )),
+    }
+}
+
 /// What the runner's steps share: the supervisor, the live process groups and the
 /// interrupt flag.
 #[derive(Debug, Clone)]
@@ -38,6 +61,7 @@ pub struct Executor {
     supervisor: Option<PathBuf>,
     groups: Arc<Mutex<HashSet<i32>>>,
     interrupted: Arc<AtomicBool>,
+    grace: Duration,
 }
 
 /// One step to run.
@@ -101,12 +125,18 @@ impl StepOutcome {
 }
 
 impl Executor {
-    /// Steps run under `supervisor` (the `prodigy` binary) when given.
-    pub fn new(supervisor: Option<PathBuf>, interrupted: Arc<AtomicBool>) -> Executor {
+    /// Steps run under `supervisor` (the `prodigy` binary) when given; a stopped step has
+    /// `grace` between SIGTERM and SIGKILL.
+    pub fn new(
+        supervisor: Option<PathBuf>,
+        interrupted: Arc<AtomicBool>,
+        grace: Duration,
+    ) -> Executor {
         Executor {
             supervisor,
             groups: Arc::new(Mutex::new(HashSet::new())),
             interrupted,
+            grace,
         }
     }
 
@@ -120,14 +150,26 @@ impl Executor {
         &self.interrupted
     }
 
-    /// Kills every running step's process group (after an interrupt).
+    /// Stops every running step's process group (after an interrupt): SIGTERM now, SIGKILL
+    /// to the groups still running after the grace period.
     pub fn kill_all(&self) {
-        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        for pid in groups.iter() {
-            if let Some(pid) = Pid::from_raw(*pid) {
-                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-            }
+        let running: Vec<i32> = {
+            let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            groups.iter().copied().collect()
+        };
+        for pid in &running {
+            signal_group(*pid, Signal::TERM);
         }
+        let groups = Arc::clone(&self.groups);
+        let grace = self.grace;
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            let groups = groups.lock().unwrap_or_else(|e| e.into_inner());
+            // A group that ended was taken out of the set when its step returned.
+            for pid in running.iter().filter(|p| groups.contains(p)) {
+                signal_group(*pid, Signal::KILL);
+            }
+        });
     }
 
     /// Runs one step to its end.
@@ -138,6 +180,7 @@ impl Executor {
                 let mut c = Command::new(exe);
                 c.arg("__supervise")
                     .arg(std::process::id().to_string())
+                    .arg(self.grace.as_millis().to_string())
                     .arg("--");
                 c
             }
@@ -221,7 +264,11 @@ impl Executor {
             Some(limit) => {
                 if rx.recv_timeout(limit).is_err() {
                     timed_out = true;
-                    kill_group(pid);
+                    // SIGTERM first: the step may clean up within the grace period.
+                    signal_group(pid, Signal::TERM);
+                    if rx.recv_timeout(self.grace).is_err() {
+                        kill_group(pid);
+                    }
                 }
             }
             None => {
@@ -307,8 +354,12 @@ fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
 }
 
 fn kill_group(pid: i32) {
+    signal_group(pid, Signal::KILL);
+}
+
+fn signal_group(pid: i32, signal: Signal) {
     if let Some(pid) = Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+        let _ = rustix::process::kill_process_group(pid, signal);
     }
 }
 
@@ -335,23 +386,26 @@ fn pump(r: &mut impl Read, log: &Arc<Mutex<File>>, mut each: impl FnMut(&[u8])) 
     }
 }
 
-/// The supervisor's body (`prodigy __supervise PARENT_PID -- PROGRAM ARGS…`): dies with
-/// its parent, taking its whole process group along; otherwise runs PROGRAM and exits with
-/// its status. Returns the exit code.
+/// The supervisor's body (`prodigy __supervise PARENT_PID GRACE_MS -- PROGRAM ARGS…`): dies
+/// with its parent, stopping its whole process group (SIGTERM, then SIGKILL after the
+/// grace); otherwise runs PROGRAM and exits with its status. Returns the exit code.
 pub fn supervise(args: &[String]) -> i32 {
-    let (Some(parent), Some("--"), Some(program)) = (
+    let (Some(parent), Some(grace), Some("--"), Some(program)) = (
         args.first().and_then(|p| p.parse::<i32>().ok()),
-        args.get(1).map(String::as_str),
-        args.get(2),
+        args.get(1).and_then(|g| g.parse::<u64>().ok()),
+        args.get(2).map(String::as_str),
+        args.get(3),
     ) else {
         return 2;
     };
+    let grace = Duration::from_millis(grace);
     let group = rustix::process::getpgrp();
     let kill_all = move || {
         let _ = rustix::process::kill_process_group(group, Signal::KILL);
     };
-    // The parent's death arrives as SIGTERM; so do an interrupt's and a time-out's kills
-    // when they are not SIGKILL. Each takes the whole group.
+    let stopping = Arc::new(AtomicBool::new(false));
+    // The parent's death arrives as SIGTERM; so do a time-out's and an interrupt's stops,
+    // sent to the whole group. The group has the grace to end; then it is killed.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGHUP,
@@ -360,8 +414,20 @@ pub fn supervise(args: &[String]) -> i32 {
         Ok(s) => s,
         Err(_) => return 126,
     };
+    let stop = Arc::clone(&stopping);
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        if let Some(signal) = signals.forever().next() {
+            stop.store(true, Ordering::SeqCst);
+            // A stop from the runner reached the whole group; the parent's death (and a
+            // signal for this process alone) only this one: pass it on.
+            let orphaned = rustix::process::getppid()
+                .map(Pid::as_raw_nonzero)
+                .map(|p| p.get())
+                != Some(parent);
+            if signal != signal_hook::consts::SIGTERM || orphaned {
+                let _ = rustix::process::kill_process_group(group, Signal::TERM);
+            }
+            std::thread::sleep(grace);
             kill_all();
         }
     });
@@ -377,7 +443,12 @@ pub fn supervise(args: &[String]) -> i32 {
         kill_all();
         return 1;
     }
-    let status = Command::new(program).args(&args[3..]).status();
+    let status = Command::new(program).args(&args[4..]).status();
+    // Stopped: what is left of the group (the step's own children) goes now; the step
+    // itself had its chance to clean up.
+    if stopping.load(Ordering::SeqCst) {
+        kill_all();
+    }
     match status {
         Ok(s) => code(s),
         Err(_) => 127,

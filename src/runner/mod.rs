@@ -453,7 +453,12 @@ impl Job {
             plan,
             state,
             logger: Arc::new(logger),
-            exec: Executor::new(opts.supervisor.clone(), opts.interrupt.clone()),
+            exec: Executor::new(
+                opts.supervisor.clone(),
+                opts.interrupt.clone(),
+                // The command line refuses a bad value before any command runs.
+                exec::kill_grace_from_env().unwrap_or(exec::DEFAULT_KILL_GRACE),
+            ),
             observer: opts.observer.clone(),
             started: Instant::now(),
             rewind: false,
@@ -538,9 +543,17 @@ impl Job {
         })
     }
 
+    /// The environment of the job's own steps (setup, the input command, reduce): the
+    /// workflow's, the job id, and as in the original, `PRODIGY_AUTOMATION=true` and
+    /// `PRODIGY_WORKTREE` (the job worktree).
     fn env(&self) -> BTreeMap<String, String> {
         let mut env = self.state.spec.env.clone();
         env.insert("PRODIGY_JOB_ID".into(), self.state.spec.id.clone());
+        env.insert("PRODIGY_AUTOMATION".into(), "true".into());
+        env.insert(
+            "PRODIGY_WORKTREE".into(),
+            self.state.spec.worktree.display().to_string(),
+        );
         env
     }
 

@@ -4,6 +4,7 @@
 //! step, a misspelt option) is an error naming its line, never skipped.
 
 pub mod input;
+pub mod shell;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -188,8 +189,8 @@ pub struct Step {
     /// The step must make a commit: one that exits 0 without moving `HEAD` fails.
     #[serde(default)]
     pub commit_required: bool,
-    /// Run the step only when this is true (after interpolation): `true`/`false`,
-    /// comparisons `== != < <= > >=`, `&&`, `||`, `!` (see [`template::condition`]).
+    /// Run the step only when this is true: the filter language over `${…}` variables and
+    /// literals, parsed once at load (see [`template::Condition`]).
     #[serde(default)]
     pub when: Option<Spanned<String>>,
     /// Kill the step (its whole process group) after this many seconds.
@@ -306,7 +307,7 @@ pub struct PlanStep {
     /// Whether it must make a commit.
     pub commit_required: bool,
     /// Its condition, if any.
-    pub when: Option<Template>,
+    pub when: Option<template::Condition>,
     /// Keep its standard output: the next step reads `${last.output}`.
     pub keep_output: bool,
 }
@@ -631,7 +632,7 @@ impl Plan {
                 let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
                 let when = match &step.when {
                     Some(w) => Some(
-                        Template::compile(&w.value, &ctx)
+                        template::Condition::compile(&w.value, &ctx)
                             .map_err(|e| at(w.referenced.line(), e))?,
                     ),
                     None => None,
@@ -747,13 +748,16 @@ impl Plan {
         // and is recorded with the job so that `resume` sees the same value.
         for step in setup.iter().chain(&agent).chain(&reduce) {
             let handler = step.on_failure.as_ref().map(|h| &h.shell);
-            for t in std::iter::once(&step.shell).chain(handler) {
-                for name in t.env_names() {
-                    if !env.contains_key(&name)
-                        && let Ok(v) = std::env::var(&name)
-                    {
-                        env.insert(name, v);
-                    }
+            let from_when = step.when.iter().flat_map(|w| w.env_names());
+            let names = std::iter::once(&step.shell)
+                .chain(handler)
+                .flat_map(|t| t.env_names())
+                .chain(from_when);
+            for name in names {
+                if !env.contains_key(&name)
+                    && let Ok(v) = std::env::var(&name)
+                {
+                    env.insert(name, v);
                 }
             }
         }

@@ -10,14 +10,19 @@
 //! phase cannot have (`${item.x}` in reduce) or an unknown `${map.x}` is an error. Any other
 //! `${NAME}` is left for the shell only when NAME is set in the environment (`${HOME}`); an
 //! unknown plain name or dotted path is an error (the shell would make it empty), while
-//! shell parameter syntax (`${f%.txt}`, `${1}`) stays the shell's. Values are substituted as they are, like the
-//! original tool: a workflow that feeds untrusted items to a shell must quote them itself.
+//! shell parameter syntax (`${f%.txt}`, `${1}`) stays the shell's.
+//!
+//! A value is data (issue 19): each variable is placed in the shell text when the workflow
+//! loads ([`super::shell`]) and its value is quoted for where it stands, so the command
+//! receives the exact text and runs none of it; `${name|raw}` pastes it as code. A step's
+//! `when:` is a [`Condition`], parsed once with typed operands.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::dlq::filter::{MAX_NESTING, preview};
+use super::shell::{Piece, Slot, quote};
+use crate::dlq::filter::{ItemFilter, preview};
 
 /// Where a step runs, which decides the variables it can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +69,16 @@ enum Var {
 enum Part {
     Lit(String),
     /// A variable and its default (`${name|default:value}`), used when it has no value.
-    Var(Var, Option<String>),
+    Var(Var, Option<String>, Use),
+}
+
+/// How a variable's value goes into the command.
+#[derive(Debug, Clone, PartialEq)]
+struct Use {
+    /// What the author wrote between `${` and `}`, for messages.
+    written: String,
+    /// Where it stands in the shell text.
+    slot: Slot,
 }
 
 /// A compiled command.
@@ -124,8 +138,15 @@ pub fn is_capture_name(name: &str) -> bool {
 }
 
 impl Template {
-    /// Compiles `text`, checking every variable of ours against `ctx`.
+    /// Compiles `text`, a shell command, checking every variable of ours against `ctx` and
+    /// placing it in the shell text ([`super::shell`]): where it stands decides how its
+    /// value is quoted.
     pub fn compile(text: &str, ctx: &Context<'_>) -> Result<Template, String> {
+        Template::compile_for(text, ctx, super::shell::sh_has_ansi_c())
+    }
+
+    /// [`Self::compile`] for a shell that does (`ansi_c`) or does not read `$'…'`.
+    pub fn compile_for(text: &str, ctx: &Context<'_>, ansi_c: bool) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -138,35 +159,47 @@ impl Template {
                 break;
             };
             let whole = &after[..end];
-            let (name, default) = match whole.split_once("|default:") {
-                Some((name, default)) => (name.trim(), Some(default.to_owned())),
-                None => (whole, None),
-            };
-            let var = match (&default, name.strip_prefix("env.")) {
-                // With a default, an unset variable is fine: the default is its value.
-                (Some(_), Some(var)) if !var.is_empty() => Some(Var::Env(var.to_owned())),
-                _ => parse_var(name, ctx)?,
-            };
-            match (var, default) {
-                (Some(var), default) => {
+            // `${HOME:-${item}}`: the outer is the shell's; ours inside is found next (and
+            // placed inside the shell's own `${…}`, which the scanner refuses).
+            if let Some(inner) = whole.find("${") {
+                lit.push_str(&rest[at..at + 2 + inner]);
+                rest = &after[inner..];
+                continue;
+            }
+            match reference(whole, ctx)? {
+                Some((var, default, raw)) => {
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
-                    parts.push(Part::Var(var, default));
+                    let slot = if raw { Slot::Raw } else { Slot::Word };
+                    let written = whole.to_owned();
+                    parts.push(Part::Var(var, default, Use { written, slot }));
                 }
-                (None, Some(_)) => {
-                    return Err(format!(
-                        "unknown variable ${{{name}}} in ${{{whole}}} (a default goes with \
-                         item…, env.X, map.…, workflow.name, job.id or a captured name)"
-                    ));
-                }
-                (None, None) => lit.push_str(&rest[at..at + 2 + end + 1]),
+                None => lit.push_str(&rest[at..at + 2 + end + 1]),
             }
             rest = &after[end + 1..];
         }
         lit.push_str(rest);
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
+        }
+        // Raw values are code the author pastes in: the scanner cannot know what they do,
+        // and skips them.
+        let pieces: Vec<Piece<'_>> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Lit(s) => Some(Piece::Lit(s)),
+                Part::Var(_, _, u) if u.slot == Slot::Raw => None,
+                Part::Var(..) => Some(Piece::Var),
+            })
+            .collect();
+        let mut slots = super::shell::place(&pieces, ansi_c)?.into_iter();
+        for part in &mut parts {
+            if let Part::Var(_, _, u) = part
+                && u.slot != Slot::Raw
+            {
+                u.slot = slots.next().ok_or("a variable was not placed")?;
+            }
         }
         Ok(Template { parts })
     }
@@ -176,7 +209,7 @@ impl Template {
         self.parts
             .iter()
             .filter_map(|p| match p {
-                Part::Var(Var::Item(path), _) if !path.is_empty() => Some(path.clone()),
+                Part::Var(Var::Item(path), _, _) if !path.is_empty() => Some(path.clone()),
                 _ => None,
             })
             .collect()
@@ -187,7 +220,7 @@ impl Template {
         self.parts
             .iter()
             .filter_map(|p| match p {
-                Part::Var(Var::Env(n), _) => Some(n.clone()),
+                Part::Var(Var::Env(n), _, _) => Some(n.clone()),
                 _ => None,
             })
             .collect()
@@ -197,14 +230,14 @@ impl Template {
     pub fn reads_captured(&self, name: &str) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Var(Var::Captured(n), _) if n == name))
+            .any(|p| matches!(p, Part::Var(Var::Captured(n), _, _) if n == name))
     }
 
     /// True when it reads `${map.results_json}`.
     pub fn reads_results(&self) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p, Part::Var(Var::MapResultsJson, _)))
+            .any(|p| matches!(p, Part::Var(Var::MapResultsJson, _, _)))
     }
 
     /// Renders the command.
@@ -213,12 +246,17 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(v, default) => match (value(v, vars), default) {
-                    (Ok(Some(s)), _) => out.push_str(&s),
-                    (Ok(None) | Err(_), Some(d)) => out.push_str(d),
-                    (Ok(None), None) => {}
-                    (Err(e), None) => return Err(e),
-                },
+                Part::Var(v, default, u) => {
+                    let text = match (value(v, vars), default) {
+                        (Ok(Some(s)), _) => s,
+                        (Ok(None) | Err(_), Some(d)) => d.clone(),
+                        (Ok(None), None) => String::new(),
+                        (Err(e), None) => return Err(e),
+                    };
+                    let quoted =
+                        quote(&text, &u.slot).map_err(|e| format!("${{{}}}: {e}", u.written))?;
+                    out.push_str(&quoted);
+                }
             }
         }
         Ok(out)
@@ -307,6 +345,55 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
             text(cur)
         }
     }))
+}
+
+/// What `${whole}` refers to: one of our variables with its default and whether it is
+/// `|raw`, or `None` for the shell's own (`${HOME}`, `${f%.txt}`). Modifiers follow the
+/// name: `|raw`, then `|default:text` (the rest, `|` included, is the default).
+fn reference(
+    whole: &str,
+    ctx: &Context<'_>,
+) -> Result<Option<(Var, Option<String>, bool)>, String> {
+    let (name, mut mods) = match whole.split_once('|') {
+        Some((name, mods)) => (name.trim(), Some(mods)),
+        None => (whole, None),
+    };
+    let mut raw = false;
+    let mut default = None;
+    while let Some(m) = mods {
+        if let Some(after) = m.strip_prefix("raw")
+            && (after.is_empty() || after.starts_with('|'))
+        {
+            raw = true;
+            mods = after.strip_prefix('|');
+        } else if let Some(d) = m.strip_prefix("default:") {
+            default = Some(d.to_owned());
+            mods = None;
+        } else {
+            // Not ours (`${a|b}` is no shell syntax either): as before, the shell's.
+            match parse_var(name, ctx) {
+                Ok(Some(_)) => {
+                    return Err(format!(
+                        "${{{whole}}}: unknown modifier {m:?} (there are |raw and |default:TEXT)"
+                    ));
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+    let var = match (&default, name.strip_prefix("env.")) {
+        // With a default, an unset variable is fine: the default is its value.
+        (Some(_), Some(var)) if !var.is_empty() => Some(Var::Env(var.to_owned())),
+        _ => parse_var(name, ctx)?,
+    };
+    match var {
+        Some(var) => Ok(Some((var, default, raw))),
+        None if default.is_some() || raw => Err(format!(
+            "unknown variable ${{{name}}} in ${{{whole}}} (|raw and |default go with item…, \
+             env.X, map.…, workflow.name, job.id or a captured name)"
+        )),
+        None => Ok(None),
+    }
 }
 
 fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
@@ -425,90 +512,119 @@ fn is_plain_name(name: &str) -> bool {
         })
 }
 
-/// Evaluates a step's `when:` after interpolation: `true` / `false`, comparisons of two
-/// values (`==`, `!=`, and `<`, `<=`, `>`, `>=` between numbers; quotes around a value are
-/// dropped), joined by `&&` and `||` (`&&` binds tighter), each optionally negated with
-/// `!`. Anything else is an error, never a silent false.
-pub fn condition(text: &str) -> Result<bool, String> {
-    let any = |part: &str| -> Result<bool, String> {
-        for term in part.split("&&") {
-            if !term_value(term)? {
-                return Ok(false);
+/// A step's `when:`, parsed once when the workflow is loaded, in the filter language
+/// ([`ItemFilter::parse_condition`]): each `${…}` is an operand with a typed value (an
+/// item's number is a number), so no value can change the expression's structure — an
+/// item `true || x` is a string that is not `'banana'`.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    expr: ItemFilter,
+    vars: Vec<(Var, Option<String>)>,
+    text: String,
+}
+
+impl Condition {
+    /// Parses `text`, checking its variables against `ctx` as a command's.
+    pub fn compile(text: &str, ctx: &Context<'_>) -> Result<Condition, String> {
+        let mut vars = Vec::new();
+        let expr = ItemFilter::parse_condition(text, &mut |whole| match reference(whole, ctx)? {
+            Some((_, _, true)) => Err(format!("${{{whole}}}: |raw has no place in a condition")),
+            Some((var, default, false)) => {
+                vars.push((var, default));
+                Ok(vars.len() - 1)
+            }
+            None => Err(format!(
+                "${{{whole}}} is not a workflow variable (the environment's are ${{env.NAME}})"
+            )),
+        })
+        .map_err(|e| {
+            format!(
+                "when: {} at column {}: {}",
+                preview(&e.expr),
+                e.column,
+                e.message
+            )
+        })?;
+        Ok(Condition {
+            expr,
+            vars,
+            text: text.to_owned(),
+        })
+    }
+
+    /// Its value with `vars`; an error (the step fails) when it has none.
+    pub fn eval(&self, vars: &Vars<'_>) -> Result<bool, String> {
+        self.expr
+            .eval_condition(&|i| {
+                let (var, default) = &self.vars[i];
+                match (typed(var, vars), default) {
+                    (Ok(Some(v)), _) => Ok(v),
+                    (Ok(None) | Err(_), Some(d)) => Ok(Value::String(d.clone())),
+                    (Ok(None), None) => Ok(Value::Null),
+                    (Err(e), None) => Err(e),
+                }
+            })
+            .map_err(|e| format!("when: {e} in {}", preview(&self.text)))
+    }
+
+    /// The text as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// True when it reads the captured variable `name`.
+    pub fn reads_captured(&self, name: &str) -> bool {
+        self.vars
+            .iter()
+            .any(|(v, _)| matches!(v, Var::Captured(n) if n == name))
+    }
+
+    /// The `${env.X}` names it reads.
+    pub fn env_names(&self) -> Vec<String> {
+        self.vars
+            .iter()
+            .filter_map(|(v, _)| match v {
+                Var::Env(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A variable's typed value: an item's field as its JSON, counts as numbers, the rest as
+/// text; `None` for a captured name not set yet.
+fn typed(v: &Var, vars: &Vars<'_>) -> Result<Option<Value>, String> {
+    Ok(Some(match v {
+        Var::Item(path) => {
+            let item = vars.item.ok_or("no item here")?;
+            // A missing field has no value: its default, else null as in filters
+            // (`${item.x} == null` asks for it).
+            match lookup(item, path) {
+                Ok(found) => found.clone(),
+                Err(_) => return Ok(None),
             }
         }
-        Ok(true)
-    };
-    for part in text.split("||") {
-        if any(part)? {
-            return Ok(true);
+        Var::ItemIndex => Value::from(vars.item_index),
+        Var::MapTotal => Value::from(vars.total),
+        Var::MapSuccessful => Value::from(vars.successful),
+        Var::MapFailed => Value::from(vars.failed),
+        Var::CapturedField(name, path) => {
+            let Some(raw) = vars.captured.and_then(|c| c.get(name)) else {
+                return Ok(None);
+            };
+            let json: Value = serde_json::from_str(raw)
+                .map_err(|e| format!("${{{name}}} does not hold JSON: {e}"))?;
+            path.iter()
+                .try_fold(&json, |cur, key| match cur {
+                    Value::Object(m) => m.get(key),
+                    Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                })
+                .cloned()
+                .unwrap_or(Value::Null)
         }
-    }
-    Ok(false)
-}
-
-fn term_value(term: &str) -> Result<bool, String> {
-    let mut term = term.trim();
-    let mut negated = false;
-    let mut negations = 0;
-    while let Some(rest) = term.strip_prefix('!')
-        && !rest.starts_with('=')
-    {
-        negations += 1;
-        if negations > MAX_NESTING {
-            return Err(format!(
-                "when: more than {MAX_NESTING} negations in a row in {}",
-                preview(term)
-            ));
-        }
-        negated = !negated;
-        term = rest.trim_start();
-    }
-    term_plain(term).map(|b| b != negated)
-}
-
-fn term_plain(term: &str) -> Result<bool, String> {
-    for op in ["==", "!=", "<=", ">=", "<", ">"] {
-        if let Some((l, r)) = term.split_once(op) {
-            let (l, r) = (unquote(l), unquote(r));
-            let nums = (l.parse::<f64>(), r.parse::<f64>());
-            return Ok(match (op, nums) {
-                ("==", (Ok(a), Ok(b))) => a == b,
-                ("!=", (Ok(a), Ok(b))) => a != b,
-                ("==", _) => l == r,
-                ("!=", _) => l != r,
-                (_, (Ok(a), Ok(b))) => match op {
-                    "<" => a < b,
-                    "<=" => a <= b,
-                    ">" => a > b,
-                    _ => a >= b,
-                },
-                _ => {
-                    return Err(format!(
-                        "when: {} compares values that are not numbers",
-                        preview(term)
-                    ));
-                }
-            });
-        }
-    }
-    match unquote(term).to_ascii_lowercase().as_str() {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(format!(
-            "when: {} is neither true, false nor a comparison",
-            preview(term)
-        )),
-    }
-}
-
-fn unquote(s: &str) -> &str {
-    let s = s.trim();
-    for q in ['\'', '"'] {
-        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return inner;
-        }
-    }
-    s
+        _ => return Ok(value(v, vars)?.map(Value::String)),
+    }))
 }
 
 #[cfg(test)]
@@ -531,11 +647,8 @@ mod tests {
             json: &[],
             env: &env,
         };
-        let t = Template::compile(
-            "f ${item.a.b} ${item_json} ${HOME} $X ${env.A} ${out} ${unclosed",
-            &c,
-        )
-        .unwrap();
+        let t =
+            Template::compile("f ${item.a.b} ${item_json} ${HOME} $X ${env.A} ${out}", &c).unwrap();
         let item = json!({"a": {"b": "deep"}});
         let mut cap = BTreeMap::new();
         cap.insert("out".to_owned(), "o".to_owned());
@@ -547,10 +660,7 @@ mod tests {
                 ..Vars::default()
             })
             .unwrap();
-        assert_eq!(
-            s,
-            r#"f deep {"a":{"b":"deep"}} ${HOME} $X a-value o ${unclosed"#
-        );
+        assert_eq!(s, r#"f deep '{"a":{"b":"deep"}}' ${HOME} $X a-value o"#);
         assert_eq!(t.item_paths(), vec![vec!["a".to_owned(), "b".to_owned()]]);
     }
 
@@ -627,24 +737,50 @@ mod tests {
     }
 
     #[test]
-    fn conditions() {
-        for (text, want) in [
-            ("true", true),
-            (" FALSE ", false),
-            ("high == 'high'", true),
-            ("'a' != \"a\"", false),
-            ("3 > 2.5", true),
-            ("10 <= 9", false),
-            ("1 == 1.0", true),
-            ("false || 2 >= 2", true),
-            ("true && !true", false),
-            ("!false && x == x", true),
+    fn conditions_are_parsed_once_and_values_stay_values() {
+        let (env, captured, scope) = ctx(Scope::Agent);
+        let c = Context {
+            scope,
+            captured: &captured,
+            json: &[],
+            env: &env,
+        };
+        let eval = |text: &str, item: Value| {
+            let mut cap = BTreeMap::new();
+            cap.insert("out".to_owned(), " 7 ".to_owned());
+            Condition::compile(text, &c).unwrap().eval(&Vars {
+                item: Some(&item),
+                captured: Some(&cap),
+                total: 4,
+                ..Vars::default()
+            })
+        };
+        for (text, item, want) in [
+            ("true", json!(1), true),
+            ("${item} == 'banana'", json!("banana"), true),
+            ("${item} == 'banana'", json!("true || x"), false),
+            ("${item} == ${item}", json!("a == a"), true),
+            (
+                "${item.n} > 2.5 && ${map.total} == 4",
+                json!({"n": 3}),
+                true,
+            ),
+            ("${out} == 7", json!(1), true),
+            ("${item.flag}", json!({"flag": true}), true),
+            ("!${item.flag}", json!({"flag": "false"}), true),
+            ("${item.missing} == null", json!({}), true),
+            ("${item.x|default:fine} == 'fine'", json!({}), true),
+            ("${item} ~ '^ba'", json!("banana"), true),
         ] {
-            assert_eq!(condition(text), Ok(want), "{text}");
+            assert_eq!(eval(text, item.clone()), Ok(want), "{text} with {item}");
         }
-        assert!(condition("maybe").is_err());
-        assert!(condition("a < b").is_err());
-        assert!(condition("").is_err());
+        // An item that looks like an expression is a value.
+        let e = eval("${item}", json!("true || x")).unwrap_err();
+        assert!(e.contains("neither true nor false"), "{e}");
+        assert!(eval("${item} < 3", json!("abc")).is_err());
+        for bad in ["maybe", "", "${nope} == 1", "${item|raw}", "${HOME} == 'x'"] {
+            assert!(Condition::compile(bad, &c).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod plumbing;
 mod powercut;
 mod progress;
 mod props;
+mod quoting;
 mod remote;
 mod repo_name;
 mod retention;

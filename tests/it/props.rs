@@ -97,6 +97,14 @@ mod nesting {
         )
     }
 
+    /// A workflow whose one step has `when: TEXT`.
+    fn when_workflow(text: &str) -> String {
+        let quoted = serde_json::to_string(text).unwrap();
+        format!(
+            "name: t\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n      when: {quoted}\n"
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(
             std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
@@ -111,7 +119,7 @@ mod nesting {
             let deep = token.repeat(n);
             one_line("filter", ItemFilter::parse(&format!("{deep}failure_count > 1")))?;
             one_line("item filter", ItemFilter::parse_data(&format!("{deep}n > 1")))?;
-            one_line("when", template::condition(&format!("{deep}true")))?;
+            one_line("when", Plan::parse(Path::new("w.yml"), &when_workflow(&format!("{deep}true"))))?;
             let quoted = serde_json::to_string(&deep).unwrap();
             one_line("map.filter", Plan::parse(Path::new("w.yml"), &workflow(&format!("  filter: {quoted}\n"))))?;
             one_line("map.json_path", Plan::parse(Path::new("w.yml"), &workflow(&format!("  json_path: {quoted}\n"))))?;
@@ -127,15 +135,116 @@ mod nesting {
             assert!(f.matches_data(&serde_json::json!({"n": 1})));
             drop(f);
         }
+        let env = std::collections::BTreeMap::new();
+        let ctx = template::Context {
+            scope: template::Scope::Agent,
+            captured: &[],
+            json: &[],
+            env: &env,
+        };
+        let condition = |text: &str| {
+            template::Condition::compile(text, &ctx)
+                .unwrap()
+                .eval(&template::Vars::default())
+        };
         let when = vec!["1 == 1"; 100_000].join(" && ");
-        assert_eq!(template::condition(&when), Ok(true));
+        assert_eq!(condition(&when), Ok(true));
         // Within the bounds, nesting still means what it says.
         let f = ItemFilter::parse_data(&format!("{}n == 1{}", "!(".repeat(63), ")".repeat(63)))
             .unwrap();
         assert!(f.matches_data(&serde_json::json!({"n": 2})));
-        assert_eq!(
-            template::condition(&format!("{}true", "!".repeat(64))),
-            Ok(true)
+        assert_eq!(condition(&format!("{}true", "!".repeat(64))), Ok(true));
+    }
+}
+
+/// Any text, in every place of a shell command a variable can stand, reaches the command
+/// byte for byte and runs nothing (issue 19): the rendered command is run by `sh`.
+mod quoting {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use prodigy::workflow::template::{Context, Scope, Template, Vars};
+
+    /// Each context, printing what it received; `$(…)` drops trailing line breaks.
+    const CONTEXTS: [(&str, &str); 7] = [
+        ("bare", "printf '%s' ${item}"),
+        ("double", "printf '%s' \"${item}\""),
+        ("single", "printf '%s' '${item}'"),
+        ("joined", "printf '%s' a${item}b"),
+        ("sub", "printf '%s' \"$(printf '%s' ${item})\""),
+        ("heredoc", "cat <<EOF\n${item}\nEOF"),
+        ("quoted heredoc", "cat <<'EOF'\n${item}\nEOF"),
+    ];
+
+    fn run(context: &str, item: &str) -> Result<Vec<u8>, String> {
+        let env = BTreeMap::new();
+        let ctx = Context {
+            scope: Scope::Agent,
+            captured: &[],
+            json: &[],
+            env: &env,
+        };
+        let template = Template::compile(context, &ctx).unwrap();
+        let value = serde_json::Value::String(item.to_owned());
+        let command = template.render(&Vars {
+            item: Some(&value),
+            ..Vars::default()
+        })?;
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        Ok(out.stdout)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+        ))]
+
+        #[test]
+        fn any_text_is_received_exactly(
+            item in prop_oneof![
+                "[^\u{0}]{0,40}",
+                prop::collection::vec(prop::sample::select(vec![
+                    "'", "\"", "\\", "$", "`", "(", ")", "{", "}", ";", "|", "&", "\n", " ",
+                    "#", "*", "<<", "EOF", "$(", "${item}", "~", "!", "\t", "é",
+                ]), 0..30).prop_map(|parts| parts.concat()),
+            ]
+        ) {
+            for (name, context) in CONTEXTS {
+                let got = match run(context, &item) {
+                    Ok(got) => got,
+                    // A value holding the line that ends its here-document is refused, and
+                    // one dash would misread (a line starting `E`, `EO` or `EOF` and a byte
+                    // that is not ASCII).
+                    Err(e) if name.contains("heredoc") => {
+                        let misread = |l: &str| {
+                            ["E", "EO", "EOF"].iter().any(|p| {
+                                l.strip_prefix(p).is_some_and(|r| !r.is_empty() && !r.starts_with(|c: char| c.is_ascii()))
+                            })
+                        };
+                        prop_assert!(item.split('\n').any(|l| l == "EOF" || misread(l)), "{}", e);
+                        continue;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(e)),
+                };
+                let want = match name {
+                    "sub" => item.trim_end_matches('\n').to_owned(),
+                    "joined" => format!("a{item}b"),
+                    n if n.contains("heredoc") => format!("{item}\n"),
+                    _ => item.clone(),
+                };
+                prop_assert_eq!(String::from_utf8_lossy(&got), want, "in {}", name);
+            }
+        }
     }
 }
