@@ -1,67 +1,33 @@
-//! Which objects an object names: the edges that `fsck` (and, later, `gc`) follow from
-//! refs. Only the store's own structures are read — `log` nodes (`parent`, `batch`) and
-//! `dlq` snapshots (`parent`, `shards`, each item's `object`), `checkpoint`s (`parent`,
-//! `base`, `spec`, `items`) — never user data, so a
-//! 64-hex string inside an event or an item is not mistaken for a link.
-
-use serde_json::Value;
+//! Which objects an object names: the edges that `gc`, `fsck` and `store push/pull` follow
+//! from refs. Only the store's own structures are read — `log` nodes (`parent`, `batch`),
+//! `dlq` roots (`parent`, `shards`) and shards (each item's `object`), `checkpoint`s
+//! (`parent`, `base`, `spec`, `items`, `original`) — each declared by the type that defines
+//! the format, never user data, so a 64-hex string inside an event or an item is not
+//! mistaken for a link.
 
 use crate::object::{Object, ObjectId, ObjectType};
 
-/// Keys whose string value is a link.
-const LINK_KEYS: [&str; 3] = ["parent", "batch", "object"];
-
-const CHECKPOINT_KEYS: [&str; 5] = ["parent", "base", "spec", "items", "original"];
-
-/// The objects `object` names, in the order found.
+/// The objects `object` names: each stored format declares its own links next to its
+/// type ([`crate::events::LogNode::links`], [`crate::dlq::links`],
+/// [`crate::state::Checkpoint::links`]); other types name nothing.
 pub fn links(object: &Object) -> Vec<ObjectId> {
-    if !matches!(
-        object.kind,
-        ObjectType::Log | ObjectType::Dlq | ObjectType::Checkpoint
-    ) {
-        return Vec::new();
+    match object.kind {
+        ObjectType::Log => crate::events::LogNode::links(&object.payload),
+        ObjectType::Dlq => crate::dlq::links(&object.payload),
+        ObjectType::Checkpoint => crate::state::Checkpoint::links(&object.payload),
+        _ => Vec::new(),
     }
-    let Ok(value) = serde_json::from_slice::<Value>(&object.payload) else {
-        return Vec::new();
-    };
-    if object.kind == ObjectType::Checkpoint {
-        // A checkpoint names its parent, its nearest full checkpoint, the job's spec, its
-        // work-item list and (imported ones) the original file.
-        return CHECKPOINT_KEYS
-            .iter()
-            .filter_map(|k| value.get(*k)?.as_str()?.parse().ok())
-            .collect();
-    }
-    let mut out = Vec::new();
-    collect(&value, &mut out);
-    out
 }
 
-fn collect(value: &Value, out: &mut Vec<ObjectId>) {
-    let Value::Object(map) = value else { return };
-    for (key, v) in map {
-        match v {
-            Value::String(s) if LINK_KEYS.contains(&key.as_str()) => {
-                if let Ok(id) = s.parse() {
-                    out.push(id);
-                }
-            }
-            // A snapshot's shards: {"3f": id, …}.
-            Value::Object(shards) if key == "shards" => {
-                out.extend(
-                    shards
-                        .values()
-                        .filter_map(|s| s.as_str()?.parse::<ObjectId>().ok()),
-                );
-            }
-            // A log node's summaries hold no links; a shard's items hold `object`s.
-            Value::Object(items) if key == "items" => {
-                for item in items.values() {
-                    collect(item, out);
-                }
-            }
-            _ => {}
-        }
+/// Every string in `value` that is an object id, in any field: what the types' tests
+/// compare their declared links with.
+#[cfg(test)]
+pub(crate) fn ids_in(value: &serde_json::Value, out: &mut Vec<ObjectId>) {
+    match value {
+        serde_json::Value::String(s) => out.extend(s.parse::<ObjectId>().ok()),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| ids_in(v, out)),
+        serde_json::Value::Object(m) => m.values().for_each(|v| ids_in(v, out)),
+        _ => {}
     }
 }
 

@@ -327,6 +327,29 @@ pub struct Checkpoint {
     pub original: Option<ObjectId>,
 }
 
+impl Checkpoint {
+    /// The objects a stored checkpoint names — its parent, its nearest full checkpoint,
+    /// the job's spec, its work-item list and (imported ones) the original file — read
+    /// from its payload for the reachability walk (a test checks it declares every id).
+    pub fn links(payload: &[u8]) -> Vec<ObjectId> {
+        #[derive(Deserialize)]
+        struct Links {
+            parent: Option<ObjectId>,
+            base: Option<ObjectId>,
+            spec: Option<ObjectId>,
+            items: Option<ObjectId>,
+            original: Option<ObjectId>,
+        }
+        match serde_json::from_slice::<Links>(payload) {
+            Ok(l) => [l.parent, l.base, l.spec, l.items, l.original]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// A job's state in memory: the newest checkpoint's header plus every result.
 #[derive(Debug, Clone)]
 pub struct JobState {
@@ -832,6 +855,65 @@ pub fn item_key(index: usize, item: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A checkpoint with every field filled names exactly the ids it holds: a new field
+    /// holding an id must be declared in [`Checkpoint::links`], or gc would drop it.
+    #[test]
+    fn a_checkpoint_declares_every_id_it_holds() {
+        let id = |n: u8| ObjectId::from_bytes([n; 32]);
+        let result = ItemResult {
+            index: 0,
+            status: ItemStatus::Done,
+            agent_id: "agent-0".into(),
+            attempts: 1,
+            duration_ms: 5,
+            commits: vec!["a".repeat(40)],
+            merged: true,
+            output: Some("out".into()),
+            error: Some("e".into()),
+        };
+        let agent = AgentState {
+            agent_id: "agent-1".into(),
+            index: 1,
+            worktree: "/w".into(),
+            branch: "b".into(),
+            attempt: 1,
+            started: now_timestamp(),
+        };
+        let checkpoint = Checkpoint {
+            v: 1,
+            parent: Some(id(1)),
+            version: 3,
+            created: now_timestamp(),
+            reason: "r".into(),
+            spec: id(2),
+            items: Some(id(3)),
+            phase: Phase::Map,
+            setup_done: 1,
+            reduce_done: 0,
+            captured: BTreeMap::from([("c".to_owned(), "v".to_owned())]),
+            setup_captured: BTreeMap::from([("s".to_owned(), "v".to_owned())]),
+            map_base: Some("b".repeat(40)),
+            job_head: Some("c".repeat(40)),
+            counters: Counters::default(),
+            running: BTreeMap::from([("k".to_owned(), agent)]),
+            base: Some(id(4)),
+            hops: 1,
+            full: false,
+            delta: BTreeMap::from([("k".to_owned(), result)]),
+            ended: Some(now_timestamp()),
+            error: Some("e".into()),
+            original: Some(id(5)),
+        };
+        let json = serde_json::to_vec(&checkpoint).unwrap();
+        let mut held = Vec::new();
+        crate::reach::ids_in(&serde_json::from_slice(&json).unwrap(), &mut held);
+        let mut declared = Checkpoint::links(&json);
+        held.sort();
+        declared.sort();
+        assert_eq!(held, declared);
+        assert_eq!(declared.len(), 5);
+    }
     use crate::home::Home;
 
     fn spec(job: &str) -> JobSpec {

@@ -236,6 +236,23 @@ pub struct LogNode {
     pub writer_seq_max: Option<u64>,
 }
 
+impl LogNode {
+    /// The objects a stored node names — its parent and its batch — read from its payload
+    /// (the reachability walk of gc, fsck and sync asks here; a test checks that every id
+    /// a node holds is one of these).
+    pub fn links(payload: &[u8]) -> Vec<ObjectId> {
+        #[derive(Deserialize)]
+        struct Links {
+            parent: Option<ObjectId>,
+            batch: ObjectId,
+        }
+        match serde_json::from_slice::<Links>(payload) {
+            Ok(l) => l.parent.into_iter().chain([l.batch]).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// Which writers a chain holds: a Bloom filter of 1,024 bits with 3 probes per writer id,
 /// stored in every node (256 hex digits). "No" is certain, so an idempotent append of a
 /// new writer's records reads no other node; "maybe" (1.6% of the time for a new writer
@@ -1010,6 +1027,36 @@ mod tests {
             b.push(&record(writer, seq)).unwrap();
         }
         b
+    }
+
+    /// A node with every field filled names exactly the ids it holds: a new field holding
+    /// an id must be declared in [`LogNode::links`], or gc would drop what it names.
+    #[test]
+    fn a_node_declares_every_id_it_holds() {
+        let id = |n: u8| ObjectId::from_bytes([n; 32]);
+        let mut writers = WriterSet::new();
+        writers.insert("w");
+        let node = LogNode {
+            parent: Some(id(1)),
+            batch: id(2),
+            writer: "w".into(),
+            seq_first: 0,
+            seq_last: 1,
+            summary: Summary::default(),
+            agents: BTreeMap::from([("a".to_owned(), 1)]),
+            total: Summary::default(),
+            depth: 1,
+            writers: Some(writers),
+            writer_seq_max: Some(1),
+        };
+        let json = serde_json::to_vec(&node).unwrap();
+        let mut held = Vec::new();
+        crate::reach::ids_in(&serde_json::from_slice(&json).unwrap(), &mut held);
+        let mut declared = LogNode::links(&json);
+        held.sort();
+        declared.sort();
+        assert_eq!(held, declared);
+        assert_eq!(declared.len(), 2);
     }
 
     #[test]
