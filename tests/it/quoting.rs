@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::{Env, transcript};
-use crate::runner::{assert_one_line_error, in_repo, job_show, ok_in, repo_and_marks, write};
+use crate::runner::{
+    assert_one_line_error, in_repo, job_show, ok_in, repo_and_marks, spawn_in, wait_for, write,
+};
 
 /// Texts that would run, split, or change a condition if pasted raw.
 fn hostile(marks: &Path) -> Vec<String> {
@@ -316,4 +318,43 @@ error_policy:
         .unwrap();
     let stderr = assert_one_line_error(&out, 2);
     assert!(stderr.contains("PRODIGY_KILL_GRACE"), "{stderr}");
+}
+
+/// An interrupted run stops its steps the same way: the step that traps SIGTERM cleans up
+/// before the run checkpoints and exits.
+#[test]
+fn an_interrupted_run_gives_its_steps_sigterm_and_the_grace() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "stop");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            r#"name: stop
+map:
+  input: seq 1 1
+  agent_template:
+    - shell: |
+        trap 'echo cleaned > {m}/cleaned; exit 3' TERM
+        touch {m}/started
+        sleep 619 &
+        wait
+"#
+        ),
+    );
+    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "s"]);
+    wait_for("the step", Duration::from_secs(30), || {
+        marks.join("started").exists()
+    });
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was interrupted"));
+    assert_eq!(
+        std::fs::read_to_string(marks.join("cleaned")).unwrap(),
+        "cleaned\n"
+    );
+    assert_eq!(job_show(&env, &repo, "s")["phase"], "map");
 }

@@ -61,7 +61,7 @@ pub(crate) fn json_in(env: &Env, repo: &Path, args: &[&str]) -> Value {
 }
 
 /// Starts `prodigy args…` in `repo` as the leader of a new process group.
-fn spawn_in(env: &Env, repo: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn_in(env: &Env, repo: &Path, args: &[&str]) -> Child {
     let mut cmd = env.std_cmd();
     cmd.current_dir(repo)
         .args(args)
@@ -78,7 +78,7 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
