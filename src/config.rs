@@ -24,6 +24,12 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl crate::hint::Hint for ConfigError {
+    fn hint(&self) -> Option<&'static str> {
+        Some("fix or remove the home's config.json (its format: docs/retention-and-gc.md)")
+    }
+}
+
 /// The home's settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,6 +22,12 @@ pub struct FsError {
     pub source: io::Error,
 }
 
+impl crate::hint::Hint for FsError {
+    fn hint(&self) -> Option<&'static str> {
+        crate::hint::of_io(&self.source)
+    }
+}
+
 impl FsError {
     /// Wraps `source` with the operation and path. `tempfile` wraps the OS error with a
     /// path of its own ("… (os error 28) at path …", the inner error out of reach); that

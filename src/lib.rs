@@ -13,6 +13,7 @@ pub mod events;
 pub mod fsck;
 pub mod fsutil;
 pub mod gc;
+pub mod hint;
 pub mod home;
 pub mod lock;
 pub mod migrate;

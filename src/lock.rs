@@ -104,6 +104,15 @@ pub enum LockError {
     },
 }
 
+impl crate::hint::Hint for LockError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            LockError::Fs(e) => e.hint(),
+            LockError::Timeout { .. } => Some(crate::hint::LOCK_HELD),
+        }
+    }
+}
+
 /// A held lock; dropping it releases the lock.
 #[derive(Debug)]
 pub struct LockGuard {

@@ -245,6 +245,28 @@ pub enum ObjectError {
     },
 }
 
+impl crate::hint::Hint for ObjectError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            ObjectError::Fs(e) => e.hint(),
+            ObjectError::Remote(e) => e.hint(),
+            ObjectError::NotFound { .. } => Some(
+                "check that --home / --store name the right store; `prodigy fsck` names the refs that reach missing objects",
+            ),
+            ObjectError::Corrupt { .. } => Some(crate::hint::DAMAGED),
+            ObjectError::NoMatch { .. } => Some(
+                "`prodigy ref log <name>` and `prodigy jobs show <job>` list ids; check that --home / --store name the right store",
+            ),
+            // The candidates themselves are the hint; the command line lists them.
+            ObjectError::Ambiguous { .. } => Some("the candidates are:"),
+            ObjectError::BadId { .. }
+            | ObjectError::BadType { .. }
+            | ObjectError::TooLarge { .. }
+            | ObjectError::BadPayload { .. } => None,
+        }
+    }
+}
+
 fn header(kind: ObjectType, len: usize) -> String {
     format!("{} {}\0", kind.as_str(), len)
 }

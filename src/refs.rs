@@ -193,6 +193,25 @@ pub enum RefError {
     },
 }
 
+impl crate::hint::Hint for RefError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            RefError::Fs(e) => e.hint(),
+            RefError::Lock(e) => e.hint(),
+            RefError::Object(e) => e.hint(),
+            RefError::Remote(e) => e.hint(),
+            RefError::Conflict { .. } => {
+                Some("`prodigy ref show <name>` prints its value now; retry with that as --old")
+            }
+            RefError::Corrupt { .. } => Some(crate::hint::DAMAGED),
+            RefError::MissingTarget { .. } => {
+                Some("store the object first (`prodigy hash-object -w`)")
+            }
+            RefError::Name(_) | RefError::BadName { .. } => None,
+        }
+    }
+}
+
 /// One line of a reflog: `old new unix_ms pid host message`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReflogEntry {

@@ -46,6 +46,18 @@ pub enum RepoError {
     },
 }
 
+impl crate::hint::Hint for RepoError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            RepoError::Fs(e) => e.hint(),
+            RepoError::BadRecord { .. } => Some(crate::hint::DAMAGED),
+            RepoError::Name(_) | RepoError::BadGitFile { .. } | RepoError::NoFreeName { .. } => {
+                None
+            }
+        }
+    }
+}
+
 /// Where a path lives: the root of its main repository, or itself outside git.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoLocation {

@@ -129,6 +129,32 @@ pub enum StateError {
     },
 }
 
+impl crate::hint::Hint for StateError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            StateError::Ref(e) => e.hint(),
+            StateError::Object(e) => e.hint(),
+            StateError::Fs(e) => e.hint(),
+            StateError::Lock(e) => e.hint(),
+            StateError::Storage(e) => e.hint(),
+            StateError::NoJob { .. } => Some(
+                "`prodigy jobs` lists this repository's jobs (`--all-repos` every repository's)",
+            ),
+            StateError::Busy { .. } => Some(
+                "wait for it to finish (`prodigy jobs` shows how far it is); a killed runner's lock is released at once",
+            ),
+            StateError::Leased { .. } => Some(
+                "a host that died frees the job once its lease expires; then run `prodigy resume` again",
+            ),
+            StateError::Moved { .. } => Some(crate::hint::LEASE),
+            StateError::Name(_)
+            | StateError::Exists { .. }
+            | StateError::Imported { .. }
+            | StateError::Malformed { .. } => None,
+        }
+    }
+}
+
 /// The phase a job is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

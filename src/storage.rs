@@ -36,6 +36,17 @@ pub enum StorageError {
     Config(#[from] crate::config::ConfigError),
 }
 
+impl crate::hint::Hint for StorageError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            StorageError::Repo(e) => e.hint(),
+            StorageError::Config(e) => e.hint(),
+            StorageError::Cwd(e) => crate::hint::of_io(e),
+            StorageError::Home(_) | StorageError::Name(_) => None,
+        }
+    }
+}
+
 /// How the home was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HomeSource {

@@ -53,6 +53,19 @@ pub enum SyncError {
     },
 }
 
+impl crate::hint::Hint for SyncError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            SyncError::Ref(e) => e.hint(),
+            SyncError::Object(e) => e.hint(),
+            SyncError::NoJob { .. } => Some(
+                "`prodigy jobs --all-repos` lists the store's jobs (`--store \"\"` the local home's); pick one with --repo",
+            ),
+            SyncError::Diverged { .. } => None,
+        }
+    }
+}
+
 /// What happened to one ref.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

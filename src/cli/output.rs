@@ -118,13 +118,7 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
         .collect::<Vec<_>>()
         .join(": ");
     diag.error(&line);
-    let mut all = hints(e);
-    for hint in line_hints(&line) {
-        if !all.contains(&hint) {
-            all.push(hint);
-        }
-    }
-    for hint in all {
+    for hint in hints(e) {
         diag.hint(&hint);
     }
     if e.chain().any(|c| c.is::<UsageError>()) {
@@ -134,152 +128,56 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
     }
 }
 
-/// What to do next, read off the error line (the typed `hints` keep only what needs the
-/// error's data or an OS error kind): the errors of the lower layers reach the
-/// command line under several transparent wrappers, and their words are what the user
-/// sees, so the rules match those words. One hint at most.
-fn line_hints(line: &str) -> Vec<String> {
-    const RULES: &[(&[&str], &str)] = &[
-        // Failures carrying a command's own output come first: that output may hold any
-        // words.
-        (
-            &["': setup step at line", "': reduce step at line"],
-            "the step's log is in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs it again",
-        ),
-        (
-            &["' stopped: "],
-            "the agents' logs are in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs the items left",
-        ),
-        (
-            &[": map.input: "],
-            "no item ran: fix the input, then start a new job with `prodigy run`",
-        ),
-        (
-            &["Needed a single revision"],
-            "the repository has no commit to start from: make one first (`git commit --allow-empty -m init`)",
-        ),
-        (
-            &[
-                "is already used by worktree at",
-                "is already checked out at",
-            ],
-            "the job's branch is checked out there: switch that worktree to another branch, then retry",
-        ),
-        (
-            &["does not honour conditional writes"],
-            "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")",
-        ),
-        (
-            &["cannot reach http", "cannot reach the AWS endpoint"],
-            "check AWS_ENDPOINT_URL (and the AWS credentials) and that the server is up; nothing was changed",
-        ),
-        (
-            &["the bucket '"],
-            "create the bucket first, or fix the address in --store / PRODIGY_STORE",
-        ),
-        (
-            &["kept changing under"],
-            "many writers are moving this ref at once; retry, nothing was changed",
-        ),
-        (
-            &["lost its lease", "moved under the runner"],
-            "another runner may have the job: `prodigy jobs show <job>` says; if none runs it, `prodigy resume <job>`",
-        ),
-        (
-            &["waiting for lock on"],
-            "retry once the other process is done, or wait longer with PRODIGY_LOCK_TIMEOUT=2m",
-        ),
-        (
-            &["is running on host '"],
-            "a host that died frees the job once its lease expires; then run `prodigy resume` again",
-        ),
-        (
-            &["is running in another process"],
-            "wait for it to finish (`prodigy jobs` shows how far it is); a killed runner's lock is released at once",
-        ),
-        (
-            &["is corrupt", "is broken at"],
-            "`prodigy fsck` lists everything damaged; `events show --best-effort` reads around a damaged log (docs/troubleshooting.md)",
-        ),
-        (
-            &["no job '"],
-            "`prodigy jobs` lists this repository's jobs (`--all-repos` every repository's)",
-        ),
-        (
-            &["no events for job"],
-            "`prodigy events ls` lists the jobs with events (`--all-repos` every repository's)",
-        ),
-        (
-            &["in the dead-letter queue of job"],
-            "`prodigy dlq list <job>` lists the ids of its dead-lettered items",
-        ),
-        (
-            &["has no refs in"],
-            "`prodigy jobs --all-repos` lists the store's jobs (`--store \"\"` the local home's); pick one with --repo",
-        ),
-        (
-            &["changed: expected "],
-            "`prodigy ref show <name>` prints its value now; retry with that as --old",
-        ),
-        (
-            &["is not inside a git repository"],
-            "run it inside a git repository, or name one with `prodigy run WORKFLOW -p DIR`",
-        ),
-        (
-            &["no object matches the prefix"],
-            "`prodigy ref log <name>` and `prodigy jobs show <job>` list ids; check that --home / --store name the right store",
-        ),
-        (
-            &["cannot use config '"],
-            "fix or remove the home's config.json (its format: docs/retention-and-gc.md)",
-        ),
-        (
-            &["invalid filter"],
-            "the filter language (fields, operators, 'quoted' text) is in docs/dlq.md",
-        ),
-        (
-            &["unknown field", "unknown variant"],
-            "the workflow format prodigy reads is in docs/workflows.md",
-        ),
-        (
-            &["no such object in the store"],
-            "store the object first (`prodigy hash-object -w`)",
-        ),
-    ];
-    RULES
-        .iter()
-        .find(|(words, _)| words.iter().any(|w| line.contains(w)))
-        .map(|(_, hint)| vec![(*hint).to_owned()])
-        .unwrap_or_default()
+/// The hint of `cause`, one of the library's error types.
+pub fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    macro_rules! ask {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(e) = cause.downcast_ref::<$t>() {
+                return crate::hint::Hint::hint(e);
+            })*
+        };
+    }
+    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+        return crate::hint::of_io(io);
+    }
+    ask!(
+        crate::runner::RunError,
+        crate::runner::git::GitError,
+        crate::state::StateError,
+        crate::events::EventError,
+        crate::dlq::DlqError,
+        crate::dlq::filter::FilterError,
+        crate::refs::RefError,
+        crate::object::ObjectError,
+        crate::remote::RemoteError,
+        crate::lock::LockError,
+        crate::fsutil::FsError,
+        crate::repo::RepoError,
+        crate::storage::StorageError,
+        crate::config::ConfigError,
+        crate::workflow::WorkflowError,
+        crate::sync::SyncError,
+        crate::migrate::MigrateError,
+        crate::gc::GcError,
+        crate::fsck::FsckError,
+    );
+    None
 }
 
+/// What to do next: the hint of the outermost error in the chain that has one (each
+/// library error says its own, [`crate::hint`], asked by [`hint_of`]), and for an ambiguous prefix the
+/// candidates.
 fn hints(e: &anyhow::Error) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(hint) = e.chain().find_map(hint_of) {
+        out.push(hint.to_owned());
+    }
     for cause in e.chain() {
-        if matches!(
-            cause.downcast_ref::<ObjectError>(),
-            Some(ObjectError::NotFound { .. })
-        ) {
-            out.push("check that --home / --store name the right store; `prodigy fsck` names the refs that reach missing objects".to_owned());
-        }
         if let Some(ObjectError::Ambiguous { candidates, .. }) = cause.downcast_ref::<ObjectError>()
         {
-            out.push("the candidates are:".to_owned());
             out.extend(candidates.iter().map(|c| format!("  {c}")));
         }
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            match io.kind() {
-                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                    out.push("the store's home must be writable; choose another with --home or PRODIGY_HOME".to_owned());
-                }
-                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                    out.push("free some space and retry; nothing was changed".to_owned());
-                }
-                _ => {}
-            }
-        }
     }
-    out.dedup();
     out
 }
 
@@ -435,5 +333,47 @@ mod printable_tests {
             String::from_utf8(p.inner).unwrap(),
             "a\\x1b]0;TITLE\\x07\\x1b[2J\tb\n\\u{9b} c\u{e9} \u{a0}\\x7f"
         );
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+    use crate::hint::{FILTER, LOCK_HELD, WORKFLOW_FORMAT};
+
+    /// Hints come from the error's type, through any wrapper, whatever its words.
+    #[test]
+    fn hints_follow_the_type_through_wrappers() {
+        let no_job = crate::runner::RunError::State(crate::state::StateError::NoJob {
+            repo: "r".into(),
+            job: "j".into(),
+        });
+        assert!(hint_of(&no_job).unwrap().contains("`prodigy jobs` lists"));
+        let held = crate::refs::RefError::Lock(crate::lock::LockError::Timeout {
+            path: "/h/lock".into(),
+            waited: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(hint_of(&held), Some(LOCK_HELD));
+        let full =
+            crate::fsutil::FsError::new("write", "/h/x", std::io::Error::from_raw_os_error(28));
+        assert!(hint_of(&full).unwrap().starts_with("free some space"));
+        let git = crate::runner::git::GitError {
+            op: "rev-parse".into(),
+            dir: "/r".into(),
+            message: "fatal: Needed a single revision".into(),
+            conflict: false,
+        };
+        assert!(hint_of(&git).unwrap().contains("no commit to start from"));
+        let unknown = crate::workflow::Plan::parse(
+            std::path::Path::new("w.yml"),
+            "name: x\nmap:\n  input: seq 1 2\n  max_paralel: 2\n  agent_template:\n    - shell: echo\n",
+        )
+        .unwrap_err();
+        assert_eq!(hint_of(&unknown), Some(WORKFLOW_FORMAT));
+        let filter = crate::dlq::filter::ItemFilter::parse("nope ==").unwrap_err();
+        assert_eq!(hint_of(&filter), Some(FILTER));
+        let io = std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+        assert!(hint_of(&io).unwrap().contains("must be writable"));
+        assert_eq!(hint_of(&std::fmt::Error), None);
     }
 }

@@ -82,6 +82,12 @@ pub struct FilterError {
     pub message: String,
 }
 
+impl crate::hint::Hint for FilterError {
+    fn hint(&self) -> Option<&'static str> {
+        Some(crate::hint::FILTER)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),

@@ -65,6 +65,20 @@ pub enum DlqError {
     Invalid(String),
 }
 
+impl crate::hint::Hint for DlqError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            DlqError::Ref(e) => e.hint(),
+            DlqError::Object(e) => e.hint(),
+            DlqError::Storage(e) => e.hint(),
+            DlqError::NoSuchItem { .. } => {
+                Some("`prodigy dlq list <job>` lists the ids of its dead-lettered items")
+            }
+            DlqError::Malformed { .. } | DlqError::Invalid(_) => None,
+        }
+    }
+}
+
 /// One failed attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureDetail {

@@ -71,6 +71,25 @@ pub enum EventError {
     },
 }
 
+impl crate::hint::Hint for EventError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            EventError::Ref(e) => e.hint(),
+            EventError::Object(e) => e.hint(),
+            EventError::Config(e) => e.hint(),
+            EventError::Storage(e) => e.hint(),
+            EventError::Broken { .. } => Some(crate::hint::DAMAGED),
+            EventError::NoSuchJob { .. } => Some(
+                "`prodigy events ls` lists the jobs with events (`--all-repos` every repository's)",
+            ),
+            EventError::BadNode { .. }
+            | EventError::BadRecord(_)
+            | EventError::Output(_)
+            | EventError::Conflict(_) => None,
+        }
+    }
+}
+
 /// A record under a writer and seq the log already holds with other content.
 #[derive(Debug, thiserror::Error)]
 #[error(

@@ -90,6 +90,18 @@ pub enum FsckError {
     Remote(#[from] crate::remote::RemoteError),
 }
 
+impl crate::hint::Hint for FsckError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            FsckError::Fs(e) => e.hint(),
+            FsckError::Object(e) => e.hint(),
+            FsckError::Ref(e) => e.hint(),
+            FsckError::Repo(e) => e.hint(),
+            FsckError::Remote(e) => e.hint(),
+        }
+    }
+}
+
 struct Checker<'a> {
     home: &'a Home,
     report: FsckReport,

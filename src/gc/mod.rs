@@ -64,6 +64,19 @@ pub enum GcError {
     },
 }
 
+impl crate::hint::Hint for GcError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            GcError::Lock(e) => e.hint(),
+            GcError::Ref(e) => e.hint(),
+            GcError::Object(e) => e.hint(),
+            GcError::Fs(e) => e.hint(),
+            GcError::Remote(e) => e.hint(),
+            GcError::Unreadable { .. } => None,
+        }
+    }
+}
+
 /// The steps of a gc, as progress reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

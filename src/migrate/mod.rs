@@ -143,6 +143,19 @@ pub enum MigrateError {
     },
 }
 
+impl crate::hint::Hint for MigrateError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            MigrateError::Event(e) => e.hint(),
+            MigrateError::Dlq(e) => e.hint(),
+            MigrateError::State(e) => e.hint(),
+            MigrateError::Ref(e) => e.hint(),
+            MigrateError::Fs(e) => e.hint(),
+            MigrateError::Name(_) | MigrateError::Verify { .. } => None,
+        }
+    }
+}
+
 /// What to do.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {

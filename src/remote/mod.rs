@@ -62,6 +62,8 @@ pub enum RemoteError {
         url: String,
         /// Why, in a line.
         reason: String,
+        /// What kind of trouble it was.
+        trouble: Trouble,
     },
     /// The server does not honour conditional writes: nothing is written.
     #[error(
@@ -81,6 +83,41 @@ pub enum RemoteError {
         /// Attempts made.
         attempts: u32,
     },
+}
+
+/// What kind of trouble a failed request met, decided where the request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// The endpoint could not be reached.
+    Unreachable,
+    /// The bucket does not exist.
+    NoBucket,
+    /// Anything else.
+    Other,
+}
+
+impl crate::hint::Hint for RemoteError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            RemoteError::Request {
+                trouble: Trouble::Unreachable,
+                ..
+            } => Some(
+                "check AWS_ENDPOINT_URL (and the AWS credentials) and that the server is up; nothing was changed",
+            ),
+            RemoteError::Request {
+                trouble: Trouble::NoBucket,
+                ..
+            } => Some("create the bucket first, or fix the address in --store / PRODIGY_STORE"),
+            RemoteError::NoConditionalWrites { .. } => Some(
+                "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")",
+            ),
+            RemoteError::Contended { .. } => {
+                Some("many writers are moving this ref at once; retry, nothing was changed")
+            }
+            RemoteError::Request { .. } | RemoteError::Config { .. } => None,
+        }
+    }
 }
 
 /// The version of a key, for a conditional replace.
@@ -293,8 +330,10 @@ impl Remote {
 
     fn failed(&self, op: &'static str, key: &str, e: &object_store::Error) -> RemoteError {
         let mut reason = describe(e);
+        let mut trouble = Trouble::Other;
         if reason.contains("NoSuchBucket") || reason.contains("bucket does not exist") {
             reason = format!("the bucket '{}' does not exist", self.url.bucket);
+            trouble = Trouble::NoBucket;
         } else if is_connect(&reason) {
             let lower = reason.to_ascii_lowercase();
             let why = if lower.contains("connection refused") {
@@ -307,11 +346,13 @@ impl Remote {
                 "connection failed"
             };
             reason = format!("cannot reach {} ({why})", self.endpoint);
+            trouble = Trouble::Unreachable;
         }
         RemoteError::Request {
             op,
             url: self.address(key),
             reason,
+            trouble,
         }
     }
 
@@ -330,13 +371,16 @@ impl Remote {
                 let _ = self.reachable.set(());
                 Ok(())
             }
-            Err(e) => Err(RemoteError::Request {
-                op: "reach the store",
-                url: self.url.to_string(),
-                reason: match self.failed("list", "", &e) {
-                    RemoteError::Request { reason, .. } => reason,
-                    other => other.to_string(),
+            Err(e) => Err(match self.failed("list", "", &e) {
+                RemoteError::Request {
+                    reason, trouble, ..
+                } => RemoteError::Request {
+                    op: "reach the store",
+                    url: self.url.to_string(),
+                    reason,
+                    trouble,
                 },
+                other => other,
             }),
         }
     }

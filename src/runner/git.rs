@@ -22,6 +22,27 @@ pub struct GitError {
     pub conflict: bool,
 }
 
+impl crate::hint::Hint for GitError {
+    /// git has no typed errors: its own words are read here, where its errors are made.
+    fn hint(&self) -> Option<&'static str> {
+        let said = |words: &[&str]| words.iter().any(|w| self.message.contains(w));
+        if said(&["Needed a single revision"]) {
+            Some(
+                "the repository has no commit to start from: make one first (`git commit --allow-empty -m init`)",
+            )
+        } else if said(&[
+            "is already used by worktree at",
+            "is already checked out at",
+        ]) {
+            Some(
+                "the job's branch is checked out there: switch that worktree to another branch, then retry",
+            )
+        } else {
+            None
+        }
+    }
+}
+
 /// Runs `git -C dir args…`; standard output on success.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     git_env(dir, args, &BTreeMap::new())

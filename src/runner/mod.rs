@@ -133,6 +133,36 @@ pub enum RunError {
     },
 }
 
+impl crate::hint::Hint for RunError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            RunError::LeaseLost { .. } => Some(crate::hint::LEASE),
+            RunError::Workflow(e) => e.hint(),
+            RunError::State(e) => e.hint(),
+            RunError::Repo(e) => e.hint(),
+            RunError::Git(e) => e.hint(),
+            RunError::Events(e) => e.hint(),
+            RunError::Dlq(e) => e.hint(),
+            RunError::Fs(e) => e.hint(),
+            RunError::NotGit { .. } => Some(
+                "run it inside a git repository, or name one with `prodigy run WORKFLOW -p DIR`",
+            ),
+            RunError::Input { .. } => {
+                Some("no item ran: fix the input, then start a new job with `prodigy run`")
+            }
+            RunError::Step { .. } => Some(
+                "the step's log is in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs it again",
+            ),
+            RunError::Stopped { .. } => Some(
+                "the agents' logs are in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs the items left",
+            ),
+            RunError::Name(_) | RunError::Interrupted { .. } | RunError::BranchExists { .. } => {
+                None
+            }
+        }
+    }
+}
+
 /// How far a job got, for a progress bar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {

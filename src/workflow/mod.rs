@@ -38,7 +38,18 @@ pub enum WorkflowError {
         line: u64,
         /// What is wrong.
         message: String,
+        /// What to do about it, when known where it was found.
+        hint: Option<&'static str>,
     },
+}
+
+impl crate::hint::Hint for WorkflowError {
+    fn hint(&self) -> Option<&'static str> {
+        match self {
+            WorkflowError::At { hint, .. } => *hint,
+            WorkflowError::Read { .. } => None,
+        }
+    }
 }
 
 /// A workflow file as written.
@@ -447,14 +458,17 @@ impl Plan {
 
     /// Checks a workflow's text (`path` names it in messages).
     pub fn parse(path: &Path, source: &str) -> Result<Plan, WorkflowError> {
-        let at = |line: u64, message: String| WorkflowError::At {
+        let hinted = |line: u64, message: String, hint: Option<&'static str>| WorkflowError::At {
             path: path.to_owned(),
             line,
             message,
+            hint,
         };
+        let at = |line: u64, message: String| hinted(line, message, None);
         let workflow: Workflow = serde_saphyr::from_str(source).map_err(|e| {
             let line = e.location().map_or(0, |l| l.line());
-            at(line, yaml_message(&e))
+            let (message, hint) = yaml_message(&e);
+            hinted(line, message, hint)
         })?;
         if let Some(mode) = &workflow.mode
             && mode.value != "mapreduce"
@@ -506,10 +520,13 @@ impl Plan {
             None => None,
         };
         let filter = match &m.filter {
-            Some(f) => Some(
-                ItemFilter::parse_data(&f.value)
-                    .map_err(|e| at(f.referenced.line(), format!("map.filter: {e}")))?,
-            ),
+            Some(f) => Some(ItemFilter::parse_data(&f.value).map_err(|e| {
+                hinted(
+                    f.referenced.line(),
+                    format!("map.filter: {e}"),
+                    Some(crate::hint::FILTER),
+                )
+            })?),
             None => None,
         };
         let sort_by = match &m.sort_by {
@@ -631,10 +648,11 @@ impl Plan {
                 };
                 let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
                 let when = match &step.when {
-                    Some(w) => Some(
-                        template::Condition::compile(&w.value, &ctx)
-                            .map_err(|e| at(w.referenced.line(), e))?,
-                    ),
+                    Some(w) => {
+                        Some(template::Condition::compile(&w.value, &ctx).map_err(|e| {
+                            hinted(w.referenced.line(), e, Some(crate::hint::FILTER))
+                        })?)
+                    }
                     None => None,
                 };
                 let on_failure = match &step.on_failure {
@@ -807,7 +825,9 @@ impl Plan {
     }
 }
 
-fn yaml_message(e: &serde_saphyr::Error) -> String {
+/// The YAML reader's error in one line, and the hint it calls for (an unknown key or
+/// variant: the workflow format).
+fn yaml_message(e: &serde_saphyr::Error) -> (String, Option<&'static str>) {
     use serde_saphyr::Error as E;
     let column = e.location().map(|l| l.column()).unwrap_or(0);
     let at_column = |m: String| {
@@ -823,11 +843,14 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
             let key = key
                 .as_deref()
                 .map_or("a key".to_owned(), |k| format!("the key `{k}`"));
-            return at_column(format!(
-                "{key} appears twice in one mapping; keep one (YAML holds one value per key)"
-            ));
+            return (
+                at_column(format!(
+                    "{key} appears twice in one mapping; keep one (YAML holds one value per key)"
+                )),
+                None,
+            );
         }
-        E::Budget { breach, .. } => return at_column(budget_message(breach)),
+        E::Budget { breach, .. } => return (at_column(budget_message(breach)), None),
         _ => {}
     }
     // The crate's message starts with "line L column C: " and may carry a snippet; keep
@@ -852,7 +875,9 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
         message.push_str("; ");
         message.push_str(hint);
     }
-    message
+    // serde's own words for a key or variant the types do not have.
+    let unknown = stripped.starts_with("unknown field") || stripped.starts_with("unknown variant");
+    (message, unknown.then_some(crate::hint::WORKFLOW_FORMAT))
 }
 
 /// A limit of the YAML reader, in the author's terms (the limits guard against files made

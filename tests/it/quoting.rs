@@ -343,7 +343,7 @@ map:
 "#
         ),
     );
-    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "s"]);
+    let child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "s"]);
     wait_for("the step", Duration::from_secs(30), || {
         marks.join("started").exists()
     });

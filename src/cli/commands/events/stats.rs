@@ -77,7 +77,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             let log = open_existing(ctx, repo, job)?;
             let (_, head) = log
                 .head()?
-                .ok_or_else(|| anyhow::anyhow!("no events for job {job}"))?;
+                .ok_or_else(|| crate::events::EventError::NoSuchJob {
+                    repo: repo.clone(),
+                    job: job.clone(),
+                })?;
             vec![JobEvents {
                 repo: repo.clone(),
                 job: job.clone(),
