@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod gc;
 pub mod hint;
 pub mod home;
+pub mod id;
 pub mod lock;
 pub mod migrate;
 pub mod names;

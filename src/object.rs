@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +17,8 @@ use zstd::zstd_safe::{CParameter, DParameter};
 
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
+use crate::id::header;
+pub use crate::id::{IdError, ObjectId, ObjectType};
 use crate::pack::Pack;
 use crate::remote::{Remote, RemoteError};
 
@@ -30,144 +31,6 @@ pub const COMPRESSION_LEVEL: i32 = 1;
 
 /// The shortest id prefix that is resolved.
 pub const MIN_PREFIX_LEN: usize = 4;
-
-/// A BLAKE3 object id, shown as 64 lower-case hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectId([u8; 32]);
-
-impl ObjectId {
-    /// The all-zero id, which names no object; reflogs use it for "no value".
-    pub const ZERO: ObjectId = ObjectId([0; 32]);
-
-    /// The id of an object with this type and payload.
-    pub fn hash(kind: ObjectType, payload: &[u8]) -> ObjectId {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(header(kind, payload.len()).as_bytes());
-        hasher.update(payload);
-        ObjectId(*hasher.finalize().as_bytes())
-    }
-
-    /// The raw 32 bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> ObjectId {
-        ObjectId(bytes)
-    }
-
-    /// The raw 32 bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// The 64-digit hex form.
-    pub fn to_hex(&self) -> String {
-        self.to_string()
-    }
-
-    /// True for [`ObjectId::ZERO`].
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 32]
-    }
-}
-
-impl fmt::Display for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(blake3::Hash::from_bytes(self.0).to_hex().as_str())
-    }
-}
-
-impl fmt::Debug for ObjectId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ObjectId({self})")
-    }
-}
-
-impl FromStr for ObjectId {
-    type Err = ObjectError;
-
-    /// Parses exactly 64 lower-case hex digits.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ObjectError::BadId { text: s.to_owned() });
-        }
-        blake3::Hash::from_hex(s)
-            .map(|h| ObjectId(*h.as_bytes()))
-            .map_err(|_| ObjectError::BadId { text: s.to_owned() })
-    }
-}
-
-impl serde::Serialize for ObjectId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ObjectId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// The type of an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ObjectType {
-    /// Arbitrary bytes.
-    Blob,
-    /// An event batch: JSON Lines.
-    Batch,
-    /// An event-log node (JSON).
-    Log,
-    /// A dead-letter-queue snapshot (JSON).
-    Dlq,
-    /// One dead-lettered item (JSON).
-    Item,
-    /// A job checkpoint (JSON).
-    Checkpoint,
-    /// A job's work-item list (JSON).
-    Items,
-}
-
-impl ObjectType {
-    /// Every type, in the order of DESIGN.md §4.
-    pub const ALL: [ObjectType; 7] = [
-        ObjectType::Blob,
-        ObjectType::Batch,
-        ObjectType::Log,
-        ObjectType::Dlq,
-        ObjectType::Item,
-        ObjectType::Checkpoint,
-        ObjectType::Items,
-    ];
-
-    /// The name written in the canonical header.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectType::Blob => "blob",
-            ObjectType::Batch => "batch",
-            ObjectType::Log => "log",
-            ObjectType::Dlq => "dlq",
-            ObjectType::Item => "item",
-            ObjectType::Checkpoint => "checkpoint",
-            ObjectType::Items => "items",
-        }
-    }
-}
-
-impl fmt::Display for ObjectType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for ObjectType {
-    type Err = ObjectError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ObjectType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| ObjectError::BadType { name: s.to_owned() })
-    }
-}
 
 /// A verified object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +108,15 @@ pub enum ObjectError {
     },
 }
 
+impl From<IdError> for ObjectError {
+    fn from(e: IdError) -> ObjectError {
+        match e {
+            IdError::BadId { text } => ObjectError::BadId { text },
+            IdError::BadType { name } => ObjectError::BadType { name },
+        }
+    }
+}
+
 impl crate::hint::Hint for ObjectError {
     fn hint(&self) -> Option<&'static str> {
         match self {
@@ -265,10 +137,6 @@ impl crate::hint::Hint for ObjectError {
             | ObjectError::BadPayload { .. } => None,
         }
     }
-}
-
-fn header(kind: ObjectType, len: usize) -> String {
-    format!("{} {}\0", kind.as_str(), len)
 }
 
 /// Checks that a payload fits its type: JSON types must hold one JSON document, `batch`
@@ -438,7 +306,7 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
         Err(e) => return Err(corrupt(format!("zstd: {e}"))),
     }
     let (kind, payload_at) = parse_header(&canonical).map_err(corrupt)?;
-    let actual = ObjectId(*blake3::hash(&canonical).as_bytes());
+    let actual = ObjectId::from_bytes(*blake3::hash(&canonical).as_bytes());
     if actual != *id {
         return Err(corrupt(format!("its content hashes to {actual}")));
     }
@@ -863,7 +731,7 @@ impl ObjectStore {
         }
         if lower.len() == 64 {
             // Returned as is: the read that follows says precisely what is wrong with it.
-            return lower.parse();
+            return Ok(lower.parse()?);
         }
         let dir = self.objects.join(&lower[..2]);
         let rest = &lower[2..];

@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, FsError, IoContext};
-use crate::object::ObjectId;
+use crate::id::ObjectId;
 
 const PACK_MAGIC: &[u8; 8] = b"PRODPACK";
 const IDX_MAGIC: &[u8; 8] = b"PRODIDX1";

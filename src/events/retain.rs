@@ -10,46 +10,13 @@
 //! locks, always in that order), so a crash between the two leaves events in both logs,
 //! never in neither.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::log::{Batch, EventError, EventLog, LogNode, Summary, WriterSet};
 use super::record::{EventRecord, format_timestamp};
+pub use crate::config::{Retention, parse_size};
 use crate::object::{ObjectId, ObjectType};
 use crate::refs::{RefKind, RefName};
-
-/// A retention policy; `None` limits nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    /// Drop events older than this (`30d`, `12h`).
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_age: Option<Duration>,
-    /// Keep at most this many of the newest events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_events: Option<u64>,
-    /// Keep at most this many bytes of the newest events (JSON Lines, uncompressed).
-    #[serde(default, with = "opt_size", skip_serializing_if = "Option::is_none")]
-    pub max_size: Option<u64>,
-    /// Move what goes to the job's archive log instead of dropping it.
-    #[serde(default)]
-    pub archive: bool,
-    /// Apply the policy to a job's log when the runner completes the job.
-    #[serde(default)]
-    pub auto: bool,
-}
-
-impl Retention {
-    /// True when the policy limits nothing.
-    pub fn is_unlimited(&self) -> bool {
-        self.max_age.is_none() && self.max_events.is_none() && self.max_size.is_none()
-    }
-}
 
 /// What a clean did (or, with `dry_run`, would do) to one job's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -72,73 +39,6 @@ pub struct CleanReport {
     pub archived: bool,
     /// True when nothing was changed because of `dry_run`.
     pub dry_run: bool,
-}
-
-/// Parses a size: `500`, `10K`, `10KB`, `10KiB`, `5M`, `1G` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad size {text:?} (examples: 500, 10K, 5MB, 1GiB)"))?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(format!("bad size {text:?} (examples: 500, 10K, 5MB, 1GiB)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
-pub(crate) mod opt_duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(t.trim()).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-mod opt_size {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match n {
-            Some(n) => s.serialize_u64(*n),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Size {
-            N(u64),
-            Text(String),
-        }
-        match Option::<Size>::deserialize(d)? {
-            None => Ok(None),
-            Some(Size::N(n)) => Ok(Some(n)),
-            Some(Size::Text(t)) => super::parse_size(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-        }
-    }
 }
 
 /// How much of the newest part of the log a policy allows.

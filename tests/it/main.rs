@@ -14,6 +14,7 @@ mod examples;
 mod faults;
 mod gc;
 mod hostile;
+mod house;
 mod migrate;
 mod plumbing;
 mod powercut;

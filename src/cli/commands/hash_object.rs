@@ -52,7 +52,7 @@ pub struct Args {
 }
 
 fn parse_type(s: &str) -> Result<ObjectType, String> {
-    s.parse().map_err(|e: object::ObjectError| e.to_string())
+    s.parse().map_err(|e: object::IdError| e.to_string())
 }
 
 /// Collects the ids of one group of inputs, printing them only once they are durable.
