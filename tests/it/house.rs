@@ -70,7 +70,7 @@ fn no_import_circle_among_the_modules() {
         let parent = module.rsplit_once("::").map_or("", |(p, _)| p);
         let targets = paths(text, "crate::")
             .into_iter()
-            .filter_map(|p| resolve(p))
+            .filter_map(&resolve)
             .chain(paths(text, "super::").into_iter().filter_map(|p| {
                 resolve(&if parent.is_empty() {
                     p.to_owned()
