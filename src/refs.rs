@@ -285,6 +285,11 @@ pub struct RefStore {
 }
 
 impl RefStore {
+    /// The home's root directory.
+    pub fn home_root(&self) -> &Path {
+        &self.home
+    }
+
     /// The refs of `home`, locking with `lock_opts`.
     pub fn new(home: &Home, lock_opts: LockOptions) -> RefStore {
         let host = rustix::system::uname()

@@ -542,35 +542,48 @@ impl Job {
         Ok(())
     }
 
-    fn interrupted(&mut self) -> Result<Outcome, RunError> {
+    /// Records an interrupt (checkpoint, `job_paused`) and gives the error the run ends
+    /// with: [`RunError::Interrupted`], or why recording it failed.
+    fn interrupted(&mut self) -> RunError {
         self.state.checkpoint.running.clear();
-        self.save("interrupted")?;
-        let version = self.state.checkpoint.version;
-        self.log(MapReduceEvent::JobPaused {
-            job_id: self.id().to_owned(),
-            checkpoint_version: version,
-        })?;
-        self.logger.flush()?;
-        Err(RunError::Interrupted {
-            job: self.id().to_owned(),
-        })
+        let recorded = self.save("interrupted").and_then(|()| {
+            let version = self.state.checkpoint.version;
+            self.log(MapReduceEvent::JobPaused {
+                job_id: self.id().to_owned(),
+                checkpoint_version: version,
+            })?;
+            Ok(self.logger.flush()?)
+        });
+        match recorded {
+            Ok(()) => RunError::Interrupted {
+                job: self.id().to_owned(),
+            },
+            Err(e) => e,
+        }
     }
 
-    fn stop(&mut self, reason: String) -> Result<Outcome, RunError> {
+    /// Stops the job for `reason` (its error policy, a failed step): records it
+    /// (checkpoint with the error, `job_failed`) and gives the error the run ends with,
+    /// [`RunError::Stopped`], or why recording it failed.
+    fn stop(&mut self, reason: String) -> RunError {
         self.state.checkpoint.error = Some(reason.clone());
         self.state.checkpoint.ended = Some(now_timestamp());
         self.state.checkpoint.running.clear();
-        self.save("stopped")?;
-        self.log(MapReduceEvent::JobFailed {
-            job_id: self.id().to_owned(),
-            error: reason.clone(),
-            partial_results: self.state.checkpoint.counters.done,
-        })?;
-        self.logger.flush()?;
-        Err(RunError::Stopped {
-            job: self.id().to_owned(),
-            reason,
-        })
+        let recorded = self.save("stopped").and_then(|()| {
+            self.log(MapReduceEvent::JobFailed {
+                job_id: self.id().to_owned(),
+                error: reason.clone(),
+                partial_results: self.state.checkpoint.counters.done,
+            })?;
+            Ok(self.logger.flush()?)
+        });
+        match recorded {
+            Ok(()) => RunError::Stopped {
+                job: self.id().to_owned(),
+                reason,
+            },
+            Err(e) => e,
+        }
     }
 
     /// The environment of the job's own steps (setup, the input command, reduce): the
@@ -602,7 +615,7 @@ impl Job {
     /// Returns true when the job's branch was missing (made again from the base commit).
     fn ensure_parent(&self) -> Result<bool, RunError> {
         let spec = &self.state.spec;
-        ensure_dir(&spec.agents_dir)?;
+        fsutil::ensure_dir(self.states.refs().home_root(), &spec.agents_dir)?;
         // What a killed runner's git left: locked or half-made registrations, lock files on
         // the job's branches, a merge half done. No agent is at work yet.
         let prefix = format!("{}@", spec.id);
@@ -675,16 +688,12 @@ impl Job {
         }
         loop {
             if self.exec.interrupted() {
-                return self.interrupted();
+                return Err(self.interrupted());
             }
             self.progress();
             match self.state.checkpoint.phase {
                 Phase::Setup => self.setup()?,
-                Phase::Map => {
-                    if let Some(outcome) = self.map()? {
-                        return outcome;
-                    }
-                }
+                Phase::Map => self.map()?,
                 Phase::Merge => self.merge()?,
                 Phase::Reduce => self.reduce()?,
                 Phase::Complete => return self.complete(),
@@ -694,7 +703,7 @@ impl Job {
 
     fn open_log(&self, name: &str) -> Result<Arc<Mutex<File>>, RunError> {
         let dir = self.state.spec.agents_dir.join("logs");
-        ensure_dir(&dir)?;
+        fsutil::ensure_dir(self.states.refs().home_root(), &dir)?;
         open_log(&dir.join(name))
     }
 
@@ -750,10 +759,14 @@ impl Job {
                 Ok(ok) => {
                     ok.record(step, &mut captured);
                 }
-                Err(f) if f.interrupted => return Err(self.interrupted().unwrap_err()),
+                Err(f) if f.interrupted => return Err(self.interrupted()),
                 Err(f) => {
                     let reason = format!("{name} step at line {} failed: {}", f.line, f.message);
-                    let _ = self.stop(reason);
+                    // The job records the failure; a failure to record it says so instead.
+                    match self.stop(reason) {
+                        RunError::Stopped { .. } => {}
+                        failed => return Err(failed),
+                    }
                     return Err(RunError::Step {
                         job: self.id().to_owned(),
                         phase: name,
@@ -804,7 +817,7 @@ impl Job {
                     })
                     .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
                 if out.interrupted {
-                    return Err(self.interrupted().unwrap_err());
+                    return Err(self.interrupted());
                 }
                 if !out.success() {
                     return Err(self.input_error(format!(
@@ -844,10 +857,14 @@ impl Job {
     }
 
     fn input_error(&mut self, message: String) -> RunError {
-        let _ = self.stop(format!("map.input: {message}"));
-        RunError::Input {
-            workflow: self.state.spec.workflow_path.clone(),
-            message,
+        // The job records the failure; the run ends with the input's own error, or with
+        // why recording it failed.
+        match self.stop(format!("map.input: {message}")) {
+            RunError::Stopped { .. } => RunError::Input {
+                workflow: self.state.spec.workflow_path.clone(),
+                message,
+            },
+            failed => failed,
         }
     }
 
@@ -884,8 +901,9 @@ impl Job {
         Ok((items, keys))
     }
 
-    /// The map phase; `Some` ends the job (interrupted or stopped).
-    fn map(&mut self) -> Result<Option<Result<Outcome, RunError>>, RunError> {
+    /// The map phase, to the merge; an interrupt or the error policy ends the run with
+    /// its error.
+    fn map(&mut self) -> Result<(), RunError> {
         let (items, keys) = self.load_items()?;
         self.adopt_finished_agents(&keys)?;
         let pending: VecDeque<usize> = (0..items.len())
@@ -905,14 +923,13 @@ impl Job {
             job.finish_item(&ctx, key, result, failure)
         })?;
         if self.exec.interrupted() {
-            return Ok(Some(self.interrupted()));
+            return Err(self.interrupted());
         }
         if let Some(reason) = stop_reason {
-            return Ok(Some(self.stop(reason)));
+            return Err(self.stop(reason));
         }
         self.state.checkpoint.phase = Phase::Merge;
-        self.save("phase merge")?;
-        Ok(None)
+        self.save("phase merge")
     }
 
     /// Agents that finished their steps but whose results no checkpoint recorded (the
@@ -1555,11 +1572,6 @@ impl Pending {
             Err(e) => Err(FsError::new("remove", path, e).into()),
         }
     }
-}
-
-fn ensure_dir(dir: &Path) -> Result<(), RunError> {
-    std::fs::create_dir_all(dir).at("create directory", dir)?;
-    Ok(())
 }
 
 fn open_log(path: &Path) -> Result<Arc<Mutex<File>>, RunError> {

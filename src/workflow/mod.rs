@@ -456,344 +456,43 @@ impl Plan {
         Plan::parse(path, &source)
     }
 
-    /// Checks a workflow's text (`path` names it in messages).
+    /// Checks a workflow's text (`path` names it in messages): the YAML read into the
+    /// file's shape, then each section checked by its own reader.
     pub fn parse(path: &Path, source: &str) -> Result<Plan, WorkflowError> {
-        let hinted = |line: u64, message: String, hint: Option<&'static str>| WorkflowError::At {
-            path: path.to_owned(),
-            line,
-            message,
-            hint,
-        };
-        let at = |line: u64, message: String| hinted(line, message, None);
+        let r = Reader { path };
         let workflow: Workflow = serde_saphyr::from_str(source).map_err(|e| {
             let line = e.location().map_or(0, |l| l.line());
             let (message, hint) = yaml_message(&e);
-            hinted(line, message, hint)
+            r.hinted(line, message, hint)
         })?;
-        if let Some(mode) = &workflow.mode
-            && mode.value != "mapreduce"
-        {
-            return Err(at(
-                mode.referenced.line(),
-                format!(
-                    "mode '{}' is not supported (only `mode: mapreduce`)",
-                    mode.value
-                ),
-            ));
-        }
-        if workflow.name.value.trim().is_empty() {
-            return Err(at(workflow.name.referenced.line(), "name is empty".into()));
-        }
-        let mut env = BTreeMap::new();
-        for (k, v) in &workflow.env {
-            if k.is_empty() || k.contains(['=', '\0']) || v.value.contains('\0') {
-                return Err(at(
-                    v.referenced.line(),
-                    format!("bad environment variable {k:?}"),
-                ));
-            }
-            env.insert(k.clone(), v.value.clone());
-        }
-        let m = &workflow.map;
-        if m.input.value.trim().is_empty() {
-            return Err(at(m.input.referenced.line(), "map.input is empty".into()));
-        }
-        if m.agent_template.is_empty() {
-            return Err(at(0, "map.agent_template has no steps".into()));
-        }
-        let json_path = match &m.json_path {
-            Some(p) => Some(
-                crate::dlq::filter::check_nesting(&p.value)
-                    .and_then(|()| {
-                        serde_json_path::JsonPath::parse(&p.value).map_err(|e| e.to_string())
-                    })
-                    .map_err(|e| {
-                        at(
-                            p.referenced.line(),
-                            format!(
-                                "map.json_path {} is not RFC 9535 JSONPath: {e}",
-                                crate::dlq::filter::preview(&p.value)
-                            ),
-                        )
-                    })?,
-            ),
-            None => None,
-        };
-        let filter = match &m.filter {
-            Some(f) => Some(ItemFilter::parse_data(&f.value).map_err(|e| {
-                hinted(
-                    f.referenced.line(),
-                    format!("map.filter: {e}"),
-                    Some(crate::hint::FILTER),
-                )
-            })?),
-            None => None,
-        };
-        let sort_by = match &m.sort_by {
-            Some(s) => Some(parse_sort(&s.value).map_err(|e| at(s.referenced.line(), e))?),
-            None => None,
-        };
-        // The agent time limit, under any of its three spellings, given once.
-        let mut limits: Vec<(u64, Duration)> = Vec::new();
-        if let Some(s) = &m.agent_timeout_secs {
-            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
-        }
-        if let Some(s) = m
-            .timeout_config
-            .as_ref()
-            .and_then(|c| c.agent_timeout_secs.as_ref())
-        {
-            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
-        }
-        if let Some(s) = &m.timeout_per_agent {
-            let d = match &s.value {
-                Seconds::Secs(n) => Duration::from_secs(*n),
-                Seconds::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
-                    at(
-                        s.referenced.line(),
-                        format!("map.timeout_per_agent {t:?} is not a duration: {e}"),
-                    )
-                })?,
-            };
-            limits.push((s.referenced.line(), d));
-        }
-        if limits.len() > 1 {
-            return Err(at(
-                limits[1].0,
-                "the agent time limit is given twice (agent_timeout_secs, timeout_per_agent,                  timeout_config.agent_timeout_secs): keep one"
-                    .into(),
-            ));
-        }
-        let agent_timeout = limits.first().map(|l| l.1);
-        let max_parallel = m.max_parallel.unwrap_or(4);
-        if max_parallel == 0 {
-            return Err(at(0, "map.max_parallel must be at least 1".into()));
-        }
-        let p = &workflow.error_policy;
-        let on_item_failure = match p.on_item_failure.as_ref().map(|s| (s.value.as_str(), s)) {
-            None | Some(("dlq", _)) => OnItemFailure::Dlq,
-            Some(("skip", _)) => OnItemFailure::Skip,
-            Some(("stop", _)) => OnItemFailure::Stop,
-            Some((other, s)) => {
-                return Err(at(
-                    s.referenced.line(),
-                    format!("on_item_failure '{other}' is not one of dlq, skip, stop"),
-                ));
-            }
-        };
-        let retry = match &p.retry_config {
-            None => Retry {
-                max_attempts: 1,
-                exponential: true,
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(30),
-            },
-            Some(r) => {
-                let duration = |d: &Option<Spanned<String>>, default: u64| match d {
-                    None => Ok(Duration::from_secs(default)),
-                    Some(s) => humantime::parse_duration(s.value.trim()).map_err(|e| {
-                        at(
-                            s.referenced.line(),
-                            format!("bad duration {:?}: {e}", s.value),
-                        )
-                    }),
-                };
-                let exponential = match r.backoff.as_ref().map(|b| (b.value.as_str(), b)) {
-                    None | Some(("exponential", _)) => true,
-                    Some(("fixed", _)) => false,
-                    Some((other, b)) => {
-                        return Err(at(
-                            b.referenced.line(),
-                            format!("backoff '{other}' is not one of exponential, fixed"),
-                        ));
-                    }
-                };
-                Retry {
-                    max_attempts: r.max_attempts.unwrap_or(1).max(1),
-                    exponential,
-                    initial: duration(&r.initial_delay, 1)?,
-                    max: duration(&r.max_delay, 30)?,
-                }
-            }
-        };
-        // Captures (name → whether it holds JSON) made by setup are seen by agents and
-        // reduce too.
-        let compile = |steps: &[Step],
-                       scope: Scope,
-                       seen: &[(String, bool)]|
-         -> Result<(Vec<PlanStep>, Captures), WorkflowError> {
-            let mut named: Captures = seen.to_vec();
-            let mut out = Vec::new();
-            for (i, step) in steps.iter().enumerate() {
-                let line = step.shell.referenced.line();
-                // What a step can read: the names captured so far and, from the second
-                // step on, the step before's `${last.output}`, `${last.exit_code}` and (as
-                // in the original) `${shell.output}`.
-                let mut captured: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
-                if i > 0 {
-                    captured.extend(
-                        ["last.output", "last.exit_code", "shell.output"].map(String::from),
-                    );
-                }
-                let json_names: Vec<String> = named
-                    .iter()
-                    .filter(|(_, json)| *json)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                let ctx = template::Context {
-                    scope,
-                    captured: &captured,
-                    json: &json_names,
-                    env: &env,
-                };
-                let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| at(line, e))?;
-                let when = match &step.when {
-                    Some(w) => {
-                        Some(template::Condition::compile(&w.value, &ctx).map_err(|e| {
-                            hinted(w.referenced.line(), e, Some(crate::hint::FILTER))
-                        })?)
-                    }
-                    None => None,
-                };
-                let on_failure = match &step.on_failure {
-                    Some(h) => {
-                        let mut with_output = captured.clone();
-                        with_output.push("shell.output".into());
-                        let hctx = template::Context {
-                            scope,
-                            captured: &with_output,
-                            json: &json_names,
-                            env: &env,
-                        };
-                        Some(PlanHandler {
-                            shell: Template::compile(&h.shell.value, &hctx)
-                                .map_err(|e| at(h.shell.referenced.line(), e))?,
-                            max_attempts: h.max_attempts.unwrap_or(1).max(1),
-                            fail_workflow: h.fail_workflow.unwrap_or(true),
-                            timeout: h.timeout.map(Duration::from_secs),
-                        })
-                    }
-                    None => None,
-                };
-                let output = match (&step.capture_output, &step.capture) {
-                    (Some(Capture::Name(_) | Capture::Flag(true)), Some(c)) => {
-                        return Err(at(
-                            c.referenced.line(),
-                            "a step has both capture and capture_output: keep one".into(),
-                        ));
-                    }
-                    (_, Some(c)) => Some(Capture::Name(c.value.clone())),
-                    (o, None) => o.clone(),
-                };
-                let capture_format = match step
-                    .capture_format
-                    .as_ref()
-                    .map(|f| (f.value.as_str(), f))
-                {
-                    None | Some(("string", _)) => CaptureFormat::String,
-                    Some(("number", _)) => CaptureFormat::Number,
-                    Some(("boolean", _)) => CaptureFormat::Boolean,
-                    Some(("json", _)) => CaptureFormat::Json,
-                    Some(("lines", _)) => CaptureFormat::Lines,
-                    Some((other, f)) => {
-                        return Err(at(
-                            f.referenced.line(),
-                            format!(
-                                "capture_format '{other}' is not one of string, number, boolean, json, lines"
-                            ),
-                        ));
-                    }
-                };
-                let capture = match &output {
-                    None | Some(Capture::Flag(false)) => None,
-                    Some(Capture::Flag(true)) => Some("shell.output".to_owned()),
-                    Some(Capture::Name(n)) => {
-                        if !template::is_capture_name(n) {
-                            return Err(at(
-                                line,
-                                format!(
-                                    "capture_output name {n:?} must be letters, digits and _ \
-                                     (and not a built-in like item or map)"
-                                ),
-                            ));
-                        }
-                        Some(n.clone())
-                    }
-                };
-                if step.capture_format.is_some() && capture.is_none() {
-                    return Err(at(
-                        line,
-                        "capture_format without capture: name the capture".into(),
-                    ));
-                }
-                if let Some(c) = capture.as_ref().filter(|c| *c != "shell.output") {
-                    named.retain(|(n, _)| n != c);
-                    named.push((c.clone(), capture_format == CaptureFormat::Json));
-                }
-                out.push(PlanStep {
-                    shell,
-                    timeout: step.timeout.map(Duration::from_secs),
-                    capture,
-                    capture_format,
-                    on_failure,
-                    line,
-                    name: step.name.clone(),
-                    commit_required: step.commit_required,
-                    when,
-                    keep_output: false,
-                });
-            }
-            // A step whose next step reads `${last.output}` or `${shell.output}` keeps its
-            // output (an `on_failure` handler's `${shell.output}` is its own step's).
-            for i in 1..out.len() {
-                let next = &out[i];
-                let reads = ["last.output", "shell.output"].iter().any(|v| {
-                    next.shell.reads_captured(v)
-                        || next.when.as_ref().is_some_and(|w| w.reads_captured(v))
-                });
-                let handler = next
-                    .on_failure
-                    .as_ref()
-                    .is_some_and(|h| h.shell.reads_captured("last.output"));
-                out[i - 1].keep_output |= reads || handler;
-            }
-            Ok((out, named))
-        };
-        let (setup, from_setup) = compile(&workflow.setup, Scope::Setup, &[])?;
-        let (agent, _) = compile(&m.agent_template, Scope::Agent, &from_setup)?;
-        let (reduce, _) = compile(&workflow.reduce, Scope::Reduce, &from_setup)?;
-        // `${env.X}` not in the workflow's env comes from the process's environment now,
-        // and is recorded with the job so that `resume` sees the same value.
-        for step in setup.iter().chain(&agent).chain(&reduce) {
-            let handler = step.on_failure.as_ref().map(|h| &h.shell);
-            let from_when = step.when.iter().flat_map(|w| w.env_names());
-            let names = std::iter::once(&step.shell)
-                .chain(handler)
-                .flat_map(|t| t.env_names())
-                .chain(from_when);
-            for name in names {
-                if !env.contains_key(&name)
-                    && let Ok(v) = std::env::var(&name)
-                {
-                    env.insert(name, v);
-                }
-            }
-        }
+        let mut env = r.header(&workflow)?;
+        let items = r.items(&workflow.map)?;
+        let (agent_timeout, max_parallel) = r.agents(&workflow.map)?;
+        let (on_item_failure, retry) = r.error_policy(&workflow.error_policy)?;
+        let (setup, from_setup) = r.steps(&workflow.setup, Scope::Setup, &[], &env)?;
+        let (agent, _) = r.steps(
+            &workflow.map.agent_template,
+            Scope::Agent,
+            &from_setup,
+            &env,
+        )?;
+        let (reduce, _) = r.steps(&workflow.reduce, Scope::Reduce, &from_setup, &env)?;
+        record_env(&mut env, setup.iter().chain(&agent).chain(&reduce));
         Ok(Plan {
             path: path.to_owned(),
             source: source.to_owned(),
             max_parallel,
             agent_timeout,
-            max_failures: p.max_failures,
+            max_failures: workflow.error_policy.max_failures,
             on_item_failure,
             retry,
             env,
             setup,
             agent,
             reduce,
-            filter,
-            sort_by,
-            json_path,
+            filter: items.filter,
+            sort_by: items.sort_by,
+            json_path: items.json_path,
             workflow,
         })
     }
@@ -822,6 +521,373 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+/// Reads a workflow's sections, naming the file in every error.
+struct Reader<'p> {
+    path: &'p Path,
+}
+
+/// The work-item list's settings, checked.
+struct Items {
+    json_path: Option<serde_json_path::JsonPath>,
+    filter: Option<ItemFilter>,
+    sort_by: Option<(Vec<String>, bool)>,
+}
+
+impl Reader<'_> {
+    fn hinted(&self, line: u64, message: String, hint: Option<&'static str>) -> WorkflowError {
+        WorkflowError::At {
+            path: self.path.to_owned(),
+            line,
+            message,
+            hint,
+        }
+    }
+
+    fn at(&self, line: u64, message: String) -> WorkflowError {
+        self.hinted(line, message, None)
+    }
+
+    /// `mode`, `name` and `env`: the workflow's environment.
+    fn header(&self, workflow: &Workflow) -> Result<BTreeMap<String, String>, WorkflowError> {
+        if let Some(mode) = &workflow.mode
+            && mode.value != "mapreduce"
+        {
+            return Err(self.at(
+                mode.referenced.line(),
+                format!(
+                    "mode '{}' is not supported (only `mode: mapreduce`)",
+                    mode.value
+                ),
+            ));
+        }
+        if workflow.name.value.trim().is_empty() {
+            return Err(self.at(workflow.name.referenced.line(), "name is empty".into()));
+        }
+        let mut env = BTreeMap::new();
+        for (k, v) in &workflow.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.value.contains('\0') {
+                return Err(self.at(
+                    v.referenced.line(),
+                    format!("bad environment variable {k:?}"),
+                ));
+            }
+            env.insert(k.clone(), v.value.clone());
+        }
+        Ok(env)
+    }
+
+    /// `map.input`, `agent_template` present; `json_path`, `filter`, `sort_by`.
+    fn items(&self, m: &MapSpec) -> Result<Items, WorkflowError> {
+        if m.input.value.trim().is_empty() {
+            return Err(self.at(m.input.referenced.line(), "map.input is empty".into()));
+        }
+        if m.agent_template.is_empty() {
+            return Err(self.at(0, "map.agent_template has no steps".into()));
+        }
+        let json_path = match &m.json_path {
+            Some(p) => Some(
+                crate::dlq::filter::check_nesting(&p.value)
+                    .and_then(|()| {
+                        serde_json_path::JsonPath::parse(&p.value).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| {
+                        self.at(
+                            p.referenced.line(),
+                            format!(
+                                "map.json_path {} is not RFC 9535 JSONPath: {e}",
+                                crate::dlq::filter::preview(&p.value)
+                            ),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let filter = match &m.filter {
+            Some(f) => Some(ItemFilter::parse_data(&f.value).map_err(|e| {
+                self.hinted(
+                    f.referenced.line(),
+                    format!("map.filter: {e}"),
+                    Some(crate::hint::FILTER),
+                )
+            })?),
+            None => None,
+        };
+        let sort_by = match &m.sort_by {
+            Some(s) => Some(parse_sort(&s.value).map_err(|e| self.at(s.referenced.line(), e))?),
+            None => None,
+        };
+        Ok(Items {
+            json_path,
+            filter,
+            sort_by,
+        })
+    }
+
+    /// The agent time limit (under any of its three spellings, given once) and
+    /// `max_parallel`.
+    fn agents(&self, m: &MapSpec) -> Result<(Option<Duration>, usize), WorkflowError> {
+        let mut limits: Vec<(u64, Duration)> = Vec::new();
+        if let Some(s) = &m.agent_timeout_secs {
+            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
+        }
+        if let Some(s) = m
+            .timeout_config
+            .as_ref()
+            .and_then(|c| c.agent_timeout_secs.as_ref())
+        {
+            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
+        }
+        if let Some(s) = &m.timeout_per_agent {
+            let d = match &s.value {
+                Seconds::Secs(n) => Duration::from_secs(*n),
+                Seconds::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                    self.at(
+                        s.referenced.line(),
+                        format!("map.timeout_per_agent {t:?} is not a duration: {e}"),
+                    )
+                })?,
+            };
+            limits.push((s.referenced.line(), d));
+        }
+        if limits.len() > 1 {
+            return Err(self.at(
+                limits[1].0,
+                "the agent time limit is given twice (agent_timeout_secs, timeout_per_agent,                  timeout_config.agent_timeout_secs): keep one"
+                    .into(),
+            ));
+        }
+        let agent_timeout = limits.first().map(|l| l.1);
+        let max_parallel = m.max_parallel.unwrap_or(4);
+        if max_parallel == 0 {
+            return Err(self.at(0, "map.max_parallel must be at least 1".into()));
+        }
+        Ok((agent_timeout, max_parallel))
+    }
+
+    /// `error_policy`: what a failed item does, and its retries.
+    fn error_policy(&self, p: &ErrorPolicy) -> Result<(OnItemFailure, Retry), WorkflowError> {
+        let on_item_failure = match p.on_item_failure.as_ref().map(|s| (s.value.as_str(), s)) {
+            None | Some(("dlq", _)) => OnItemFailure::Dlq,
+            Some(("skip", _)) => OnItemFailure::Skip,
+            Some(("stop", _)) => OnItemFailure::Stop,
+            Some((other, s)) => {
+                return Err(self.at(
+                    s.referenced.line(),
+                    format!("on_item_failure '{other}' is not one of dlq, skip, stop"),
+                ));
+            }
+        };
+        let retry = match &p.retry_config {
+            None => Retry {
+                max_attempts: 1,
+                exponential: true,
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(30),
+            },
+            Some(r) => {
+                let duration = |d: &Option<Spanned<String>>, default: u64| match d {
+                    None => Ok(Duration::from_secs(default)),
+                    Some(s) => humantime::parse_duration(s.value.trim()).map_err(|e| {
+                        self.at(
+                            s.referenced.line(),
+                            format!("bad duration {:?}: {e}", s.value),
+                        )
+                    }),
+                };
+                let exponential = match r.backoff.as_ref().map(|b| (b.value.as_str(), b)) {
+                    None | Some(("exponential", _)) => true,
+                    Some(("fixed", _)) => false,
+                    Some((other, b)) => {
+                        return Err(self.at(
+                            b.referenced.line(),
+                            format!("backoff '{other}' is not one of exponential, fixed"),
+                        ));
+                    }
+                };
+                Retry {
+                    max_attempts: r.max_attempts.unwrap_or(1).max(1),
+                    exponential,
+                    initial: duration(&r.initial_delay, 1)?,
+                    max: duration(&r.max_delay, 30)?,
+                }
+            }
+        };
+        Ok((on_item_failure, retry))
+    }
+
+    /// A phase's steps, compiled for `scope`; captures (name → whether it holds JSON)
+    /// made by setup (`seen`) are seen by agents and reduce too.
+    fn steps(
+        &self,
+        steps: &[Step],
+        scope: Scope,
+        seen: &[(String, bool)],
+        env: &BTreeMap<String, String>,
+    ) -> Result<(Vec<PlanStep>, Captures), WorkflowError> {
+        let mut named: Captures = seen.to_vec();
+        let mut out = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            out.push(self.step(step, i, scope, &mut named, env)?);
+        }
+        // A step whose next step reads `${last.output}` or `${shell.output}` keeps its
+        // output (an `on_failure` handler's `${shell.output}` is its own step's).
+        for i in 1..out.len() {
+            let next = &out[i];
+            let reads = ["last.output", "shell.output"].iter().any(|v| {
+                next.shell.reads_captured(v)
+                    || next.when.as_ref().is_some_and(|w| w.reads_captured(v))
+            });
+            let handler = next
+                .on_failure
+                .as_ref()
+                .is_some_and(|h| h.shell.reads_captured("last.output"));
+            out[i - 1].keep_output |= reads || handler;
+        }
+        Ok((out, named))
+    }
+
+    /// One step, the `i`th of its phase; a capture it makes joins `named`.
+    fn step(
+        &self,
+        step: &Step,
+        i: usize,
+        scope: Scope,
+        named: &mut Captures,
+        env: &BTreeMap<String, String>,
+    ) -> Result<PlanStep, WorkflowError> {
+        let line = step.shell.referenced.line();
+        // What a step can read: the names captured so far and, from the second
+        // step on, the step before's `${last.output}`, `${last.exit_code}` and (as
+        // in the original) `${shell.output}`.
+        let mut captured: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
+        if i > 0 {
+            captured.extend(["last.output", "last.exit_code", "shell.output"].map(String::from));
+        }
+        let json_names: Vec<String> = named
+            .iter()
+            .filter(|(_, json)| *json)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let ctx = template::Context {
+            scope,
+            captured: &captured,
+            json: &json_names,
+            env,
+        };
+        let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| self.at(line, e))?;
+        let when = match &step.when {
+            Some(w) => Some(
+                template::Condition::compile(&w.value, &ctx)
+                    .map_err(|e| self.hinted(w.referenced.line(), e, Some(crate::hint::FILTER)))?,
+            ),
+            None => None,
+        };
+        let on_failure = match &step.on_failure {
+            Some(h) => {
+                let mut with_output = captured.clone();
+                with_output.push("shell.output".into());
+                let hctx = template::Context {
+                    scope,
+                    captured: &with_output,
+                    json: &json_names,
+                    env,
+                };
+                Some(PlanHandler {
+                    shell: Template::compile(&h.shell.value, &hctx)
+                        .map_err(|e| self.at(h.shell.referenced.line(), e))?,
+                    max_attempts: h.max_attempts.unwrap_or(1).max(1),
+                    fail_workflow: h.fail_workflow.unwrap_or(true),
+                    timeout: h.timeout.map(Duration::from_secs),
+                })
+            }
+            None => None,
+        };
+        let output = match (&step.capture_output, &step.capture) {
+            (Some(Capture::Name(_) | Capture::Flag(true)), Some(c)) => {
+                return Err(self.at(
+                    c.referenced.line(),
+                    "a step has both capture and capture_output: keep one".into(),
+                ));
+            }
+            (_, Some(c)) => Some(Capture::Name(c.value.clone())),
+            (o, None) => o.clone(),
+        };
+        let capture_format = match step.capture_format.as_ref().map(|f| (f.value.as_str(), f)) {
+            None | Some(("string", _)) => CaptureFormat::String,
+            Some(("number", _)) => CaptureFormat::Number,
+            Some(("boolean", _)) => CaptureFormat::Boolean,
+            Some(("json", _)) => CaptureFormat::Json,
+            Some(("lines", _)) => CaptureFormat::Lines,
+            Some((other, f)) => {
+                return Err(self.at(
+                    f.referenced.line(),
+                    format!(
+                        "capture_format '{other}' is not one of string, number, boolean, json, lines"
+                    ),
+                ));
+            }
+        };
+        let capture = match &output {
+            None | Some(Capture::Flag(false)) => None,
+            Some(Capture::Flag(true)) => Some("shell.output".to_owned()),
+            Some(Capture::Name(n)) => {
+                if !template::is_capture_name(n) {
+                    return Err(self.at(
+                        line,
+                        format!(
+                            "capture_output name {n:?} must be letters, digits and _ \
+                             (and not a built-in like item or map)"
+                        ),
+                    ));
+                }
+                Some(n.clone())
+            }
+        };
+        if step.capture_format.is_some() && capture.is_none() {
+            return Err(self.at(
+                line,
+                "capture_format without capture: name the capture".into(),
+            ));
+        }
+        if let Some(c) = capture.as_ref().filter(|c| *c != "shell.output") {
+            named.retain(|(n, _)| n != c);
+            named.push((c.clone(), capture_format == CaptureFormat::Json));
+        }
+        Ok(PlanStep {
+            shell,
+            timeout: step.timeout.map(Duration::from_secs),
+            capture,
+            capture_format,
+            on_failure,
+            line,
+            name: step.name.clone(),
+            commit_required: step.commit_required,
+            when,
+            keep_output: false,
+        })
+    }
+}
+
+/// `${env.X}` not in the workflow's env comes from the process's environment now, and is
+/// recorded with the job so that `resume` sees the same value.
+fn record_env<'s>(env: &mut BTreeMap<String, String>, steps: impl Iterator<Item = &'s PlanStep>) {
+    for step in steps {
+        let handler = step.on_failure.as_ref().map(|h| &h.shell);
+        let from_when = step.when.iter().flat_map(|w| w.env_names());
+        let names = std::iter::once(&step.shell)
+            .chain(handler)
+            .flat_map(|t| t.env_names())
+            .chain(from_when);
+        for name in names {
+            if !env.contains_key(&name)
+                && let Ok(v) = std::env::var(&name)
+            {
+                env.insert(name, v);
+            }
+        }
     }
 }
 
