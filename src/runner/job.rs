@@ -1,0 +1,327 @@
+//! The job itself: its state and lock, checkpoints, events and notes, the loop that
+//! drives it through its phases, and the setup and reduce steps' shared runner.
+
+use super::*;
+
+impl Job {
+    pub(super) fn new(
+        _home: &Home,
+        refs: RefStore,
+        states: JobStateManager,
+        plan: Plan,
+        state: JobState,
+        opts: Options,
+    ) -> Result<Job, RunError> {
+        let repo = state.spec.repo.clone();
+        let id = state.spec.id.clone();
+        let logger = EventLogger::with_refs(refs.clone(), &repo, &id, Thresholds::default())?;
+        let dlq = DeadLetterQueue::new(refs, &repo, &id)?;
+        Ok(Job {
+            states,
+            dlq,
+            max_parallel: opts.max_parallel.unwrap_or(plan.max_parallel).max(1),
+            plan,
+            state,
+            logger: Arc::new(logger),
+            exec: Executor::new(
+                opts.supervisor.clone(),
+                opts.interrupt.clone(),
+                // The command line refuses a bad value before any command runs.
+                exec::kill_grace_from_env().unwrap_or(exec::DEFAULT_KILL_GRACE),
+            ),
+            observer: opts.observer.clone(),
+            started: Instant::now(),
+            rewind: false,
+            run_lock: None,
+        })
+    }
+
+    pub(super) fn id(&self) -> &str {
+        &self.state.spec.id
+    }
+
+    pub(super) fn log(&self, event: MapReduceEvent) -> Result<(), RunError> {
+        Ok(self.logger.log(event)?)
+    }
+
+    pub(super) fn note(&self, text: &str) {
+        if let Some(o) = &self.observer {
+            o.note(text);
+        }
+    }
+
+    pub(super) fn progress(&self) {
+        if let Some(o) = &self.observer {
+            let c = self.state.checkpoint.counters;
+            o.progress(&Progress {
+                phase: self.state.checkpoint.phase,
+                total: c.total,
+                done: c.done,
+                failed: c.failed,
+                running: self.state.checkpoint.running.len(),
+            });
+        }
+    }
+
+    /// Events first, then the checkpoint that relies on them.
+    pub(super) fn save(&mut self, reason: &str) -> Result<(), RunError> {
+        if let Some(why) = self.run_lock.as_ref().and_then(|l| l.lost()) {
+            return Err(RunError::LeaseLost {
+                job: self.id().to_owned(),
+                why,
+            });
+        }
+        self.logger.flush()?;
+        self.states.save(&mut self.state, reason)?;
+        let c = &self.state.checkpoint;
+        self.logger.log(MapReduceEvent::CheckpointCreated {
+            job_id: self.state.spec.id.clone(),
+            version: c.version,
+            agents_completed: c.counters.done + c.counters.failed,
+        })?;
+        Ok(())
+    }
+
+    /// Records an interrupt (checkpoint, `job_paused`) and gives the error the run ends
+    /// with: [`RunError::Interrupted`], or why recording it failed.
+    pub(super) fn interrupted(&mut self) -> RunError {
+        self.state.checkpoint.running.clear();
+        let recorded = self.save("interrupted").and_then(|()| {
+            let version = self.state.checkpoint.version;
+            self.log(MapReduceEvent::JobPaused {
+                job_id: self.id().to_owned(),
+                checkpoint_version: version,
+            })?;
+            Ok(self.logger.flush()?)
+        });
+        match recorded {
+            Ok(()) => RunError::Interrupted {
+                job: self.id().to_owned(),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// Stops the job for `reason` (its error policy, a failed step): records it
+    /// (checkpoint with the error, `job_failed`) and gives the error the run ends with,
+    /// [`RunError::Stopped`], or why recording it failed.
+    pub(super) fn stop(&mut self, reason: String) -> RunError {
+        self.state.checkpoint.error = Some(reason.clone());
+        self.state.checkpoint.ended = Some(now_timestamp());
+        self.state.checkpoint.running.clear();
+        let recorded = self.save("stopped").and_then(|()| {
+            self.log(MapReduceEvent::JobFailed {
+                job_id: self.id().to_owned(),
+                error: reason.clone(),
+                partial_results: self.state.checkpoint.counters.done,
+            })?;
+            Ok(self.logger.flush()?)
+        });
+        match recorded {
+            Ok(()) => RunError::Stopped {
+                job: self.id().to_owned(),
+                reason,
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// The environment of the job's own steps (setup, the input command, reduce): the
+    /// workflow's, the job id, and as in the original, `PRODIGY_AUTOMATION=true` and
+    /// `PRODIGY_WORKTREE` (the job worktree).
+    pub(super) fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self.state.spec.env.clone();
+        env.insert("PRODIGY_JOB_ID".into(), self.state.spec.id.clone());
+        env.insert("PRODIGY_AUTOMATION".into(), "true".into());
+        env.insert(
+            "PRODIGY_WORKTREE".into(),
+            self.state.spec.worktree.display().to_string(),
+        );
+        env
+    }
+
+    /// Makes sure the job's worktree exists: recreated on its branch (which keeps setup's
+    /// and the merges' commits) or, when the branch is gone too, from the base commit.
+    pub(super) fn worktrees(&self) -> git::Worktrees {
+        let spec = &self.state.spec;
+        let lock = spec
+            .agents_dir
+            .parent()
+            .unwrap_or(&spec.agents_dir)
+            .join("worktrees.lock");
+        git::Worktrees::new(&spec.repo_root, &lock)
+    }
+
+    /// Returns true when the job's branch was missing (made again from the base commit).
+    pub(super) fn ensure_parent(&self) -> Result<bool, RunError> {
+        let spec = &self.state.spec;
+        fsutil::ensure_dir(self.states.refs().home_root(), &spec.agents_dir)?;
+        // What a killed runner's git left: locked or half-made registrations, lock files on
+        // the job's branches, a merge half done. No agent is at work yet.
+        let prefix = format!("{}@", spec.id);
+        self.worktrees()
+            .repair(&spec.agents_dir, |name| name.starts_with(&prefix))?;
+        git::recover(
+            &spec.repo_root,
+            &spec.branch,
+            &agent_refs(spec),
+            &spec.worktree,
+        )?;
+        let marker = pending_path(spec);
+        match Pending::read(&marker)? {
+            // Killed while checking the worktree out: files without an index. Made again.
+            Some(Pending::Create) => self.worktrees().remove(&spec.worktree),
+            Some(Pending::Merge(keep)) if spec.worktree.join(".git").exists() => {
+                self.note("undoing a merge that stopped half-way");
+                git::restore(&spec.worktree, &keep)?;
+            }
+            _ => {}
+        }
+        Pending::clear(&marker)?;
+        if spec.worktree.join(".git").exists() {
+            return Ok(false);
+        }
+        if spec.worktree.exists() {
+            std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
+        }
+        let branch_lost = !git::branch_exists(&spec.repo_root, &spec.branch);
+        Pending::Create.write(&marker)?;
+        self.worktrees()
+            .add_on_branch(&spec.worktree, &spec.branch, &spec.base_commit)?;
+        Pending::clear(&marker)?;
+        self.log(MapReduceEvent::WorktreeCreated {
+            job_id: spec.id.clone(),
+            agent_id: "job".into(),
+            worktree_name: spec.worktree.display().to_string(),
+            branch: spec.branch.clone(),
+        })?;
+        Ok(branch_lost)
+    }
+
+    /// Resets the job's branch (and worktree) to what the loaded checkpoint recorded, so
+    /// that merges and job steps after it are not applied twice.
+    pub(super) fn rewind_branch(&mut self) -> Result<(), RunError> {
+        let c = &self.state.checkpoint;
+        let target = match (&c.job_head, c.setup_done) {
+            (Some(head), _) => head.clone(),
+            (None, 0) => self.state.spec.base_commit.clone(),
+            (None, _) => return Ok(()),
+        };
+        let worktree = self.state.spec.worktree.clone();
+        if git::head(&worktree)? != target {
+            self.note(&format!(
+                "resetting branch {} to {}",
+                self.state.spec.branch,
+                &target[..12.min(target.len())]
+            ));
+            git::git(&worktree, &["reset", "-q", "--hard", &target])?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn drive(&mut self) -> Result<Outcome, RunError> {
+        if self.ensure_parent()? && self.state.checkpoint.phase != Phase::Setup {
+            self.reclaim_commits()?;
+        }
+        if self.rewind {
+            self.rewind_branch()?;
+        }
+        loop {
+            if self.exec.interrupted() {
+                return Err(self.interrupted());
+            }
+            self.progress();
+            match self.state.checkpoint.phase {
+                Phase::Setup => self.setup()?,
+                Phase::Map => self.map()?,
+                Phase::Merge => self.merge()?,
+                Phase::Reduce => self.reduce()?,
+                Phase::Complete => return self.complete(),
+            }
+        }
+    }
+
+    pub(super) fn open_log(&self, name: &str) -> Result<Arc<Mutex<File>>, RunError> {
+        let dir = self.state.spec.agents_dir.join("logs");
+        fsutil::ensure_dir(self.states.refs().home_root(), &dir)?;
+        open_log(&dir.join(name))
+    }
+
+    /// Runs job-level steps (setup or reduce) from `from`, checkpointing after each.
+    pub(super) fn job_steps(&mut self, phase: Phase) -> Result<(), RunError> {
+        let (steps, name) = match phase {
+            Phase::Setup => (self.plan.setup.clone(), "setup"),
+            _ => (self.plan.reduce.clone(), "reduce"),
+        };
+        let log = self.open_log(&format!("{name}.log"))?;
+        let mut env = self.env();
+        let results_json = if phase == Phase::Reduce {
+            // Also as a file: a command line holds at most 128 KiB per argument, and the
+            // results of many agents do not fit in `${map.results_json}`.
+            let json = self.results_json();
+            let path = self.state.spec.agents_dir.join("map-results.json");
+            std::fs::write(&path, &json).at("write map results", &path)?;
+            env.insert("PRODIGY_MAP_RESULTS".into(), path.display().to_string());
+            json
+        } else {
+            String::new()
+        };
+        // Captures of earlier steps of this phase survive a resume in the checkpoint;
+        // reduce also sees setup's.
+        let mut captured = match phase {
+            Phase::Setup => BTreeMap::new(),
+            _ => self.state.checkpoint.setup_captured.clone(),
+        };
+        captured.extend(self.state.checkpoint.captured.clone());
+        loop {
+            let done = match phase {
+                Phase::Setup => self.state.checkpoint.setup_done,
+                _ => self.state.checkpoint.reduce_done,
+            };
+            let Some(step) = steps.get(done) else {
+                return Ok(());
+            };
+            self.note(&format!("{name} step {}/{}", done + 1, steps.len()));
+            let c = self.state.checkpoint.counters;
+            let vars = Vars {
+                total: c.total,
+                successful: c.done,
+                failed: c.failed,
+                results_json: &results_json,
+                env: Some(&self.state.spec.env),
+                workflow_name: self.plan.name(),
+                job_id: &self.state.spec.id,
+                captured: Some(&captured),
+                ..Vars::default()
+            };
+            let worktree = self.state.spec.worktree.clone();
+            match run_step(&self.exec, step, &vars, &worktree, &env, &log, None) {
+                Ok(ok) => {
+                    ok.record(step, &mut captured);
+                }
+                Err(f) if f.interrupted => return Err(self.interrupted()),
+                Err(f) => {
+                    let reason = format!("{name} step at line {} failed: {}", f.line, f.message);
+                    // The job records the failure; a failure to record it says so instead.
+                    match self.stop(reason) {
+                        RunError::Stopped { .. } => {}
+                        failed => return Err(failed),
+                    }
+                    return Err(RunError::Step {
+                        job: self.id().to_owned(),
+                        phase: name,
+                        line: f.line,
+                        message: f.message,
+                    });
+                }
+            }
+            match phase {
+                Phase::Setup => self.state.checkpoint.setup_done += 1,
+                _ => self.state.checkpoint.reduce_done += 1,
+            }
+            self.state.checkpoint.captured = captured.clone();
+            self.state.checkpoint.job_head = git::head(&worktree).ok();
+            self.save(&format!("{name} step {} done", done + 1))?;
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The map phase: agents run the items (in [`super::agent`]), results come back to the
+//! main thread, which checkpoints, dead-letters failures and merges each agent's commits.
+
+use super::*;
+
+impl Job {
+    pub(super) fn agent_ctx(
+        &self,
+        items: Vec<Value>,
+        keys: Vec<String>,
+        max_attempts: u32,
+    ) -> AgentCtx {
+        AgentCtx {
+            plan: self.plan.clone(),
+            setup_captured: self.state.checkpoint.setup_captured.clone(),
+            spec: self.state.spec.clone(),
+            worktrees: self.worktrees(),
+            map_base: self
+                .state
+                .checkpoint
+                .map_base
+                .clone()
+                .unwrap_or_else(|| self.state.spec.base_commit.clone()),
+            exec: self.exec.clone(),
+            logger: Arc::clone(&self.logger),
+            items,
+            keys,
+            max_attempts,
+        }
+    }
+
+    /// The map phase, to the merge; an interrupt or the error policy ends the run with
+    /// its error.
+    pub(super) fn map(&mut self) -> Result<(), RunError> {
+        let (items, keys) = self.load_items()?;
+        self.adopt_finished_agents(&keys)?;
+        let pending: VecDeque<usize> = (0..items.len())
+            .filter(|i| !self.state.results.contains_key(&keys[*i]))
+            .collect();
+        self.state.checkpoint.running.clear();
+        self.remove_leftover_worktrees(&keys);
+        if !pending.is_empty() {
+            self.note(&format!(
+                "map: {} items to run, {} agents",
+                pending.len(),
+                self.max_parallel.min(pending.len())
+            ));
+        }
+        let ctx = self.agent_ctx(items, keys, self.plan.retry.max_attempts);
+        let stop_reason = self.run_agents(&ctx, pending, |job, key, result, failure| {
+            job.finish_item(&ctx, key, result, failure)
+        })?;
+        if self.exec.interrupted() {
+            return Err(self.interrupted());
+        }
+        if let Some(reason) = stop_reason {
+            return Err(self.stop(reason));
+        }
+        self.state.checkpoint.phase = Phase::Merge;
+        self.save("phase merge")
+    }
+
+    /// Agents that finished their steps but whose results no checkpoint recorded (the
+    /// runner died in between) left a done marker: their results are recorded now
+    /// instead of running them again.
+    pub(super) fn adopt_finished_agents(&mut self, keys: &[String]) -> Result<(), RunError> {
+        let spec = self.state.spec.clone();
+        let map_base = self
+            .state
+            .checkpoint
+            .map_base
+            .clone()
+            .unwrap_or_else(|| spec.base_commit.clone());
+        let mut adopted = 0;
+        for (index, key) in keys.iter().enumerate() {
+            if self.state.results.contains_key(key) {
+                continue;
+            }
+            let marker = agent::marker_path(&spec, index);
+            let Ok(bytes) = std::fs::read(&marker) else {
+                continue;
+            };
+            let Ok(done) = serde_json::from_slice::<agent::DoneMarker>(&bytes) else {
+                continue;
+            };
+            let range = format!("{map_base}..{}", done.head);
+            let Ok(list) = git::git(&spec.repo_root, &["rev-list", "--reverse", &range]) else {
+                continue;
+            };
+            let commits: Vec<String> = list.lines().map(str::to_owned).collect();
+            if let Some(last) = commits.last() {
+                self.worktrees()
+                    .set_branch(&agent_branch(&spec, index), last)?;
+            }
+            self.state.record(
+                key,
+                ItemResult {
+                    index,
+                    status: ItemStatus::Done,
+                    agent_id: format!("agent-{index}"),
+                    attempts: done.attempt,
+                    duration_ms: done.duration_ms,
+                    commits,
+                    merged: false,
+                    output: done.output,
+                    error: None,
+                },
+            );
+            adopted += 1;
+        }
+        if adopted > 0 {
+            self.note(&format!(
+                "{adopted} agents had finished before the interruption"
+            ));
+            self.save(&format!("adopted {adopted} finished agents"))?;
+        }
+        Ok(())
+    }
+
+    /// Worktrees of agents that finished but were not cleaned up (the runner died first).
+    pub(super) fn remove_leftover_worktrees(&self, keys: &[String]) {
+        let spec = &self.state.spec;
+        let worktrees = self.worktrees();
+        let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(index) = name
+                .strip_prefix("agent-")
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            let done = keys
+                .get(index)
+                .and_then(|k| self.state.results.get(k))
+                .is_some_and(|r| r.status == ItemStatus::Done);
+            if done {
+                worktrees.remove(&entry.path());
+            }
+        }
+    }
+
+    /// Runs agents over `pending` with the job's parallelism; `finished` is called in this
+    /// thread for each result and may ask to stop (returning a reason).
+    pub(super) fn run_agents(
+        &mut self,
+        ctx: &AgentCtx,
+        pending: VecDeque<usize>,
+        mut finished: impl FnMut(
+            &mut Job,
+            &str,
+            ItemResult,
+            Option<Failure>,
+        ) -> Result<Option<String>, RunError>,
+    ) -> Result<Option<String>, RunError> {
+        let workers = self.max_parallel.min(pending.len());
+        let queue = Mutex::new(pending);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let mut stop_reason = None;
+        let mut outcome = Ok(());
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let queue = &queue;
+                let stop = &stop;
+                s.spawn(move || {
+                    loop {
+                        if stop.load(Ordering::SeqCst) || ctx.exec.interrupted() {
+                            return;
+                        }
+                        let Some(index) =
+                            queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                        else {
+                            return;
+                        };
+                        let msg = run_agent(ctx, index, &tx);
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut killed = false;
+            loop {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(m) => Some(m),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                if self.exec.interrupted() && !killed {
+                    killed = true;
+                    stop.store(true, Ordering::SeqCst);
+                    self.exec.kill_all();
+                }
+                let mut changed = false;
+                let mut next = first;
+                while let Some(msg) = next {
+                    match msg {
+                        Msg::Started(key, agent) => {
+                            self.state.checkpoint.running.insert(key, agent);
+                        }
+                        Msg::Interrupted(key) => {
+                            self.state.checkpoint.running.remove(&key);
+                        }
+                        Msg::Cleaned => {}
+                        Msg::Finished(key, result, failure) => {
+                            self.state.checkpoint.running.remove(&key);
+                            changed = true;
+                            if outcome.is_ok() {
+                                match finished(self, &key, result, failure) {
+                                    Ok(Some(reason)) => {
+                                        stop.store(true, Ordering::SeqCst);
+                                        stop_reason.get_or_insert(reason);
+                                    }
+                                    Ok(None) => {}
+                                    Err(e) => {
+                                        stop.store(true, Ordering::SeqCst);
+                                        outcome = Err(e);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if changed && outcome.is_ok() {
+                    let n =
+                        self.state.checkpoint.counters.done + self.state.checkpoint.counters.failed;
+                    if let Err(e) = self.save(&format!("{n} items finished")) {
+                        stop.store(true, Ordering::SeqCst);
+                        outcome = Err(e);
+                    }
+                }
+                self.progress();
+            }
+        });
+        outcome?;
+        Ok(stop_reason)
+    }
+
+    pub(super) fn finish_item(
+        &mut self,
+        ctx: &AgentCtx,
+        key: &str,
+        result: ItemResult,
+        failure: Option<Failure>,
+    ) -> Result<Option<String>, RunError> {
+        let index = result.index;
+        let failed = result.status == ItemStatus::Failed;
+        self.state.record(key, result);
+        let Some(failure) = failure else {
+            return Ok(None);
+        };
+        if self.plan.on_item_failure == OnItemFailure::Dlq {
+            self.dead_letter(key, ctx.items[index].clone(), failure.clone())?;
+        }
+        let c = self.state.checkpoint.counters;
+        if failed && self.plan.on_item_failure == OnItemFailure::Stop {
+            return Ok(Some(format!(
+                "item {index} ({key}) failed and on_item_failure is stop: {}",
+                failure.error_message
+            )));
+        }
+        if let Some(max) = self.plan.max_failures
+            && c.failed > max
+        {
+            return Ok(Some(format!(
+                "{} items failed, more than max_failures ({max})",
+                c.failed
+            )));
+        }
+        Ok(None)
+    }
+
+    pub(super) fn dead_letter(
+        &self,
+        key: &str,
+        data: Value,
+        failure: Failure,
+    ) -> Result<(), RunError> {
+        let item = self.dlq.add(key, data, failure)?;
+        self.log(MapReduceEvent::DlqItemAdded {
+            job_id: self.id().to_owned(),
+            item_id: key.to_owned(),
+            error_signature: item.error_signature,
+            failure_count: item.failure_count,
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! Merging agents' commits into the job's branch, repairing a merge a kill cut short
+//! (`job-worktree.pending`), and the merge phase.
+
+use super::*;
+
+impl Job {
+    /// Merges a done agent's commits into the job's worktree. A conflict makes the item
+    /// failed (dead-lettered as `merge_conflict`, which needs a person); any other git
+    /// failure stops the job at its checkpoint, since it is not the item's fault.
+    pub(super) fn merge_one(
+        &mut self,
+        key: &str,
+        mut result: ItemResult,
+        data: Value,
+    ) -> Result<ItemResult, RunError> {
+        let worktree = self.state.spec.worktree.clone();
+        let agent = result.agent_id.clone();
+        let Some(last) = result.commits.last().cloned() else {
+            result.merged = true;
+            return Ok(result);
+        };
+        if !git::is_merged(&worktree, &last) {
+            let message = format!(
+                "Merge {agent} (item {key}) of prodigy job {}",
+                self.state.spec.id
+            );
+            let marker = pending_path(&self.state.spec);
+            let keep = git::untracked(&worktree)?;
+            Pending::Merge(keep.clone()).write(&marker)?;
+            let merged = git::merge(&worktree, &last, &message, &self.state.spec.env);
+            // Stopped half-way (a full disk): undone now if it can be, else by resume (the
+            // marker stays). A conflict was aborted by git itself.
+            let whole = match &merged {
+                Err(e) if !e.conflict => git::restore(&worktree, &keep).is_ok(),
+                _ => true,
+            };
+            if whole {
+                Pending::clear(&marker)?;
+            }
+            if let Err(e) = merged {
+                if !e.conflict {
+                    return Err(e.into());
+                }
+                let error = format!("merge conflict merging {agent}: {}", e.message);
+                result.status = ItemStatus::Failed;
+                result.error = Some(error.clone());
+                let failure = Failure {
+                    error_message: error,
+                    agent_id: Some(agent),
+                    step: Some("merge".into()),
+                    ..Failure::default()
+                };
+                self.dead_letter(key, data, failure)?;
+                return Ok(result);
+            }
+        }
+        result.merged = true;
+        self.log(MapReduceEvent::WorktreeMerged {
+            job_id: self.id().to_owned(),
+            agent_id: agent,
+            target_branch: self.state.spec.branch.clone(),
+        })?;
+        self.state.checkpoint.job_head = git::head(&worktree).ok();
+        Ok(result)
+    }
+
+    /// The job's branch is not in this repository — typically a job resumed on another
+    /// host sharing a remote store: the store has its events and checkpoints, but its
+    /// commits stayed in the first host's repository. Items whose commits are here are
+    /// merged again; the others run again here. Setup's commits are gone with the branch.
+    pub(super) fn reclaim_commits(&mut self) -> Result<(), RunError> {
+        let root = self.state.spec.repo_root.clone();
+        let mut rerun = Vec::new();
+        let mut remerge = Vec::new();
+        for (key, r) in &self.state.results {
+            if r.status != ItemStatus::Done || r.commits.is_empty() {
+                continue;
+            }
+            if r.commits.iter().all(|c| git::commit_exists(&root, c)) {
+                if r.merged {
+                    remerge.push(key.clone());
+                }
+            } else {
+                rerun.push(key.clone());
+            }
+        }
+        if rerun.is_empty() && remerge.is_empty() {
+            return Ok(());
+        }
+        for key in &remerge {
+            if let Some(mut r) = self.state.results.get(key).cloned() {
+                r.merged = false;
+                self.state.record(key, r);
+            }
+        }
+        for key in &rerun {
+            self.state.forget(key);
+        }
+        if !rerun.is_empty() && matches!(self.state.checkpoint.phase, Phase::Merge | Phase::Reduce)
+        {
+            self.state.checkpoint.phase = Phase::Map;
+            self.state.checkpoint.reduce_done = 0;
+        }
+        if matches!(self.state.checkpoint.phase, Phase::Reduce) {
+            self.state.checkpoint.phase = Phase::Merge;
+            self.state.checkpoint.reduce_done = 0;
+        }
+        self.note(&format!(
+            "branch {} is not in '{}': {} items whose commits are not here run again, {} are merged again (fetch the branch from where the job started to keep its commits instead)",
+            self.state.spec.branch,
+            root.display(),
+            rerun.len(),
+            remerge.len()
+        ));
+        self.save("commits not in this repository")
+    }
+
+    pub(super) fn merge(&mut self) -> Result<(), RunError> {
+        let mut todo: Vec<(String, ItemResult)> = self
+            .state
+            .results
+            .iter()
+            .filter(|(_, r)| r.status == ItemStatus::Done && !r.merged && !r.commits.is_empty())
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        todo.sort_by_key(|(_, r)| r.index);
+        if !todo.is_empty() {
+            self.note(&format!("merging {} agents' commits", todo.len()));
+        }
+        let (items, _) = self.load_items()?;
+        for (key, result) in todo {
+            if self.exec.interrupted() {
+                return Ok(());
+            }
+            let index = result.index;
+            let data = items.get(index).cloned().unwrap_or(Value::Null);
+            let result = self.merge_one(&key, result, data)?;
+            let merged = result.merged;
+            self.state.record(&key, result);
+            self.save(&format!("merged agent-{index}"))?;
+            if merged {
+                self.worktrees()
+                    .delete_branch(&agent_branch(&self.state.spec, index));
+            }
+            self.progress();
+        }
+        self.state.checkpoint.phase = Phase::Reduce;
+        self.save("phase reduce")?;
+        Ok(())
+    }
+}
+
+/// Where a change to the job's worktree under way is recorded (beside the worktree).
+pub(super) fn pending_path(spec: &JobSpec) -> PathBuf {
+    spec.agents_dir.join("job-worktree.pending")
+}
+
+/// A change to the job's worktree under way, recorded before git starts it and removed
+/// once the worktree is whole again. The next runner that finds it repairs what the change
+/// left half done: git writes a checkout's or a merge's files before its index, so a kill
+/// or a full disk in between leaves files that block every later merge.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pending {
+    /// The worktree is being checked out; it is removed and made again.
+    Create,
+    /// A merge; the worktree is put back to `HEAD`, keeping the files that were untracked
+    /// before it (what setup left).
+    Merge(std::collections::BTreeSet<PathBuf>),
+}
+
+impl Pending {
+    /// The marker's bytes: the operation, then each kept name, each ended by NUL (file
+    /// names are bytes).
+    pub(super) fn write(&self, path: &Path) -> Result<(), RunError> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = match self {
+            Pending::Create => b"create\0".to_vec(),
+            Pending::Merge(keep) => keep.iter().fold(b"merge\0".to_vec(), |mut b, name| {
+                b.extend_from_slice(name.as_os_str().as_bytes());
+                b.push(0);
+                b
+            }),
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fsutil::write_atomic(path, dir, &bytes, 0o644)?;
+        Ok(())
+    }
+
+    pub(super) fn read(path: &Path) -> Result<Option<Pending>, RunError> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FsError::new("read", path, e).into()),
+        };
+        let mut parts = bytes.split(|b| *b == 0).filter(|p| !p.is_empty());
+        Ok(match parts.next() {
+            Some(b"create") => Some(Pending::Create),
+            Some(b"merge") => Some(Pending::Merge(
+                parts
+                    .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+                    .collect(),
+            )),
+            // Not ours (or cut short, which write_atomic rules out): repair the most.
+            _ => Some(Pending::Create),
+        })
+    }
+
+    pub(super) fn clear(path: &Path) -> Result<(), RunError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::new("remove", path, e).into()),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The setup phase: the job's setup steps, then the work items (`map.input`).
+
+use super::*;
+
+impl Job {
+    pub(super) fn setup(&mut self) -> Result<(), RunError> {
+        self.job_steps(Phase::Setup)?;
+        // The work items, made in the job's worktree after setup.
+        let worktree = self.state.spec.worktree.clone();
+        let (bytes, what, from_file) = match input::source(&self.plan, &worktree) {
+            input::Source::File(path) => {
+                if !path.is_file() {
+                    let input = self.plan.workflow.map.input.value.clone();
+                    return Err(self.input_error(format!(
+                        "'{input}' is not in the job's worktree '{}' (a checkout of commit {}): commit it, or make it in setup",
+                        worktree.display(),
+                        &self.state.spec.base_commit[..12.min(self.state.spec.base_commit.len())]
+                    )));
+                }
+                let bytes = std::fs::read(&path).at("read map.input", &path)?;
+                (bytes, format!("'{}'", path.display()), true)
+            }
+            input::Source::Command(cmd) => {
+                let log = self.open_log("input.log")?;
+                let env = self.env();
+                let out = self
+                    .exec
+                    .run(&StepSpec {
+                        command: &cmd,
+                        cwd: &worktree,
+                        env: &env,
+                        timeout: None,
+                        capture: true,
+                        log: &log,
+                    })
+                    .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
+                if out.interrupted {
+                    return Err(self.interrupted());
+                }
+                if !out.success() {
+                    return Err(self.input_error(format!(
+                        "the command {cmd:?} failed with exit code {}: {}",
+                        out.exit_code,
+                        last_line(&out.stderr_tail)
+                    )));
+                }
+                (out.stdout, format!("the output of {cmd:?}"), false)
+            }
+        };
+        let items = input::items(&self.plan, &bytes, &what, from_file)
+            .map_err(|message| self.input_error(message))?;
+        // The items object is named by the checkpoint saved below; gc must not come between.
+        let _gc = self.states.refs().write_guard().map_err(StateError::from)?;
+        let items_id = self.states.store_items(&items)?;
+        let map_base = git::head(&worktree)?;
+        let c = &mut self.state.checkpoint;
+        c.items = Some(items_id);
+        c.counters.total = items.len();
+        c.job_head = Some(map_base.clone());
+        c.map_base = Some(map_base);
+        c.phase = Phase::Map;
+        // Setup's captures go on to the agents and reduce; `captured` is reduce's now.
+        c.setup_captured = std::mem::take(&mut c.captured);
+        for own in ["shell.output", "last.output", "last.exit_code"] {
+            c.setup_captured.remove(own);
+        }
+        self.log(MapReduceEvent::JobStarted {
+            job_id: self.id().to_owned(),
+            config: self.state.spec.workflow.clone(),
+            total_items: items.len(),
+            timestamp: self.state.spec.started.clone(),
+        })?;
+        self.save("phase map")?;
+        Ok(())
+    }
+
+    pub(super) fn input_error(&mut self, message: String) -> RunError {
+        // The job records the failure; the run ends with the input's own error, or with
+        // why recording it failed.
+        match self.stop(format!("map.input: {message}")) {
+            RunError::Stopped { .. } => RunError::Input {
+                workflow: self.state.spec.workflow_path.clone(),
+                message,
+            },
+            failed => failed,
+        }
+    }
+
+    pub(super) fn load_items(&self) -> Result<(Vec<Value>, Vec<String>), RunError> {
+        let items = match self.state.checkpoint.items {
+            Some(id) => self.states.load_items(&id)?,
+            None => Vec::new(),
+        };
+        let keys = items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| item_key(i, v))
+            .collect();
+        Ok((items, keys))
+    }
+}
