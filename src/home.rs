@@ -67,7 +67,11 @@ impl Home {
                 Err(HomeError::RelativeEnv { path: dir.into() })
             }
             Some(dir) if !dir.is_empty() => Home::at(dir),
-            _ => Home::at(dirs::home_dir().ok_or(HomeError::NoHome)?.join(".prodigy")),
+            _ => Home::at(
+                std::env::home_dir()
+                    .ok_or(HomeError::NoHome)?
+                    .join(".prodigy"),
+            ),
         }
     }
 

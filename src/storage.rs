@@ -114,7 +114,7 @@ pub fn choose_home(cwd: &Path) -> Result<ChosenHome, StorageError> {
             source: HomeSource::Fallback { wanted, reason },
         })
     };
-    let Some(user_home) = dirs::home_dir() else {
+    let Some(user_home) = std::env::home_dir() else {
         return fallback(None, "no home directory is known (HOME is not set)".into());
     };
     let wanted = user_home.join(LOCAL_DIR);

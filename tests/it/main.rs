@@ -21,10 +21,12 @@ mod powercut;
 mod progress;
 mod props;
 mod quoting;
+#[cfg(feature = "s3")]
 mod remote;
 mod repo_name;
 mod retention;
 mod runner;
+#[cfg(feature = "s3")]
 mod s3;
 mod torture;
 mod worker;
