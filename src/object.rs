@@ -449,6 +449,12 @@ impl ObjectStore {
         Ok(object)
     }
 
+    /// True when each read pays a round trip (a remote store): a caller with many reads
+    /// ahead gathers them for [`Self::prefetch`]; locally that would only read twice.
+    pub fn wants_prefetch(&self) -> bool {
+        matches!(self.remote(), Ok(Some(_)))
+    }
+
     /// Fetches the objects of a remote store that the cache lacks, many at once, verifying
     /// each; a no-op for a local store. Best effort: an object that cannot be fetched is
     /// left for the read that follows to report.

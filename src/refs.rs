@@ -284,12 +284,61 @@ pub struct RefStore {
     host: String,
 }
 
-impl RefStore {
-    /// The home's root directory.
-    pub fn home_root(&self) -> &Path {
-        &self.home
-    }
+/// A held run lock of a job (see [`RefStore::job_lock`]).
+#[derive(Debug)]
+pub struct JobLock {
+    held: Held,
+}
 
+#[derive(Debug)]
+enum Held {
+    /// Held while kept: dropping it releases the lock.
+    File(#[allow(dead_code)] crate::lock::LockGuard),
+    Lease(crate::remote::lease::Lease),
+}
+
+impl JobLock {
+    /// Why the lock was lost, if it was: a lease another host took over after it
+    /// expired. A file lock is never lost while its process lives.
+    pub fn lost(&self) -> Option<String> {
+        match &self.held {
+            Held::File(_) => None,
+            Held::Lease(lease) => lease.lost(),
+        }
+    }
+}
+
+/// What [`RefStore::job_lock`] found.
+#[derive(Debug)]
+pub enum Taken {
+    /// The lock, held until dropped.
+    Held(JobLock),
+    /// Another holds it.
+    Busy(Holder),
+}
+
+/// Who holds a job's run lock.
+#[derive(Debug, Clone)]
+pub enum Holder {
+    /// Another process on this host (its lock file).
+    Process {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A runner on some host, by its lease.
+    Host {
+        /// The lease's address.
+        url: String,
+        /// The host.
+        host: String,
+        /// Its process id there.
+        pid: u32,
+        /// Seconds until the lease expires unless renewed.
+        remaining_secs: u64,
+    },
+}
+
+impl RefStore {
     /// The refs of `home`, locking with `lock_opts`.
     pub fn new(home: &Home, lock_opts: LockOptions) -> RefStore {
         let host = rustix::system::uname()
@@ -330,6 +379,46 @@ impl RefStore {
     /// The home directory.
     pub fn home_dir(&self) -> &Path {
         &self.home
+    }
+
+    /// Takes the run lock of the job whose ref is `name`, waiting at most `grace`: one
+    /// lock type whatever the backend — a `flock` on `run.lock` beside the ref in a home
+    /// (the kernel releases it when the process dies), a lease at `leases/<repo>/<job>` on
+    /// a remote store (renewed while held, free once it expires).
+    pub fn job_lock(&self, name: &RefName, grace: std::time::Duration) -> Result<Taken, RefError> {
+        if let Some(remote) = self.objects.remote()? {
+            use crate::remote::lease::{self, Acquired};
+            let key = format!("leases/{}/{}", name.repo(), name.job());
+            return Ok(
+                match lease::acquire(remote, &key, &self.host, lease::ttl_from_env(), grace)? {
+                    Acquired::Held(lease) => Taken::Held(JobLock {
+                        held: Held::Lease(lease),
+                    }),
+                    Acquired::Busy(held) => Taken::Busy(Holder::Host {
+                        url: remote.address(&key),
+                        host: held.host.clone(),
+                        pid: held.pid,
+                        remaining_secs: held.remaining_ms().div_ceil(1000),
+                    }),
+                },
+            );
+        }
+        let dir = name.dir(&self.home);
+        fsutil::ensure_dir(&self.home, &dir)?;
+        let path = dir.join("run.lock");
+        let opts = crate::lock::LockOptions {
+            timeout: grace,
+            on_wait: None,
+        };
+        match lock::lock(&path, LockMode::Exclusive, &opts) {
+            Ok(guard) => Ok(Taken::Held(JobLock {
+                held: Held::File(guard),
+            })),
+            Err(crate::lock::LockError::Timeout { .. }) => {
+                Ok(Taken::Busy(Holder::Process { path }))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The object store the refs point into.

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::events::record::now_timestamp;
-use crate::fsutil::{self, FsError};
-use crate::lock::{self, LockError, LockGuard, LockMode, LockOptions};
+use crate::fsutil::FsError;
+use crate::lock::{LockError, LockOptions};
 use crate::names::{self, NameError};
 use crate::object::{ObjectError, ObjectId, ObjectType};
-use crate::refs::{Expect, RefError, RefKind, RefName, RefStore};
+use crate::refs::{Expect, Holder, RefError, RefKind, RefName, RefStore, Taken};
 
 /// Checkpoints walked at most to load a job (then a full checkpoint is written), or a
 /// quarter of the results in the last full checkpoint when that is more (so a full
@@ -443,23 +443,9 @@ pub struct ImportedCheckpoint {
     pub original: Vec<u8>,
 }
 
-/// A held run lock: one process runs (or resumes, or retries) a job at a time. The kernel
-/// releases it when the process dies.
-#[derive(Debug)]
-pub struct RunLock {
-    _guard: Option<LockGuard>,
-    /// On a remote store: the job's lease, renewed while held.
-    lease: Option<crate::remote::lease::Lease>,
-}
-
-impl RunLock {
-    /// Why the lease was lost, when the job runs on a remote store and it was (another
-    /// host took it over after it expired). The checkpoint's compare-and-swap stops a
-    /// runner that goes on regardless at its next save.
-    pub fn lost(&self) -> Option<String> {
-        self.lease.as_ref().and_then(|l| l.lost())
-    }
-}
+/// A held run lock: one process runs (or resumes, or retries) a job at a time (see
+/// [`RefStore::job_lock`]).
+pub type RunLock = crate::refs::JobLock;
 
 /// Reads and writes the checkpoints of one repository's jobs.
 #[derive(Debug, Clone)]
@@ -503,51 +489,27 @@ impl JobStateManager {
     /// holds it.
     pub fn lock_job(&self, job: &str) -> Result<RunLock, StateError> {
         let name = self.ref_name(job)?;
-        if let Some(remote) = self.refs.objects().remote()? {
-            use crate::remote::lease::{self, Acquired};
-            let key = format!("leases/{}/{job}", self.repo);
-            return match lease::acquire(
-                remote,
-                &key,
-                self.refs.host(),
-                lease::ttl_from_env(),
-                RUN_LOCK_GRACE,
-            )
-            .map_err(crate::refs::RefError::from)?
-            {
-                Acquired::Held(lease) => Ok(RunLock {
-                    _guard: None,
-                    lease: Some(lease),
-                }),
-                Acquired::Busy(held) => Err(StateError::Leased {
-                    job: job.to_owned(),
-                    url: remote.address(&key),
-                    host: held.host.clone(),
-                    pid: held.pid,
-                    remaining_secs: held.remaining_ms().div_ceil(1000),
-                }),
-            };
-        }
-        let dir = name.dir(self.refs.home_dir());
-        fsutil::ensure_dir(self.refs.home_dir(), &dir)?;
-        let path = dir.join("run.lock");
         // A runner killed while it was starting a process leaves, for a few milliseconds,
         // a forked child holding the lock's descriptor until it execs (which closes it):
         // a short wait covers that; a runner at work holds the lock far longer.
-        let opts = LockOptions {
-            timeout: RUN_LOCK_GRACE,
-            on_wait: None,
-        };
-        match lock::lock(&path, LockMode::Exclusive, &opts) {
-            Ok(guard) => Ok(RunLock {
-                _guard: Some(guard),
-                lease: None,
-            }),
-            Err(LockError::Timeout { .. }) => Err(StateError::Busy {
+        match self.refs.job_lock(&name, RUN_LOCK_GRACE)? {
+            Taken::Held(lock) => Ok(lock),
+            Taken::Busy(Holder::Process { path }) => Err(StateError::Busy {
                 job: job.to_owned(),
                 path,
             }),
-            Err(e) => Err(e.into()),
+            Taken::Busy(Holder::Host {
+                url,
+                host,
+                pid,
+                remaining_secs,
+            }) => Err(StateError::Leased {
+                job: job.to_owned(),
+                url,
+                host,
+                pid,
+                remaining_secs,
+            }),
         }
     }
 

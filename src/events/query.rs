@@ -112,9 +112,9 @@ pub fn stream(
     // length (32 bytes per batch); each node is read again on the way forward.
     let (ids, broken) = log.node_ids_between(head, None, best_effort)?;
     let mut skipped: Vec<EventError> = broken.into_iter().collect();
-    let remote = matches!(log.refs().objects().remote(), Ok(Some(_)));
+    let ahead = log.refs().objects().wants_prefetch();
     for (n, id) in ids.iter().enumerate() {
-        if remote && n % PREFETCH == 0 {
+        if ahead && n % PREFETCH == 0 {
             // From a remote store, the next batches are fetched many at once.
             let next: Vec<ObjectId> = ids[n..ids.len().min(n + PREFETCH)]
                 .iter()

@@ -155,7 +155,7 @@ impl Job {
     /// Returns true when the job's branch was missing (made again from the base commit).
     pub(super) fn ensure_parent(&self) -> Result<bool, RunError> {
         let spec = &self.state.spec;
-        fsutil::ensure_dir(self.states.refs().home_root(), &spec.agents_dir)?;
+        fsutil::ensure_dir(self.states.refs().home_dir(), &spec.agents_dir)?;
         // What a killed runner's git left: locked or half-made registrations, lock files on
         // the job's branches, a merge half done. No agent is at work yet.
         let prefix = format!("{}@", spec.id);
@@ -243,7 +243,7 @@ impl Job {
 
     pub(super) fn open_log(&self, name: &str) -> Result<Arc<Mutex<File>>, RunError> {
         let dir = self.state.spec.agents_dir.join("logs");
-        fsutil::ensure_dir(self.states.refs().home_root(), &dir)?;
+        fsutil::ensure_dir(self.states.refs().home_dir(), &dir)?;
         open_log(&dir.join(name))
     }
 
