@@ -159,6 +159,8 @@ pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard
     if let Some(hook) = &opts.on_wait {
         hook(path);
     }
+    tracing::debug!(path = %path.display(), ?mode, "lock busy, waiting");
+    let waiting = std::time::Instant::now();
     let helper_file = file.try_clone().at("duplicate lock file handle", path)?;
     let (tx, rx) = mpsc::sync_channel(1);
     std::thread::spawn(move || {
@@ -173,7 +175,10 @@ pub fn lock(path: &Path, mode: LockMode, opts: &LockOptions) -> Result<LockGuard
         }
     });
     match rx.recv_timeout(opts.timeout) {
-        Ok(Ok(())) => Ok(LockGuard { _file: file }),
+        Ok(Ok(())) => {
+            tracing::debug!(path = %path.display(), waited_ms = waiting.elapsed().as_millis() as u64, "lock taken after waiting");
+            Ok(LockGuard { _file: file })
+        }
         Ok(Err(e)) => Err(FsError::new("lock", path, e).into()),
         Err(_) => Err(LockError::Timeout {
             path: path.to_path_buf(),

@@ -901,6 +901,10 @@ impl ObjectBatch<'_> {
             return Ok(());
         }
         let store = self.store;
+        tracing::debug!(
+            objects = self.pending.len(),
+            "object batch: durability barrier"
+        );
         fsutil::sync_filesystem(&store.tmp)?;
         let mut touched = Vec::new();
         for (temp, path) in self.pending.drain(..) {

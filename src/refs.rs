@@ -689,6 +689,7 @@ impl RefStore {
                     return Ok((old, new));
                 }
                 Outcome::Conflict => {
+                    tracing::debug!(%name, attempt, "ref moved under the conditional put, retrying");
                     if attempt == REMOTE_ATTEMPTS {
                         break;
                     }

@@ -283,6 +283,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
         None => choose_home(&diag),
     }
     .and_then(|home| {
+        start_logging(cli.verbose)?;
         crate::lock::LockOptions::env_timeout().map_err(output::UsageError)?;
         crate::runner::exec::kill_grace_from_env().map_err(output::UsageError)?;
         home.check_owner()?;
@@ -314,4 +315,27 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
         Ok(exit) => exit as i32,
         Err(e) => output::report(&diag, &e) as i32,
     }
+}
+
+/// The variable that turns on diagnostic logging: a `tracing` filter (`debug`,
+/// `prodigy=debug,object_store=info`).
+pub const LOG_ENV: &str = "PRODIGY_LOG";
+
+/// Diagnostic logging on standard error, off unless [`LOG_ENV`] gives a filter or `-v`
+/// asks (`prodigy=debug,object_store=debug`): lock waits, compare-and-swap retries, the
+/// durability barriers and gc's phases, object_store's retries. A filter that does not
+/// parse is a usage error.
+fn start_logging(verbose: bool) -> Result<(), output::UsageError> {
+    let filter = match std::env::var(LOG_ENV) {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(v.trim())
+            .map_err(|e| output::UsageError(format!("{LOG_ENV}={v:?} is not a filter: {e}")))?,
+        _ if verbose => tracing_subscriber::EnvFilter::new("prodigy=debug,object_store=debug"),
+        _ => return Ok(()),
+    };
+    // Once per process (a second call in the same process keeps the first).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
 }

@@ -461,6 +461,12 @@ impl Shared {
                 let refs: Vec<(&Batch, ObjectId)> =
                     staged.iter().map(|(b, id, _)| (b, *id)).collect();
                 let result = self.log.commit(&refs);
+                tracing::debug!(
+                    log = %self.log.name(),
+                    batches = refs.len(),
+                    ok = result.is_ok(),
+                    "event logger: committed under the ref's lock"
+                );
                 state = self.lock();
                 match result {
                     Ok(_) => {

@@ -213,15 +213,29 @@ struct Ticker<'a> {
     phase: GcPhase,
     done: AtomicU64,
     total: u64,
+    started: std::time::Instant,
+}
+
+impl Drop for Ticker<'_> {
+    fn drop(&mut self) {
+        tracing::debug!(
+            phase = self.phase.as_str(),
+            done = self.done.load(Ordering::Relaxed),
+            ms = self.started.elapsed().as_millis() as u64,
+            "gc phase ended"
+        );
+    }
 }
 
 impl<'a> Ticker<'a> {
     fn new(opts: &'a GcOptions, phase: GcPhase, total: u64) -> Ticker<'a> {
+        tracing::debug!(phase = phase.as_str(), total, "gc phase");
         let t = Ticker {
             progress: opts.progress.as_ref(),
             phase,
             done: AtomicU64::new(0),
             total,
+            started: std::time::Instant::now(),
         };
         t.report(0);
         t

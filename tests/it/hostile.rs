@@ -606,3 +606,41 @@ fn a_read_only_home_serves_the_commands_that_only_read() {
         remount("rw");
     });
 }
+
+/// `PRODIGY_LOG` turns on diagnostic logging on stderr (a lock wait shows); off, nothing is
+/// logged; a filter that does not parse is a usage error.
+#[test]
+fn prodigy_log_shows_lock_waits_and_a_bad_filter_is_refused() {
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        b"{\"event_type\":\"x\"}\n",
+    );
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(env.home().join("events/api/j/lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let run = |log: Option<&str>| {
+        let mut cmd = env.cmd();
+        cmd.env("PRODIGY_LOCK_TIMEOUT", "200ms");
+        if let Some(log) = log {
+            cmd.env("PRODIGY_LOG", log);
+        }
+        cmd.args(["events", "append", "--job", "j", "--repo", "api"])
+            .write_stdin("{\"event_type\":\"x\"}\n")
+            .output()
+            .unwrap()
+    };
+    let out = run(Some("prodigy=debug"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lock busy, waiting"), "{stderr}");
+    let out = run(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("DEBUG"), "{stderr}");
+    drop(lock);
+    let out = run(Some("[[["));
+    let stderr = assert_one_line_error(&out, 2);
+    assert!(stderr.contains("PRODIGY_LOG"), "{stderr}");
+}
