@@ -184,7 +184,7 @@ pub(super) fn run_step(
         if out.success() && !no_commit {
             let output = step
                 .keep_output
-                .then(|| text.clone().unwrap_or_default().to_owned());
+                .then(|| text.as_deref().unwrap_or_default().to_owned());
             match captured {
                 None => {
                     return Ok(StepOk {

@@ -327,24 +327,37 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
         Var::WorkflowName => vars.workflow_name.to_owned(),
         Var::JobId => vars.job_id.to_owned(),
         Var::Captured(name) => return Ok(vars.captured.and_then(|c| c.get(name)).cloned()),
-        Var::CapturedField(name, path) => {
-            let Some(raw) = vars.captured.and_then(|c| c.get(name)) else {
-                return Ok(None);
-            };
-            let json: Value = serde_json::from_str(raw)
-                .map_err(|e| format!("${{{name}}} does not hold JSON: {e}"))?;
-            let mut cur = &json;
-            for key in path {
-                cur = match cur {
-                    Value::Object(m) => m.get(key),
-                    Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
-                    _ => None,
-                }
-                .ok_or_else(|| format!("${{{name}.{}}}: no field {key:?}", path.join(".")))?;
+        Var::CapturedField(name, path) => match captured_field(name, path, vars)? {
+            None => return Ok(None),
+            Some(Ok(found)) => text(&found),
+            Some(Err(key)) => {
+                return Err(format!("${{{name}.{}}}: no field {key:?}", path.join(".")));
             }
-            text(cur)
-        }
+        },
     }))
+}
+
+/// The field `path` of the JSON capture `name`: `None` when the capture is not made yet,
+/// `Some(Err(key))` naming the first key it lacks; an error when it does not hold JSON.
+fn captured_field<'p>(
+    name: &str,
+    path: &'p [String],
+    vars: &Vars<'_>,
+) -> Result<Option<Result<Value, &'p str>>, String> {
+    let Some(raw) = vars.captured.and_then(|c| c.get(name)) else {
+        return Ok(None);
+    };
+    let json: Value =
+        serde_json::from_str(raw).map_err(|e| format!("${{{name}}} does not hold JSON: {e}"))?;
+    let found = path.iter().try_fold(&json, |cur, key| {
+        match cur {
+            Value::Object(m) => m.get(key),
+            Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        }
+        .ok_or(key.as_str())
+    });
+    Ok(Some(found.cloned()))
 }
 
 /// What `${whole}` refers to: one of our variables with its default and whether it is
@@ -608,21 +621,10 @@ fn typed(v: &Var, vars: &Vars<'_>) -> Result<Option<Value>, String> {
         Var::MapTotal => Value::from(vars.total),
         Var::MapSuccessful => Value::from(vars.successful),
         Var::MapFailed => Value::from(vars.failed),
-        Var::CapturedField(name, path) => {
-            let Some(raw) = vars.captured.and_then(|c| c.get(name)) else {
-                return Ok(None);
-            };
-            let json: Value = serde_json::from_str(raw)
-                .map_err(|e| format!("${{{name}}} does not hold JSON: {e}"))?;
-            path.iter()
-                .try_fold(&json, |cur, key| match cur {
-                    Value::Object(m) => m.get(key),
-                    Value::Array(a) => key.parse::<usize>().ok().and_then(|i| a.get(i)),
-                    _ => None,
-                })
-                .cloned()
-                .unwrap_or(Value::Null)
-        }
+        Var::CapturedField(name, path) => match captured_field(name, path, vars)? {
+            None => return Ok(None),
+            Some(found) => found.unwrap_or(Value::Null),
+        },
         _ => return Ok(value(v, vars)?.map(Value::String)),
     }))
 }

@@ -61,8 +61,9 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, record: EventRecord, number: usize) -> Result<(), String> {
+        // Serialized once: the line stored, and for full records what a repeat is told by.
+        let json = serde_json::to_vec(&record).map_err(|e| format!("record {}: {e}", record.id))?;
         if record.writer != self.writer {
-            let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
             let hash = blake3::hash(&json);
             match self.given.entry((record.writer.clone(), record.seq)) {
                 Entry::Occupied(first) if first.get().0 == hash => {
@@ -91,7 +92,9 @@ impl Builder {
             self.batches.push(Batch::new());
         }
         let batch = self.batches.last_mut().ok_or("no batch")?;
-        batch.push(&record).map_err(|e| e.to_string())
+        batch
+            .push_encoded(&json, &record.info())
+            .map_err(|e| e.to_string())
     }
 
     fn line(&mut self, value: Value) -> Result<EventRecord, String> {
