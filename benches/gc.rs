@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use prodigy::home::Home;
 use prodigy::lock::LockOptions;
-use prodigy::object::{ObjectId, ObjectStore, ObjectType};
-use prodigy::refs::{Expect, RefName, RefStore};
+use prodigy::store::object::{ObjectId, ObjectStore, ObjectType};
+use prodigy::store::refs::{Expect, RefName, RefStore};
 use support::{env_number, git, scratch_dir, time_cli};
 
 const EXE: &str = env!("CARGO_BIN_EXE_prodigy");

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use prodigy::home::Home;
 use prodigy::lock::LockOptions;
-use prodigy::refs::RefStore;
 use prodigy::state::{ItemResult, ItemStatus, JobSpec, JobStateManager, Phase, item_key};
+use prodigy::store::refs::RefStore;
 use serde_json::Value;
 use support::{env_number, git, median, scratch_dir};
 

@@ -5,7 +5,7 @@
 //! the format, never user data, so a 64-hex string inside an event or an item is not
 //! mistaken for a link.
 
-use crate::object::{Object, ObjectId, ObjectType};
+use crate::store::object::{Object, ObjectId, ObjectType};
 
 /// The objects `object` names: each stored format declares its own links next to its
 /// type ([`crate::events::LogNode::links`], [`crate::dlq::links`],

@@ -20,8 +20,8 @@ use crate::events::record::now_timestamp;
 use crate::fsutil::FsError;
 use crate::lock::{LockError, LockOptions};
 use crate::names::{self, NameError};
-use crate::object::{ObjectError, ObjectId, ObjectType};
-use crate::refs::{Expect, Holder, RefError, RefKind, RefName, RefStore, Taken};
+use crate::store::object::{ObjectError, ObjectId, ObjectType};
+use crate::store::refs::{Expect, Holder, RefError, RefKind, RefName, RefStore, Taken};
 
 /// Checkpoints walked at most to load a job (then a full checkpoint is written), or a
 /// quarter of the results in the last full checkpoint when that is more (so a full
@@ -445,7 +445,7 @@ pub struct ImportedCheckpoint {
 
 /// A held run lock: one process runs (or resumes, or retries) a job at a time (see
 /// [`RefStore::job_lock`]).
-pub type RunLock = crate::refs::JobLock;
+pub type RunLock = crate::store::refs::JobLock;
 
 /// Reads and writes the checkpoints of one repository's jobs.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::home::{HOME_ENV, Home, HomeError};
 use crate::names::{self, NameError};
-use crate::refs::RefKind;
 use crate::repo::{self, RepoError};
+use crate::store::refs::RefKind;
 
 /// The environment variable that keeps the store in `<repo>/.prodigy` (deprecated).
 pub const LOCAL_STORAGE_ENV: &str = "PRODIGY_USE_LOCAL_STORAGE";
@@ -143,7 +143,7 @@ pub fn default_home() -> Result<Home, StorageError> {
 pub fn attach_store(home: Home, flag: Option<String>) -> Result<Home, StorageError> {
     let chosen = match flag {
         Some(url) => Some(url),
-        None => match std::env::var(crate::remote::STORE_ENV) {
+        None => match std::env::var(crate::store::STORE_ENV) {
             Ok(url) => Some(url),
             Err(_) => crate::config::store_setting(&home)?,
         },

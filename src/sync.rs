@@ -13,9 +13,9 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use crate::object::{ObjectError, ObjectId, ObjectType};
 use crate::par;
-use crate::refs::{RefError, RefKind, RefName, RefStore};
+use crate::store::object::{ObjectError, ObjectId, ObjectType};
+use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 
 /// Objects read or checked at once.
 const THREADS: usize = 16;

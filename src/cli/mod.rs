@@ -18,7 +18,7 @@ pub use output::{Diag, Exit, UsageError};
 
 use crate::home::Home;
 use crate::lock::LockOptions;
-use crate::refs::RefStore;
+use crate::store::refs::RefStore;
 
 /// prodigy keeps the runtime data of MapReduce workflows (event logs, dead-letter queues,
 /// job checkpoints) in one global, content-addressed store shared by every git worktree.

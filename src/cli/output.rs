@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 
-use crate::object::ObjectError;
+use crate::store::object::ObjectError;
 
 /// The exit codes: 0 success, 1 failure, 2 usage error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,9 +147,9 @@ pub fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<&'static str
         crate::events::EventError,
         crate::dlq::DlqError,
         crate::dlq::filter::FilterError,
-        crate::refs::RefError,
-        crate::object::ObjectError,
-        crate::remote::RemoteError,
+        crate::store::refs::RefError,
+        crate::store::object::ObjectError,
+        crate::store::RemoteError,
         crate::lock::LockError,
         crate::fsutil::FsError,
         crate::repo::RepoError,
@@ -349,7 +349,7 @@ mod hint_tests {
             job: "j".into(),
         });
         assert!(hint_of(&no_job).unwrap().contains("`prodigy jobs` lists"));
-        let held = crate::refs::RefError::Lock(crate::lock::LockError::Timeout {
+        let held = crate::store::refs::RefError::Lock(crate::lock::LockError::Timeout {
             path: "/h/lock".into(),
             waited: std::time::Duration::from_secs(1),
         });

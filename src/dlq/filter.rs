@@ -808,7 +808,7 @@ mod tests {
 
     fn summary() -> ItemSummary {
         ItemSummary {
-            object: crate::object::ObjectId::ZERO,
+            object: crate::store::object::ObjectId::ZERO,
             failure_count: 3,
             error_type: ErrorType::Timeout,
             first_attempt: "2026-01-01T00:00:00.000000Z".into(),

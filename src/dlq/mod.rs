@@ -19,8 +19,8 @@ pub use filter::{FilterError, ItemFilter};
 
 use crate::events::record::now_timestamp;
 use crate::lock::LockOptions;
-use crate::object::{ObjectError, ObjectId, ObjectType};
-use crate::refs::{RefError, RefKind, RefName, RefStore};
+use crate::store::object::{ObjectError, ObjectId, ObjectType};
+use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 
 /// Failures after which an item is no longer eligible for automatic reprocessing.
 pub const MAX_REPROCESS_FAILURES: u32 = 5;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::record::{EventRecord, RecordInfo};
-use crate::object::{ObjectError, ObjectId, ObjectStore, ObjectType};
-use crate::refs::{RefError, RefKind, RefName, RefStore};
+use crate::store::object::{ObjectError, ObjectId, ObjectStore, ObjectType};
+use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 
 /// Failures of the event log.
 #[derive(Debug, thiserror::Error)]

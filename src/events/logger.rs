@@ -23,8 +23,8 @@ use super::record::{
 use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::lock::WriteGuard;
-use crate::object::ObjectId;
-use crate::refs::RefStore;
+use crate::store::object::ObjectId;
+use crate::store::refs::RefStore;
 
 /// How many sealed batches may wait for the flusher before `log` blocks.
 pub const MAX_SEALED: usize = 4;

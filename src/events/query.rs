@@ -3,7 +3,7 @@
 
 use super::log::{EventError, EventLog, LogNode};
 use super::record::{EventRecord, format_timestamp};
-use crate::object::ObjectId;
+use crate::store::object::ObjectId;
 
 /// Which records to keep. An empty filter keeps everything.
 #[derive(Debug, Clone, Default)]

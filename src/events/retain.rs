@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::log::{Batch, EventError, EventLog, LogNode, Summary, WriterSet};
 use super::record::{EventRecord, format_timestamp};
 pub use crate::config::{Retention, parse_size};
-use crate::object::{ObjectId, ObjectType};
-use crate::refs::{RefKind, RefName};
+use crate::store::object::{ObjectId, ObjectType};
+use crate::store::refs::{RefKind, RefName};
 
 /// What a clean did (or, with `dry_run`, would do) to one job's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime};
 use crate::fsutil::{self, FsError, IoContext};
 use crate::home::Home;
 use crate::names;
-use crate::object::{ObjectError, ObjectId, ObjectStore};
-use crate::refs::{RefError, RefKind, RefName, RefStore};
 use crate::repo::{self, RepoError};
+use crate::store::bucket::Collection;
+use crate::store::object::{ObjectError, ObjectId, ObjectStore};
+use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 
-mod remote;
+mod bucket;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -85,9 +86,6 @@ pub enum FsckError {
     /// The repo records could not be listed.
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// The remote store could not be listed or read.
-    #[error(transparent)]
-    Remote(#[from] crate::remote::RemoteError),
 }
 
 impl crate::hint::Hint for FsckError {
@@ -97,7 +95,6 @@ impl crate::hint::Hint for FsckError {
             FsckError::Object(e) => e.hint(),
             FsckError::Ref(e) => e.hint(),
             FsckError::Repo(e) => e.hint(),
-            FsckError::Remote(e) => e.hint(),
         }
     }
 }
@@ -174,7 +171,7 @@ impl Checker<'_> {
     fn checked(
         &mut self,
         id: ObjectId,
-        result: Result<crate::object::Object, String>,
+        result: Result<crate::store::object::Object, String>,
         path: &Path,
         context: &str,
     ) {
@@ -223,7 +220,7 @@ impl Checker<'_> {
                     continue;
                 }
             }
-            let pack = match crate::pack::Pack::open(&path) {
+            let pack = match crate::store::pack::Pack::open(&path) {
                 Ok(p) => p,
                 Err(e) => {
                     self.find(Severity::Error, &path, format!("corrupt pack index: {e}"));
@@ -250,7 +247,7 @@ impl Checker<'_> {
                     .frame(offset, len)
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| {
-                        crate::object::decode(&id, pack.pack_path(), &bytes)
+                        crate::store::object::decode(&id, pack.pack_path(), &bytes)
                             .map_err(|e| crate::error_line(&e))
                     });
                 let context = format!("object {id} at offset {offset}: ");
@@ -330,7 +327,7 @@ impl Checker<'_> {
             match file.as_str() {
                 "HEAD" | "lock" | "reflog" => {}
                 // A job's run lock (held by the process running it).
-                "run.lock" if name.kind() == crate::refs::RefKind::State => {}
+                "run.lock" if name.kind() == crate::store::refs::RefKind::State => {}
                 _ if file.ends_with(".tmp") => self.temp(&path),
                 _ => self.find(
                     Severity::Warning,
@@ -375,7 +372,7 @@ impl Checker<'_> {
         &mut self,
         name: &RefName,
         log_path: &Path,
-        log: &crate::refs::Reflog,
+        log: &crate::store::refs::Reflog,
         head: Option<ObjectId>,
     ) {
         let lines = log.entries.len() + log.bad_lines.len();
@@ -478,8 +475,8 @@ impl Checker<'_> {
 
 /// Checks the whole store of `home`.
 pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
-    if let Some(remote) = refs.objects().remote()? {
-        return remote::fsck(home, refs, remote);
+    if let Collection::Bucket(keys) = Collection::of(refs)? {
+        return bucket::fsck(home, refs, &keys);
     }
     let mut checker = Checker {
         home,

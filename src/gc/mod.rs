@@ -1,6 +1,6 @@
 //! Garbage collection (DESIGN.md §10): expire old reflog entries, mark everything
 //! reachable from refs and reflogs, sweep unreachable loose objects older than a grace
-//! period, remove stale temp files, and pack the reachable loose objects (`crate::pack`),
+//! period, remove stale temp files, and pack the reachable loose objects (`crate::store::pack`),
 //! merging packs once they pile up.
 //!
 //! gc holds the home's gc lock exclusively (`lock::gc_guard`) for its whole run; writers
@@ -28,12 +28,13 @@ use serde::Serialize;
 use crate::fsutil::{self, FsError};
 use crate::home::Home;
 use crate::lock::{self, LockError, LockOptions};
-use crate::object::{ObjectError, ObjectId, ObjectStore};
-use crate::pack::{Entry, Pack};
 use crate::par;
-use crate::refs::{RefError, RefKind, RefStore};
+use crate::store::bucket::Collection;
+use crate::store::object::{ObjectError, ObjectId, ObjectStore};
+use crate::store::pack::{Entry, Pack};
+use crate::store::refs::{RefError, RefKind, RefStore};
 
-mod remote;
+mod bucket;
 
 /// Failures of gc.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,6 @@ pub enum GcError {
     /// Removing files.
     #[error(transparent)]
     Fs(#[from] FsError),
-    /// The remote store failed.
-    #[error(transparent)]
-    Remote(#[from] crate::remote::RemoteError),
     /// A reachable object that cannot be read: nothing was removed.
     #[error("reachable object {id} cannot be read, so gc removed nothing (run `prodigy fsck`)")]
     Unreadable {
@@ -71,7 +69,6 @@ impl crate::hint::Hint for GcError {
             GcError::Ref(e) => e.hint(),
             GcError::Object(e) => e.hint(),
             GcError::Fs(e) => e.hint(),
-            GcError::Remote(e) => e.hint(),
             GcError::Unreadable { .. } => None,
         }
     }
@@ -181,6 +178,10 @@ pub struct GcReport {
     pub packs: u64,
     /// True when nothing was changed.
     pub dry_run: bool,
+    /// True when the objects were packed in place (a home's files; a bucket is never
+    /// packed).
+    #[serde(skip)]
+    pub repacked: bool,
 }
 
 /// Packs are merged into one once there are this many.
@@ -266,8 +267,8 @@ pub fn gc(
     lock_opts: &LockOptions,
     opts: GcOptions,
 ) -> Result<GcReport, GcError> {
-    if let Some(remote) = refs.objects().remote()? {
-        return remote::gc(refs, remote, &opts);
+    if let Collection::Bucket(keys) = Collection::of(refs)? {
+        return bucket::gc(refs, &keys, &opts);
     }
     // A dry run on a read-only home takes no lock: it changes nothing, and nothing can
     // change the home under it through this mount.
@@ -379,6 +380,7 @@ pub fn gc(
         &mut report,
     )?;
     fsutil::sync_filesystem(home.root())?;
+    report.repacked = true;
     report.packs = store.packs(true).len() as u64;
     report.bytes_after = dir_bytes(&store.pack_dir()) + kept_bytes;
     Ok(report)
@@ -411,7 +413,7 @@ fn roots(
                 report.reflog_expired += expired as u64;
                 log
             }
-            None => crate::refs::read_reflog(&dir.join("reflog"))?,
+            None => crate::store::refs::read_reflog(&dir.join("reflog"))?,
         };
         for e in log.entries {
             roots.extend([e.old, e.new].into_iter().filter(|id| !id.is_zero()));
@@ -433,7 +435,9 @@ fn list_fanout(store: &ObjectStore) -> Result<Vec<PathBuf>, GcError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if crate::object::is_fanout_name(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if crate::store::object::is_fanout_name(&name)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
             out.push(entry.path());
         }
     }
@@ -538,7 +542,7 @@ fn scan_file(file: std::io::Result<File>, id: &ObjectId, path: &Path, ino: u64) 
         Ok((meta, buf)) => (
             disk_bytes(&meta),
             meta.modified().unwrap_or(UNIX_EPOCH),
-            crate::object::decode(id, path, &buf).map(|object| (buf, object)),
+            crate::store::object::decode(id, path, &buf).map(|object| (buf, object)),
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
@@ -636,7 +640,7 @@ fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)>
             let frame = lo.checked_add(len as usize).and_then(|hi| buf.get(lo..hi));
             let decoded = match (&read, frame) {
                 (Ok(()), Some(frame)) => {
-                    crate::object::decode_packed(&id, pack.pack_path(), offset, frame)
+                    crate::store::object::decode_packed(&id, pack.pack_path(), offset, frame)
                 }
                 (Err(e), _) => Err(FsError::new(
                     "read pack",
@@ -754,7 +758,7 @@ fn pack(
     if !objects.is_empty() {
         let ticker = Ticker::new(opts, GcPhase::Pack, objects.len() as u64);
         let frames = objects.into_iter().inspect(|_| ticker.add(1));
-        written = Some(crate::pack::write(
+        written = Some(crate::store::pack::write(
             &store.pack_dir(),
             &store.pack_tmp_dir(),
             frames,

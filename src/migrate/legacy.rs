@@ -944,7 +944,7 @@ pub fn checkpoint(bytes: &[u8], reason: &str) -> Result<LegacyCheckpoint, (Reaso
         version,
         created: updated,
         reason: reason.to_owned(),
-        spec: crate::object::ObjectId::ZERO,
+        spec: crate::store::object::ObjectId::ZERO,
         items: None,
         phase,
         setup_done: 0,

@@ -22,9 +22,9 @@ use crate::events::{Batch, EventError, EventLog};
 use crate::fsutil::{FsError, IoContext};
 use crate::home::Home;
 use crate::names;
-use crate::object::{ObjectId, ObjectType};
-use crate::refs::{RefError, RefKind, RefName, RefStore};
 use crate::state::{ImportedCheckpoint, JobSpec, JobStateManager, StateError};
+use crate::store::object::{ObjectId, ObjectType};
+use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 use legacy::{JobFrom, LegacyEvent, LegacyFile, Line, Tree};
 
 /// Records per imported batch object.

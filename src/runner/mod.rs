@@ -44,13 +44,13 @@ use crate::fsutil::{self, FsError, IoContext};
 use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::names::{self, NameError};
-use crate::object::ObjectId;
-use crate::refs::RefStore;
 use crate::repo::{self, RepoError};
 use crate::state::{
     AgentState, Counters, ItemResult, ItemStatus, JobSpec, JobState, JobStateManager, Phase,
     StateError, item_key,
 };
+use crate::store::object::ObjectId;
+use crate::store::refs::RefStore;
 use crate::workflow::template::Vars;
 use crate::workflow::{OnItemFailure, Plan, WorkflowError, input};
 use agent::{run_agent, run_step};

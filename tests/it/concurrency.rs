@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use prodigy::object::ObjectId;
+use prodigy::store::object::ObjectId;
 
 use crate::common::Env;
 use crate::worker;

@@ -107,3 +107,29 @@ fn no_import_circle_among_the_modules() {
         edges.len()
     );
 }
+
+/// Nothing outside `src/store/` names the S3 client or the bucket's key layout: every
+/// other layer reaches the store through its objects, refs and bucket view.
+#[test]
+fn only_the_store_knows_the_backends() {
+    let mut code = BTreeMap::new();
+    modules(Path::new("src"), &mut code);
+    let mut offenders = Vec::new();
+    for (module, text) in &code {
+        if module == "store" || module.starts_with("store::") {
+            continue;
+        }
+        for path in paths(text, "crate::store::") {
+            if ["s3", "keys"].contains(&path.split("::").next().unwrap_or_default()) {
+                offenders.push(format!("{module} names crate::store::{path}"));
+            }
+        }
+        for word in ["object_store::", "Remote::", "s3::Remote"] {
+            if text.contains(word) {
+                offenders.push(format!("{module} names {word}"));
+            }
+        }
+    }
+    assert!(code.contains_key("store::s3"), "the scan sees the store");
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use prodigy::object::{self, ObjectId, ObjectType};
+use prodigy::store::object::{self, ObjectId, ObjectType};
 
 fn any_type() -> impl Strategy<Value = ObjectType> {
     prop::sample::select(ObjectType::ALL.to_vec())

@@ -3,7 +3,7 @@
 use anyhow::Context;
 
 use crate::cli::{Ctx, Exit, UsageError};
-use crate::object::ObjectError;
+use crate::store::object::ObjectError;
 
 /// Show an object's type (-t), payload size (-s) or payload (-p), or exit 0/1 for
 /// whether it exists and is valid (-e). Every read is verified: a corrupt object is an

@@ -89,7 +89,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         report.reflog_expired,
         report.kept_young
     )?;
-    if !report.dry_run && ctx.home.store().is_none() {
+    if report.repacked {
         writeln!(
             ctx.out,
             "packed {} objects; {} packs; {} bytes -> {} bytes",

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::cli::{Ctx, Exit, UsageError};
-use crate::object::{self, ObjectId, ObjectType};
+use crate::store::object::{self, ObjectId, ObjectType};
 
 /// Most objects one durability barrier covers before ids are printed.
 const MAX_BATCH: usize = 65_536;

@@ -6,9 +6,9 @@ use serde_json::{Value, json};
 
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
-use crate::object::ObjectId;
-use crate::refs::RefKind;
 use crate::state::{Checkpoint, JobStateManager};
+use crate::store::object::ObjectId;
+use crate::store::refs::RefKind;
 
 /// List the jobs of this repository (or of every repository) with their phase, item counts
 /// and times, from their newest checkpoints.

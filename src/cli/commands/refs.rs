@@ -5,8 +5,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::anyhow;
 
 use crate::cli::{Ctx, Exit};
-use crate::object::{ObjectId, ObjectStore};
-use crate::refs::{Expect, RefName};
+use crate::store::object::{ObjectId, ObjectStore};
+use crate::store::refs::{Expect, RefName};
 
 /// Read and change refs. A ref is named <kind>/<repo>/<job>, kind one of events, dlq,
 /// state, archive; it holds the id of the newest object of that job.

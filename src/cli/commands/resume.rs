@@ -2,8 +2,8 @@
 
 use crate::cli::commands::{RepoArg, progress};
 use crate::cli::{Ctx, Exit, UsageError};
-use crate::object::ObjectId;
 use crate::state::JobStateManager;
+use crate::store::object::ObjectId;
 
 /// Finish an interrupted job from its newest checkpoint.
 ///

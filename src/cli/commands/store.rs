@@ -4,7 +4,7 @@
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::lock::LockOptions;
-use crate::refs::RefStore;
+use crate::store::refs::RefStore;
 use crate::sync::{self, RefOutcome};
 
 /// The two directions.

@@ -11,7 +11,7 @@ pub mod stats;
 
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::dlq::DeadLetterQueue;
-use crate::refs::RefKind;
+use crate::store::refs::RefKind;
 
 /// Dead-lettered items: the work items whose agents failed past their retries, with their
 /// whole failure history.

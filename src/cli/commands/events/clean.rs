@@ -4,7 +4,7 @@ use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit, UsageError};
 use crate::config::Config;
 use crate::events::retain::{Retention, parse_size};
-use crate::refs::RefKind;
+use crate::store::refs::RefKind;
 
 /// Keep the newest events of jobs' logs within a policy — exactly — and remove the rest,
 /// or move it to the job's archive log (`events show JOB --archived` reads it).

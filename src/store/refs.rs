@@ -3,6 +3,9 @@
 //!
 //! Readers take no lock: `HEAD` is only ever replaced by rename, so it is always a whole
 //! old or new value.
+//!
+//! In an S3 store a ref is a key moved by a conditional put on its ETag, each reflog entry
+//! a key of its own ([`super::keys`]), and a job's run lock a lease ([`super::s3::lease`]).
 
 use std::fmt;
 use std::fs;
@@ -11,12 +14,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::keys;
+use super::object::{ObjectError, ObjectId, ObjectStore};
+use super::s3::{Outcome, Put, Remote, RemoteError, Version};
 use crate::fsutil::{self, FsError, IoContext};
 use crate::home::Home;
 use crate::lock::{self, LockError, LockMode, LockOptions};
 use crate::names::{self, NameError};
-use crate::object::{ObjectError, ObjectId, ObjectStore};
-use crate::remote::{Outcome, Put, Remote, RemoteError, Version};
 
 /// The kinds of refs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -294,7 +298,7 @@ pub struct JobLock {
 enum Held {
     /// Held while kept: dropping it releases the lock.
     File(#[allow(dead_code)] crate::lock::LockGuard),
-    Lease(crate::remote::lease::Lease),
+    Lease(crate::store::s3::lease::Lease),
 }
 
 impl JobLock {
@@ -386,9 +390,9 @@ impl RefStore {
     /// (the kernel releases it when the process dies), a lease at `leases/<repo>/<job>` on
     /// a remote store (renewed while held, free once it expires).
     pub fn job_lock(&self, name: &RefName, grace: std::time::Duration) -> Result<Taken, RefError> {
-        if let Some(remote) = self.objects.remote()? {
-            use crate::remote::lease::{self, Acquired};
-            let key = format!("leases/{}/{}", name.repo(), name.job());
+        if let Some(remote) = self.objects.s3()? {
+            use crate::store::s3::lease::{self, Acquired};
+            let key = keys::lease(name.repo(), name.job());
             return Ok(
                 match lease::acquire(remote, &key, &self.host, lease::ttl_from_env(), grace)? {
                     Acquired::Held(lease) => Taken::Held(JobLock {
@@ -438,7 +442,7 @@ impl RefStore {
 
     /// Reads a ref without locking; `None` when it does not exist.
     pub fn read(&self, name: &RefName) -> Result<Option<ObjectId>, RefError> {
-        if let Some(remote) = self.objects.remote()? {
+        if let Some(remote) = self.objects.s3()? {
             return Ok(self.read_remote(remote, name)?.0);
         }
         let path = self.head_path(name);
@@ -541,7 +545,7 @@ impl RefStore {
     where
         F: FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
     {
-        if let Some(remote) = self.objects.remote()? {
+        if let Some(remote) = self.objects.s3()? {
             return self.transact_remote(remote, name, message, &mut decide);
         }
         let dir = name.dir(&self.home);
@@ -629,7 +633,7 @@ impl RefStore {
         remote: &Remote,
         name: &RefName,
     ) -> Result<(Option<ObjectId>, Option<Version>), RefError> {
-        let key = remote_ref_key(name);
+        let key = keys::ref_key(name);
         let Some((bytes, version)) = remote.get(&key)? else {
             return Ok((None, None));
         };
@@ -657,7 +661,7 @@ impl RefStore {
         decide: &mut dyn FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
     ) -> Result<(Option<ObjectId>, Option<ObjectId>), RefError> {
         remote.check_conditional()?;
-        let key = remote_ref_key(name);
+        let key = keys::ref_key(name);
         let mut pause = Duration::from_millis(5);
         let mut tried: Option<(Option<ObjectId>, Option<ObjectId>)> = None;
         for attempt in 1..=REMOTE_ATTEMPTS {
@@ -693,7 +697,7 @@ impl RefStore {
                     if attempt == REMOTE_ATTEMPTS {
                         break;
                     }
-                    let jitter = u64::from_str_radix(&crate::remote::rand_suffix()[..4], 16)
+                    let jitter = u64::from_str_radix(&crate::store::s3::rand_suffix()[..4], 16)
                         .unwrap_or(0)
                         % (pause.as_millis() as u64 + 1);
                     std::thread::sleep(pause + Duration::from_millis(jitter));
@@ -717,16 +721,7 @@ impl RefStore {
         message: &str,
     ) -> Result<(), RefError> {
         let entry = self.reflog_entry(old, new, message);
-        // Time first, so a listing is in order; the ids' first digits keep two updates in
-        // one millisecond apart (the entry holds them whole). Short, as some servers keep a
-        // key's metadata in a file named after the key.
-        let key = format!(
-            "{}/{:013}-{}-{}",
-            remote_log_dir(name),
-            entry.unix_ms,
-            &entry.old.to_string()[..12],
-            &entry.new.to_string()[..12]
-        );
+        let key = keys::log_entry(name, entry.unix_ms, &entry.old, &entry.new);
         remote.put(
             &key,
             format!("{}\n", entry.to_line()).into_bytes(),
@@ -743,7 +738,7 @@ impl RefStore {
         name: &RefName,
     ) -> Result<(Reflog, Vec<String>), RefError> {
         let keys: Vec<String> = remote
-            .list(&format!("{}/", remote_log_dir(name)))?
+            .list(&format!("{}/", keys::log_dir(name)))?
             .into_iter()
             .map(|l| l.key)
             .collect();
@@ -805,17 +800,15 @@ impl RefStore {
         Ok((log, expired))
     }
 
-    /// [`Self::expire_reflog`] for a ref of a remote store: the entry keys older than
+    /// [`Self::expire_reflog`] for a ref of a bucket: the entry keys older than
     /// `cutoff_ms` are deleted.
-    pub fn expire_remote_reflog(
+    pub(super) fn expire_bucket_reflog(
         &self,
+        remote: &Remote,
         name: &RefName,
         cutoff_ms: u64,
         dry_run: bool,
     ) -> Result<(Reflog, usize), RefError> {
-        let Some(remote) = self.objects.remote()? else {
-            return self.expire_reflog(&name.dir(&self.home), cutoff_ms, dry_run);
-        };
         let (mut log, keys) = self.log_remote_read(remote, name)?;
         let mut doomed = Vec::new();
         let mut kept = Vec::new();
@@ -833,19 +826,12 @@ impl RefStore {
         Ok((log, doomed.len()))
     }
 
-    /// Every ref name with a reflog in a remote store (deleted refs too).
-    pub fn remote_logged_names(&self) -> Result<Vec<RefName>, RefError> {
-        let Some(remote) = self.objects.remote()? else {
-            return Ok(Vec::new());
-        };
+    /// Every ref name with a reflog in a bucket (deleted refs too).
+    pub(super) fn bucket_logged_names(&self, remote: &Remote) -> Result<Vec<RefName>, RefError> {
         let mut names: Vec<RefName> = remote
-            .list("logs/")?
+            .list(keys::LOGS)?
             .into_iter()
-            .filter_map(|l| {
-                let rest = l.key.strip_prefix("logs/")?;
-                let (name, _) = rest.rsplit_once('/')?;
-                name.parse().ok()
-            })
+            .filter_map(|l| keys::parse_log_entry(&l.key)?.parse().ok())
             .collect();
         names.dedup();
         Ok(names)
@@ -853,7 +839,7 @@ impl RefStore {
 
     /// Reads a ref's reflog, oldest first. A missing reflog is empty.
     pub fn log(&self, name: &RefName) -> Result<Reflog, RefError> {
-        if let Some(remote) = self.objects.remote()? {
+        if let Some(remote) = self.objects.s3()? {
             return Ok(self.log_remote_read(remote, name)?.0);
         }
         read_reflog(&self.reflog_path(name))
@@ -873,25 +859,20 @@ impl RefStore {
             .unwrap_or_default();
         let matches = |level: usize, name: &str| wanted.get(level).is_none_or(|w| *w == name);
         let mut out = Vec::new();
-        if let Some(remote) = self.objects.remote()? {
-            let dir = match wanted.first() {
-                Some(kind) => format!("refs/{kind}/"),
-                None => "refs/".to_owned(),
-            };
+        if let Some(remote) = self.objects.s3()? {
             let mut names = Vec::new();
-            for listed in remote.list(&dir)? {
-                let Some(rest) = listed.key.strip_prefix("refs/") else {
+            for listed in remote.list(&keys::refs_of(wanted.first().copied()))? {
+                let Some(rest) = keys::parse_ref(&listed.key) else {
                     continue;
                 };
-                let parts: Vec<&str> = rest.split('/').collect();
-                if parts.len() != 3 || !parts.iter().enumerate().all(|(l, p)| matches(l, p)) {
+                if !rest.split('/').enumerate().all(|(l, p)| matches(l, p)) {
                     continue;
                 }
                 if let Ok(name) = rest.parse::<RefName>() {
                     names.push(name);
                 }
             }
-            let keys: Vec<String> = names.iter().map(remote_ref_key).collect();
+            let keys: Vec<String> = names.iter().map(keys::ref_key).collect();
             for ((name, key), body) in names.into_iter().zip(&keys).zip(remote.get_many(&keys)?) {
                 let Some(body) = body.filter(|b| !b.is_empty()) else {
                     continue;
@@ -934,16 +915,6 @@ impl RefStore {
 
 /// How many times a remote ref update is tried before it gives up as contended.
 pub const REMOTE_ATTEMPTS: u32 = 64;
-
-/// The key of a ref in a remote store.
-pub fn remote_ref_key(name: &RefName) -> String {
-    format!("refs/{name}")
-}
-
-/// The key prefix of a ref's reflog entries in a remote store.
-pub fn remote_log_dir(name: &RefName) -> String {
-    format!("logs/{name}")
-}
 
 fn check_expect(name: &RefName, expect: Expect, old: Option<ObjectId>) -> Result<(), RefError> {
     let show = |v: Option<ObjectId>| v.map_or_else(|| "no ref".to_owned(), |id| id.to_string());
@@ -1024,7 +995,7 @@ fn list_dir_names(dir: &Path) -> Result<Vec<String>, RefError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::ObjectType;
+    use crate::store::object::ObjectType;
 
     fn stores() -> (tempfile::TempDir, RefStore) {
         let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,9 @@
 //! Every read is verified: the frame must be exactly one zstd frame, must not expand past
 //! the size it declares (nor past [`MAX_OBJECT_SIZE`]), and must hash to its name. Nothing
 //! corrupt is ever returned as data.
+//!
+//! In an S3 store the same frames are keys ([`super::keys::object`]) and the home's
+//! `cache/objects/` holds verified copies of what was read or written.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -15,12 +18,13 @@ use std::sync::{Arc, Mutex};
 
 use zstd::zstd_safe::{CParameter, DParameter};
 
+use super::id::header;
+use super::keys;
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
-use crate::id::header;
-pub use crate::id::{IdError, ObjectId, ObjectType};
-use crate::pack::Pack;
-use crate::remote::{Remote, RemoteError};
+pub use crate::store::id::{IdError, ObjectId, ObjectType};
+use crate::store::pack::Pack;
+use crate::store::s3::{Remote, RemoteError};
 
 /// The largest payload an object may have (1 GiB). A frame declaring more is refused before
 /// anything is allocated.
@@ -376,7 +380,7 @@ fn parse_header(canonical: &[u8]) -> Result<(ObjectType, usize), String> {
 /// Loose object files `(id, path)` sorted by id, and the other files found among them.
 pub type LooseListing = (Vec<(ObjectId, PathBuf)>, Vec<PathBuf>);
 
-/// The object store of a home: loose objects, and packs (`crate::pack`) read
+/// The object store of a home: loose objects, and packs (`crate::store::pack`) read
 /// transparently.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
@@ -384,9 +388,22 @@ pub struct ObjectStore {
     objects: PathBuf,
     tmp: PathBuf,
     packs: Arc<Mutex<Option<Vec<Arc<Pack>>>>>,
-    /// The remote store, when the home names one: objects live there and `objects` is
-    /// only a cache of them.
-    remote: Option<Result<Arc<Remote>, RemoteError>>,
+    /// Where the objects live, chosen when the store opens.
+    backend: Backend,
+}
+
+/// Where a store's objects (and refs) live: a closed choice, made once when the store
+/// opens from the home's store address.
+#[derive(Debug, Clone)]
+pub(super) enum Backend {
+    /// Loose files and packs in the home; refs are files moved under a flock.
+    Files,
+    /// An S3 store: objects are keys (the home's objects directory is their cache), refs
+    /// move by conditional puts, run locks are leases.
+    S3(Arc<Remote>),
+    /// An S3 store that cannot be used (a bad address, or a build without S3): every
+    /// operation fails with this error, so nothing is ever written to the home instead.
+    Unusable(RemoteError),
 }
 
 impl ObjectStore {
@@ -398,31 +415,28 @@ impl ObjectStore {
                 objects: home.objects_dir(),
                 tmp: home.objects_tmp_dir(),
                 packs: Arc::new(Mutex::new(None)),
-                remote: None,
+                backend: Backend::Files,
             },
             Some(url) => ObjectStore {
                 home: home.root().to_path_buf(),
                 objects: home.cache_dir(),
                 tmp: home.cache_dir().join("tmp"),
                 packs: Arc::new(Mutex::new(None)),
-                remote: Some(crate::remote::shared(url)),
+                backend: match crate::store::s3::shared(url) {
+                    Ok(remote) => Backend::S3(remote),
+                    Err(e) => Backend::Unusable(e),
+                },
             },
         }
     }
 
-    /// The remote store, when the objects live in one.
-    pub fn remote(&self) -> Result<Option<&Arc<Remote>>, ObjectError> {
-        match &self.remote {
-            None => Ok(None),
-            Some(Ok(remote)) => Ok(Some(remote)),
-            Some(Err(e)) => Err(e.clone().into()),
+    /// The S3 client, when the objects live in an S3 store.
+    pub(super) fn s3(&self) -> Result<Option<&Arc<Remote>>, RemoteError> {
+        match &self.backend {
+            Backend::Files => Ok(None),
+            Backend::S3(remote) => Ok(Some(remote)),
+            Backend::Unusable(e) => Err(e.clone()),
         }
-    }
-
-    /// The key of an object in a remote store.
-    pub fn remote_key(id: &ObjectId) -> String {
-        let hex = id.to_string();
-        format!("objects/{}/{}", &hex[..2], &hex[2..])
     }
 
     /// Keeps a verified frame in the cache (no fsync: a torn cache file fails its check
@@ -439,7 +453,7 @@ impl ObjectStore {
 
     /// Fetches an object from the remote store, verifies it and caches it.
     fn fetch(&self, remote: &Remote, id: &ObjectId) -> Result<Object, ObjectError> {
-        let key = Self::remote_key(id);
+        let key = keys::object(id);
         let Some((bytes, _)) = remote.get(&key)? else {
             return Err(ObjectError::NotFound { id: *id });
         };
@@ -452,14 +466,14 @@ impl ObjectStore {
     /// True when each read pays a round trip (a remote store): a caller with many reads
     /// ahead gathers them for [`Self::prefetch`]; locally that would only read twice.
     pub fn wants_prefetch(&self) -> bool {
-        matches!(self.remote(), Ok(Some(_)))
+        matches!(self.s3(), Ok(Some(_)))
     }
 
     /// Fetches the objects of a remote store that the cache lacks, many at once, verifying
     /// each; a no-op for a local store. Best effort: an object that cannot be fetched is
     /// left for the read that follows to report.
     pub fn prefetch(&self, ids: &[ObjectId]) {
-        let Ok(Some(remote)) = self.remote() else {
+        let Ok(Some(remote)) = self.s3() else {
             return;
         };
         let wanted: Vec<ObjectId> = ids
@@ -467,7 +481,7 @@ impl ObjectStore {
             .filter(|id| !self.path(id).is_file())
             .copied()
             .collect();
-        let keys: Vec<String> = wanted.iter().map(Self::remote_key).collect();
+        let keys: Vec<String> = wanted.iter().map(keys::object).collect();
         let Ok(bodies) = remote.get_many(&keys) else {
             return;
         };
@@ -495,9 +509,9 @@ impl ObjectStore {
         let frame = compress(&id, kind, payload)?;
         remote.check_conditional()?;
         remote.put(
-            &Self::remote_key(&id),
+            &keys::object(&id),
             frame.clone(),
-            crate::remote::Put::Create,
+            crate::store::s3::Put::Create,
         )?;
         remote.confirm(*id.as_bytes());
         self.cache(&id, &frame);
@@ -545,11 +559,11 @@ impl ObjectStore {
 
     /// True when a regular file is stored under `id` (not verified; see [`Self::read`]).
     pub fn contains(&self, id: &ObjectId) -> Result<bool, ObjectError> {
-        if let Some(remote) = self.remote()? {
+        if let Some(remote) = self.s3()? {
             if remote.is_confirmed(id.as_bytes()) {
                 return Ok(true);
             }
-            let found = remote.exists(&Self::remote_key(id))?;
+            let found = remote.exists(&keys::object(id))?;
             if found {
                 remote.confirm(*id.as_bytes());
             }
@@ -639,7 +653,7 @@ impl ObjectStore {
     /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
     /// returns its id. An object that is already stored is not written again.
     pub fn write(&self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
-        if let Some(remote) = self.remote()? {
+        if let Some(remote) = self.s3()? {
             return self.write_remote(remote, kind, payload);
         }
         let id = ObjectId::hash(kind, payload);
@@ -673,7 +687,7 @@ impl ObjectStore {
     /// Reads and verifies an object, loose or packed (a good packed copy beats a damaged
     /// loose one).
     pub fn read(&self, id: &ObjectId) -> Result<Object, ObjectError> {
-        if let Some(remote) = self.remote()? {
+        if let Some(remote) = self.s3()? {
             return match self.read_loose(id) {
                 Ok(object) => Ok(object),
                 Err(ObjectError::NotFound { .. } | ObjectError::Corrupt { .. }) => {
@@ -742,8 +756,8 @@ impl ObjectStore {
         let dir = self.objects.join(&lower[..2]);
         let rest = &lower[2..];
         let mut candidates = Vec::new();
-        if let Some(remote) = self.remote()? {
-            for listed in remote.list(&format!("objects/{}/", &lower[..2]))? {
+        if let Some(remote) = self.s3()? {
+            for listed in remote.list(&keys::objects_in(&lower[..2]))? {
                 let name = listed.key.rsplit('/').next().unwrap_or_default();
                 if name.len() == 62
                     && name.starts_with(rest)
@@ -843,7 +857,7 @@ impl ObjectBatch<'_> {
     /// Adds an object; returns its id (valid only once [`Self::commit`] has returned).
     pub fn add(&mut self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
         let id = ObjectId::hash(kind, payload);
-        if let Some(remote) = self.store.remote()? {
+        if let Some(remote) = self.store.s3()? {
             if self.seen.insert(id) && !remote.is_confirmed(id.as_bytes()) {
                 self.uploads.push((id, compress(&id, kind, payload)?));
             }
@@ -884,11 +898,11 @@ impl ObjectBatch<'_> {
     /// Makes every added object durable: barrier, renames, barrier (for a remote store:
     /// every upload, many at once).
     pub fn commit(mut self) -> Result<(), ObjectError> {
-        if let Some(remote) = self.store.remote()? {
+        if let Some(remote) = self.store.s3()? {
             let uploads = std::mem::take(&mut self.uploads);
             let keys = uploads
                 .iter()
-                .map(|(id, frame)| (ObjectStore::remote_key(id), frame.clone()))
+                .map(|(id, frame)| (keys::object(id), frame.clone()))
                 .collect();
             remote.create_many(keys)?;
             for (id, frame) in uploads {

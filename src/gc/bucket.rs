@@ -1,4 +1,4 @@
-//! gc of a remote store: the same rules as the local one without the packing. Reflog
+//! gc of a bucket ([`crate::store::bucket`]): the same rules as the local one without the packing. Reflog
 //! entries past the expiry are deleted; the roots are every ref and every surviving
 //! reflog entry; marking walks their links (reading through the local cache, many objects
 //! at once); unreachable object keys older than the grace period (by the server's
@@ -10,21 +10,20 @@
 //! period is what protects an object written but not yet named by a ref.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{GcError, GcOptions, GcPhase, GcReport, Ticker, reflog_cutoff};
-use crate::object::{ObjectError, ObjectId, ObjectStore};
 use crate::par;
-use crate::refs::RefStore;
-use crate::remote::Remote;
+use crate::store::bucket::Bucket;
+use crate::store::object::{ObjectError, ObjectId};
+use crate::store::refs::RefStore;
 
 /// Objects read at once while marking.
 const READERS: usize = 16;
 
 pub(super) fn gc(
     refs: &RefStore,
-    remote: &Arc<Remote>,
+    bucket: &Bucket<'_>,
     opts: &GcOptions,
 ) -> Result<GcReport, GcError> {
     let mut report = GcReport {
@@ -36,10 +35,10 @@ pub(super) fn gc(
     // Roots: refs, then reflogs (expired entries deleted first).
     let mut roots: Vec<ObjectId> = refs.list(None)?.into_iter().map(|(_, id)| id).collect();
     let cutoff = reflog_cutoff(opts);
-    for name in refs.remote_logged_names()? {
+    for name in bucket.logged()? {
         let log = match cutoff {
             Some(cutoff) => {
-                let (log, expired) = refs.expire_remote_reflog(&name, cutoff, opts.dry_run)?;
+                let (log, expired) = bucket.expire_reflog(&name, cutoff, opts.dry_run)?;
                 report.reflog_expired += expired as u64;
                 log
             }
@@ -51,17 +50,14 @@ pub(super) fn gc(
     }
 
     // Everything stored, after the roots were read.
-    let mut listed: HashMap<ObjectId, (String, u64, SystemTime)> = HashMap::new();
-    for l in remote.list("objects/")? {
-        let hex: String = l.key.trim_start_matches("objects/").replace('/', "");
-        if let Ok(id) = hex.parse::<ObjectId>()
-            && ObjectStore::remote_key(&id) == l.key
-        {
-            listed.insert(id, (l.key, l.size, l.modified));
+    let mut listed: HashMap<ObjectId, (u64, SystemTime)> = HashMap::new();
+    for stored in bucket.objects()? {
+        if let Some(id) = stored.id {
+            listed.insert(id, (stored.size, stored.modified));
         }
     }
     report.objects_before = listed.len() as u64;
-    report.bytes_before = listed.values().map(|(_, size, _)| size).sum();
+    report.bytes_before = listed.values().map(|(size, _)| size).sum();
 
     // Mark, a level of the graph at a time, many reads at once.
     let ticker = Ticker::new(opts, GcPhase::Scan, listed.len() as u64);
@@ -100,7 +96,7 @@ pub(super) fn gc(
     let now = SystemTime::now();
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default();
     let mut doomed = Vec::new();
-    for (id, (key, size, modified)) in listed {
+    for (id, (size, modified)) in listed {
         if marked.contains(&id) {
             continue;
         }
@@ -109,19 +105,15 @@ pub(super) fn gc(
         } else {
             report.pruned += 1;
             report.pruned_bytes += size;
-            doomed.push(key);
+            doomed.push(id);
         }
     }
-    for probe in remote.list("probe/")? {
-        if age(probe.modified) >= opts.prune.max(std::time::Duration::from_secs(60)) {
-            report.temp_removed += 1;
-            doomed.push(probe.key);
-        }
-    }
+    let probes = bucket.stale_probes(opts.prune.max(std::time::Duration::from_secs(60)))?;
+    report.temp_removed = probes.len() as u64;
     report.bytes_after = report.bytes_before - report.pruned_bytes;
     if !opts.dry_run {
         let ticker = Ticker::new(opts, GcPhase::Prune, doomed.len() as u64);
-        remote.delete_many(&doomed)?;
+        bucket.remove(&doomed, probes)?;
         ticker.add(doomed.len() as u64);
     }
     Ok(report)

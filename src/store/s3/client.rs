@@ -217,14 +217,14 @@ impl Remote {
             return known.as_ref().map_err(verdict).cloned();
         }
         {
-            let key = format!(
-                "probe/{}-{}-{}",
+            let key = crate::store::keys::probe(&format!(
+                "{}-{}-{}",
                 std::process::id(),
                 SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos()),
                 rand_suffix()
-            );
+            ));
             let outcome = (|| {
                 let first = self.put(&key, b"1".to_vec(), Put::Create)?;
                 let Outcome::Written(version) = first else {

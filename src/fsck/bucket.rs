@@ -1,25 +1,22 @@
-//! `fsck` of a remote store: every object key is fetched from the store itself (not the
+//! `fsck` of a bucket ([`crate::store::bucket`]): every object key is fetched from the store itself (not the
 //! cache) and verified, every ref and reflog entry must name a good object, and everything
 //! a ref reaches must be present and good. Findings name the `s3://` address.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{Checker, FsckError, FsckReport, Severity};
 use crate::home::Home;
-use crate::object::{ObjectId, ObjectStore, decode};
-use crate::refs::{RefError, RefName, RefStore, remote_log_dir, remote_ref_key};
-use crate::remote::Remote;
+use crate::store::bucket::Bucket;
+use crate::store::refs::{RefError, RefName, RefStore};
 
-/// How many object keys are fetched per round.
+/// How many objects are fetched per round.
 const CHUNK: usize = 256;
 
 pub(super) fn fsck(
     home: &Home,
     refs: &RefStore,
-    remote: &Arc<Remote>,
+    bucket: &Bucket<'_>,
 ) -> Result<FsckReport, FsckError> {
     let mut checker = Checker {
         home,
@@ -30,55 +27,44 @@ pub(super) fn fsck(
         heads: Vec::new(),
         now: SystemTime::now(),
     };
-    let address = |key: &str| PathBuf::from(remote.address(key));
 
     // Objects.
     let mut ids = Vec::new();
-    for listed in remote.list("objects/")? {
-        let hex: String = listed
-            .key
-            .strip_prefix("objects/")
-            .unwrap_or_default()
-            .replace('/', "");
-        match hex.parse::<ObjectId>() {
-            Ok(id) if ObjectStore::remote_key(&id) == listed.key => ids.push(id),
-            _ => checker.find(
+    for stored in bucket.objects()? {
+        match stored.id {
+            Some(id) => ids.push(id),
+            None => checker.find(
                 Severity::Warning,
-                &address(&listed.key),
+                &stored.address,
                 "not an object key (unexpected name)",
             ),
         }
     }
     for chunk in ids.chunks(CHUNK) {
-        let keys: Vec<String> = chunk.iter().map(ObjectStore::remote_key).collect();
-        for ((id, key), body) in chunk.iter().zip(&keys).zip(remote.get_many(&keys)?) {
-            let path = address(key);
-            let result = match body {
-                Some(bytes) => decode(id, &path, &bytes).map_err(|e| crate::error_line(&e)),
-                // Deleted since the listing (a gc running now).
-                None => continue,
-            };
-            checker.checked(*id, result, &path, "");
+        for (id, (path, read)) in chunk.iter().zip(bucket.fetch(chunk)?) {
+            // None: deleted since the listing (a gc running now).
+            if let Some(read) = read {
+                checker.checked(*id, read.map_err(|e| crate::error_line(&e)), &path, "");
+            }
         }
     }
 
     // Refs.
     let mut names = Vec::new();
-    for listed in remote.list("refs/")? {
-        let rest = listed.key.strip_prefix("refs/").unwrap_or_default();
-        match rest.parse::<RefName>() {
-            Ok(name) if rest.split('/').count() == 3 => names.push(name),
-            _ => checker.find(
+    for listed in bucket.refs()? {
+        match listed {
+            Ok(name) => names.push(name),
+            Err(address) => checker.find(
                 Severity::Error,
-                &address(&listed.key),
+                &address,
                 "not a valid ref key (refs/<kind>/<repo>/<job>)",
             ),
         }
     }
-    let mut logged: Vec<RefName> = refs.remote_logged_names()?;
+    let mut logged: Vec<RefName> = bucket.logged()?;
     logged.retain(|n| !names.contains(n));
     for name in names.iter().chain(&logged) {
-        let head_path = address(&remote_ref_key(name));
+        let head_path = bucket.ref_address(name);
         let head = match refs.read(name) {
             Ok(head) => head,
             Err(RefError::Corrupt { reason, .. }) => {
@@ -96,7 +82,7 @@ pub(super) fn fsck(
             checker.target(&head_path, &format!("ref {name}"), id);
             checker.heads.push((name.clone(), head_path.clone(), id));
         }
-        let log_path = address(&remote_log_dir(name));
+        let log_path = bucket.log_address(name);
         match refs.log(name) {
             Ok(log) => checker.check_log(name, &log_path, &log, head),
             Err(e) => checker.find(Severity::Error, &log_path, crate::error_line(&e)),

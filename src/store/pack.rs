@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, FsError, IoContext};
-use crate::id::ObjectId;
+use crate::store::id::ObjectId;
 
 const PACK_MAGIC: &[u8; 8] = b"PRODPACK";
 const IDX_MAGIC: &[u8; 8] = b"PRODIDX1";
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn an_entry_reaching_past_the_pack_is_refused_before_allocating() {
         let dir = tempfile::tempdir().unwrap();
-        let (id, frame) = crate::object::encode(crate::ObjectType::Blob, b"packed").unwrap();
+        let (id, frame) = crate::store::object::encode(crate::ObjectType::Blob, b"packed").unwrap();
         let idx_path = write(dir.path(), &dir.path().join("tmp"), [(id, frame.clone())]).unwrap();
         let mut idx = std::fs::read(&idx_path).unwrap();
         let at = (HEADER + 32 + 8) as usize;

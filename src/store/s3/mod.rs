@@ -1,14 +1,9 @@
 //! A store on S3-compatible object storage (`s3://bucket/prefix`): the client that
-//! [`crate::object::ObjectStore`] and [`crate::refs::RefStore`] use when a remote store is
-//! chosen, and the run lease ([`lease`]).
+//! [`crate::store::object::ObjectStore`] and [`crate::store::refs::RefStore`] use when an S3
+//! store is chosen (it moves bytes under keys and knows nothing of objects or refs), and
+//! the run lease ([`lease`]).
 //!
-//! The keys under the prefix mirror the home:
-//!
-//! - `objects/ab/cdef…`: an object's file, the same zstd frame as a loose object;
-//! - `refs/<kind>/<repo>/<job>`: a ref, `<64 hex>\n` (empty once deleted);
-//! - `logs/<kind>/<repo>/<job>/<unix ms>-<old:12>-<new:12>`: one reflog entry, its line;
-//! - `leases/<repo>/<job>`: the run lease of a job (JSON);
-//! - `probe/…`: short-lived keys of the conditional-write check.
+//! Where each thing lives under the prefix is [`crate::store::keys`].
 //!
 //! Objects are created with `If-None-Match: *` (an existing key is a no-op); refs and
 //! leases move with `If-Match: <etag>`. Before its first conditional write a process checks
