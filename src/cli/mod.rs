@@ -88,6 +88,8 @@ pub enum Command {
     Resume(commands::resume::Args),
     /// List jobs with their phase, item counts and times; `jobs show JOB` for one.
     Jobs(commands::jobs::Args),
+    /// Show the transcripts of a job's Claude calls, from the store.
+    Logs(commands::logs::Args),
     /// Verify every object, ref, reflog and repo record.
     Fsck(commands::fsck::Args),
     /// Remove unreachable objects older than a grace period, and stale temp files.

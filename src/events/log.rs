@@ -253,10 +253,15 @@ pub struct LogNode {
     /// it (idempotent appends do; a chain rewrite may keep it too high, never too low).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer_seq_max: Option<u64>,
+    /// The objects the batch's records attach (Claude transcripts), in record order: named
+    /// here so that whatever reaches the node reaches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<ObjectId>,
 }
 
 impl LogNode {
-    /// The objects a stored node names — its parent and its batch — read from its payload
+    /// The objects a stored node names — its parent, its batch and what its records
+    /// attach — read from its payload
     /// (the reachability walk of gc, fsck and sync asks here; a test checks that every id
     /// a node holds is one of these).
     pub fn links(payload: &[u8]) -> Vec<ObjectId> {
@@ -264,9 +269,16 @@ impl LogNode {
         struct Links {
             parent: Option<ObjectId>,
             batch: ObjectId,
+            #[serde(default)]
+            attached: Vec<ObjectId>,
         }
         match serde_json::from_slice::<Links>(payload) {
-            Ok(l) => l.parent.into_iter().chain([l.batch]).collect(),
+            Ok(l) => l
+                .parent
+                .into_iter()
+                .chain([l.batch])
+                .chain(l.attached)
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -351,6 +363,7 @@ pub struct Batch {
     writer: Option<String>,
     seq_first: u64,
     seq_last: u64,
+    attached: Vec<ObjectId>,
 }
 
 impl Batch {
@@ -396,6 +409,7 @@ impl Batch {
         if let Some(agent) = info.agent_id {
             bump(&mut self.agents, agent, 1);
         }
+        self.attached.extend(info.attachment);
         Ok(())
     }
 
@@ -413,6 +427,7 @@ impl Batch {
         for (agent, n) in &newer.agents {
             bump(&mut self.agents, agent, *n);
         }
+        self.attached.extend(newer.attached);
         self.seq_last = newer.seq_last;
     }
 
@@ -841,6 +856,15 @@ impl EventLog {
         }
         let mut parent = old;
         for (batch, batch_id) in batches.iter().zip(batch_ids) {
+            // A node never names a missing object: what a record attaches is stored first.
+            for id in &batch.attached {
+                if !self.objects().contains(id)? {
+                    return Err(EventError::BadRecord(format!(
+                        "a record's {} names object {id}, which is not stored",
+                        super::record::ATTACHMENT_FIELD
+                    )));
+                }
+            }
             total.merge(&batch.summary);
             depth += 1;
             let writer = batch.writer.clone().unwrap_or_default();
@@ -863,6 +887,7 @@ impl EventLog {
                 depth,
                 writers: writers.clone(),
                 writer_seq_max,
+                attached: batch.attached.clone(),
             };
             let json =
                 serde_json::to_vec(&node).map_err(|e| EventError::BadRecord(e.to_string()))?;
@@ -1067,6 +1092,7 @@ mod tests {
             depth: 1,
             writers: Some(writers),
             writer_seq_max: Some(1),
+            attached: vec![id(3), id(4)],
         };
         let json = serde_json::to_vec(&node).unwrap();
         let mut held = Vec::new();
@@ -1075,7 +1101,7 @@ mod tests {
         held.sort();
         declared.sort();
         assert_eq!(held, declared);
-        assert_eq!(declared.len(), 2);
+        assert_eq!(declared.len(), 4);
     }
 
     #[test]

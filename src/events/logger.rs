@@ -59,6 +59,7 @@ struct Info<'a> {
     event_type: &'a str,
     agent_id: Option<&'a str>,
     duration_ms: Option<u64>,
+    attachment: Option<crate::store::id::ObjectId>,
 }
 
 struct State {
@@ -206,6 +207,7 @@ impl EventLogger {
             event_type: event.event_type(),
             agent_id: event.agent_id(),
             duration_ms: event.duration_ms(),
+            attachment: event.attachment(),
         };
         self.shared.record(&event, info, None)
     }
@@ -222,6 +224,7 @@ impl EventLogger {
             event_type: event.event_type(),
             agent_id: event.agent_id().or(metadata.agent_id.as_deref()),
             duration_ms: event.duration_ms(),
+            attachment: event.attachment(),
         };
         self.shared.record(&event, info, Some(&metadata))
     }
@@ -241,6 +244,7 @@ impl EventLogger {
                 .and_then(Value::as_str)
                 .or(metadata.agent_id.as_deref()),
             duration_ms: event.get("duration_ms").and_then(Value::as_u64),
+            attachment: super::record::attachment_of(&event),
         };
         self.shared.record(&event, info, Some(&metadata))
     }
@@ -346,6 +350,7 @@ impl Shared {
             duration_ms: info.duration_ms,
             writer: &self.writer,
             seq,
+            attachment: info.attachment,
         };
         state.current.push_encoded(line, &info)?;
         state.next_seq += 1;

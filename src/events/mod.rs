@@ -1,6 +1,7 @@
 //! The event log (DESIGN.md §6): records, batches chained by `log` nodes, the logger, and
 //! queries over a job's log.
 
+pub mod calls;
 pub mod log;
 pub mod logger;
 pub mod query;

@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::store::id::ObjectId;
+
 /// The schema version written in every record's `v`.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -77,6 +79,20 @@ impl EventRecord {
     pub fn duration_ms(&self) -> Option<u64> {
         self.event.get("duration_ms").and_then(Value::as_u64)
     }
+
+    /// The object the event attaches (a call's transcript), which its log node names.
+    pub fn attachment(&self) -> Option<ObjectId> {
+        attachment_of(&self.event)
+    }
+}
+
+/// The field of an event that names an object the job keeps (a `claude_call_finished`'s
+/// transcript). Its log node lists it, so gc, fsck and push/pull reach it.
+pub const ATTACHMENT_FIELD: &str = "transcript";
+
+/// The object an event (as JSON) attaches, if any.
+pub fn attachment_of(event: &Value) -> Option<ObjectId> {
+    event.get(ATTACHMENT_FIELD)?.as_str()?.parse().ok()
 }
 
 /// The MapReduce events of the original tool, with its field names, plus `item_id` on every
@@ -242,6 +258,69 @@ pub enum MapReduceEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         json_log_location: Option<String>,
     },
+    /// Ours: a `claude:` step's call began (`step` is `<phase>/<n>`, with `/on_failure`
+    /// for a handler, `merge` for the merge fallback).
+    ClaudeCallStarted {
+        job_id: String,
+        agent_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item_id: Option<String>,
+        step: String,
+        command: String,
+        attempt: u32,
+    },
+    /// Ours: a call ended, with what its final `result` said and the transcript (the
+    /// stream as claude wrote it, an object the event's log node names).
+    ClaudeCallFinished {
+        job_id: String,
+        agent_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item_id: Option<String>,
+        step: String,
+        attempt: u32,
+        exit_code: i32,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        num_turns: Option<u64>,
+        is_error: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        #[serde(default)]
+        usage: ClaudeUsage,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_cost_usd: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        transcript: Option<ObjectId>,
+    },
+}
+
+/// The token usage a call's `result` reports (the Claude CLI's field names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaudeUsage {
+    /// Input tokens (not read from the cache).
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Input tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+}
+
+impl ClaudeUsage {
+    /// Adds another call's usage.
+    pub fn add(&mut self, other: &ClaudeUsage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+        self.cache_read_input_tokens += other.cache_read_input_tokens;
+    }
 }
 
 impl MapReduceEvent {
@@ -276,6 +355,8 @@ impl MapReduceEvent {
             ClaudeTokenUsage { .. } => 24,
             ClaudeSessionStarted { .. } => 25,
             ClaudeMessage { .. } => 26,
+            ClaudeCallStarted { .. } => 27,
+            ClaudeCallFinished { .. } => 28,
         };
         EVENT_TYPES[index]
     }
@@ -295,7 +376,9 @@ impl MapReduceEvent {
             | ClaudeToolInvoked { agent_id, .. }
             | ClaudeTokenUsage { agent_id, .. }
             | ClaudeSessionStarted { agent_id, .. }
-            | ClaudeMessage { agent_id, .. } => Some(agent_id),
+            | ClaudeMessage { agent_id, .. }
+            | ClaudeCallStarted { agent_id, .. }
+            | ClaudeCallFinished { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -304,7 +387,16 @@ impl MapReduceEvent {
     pub fn duration_ms(&self) -> Option<u64> {
         match self {
             MapReduceEvent::JobCompleted { duration_ms, .. }
-            | MapReduceEvent::AgentCompleted { duration_ms, .. } => Some(*duration_ms),
+            | MapReduceEvent::AgentCompleted { duration_ms, .. }
+            | MapReduceEvent::ClaudeCallFinished { duration_ms, .. } => Some(*duration_ms),
+            _ => None,
+        }
+    }
+
+    /// The object the event attaches (see [`ATTACHMENT_FIELD`]).
+    pub fn attachment(&self) -> Option<ObjectId> {
+        match self {
+            MapReduceEvent::ClaudeCallFinished { transcript, .. } => *transcript,
             _ => None,
         }
     }
@@ -381,6 +473,8 @@ pub struct RecordInfo<'a> {
     pub writer: &'a str,
     /// Its seq.
     pub seq: u64,
+    /// The object it attaches.
+    pub attachment: Option<ObjectId>,
 }
 
 impl EventRecord {
@@ -393,12 +487,13 @@ impl EventRecord {
             duration_ms: self.duration_ms(),
             writer: &self.writer,
             seq: self.seq,
+            attachment: self.attachment(),
         }
     }
 }
 
-/// Every event type name, in the original's order.
-pub const EVENT_TYPES: [&str; 27] = [
+/// Every event type name: the original's 27 in its order, then ours.
+pub const EVENT_TYPES: [&str; 29] = [
     "job_started",
     "job_completed",
     "job_failed",
@@ -426,6 +521,8 @@ pub const EVENT_TYPES: [&str; 27] = [
     "claude_token_usage",
     "claude_session_started",
     "claude_message",
+    "claude_call_started",
+    "claude_call_finished",
 ];
 
 /// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,

@@ -541,6 +541,7 @@ impl LegacyEvent {
             duration_ms: self.duration_ms,
             writer,
             seq,
+            attachment: None,
         })
     }
 }

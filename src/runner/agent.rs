@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::exec::{self, Executor, StepSpec};
+use super::claude::Called;
+use super::exec::{self, Executor, Program, StepSpec};
+pub(super) use super::site::Site;
 use super::{AgentCtx, Msg, StepFailure, agent_branch, agent_dir, git, open_log};
 use crate::dlq::Failure;
 use crate::events::record::{MapReduceEvent, now_timestamp};
 use crate::state::{AgentState, ItemResult, ItemStatus, JobSpec};
-use crate::workflow::PlanStep;
 use crate::workflow::template::Vars;
+use crate::workflow::{PlanStep, StepKind};
 
 /// The longest command `sh -c` is given: Linux refuses a single argument over 128 KiB
 /// (`MAX_ARG_STRLEN`) with a bare E2BIG.
@@ -60,6 +62,36 @@ fn detached_head(worktree: &Path) -> Option<String> {
     (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
 }
 
+/// Runs a step's or handler's command: `sh -c`, or a Claude call (whose output is its
+/// result text, always kept).
+fn launch(
+    exec: &Executor,
+    site: &Site<'_>,
+    kind: StepKind,
+    label: &str,
+    command: &str,
+    timeout: Option<Duration>,
+    capture: bool,
+) -> std::io::Result<Called> {
+    match kind {
+        StepKind::Shell => exec
+            .run(&StepSpec {
+                program: Program::Shell(command),
+                cwd: site.cwd,
+                env: site.env,
+                timeout,
+                capture: capture.then_some(exec::MAX_CAPTURE),
+                log: site.log,
+                lines: None,
+            })
+            .map(|outcome| Called {
+                outcome,
+                failure: None,
+            }),
+        StepKind::Claude => super::claude::call(exec, site, label, command, timeout),
+    }
+}
+
 /// What a step that did not fail the phase left: its capture (read by its format), its
 /// output when a later step reads `${last.output}`, and its exit code (non-zero only for a
 /// failure its `on_failure` forgave with `fail_workflow: false`).
@@ -68,6 +100,8 @@ pub(super) struct StepOk {
     captured: Option<String>,
     output: Option<String>,
     exit_code: i32,
+    /// A Claude step's result text: `${claude.output}` after it.
+    claude_output: Option<String>,
 }
 
 impl StepOk {
@@ -86,6 +120,9 @@ impl StepOk {
         captured.insert("shell.output".into(), shell_output.unwrap_or_default());
         captured.insert("last.output".into(), self.output.unwrap_or_default());
         captured.insert("last.exit_code".into(), self.exit_code.to_string());
+        if let Some(text) = self.claude_output {
+            captured.insert("claude.output".into(), text);
+        }
         self.captured
     }
 }
@@ -93,13 +130,11 @@ impl StepOk {
 /// Runs one step, with its `on_failure` handler and retries.
 pub(super) fn run_step(
     exec: &Executor,
+    site: &Site<'_>,
     step: &PlanStep,
     vars: &Vars<'_>,
-    cwd: &Path,
-    env: &BTreeMap<String, String>,
-    log: &Arc<Mutex<File>>,
-    deadline: Option<Instant>,
 ) -> Result<StepOk, StepFailure> {
+    let (cwd, log, deadline) = (site.cwd, site.log, site.deadline);
     let fail = |message: String, exit_code, interrupted| StepFailure {
         line: step.line,
         message,
@@ -113,7 +148,10 @@ pub(super) fn run_step(
         write_log(log, &format!("# skipped (when: {})\n", when.text()));
         return Ok(StepOk::default());
     }
-    let command = step.shell.render(vars).map_err(|e| fail(e, None, false))?;
+    let command = step
+        .command
+        .render(vars)
+        .map_err(|e| fail(e, None, false))?;
     if command.len() > MAX_COMMAND {
         return Err(fail(
             format!(
@@ -127,6 +165,8 @@ pub(super) fn run_step(
             false,
         ));
     }
+    let label = format!("{}/{}", site.phase, step.number);
+    let claude = step.kind == StepKind::Claude;
     let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
     let mut last = None;
     for attempt in 1..=attempts {
@@ -138,32 +178,31 @@ pub(super) fn run_step(
                 false,
             ));
         }
+        let key = if claude { "claude: " } else { "" };
         match &step.name {
-            Some(name) => write_log(log, &format!("$ {command}   # {name}\n")),
-            None => write_log(log, &format!("$ {command}\n")),
+            Some(name) => write_log(log, &format!("$ {key}{command}   # {name}\n")),
+            None => write_log(log, &format!("$ {key}{command}\n")),
         }
         // `commit_required`: the commit the worktree is at before the step.
         let before = step.commit_required.then(|| super::git::head(cwd).ok());
-        let out = exec
-            .run(&StepSpec {
-                command: &command,
-                cwd,
-                env,
-                timeout,
-                capture: step.capture.is_some() || step.keep_output,
-                log,
-            })
-            .map_err(|e| fail(format!("cannot start sh: {e}"), None, false))?;
+        let keep = step.capture.is_some() || step.keep_output;
+        let called =
+            launch(exec, site, step.kind, &label, &command, timeout, keep).map_err(|e| {
+                let program = if claude { "claude" } else { "sh" };
+                fail(format!("cannot start {program}: {e}"), None, false)
+            })?;
+        let (out, why) = (called.outcome, called.failure);
         if out.interrupted {
             return Err(fail("interrupted".into(), None, true));
         }
-        let no_commit = out.success()
+        let succeeded = out.success() && why.is_none();
+        let no_commit = succeeded
             && before
                 .as_ref()
                 .is_some_and(|b| *b == super::git::head(cwd).ok());
         // The captured value, read by the step's capture_format.
         let over = out.stdout_bytes > super::exec::MAX_CAPTURE as u64;
-        let kept = (step.capture.is_some() || step.keep_output) && out.success();
+        let kept = (keep || claude) && succeeded;
         let text = match kept {
             // A capture is whole or an error, never silently cut.
             true if over => Err(format!(
@@ -181,14 +220,16 @@ pub(super) fn run_step(
             (None, Err(why)) if kept => Some(Err(format!("capture_output: {why}"))),
             _ => None,
         };
-        if out.success() && !no_commit {
+        if succeeded && !no_commit {
             let output = step
                 .keep_output
                 .then(|| text.as_deref().unwrap_or_default().to_owned());
+            let claude_output = claude.then(|| text.as_deref().unwrap_or_default().to_owned());
             match captured {
                 None => {
                     return Ok(StepOk {
                         output,
+                        claude_output,
                         ..StepOk::default()
                     });
                 }
@@ -197,6 +238,7 @@ pub(super) fn run_step(
                         captured: Some(value),
                         output,
                         exit_code: 0,
+                        claude_output,
                     });
                 }
                 Some(Err(_)) => {}
@@ -218,6 +260,8 @@ pub(super) fn run_step(
                     }
                 }
             )
+        } else if let Some(why) = why {
+            why
         } else {
             // One line for messages; the whole tail goes to the DLQ and the log.
             let last = super::last_line(&out.stderr_tail);
@@ -227,7 +271,8 @@ pub(super) fn run_step(
                 format!("exit code {}: {last}", out.exit_code)
             }
         };
-        last = Some((message, out.exit_code, out.stderr_tail.clone()));
+        let code = out.exit_code;
+        last = Some((message, code, out.stderr_tail.clone()));
         if let Some(h) = &step.on_failure {
             let mut captured = vars.captured.cloned().unwrap_or_default();
             captured.insert("shell.output".into(), out.stderr_tail.clone());
@@ -235,16 +280,22 @@ pub(super) fn run_step(
                 captured: Some(&captured),
                 ..*vars
             };
-            if let Ok(cmd) = h.shell.render(&hvars) {
-                write_log(log, &format!("$ {cmd}   # on_failure\n"));
-                let _ = exec.run(&StepSpec {
-                    command: &cmd,
-                    cwd,
-                    env,
-                    timeout: limit(h.timeout, deadline),
-                    capture: false,
-                    log,
-                });
+            if let Ok(cmd) = h.command.render(&hvars) {
+                let key = if h.kind == StepKind::Claude {
+                    "claude: "
+                } else {
+                    ""
+                };
+                write_log(log, &format!("$ {key}{cmd}   # on_failure\n"));
+                let _ = launch(
+                    exec,
+                    site,
+                    h.kind,
+                    &format!("{label}/on_failure"),
+                    &cmd,
+                    limit(h.timeout, deadline),
+                    false,
+                );
             }
             if exec.interrupted() {
                 return Err(fail("interrupted".into(), None, true));
@@ -255,14 +306,15 @@ pub(super) fn run_step(
                     Some(Ok(text)) => Some(text.to_owned()),
                     Some(Err(why)) => {
                         let detail = out.stderr_tail.clone();
-                        last = Some((format!("capture_output: {why}"), out.exit_code, detail));
+                        last = Some((format!("capture_output: {why}"), code, detail));
                         break;
                     }
                 };
                 return Ok(StepOk {
                     captured: None,
                     output,
-                    exit_code: out.exit_code,
+                    exit_code: code,
+                    claude_output: None,
                 });
             }
         }
@@ -418,6 +470,20 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             attempt,
         });
         let deadline = ctx.plan.agent_timeout.and_then(|t| started.checked_add(t));
+        let site = Site {
+            logger,
+            refs: &ctx.refs,
+            job_id: &job_id,
+            agent_id: &agent,
+            item_id: Some(&key),
+            phase: "map",
+            metadata: meta(&agent, &path),
+            attempt,
+            cwd: &path,
+            env: &env,
+            log: &log,
+            deadline,
+        };
         let mut captured = ctx.setup_captured.clone();
         let mut output = None;
         let mut error = None;
@@ -433,7 +499,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 captured: Some(&captured),
                 ..Vars::default()
             };
-            match run_step(&ctx.exec, step, &vars, &path, &env, &log, deadline) {
+            match run_step(&ctx.exec, &site, step, &vars) {
                 Ok(ok) => {
                     if let Some(value) = ok.record(step, &mut captured) {
                         // Whole: a capture is at most MAX_CAPTURE, more fails the step.

@@ -64,21 +64,51 @@ pub struct Executor {
     grace: Duration,
 }
 
+/// What a step runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Program<'a> {
+    /// `sh -c COMMAND`.
+    Shell(&'a str),
+    /// A program and its arguments, no shell between.
+    Exec(&'a Path, &'a [String]),
+}
+
+/// Called with each line of a step's standard output (without its newline) as it comes.
+pub type LineHook = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// One step to run.
-#[derive(Debug)]
 pub struct StepSpec<'a> {
-    /// The command.
-    pub command: &'a str,
+    /// What it runs.
+    pub program: Program<'a>,
     /// Its working directory.
     pub cwd: &'a Path,
     /// Extra environment.
     pub env: &'a BTreeMap<String, String>,
     /// Kill it after this long.
     pub timeout: Option<Duration>,
-    /// Keep its standard output.
-    pub capture: bool,
+    /// Keep its standard output, at most this many bytes.
+    pub capture: Option<usize>,
     /// Where its output goes.
     pub log: &'a Arc<Mutex<File>>,
+    /// Told of each line of standard output as it comes.
+    pub lines: Option<LineHook>,
+}
+
+impl StepSpec<'_> {
+    /// How the step's command reads in messages and the log.
+    pub fn shown(&self) -> String {
+        match self.program {
+            Program::Shell(command) => command.to_owned(),
+            Program::Exec(program, args) => {
+                let mut shown = program.display().to_string();
+                for a in args {
+                    shown.push(' ');
+                    shown.push_str(a);
+                }
+                shown
+            }
+        }
+    }
 }
 
 /// How a step ended.
@@ -184,14 +214,26 @@ impl Executor {
                     .arg("--");
                 c
             }
-            None => Command::new("sh"),
+            None => match step.program {
+                Program::Shell(_) => Command::new("sh"),
+                Program::Exec(program, _) => Command::new(program),
+            },
         };
-        if self.supervisor.is_some() {
-            cmd.arg("sh");
+        match step.program {
+            Program::Shell(command) => {
+                if self.supervisor.is_some() {
+                    cmd.arg("sh");
+                }
+                cmd.arg("-c").arg(command);
+            }
+            Program::Exec(program, args) => {
+                if self.supervisor.is_some() {
+                    cmd.arg(program);
+                }
+                cmd.args(args);
+            }
         }
-        cmd.arg("-c")
-            .arg(step.command)
-            .current_dir(step.cwd)
+        cmd.current_dir(step.cwd)
             .envs(step.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -225,16 +267,33 @@ impl Executor {
         if let Some(mut r) = stdout {
             let (log, kept, done) = (Arc::clone(step.log), Arc::clone(&kept), done_tx.clone());
             let seen = Arc::clone(&seen);
-            let capture = step.capture;
+            let capture = step.capture.unwrap_or(0);
+            let hook = step.lines.clone();
             std::thread::spawn(move || {
+                let mut partial = Vec::new();
                 pump(&mut r, &log, |chunk| {
                     seen.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                    if capture && kept.len() < MAX_CAPTURE {
-                        let room = MAX_CAPTURE - kept.len();
+                    if kept.len() < capture {
+                        let room = capture - kept.len();
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
+                    drop(kept);
+                    if let Some(hook) = &hook {
+                        partial.extend_from_slice(chunk);
+                        let mut start = 0;
+                        while let Some(n) = partial[start..].iter().position(|b| *b == b'\n') {
+                            hook(&partial[start..start + n]);
+                            start += n + 1;
+                        }
+                        partial.drain(..start);
+                    }
                 });
+                if let Some(hook) = &hook
+                    && !partial.is_empty()
+                {
+                    hook(&partial);
+                }
                 let _ = done.send(());
             });
         }
@@ -305,7 +364,7 @@ impl Executor {
             timed_out,
             interrupted,
             stdout,
-            stdout_bytes: if step.capture {
+            stdout_bytes: if step.capture.is_some() {
                 seen.load(std::sync::atomic::Ordering::Relaxed)
             } else {
                 0
@@ -318,7 +377,8 @@ impl Executor {
 
 /// E2BIG, explained: what is too big, and what to do instead.
 fn too_big(step: &StepSpec<'_>) -> std::io::Error {
-    let total: usize = step.command.len()
+    let command = step.shown().len();
+    let total: usize = command
         + step
             .env
             .iter()
@@ -328,7 +388,7 @@ fn too_big(step: &StepSpec<'_>) -> std::io::Error {
         .env
         .iter()
         .map(|(k, v)| (format!("the variable {k}"), k.len() + v.len() + 1))
-        .chain([("the command".to_owned(), step.command.len())])
+        .chain([("the command".to_owned(), command)])
         .max_by_key(|(_, len)| *len)
         .unwrap_or_default();
     std::io::Error::new(

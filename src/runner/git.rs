@@ -369,6 +369,11 @@ pub fn merge(
     })
 }
 
+/// True while a merge is under way in the worktree at `dir` (`MERGE_HEAD` exists).
+pub fn in_merge(dir: &Path) -> bool {
+    git(dir, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok()
+}
+
 /// The untracked files in the worktree at `dir` that git does not ignore (the ones a
 /// merge refuses to overwrite), relative to `dir`, as bytes of their names.
 pub fn untracked(dir: &Path) -> Result<BTreeSet<PathBuf>, GitError> {

@@ -295,7 +295,24 @@ impl Job {
                 ..Vars::default()
             };
             let worktree = self.state.spec.worktree.clone();
-            match run_step(&self.exec, step, &vars, &worktree, &env, &log, None) {
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("agent_id".into(), name.into());
+            metadata.insert("worktree".into(), worktree.display().to_string().into());
+            let site = Site {
+                logger: &self.logger,
+                refs: self.states.refs(),
+                job_id: &self.state.spec.id,
+                agent_id: name,
+                item_id: None,
+                phase: name,
+                metadata,
+                attempt: 1,
+                cwd: &worktree,
+                env: &env,
+                log: &log,
+                deadline: None,
+            };
+            match run_step(&self.exec, &site, step, &vars) {
                 Ok(ok) => {
                     ok.record(step, &mut captured);
                 }

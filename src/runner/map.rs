@@ -23,6 +23,7 @@ impl Job {
                 .unwrap_or_else(|| self.state.spec.base_commit.clone()),
             exec: self.exec.clone(),
             logger: Arc::clone(&self.logger),
+            refs: self.states.refs().clone(),
             items,
             keys,
             max_attempts,

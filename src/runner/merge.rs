@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// The variable that turns the Claude merge of a conflict off (`false`).
+pub const MERGE_ENV: &str = "PRODIGY_CLAUDE_MERGE";
+
+/// What the Claude merge of a conflict did.
+enum ClaudeMerge {
+    /// Not tried: the workflow has no Claude steps, or it is turned off.
+    Off,
+    /// The agent's commits are merged.
+    Merged,
+    /// It failed, for this reason.
+    Failed(String),
+}
+
 impl Job {
     /// Merges a done agent's commits into the job's worktree. A conflict makes the item
     /// failed (dead-lettered as `merge_conflict`, which needs a person); any other git
@@ -37,6 +50,17 @@ impl Job {
             if whole {
                 Pending::clear(&marker)?;
             }
+            let merged = match merged {
+                Err(e) if e.conflict => match self.claude_merge(key, &result, &last, &keep)? {
+                    ClaudeMerge::Off => Err(e),
+                    ClaudeMerge::Merged => Ok(()),
+                    ClaudeMerge::Failed(why) => Err(git::GitError {
+                        message: format!("{}; {why}", e.message),
+                        ..e
+                    }),
+                },
+                other => other,
+            };
             if let Err(e) = merged {
                 if !e.conflict {
                     return Err(e.into());
@@ -62,6 +86,85 @@ impl Job {
         })?;
         self.state.checkpoint.job_head = git::head(&worktree).ok();
         Ok(result)
+    }
+
+    /// A conflicting merge handed to `claude /prodigy-merge-worktree <branch>` in the job's
+    /// worktree, as the original does when the workflow has Claude steps (unless
+    /// `PRODIGY_CLAUDE_MERGE=false`). A failed one leaves the worktree as it was.
+    fn claude_merge(
+        &mut self,
+        key: &str,
+        result: &ItemResult,
+        last: &str,
+        keep: &std::collections::BTreeSet<PathBuf>,
+    ) -> Result<ClaudeMerge, RunError> {
+        let off = self
+            .state
+            .spec
+            .env
+            .get(MERGE_ENV)
+            .cloned()
+            .or_else(|| std::env::var(MERGE_ENV).ok());
+        if !self.plan.has_claude() || off.as_deref() == Some("false") {
+            return Ok(ClaudeMerge::Off);
+        }
+        let worktree = self.state.spec.worktree.clone();
+        let branch = agent_branch(&self.state.spec, result.index);
+        let log = self.open_log("merge.log")?;
+        let env = self.env();
+        let marker = pending_path(&self.state.spec);
+        Pending::Merge(keep.clone()).write(&marker)?;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("agent_id".into(), result.agent_id.clone().into());
+        metadata.insert("worktree".into(), worktree.display().to_string().into());
+        let site = Site {
+            logger: &self.logger,
+            refs: self.states.refs(),
+            job_id: &self.state.spec.id,
+            agent_id: &result.agent_id,
+            item_id: Some(key),
+            phase: "merge",
+            metadata,
+            attempt: 1,
+            cwd: &worktree,
+            env: &env,
+            log: &log,
+            deadline: None,
+        };
+        let command = format!("/prodigy-merge-worktree {branch}");
+        agent::write_log(&log, &format!("$ claude: {command}\n"));
+        let called = claude::call(&self.exec, &site, "merge", &command, None);
+        if self.exec.interrupted() {
+            return Err(self.interrupted());
+        }
+        let why = match called {
+            Err(e) => Some(format!("the Claude merge could not start: {e}")),
+            Ok(c) if c.outcome.interrupted => return Err(self.interrupted()),
+            Ok(c) => match c.failure {
+                Some(why) => Some(format!("the Claude merge failed: {why}")),
+                None if !c.outcome.success() => Some(format!(
+                    "the Claude merge failed: exit code {}",
+                    c.outcome.exit_code
+                )),
+                None if !git::is_merged(&worktree, last) => {
+                    Some("the Claude merge ended without merging the agent's commits".into())
+                }
+                None if git::in_merge(&worktree) => {
+                    Some("the Claude merge left the merge unfinished".into())
+                }
+                None => None,
+            },
+        };
+        if why.is_some() {
+            // Whatever it left half-done goes: the item is dead-lettered as a conflict.
+            let _ = git::git(&worktree, &["merge", "--abort"]);
+            git::restore(&worktree, keep)?;
+        }
+        Pending::clear(&marker)?;
+        Ok(match why {
+            None => ClaudeMerge::Merged,
+            Some(why) => ClaudeMerge::Failed(why),
+        })
     }
 
     /// The job's branch is not in this repository — typically a job resumed on another

@@ -14,6 +14,7 @@
 //! one step, `git` the git commands.
 
 mod agent;
+pub mod claude;
 pub mod exec;
 pub mod git;
 mod job;
@@ -22,6 +23,7 @@ mod merge;
 mod reduce;
 mod retry;
 mod setup;
+mod site;
 
 use merge::{Pending, pending_path};
 pub use retry::{RetryOptions, RetryOutcome, retry_dlq};
@@ -53,7 +55,7 @@ use crate::store::object::ObjectId;
 use crate::store::refs::RefStore;
 use crate::workflow::template::Vars;
 use crate::workflow::{OnItemFailure, Plan, WorkflowError, input};
-use agent::{run_agent, run_step};
+use agent::{Site, run_agent, run_step};
 use exec::{Executor, StepSpec};
 use git::GitError;
 
@@ -398,6 +400,7 @@ struct AgentCtx {
     map_base: String,
     exec: Executor,
     logger: Arc<EventLogger>,
+    refs: RefStore,
     items: Vec<Value>,
     keys: Vec<String>,
     max_attempts: u32,

@@ -26,12 +26,13 @@ impl Job {
                 let out = self
                     .exec
                     .run(&StepSpec {
-                        command: &cmd,
+                        program: exec::Program::Shell(&cmd),
                         cwd: &worktree,
                         env: &env,
                         timeout: None,
-                        capture: true,
+                        capture: Some(exec::MAX_CAPTURE),
                         log: &log,
+                        lines: None,
                     })
                     .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
                 if out.interrupted {

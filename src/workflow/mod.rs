@@ -188,12 +188,17 @@ pub struct TimeoutConfig {
     pub agent_timeout_secs: Option<Spanned<u64>>,
 }
 
-/// One step: a shell command.
+/// One step: a shell command or a Claude Code command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// The command, run with `sh -c` in the worktree.
-    pub shell: Spanned<String>,
+    #[serde(default)]
+    pub shell: Option<Spanned<String>>,
+    /// A Claude Code command (a slash command and its arguments, `/lint --fix`), given to
+    /// the `claude` CLI as one argument in the worktree.
+    #[serde(default)]
+    pub claude: Option<Spanned<String>>,
     /// A name for messages and the log.
     #[serde(default)]
     pub name: Option<String>,
@@ -241,7 +246,11 @@ pub enum Capture {
 pub struct OnFailure {
     /// A command run after the step fails (`${shell.output}` holds the failed step's
     /// output tail).
-    pub shell: Spanned<String>,
+    #[serde(default)]
+    pub shell: Option<Spanned<String>>,
+    /// A Claude Code command run after the step fails instead.
+    #[serde(default)]
+    pub claude: Option<Spanned<String>>,
     /// Run the failed step again after the handler, up to this many attempts in all
     /// (default 1: no retry).
     #[serde(default)]
@@ -298,11 +307,34 @@ pub enum OnItemFailure {
     Stop,
 }
 
+/// What runs a step's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// `sh -c` (the command's variables are quoted for where they stand).
+    Shell,
+    /// The `claude` CLI, the command one argument (variables pasted as they are).
+    Claude,
+}
+
+impl StepKind {
+    /// The key that names it (`shell`, `claude`).
+    pub fn key(self) -> &'static str {
+        match self {
+            StepKind::Shell => "shell",
+            StepKind::Claude => "claude",
+        }
+    }
+}
+
 /// A compiled step.
 #[derive(Debug, Clone)]
 pub struct PlanStep {
+    /// What runs it.
+    pub kind: StepKind,
     /// The command template.
-    pub shell: Template,
+    pub command: Template,
+    /// Its place in its phase, from 1.
+    pub number: usize,
     /// Its time limit.
     pub timeout: Option<Duration>,
     /// The capture variable (`shell.output` or a name).
@@ -377,8 +409,10 @@ impl CaptureFormat {
 /// A compiled `on_failure`.
 #[derive(Debug, Clone)]
 pub struct PlanHandler {
+    /// What runs it.
+    pub kind: StepKind,
     /// The handler's command.
-    pub shell: Template,
+    pub command: Template,
     /// Attempts of the failed step in all.
     pub max_attempts: u32,
     /// Whether a step that still fails fails the agent.
@@ -497,6 +531,20 @@ impl Plan {
         })
     }
 
+    /// True when a step or handler of any phase is a `claude:` one.
+    pub fn has_claude(&self) -> bool {
+        self.setup
+            .iter()
+            .chain(&self.agent)
+            .chain(&self.reduce)
+            .any(|s| {
+                s.kind == StepKind::Claude
+                    || s.on_failure
+                        .as_ref()
+                        .is_some_and(|h| h.kind == StepKind::Claude)
+            })
+    }
+
     /// The workflow's name.
     pub fn name(&self) -> &str {
         &self.workflow.name.value
@@ -511,11 +559,11 @@ impl Plan {
     pub fn item_paths(&self) -> Vec<(Vec<String>, u64)> {
         let mut out = Vec::new();
         for step in &self.agent {
-            for p in step.shell.item_paths() {
+            for p in step.command.item_paths() {
                 out.push((p, step.line));
             }
             if let Some(h) = &step.on_failure {
-                for p in h.shell.item_paths() {
+                for p in h.command.item_paths() {
                     out.push((p, step.line));
                 }
             }
@@ -737,16 +785,38 @@ impl Reader<'_> {
         for i in 1..out.len() {
             let next = &out[i];
             let reads = ["last.output", "shell.output"].iter().any(|v| {
-                next.shell.reads_captured(v)
+                next.command.reads_captured(v)
                     || next.when.as_ref().is_some_and(|w| w.reads_captured(v))
             });
             let handler = next
                 .on_failure
                 .as_ref()
-                .is_some_and(|h| h.shell.reads_captured("last.output"));
+                .is_some_and(|h| h.command.reads_captured("last.output"));
             out[i - 1].keep_output |= reads || handler;
         }
         Ok((out, named))
+    }
+
+    /// The command of a step or handler: exactly one of `shell:` and `claude:`.
+    fn command<'s>(
+        &self,
+        shell: Option<&'s Spanned<String>>,
+        claude: Option<&'s Spanned<String>>,
+        i: usize,
+        what: &str,
+    ) -> Result<(StepKind, &'s Spanned<String>), WorkflowError> {
+        match (shell, claude) {
+            (Some(s), None) => Ok((StepKind::Shell, s)),
+            (None, Some(c)) => Ok((StepKind::Claude, c)),
+            (Some(_), Some(c)) => Err(self.at(
+                c.referenced.line(),
+                format!("{what} {} has both shell: and claude: keep one", i + 1),
+            )),
+            (None, None) => Err(self.at(
+                0,
+                format!("{what} {} has neither shell: nor claude:", i + 1),
+            )),
+        }
     }
 
     /// One step, the `i`th of its phase; a capture it makes joins `named`.
@@ -758,7 +828,8 @@ impl Reader<'_> {
         named: &mut Captures,
         env: &BTreeMap<String, String>,
     ) -> Result<PlanStep, WorkflowError> {
-        let line = step.shell.referenced.line();
+        let (kind, text) = self.command(step.shell.as_ref(), step.claude.as_ref(), i, "step")?;
+        let line = text.referenced.line();
         // What a step can read: the names captured so far and, from the second
         // step on, the step before's `${last.output}`, `${last.exit_code}` and (as
         // in the original) `${shell.output}`.
@@ -777,7 +848,7 @@ impl Reader<'_> {
             json: &json_names,
             env,
         };
-        let shell = Template::compile(&step.shell.value, &ctx).map_err(|e| self.at(line, e))?;
+        let command = compile(kind, &text.value, &ctx).map_err(|e| self.at(line, e))?;
         let when = match &step.when {
             Some(w) => Some(
                 template::Condition::compile(&w.value, &ctx)
@@ -795,9 +866,12 @@ impl Reader<'_> {
                     json: &json_names,
                     env,
                 };
+                let (kind, text) =
+                    self.command(h.shell.as_ref(), h.claude.as_ref(), i, "on_failure of step")?;
                 Some(PlanHandler {
-                    shell: Template::compile(&h.shell.value, &hctx)
-                        .map_err(|e| self.at(h.shell.referenced.line(), e))?,
+                    kind,
+                    command: compile(kind, &text.value, &hctx)
+                        .map_err(|e| self.at(text.referenced.line(), e))?,
                     max_attempts: h.max_attempts.unwrap_or(1).max(1),
                     fail_workflow: h.fail_workflow.unwrap_or(true),
                     timeout: h.timeout.map(Duration::from_secs),
@@ -833,6 +907,10 @@ impl Reader<'_> {
         let capture = match &output {
             None | Some(Capture::Flag(false)) => None,
             Some(Capture::Flag(true)) => Some("shell.output".to_owned()),
+            // The original's spelling of the default names.
+            Some(Capture::Name(n)) if n == "shell.output" || n == "claude.output" => {
+                Some(n.clone())
+            }
             Some(Capture::Name(n)) => {
                 if !template::is_capture_name(n) {
                     return Err(self.at(
@@ -852,12 +930,21 @@ impl Reader<'_> {
                 "capture_format without capture: name the capture".into(),
             ));
         }
-        if let Some(c) = capture.as_ref().filter(|c| *c != "shell.output") {
+        if let Some(c) = capture
+            .as_ref()
+            .filter(|c| !["shell.output", "claude.output"].contains(&c.as_str()))
+        {
             named.retain(|(n, _)| n != c);
             named.push((c.clone(), capture_format == CaptureFormat::Json));
         }
+        // A claude: step's result is `${claude.output}` for the steps after it.
+        if kind == StepKind::Claude && !named.iter().any(|(n, _)| n == "claude.output") {
+            named.push(("claude.output".into(), false));
+        }
         Ok(PlanStep {
-            shell,
+            kind,
+            command,
+            number: i + 1,
             timeout: step.timeout.map(Duration::from_secs),
             capture,
             capture_format,
@@ -871,13 +958,22 @@ impl Reader<'_> {
     }
 }
 
+/// Compiles a step's command for what runs it: shell text is placed and quoted; a Claude
+/// command is one argument, its values pasted as they are.
+fn compile(kind: StepKind, text: &str, ctx: &template::Context<'_>) -> Result<Template, String> {
+    match kind {
+        StepKind::Shell => Template::compile(text, ctx),
+        StepKind::Claude => Template::compile_text(text, ctx),
+    }
+}
+
 /// `${env.X}` not in the workflow's env comes from the process's environment now, and is
 /// recorded with the job so that `resume` sees the same value.
 fn record_env<'s>(env: &mut BTreeMap<String, String>, steps: impl Iterator<Item = &'s PlanStep>) {
     for step in steps {
-        let handler = step.on_failure.as_ref().map(|h| &h.shell);
+        let handler = step.on_failure.as_ref().map(|h| &h.command);
         let from_when = step.when.iter().flat_map(|w| w.env_names());
-        let names = std::iter::once(&step.shell)
+        let names = std::iter::once(&step.command)
             .chain(handler)
             .flat_map(|t| t.env_names())
             .chain(from_when);
@@ -975,7 +1071,6 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
 fn instead(message: &str) -> Option<&'static str> {
     let key = message.strip_prefix("unknown field `")?.split('`').next()?;
     Some(match key {
-        "claude" => "this runner runs shell steps only: call your agent's CLI from a `shell:` step",
         "goal_seek" => {
             "write the loop in a `shell:` step, or retry it with `on_failure: {max_attempts: N}`"
         }
@@ -1079,9 +1174,10 @@ reduce:
         assert_eq!((plan.agent.len(), plan.reduce.len()), (2, 1));
         assert_eq!(plan.agent[1].line, 8);
         assert!(plan.json_path.is_some());
-        let e =
-            parse(&wrapped.replace("      - shell: echo two", "      - claude: /x")).unwrap_err();
-        assert!(e.starts_with("w.yml:8: unknown field `claude`"), "{e}");
+        let plan =
+            parse(&wrapped.replace("      - shell: echo two", "      - claude: /x")).unwrap();
+        assert_eq!(plan.agent[1].kind, StepKind::Claude);
+        assert_eq!(plan.agent[1].line, 8);
         let e = parse(&wrapped.replace(
             "    commands:\n      - shell: echo ${item}",
             "    command:\n      - shell: echo ${item}",
@@ -1095,16 +1191,25 @@ reduce:
 
     #[test]
     fn errors_name_the_line() {
-        let claude = OK.replace(
+        let both = OK.replace(
             "    - shell: echo ${shell.output}",
-            "    - claude: /fix ${item.name}",
+            "    - shell: echo ${shell.output}\n      claude: /fix ${item.name}",
         );
-        let e = parse(&claude).unwrap_err();
-        assert!(e.starts_with("w.yml:16: unknown field `claude`"), "{e}");
+        let e = parse(&both).unwrap_err();
         assert!(
-            e.contains("call your agent's CLI from a `shell:` step"),
+            e.starts_with("w.yml:17: step 2 has both shell: and claude: keep one"),
             "{e}"
         );
+        let neither = OK.replace("    - shell: echo ${shell.output}", "    - name: nothing");
+        let e = parse(&neither).unwrap_err();
+        assert_eq!(e, "w.yml: step 2 has neither shell: nor claude:");
+        // A claude command's variables are pasted as they are: it is one argument.
+        let claude = OK.replace(
+            "    - shell: echo ${shell.output}",
+            "    - claude: \"/fix --area '${item.name}' ${claude.nope}\"",
+        );
+        let e = parse(&claude).unwrap_err();
+        assert!(e.starts_with("w.yml:16: "), "{e}");
         // The original's other step kinds say what to use instead.
         for (key, hint) in [
             ("goal_seek", "on_failure: {max_attempts: N}"),

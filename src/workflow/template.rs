@@ -114,7 +114,7 @@ pub struct Vars<'a> {
     pub captured: Option<&'a BTreeMap<String, String>>,
 }
 
-const RESERVED: [&str; 10] = [
+const RESERVED: [&str; 11] = [
     "last",
     "item",
     "item_json",
@@ -125,6 +125,7 @@ const RESERVED: [&str; 10] = [
     "workflow",
     "job",
     "shell",
+    "claude",
 ];
 
 /// True for a name `capture_output` may use.
@@ -145,8 +146,45 @@ impl Template {
         Template::compile_for(text, ctx, super::shell::sh_has_ansi_c())
     }
 
+    /// Compiles `text` that is no shell command but one argument of a program (a Claude
+    /// command): every variable is checked against `ctx` and its value pasted as it is.
+    pub fn compile_text(text: &str, ctx: &Context<'_>) -> Result<Template, String> {
+        let mut parts = Template::parts(text, ctx)?;
+        for part in &mut parts {
+            if let Part::Var(_, _, u) = part {
+                u.slot = Slot::Raw;
+            }
+        }
+        Ok(Template { parts })
+    }
+
     /// [`Self::compile`] for a shell that does (`ansi_c`) or does not read `$'…'`.
     pub fn compile_for(text: &str, ctx: &Context<'_>, ansi_c: bool) -> Result<Template, String> {
+        let mut parts = Template::parts(text, ctx)?;
+        // Raw values are code the author pastes in: the scanner cannot know what they do,
+        // and skips them.
+        let pieces: Vec<Piece<'_>> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Lit(s) => Some(Piece::Lit(s)),
+                Part::Var(_, _, u) if u.slot == Slot::Raw => None,
+                Part::Var(..) => Some(Piece::Var),
+            })
+            .collect();
+        let mut slots = super::shell::place(&pieces, ansi_c)?.into_iter();
+        for part in &mut parts {
+            if let Part::Var(_, _, u) = part
+                && u.slot != Slot::Raw
+            {
+                u.slot = slots.next().ok_or("a variable was not placed")?;
+            }
+        }
+        Ok(Template { parts })
+    }
+
+    /// The literal text and variables of `text`, each variable checked against `ctx`;
+    /// `${x|raw}` is marked raw, every other variable a word until it is placed.
+    fn parts(text: &str, ctx: &Context<'_>) -> Result<Vec<Part>, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -183,25 +221,7 @@ impl Template {
         if !lit.is_empty() {
             parts.push(Part::Lit(lit));
         }
-        // Raw values are code the author pastes in: the scanner cannot know what they do,
-        // and skips them.
-        let pieces: Vec<Piece<'_>> = parts
-            .iter()
-            .filter_map(|p| match p {
-                Part::Lit(s) => Some(Piece::Lit(s)),
-                Part::Var(_, _, u) if u.slot == Slot::Raw => None,
-                Part::Var(..) => Some(Piece::Var),
-            })
-            .collect();
-        let mut slots = super::shell::place(&pieces, ansi_c)?.into_iter();
-        for part in &mut parts {
-            if let Part::Var(_, _, u) = part
-                && u.slot != Slot::Raw
-            {
-                u.slot = slots.next().ok_or("a variable was not placed")?;
-            }
-        }
-        Ok(Template { parts })
+        Ok(parts)
     }
 
     /// The item paths it reads.
@@ -492,7 +512,12 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
         ("shell", Some("output")) => Err(format!(
             "${{{name}}} is the output of the step before: a phase's first step has none"
         )),
-        ("env" | "workflow" | "job" | "shell", _) => Err(format!("unknown variable ${{{name}}}")),
+        ("claude", Some("output")) => Err(format!(
+            "${{{name}}} is the result of a claude: step before this one, and there is none"
+        )),
+        ("env" | "workflow" | "job" | "shell" | "claude", _) => {
+            Err(format!("unknown variable ${{{name}}}"))
+        }
         _ if head.starts_with("item") && head.len() > 4 => {
             Err(format!("unknown variable ${{{name}}}"))
         }

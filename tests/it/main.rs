@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real processes, a temp `PRODIGY_HOME` each.
 
+mod claude;
 mod common;
 mod concurrency;
 mod corruption;

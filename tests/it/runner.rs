@@ -750,8 +750,8 @@ fn bad_workflows_fail_before_any_agent_with_file_and_line() {
         ),
         ("too-big", &too_big),
         (
-            "claude",
-            "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - claude: /fix ${item}\n",
+            "shell-and-claude",
+            "name: x\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: echo\n      claude: /fix ${item}\n",
         ),
         (
             "missing-input",

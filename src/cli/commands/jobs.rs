@@ -193,6 +193,10 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         })
         .collect();
     row["checkpoints"] = json!(checkpoints);
+    let claude = claude_calls(ctx, &repo, &args.job)?;
+    if let Some(calls) = &claude {
+        row["claude"] = calls.totals_json();
+    }
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&row)?)?;
         return Ok(Exit::Success);
@@ -249,6 +253,9 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             a.worktree.display()
         )?;
     }
+    if let Some(calls) = &claude {
+        write_claude_totals(ctx.out, calls)?;
+    }
     writeln!(ctx.out, "checkpoints ({}):", history.len())?;
     for (id, c) in &history {
         writeln!(
@@ -264,4 +271,49 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(Exit::Success)
+}
+
+/// The Claude calls of a job, when its event log has any (read from the batches that hold
+/// them only).
+pub fn claude_calls(
+    ctx: &Ctx<'_>,
+    repo: &str,
+    job: &str,
+) -> anyhow::Result<Option<crate::events::calls::Calls>> {
+    let log = crate::events::EventLog::new(ctx.refs(), repo, job)?;
+    let Some((_, head)) = log.head()? else {
+        return Ok(None);
+    };
+    if !head.total.types.contains_key("claude_call_finished") {
+        return Ok(None);
+    }
+    Ok(Some(crate::events::calls::read(&log)?))
+}
+
+/// Tokens and cost of a job's Claude calls: the job's, then per agent and per step.
+pub fn write_claude_totals(
+    out: &mut (dyn std::io::Write + Send),
+    calls: &crate::events::calls::Calls,
+) -> std::io::Result<()> {
+    let line = |t: &crate::events::calls::Totals| {
+        format!(
+            "{} call{} ({} failed), {} in / {} out / {} cache-write / {} cache-read tokens, ${}",
+            t.calls,
+            if t.calls == 1 { "" } else { "s" },
+            t.failed,
+            t.usage.input_tokens,
+            t.usage.output_tokens,
+            t.usage.cache_creation_input_tokens,
+            t.usage.cache_read_input_tokens,
+            t.cost_usd()
+        )
+    };
+    writeln!(out, "claude:     {}", line(&calls.job))?;
+    for (agent, t) in &calls.agents {
+        writeln!(out, "  agent {agent:<14} {}", line(t))?;
+    }
+    for (step, t) in &calls.steps {
+        writeln!(out, "  step  {step:<14} {}", line(t))?;
+    }
+    Ok(())
 }

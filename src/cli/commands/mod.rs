@@ -8,6 +8,7 @@ pub mod fsck;
 pub mod gc;
 pub mod hash_object;
 pub mod jobs;
+pub mod logs;
 pub mod migrate_events;
 pub mod progress;
 pub mod refs;
@@ -33,6 +34,7 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Run(args) => run::exec(args, ctx),
         Command::Resume(args) => resume::exec(args, ctx),
         Command::Jobs(args) => jobs::exec(args, ctx),
+        Command::Logs(args) => logs::exec(args, ctx),
         Command::MigrateEvents(args) => migrate_events::exec(args, ctx),
         Command::RepoName(args) => repo_name::exec(args, ctx),
         Command::Store(cmd) => store::exec(cmd, ctx),

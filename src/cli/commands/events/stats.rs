@@ -1,4 +1,5 @@
-//! `prodigy events stats`: counts, outcomes and durations from log nodes only.
+//! `prodigy events stats`: counts, outcomes and durations from log nodes, and a job's
+//! Claude tokens and cost.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +28,8 @@ pub enum GroupBy {
 
 /// Count the events of one job (or of every job of the repository): by type, agent or
 /// job, with agent and job outcomes and the durations events reported. Reads the log
-/// nodes' summaries only, never the events.
+/// nodes' summaries only, and for one JOB with Claude calls the batches that hold them
+/// (tokens and cost per job, agent and step).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job (default: every job of the repository).
@@ -58,6 +60,9 @@ struct Report {
     by_agent: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     by_job: Vec<JobEvents>,
+    /// One job's Claude calls: tokens and cost per job, agent and step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claude: Option<serde_json::Value>,
 }
 
 fn count(s: &Summary, t: &str) -> u64 {
@@ -113,7 +118,12 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             }
         }
     }
+    let calls = match (&args.job, &repo) {
+        (Some(job), Some(repo)) => crate::cli::commands::jobs::claude_calls(ctx, repo, job)?,
+        _ => None,
+    };
     let report = Report {
+        claude: calls.as_ref().map(|c| c.totals_json()),
         jobs: jobs.len(),
         agents_completed: count(&total, "agent_completed"),
         agents_failed: count(&total, "agent_failed"),
@@ -193,6 +203,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 )?;
             }
         }
+    }
+    if let Some(calls) = &calls {
+        writeln!(out)?;
+        crate::cli::commands::jobs::write_claude_totals(out, calls)?;
     }
     if !t.durations.is_empty() {
         writeln!(

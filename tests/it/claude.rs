@@ -1,0 +1,599 @@
+//! `claude:` steps end to end, against the stand-in `tests/claude/claude` (the real Claude
+//! Code CLI is not installed here; the stand-in honours its arguments and writes its
+//! stream-json shapes). Real repositories, worktrees and processes; SIGKILL and resume.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Env, git, transcript};
+use crate::runner::{repo_and_marks, wait_for, write};
+
+/// A directory holding `claude`, the stand-in, for the front of `PATH`.
+fn standin_bin(env: &Env) -> PathBuf {
+    let bin = env.dir.path().join("bin");
+    if !bin.exists() {
+        std::fs::create_dir_all(&bin).unwrap();
+        let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/claude/claude");
+        std::os::unix::fs::symlink(standin, bin.join("claude")).unwrap();
+    }
+    bin
+}
+
+fn path_with(bin: &Path) -> String {
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `prodigy` in `repo` with a git identity for the commits Claude makes (the stand-in's
+/// commands commit with the environment they are given).
+fn prodigy(env: &Env, repo: &Path) -> std::process::Command {
+    let mut cmd = env.std_cmd();
+    cmd.current_dir(repo);
+    for (k, v) in [("GIT_AUTHOR", "author"), ("GIT_COMMITTER", "committer")] {
+        cmd.env(format!("{k}_NAME"), v)
+            .env(format!("{k}_EMAIL"), format!("{v}@example.com"));
+    }
+    cmd
+}
+
+/// `prodigy args…` in `repo` with the stand-in on the PATH and `vars` set.
+fn run_in(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = prodigy(env, repo);
+    cmd.args(args).env("PATH", path_with(&standin_bin(env)));
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
+    let out = run_in(env, repo, args, vars);
+    assert!(out.status.success(), "{args:?}: {}", transcript(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(env: &Env, repo: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&ok(env, repo, args, &[])).unwrap()
+}
+
+/// A Claude command of the repository: `.claude/commands/<name>.md` whose `sh` block the
+/// stand-in runs.
+fn command(repo: &Path, name: &str, script: &str) {
+    let dir = repo.join(".claude/commands");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.md")),
+        format!("# /{name}\n\nDo the work.\n\n```sh\n{script}\n```\n"),
+    )
+    .unwrap();
+}
+
+fn commit_all(repo: &Path) {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-qm", "workflow"]);
+}
+
+/// The `total_cost_usd` of a JSON line, as written, in millionths of a dollar (exact).
+fn micro_dollars(text: &str) -> u64 {
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    let frac = format!("{frac:0<6}");
+    assert!(frac.len() == 6, "more than 6 decimals: {text}");
+    whole.parse::<u64>().unwrap() * 1_000_000 + frac.parse::<u64>().unwrap()
+}
+
+fn cost_field(line: &str) -> Option<&str> {
+    let at = line.find("\"total_cost_usd\": ")? + "\"total_cost_usd\": ".len();
+    let rest = &line[at..];
+    Some(&rest[..rest.find([',', '}']).unwrap()])
+}
+
+/// The original's documentation-drift shape: Claude in setup, two Claude steps per agent
+/// (the second must commit), a shell capture, and Claude in reduce reading the map.
+fn drift_workflow(repo: &Path, marks: &Path, items: usize, pause: &str) {
+    command(
+        repo,
+        "docs-drift-analyze",
+        &format!(
+            "echo \"$ARGUMENTS\" >> {}/analyze.log\nsleep {pause}\necho \"RESULT: analyzed $ARGUMENTS\"",
+            marks.display()
+        ),
+    );
+    command(
+        repo,
+        "docs-drift-update",
+        &format!(
+            "area=$(printf %s \"$ARGUMENTS\" | sed -n \"s/.*--area '\\(.*\\)'$/\\1/p\")\n\
+             echo \"$area\" >> {}/update-$area\n\
+             echo \"fixed $area\" > \"fixed-$area.md\" && git add \"fixed-$area.md\" && \
+             git commit -qm \"docs: $area\" && echo \"RESULT: fixed $area\"",
+            marks.display()
+        ),
+    );
+    command(
+        repo,
+        "docs-summary",
+        "echo \"RESULT: $(ls fixed-*.md | wc -l | tr -d ' ') areas fixed\"",
+    );
+    let areas: Vec<String> = (1..=items)
+        .map(|n| format!("{{\"name\": \"area{n}\", \"priority\": \"high\"}}"))
+        .collect();
+    write(
+        repo,
+        "doc-areas.json",
+        &format!("{{\"areas\": [{}]}}", areas.join(", ")),
+    );
+    write(
+        repo,
+        "w.yml",
+        "name: documentation-drift-parallel\n\
+         mode: mapreduce\n\
+         setup:\n\
+         \x20 - claude: \"/docs-drift-analyze\"\n\
+         \x20   commit_required: false\n\
+         map:\n\
+         \x20 input: doc-areas.json\n\
+         \x20 json_path: \"$.areas[*]\"\n\
+         \x20 agent_template:\n\
+         \x20   - claude: \"/docs-drift-analyze --area '${item.name}'\"\n\
+         \x20     commit_required: false\n\
+         \x20     timeout: 300\n\
+         \x20   - claude: \"/docs-drift-update critical --area '${item.name}'\"\n\
+         \x20     commit_required: true\n\
+         \x20     timeout: 300\n\
+         \x20   - shell: \"echo \\\"${item.name} said ${claude.output}\\\"\"\n\
+         \x20     capture_output: true\n\
+         \x20 max_parallel: 2\n\
+         reduce:\n\
+         \x20 - claude: \"/docs-summary\"\n\
+         \x20   capture_output: true\n\
+         \x20 - shell: \"echo ${map.successful}/${map.total}: ${claude.output} > summary.txt && git add summary.txt && git commit -qm summary\"\n",
+    );
+    commit_all(repo);
+}
+
+#[test]
+fn a_claude_mapreduce_runs_with_transcripts_tokens_and_cost_in_the_store() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "docs");
+    drift_workflow(&repo, &marks, 3, "0");
+    let calls_log = env.dir.path().join("calls.jsonl");
+    let log = calls_log.to_str().unwrap();
+    let out = ok(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "d1"],
+        &[("STANDIN_LOG", log)],
+    );
+    assert_eq!(out, "d1\n");
+    let show = json(&env, &repo, &["jobs", "show", "d1", "--json"]);
+    assert_eq!(show["phase"], "complete", "{show}");
+    assert_eq!(show["done"], 3);
+    // The agents' commits are merged; reduce read the map and Claude's result.
+    let worktree = PathBuf::from(show["worktree"].as_str().unwrap());
+    for n in 1..=3 {
+        assert!(worktree.join(format!("fixed-area{n}.md")).is_file());
+    }
+    assert_eq!(
+        std::fs::read_to_string(worktree.join("summary.txt")).unwrap(),
+        "3/3: 3 areas fixed\n"
+    );
+    // Each call got the original's arguments, empty stdin (not a terminal), and the
+    // environment the original's commands read.
+    let calls: Vec<Value> = std::fs::read_to_string(&calls_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 8, "1 setup + 2 × 3 agents + 1 reduce");
+    let agent_call = calls
+        .iter()
+        .find(|c| c["argv"][4] == "/docs-drift-update critical --area 'area2'")
+        .expect("the command is one argument, interpolated as written");
+    assert_eq!(
+        agent_call["argv"],
+        serde_json::json!([
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--dangerously-skip-permissions",
+            "/docs-drift-update critical --area 'area2'"
+        ])
+    );
+    assert_eq!(agent_call["stdin_tty"], false);
+    assert_eq!(agent_call["stdin"], "");
+    assert_eq!(agent_call["env"]["PRODIGY_AUTOMATION"], "true");
+    assert_eq!(agent_call["env"]["PRODIGY_WORKTREE"], agent_call["cwd"]);
+    assert!(agent_call["env"]["PRODIGY_ITEM_ID"].is_string());
+    // `${claude.output}` of the step before, in the agent's result.
+    let results = std::fs::read_to_string(worktree.parent().unwrap().join("map-results.json"))
+        .unwrap_or_default();
+    assert!(results.contains("fixed area2"), "{results}");
+
+    // Transcripts: in the store, one per call, readable by step and item.
+    let shown = ok(&env, &repo, &["logs", "d1"], &[]);
+    assert_eq!(shown.lines().filter(|l| l.starts_with("== ")).count(), 8);
+    assert!(shown.contains("$ claude /docs-summary"), "{shown}");
+    let second = ok(&env, &repo, &["logs", "d1", "--step", "map/2"], &[]);
+    assert_eq!(second.lines().filter(|l| l.starts_with("== ")).count(), 3);
+    assert!(second.contains("[result: fixed area1]"), "{second}");
+    let raw = ok(&env, &repo, &["logs", "d1", "--json"], &[]);
+    let lines: Vec<&str> = raw.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+    let results: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("\"type\": \"result\""))
+        .collect();
+    assert_eq!(results.len(), 8);
+
+    // Cost: the sum of the calls' own figures, exactly, in jobs show and events stats.
+    let want: u64 = results
+        .iter()
+        .map(|l| micro_dollars(cost_field(l).unwrap()))
+        .sum();
+    let total = &show["claude"]["job"];
+    assert_eq!(total["calls"], 8);
+    assert_eq!(micro_dollars(&total["total_cost_usd"].to_string()), want);
+    let stats = json(&env, &repo, &["events", "stats", "d1", "--json"]);
+    assert_eq!(stats["claude"]["job"], *total);
+    let per_step: u64 = stats["claude"]["steps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|t| micro_dollars(&t["total_cost_usd"].to_string()))
+        .sum();
+    assert_eq!(per_step, want);
+    assert_eq!(stats["claude"]["steps"]["map/2"]["calls"], 3);
+    let input: u64 = results
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["usage"]["input_tokens"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total["input_tokens"], input);
+    let text = ok(&env, &repo, &["jobs", "show", "d1"], &[]);
+    assert!(text.contains("claude:     8 calls (0 failed)"), "{text}");
+
+    // The transcripts are reachable: fsck is clean, and gc keeps them.
+    ok(&env, &repo, &["gc", "--prune", "now"], &[]);
+    // (fsck exits non-zero on any error.)
+    ok(&env, &repo, &["fsck"], &[]);
+    assert_eq!(ok(&env, &repo, &["logs", "d1", "--json"], &[]), raw);
+}
+
+#[test]
+fn sigkill_mid_map_delete_worktrees_resume_runs_no_finished_call_again() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "docs");
+    drift_workflow(&repo, &marks, 8, "0.3");
+    let mut cmd = prodigy(&env, &repo);
+    cmd.args(["run", "w.yml", "--job-id", "k1"])
+        .env("PATH", path_with(&standin_bin(&env)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    let updated = |marks: &Path| {
+        (1..=8)
+            .filter(|n| marks.join(format!("update-area{n}")).exists())
+            .count()
+    };
+    // Mid-map: an agent recorded done, others at work.
+    wait_for("an agent recorded done", Duration::from_secs(90), || {
+        updated(&marks) >= 3 && !recorded_done(&env).is_empty()
+    });
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    // What the checkpoint says was done before the crash must not run again.
+    let before = recorded_done(&env);
+    assert!(!before.is_empty() && before.len() < 8, "{before:?}");
+    std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
+    let out = ok(&env, &repo, &["resume", "k1"], &[]);
+    assert_eq!(out, "k1\n");
+    let show = json(&env, &repo, &["jobs", "show", "k1", "--json"]);
+    assert_eq!(show["phase"], "complete", "{show}");
+    assert_eq!(show["done"], 8);
+    // Setup's call ran once (checkpointed), and so did every call of an agent recorded
+    // done before the kill.
+    let analyzed = std::fs::read_to_string(marks.join("analyze.log")).unwrap();
+    assert_eq!(
+        analyzed.lines().filter(|l| l.is_empty()).count(),
+        1,
+        "{analyzed}"
+    );
+    let finished = ok(
+        &env,
+        &repo,
+        &[
+            "events",
+            "show",
+            "k1",
+            "--type",
+            "claude_call_finished",
+            "--json",
+        ],
+        &[],
+    );
+    let finished: Vec<Value> = finished
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for key in &before {
+        let calls = finished
+            .iter()
+            .filter(|r| r["event"]["item_id"] == key.as_str())
+            .count();
+        assert_eq!(
+            calls, 2,
+            "item {key} was done before the kill: its 2 calls ran {calls} times"
+        );
+    }
+    // Every call's transcript is still readable from the store, worktrees gone.
+    let shown = ok(&env, &repo, &["logs", "k1"], &[]);
+    let headers = shown.lines().filter(|l| l.starts_with("== ")).count();
+    // Setup, 2 per agent, reduce: at least 18 calls.
+    assert!(headers >= 18, "{shown}");
+    assert!(!shown.contains("(no transcript was kept)"), "{shown}");
+    ok(&env, &repo, &["fsck"], &[]);
+}
+
+#[test]
+fn on_failure_claude_fixes_a_failing_shell_step() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "fixit");
+    command(
+        &repo,
+        "fix-test",
+        "echo \"$ARGUMENTS\" > repaired.txt && echo \"RESULT: repaired\"",
+    );
+    write(&repo, "items.json", "[{\"n\": 1}, {\"n\": 2}]");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - shell: \"test -f repaired.txt && echo passed ${item.n}\"\n\
+         \x20     capture_output: true\n\
+         \x20     on_failure:\n\
+         \x20       claude: \"/fix-test the error was: ${shell.output}\"\n\
+         \x20       max_attempts: 2\n",
+    );
+    commit_all(&repo);
+    ok(&env, &repo, &["run", "w.yml", "--job-id", "f1"], &[]);
+    let show = json(&env, &repo, &["jobs", "show", "f1", "--json"]);
+    assert_eq!(show["phase"], "complete", "{show}");
+    assert_eq!(show["done"], 2);
+    assert_eq!(show["claude"]["steps"]["map/1/on_failure"]["calls"], 2);
+    let logs = ok(
+        &env,
+        &repo,
+        &["logs", "f1", "--step", "map/1/on_failure"],
+        &[],
+    );
+    assert!(logs.contains("$ claude /fix-test the error was:"), "{logs}");
+}
+
+#[test]
+fn a_merge_conflict_goes_to_claude_and_else_to_the_dlq_as_merge_conflict() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "clash");
+    // Every agent writes the same file: the second merge conflicts.
+    command(
+        &repo,
+        "write-shared",
+        "echo \"$ARGUMENTS\" > shared.txt && git add shared.txt && git commit -qm \"write $ARGUMENTS\" && echo RESULT: written",
+    );
+    // The original's merge command, as a project ships it: merge, keep both sides.
+    command(
+        &repo,
+        "prodigy-merge-worktree",
+        "git merge --no-edit \"$ARGUMENTS\" >/dev/null 2>&1 || { \
+         git show \"$ARGUMENTS\":shared.txt >> shared.txt.theirs; \
+         git checkout --ours shared.txt && cat shared.txt.theirs >> shared.txt && rm shared.txt.theirs && \
+         git add shared.txt && git commit -qm \"merge $ARGUMENTS\" --no-edit; }\n\
+         echo \"RESULT: merged $ARGUMENTS\"",
+    );
+    write(&repo, "items.json", "[\"left\", \"right\"]");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - claude: \"/write-shared ${item}\"\n\
+         \x20     commit_required: true\n\
+         \x20 max_parallel: 1\n",
+    );
+    commit_all(&repo);
+    ok(&env, &repo, &["run", "w.yml", "--job-id", "m1"], &[]);
+    let show = json(&env, &repo, &["jobs", "show", "m1", "--json"]);
+    assert_eq!(show["done"], 2, "{show}");
+    assert_eq!(show["failed"], 0);
+    let shared = std::fs::read_to_string(
+        PathBuf::from(show["worktree"].as_str().unwrap()).join("shared.txt"),
+    )
+    .unwrap();
+    assert!(
+        shared.contains("left") && shared.contains("right"),
+        "{shared}"
+    );
+    let logs = ok(&env, &repo, &["logs", "m1", "--step", "merge"], &[]);
+    assert!(
+        logs.contains("$ claude /prodigy-merge-worktree prodigy-agent/m1/"),
+        "{logs}"
+    );
+
+    // Turned off, the conflict is the item's: dead-lettered as merge_conflict.
+    let out = run_in(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "m2"],
+        &[("PRODIGY_CLAUDE_MERGE", "false")],
+    );
+    let _ = out;
+    let show = json(&env, &repo, &["jobs", "show", "m2", "--json"]);
+    assert_eq!(show["failed"], 1, "{show}");
+    let dlq = json(&env, &repo, &["dlq", "list", "m2", "--json"]);
+    assert_eq!(dlq[0]["error_type"]["type"], "merge_conflict", "{dlq}");
+    assert!(ok(&env, &repo, &["logs", "m2", "--step", "merge"], &[]).is_empty());
+}
+
+#[test]
+fn claude_failures_fail_their_step_clearly_and_keep_the_transcript() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "bad");
+    // The item says how the call goes wrong (the stand-in reads `STANDIN:` lines).
+    command(
+        &repo,
+        "act",
+        "case \"$ARGUMENTS\" in broken) echo failing; exit 4;; ok) ;; *) echo \"STANDIN:$ARGUMENTS\";; esac\necho RESULT: acted",
+    );
+    write(
+        &repo,
+        "items.json",
+        "[\"exit=3\", \"garbage\", \"is_error\", \"hang\", \"broken\", \"ok\"]",
+    );
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - claude: \"/act ${item}\"\n\
+         \x20     timeout: 2\n",
+    );
+    commit_all(&repo);
+    let out = run_in(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "b1"],
+        &[("PRODIGY_KILL_GRACE", "200ms")],
+    );
+    let show = json(&env, &repo, &["jobs", "show", "b1", "--json"]);
+    assert_eq!(show["done"], 1, "{show}\n{}", transcript(&out));
+    assert_eq!(show["failed"], 5);
+    let messages = dlq_messages(&env, &repo, "b1");
+    let find = |needle: &str| {
+        assert!(
+            messages.iter().any(|m| m.contains(needle)),
+            "no DLQ message has {needle:?}: {messages:#?}"
+        )
+    };
+    find("claude /act exit=3 exited with code 3: stand-in: dying without a result");
+    find("claude /act garbage: its output is not stream-json: line ");
+    find("claude /act is_error reported an error (error_during_execution)");
+    find("timed out after 2s");
+    find("claude /act broken exited with code 1");
+    // Every call's transcript is kept, the failed ones too.
+    let logs = ok(&env, &repo, &["logs", "b1"], &[]);
+    assert_eq!(logs.lines().filter(|l| l.starts_with("== ")).count(), 6);
+    assert!(!logs.contains("(no transcript was kept)"), "{logs}");
+    assert_eq!(show["claude"]["job"]["failed"], 5);
+
+    // No claude at all: the step fails naming what to do.
+    prodigy(&env, &repo)
+        .args(["run", "w.yml", "--job-id", "b2"])
+        .output()
+        .unwrap();
+    let messages = dlq_messages(&env, &repo, "b2");
+    assert_eq!(messages.len(), 6);
+    assert!(
+        messages[0].contains("cannot start claude: 'claude' is not on the PATH"),
+        "{messages:?}"
+    );
+}
+
+/// The items job k1's checkpoint records done (none before its first checkpoint).
+fn recorded_done(env: &Env) -> Vec<String> {
+    let Ok(states) = prodigy::state::JobStateManager::new(env.store(), "docs") else {
+        return Vec::new();
+    };
+    let Ok(state) = states.load("k1") else {
+        return Vec::new();
+    };
+    state
+        .results
+        .iter()
+        .filter(|(_, r)| r.status == prodigy::state::ItemStatus::Done)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The last failure message of each dead-lettered item of `job`.
+fn dlq_messages(env: &Env, repo: &Path, job: &str) -> Vec<String> {
+    let list = json(env, repo, &["dlq", "list", job, "--json"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let id = i["item_id"].as_str().unwrap();
+            let item = json(env, repo, &["dlq", "inspect", id, "--job", job, "--json"]);
+            let history = item["failure_history"].as_array().unwrap();
+            history.last().unwrap()["error_message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn print_mode_and_a_wrapper_program_are_honoured() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "plain");
+    command(&repo, "say", "echo \"RESULT: said $ARGUMENTS\"");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         env:\n\
+         \x20 PRODIGY_CLAUDE_STREAMING: \"false\"\n\
+         setup:\n\
+         \x20 - claude: /say hello\n\
+         \x20   capture: greeting\n\
+         \x20 - shell: test \"${greeting}\" = \"said hello\"\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - shell: \"true\"\n",
+    );
+    write(&repo, "items.json", "[1]");
+    commit_all(&repo);
+    let calls_log = env.dir.path().join("calls.jsonl");
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/claude/claude");
+    // No claude on the PATH: the wrapper variable names the program.
+    let out = prodigy(&env, &repo)
+        .args(["run", "w.yml", "--job-id", "p1"])
+        .env("PRODIGY_CLAUDE_PATH", &standin)
+        .env("STANDIN_LOG", &calls_log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", transcript(&out));
+    let call: Value =
+        serde_json::from_str(std::fs::read_to_string(&calls_log).unwrap().trim()).unwrap();
+    assert_eq!(
+        call["argv"],
+        serde_json::json!(["--print", "--dangerously-skip-permissions", "/say hello"])
+    );
+    let logs = ok(&env, &repo, &["logs", "p1"], &[]);
+    assert!(logs.contains("said hello"), "{logs}");
+}
