@@ -597,3 +597,93 @@ fn print_mode_and_a_wrapper_program_are_honoured() {
     let logs = ok(&env, &repo, &["logs", "p1"], &[]);
     assert!(logs.contains("said hello"), "{logs}");
 }
+
+#[test]
+fn progress_is_in_the_events_while_a_call_runs_and_item_text_stays_data() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "live");
+    // The call says what it will do, then works for a while.
+    command(
+        &repo,
+        "slow",
+        &format!(
+            "while [ ! -e {}/go ]; do sleep 0.05; done\necho RESULT: slow done",
+            marks.display()
+        ),
+    );
+    // An item whose text would run as code in a shell.
+    write(&repo, "items.json", "[\"$(touch pwned); `touch pwned2` 'q\\\"\"]");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - claude: \"/slow ${item}\"\n",
+    );
+    commit_all(&repo);
+    let calls_log = env.dir.path().join("calls.jsonl");
+    let mut cmd = prodigy(&env, &repo);
+    cmd.args(["run", "w.yml", "--job-id", "l1"])
+        .env("PATH", path_with(&standin_bin(&env)))
+        .env("STANDIN_LOG", &calls_log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // The assistant's first message is an event before the call ends.
+    wait_for("a live claude_message", Duration::from_secs(60), || {
+        let out = run_in(
+            &env,
+            &repo,
+            &["events", "show", "l1", "--type", "claude_message", "--json"],
+            &[],
+        );
+        String::from_utf8_lossy(&out.stdout).contains("I'll run /slow")
+    });
+    assert!(child.try_wait().unwrap().is_none(), "the call had ended");
+    std::fs::write(marks.join("go"), "").unwrap();
+    assert!(child.wait().unwrap().success());
+    // The item reached claude as one argument, byte for byte, and nothing ran.
+    let call: Value =
+        serde_json::from_str(std::fs::read_to_string(&calls_log).unwrap().trim()).unwrap();
+    assert_eq!(call["argv"][4], "/slow $(touch pwned); `touch pwned2` 'q\"");
+    let worktrees = env.home().join("worktrees");
+    let found = std::process::Command::new("find")
+        .arg(&worktrees)
+        .arg(&repo)
+        .args(["-name", "pwned*"])
+        .output()
+        .unwrap();
+    assert!(found.stdout.is_empty(), "{}", transcript(&found));
+}
+
+#[test]
+fn the_originals_capture_spellings_work_for_claude_steps() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "caps");
+    command(&repo, "count", "echo \"RESULT: {\\\"n\\\": 3}\"");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         setup:\n\
+         \x20 - shell: echo started\n\
+         \x20   capture: \"shell.output\"\n\
+         \x20 - claude: /count\n\
+         \x20   capture: counted\n\
+         \x20   capture_format: json\n\
+         \x20 - shell: test ${counted.n} = 3 && case \"${claude.output}\" in *3*) true;; *) false;; esac\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - shell: test ${counted.n} = 3\n",
+    );
+    write(&repo, "items.json", "[1]");
+    commit_all(&repo);
+    ok(&env, &repo, &["run", "w.yml", "--job-id", "c1"], &[]);
+    let show = json(&env, &repo, &["jobs", "show", "c1", "--json"]);
+    assert_eq!(show["done"], 1, "{show}");
+}
