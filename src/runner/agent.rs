@@ -148,10 +148,17 @@ pub(super) fn run_step(
         write_log(log, &format!("# skipped (when: {})\n", when.text()));
         return Ok(StepOk::default());
     }
-    let command = step
+    let mut command = step
         .command
         .render(vars)
         .map_err(|e| fail(e, None, false))?;
+    if step.kind == StepKind::Claude
+        && let Some(arg) = site.env.get("ARG")
+    {
+        // The original pastes `--args`'s value into Claude commands (`/implement $ARG`);
+        // a shell step reads `$ARG` from its environment.
+        command = paste_arg(&command, arg);
+    }
     if command.len() > MAX_COMMAND {
         return Err(fail(
             format!(
@@ -324,6 +331,33 @@ pub(super) fn run_step(
         detail,
         ..fail(message, Some(code), false)
     })
+}
+
+/// `$ARG` and `${ARG}` in `command` replaced by `arg` (not `$ARGS`, `$ARG_X`).
+fn paste_arg(command: &str, arg: &str) -> String {
+    let mut out = String::with_capacity(command.len());
+    let mut rest = command;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        let word_end = |s: &str| {
+            s.chars()
+                .next()
+                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+        };
+        if let Some(tail) = after.strip_prefix("${ARG}") {
+            out.push_str(arg);
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("$ARG").filter(|t| word_end(t)) {
+            out.push_str(arg);
+            rest = tail;
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn limit(step: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
@@ -633,4 +667,15 @@ fn finished_failed(
         },
         Some(failure),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn arg_is_pasted_as_a_word() {
+        assert_eq!(
+            super::paste_arg("/implement $ARG --x ${ARG} $ARGS $ARG_1 $", "12"),
+            "/implement 12 --x 12 $ARGS $ARG_1 $"
+        );
+    }
 }

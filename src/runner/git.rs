@@ -369,6 +369,11 @@ pub fn merge(
     })
 }
 
+/// True when `older` is an ancestor of (or the same as) `newer`.
+pub fn is_ancestor(dir: &Path, older: &str, newer: &str) -> bool {
+    git(dir, &["merge-base", "--is-ancestor", older, newer]).is_ok()
+}
+
 /// True while a merge is under way in the worktree at `dir` (`MERGE_HEAD` exists).
 pub fn in_merge(dir: &Path) -> bool {
     git(dir, &["rev-parse", "-q", "--verify", "MERGE_HEAD"]).is_ok()

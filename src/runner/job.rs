@@ -219,12 +219,42 @@ impl Job {
         Ok(())
     }
 
+    /// A setup, reduce or session step killed after it committed but before its
+    /// checkpoint runs again from the start: its commits are taken back off the branch
+    /// (`reset --soft` to the checkpoint's commit), their changes kept staged, so the step
+    /// does not find its own work already committed. A branch that moved elsewhere is left
+    /// alone.
+    fn undo_unfinished_commits(&mut self) -> Result<(), RunError> {
+        let c = &self.state.checkpoint;
+        if !matches!(c.phase, Phase::Setup | Phase::Reduce) {
+            return Ok(());
+        }
+        let target = match (&c.job_head, c.setup_done) {
+            (Some(head), _) => head.clone(),
+            (None, 0) => self.state.spec.base_commit.clone(),
+            (None, _) => return Ok(()),
+        };
+        let worktree = self.state.spec.worktree.clone();
+        let head = git::head(&worktree)?;
+        if head != target && git::is_ancestor(&worktree, &target, &head) {
+            self.note(&format!(
+                "taking the unfinished step's commits off {} (back to {})",
+                self.state.spec.branch,
+                &target[..12.min(target.len())]
+            ));
+            git::git(&worktree, &["reset", "-q", "--soft", &target])?;
+        }
+        Ok(())
+    }
+
     pub(super) fn drive(&mut self) -> Result<Outcome, RunError> {
         if self.ensure_parent()? && self.state.checkpoint.phase != Phase::Setup {
             self.reclaim_commits()?;
         }
         if self.rewind {
             self.rewind_branch()?;
+        } else {
+            self.undo_unfinished_commits()?;
         }
         loop {
             if self.exec.interrupted() {
@@ -250,6 +280,7 @@ impl Job {
     /// Runs job-level steps (setup or reduce) from `from`, checkpointing after each.
     pub(super) fn job_steps(&mut self, phase: Phase) -> Result<(), RunError> {
         let (steps, name) = match phase {
+            Phase::Setup if self.plan.is_sequential() => (self.plan.setup.clone(), "session"),
             Phase::Setup => (self.plan.setup.clone(), "setup"),
             _ => (self.plan.reduce.clone(), "reduce"),
         };

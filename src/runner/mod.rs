@@ -215,6 +215,9 @@ pub struct Options {
     pub interrupt: Arc<AtomicBool>,
     /// Progress reports.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Variables added to the workflow's environment (`--args` gives `ARG`), recorded with
+    /// the job so `resume` sees them.
+    pub env: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -223,6 +226,7 @@ impl std::fmt::Debug for Options {
             .field("job_id", &self.job_id)
             .field("max_parallel", &self.max_parallel)
             .field("supervisor", &self.supervisor)
+            .field("env", &self.env)
             .finish()
     }
 }
@@ -242,6 +246,8 @@ pub struct Outcome {
     pub branch: String,
     /// `resume` found the job complete and did nothing.
     pub already_complete: bool,
+    /// For a session (a sequential workflow): how many steps it ran through.
+    pub steps: Option<usize>,
 }
 
 /// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
@@ -257,7 +263,11 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
     let base_commit = git::head(dir)?;
     let job_id = match &opts.job_id {
         Some(id) => id.clone(),
-        None => generate_job_id(),
+        None => generate_job_id(if plan.is_sequential() {
+            "prodigy-session"
+        } else {
+            "mr"
+        }),
     };
     names::validate("job id", &job_id)?;
     let refs = RefStore::new(home, LockOptions::from_env());
@@ -294,7 +304,12 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         branch,
         worktree: job_dir.join(format!("{job_id}@job")),
         agents_dir: job_dir,
-        env: plan.env.clone(),
+        env: plan
+            .env
+            .iter()
+            .chain(&opts.env)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         started: now_timestamp(),
         workflow_source: plan.source.clone(),
         imported_from: None,
@@ -302,7 +317,12 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
     let state = states.create(spec)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
     job.note(&format!(
-        "job {job_id} of repo {repo_name}: workflow {}, worktree '{}'",
+        "{} {job_id} of repo {repo_name}: workflow {}, worktree '{}'",
+        if job.plan.is_sequential() {
+            "session"
+        } else {
+            "job"
+        },
         job.plan.name(),
         job.state.spec.worktree.display()
     ));
@@ -329,6 +349,7 @@ pub fn resume(
         None => states.load(job_id)?,
     };
     relocate(home, &mut state.spec);
+    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
     if state.checkpoint.phase == Phase::Complete {
         // Nothing to do, like `git merge` of a merged branch: a script may resume blindly.
         return Ok(Outcome {
@@ -338,9 +359,9 @@ pub fn resume(
             worktree: state.spec.worktree.clone(),
             branch: state.spec.branch.clone(),
             already_complete: true,
+            steps: plan.is_sequential().then_some(state.checkpoint.setup_done),
         });
     }
-    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
     let pending = job.state.checkpoint.counters.pending();
     let version = job.state.checkpoint.version;
@@ -384,10 +405,12 @@ fn relocate(home: &Home, spec: &mut JobSpec) {
     }
 }
 
-fn generate_job_id() -> String {
+/// A new id: `mr-<date>-<time>-<random>` for a job, `prodigy-session-<date>-<time>-<random>`
+/// for a session (the original's session prefix).
+fn generate_job_id(prefix: &str) -> String {
     let now = jiff::Timestamp::now();
     let suffix = &uuid::Uuid::now_v7().simple().to_string()[24..];
-    format!("mr-{}-{suffix}", now.strftime("%Y%m%d-%H%M%S"))
+    format!("{prefix}-{}-{suffix}", now.strftime("%Y%m%d-%H%M%S"))
 }
 
 /// What the agents share (read-only).

@@ -88,6 +88,10 @@ impl Job {
             worktree: self.state.spec.worktree.clone(),
             branch: self.state.spec.branch.clone(),
             already_complete: false,
+            steps: self
+                .plan
+                .is_sequential()
+                .then_some(self.state.checkpoint.setup_done),
         })
     }
 }

@@ -5,12 +5,19 @@ use super::*;
 impl Job {
     pub(super) fn setup(&mut self) -> Result<(), RunError> {
         self.job_steps(Phase::Setup)?;
+        // A session's steps are all there is.
+        let Some(map) = self.plan.map_spec().cloned() else {
+            self.state.checkpoint.phase = Phase::Complete;
+            self.state.checkpoint.ended = Some(now_timestamp());
+            self.save("complete")?;
+            return Ok(());
+        };
         // The work items, made in the job's worktree after setup.
         let worktree = self.state.spec.worktree.clone();
-        let (bytes, what, from_file) = match input::source(&self.plan, &worktree) {
+        let (bytes, what, from_file) = match input::source(&map, &worktree) {
             input::Source::File(path) => {
                 if !path.is_file() {
-                    let input = self.plan.workflow.map.input.value.clone();
+                    let input = map.input.value.clone();
                     return Err(self.input_error(format!(
                         "'{input}' is not in the job's worktree '{}' (a checkout of commit {}): commit it, or make it in setup",
                         worktree.display(),
@@ -48,7 +55,7 @@ impl Job {
                 (out.stdout, format!("the output of {cmd:?}"), false)
             }
         };
-        let items = input::items(&self.plan, &bytes, &what, from_file)
+        let items = input::items(&self.plan, &map, &bytes, &what, from_file)
             .map_err(|message| self.input_error(message))?;
         // The items object is named by the checkpoint saved below; gc must not come between.
         let _gc = self.states.refs().write_guard().map_err(StateError::from)?;

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::Plan;
 use super::template::lookup;
+use super::{MapSpec, Plan};
 
 /// Where items come from, as `map.input` decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,8 @@ pub enum Source {
 /// Decides whether `map.input` names a file in `worktree` or is a command: an existing
 /// file, or one word ending in `.json` (missing: an error that says so, not a command that
 /// is not found), is a file.
-pub fn source(plan: &Plan, worktree: &Path) -> Source {
-    let input = plan.workflow.map.input.value.trim();
+pub fn source(map: &MapSpec, worktree: &Path) -> Source {
+    let input = map.input.value.trim();
     let path = worktree.join(input);
     let looks_like_a_file = input.ends_with(".json") && !input.contains(char::is_whitespace);
     if path.is_file() || looks_like_a_file {
@@ -35,7 +35,13 @@ pub fn source(plan: &Plan, worktree: &Path) -> Source {
 
 /// Turns the input's bytes into the final item list. `from_file` says whether they came
 /// from a file (which must be JSON) or a command (JSON, or one item per line).
-pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<Vec<Value>, String> {
+pub fn items(
+    plan: &Plan,
+    map: &MapSpec,
+    bytes: &[u8],
+    what: &str,
+    from_file: bool,
+) -> Result<Vec<Value>, String> {
     let parsed: Option<Value> = match serde_json::from_slice::<Value>(bytes) {
         Ok(v) if from_file || v.is_array() || v.is_object() => Some(v),
         // A command printing `1` or `"x"` prints one item per line, like any other.
@@ -49,11 +55,7 @@ pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<V
             if found.is_empty() {
                 return Err(format!(
                     "map.json_path {:?} matches nothing in {what}",
-                    plan.workflow
-                        .map
-                        .json_path
-                        .as_ref()
-                        .map_or("", |p| &p.value)
+                    map.json_path.as_ref().map_or("", |p| &p.value)
                 ));
             }
             found
@@ -96,9 +98,9 @@ pub fn items(plan: &Plan, bytes: &[u8], what: &str, from_file: bool) -> Result<V
             }
         });
     }
-    let offset = plan.workflow.map.offset.min(items.len());
+    let offset = map.offset.min(items.len());
     items.drain(..offset);
-    if let Some(max) = plan.workflow.map.max_items {
+    if let Some(max) = map.max_items {
         items.truncate(max);
     }
     for (index, item) in items.iter().enumerate() {
@@ -176,27 +178,48 @@ mod tests {
             "echo ${item.n}",
         );
         let doc = json!({"items": [{"n": 1}, {"n": 5}, {"n": 3}, {"n": 2}, {"n": 4}]});
-        let got = items(&p, doc.to_string().as_bytes(), "x.json", true).unwrap();
+        let got = items(
+            &p,
+            p.map_spec().unwrap(),
+            doc.to_string().as_bytes(),
+            "x.json",
+            true,
+        )
+        .unwrap();
         assert_eq!(got, vec![json!({"n": 4}), json!({"n": 3})]);
     }
 
     #[test]
     fn lines_and_errors() {
         let p = plan("", "echo ${item}");
-        let got = items(&p, b"a\n\n b \n", "the command", false).unwrap();
+        let got = items(
+            &p,
+            p.map_spec().unwrap(),
+            b"a\n\n b \n",
+            "the command",
+            false,
+        )
+        .unwrap();
         assert_eq!(got, vec![json!("a"), json!("b")]);
-        let got = items(&p, b"1\n", "the command", false).unwrap();
+        let got = items(&p, p.map_spec().unwrap(), b"1\n", "the command", false).unwrap();
         assert_eq!(got, vec![json!("1")]);
         assert!(
-            items(&p, b"a\n", "x.json", true)
+            items(&p, p.map_spec().unwrap(), b"a\n", "x.json", true)
                 .unwrap_err()
                 .contains("not JSON")
         );
         let p = plan("  json_path: \"$.nope[*]\"\n", "echo ${item}");
-        let e = items(&p, b"{\"items\": []}", "x.json", true).unwrap_err();
+        let e = items(
+            &p,
+            p.map_spec().unwrap(),
+            b"{\"items\": []}",
+            "x.json",
+            true,
+        )
+        .unwrap_err();
         assert!(e.contains("matches nothing"), "{e}");
         let p = plan("", "echo ${item.name}");
-        let e = items(&p, b"[\"plain\"]", "x.json", true).unwrap_err();
+        let e = items(&p, p.map_spec().unwrap(), b"[\"plain\"]", "x.json", true).unwrap_err();
         assert!(e.contains("item 0") && e.contains("line 5"), "{e}");
     }
 }

@@ -77,6 +77,38 @@ pub struct Workflow {
     pub error_policy: ErrorPolicy,
 }
 
+/// A sequential workflow written as a mapping: `commands:` (or `steps:`) run one after
+/// another in a session's worktree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFile {
+    /// The workflow's name (default: the file's stem).
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// `standard` or `sequential` when given.
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// What it is for (shown nowhere else).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Environment variables for every step (`${env.X}`).
+    #[serde(default)]
+    pub env: BTreeMap<String, Spanned<String>>,
+    /// The steps.
+    #[serde(alias = "steps")]
+    pub commands: Steps,
+}
+
+/// A workflow file, in one of its two shapes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Shape {
+    /// `map:` with setup and reduce: a job.
+    MapReduce(Box<Workflow>),
+    /// A list of steps (bare, or under `commands:`): a session.
+    Sequential(Box<SessionFile>),
+}
+
 /// The `map:` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -453,7 +485,9 @@ pub struct Plan {
     /// Its text (stored with the job, so `resume` runs exactly what `run` ran).
     pub source: String,
     /// The parsed workflow.
-    pub workflow: Workflow,
+    pub shape: Shape,
+    /// Its name (`${workflow.name}`).
+    pub name: String,
     /// The resolved environment.
     pub env: BTreeMap<String, String>,
     /// Setup steps.
@@ -494,11 +528,47 @@ impl Plan {
     /// file's shape, then each section checked by its own reader.
     pub fn parse(path: &Path, source: &str) -> Result<Plan, WorkflowError> {
         let r = Reader { path };
-        let workflow: Workflow = serde_saphyr::from_str(source).map_err(|e| {
+        let yaml_error = |e: serde_saphyr::Error| {
             let line = e.location().map_or(0, |l| l.line());
             let (message, hint) = yaml_message(&e);
             r.hinted(line, message, hint)
-        })?;
+        };
+        // The shape first: a list is a sequential workflow, and so is a mapping with
+        // `commands:` (or `steps:`) and no `map:`.
+        let probe: Option<serde_json::Value> = serde_saphyr::from_str(source).ok();
+        let sequential = match &probe {
+            Some(serde_json::Value::Array(_)) => true,
+            Some(serde_json::Value::Object(m)) if !m.contains_key("map") => {
+                if m.contains_key("commands") || m.contains_key("steps") {
+                    true
+                } else if m.contains_key("mode") || m.contains_key("setup") {
+                    false
+                } else {
+                    return Err(r.at(
+                        0,
+                        "this is neither workflow shape: a MapReduce workflow has `map:` (with \
+                         `input` and `agent_template`); a sequential one is a list of steps, or \
+                         has `commands:`"
+                            .into(),
+                    ));
+                }
+            }
+            _ => false,
+        };
+        if sequential {
+            let file: SessionFile = match probe {
+                Some(serde_json::Value::Array(_)) => SessionFile {
+                    name: None,
+                    mode: None,
+                    description: None,
+                    env: BTreeMap::new(),
+                    commands: serde_saphyr::from_str(source).map_err(yaml_error)?,
+                },
+                _ => serde_saphyr::from_str(source).map_err(yaml_error)?,
+            };
+            return r.session(path, source, file);
+        }
+        let workflow: Workflow = serde_saphyr::from_str(source).map_err(yaml_error)?;
         let mut env = r.header(&workflow)?;
         let items = r.items(&workflow.map)?;
         let (agent_timeout, max_parallel) = r.agents(&workflow.map)?;
@@ -527,8 +597,65 @@ impl Plan {
             filter: items.filter,
             sort_by: items.sort_by,
             json_path: items.json_path,
-            workflow,
+            name: workflow.name.value.clone(),
+            shape: Shape::MapReduce(Box::new(workflow)),
         })
+    }
+
+    /// The map section, for a MapReduce workflow.
+    pub fn map_spec(&self) -> Option<&MapSpec> {
+        match &self.shape {
+            Shape::MapReduce(w) => Some(&w.map),
+            Shape::Sequential(_) => None,
+        }
+    }
+
+    /// What the workflow would do, one line per phase or step, as `run --dry-run` shows it.
+    pub fn outline(&self) -> Vec<String> {
+        let step = |phase: &str, n: usize, step: &Step| {
+            let (key, text) = match (&step.shell, &step.claude) {
+                (Some(s), _) => ("shell", s.value.as_str()),
+                (None, Some(c)) => ("claude", c.value.as_str()),
+                (None, None) => ("?", ""),
+            };
+            let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("  {phase}/{n}  {key}: {text}")
+        };
+        let mut out = Vec::new();
+        match &self.shape {
+            Shape::Sequential(file) => {
+                out.push(format!(
+                    "sequential workflow {}: {} steps, run in one session worktree",
+                    self.name,
+                    file.commands.len()
+                ));
+                for (i, s) in file.commands.iter().enumerate() {
+                    out.push(step("session", i + 1, s));
+                }
+            }
+            Shape::MapReduce(w) => {
+                out.push(format!("MapReduce workflow {}", self.name));
+                for (i, s) in w.setup.iter().enumerate() {
+                    out.push(step("setup", i + 1, s));
+                }
+                out.push(format!(
+                    "  map: items from {:?}, {} at once",
+                    w.map.input.value, self.max_parallel
+                ));
+                for (i, s) in w.map.agent_template.iter().enumerate() {
+                    out.push(step("map", i + 1, s));
+                }
+                for (i, s) in w.reduce.iter().enumerate() {
+                    out.push(step("reduce", i + 1, s));
+                }
+            }
+        }
+        out
+    }
+
+    /// True for a sequential workflow (a session).
+    pub fn is_sequential(&self) -> bool {
+        matches!(self.shape, Shape::Sequential(_))
     }
 
     /// True when a step or handler of any phase is a `claude:` one.
@@ -547,12 +674,12 @@ impl Plan {
 
     /// The workflow's name.
     pub fn name(&self) -> &str {
-        &self.workflow.name.value
+        &self.name
     }
 
     /// The workflow as JSON (for the job's spec).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.workflow).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(&self.shape).unwrap_or(serde_json::Value::Null)
     }
 
     /// The item fields the agent steps read (`${item.a.b}` → `["a", "b"]`).
@@ -625,6 +752,71 @@ impl Reader<'_> {
             env.insert(k.clone(), v.value.clone());
         }
         Ok(env)
+    }
+
+    /// A sequential workflow: its steps run as setup steps do, one after another in the
+    /// session's worktree, each checkpointed.
+    fn session(&self, path: &Path, source: &str, file: SessionFile) -> Result<Plan, WorkflowError> {
+        if let Some(mode) = &file.mode
+            && !["standard", "sequential"].contains(&mode.value.as_str())
+        {
+            return Err(self.at(
+                mode.referenced.line(),
+                format!(
+                    "mode '{}' is not a sequential mode (standard or sequential); a MapReduce \
+                     workflow has `map:`",
+                    mode.value
+                ),
+            ));
+        }
+        if file.commands.is_empty() {
+            return Err(self.at(0, "the workflow has no steps".into()));
+        }
+        let name = match &file.name {
+            Some(n) if n.value.trim().is_empty() => {
+                return Err(self.at(n.referenced.line(), "name is empty".into()));
+            }
+            Some(n) => n.value.clone(),
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow".into()),
+        };
+        let mut env = BTreeMap::new();
+        for (k, v) in &file.env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.value.contains('\0') {
+                return Err(self.at(
+                    v.referenced.line(),
+                    format!("bad environment variable {k:?}"),
+                ));
+            }
+            env.insert(k.clone(), v.value.clone());
+        }
+        let (setup, _) = self.steps(&file.commands, Scope::Setup, &[], &env)?;
+        record_env(&mut env, setup.iter());
+        Ok(Plan {
+            path: path.to_owned(),
+            source: source.to_owned(),
+            max_parallel: 1,
+            agent_timeout: None,
+            max_failures: None,
+            on_item_failure: OnItemFailure::Stop,
+            retry: Retry {
+                max_attempts: 1,
+                exponential: false,
+                initial: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+            env,
+            setup,
+            agent: Vec::new(),
+            reduce: Vec::new(),
+            filter: None,
+            sort_by: None,
+            json_path: None,
+            name,
+            shape: Shape::Sequential(Box::new(file)),
+        })
     }
 
     /// `map.input`, `agent_template` present; `json_path`, `filter`, `sort_by`.

@@ -524,7 +524,10 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
         // `${NAME}` set in the environment is the shell's (`${HOME}`); anything else that is
         // a plain name (or a dotted path) is a mistake: the shell would make it empty.
         _ if is_plain_name(name) => {
-            if tail.is_none() && (ctx.env.contains_key(name) || std::env::var_os(name).is_some()) {
+            // `--args` sets ARG for each session, after the file is read.
+            if tail.is_none()
+                && (name == "ARG" || ctx.env.contains_key(name) || std::env::var_os(name).is_some())
+            {
                 Ok(None)
             } else {
                 Err(format!(

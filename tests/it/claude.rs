@@ -612,7 +612,11 @@ fn progress_is_in_the_events_while_a_call_runs_and_item_text_stays_data() {
         ),
     );
     // An item whose text would run as code in a shell.
-    write(&repo, "items.json", "[\"$(touch pwned); `touch pwned2` 'q\\\"\"]");
+    write(
+        &repo,
+        "items.json",
+        "[\"$(touch pwned); `touch pwned2` 'q\\\"\"]",
+    );
     write(
         &repo,
         "w.yml",

@@ -29,5 +29,6 @@ mod retention;
 mod runner;
 #[cfg(feature = "s3")]
 mod s3;
+mod sessions;
 mod torture;
 mod worker;

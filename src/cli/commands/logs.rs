@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     pub item: Option<String>,
     /// Only the calls of this step: its number in its phase (`2`), or `PHASE/N`
-    /// (`setup/1`, `map/2`, `reduce/1`), or `merge`.
+    /// (`setup/1`, `map/2`, `reduce/1`, `session/3`), or `merge`.
     #[arg(long, value_name = "N")]
     pub step: Option<String>,
     /// Print the transcripts as claude wrote them (stream-json lines), nothing else.
@@ -45,7 +45,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let ok = step.parse::<usize>().is_ok_and(|n| n > 0)
             || step == "merge"
             || step.split_once('/').is_some_and(|(phase, rest)| {
-                ["setup", "map", "reduce"].contains(&phase)
+                ["setup", "map", "reduce", "session"].contains(&phase)
                     && rest
                         .strip_suffix("/on_failure")
                         .unwrap_or(rest)
@@ -54,7 +54,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             });
         if !ok {
             return Err(UsageError(format!(
-                "--step {step:?}: give a step number (2), PHASE/N (setup/1, map/2, reduce/1) or merge"
+                "--step {step:?}: give a step number (2), PHASE/N (setup/1, map/2, reduce/1, session/3) or merge"
             ))
             .into());
         }

@@ -90,6 +90,20 @@ pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::
     } else {
         ""
     };
+    if let Some(steps) = outcome.steps {
+        ctx.diag.note(&format!(
+            "session {} {already}complete: {steps} steps; result in '{}' (branch {})",
+            outcome.job_id,
+            outcome.worktree.display(),
+            outcome.branch
+        ));
+        ctx.diag.hint(&format!(
+            "to bring the result into your branch, run `git merge {}` in your repository",
+            outcome.branch
+        ));
+        writeln!(ctx.out, "{}", outcome.job_id)?;
+        return Ok(Exit::Success);
+    }
     ctx.diag.note(&format!(
         "job {} {already}complete: {} items, {} done, {} failed; result in '{}' (branch {})",
         outcome.job_id,

@@ -1,20 +1,22 @@
-//! `prodigy run`: run a MapReduce workflow as a new job.
+//! `prodigy run`: run a workflow as a new job (MapReduce) or session (sequential).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 
 use crate::cli::commands::progress;
+use crate::cli::output::UsageError;
 use crate::cli::{Ctx, Exit};
 
-/// Run a MapReduce workflow (the shell subset of the original tool's YAML) as a new job of
-/// the repository holding PATH.
+/// Run a workflow (the original tool's YAML) as a new job of the repository holding PATH.
 ///
-/// Setup runs in the job's own git worktree (under the store's worktrees/<repo>/<job>/), one
-/// agent per work item runs in a worktree of its own, the agents' commits are merged into
-/// the job's worktree, and reduce runs there. Events, failures (the dead-letter queue) and
-/// a checkpoint after every finished item go to the store, so `prodigy resume JOB` finishes
-/// an interrupted job. Prints the job id.
+/// A MapReduce workflow: setup runs in the job's own git worktree (under the store's
+/// worktrees/<repo>/<job>/), one agent per work item runs in a worktree of its own, the
+/// agents' commits are merged into the job's worktree, and reduce runs there. A sequential
+/// workflow (a list of steps, or `commands:`) runs as a session: its steps one after another
+/// in the session's worktree. Events, failures (the dead-letter queue) and a checkpoint
+/// after every finished step or item go to the store, so `prodigy resume JOB` finishes an
+/// interrupted one. Prints the job (or session) id.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The workflow file.
@@ -23,9 +25,17 @@ pub struct Args {
     /// A directory inside the repository to work on (default: the current directory).
     #[arg(short = 'p', long = "path", value_name = "PATH")]
     pub path: Option<PathBuf>,
-    /// The job id (default: mr-<date>-<time>-<random>).
+    /// The job id (default: mr-<date>-<time>-<random>, or prodigy-session-… for a
+    /// sequential workflow).
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
+    /// Run the workflow once per VALUE, each a session of its own with `ARG` set to it
+    /// (`$ARG` in shell steps and Claude commands); repeatable.
+    #[arg(long = "args", value_name = "VALUE")]
+    pub args: Vec<String>,
+    /// Read the workflow, check every step and variable, print what would run, and stop.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Agents at once (overrides map.max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_parallel: Option<u32>,
@@ -37,9 +47,34 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Some(p) => p.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
-    let mut opts = progress::options(ctx)?;
-    opts.job_id = args.job_id;
-    opts.max_parallel = args.max_parallel.map(|n| n as usize);
-    let outcome = crate::runner::run(&ctx.home, &args.workflow, &dir, opts);
-    progress::finish(ctx, outcome)
+    if args.dry_run {
+        let plan = crate::workflow::Plan::load(&args.workflow)?;
+        for line in plan.outline() {
+            writeln!(ctx.out, "{line}")?;
+        }
+        ctx.diag.note("dry run: nothing was run");
+        return Ok(Exit::Success);
+    }
+    if args.args.len() > 1 && args.job_id.is_some() {
+        return Err(UsageError(
+            "--job-id names one run, and --args asks for one per value: give one or the other"
+                .into(),
+        )
+        .into());
+    }
+    let runs: Vec<Option<String>> = match args.args.is_empty() {
+        true => vec![None],
+        false => args.args.iter().cloned().map(Some).collect(),
+    };
+    for arg in runs {
+        let mut opts = progress::options(ctx)?;
+        opts.job_id = args.job_id.clone();
+        opts.max_parallel = args.max_parallel.map(|n| n as usize);
+        if let Some(arg) = arg {
+            opts.env.insert("ARG".into(), arg);
+        }
+        let outcome = crate::runner::run(&ctx.home, &args.workflow, &dir, opts);
+        progress::finish(ctx, outcome)?;
+    }
+    Ok(Exit::Success)
 }

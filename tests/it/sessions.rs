@@ -1,0 +1,149 @@
+//! Sequential workflows run as sessions: the shapes, a run, SIGKILL + worktree deletion +
+//! resume with no finished step run again, `--args`, `--dry-run`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{Env, git, transcript};
+use crate::runner::{
+    assert_one_line_error, in_repo, job_show, json_in, ok_in, repo_and_marks, spawn_in, wait_for,
+    write,
+};
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn commit(repo: &Path) {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-qm", "workflow"]);
+}
+
+#[test]
+fn a_bare_list_of_steps_runs_as_a_session_and_resumes_after_sigkill() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "seq");
+    // The original's test-sequential-resume.yml, writing its marks outside the repository:
+    // each step records itself when it ends.
+    let mut text = String::new();
+    for n in 1..=6 {
+        text.push_str(&format!(
+            "- shell: |\n    echo \"Step {n}\"\n    sleep 0.4\n    echo step{n} >> {m}/steps.log\n    echo {n} > step{n}.txt && git add step{n}.txt && git -c user.name=t -c user.email=t@t commit -qm step{n}\n",
+            m = marks.display()
+        ));
+    }
+    write(&repo, "w.yml", &text);
+    commit(&repo);
+    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "s1"]);
+    wait_for("two finished steps", Duration::from_secs(60), || {
+        lines(&marks.join("steps.log")).len() >= 2
+    });
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    let states = prodigy::state::JobStateManager::new(env.store(), "seq").unwrap();
+    let done = states.load("s1").unwrap().checkpoint.setup_done;
+    assert!((1..6).contains(&done), "{done} steps recorded done");
+    std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
+    assert_eq!(ok_in(&env, &repo, &["resume", "s1"]), "s1\n");
+    let show = job_show(&env, &repo, "s1");
+    assert_eq!(show["phase"], "complete", "{show}");
+    let log = lines(&marks.join("steps.log"));
+    for n in 1..=6 {
+        let runs = log.iter().filter(|l| **l == format!("step{n}")).count();
+        if n <= done {
+            assert_eq!(runs, 1, "step {n} was finished before the kill: {log:?}");
+        } else {
+            // The step under way when the kill came may have ended unrecorded.
+            assert!(runs == 1 || (runs == 2 && n == done + 1), "{log:?}");
+        }
+    }
+    // The session's commits are on its branch, in its recreated worktree.
+    let worktree = std::path::PathBuf::from(show["worktree"].as_str().unwrap());
+    for n in 1..=6 {
+        assert!(worktree.join(format!("step{n}.txt")).is_file());
+    }
+    // `jobs` lists the session beside MapReduce jobs.
+    let jobs = json_in(&env, &repo, &["jobs", "--json"]);
+    assert_eq!(jobs[0]["job"], "s1");
+    assert_eq!(jobs[0]["status"], "complete");
+    let events = json_in(&env, &repo, &["events", "stats", "s1", "--json"]);
+    assert_eq!(events["total"]["types"]["job_completed"], 1, "{events}");
+}
+
+#[test]
+fn commands_with_args_run_one_session_per_value() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "args");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: per-spec\nmode: standard\ndescription: once per spec\ncommands:\n  - shell: echo \"spec $ARG ${{ARG}}\" >> {}/args.log\n",
+            marks.display()
+        ),
+    );
+    commit(&repo);
+    let out = ok_in(&env, &repo, &["run", "w.yml", "--args", "7", "--args", "8"]);
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 2, "{out}");
+    assert!(ids.iter().all(|id| id.starts_with("prodigy-session-")));
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(lines(&marks.join("args.log")), ["spec 7 7", "spec 8 8"]);
+    let out = in_repo(
+        &env,
+        &repo,
+        &[
+            "run", "w.yml", "--args", "1", "--args", "2", "--job-id", "x",
+        ],
+    );
+    assert_one_line_error(&out, 2);
+}
+
+#[test]
+fn dry_run_checks_and_prints_the_plan_and_runs_nothing() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "dry");
+    let touch = format!("touch {}/ran", marks.display());
+    write(
+        &repo,
+        "seq.yml",
+        &format!("commands:\n  - shell: {touch}\n  - claude: /lint --fix\n"),
+    );
+    write(
+        &repo,
+        "mr.yml",
+        &format!(
+            "name: mr\nmode: mapreduce\nmap:\n  input: seq 1 3\n  agent_template:\n    - shell: {touch}\nreduce:\n  - shell: echo ${{map.total}}\n"
+        ),
+    );
+    let out = ok_in(&env, &repo, &["run", "seq.yml", "--dry-run"]);
+    assert!(out.starts_with("sequential workflow seq: 2 steps"), "{out}");
+    assert!(out.contains("  session/2  claude: /lint --fix"), "{out}");
+    let out = ok_in(&env, &repo, &["run", "mr.yml", "--dry-run"]);
+    assert!(out.contains("  map: items from \"seq 1 3\""), "{out}");
+    assert!(
+        out.contains("  reduce/1  shell: echo ${map.total}"),
+        "{out}"
+    );
+    assert!(!marks.join("ran").exists());
+    assert!(!env.home().join("worktrees").exists());
+    // A variable that does not exist is found without running anything.
+    write(&repo, "bad.yml", "- shell: echo ${map.total}\n");
+    let out = in_repo(&env, &repo, &["run", "bad.yml", "--dry-run"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(err.contains("bad.yml:1: "), "{err}");
+    // Neither shape: say what the two are.
+    write(&repo, "neither.yml", "name: x\nenv:\n  A: b\n");
+    let out = in_repo(&env, &repo, &["run", "neither.yml"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(
+        err.contains("neither workflow shape") && err.contains("`commands:`"),
+        "{}",
+        transcript(&out)
+    );
+}
