@@ -8,10 +8,23 @@ impl Job {
         _home: &Home,
         refs: RefStore,
         states: JobStateManager,
-        plan: Plan,
+        mut plan: Plan,
         state: JobState,
         opts: Options,
     ) -> Result<Job, RunError> {
+        // `run -n N`: a session's steps N times over, as one list (recorded in the spec's
+        // env, so resume counts the same steps).
+        if plan.is_sequential()
+            && let Some(n) = state
+                .spec
+                .env
+                .get(ITERATIONS_ENV)
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 1)
+        {
+            let once = std::mem::take(&mut plan.setup);
+            plan.setup = (0..n).flat_map(|_| once.iter().cloned()).collect();
+        }
         let repo = state.spec.repo.clone();
         let id = state.spec.id.clone();
         let logger = EventLogger::with_refs(refs.clone(), &repo, &id, Thresholds::default())?;
@@ -312,6 +325,7 @@ impl Job {
             let Some(step) = steps.get(done) else {
                 return Ok(());
             };
+            let per_iteration = steps.iter().map(|s| s.number).max().unwrap_or(1).max(1);
             self.note(&format!("{name} step {}/{}", done + 1, steps.len()));
             let c = self.state.checkpoint.counters;
             let vars = Vars {
@@ -337,7 +351,8 @@ impl Job {
                 item_id: None,
                 phase: name,
                 metadata,
-                attempt: 1,
+                // A session's iteration (`run -n`), which tells its steps' calls apart.
+                attempt: u32::try_from(done / per_iteration + 1).unwrap_or(u32::MAX),
                 cwd: &worktree,
                 env: &env,
                 log: &log,

@@ -59,6 +59,9 @@ use agent::{Site, run_agent, run_step};
 use exec::{Executor, StepSpec};
 use git::GitError;
 
+/// The variable holding a session's `run -n` count (recorded in the job's env).
+pub const ITERATIONS_ENV: &str = "PRODIGY_MAX_ITERATIONS";
+
 /// Failures of the runner.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -147,3 +147,35 @@ fn dry_run_checks_and_prints_the_plan_and_runs_nothing() {
         transcript(&out)
     );
 }
+
+#[test]
+fn max_iterations_repeats_the_steps_in_one_session() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "loop");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "- shell: echo \"pass $PRODIGY_MAX_ITERATIONS\" >> {m}/loop.log\n- shell: echo second >> {m}/loop.log\n",
+            m = marks.display()
+        ),
+    );
+    write(
+        &repo,
+        "mr.yml",
+        "name: m\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: 'true'\n",
+    );
+    commit(&repo);
+    assert_eq!(
+        ok_in(&env, &repo, &["run", "w.yml", "-n", "3", "--job-id", "n3"]),
+        "n3\n"
+    );
+    assert_eq!(
+        lines(&marks.join("loop.log")),
+        ["pass 3", "second", "pass 3", "second", "pass 3", "second"]
+    );
+    let states = prodigy::state::JobStateManager::new(env.store(), "loop").unwrap();
+    assert_eq!(states.load("n3").unwrap().checkpoint.setup_done, 6);
+    let out = in_repo(&env, &repo, &["run", "mr.yml", "-n", "2"]);
+    assert_one_line_error(&out, 2);
+}

@@ -33,6 +33,10 @@ pub struct Args {
     /// (`$ARG` in shell steps and Claude commands); repeatable.
     #[arg(long = "args", value_name = "VALUE")]
     pub args: Vec<String>,
+    /// Run a sequential workflow's steps N times over, in one session.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_iterations: u32,
     /// Read the workflow, check every step and variable, print what would run, and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -55,6 +59,13 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         ctx.diag.note("dry run: nothing was run");
         return Ok(Exit::Success);
     }
+    if args.max_iterations > 1 && !crate::workflow::Plan::load(&args.workflow)?.is_sequential() {
+        return Err(UsageError(
+            "-n repeats a sequential workflow's steps; a MapReduce workflow runs its items once"
+                .into(),
+        )
+        .into());
+    }
     if args.args.len() > 1 && args.job_id.is_some() {
         return Err(UsageError(
             "--job-id names one run, and --args asks for one per value: give one or the other"
@@ -72,6 +83,12 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
         if let Some(arg) = arg {
             opts.env.insert("ARG".into(), arg);
+        }
+        if args.max_iterations > 1 {
+            opts.env.insert(
+                crate::runner::ITERATIONS_ENV.into(),
+                args.max_iterations.to_string(),
+            );
         }
         let outcome = crate::runner::run(&ctx.home, &args.workflow, &dir, opts);
         progress::finish(ctx, outcome)?;
