@@ -119,6 +119,7 @@ fn overhead() {
 fn spec(repo_root: &Path, home: &Path, repo_name: &str, job: &str, source: &str) -> JobSpec {
     let dir = home.join("worktrees").join(repo_name).join(job);
     JobSpec {
+        target_branch: None,
         id: job.into(),
         repo: repo_name.into(),
         repo_root: repo_root.to_owned(),
@@ -247,6 +248,7 @@ fn growth() {
             JobStateManager::new(RefStore::new(&home, LockOptions::default()), "g").unwrap();
         let repo_root = scratch.path().to_owned();
         let mut s = JobSpec {
+            target_branch: None,
             base_commit: "0".repeat(40),
             ..spec_fixed(&repo_root, &home_dir)
         };
@@ -288,6 +290,7 @@ fn growth() {
 
 fn spec_fixed(repo_root: &Path, home: &Path) -> JobSpec {
     JobSpec {
+        target_branch: None,
         id: "g".into(),
         repo: "g".into(),
         repo_root: repo_root.to_owned(),

@@ -216,6 +216,10 @@ pub struct JobSpec {
     /// so it cannot be resumed; the fields the original did not record are empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<String>,
+    /// The branch the repository was on when the job started (a session's
+    /// `${merge.target_branch}`); none when it was detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_branch: Option<String>,
 }
 
 /// The outcome of one finished item.
@@ -906,6 +910,7 @@ mod tests {
 
     fn spec(job: &str) -> JobSpec {
         JobSpec {
+            target_branch: None,
             id: job.into(),
             repo: "r".into(),
             repo_root: "/r".into(),

@@ -830,6 +830,7 @@ fn import_checkpoints(
         if !fresh.is_empty() {
             let oldest = &fresh[0].0;
             let spec = spec.unwrap_or_else(|| JobSpec {
+                target_branch: None,
                 id: dir.job.clone(),
                 repo: repo.to_owned(),
                 repo_root: root.to_path_buf(),

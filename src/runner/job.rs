@@ -43,6 +43,7 @@ impl Job {
                 exec::kill_grace_from_env().unwrap_or(exec::DEFAULT_KILL_GRACE),
             ),
             observer: opts.observer.clone(),
+            yes: opts.yes,
             started: Instant::now(),
             rewind: false,
             run_lock: None,
@@ -278,10 +279,34 @@ impl Job {
                 Phase::Setup => self.setup()?,
                 Phase::Map => self.map()?,
                 Phase::Merge => self.merge()?,
+                // A session's merge: steps wait for a yes.
+                Phase::Reduce
+                    if self.plan.is_sequential()
+                        && !self.yes
+                        && self.state.checkpoint.reduce_done == 0 =>
+                {
+                    return self.merge_pending();
+                }
                 Phase::Reduce => self.reduce()?,
                 Phase::Complete => return self.complete(),
             }
         }
+    }
+
+    /// A session stopped before its `merge:` steps, for want of a yes: its steps are done
+    /// and checkpointed; `resume -y` runs the merge.
+    fn merge_pending(&mut self) -> Result<Outcome, RunError> {
+        self.logger.flush()?;
+        Ok(Outcome {
+            job_id: self.id().to_owned(),
+            repo: self.state.spec.repo.clone(),
+            counters: self.state.checkpoint.counters,
+            worktree: self.state.spec.worktree.clone(),
+            branch: self.state.spec.branch.clone(),
+            already_complete: false,
+            steps: Some(self.state.checkpoint.setup_done),
+            merge_pending: true,
+        })
     }
 
     pub(super) fn open_log(&self, name: &str) -> Result<Arc<Mutex<File>>, RunError> {
@@ -295,11 +320,12 @@ impl Job {
         let (steps, name) = match phase {
             Phase::Setup if self.plan.is_sequential() => (self.plan.setup.clone(), "session"),
             Phase::Setup => (self.plan.setup.clone(), "setup"),
+            _ if self.plan.is_sequential() => (self.plan.reduce.clone(), "merge"),
             _ => (self.plan.reduce.clone(), "reduce"),
         };
         let log = self.open_log(&format!("{name}.log"))?;
         let mut env = self.env();
-        let results_json = if phase == Phase::Reduce {
+        let results_json = if phase == Phase::Reduce && !self.plan.is_sequential() {
             // Also as a file: a command line holds at most 128 KiB per argument, and the
             // results of many agents do not fit in `${map.results_json}`.
             let json = self.results_json();
@@ -317,6 +343,17 @@ impl Job {
             _ => self.state.checkpoint.setup_captured.clone(),
         };
         captured.extend(self.state.checkpoint.captured.clone());
+        if name == "merge" {
+            let spec = &self.state.spec;
+            let values = [
+                spec.worktree.display().to_string(),
+                spec.branch.clone(),
+                spec.target_branch.clone().unwrap_or_default(),
+            ];
+            for (var, value) in crate::workflow::MERGE_VARS.iter().zip(values) {
+                captured.insert((*var).to_owned(), value);
+            }
+        }
         loop {
             let done = match phase {
                 Phase::Setup => self.state.checkpoint.setup_done,

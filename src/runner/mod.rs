@@ -218,6 +218,8 @@ pub struct Options {
     pub interrupt: Arc<AtomicBool>,
     /// Progress reports.
     pub observer: Option<Arc<dyn Observer>>,
+    /// Yes to every question (`run -y`): a session's `merge:` steps run unasked.
+    pub yes: bool,
     /// Variables added to the workflow's environment (`--args` gives `ARG`), recorded with
     /// the job so `resume` sees them.
     pub env: BTreeMap<String, String>,
@@ -251,6 +253,8 @@ pub struct Outcome {
     pub already_complete: bool,
     /// For a session (a sequential workflow): how many steps it ran through.
     pub steps: Option<usize>,
+    /// A session whose `merge:` steps wait for a yes (`resume -y` runs them).
+    pub merge_pending: bool,
 }
 
 /// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
@@ -316,6 +320,10 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         started: now_timestamp(),
         workflow_source: plan.source.clone(),
         imported_from: None,
+        target_branch: git::git(dir, &["symbolic-ref", "--short", "-q", "HEAD"])
+            .ok()
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty()),
     };
     let state = states.create(spec)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
@@ -363,6 +371,7 @@ pub fn resume(
             branch: state.spec.branch.clone(),
             already_complete: true,
             steps: plan.is_sequential().then_some(state.checkpoint.setup_done),
+            merge_pending: false,
         });
     }
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
@@ -457,6 +466,8 @@ struct Job {
     logger: Arc<EventLogger>,
     exec: Executor,
     observer: Option<Arc<dyn Observer>>,
+    /// `-y`: yes to every question.
+    yes: bool,
     max_parallel: usize,
     started: Instant,
     /// `resume --from`: put the job's branch back where the checkpoint saw it.

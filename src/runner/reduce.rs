@@ -92,6 +92,7 @@ impl Job {
                 .plan
                 .is_sequential()
                 .then_some(self.state.checkpoint.setup_done),
+            merge_pending: false,
         })
     }
 }

@@ -7,10 +7,7 @@ impl Job {
         self.job_steps(Phase::Setup)?;
         // A session's steps are all there is.
         let Some(map) = self.plan.map_spec().cloned() else {
-            self.state.checkpoint.phase = Phase::Complete;
-            self.state.checkpoint.ended = Some(now_timestamp());
-            self.save("complete")?;
-            return Ok(());
+            return self.end_session();
         };
         // The work items, made in the job's worktree after setup.
         let worktree = self.state.spec.worktree.clone();
@@ -80,6 +77,18 @@ impl Job {
         })?;
         self.save("phase map")?;
         Ok(())
+    }
+
+    /// A session's steps are done: its `merge:` steps next when it has them (they wait for
+    /// a yes), else it is complete.
+    fn end_session(&mut self) -> Result<(), RunError> {
+        if !self.plan.reduce.is_empty() {
+            self.state.checkpoint.phase = Phase::Reduce;
+            return self.save("phase merge");
+        }
+        self.state.checkpoint.phase = Phase::Complete;
+        self.state.checkpoint.ended = Some(now_timestamp());
+        self.save("complete")
     }
 
     pub(super) fn input_error(&mut self, message: String) -> RunError {

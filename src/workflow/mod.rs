@@ -97,7 +97,19 @@ pub struct SessionFile {
     /// The steps.
     #[serde(alias = "steps")]
     pub commands: Steps,
+    /// The session's own merge: steps run in its worktree once its steps are done (asked
+    /// first, unless `run -y`), with `${merge.worktree}`, `${merge.source_branch}` and
+    /// `${merge.target_branch}`.
+    #[serde(default)]
+    pub merge: Option<Steps>,
 }
+
+/// What a session's `merge:` steps read about the merge.
+pub const MERGE_VARS: [&str; 3] = [
+    "merge.worktree",
+    "merge.source_branch",
+    "merge.target_branch",
+];
 
 /// A workflow file, in one of its two shapes.
 #[derive(Debug, Clone, Serialize)]
@@ -563,6 +575,7 @@ impl Plan {
                     description: None,
                     env: BTreeMap::new(),
                     commands: serde_saphyr::from_str(source).map_err(yaml_error)?,
+                    merge: None,
                 },
                 _ => serde_saphyr::from_str(source).map_err(yaml_error)?,
             };
@@ -792,8 +805,16 @@ impl Reader<'_> {
             }
             env.insert(k.clone(), v.value.clone());
         }
-        let (setup, _) = self.steps(&file.commands, Scope::Setup, &[], &env)?;
-        record_env(&mut env, setup.iter());
+        let (setup, mut named) = self.steps(&file.commands, Scope::Setup, &[], &env)?;
+        named.extend(MERGE_VARS.map(|v| (v.to_owned(), false)));
+        let reduce = match &file.merge {
+            Some(steps) if steps.is_empty() => {
+                return Err(self.at(0, "merge: has no steps".into()));
+            }
+            Some(steps) => self.steps(steps, Scope::Setup, &named, &env)?.0,
+            None => Vec::new(),
+        };
+        record_env(&mut env, setup.iter().chain(&reduce));
         Ok(Plan {
             path: path.to_owned(),
             source: source.to_owned(),
@@ -810,7 +831,7 @@ impl Reader<'_> {
             env,
             setup,
             agent: Vec::new(),
-            reduce: Vec::new(),
+            reduce,
             filter: None,
             sort_by: None,
             json_path: None,

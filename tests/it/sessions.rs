@@ -179,3 +179,43 @@ fn max_iterations_repeats_the_steps_in_one_session() {
     let out = in_repo(&env, &repo, &["run", "mr.yml", "-n", "2"]);
     assert_one_line_error(&out, 2);
 }
+
+#[test]
+fn a_sessions_merge_steps_wait_for_a_yes_and_see_the_branches() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "merging");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: with-merge\ncommands:\n  - shell: echo work > work-$PRODIGY_JOB_ID.txt && git add . && git -c user.name=t -c user.email=t@t commit -qm work\nmerge:\n  - shell: echo \"${{merge.source_branch}} ${{merge.target_branch}} ${{merge.worktree}}\" >> {m}/merge.log\n  - shell: git -C {r} merge -q --no-edit ${{merge.source_branch}}\n",
+            m = marks.display(),
+            r = repo.display()
+        ),
+    );
+    commit(&repo);
+    // Not a terminal and no -y: the steps run, the merge waits.
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "m1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("prodigy resume m1 -y"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(!marks.join("merge.log").exists());
+    assert!(!repo.join("work-m1.txt").exists());
+    assert_eq!(ok_in(&env, &repo, &["resume", "m1", "-y"]), "m1\n");
+    let show = job_show(&env, &repo, "m1");
+    assert_eq!(show["phase"], "complete", "{show}");
+    let log = lines(&marks.join("merge.log"));
+    let worktree = show["worktree"].as_str().unwrap();
+    assert_eq!(log, [format!("prodigy/m1 main {worktree}")]);
+    // The merge steps merged the session into the branch it started from.
+    assert!(repo.join("work-m1.txt").is_file());
+    // With -y, at once.
+    assert_eq!(
+        ok_in(&env, &repo, &["run", "w.yml", "-y", "--job-id", "m2"]),
+        "m2\n"
+    );
+    assert_eq!(lines(&marks.join("merge.log")).len(), 2);
+}

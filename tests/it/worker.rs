@@ -242,6 +242,7 @@ fn mixed(home: &Home, refs: &RefStore, ack: &mut std::fs::File) {
     let job = format!("job-{me}");
     let mut state = states
         .create(JobSpec {
+            target_branch: None,
             id: job.clone(),
             repo: "api".into(),
             repo_root: "/nowhere".into(),

@@ -90,6 +90,19 @@ pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::
     } else {
         ""
     };
+    if outcome.merge_pending {
+        ctx.diag.note(&format!(
+            "session {}: its {} steps are done; the workflow's merge: steps wait for a yes",
+            outcome.job_id,
+            outcome.steps.unwrap_or(0)
+        ));
+        ctx.diag.hint(&format!(
+            "run them with `prodigy resume {} -y`, or merge yourself: `git merge {}`",
+            outcome.job_id, outcome.branch
+        ));
+        writeln!(ctx.out, "{}", outcome.job_id)?;
+        return Ok(Exit::Success);
+    }
     if let Some(steps) = outcome.steps {
         ctx.diag.note(&format!(
             "session {} {already}complete: {steps} steps; result in '{}' (branch {})",

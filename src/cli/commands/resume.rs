@@ -23,6 +23,9 @@ pub struct Args {
     /// Agents at once (overrides map.max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_parallel: Option<u32>,
+    /// Yes to every question: a session's merge: steps run.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -38,6 +41,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     };
     let mut opts = progress::options(ctx)?;
     opts.max_parallel = args.max_parallel.map(|n| n as usize);
+    opts.yes = args.yes;
     let outcome = crate::runner::resume(&ctx.home, &repo, &args.job, from, opts);
     progress::finish(ctx, outcome)
 }

@@ -37,6 +37,9 @@ pub struct Args {
     #[arg(short = 'n', long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_iterations: u32,
+    /// Yes to every question: a sequential workflow's merge: steps run without asking.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Read the workflow, check every step and variable, print what would run, and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -80,6 +83,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     for arg in runs {
         let mut opts = progress::options(ctx)?;
         opts.job_id = args.job_id.clone();
+        opts.yes = args.yes;
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
         if let Some(arg) = arg {
             opts.env.insert("ARG".into(), arg);
@@ -90,7 +94,31 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 args.max_iterations.to_string(),
             );
         }
-        let outcome = crate::runner::run(&ctx.home, &args.workflow, &dir, opts);
+        let mut outcome = crate::runner::run(&ctx.home, &args.workflow, &dir, opts);
+        if let Ok(o) = &outcome
+            && o.merge_pending
+            && ctx.progress
+            && std::io::IsTerminal::is_terminal(&std::io::stdin())
+        {
+            // Asked, as the original asks, before the session's own merge runs.
+            ctx.diag.note(&format!(
+                "session {}: run the workflow's merge: steps to merge {} now? [y/N]",
+                o.job_id, o.branch
+            ));
+            let mut answer = String::new();
+            std::io::BufRead::read_line(ctx.stdin, &mut answer)?;
+            if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+                let mut again = progress::options(ctx)?;
+                again.yes = true;
+                outcome = crate::runner::resume(
+                    &ctx.home,
+                    &o.repo.clone(),
+                    &o.job_id.clone(),
+                    None,
+                    again,
+                );
+            }
+        }
         progress::finish(ctx, outcome)?;
     }
     Ok(Exit::Success)
