@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod dlq;
+pub mod env;
 pub mod events;
 pub mod fsck;
 pub mod fsutil;

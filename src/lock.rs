@@ -54,16 +54,7 @@ impl LockOptions {
     /// `PRODIGY_LOCK_TIMEOUT`: `None` when unset, else the duration it gives or an error
     /// naming it. The front end refuses an error before any command runs.
     pub fn env_timeout() -> Result<Option<Duration>, String> {
-        let Some(v) = std::env::var_os(LOCK_TIMEOUT_ENV) else {
-            return Ok(None);
-        };
-        match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
-            Some(Ok(timeout)) => Ok(Some(timeout)),
-            _ => Err(format!(
-                "{LOCK_TIMEOUT_ENV}={:?} is not a duration (give one such as 30s, 500ms or 2m)",
-                v.to_string_lossy()
-            )),
-        }
+        crate::env::duration(LOCK_TIMEOUT_ENV)
     }
 
     /// The defaults, with the timeout from `PRODIGY_LOCK_TIMEOUT` (see

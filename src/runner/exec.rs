@@ -42,16 +42,7 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// The grace from [`KILL_GRACE_ENV`]; an error when it is not a duration.
 pub fn kill_grace_from_env() -> Result<Duration, String> {
-    let Some(v) = std::env::var_os(KILL_GRACE_ENV) else {
-        return Ok(DEFAULT_KILL_GRACE);
-    };
-    match v.to_str().map(|v| humantime::parse_duration(v.trim())) {
-        Some(Ok(grace)) => Ok(grace),
-        _ => Err(format!(
-            "{KILL_GRACE_ENV}={:?} is not a duration (give one such as 5s or 500ms)",
-            v.to_string_lossy()
-        )),
-    }
+    Ok(crate::env::duration(KILL_GRACE_ENV)?.unwrap_or(DEFAULT_KILL_GRACE))
 }
 
 /// What the runner's steps share: the supervisor, the live process groups and the

@@ -204,7 +204,11 @@ fn a_sessions_merge_steps_wait_for_a_yes_and_see_the_branches() {
     );
     assert!(!marks.join("merge.log").exists());
     assert!(!repo.join("work-m1.txt").exists());
-    assert_eq!(ok_in(&env, &repo, &["resume", "m1", "-y"]), "m1\n");
+    // The original's spelling of resume.
+    assert_eq!(
+        ok_in(&env, &repo, &["run", "w.yml", "--resume", "m1", "-y"]),
+        "m1\n"
+    );
     let show = job_show(&env, &repo, "m1");
     assert_eq!(show["phase"], "complete", "{show}");
     let log = lines(&marks.join("merge.log"));

@@ -40,6 +40,10 @@ pub struct Args {
     /// Yes to every question: a sequential workflow's merge: steps run without asking.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Resume this job or session instead of starting one (the original's spelling of
+    /// `prodigy resume ID`).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["args", "job_id", "dry_run"])]
+    pub resume: Option<String>,
     /// Read the workflow, check every step and variable, print what would run, and stop.
     #[arg(long)]
     pub dry_run: bool,
@@ -54,6 +58,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Some(p) => p.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
+    if let Some(id) = &args.resume {
+        crate::names::validate("job id", id)?;
+        let repo = crate::repo::resolve_repo_name(&ctx.home, &dir)?;
+        let mut opts = progress::options(ctx)?;
+        opts.max_parallel = args.max_parallel.map(|n| n as usize);
+        opts.yes = args.yes;
+        let outcome = crate::runner::resume(&ctx.home, &repo, id, None, opts);
+        return progress::finish(ctx, outcome);
+    }
     if args.dry_run {
         let plan = crate::workflow::Plan::load(&args.workflow)?;
         for line in plan.outline() {
