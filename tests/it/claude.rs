@@ -691,3 +691,22 @@ fn the_originals_capture_spellings_work_for_claude_steps() {
     let show = json(&env, &repo, &["jobs", "show", "c1", "--json"]);
     assert_eq!(show["done"], 1, "{show}");
 }
+
+#[test]
+fn an_event_naming_a_missing_transcript_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    let missing = "ab".repeat(32);
+    let event = format!(
+        "{{\"event_type\":\"claude_call_finished\",\"job_id\":\"j\",\"agent_id\":\"a\",\"step\":\"map/1\",\"attempt\":1,\"exit_code\":0,\"duration_ms\":1,\"is_error\":false,\"transcript\":\"{missing}\"}}\n"
+    );
+    let out = env.run(
+        &["events", "append", "--repo", "r", "--job", "j"],
+        event.as_bytes(),
+    );
+    let err = crate::common::assert_one_line_error(&out, 1);
+    assert!(
+        err.contains(&format!("names object {missing}, which is not stored")),
+        "{err}"
+    );
+    assert!(env.ok(&["ref", "list"], b"").is_empty());
+}

@@ -919,3 +919,36 @@ fn the_store_can_be_chosen_by_flag_variable_or_config() {
     );
     assert!(other.is_empty(), "{other}");
 }
+
+/// A Claude call's transcript is reached from the job's events: push and pull carry it,
+/// and the pulled home reads it with `prodigy logs`.
+#[test]
+fn transcripts_travel_with_push_and_pull() {
+    let s3 = S3::start();
+    let p = "t21";
+    let env = Env::new();
+    let stream = "{\"type\":\"assistant\",\"message\":{\"content\":[{\"type\":\"text\",\"text\":\"fixed the docs\"}]}}\n\
+                  {\"type\":\"result\",\"is_error\":false,\"result\":\"ok\",\"total_cost_usd\":0.25}\n";
+    let id = env
+        .ok(&["hash-object", "-w", "--stdin"], stream.as_bytes())
+        .trim()
+        .to_owned();
+    let event = format!(
+        "{{\"event_type\":\"claude_call_finished\",\"job_id\":\"j\",\"agent_id\":\"agent-0\",\"step\":\"map/1\",\"attempt\":1,\"exit_code\":0,\"duration_ms\":5,\"is_error\":false,\"usage\":{{\"input_tokens\":3,\"output_tokens\":4}},\"total_cost_usd\":0.25,\"transcript\":\"{id}\"}}\n"
+    );
+    env.ok(
+        &["events", "append", "--repo", "r", "--job", "j"],
+        event.as_bytes(),
+    );
+    ok(&env, &s3, p, &["store", "push", "j", "--repo", "r"], b"");
+    let other = Env::new();
+    ok(&other, &s3, p, &["store", "pull", "j", "--repo", "r"], b"");
+    let logs = other.ok(&["logs", "j", "--repo", "r"], b"");
+    assert!(logs.contains("fixed the docs"), "{logs}");
+    assert_eq!(
+        other.ok(&["logs", "j", "--repo", "r", "--json"], b""),
+        stream
+    );
+    let fsck: Value = serde_json::from_str(&other.ok(&["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
