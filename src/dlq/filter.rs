@@ -8,7 +8,11 @@
 //! field      := item_id | error_type | failure_count | first_attempt | last_attempt
 //!             | error_signature | reprocess_eligible | manual_review_required
 //!             | error_message | item.<key>[.<key>…]
-//! op         := == | != | < | <= | > | >= | ~ (regex) | contains
+//! op         := == | != | < | <= | > | >= | ~ (regex) | matches (the same) | contains
+//!
+//! `and`, `or` and `not` may be written in capitals (`AND`, the original's); in a quoted
+//! value `\'` and `\\` are a quote and a backslash, any other backslash stays (regular
+//! expressions keep `\.`).
 //! value      := 'text' | "text" | number | true | false | null
 //! ```
 //!
@@ -231,8 +235,14 @@ fn lex(expr: &str, mode: Mode) -> Result<Vec<(Tok, usize)>, FilterError> {
             loop {
                 match chars.get(j) {
                     None => return Err(err(column, format!("unbalanced quote {c}"))),
+                    // `\'` and `\\` are the quote and the backslash; any other `\x` stays
+                    // as written, so a regular expression's `'\.rs$'` keeps its `\.`.
                     Some((_, '\\')) if chars.get(j + 1).is_some() => {
-                        text.push(chars[j + 1].1);
+                        let next = chars[j + 1].1;
+                        if next != c && next != '\\' {
+                            text.push('\\');
+                        }
+                        text.push(next);
                         j += 2;
                     }
                     Some((_, q)) if *q == c => break,
@@ -310,8 +320,9 @@ impl Parser<'_, '_> {
         }
     }
 
+    /// The keyword `word` (`and`, `or`, `not`; any case, as the original's `AND`/`OR`).
     fn is_word(&self, word: &str) -> bool {
-        matches!(self.peek(), Tok::Ident(w) if w == word)
+        matches!(self.peek(), Tok::Ident(w) if w.eq_ignore_ascii_case(word))
     }
 
     fn or(&mut self) -> Result<Node, FilterError> {
@@ -396,7 +407,11 @@ impl Parser<'_, '_> {
             Tok::Ident(w) if w == "false" => Operand::Lit(Value::Bool(false)),
             Tok::Ident(w) if w == "null" => Operand::Lit(Value::Null),
             // A condition has no fields: a bare word is text (`${level} == high`).
-            Tok::Ident(w) if !["and", "or", "not", "contains"].contains(&w.as_str()) => {
+            Tok::Ident(w)
+                if !["and", "or", "not", "contains", "matches"]
+                    .iter()
+                    .any(|k| w.eq_ignore_ascii_case(k)) =>
+            {
                 Operand::Lit(Value::String(w))
             }
             other => {
@@ -419,6 +434,7 @@ impl Parser<'_, '_> {
             Tok::Op(">") => Cmp::Gt,
             Tok::Op(">=") => Cmp::Ge,
             Tok::Op("~") => Cmp::Regex,
+            Tok::Ident(w) if w == "matches" => Cmp::Regex,
             Tok::Ident(w) if w == "contains" => Cmp::Contains,
             _ => return None,
         })
@@ -501,7 +517,7 @@ impl Parser<'_, '_> {
         self.at += 1;
         let Some(cmp) = self.comparison() else {
             return Err(self.err(format!(
-                "expected an operator (== != < <= > >= ~ contains), found {}",
+                "expected an operator (== != < <= > >= ~ matches contains), found {}",
                 describe(self.peek())
             )));
         };

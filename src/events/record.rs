@@ -294,6 +294,23 @@ pub enum MapReduceEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         transcript: Option<ObjectId>,
     },
+    /// Ours: a step's `validate:` gave its result (one event per validation run: the first
+    /// and one after each `on_incomplete` round).
+    StepValidated {
+        job_id: String,
+        agent_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item_id: Option<String>,
+        step: String,
+        /// 1 for the first validation, 2 after the first `on_incomplete` round, …
+        attempt: u32,
+        completion: f64,
+        threshold: f64,
+        status: String,
+        passed: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
+    },
 }
 
 /// The token usage a call's `result` reports (the Claude CLI's field names).
@@ -357,6 +374,7 @@ impl MapReduceEvent {
             ClaudeMessage { .. } => 26,
             ClaudeCallStarted { .. } => 27,
             ClaudeCallFinished { .. } => 28,
+            StepValidated { .. } => 29,
         };
         EVENT_TYPES[index]
     }
@@ -378,7 +396,8 @@ impl MapReduceEvent {
             | ClaudeSessionStarted { agent_id, .. }
             | ClaudeMessage { agent_id, .. }
             | ClaudeCallStarted { agent_id, .. }
-            | ClaudeCallFinished { agent_id, .. } => Some(agent_id),
+            | ClaudeCallFinished { agent_id, .. }
+            | StepValidated { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -493,7 +512,7 @@ impl EventRecord {
 }
 
 /// Every event type name: the original's 27 in its order, then ours.
-pub const EVENT_TYPES: [&str; 29] = [
+pub const EVENT_TYPES: [&str; 30] = [
     "job_started",
     "job_completed",
     "job_failed",
@@ -523,6 +542,7 @@ pub const EVENT_TYPES: [&str; 29] = [
     "claude_message",
     "claude_call_started",
     "claude_call_finished",
+    "step_validated",
 ];
 
 /// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,

@@ -2,28 +2,20 @@
 //! step (with its `on_failure` handler and retries), shared by the map phase, setup,
 //! reduce and `dlq retry`.
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::claude::Called;
-use super::exec::{self, Executor, Program, StepSpec};
 pub(super) use super::site::Site;
-use super::{AgentCtx, Msg, StepFailure, agent_branch, agent_dir, git, open_log};
+pub(super) use super::step::{run_step, write_log};
+use super::{AgentCtx, Msg, agent_branch, agent_dir, git, open_log};
 use crate::dlq::Failure;
 use crate::events::record::{MapReduceEvent, now_timestamp};
 use crate::state::{AgentState, ItemResult, ItemStatus, JobSpec};
 use crate::workflow::template::Vars;
-use crate::workflow::{PlanStep, StepKind};
-
-/// The longest command `sh -c` is given: Linux refuses a single argument over 128 KiB
-/// (`MAX_ARG_STRLEN`) with a bare E2BIG.
-const MAX_COMMAND: usize = 128 * 1024 - 1;
 
 /// What an agent whose steps all succeeded leaves at once, beside its worktree
 /// (`<job>@agent-<i>.done`), before the slower work of reporting it: if the runner dies
@@ -62,318 +54,6 @@ fn detached_head(worktree: &Path) -> Option<String> {
     (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
 }
 
-/// Runs a step's or handler's command: `sh -c`, or a Claude call (whose output is its
-/// result text, always kept).
-fn launch(
-    exec: &Executor,
-    site: &Site<'_>,
-    kind: StepKind,
-    label: &str,
-    command: &str,
-    timeout: Option<Duration>,
-    capture: bool,
-) -> std::io::Result<Called> {
-    match kind {
-        StepKind::Shell => exec
-            .run(&StepSpec {
-                program: Program::Shell(command),
-                cwd: site.cwd,
-                env: site.env,
-                timeout,
-                capture: capture.then_some(exec::MAX_CAPTURE),
-                log: site.log,
-                lines: None,
-            })
-            .map(|outcome| Called {
-                outcome,
-                failure: None,
-            }),
-        StepKind::Claude => super::claude::call(exec, site, label, command, timeout),
-    }
-}
-
-/// What a step that did not fail the phase left: its capture (read by its format), its
-/// output when a later step reads `${last.output}`, and its exit code (non-zero only for a
-/// failure its `on_failure` forgave with `fail_workflow: false`).
-#[derive(Debug, Default)]
-pub(super) struct StepOk {
-    captured: Option<String>,
-    output: Option<String>,
-    exit_code: i32,
-    /// A Claude step's result text: `${claude.output}` after it.
-    claude_output: Option<String>,
-}
-
-impl StepOk {
-    /// Records it in `vars`'s captures: the step's name and `${shell.output}`, then
-    /// `${last.output}` and `${last.exit_code}`. Returns the captured value.
-    pub(super) fn record(
-        self,
-        step: &PlanStep,
-        captured: &mut BTreeMap<String, String>,
-    ) -> Option<String> {
-        if let (Some(name), Some(value)) = (&step.capture, &self.captured) {
-            captured.insert(name.clone(), value.clone());
-        }
-        // `${shell.output}`: the step's capture, else its output when kept.
-        let shell_output = self.captured.clone().or_else(|| self.output.clone());
-        captured.insert("shell.output".into(), shell_output.unwrap_or_default());
-        captured.insert("last.output".into(), self.output.unwrap_or_default());
-        captured.insert("last.exit_code".into(), self.exit_code.to_string());
-        if let Some(text) = self.claude_output {
-            captured.insert("claude.output".into(), text);
-        }
-        self.captured
-    }
-}
-
-/// Runs one step, with its `on_failure` handler and retries.
-pub(super) fn run_step(
-    exec: &Executor,
-    site: &Site<'_>,
-    step: &PlanStep,
-    vars: &Vars<'_>,
-) -> Result<StepOk, StepFailure> {
-    let (cwd, log, deadline) = (site.cwd, site.log, site.deadline);
-    let fail = |message: String, exit_code, interrupted| StepFailure {
-        line: step.line,
-        message,
-        detail: String::new(),
-        exit_code,
-        interrupted,
-    };
-    if let Some(when) = &step.when
-        && !when.eval(vars).map_err(|e| fail(e, None, false))?
-    {
-        write_log(log, &format!("# skipped (when: {})\n", when.text()));
-        return Ok(StepOk::default());
-    }
-    let mut command = step
-        .command
-        .render(vars)
-        .map_err(|e| fail(e, None, false))?;
-    if step.kind == StepKind::Claude
-        && let Some(arg) = site.env.get("ARG")
-    {
-        // The original pastes `--args`'s value into Claude commands (`/implement $ARG`);
-        // a shell step reads `$ARG` from its environment.
-        command = paste_arg(&command, arg);
-    }
-    if command.len() > MAX_COMMAND {
-        return Err(fail(
-            format!(
-                "the command is {} KiB after interpolation, more than the system takes in one \
-                 argument ({} KiB); read big values from files instead (reduce steps get \
-                 $PRODIGY_MAP_RESULTS, the path of ${{map.results_json}})",
-                command.len() / 1024,
-                MAX_COMMAND / 1024
-            ),
-            None,
-            false,
-        ));
-    }
-    let label = format!("{}/{}", site.phase, step.number);
-    let claude = step.kind == StepKind::Claude;
-    let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
-    let mut last = None;
-    for attempt in 1..=attempts {
-        let timeout = limit(step.timeout, deadline);
-        if timeout == Some(Duration::ZERO) {
-            return Err(fail(
-                "agent timed out (agent_timeout_secs)".into(),
-                Some(exec::TIMEOUT_EXIT),
-                false,
-            ));
-        }
-        let key = if claude { "claude: " } else { "" };
-        match &step.name {
-            Some(name) => write_log(log, &format!("$ {key}{command}   # {name}\n")),
-            None => write_log(log, &format!("$ {key}{command}\n")),
-        }
-        // `commit_required`: the commit the worktree is at before the step.
-        let before = step.commit_required.then(|| super::git::head(cwd).ok());
-        let keep = step.capture.is_some() || step.keep_output;
-        let called =
-            launch(exec, site, step.kind, &label, &command, timeout, keep).map_err(|e| {
-                let program = if claude { "claude" } else { "sh" };
-                fail(format!("cannot start {program}: {e}"), None, false)
-            })?;
-        let (out, why) = (called.outcome, called.failure);
-        if out.interrupted {
-            return Err(fail("interrupted".into(), None, true));
-        }
-        let succeeded = out.success() && why.is_none();
-        let no_commit = succeeded
-            && before
-                .as_ref()
-                .is_some_and(|b| *b == super::git::head(cwd).ok());
-        // The captured value, read by the step's capture_format.
-        let over = out.stdout_bytes > super::exec::MAX_CAPTURE as u64;
-        let kept = (keep || claude) && succeeded;
-        let text = match kept {
-            // A capture is whole or an error, never silently cut.
-            true if over => Err(format!(
-                "the step printed {} bytes, more than the {} MiB a capture holds; write the \
-                 output to a file and read it from there",
-                out.stdout_bytes,
-                super::exec::MAX_CAPTURE >> 20
-            )),
-            true => out.stdout_text(),
-            false => Ok(""),
-        };
-        let captured = match (&step.capture, &text) {
-            (Some(name), Err(why)) if kept => Some(Err(format!("capture {name}: {why}"))),
-            (Some(_), Ok(text)) if kept => Some(step.capture_format.read(text)),
-            (None, Err(why)) if kept => Some(Err(format!("capture_output: {why}"))),
-            _ => None,
-        };
-        if succeeded && !no_commit {
-            let output = step
-                .keep_output
-                .then(|| text.as_deref().unwrap_or_default().to_owned());
-            let claude_output = claude.then(|| text.as_deref().unwrap_or_default().to_owned());
-            match captured {
-                None => {
-                    return Ok(StepOk {
-                        output,
-                        claude_output,
-                        ..StepOk::default()
-                    });
-                }
-                Some(Ok(value)) => {
-                    return Ok(StepOk {
-                        captured: Some(value),
-                        output,
-                        exit_code: 0,
-                        claude_output,
-                    });
-                }
-                Some(Err(_)) => {}
-            }
-        }
-        let message = if no_commit {
-            "commit_required: the step succeeded but made no commit".to_owned()
-        } else if let Some(Err(why)) = captured {
-            why
-        } else if out.timed_out {
-            format!(
-                "timed out after {} (stopped with its process group: SIGTERM, then SIGKILL \
-                 after the grace period)",
-                {
-                    let limit = timeout.unwrap_or(out.duration);
-                    match limit.as_secs() {
-                        0 => format!("{}ms", limit.as_millis()),
-                        secs => format!("{secs}s"),
-                    }
-                }
-            )
-        } else if let Some(why) = why {
-            why
-        } else {
-            // One line for messages; the whole tail goes to the DLQ and the log.
-            let last = super::last_line(&out.stderr_tail);
-            if last.is_empty() {
-                format!("exit code {}", out.exit_code)
-            } else {
-                format!("exit code {}: {last}", out.exit_code)
-            }
-        };
-        let code = out.exit_code;
-        last = Some((message, code, out.stderr_tail.clone()));
-        if let Some(h) = &step.on_failure {
-            let mut captured = vars.captured.cloned().unwrap_or_default();
-            captured.insert("shell.output".into(), out.stderr_tail.clone());
-            let hvars = Vars {
-                captured: Some(&captured),
-                ..*vars
-            };
-            if let Ok(cmd) = h.command.render(&hvars) {
-                let key = if h.kind == StepKind::Claude {
-                    "claude: "
-                } else {
-                    ""
-                };
-                write_log(log, &format!("$ {key}{cmd}   # on_failure\n"));
-                let _ = launch(
-                    exec,
-                    site,
-                    h.kind,
-                    &format!("{label}/on_failure"),
-                    &cmd,
-                    limit(h.timeout, deadline),
-                    false,
-                );
-            }
-            if exec.interrupted() {
-                return Err(fail("interrupted".into(), None, true));
-            }
-            if attempt == attempts && !h.fail_workflow {
-                let output = match step.keep_output.then(|| out.stdout_text()) {
-                    None => None,
-                    Some(Ok(text)) => Some(text.to_owned()),
-                    Some(Err(why)) => {
-                        let detail = out.stderr_tail.clone();
-                        last = Some((format!("capture_output: {why}"), code, detail));
-                        break;
-                    }
-                };
-                return Ok(StepOk {
-                    captured: None,
-                    output,
-                    exit_code: code,
-                    claude_output: None,
-                });
-            }
-        }
-    }
-    let (message, code, detail) = last.unwrap_or_default();
-    Err(StepFailure {
-        detail,
-        ..fail(message, Some(code), false)
-    })
-}
-
-/// `$ARG` and `${ARG}` in `command` replaced by `arg` (not `$ARGS`, `$ARG_X`).
-fn paste_arg(command: &str, arg: &str) -> String {
-    let mut out = String::with_capacity(command.len());
-    let mut rest = command;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at..];
-        let word_end = |s: &str| {
-            s.chars()
-                .next()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
-        };
-        if let Some(tail) = after.strip_prefix("${ARG}") {
-            out.push_str(arg);
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("$ARG").filter(|t| word_end(t)) {
-            out.push_str(arg);
-            rest = tail;
-        } else {
-            out.push('$');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn limit(step: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
-    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match (step, left) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-pub(super) fn write_log(log: &Arc<Mutex<File>>, text: &str) {
-    use std::io::Write;
-    let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = f.write_all(text.as_bytes());
-}
-
 fn meta(agent: &str, worktree: &Path) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("agent_id".into(), Value::String(agent.to_owned()));
@@ -399,6 +79,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         let _ = logger.log_with_metadata(e, meta(&agent, &path));
     };
     let mut env = spec.env.clone();
+    env.extend(ctx.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.insert("PRODIGY_JOB_ID".into(), job_id.clone());
     env.insert("PRODIGY_AGENT_ID".into(), agent.clone());
     env.insert("PRODIGY_ITEM_ID".into(), key.clone());
@@ -517,6 +198,10 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             env: &env,
             log: &log,
             deadline,
+            mask: &ctx.mask,
+            paste: &spec.env,
+            base: Some(&ctx.map_base),
+            track_git: ctx.track_git,
         };
         let mut captured = ctx.setup_captured.clone();
         let mut output = None;
@@ -527,7 +212,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 item_id: &key,
                 item_index: index,
                 total: ctx.items.len(),
-                env: Some(&spec.env),
+                env: Some(&ctx.env_all),
                 workflow_name: ctx.plan.name(),
                 job_id: &job_id,
                 captured: Some(&captured),
@@ -667,15 +352,4 @@ fn finished_failed(
         },
         Some(failure),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn arg_is_pasted_as_a_word() {
-        assert_eq!(
-            super::paste_arg("/implement $ARG --x ${ARG} $ARGS $ARG_1 $", "12"),
-            "/implement 12 --x 12 $ARGS $ARG_1 $"
-        );
-    }
 }

@@ -132,7 +132,7 @@ pub(super) fn call(
         agent_id: site.agent_id.to_owned(),
         item_id: site.item_id.map(str::to_owned),
         step: step.to_owned(),
-        command: command.to_owned(),
+        command: site.mask.text(command),
         attempt: site.attempt,
     });
     let hook: Option<LineHook> = streaming.then(|| {
@@ -153,6 +153,9 @@ pub(super) fn call(
         capture: Some(MAX_TRANSCRIPT + 1),
         log,
         lines: hook,
+        clear_env: false,
+        keep_stderr: false,
+        mask: Some(Arc::clone(site.mask)),
     })?;
     let transcript = std::mem::take(&mut outcome.stdout);
     let whole = transcript.len() <= MAX_TRANSCRIPT;
@@ -181,7 +184,7 @@ pub(super) fn call(
             }),
         })
     };
-    let shown = || one_line(command);
+    let shown = || one_line(&site.mask.text(command));
     let mut failure = match (&stored, &read) {
         _ if outcome.timed_out || outcome.interrupted => None,
         (Err(e), _) => Some(format!(

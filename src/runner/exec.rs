@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
+use crate::workflow::env::Masker;
+
 /// Captured output kept per step.
 pub const MAX_CAPTURE: usize = 1 << 20;
 
@@ -83,6 +85,13 @@ pub struct StepSpec<'a> {
     pub log: &'a Arc<Mutex<File>>,
     /// Told of each line of standard output as it comes.
     pub lines: Option<LineHook>,
+    /// Start from an empty environment (only `env` and `PATH`).
+    pub clear_env: bool,
+    /// Keep standard error whole (up to [`MAX_CAPTURE`]), not only its tail.
+    pub keep_stderr: bool,
+    /// Secrets' values replaced by `***` in everything read from the step, line by line,
+    /// before the log, the capture or the line hook sees it.
+    pub mask: Option<Arc<Masker>>,
 }
 
 impl StepSpec<'_> {
@@ -118,6 +127,9 @@ pub struct StepOutcome {
     pub stdout_bytes: u64,
     /// The last [`STDERR_TAIL`] bytes of its standard error.
     pub stderr_tail: String,
+    /// Its standard error, when kept ([`StepSpec::keep_stderr`]; at most
+    /// [`MAX_CAPTURE`] bytes).
+    pub stderr: Vec<u8>,
     /// How long it ran.
     pub duration: Duration,
 }
@@ -224,6 +236,12 @@ impl Executor {
                 cmd.args(args);
             }
         }
+        if step.clear_env {
+            cmd.env_clear();
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", path);
+            }
+        }
         cmd.current_dir(step.cwd)
             .envs(step.env)
             .stdin(Stdio::null())
@@ -254,15 +272,17 @@ impl Executor {
         let kept = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tail = Arc::new(Mutex::new(Vec::new()));
+        let err_kept = Arc::new(Mutex::new(Vec::new()));
         let (done_tx, done_rx) = mpsc::channel::<()>();
         if let Some(mut r) = stdout {
             let (log, kept, done) = (Arc::clone(step.log), Arc::clone(&kept), done_tx.clone());
             let seen = Arc::clone(&seen);
             let capture = step.capture.unwrap_or(0);
             let hook = step.lines.clone();
+            let mask = step.mask.clone();
             std::thread::spawn(move || {
                 let mut partial = Vec::new();
-                pump(&mut r, &log, |chunk| {
+                pump(&mut r, &log, mask.as_deref(), |chunk| {
                     seen.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() < capture {
@@ -290,8 +310,15 @@ impl Executor {
         }
         if let Some(mut r) = stderr {
             let (log, tail, done) = (Arc::clone(step.log), Arc::clone(&tail), done_tx.clone());
+            let (mask, keep, err_kept) =
+                (step.mask.clone(), step.keep_stderr, Arc::clone(&err_kept));
             std::thread::spawn(move || {
-                pump(&mut r, &log, |chunk| {
+                pump(&mut r, &log, mask.as_deref(), |chunk| {
+                    if keep {
+                        let mut kept = err_kept.lock().unwrap_or_else(|e| e.into_inner());
+                        let room = MAX_CAPTURE.saturating_sub(kept.len());
+                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
                     let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
                     tail.extend_from_slice(chunk);
                     if tail.len() > 2 * STDERR_TAIL {
@@ -361,6 +388,7 @@ impl Executor {
                 0
             },
             stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
+            stderr: std::mem::take(&mut *err_kept.lock().unwrap_or_else(|e| e.into_inner())),
             duration,
         })
     }
@@ -400,6 +428,7 @@ fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
         stdout: Vec::new(),
         stdout_bytes: 0,
         stderr_tail: String::new(),
+        stderr: Vec::new(),
         duration: started.elapsed(),
     }
 }
@@ -421,19 +450,56 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-fn pump(r: &mut impl Read, log: &Arc<Mutex<File>>, mut each: impl FnMut(&[u8])) {
+/// The most of a line held back for masking: a longer line is masked in pieces (a secret
+/// cut between two pieces would pass; no secret is that long a line).
+const MASK_LINE: usize = 1 << 20;
+
+/// Copies what the step writes to the log and hands it to `each`; with a mask, whole
+/// lines at a time, each masked first.
+fn pump(
+    r: &mut impl Read,
+    log: &Arc<Mutex<File>>,
+    mask: Option<&Masker>,
+    mut each: impl FnMut(&[u8]),
+) {
+    let mask = mask.filter(|m| !m.is_empty());
+    let mut out = |bytes: &[u8]| {
+        let masked;
+        let bytes = match mask {
+            Some(m) => {
+                masked = m.bytes(bytes);
+                &masked[..]
+            }
+            None => bytes,
+        };
+        each(bytes);
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = f.write_all(bytes);
+    };
+    let mut held = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
         match r.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => break,
+            Ok(n) if mask.is_none() => out(&buf[..n]),
             Ok(n) => {
-                each(&buf[..n]);
-                let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = f.write_all(&buf[..n]);
+                held.extend_from_slice(&buf[..n]);
+                let cut = match held.iter().rposition(|b| *b == b'\n') {
+                    Some(at) => at + 1,
+                    None if held.len() > MASK_LINE => held.len(),
+                    None => 0,
+                };
+                if cut > 0 {
+                    out(&held[..cut]);
+                    held.drain(..cut);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            Err(_) => break,
         }
+    }
+    if !held.is_empty() {
+        out(&held);
     }
 }
 

@@ -342,6 +342,47 @@ fn remove_locks(dir: &Path) -> bool {
     found
 }
 
+/// What changed from commit `from` to `to` (`${step.*}`, `${workflow.*}`, `outputs:`):
+/// files added, modified and deleted (no rename detection: a rename is a deletion and an
+/// addition), the commits between, lines added and removed.
+pub fn changes(
+    dir: &Path,
+    from: &str,
+    to: &str,
+) -> Result<crate::workflow::template::Changes, GitError> {
+    let mut c = crate::workflow::template::Changes::default();
+    let status = git(
+        dir,
+        &["diff", "--name-status", "-z", "--no-renames", from, to],
+    )?;
+    let mut fields = status.split('\0').filter(|f| !f.is_empty());
+    while let (Some(kind), Some(path)) = (fields.next(), fields.next()) {
+        let list = match kind.chars().next() {
+            Some('A') => &mut c.added,
+            Some('D') => &mut c.deleted,
+            _ => &mut c.modified,
+        };
+        list.push(path.to_owned());
+    }
+    for list in [&mut c.added, &mut c.modified, &mut c.deleted] {
+        list.sort();
+    }
+    let range = format!("{from}..{to}");
+    c.commits = git(dir, &["rev-list", "--reverse", &range])?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for line in git(dir, &["diff", "--numstat", from, to])?.lines() {
+        let mut cols = line.split('\t');
+        let (Some(a), Some(d)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        c.insertions += a.parse::<u64>().unwrap_or(0);
+        c.deletions += d.parse::<u64>().unwrap_or(0);
+    }
+    Ok(c)
+}
+
 /// The commits on `HEAD` since `base`, oldest first.
 pub fn commits_since(dir: &Path, base: &str) -> Result<Vec<String>, GitError> {
     let out = git(dir, &["rev-list", "--reverse", &format!("{base}..HEAD")])?;

@@ -25,6 +25,16 @@ impl Job {
             let once = std::mem::take(&mut plan.setup);
             plan.setup = (0..n).flat_map(|_| once.iter().cloned()).collect();
         }
+        // Secrets are read at every start, from the environment of this process (or their
+        // files), and never stored.
+        let secrets = plan
+            .environment
+            .secrets(&state.spec.repo_root)
+            .map_err(|message| RunError::Env {
+                workflow: state.spec.workflow_path.clone(),
+                message,
+            })?;
+        let mask = Arc::new(crate::workflow::env::Masker::new(secrets.values()));
         let repo = state.spec.repo.clone();
         let id = state.spec.id.clone();
         let logger = EventLogger::with_refs(refs.clone(), &repo, &id, Thresholds::default())?;
@@ -47,6 +57,8 @@ impl Job {
             started: Instant::now(),
             rewind: false,
             run_lock: None,
+            secrets,
+            mask,
         })
     }
 
@@ -151,6 +163,20 @@ impl Job {
             "PRODIGY_WORKTREE".into(),
             self.state.spec.worktree.display().to_string(),
         );
+        env
+    }
+
+    /// [`Self::env`] with the secrets: what the job's steps run with.
+    pub(super) fn env_with_secrets(&self) -> BTreeMap<String, String> {
+        let mut env = self.env();
+        env.extend(self.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// The job's recorded env with the secrets: what `${env.X}` reads.
+    pub(super) fn env_all(&self) -> BTreeMap<String, String> {
+        let mut env = self.state.spec.env.clone();
+        env.extend(self.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
 
@@ -279,11 +305,11 @@ impl Job {
                 Phase::Setup => self.setup()?,
                 Phase::Map => self.map()?,
                 Phase::Merge => self.merge()?,
-                // A session's merge: steps wait for a yes.
+                // The workflow's merge: steps wait for a yes.
                 Phase::Reduce
-                    if self.plan.is_sequential()
+                    if !self.plan.merge.is_empty()
                         && !self.yes
-                        && self.state.checkpoint.reduce_done == 0 =>
+                        && self.state.checkpoint.reduce_done == self.plan.reduce.len() =>
                 {
                     return self.merge_pending();
                 }
@@ -293,8 +319,8 @@ impl Job {
         }
     }
 
-    /// A session stopped before its `merge:` steps, for want of a yes: its steps are done
-    /// and checkpointed; `resume -y` runs the merge.
+    /// A job or session stopped before its `merge:` steps, for want of a yes: its steps
+    /// are done and checkpointed; `resume -y` runs the merge.
     fn merge_pending(&mut self) -> Result<Outcome, RunError> {
         self.logger.flush()?;
         Ok(Outcome {
@@ -315,17 +341,22 @@ impl Job {
         open_log(&dir.join(name))
     }
 
-    /// Runs job-level steps (setup or reduce) from `from`, checkpointing after each.
+    /// Runs job-level steps from the checkpoint's count, checkpointing after each: setup
+    /// (a session's steps), or reduce followed by `merge:` (one count for both).
     pub(super) fn job_steps(&mut self, phase: Phase) -> Result<(), RunError> {
+        let sequential = self.plan.is_sequential();
         let (steps, name) = match phase {
-            Phase::Setup if self.plan.is_sequential() => (self.plan.setup.clone(), "session"),
+            Phase::Setup if sequential => (self.plan.setup.clone(), "session"),
             Phase::Setup => (self.plan.setup.clone(), "setup"),
-            _ if self.plan.is_sequential() => (self.plan.reduce.clone(), "merge"),
-            _ => (self.plan.reduce.clone(), "reduce"),
+            _ => {
+                let mut all = self.plan.reduce.clone();
+                all.extend(self.plan.merge.iter().cloned());
+                (all, "reduce")
+            }
         };
-        let log = self.open_log(&format!("{name}.log"))?;
-        let mut env = self.env();
-        let results_json = if phase == Phase::Reduce && !self.plan.is_sequential() {
+        let reduce_len = self.plan.reduce.len();
+        let mut env = self.env_with_secrets();
+        let results_json = if phase == Phase::Reduce && !sequential {
             // Also as a file: a command line holds at most 128 KiB per argument, and the
             // results of many agents do not fit in `${map.results_json}`.
             let json = self.results_json();
@@ -343,17 +374,13 @@ impl Job {
             _ => self.state.checkpoint.setup_captured.clone(),
         };
         captured.extend(self.state.checkpoint.captured.clone());
-        if name == "merge" {
-            let spec = &self.state.spec;
-            let values = [
-                spec.worktree.display().to_string(),
-                spec.branch.clone(),
-                spec.target_branch.clone().unwrap_or_default(),
-            ];
-            for (var, value) in crate::workflow::MERGE_VARS.iter().zip(values) {
-                captured.insert((*var).to_owned(), value);
-            }
-        }
+        let env_all = self.env_all();
+        let track_git = self.plan.all_steps().iter().any(|s| s.reads_git());
+        let phase_limit = match phase {
+            Phase::Setup => self.plan.setup_timeout,
+            _ => None,
+        };
+        let phase_started = Instant::now();
         loop {
             let done = match phase {
                 Phase::Setup => self.state.checkpoint.setup_done,
@@ -362,15 +389,39 @@ impl Job {
             let Some(step) = steps.get(done) else {
                 return Ok(());
             };
+            let merging = phase != Phase::Setup && done >= reduce_len;
+            let name = if merging { "merge" } else { name };
+            if merging && !captured.contains_key(crate::workflow::MERGE_VARS[0]) {
+                let spec = &self.state.spec;
+                let values = [
+                    spec.worktree.display().to_string(),
+                    spec.branch.clone(),
+                    spec.target_branch.clone().unwrap_or_default(),
+                    spec.id.clone(),
+                ];
+                for (var, value) in crate::workflow::MERGE_VARS.iter().zip(values) {
+                    captured.insert((*var).to_owned(), value);
+                }
+            }
+            let deadline = match merging {
+                true => self.plan.merge_timeout.map(|t| Instant::now() + t),
+                false => phase_limit.map(|t| phase_started + t),
+            };
+            let log = self.open_log(&format!("{name}.log"))?;
             let per_iteration = steps.iter().map(|s| s.number).max().unwrap_or(1).max(1);
-            self.note(&format!("{name} step {}/{}", done + 1, steps.len()));
+            let (shown, of) = match merging {
+                true => (done - reduce_len + 1, steps.len() - reduce_len),
+                false if phase == Phase::Setup => (done + 1, steps.len()),
+                false => (done + 1, reduce_len),
+            };
+            self.note(&format!("{name} step {shown}/{of}"));
             let c = self.state.checkpoint.counters;
             let vars = Vars {
                 total: c.total,
                 successful: c.done,
                 failed: c.failed,
                 results_json: &results_json,
-                env: Some(&self.state.spec.env),
+                env: Some(&env_all),
                 workflow_name: self.plan.name(),
                 job_id: &self.state.spec.id,
                 captured: Some(&captured),
@@ -393,7 +444,11 @@ impl Job {
                 cwd: &worktree,
                 env: &env,
                 log: &log,
-                deadline: None,
+                deadline,
+                mask: &self.mask,
+                paste: &self.state.spec.env,
+                base: Some(&self.state.spec.base_commit),
+                track_git,
             };
             match run_step(&self.exec, &site, step, &vars) {
                 Ok(ok) => {

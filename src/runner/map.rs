@@ -27,6 +27,10 @@ impl Job {
             items,
             keys,
             max_attempts,
+            secrets: self.secrets.clone(),
+            env_all: self.env_all(),
+            mask: Arc::clone(&self.mask),
+            track_git: self.plan.all_steps().iter().any(|s| s.reads_git()),
         }
     }
 

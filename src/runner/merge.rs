@@ -111,7 +111,7 @@ impl Job {
         let worktree = self.state.spec.worktree.clone();
         let branch = agent_branch(&self.state.spec, result.index);
         let log = self.open_log("merge.log")?;
-        let env = self.env();
+        let env = self.env_with_secrets();
         let marker = pending_path(&self.state.spec);
         Pending::Merge(keep.clone()).write(&marker)?;
         let mut metadata = serde_json::Map::new();
@@ -130,6 +130,10 @@ impl Job {
             env: &env,
             log: &log,
             deadline: None,
+            mask: &self.mask,
+            paste: &self.state.spec.env,
+            base: None,
+            track_git: false,
         };
         let command = format!("/prodigy-merge-worktree {branch}");
         agent::write_log(&log, &format!("$ claude: {command}\n"));

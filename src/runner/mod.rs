@@ -24,6 +24,7 @@ mod reduce;
 mod retry;
 mod setup;
 mod site;
+mod step;
 
 use merge::{Pending, pending_path};
 pub use retry::{RetryOptions, RetryOutcome, retry_dlq};
@@ -53,6 +54,7 @@ use crate::state::{
 };
 use crate::store::object::ObjectId;
 use crate::store::refs::RefStore;
+use crate::workflow::env::Masker;
 use crate::workflow::template::Vars;
 use crate::workflow::{OnItemFailure, Plan, WorkflowError, input};
 use agent::{Site, run_agent, run_step};
@@ -105,6 +107,15 @@ pub enum RunError {
     NotGit {
         /// The directory.
         path: PathBuf,
+    },
+    /// The workflow's environment could not be made (a secret not set, an env command
+    /// that failed).
+    #[error("{}: {message}", .workflow.display())]
+    Env {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// What went wrong.
+        message: String,
     },
     /// The work items could not be made.
     #[error("{}: map.input: {message}", .workflow.display())]
@@ -169,6 +180,9 @@ impl crate::hint::Hint for RunError {
             RunError::Input { .. } => {
                 Some("no item ran: fix the input, then start a new job with `prodigy run`")
             }
+            RunError::Env { .. } => Some(
+                "secrets are read from the environment of `run` and `resume` (never stored): set them, then run again",
+            ),
             RunError::Step { .. } => Some(
                 "the step's log is in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs it again",
             ),
@@ -220,9 +234,11 @@ pub struct Options {
     pub observer: Option<Arc<dyn Observer>>,
     /// Yes to every question (`run -y`): a session's `merge:` steps run unasked.
     pub yes: bool,
-    /// Variables added to the workflow's environment (`--args` gives `ARG`), recorded with
-    /// the job so `resume` sees them.
+    /// Variables added to the workflow's environment (`--args` gives `ARG`, `--param` its
+    /// names), recorded with the job so `resume` sees them.
     pub env: BTreeMap<String, String>,
+    /// The workflow profile whose values go over its env (`run --profile`).
+    pub profile: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -259,7 +275,11 @@ pub struct Outcome {
 
 /// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
 pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Outcome, RunError> {
-    let plan = Plan::load(workflow)?;
+    let inputs = crate::workflow::Inputs {
+        env: opts.env.clone(),
+    };
+    let plan = Plan::load_with(workflow, &inputs)?;
+    plan.check_env()?;
     let location = repo::locate(dir)?;
     if !location.is_git {
         return Err(RunError::NotGit {
@@ -301,6 +321,16 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         });
     }
     let job_dir = job_dir(home, &repo_name, &job_id);
+    // The environment the job records: files, profile and computed values resolved now
+    // (secrets are read at every start instead, never recorded).
+    let env = plan
+        .environment
+        .values(&plan.env, opts.profile.as_deref(), &location.root)
+        .map_err(|message| RunError::Env {
+            workflow: workflow.to_owned(),
+            message,
+        })?;
+    let missing_files = plan.environment.missing_files(&location.root);
     let spec = JobSpec {
         id: job_id.clone(),
         repo: repo_name.clone(),
@@ -311,12 +341,7 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         branch,
         worktree: job_dir.join(format!("{job_id}@job")),
         agents_dir: job_dir,
-        env: plan
-            .env
-            .iter()
-            .chain(&opts.env)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        env,
         started: now_timestamp(),
         workflow_source: plan.source.clone(),
         imported_from: None,
@@ -337,6 +362,14 @@ pub fn run(home: &Home, workflow: &Path, dir: &Path, opts: Options) -> Result<Ou
         job.plan.name(),
         job.state.spec.worktree.display()
     ));
+    for warning in &job.plan.warnings {
+        job.note(&format!("warning: {warning}"));
+    }
+    for file in missing_files {
+        job.note(&format!(
+            "env_files: '{file}' is not in the repository; skipped, as the original skips it"
+        ));
+    }
     job.run_lock = Some(lock);
     job.drive()
 }
@@ -360,7 +393,7 @@ pub fn resume(
         None => states.load(job_id)?,
     };
     relocate(home, &mut state.spec);
-    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
+    let plan = plan_of(&state.spec)?;
     if state.checkpoint.phase == Phase::Complete {
         // Nothing to do, like `git merge` of a merged branch: a script may resume blindly.
         return Ok(Outcome {
@@ -391,6 +424,19 @@ pub fn resume(
     job.rewind = from.is_some();
     job.run_lock = Some(lock);
     job.drive()
+}
+
+/// The plan a job runs: its workflow's text as stored with it, read with the
+/// environment it recorded (so `ARG` and `--param` names are known, as at `run`).
+fn plan_of(spec: &JobSpec) -> Result<Plan, RunError> {
+    let inputs = crate::workflow::Inputs {
+        env: spec.env.clone(),
+    };
+    Ok(Plan::parse_with(
+        &spec.workflow_path,
+        &spec.workflow_source,
+        &inputs,
+    )?)
 }
 
 /// Where a job's worktrees live: `<home>/worktrees/<repo>/<job>`.
@@ -439,6 +485,13 @@ struct AgentCtx {
     items: Vec<Value>,
     keys: Vec<String>,
     max_attempts: u32,
+    /// The secrets, for the agents' environment.
+    secrets: BTreeMap<String, String>,
+    /// The job's env with the secrets (`${env.X}`).
+    env_all: BTreeMap<String, String>,
+    mask: Arc<Masker>,
+    /// Record each step's commits (a step reads `${step.*}`).
+    track_git: bool,
 }
 
 enum Msg {
@@ -474,6 +527,10 @@ struct Job {
     rewind: bool,
     /// The run lock (a lease on a remote store), held while the job runs.
     run_lock: Option<crate::state::RunLock>,
+    /// The workflow's secrets, read at this start (never stored).
+    secrets: BTreeMap<String, String>,
+    /// Replaces them in all the job writes.
+    mask: Arc<Masker>,
 }
 
 /// Where the agents' branches live: `prodigy-agent/<job>/<index>`, a namespace no job

@@ -37,7 +37,7 @@ pub fn retry_dlq(
     let lock = states.lock_job(job_id)?;
     let mut state = states.load(job_id)?;
     relocate(home, &mut state.spec);
-    let plan = Plan::parse(&state.spec.workflow_path, &state.spec.workflow_source)?;
+    let plan = super::plan_of(&state.spec)?;
     let mut job = Job::new(home, refs, states, plan, state, opts)?;
     job.run_lock = Some(lock);
     job.retry(retry)

@@ -11,7 +11,7 @@ impl Job {
         };
         // The work items, made in the job's worktree after setup.
         let worktree = self.state.spec.worktree.clone();
-        let (bytes, what, from_file) = match input::source(&map, &worktree) {
+        let (bytes, what, from_file) = match input::source(&map, &worktree, &self.state.spec.env) {
             input::Source::File(path) => {
                 if !path.is_file() {
                     let input = map.input.value.clone();
@@ -26,7 +26,7 @@ impl Job {
             }
             input::Source::Command(cmd) => {
                 let log = self.open_log("input.log")?;
-                let env = self.env();
+                let env = self.env_with_secrets();
                 let out = self
                     .exec
                     .run(&StepSpec {
@@ -37,6 +37,9 @@ impl Job {
                         capture: Some(exec::MAX_CAPTURE),
                         log: &log,
                         lines: None,
+                        clear_env: false,
+                        keep_stderr: false,
+                        mask: Some(Arc::clone(&self.mask)),
                     })
                     .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
                 if out.interrupted {
@@ -66,7 +69,7 @@ impl Job {
         c.phase = Phase::Map;
         // Setup's captures go on to the agents and reduce; `captured` is reduce's now.
         c.setup_captured = std::mem::take(&mut c.captured);
-        for own in ["shell.output", "last.output", "last.exit_code"] {
+        for own in step::INTERNAL {
             c.setup_captured.remove(own);
         }
         self.log(MapReduceEvent::JobStarted {
@@ -82,7 +85,7 @@ impl Job {
     /// A session's steps are done: its `merge:` steps next when it has them (they wait for
     /// a yes), else it is complete.
     fn end_session(&mut self) -> Result<(), RunError> {
-        if !self.plan.reduce.is_empty() {
+        if !self.plan.merge.is_empty() {
             self.state.checkpoint.phase = Phase::Reduce;
             return self.save("phase merge");
         }

@@ -12,8 +12,10 @@ use serde_json::{Map, Value};
 use crate::events::logger::EventLogger;
 use crate::events::record::MapReduceEvent;
 use crate::store::refs::RefStore;
+use crate::workflow::env::Masker;
 
 /// Where a step runs and whom its events name.
+#[derive(Clone)]
 pub(super) struct Site<'a> {
     /// The job's event logger.
     pub logger: &'a Arc<EventLogger>,
@@ -40,6 +42,14 @@ pub(super) struct Site<'a> {
     pub log: &'a Arc<Mutex<File>>,
     /// When the agent's time is up.
     pub deadline: Option<Instant>,
+    /// Secrets' values, replaced by `***` in all the step writes.
+    pub mask: &'a Arc<Masker>,
+    /// The workflow's variables pasted into Claude commands (`$ARG`, `$PROJECT`).
+    pub paste: &'a BTreeMap<String, String>,
+    /// The commit the workflow started from here (`${workflow.*}`).
+    pub base: Option<&'a str>,
+    /// Record each step's commits (a step of the plan reads `${step.*}`).
+    pub track_git: bool,
 }
 
 impl Site<'_> {

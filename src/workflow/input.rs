@@ -3,6 +3,7 @@
 //! `${item.…}` paths the agent steps read, before any agent starts.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -21,16 +22,52 @@ pub enum Source {
 
 /// Decides whether `map.input` names a file in `worktree` or is a command: an existing
 /// file, or one word ending in `.json` (missing: an error that says so, not a command that
-/// is not found), is a file.
-pub fn source(map: &MapSpec, worktree: &Path) -> Source {
+/// is not found), is a file. `$VAR` and `${VAR}` of the job's `env` in a file's name are
+/// its values (a command's shell reads them from its environment).
+pub fn source(map: &MapSpec, worktree: &Path, env: &BTreeMap<String, String>) -> Source {
     let input = map.input.value.trim();
-    let path = worktree.join(input);
-    let looks_like_a_file = input.ends_with(".json") && !input.contains(char::is_whitespace);
+    let name = expand(input, env);
+    let path = worktree.join(&name);
+    let looks_like_a_file = name.ends_with(".json") && !name.contains(char::is_whitespace);
     if path.is_file() || looks_like_a_file {
         Source::File(path)
     } else {
         Source::Command(input.to_owned())
     }
+}
+
+/// `text` with `$NAME` and `${NAME}` of `env` replaced by their values (others stay).
+pub fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, len) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) => (&inner[..end], end + 2),
+                None => ("", 0),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], end)
+            }
+        };
+        match env.get(name) {
+            Some(value) if !name.is_empty() => {
+                out.push_str(value);
+                rest = &after[len..];
+            }
+            _ => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Turns the input's bytes into the final item list. `from_file` says whether they came
@@ -83,19 +120,34 @@ pub fn items(
     if let Some(filter) = &plan.filter {
         items.retain(|item| filter.matches_data(item));
     }
-    if let Some((path, desc)) = &plan.sort_by {
-        let key = |v: &Value| path.iter().try_fold(v, |v, k| v.get(k)).cloned();
+    if !plan.sort_by.is_empty() {
+        // Stable, key by key; a missing field is null, placed as the key says (last by
+        // default, whichever the direction).
         items.sort_by(|a, b| {
-            // Items without the field go last whichever the direction.
-            match (key(a), key(b)) {
-                (None | Some(Value::Null), None | Some(Value::Null)) => Ordering::Equal,
-                (None | Some(Value::Null), _) => Ordering::Greater,
-                (_, None | Some(Value::Null)) => Ordering::Less,
-                (Some(x), Some(y)) => {
-                    let o = compare(&x, &y);
-                    if *desc { o.reverse() } else { o }
+            for k in &plan.sort_by {
+                let key = |v: &Value| {
+                    k.path
+                        .iter()
+                        .try_fold(v, |v, f| v.get(f))
+                        .filter(|v| !v.is_null())
+                        .cloned()
+                };
+                let o = match (key(a), key(b)) {
+                    (None, None) => Ordering::Equal,
+                    (None, _) if k.nulls_first => Ordering::Less,
+                    (None, _) => Ordering::Greater,
+                    (_, None) if k.nulls_first => Ordering::Greater,
+                    (_, None) => Ordering::Less,
+                    (Some(x), Some(y)) => {
+                        let o = compare(&x, &y);
+                        if k.desc { o.reverse() } else { o }
+                    }
+                };
+                if o != Ordering::Equal {
+                    return o;
                 }
             }
+            Ordering::Equal
         });
     }
     let offset = map.offset.min(items.len());

@@ -46,7 +46,72 @@ pub struct Context<'a> {
     pub json: &'a [String],
     /// The workflow's `env`.
     pub env: &'a BTreeMap<String, String>,
+    /// Prefixes whose every `${PREFIX.field}` is a captured value set when the step runs
+    /// (`validation` in `on_incomplete`).
+    pub open: &'a [&'a str],
+    /// What the workflow's author should know, found while compiling.
+    pub notes: &'a std::cell::RefCell<Notes>,
 }
+
+/// What compiling found that is no error.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// Warnings for the author.
+    pub warnings: Vec<String>,
+    /// `${env.X}` whose X is set nowhere now: `run` refuses them (a dry run only warns).
+    pub unset_env: Vec<String>,
+}
+
+/// Git's view of what a step, or the whole workflow so far, changed: `${step.*}` and
+/// `${workflow.*}` (the original's git context variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Files added, sorted.
+    pub added: Vec<String>,
+    /// Files modified, sorted.
+    pub modified: Vec<String>,
+    /// Files deleted, sorted.
+    pub deleted: Vec<String>,
+    /// Commits, oldest first.
+    pub commits: Vec<String>,
+    /// Lines added.
+    pub insertions: u64,
+    /// Lines removed.
+    pub deletions: u64,
+}
+
+/// Which changes a git variable reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitScope {
+    /// The step before (`${step.*}`).
+    Step,
+    /// The workflow so far (`${workflow.*}`).
+    Workflow,
+}
+
+/// A git context variable: what it reads, and how a list is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GitVar {
+    scope: GitScope,
+    field: GitField,
+    /// `:json`, `:lines`, `:comma`, or a glob the files must match (`:specs/*.md`).
+    format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GitField {
+    Added,
+    Modified,
+    Deleted,
+    Changed,
+    Commits,
+    CommitCount,
+    Insertions,
+    Deletions,
+}
+
+const GIT_FIELDS: &str = "files_added, files_modified, files_deleted, files_changed, commits, \
+                          commit_count, insertions, deletions";
 
 #[derive(Debug, Clone, PartialEq)]
 enum Var {
@@ -63,6 +128,7 @@ enum Var {
     JobId,
     Captured(String),
     CapturedField(String, Vec<String>),
+    Git(GitVar),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,12 +145,24 @@ struct Use {
     written: String,
     /// Where it stands in the shell text.
     slot: Slot,
+    /// `|length`: the value's length stands in for it.
+    length: bool,
+}
+
+/// What `${…}` refers to, with its modifiers.
+struct Ref {
+    var: Var,
+    default: Option<String>,
+    raw: bool,
+    length: bool,
 }
 
 /// A compiled command.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The text as written.
+    source: String,
 }
 
 /// The values a template is rendered with.
@@ -112,6 +190,10 @@ pub struct Vars<'a> {
     pub job_id: &'a str,
     /// Captured outputs.
     pub captured: Option<&'a BTreeMap<String, String>>,
+    /// What the step before changed (`${step.*}`).
+    pub step_changes: Option<&'a Changes>,
+    /// What the workflow changed so far (`${workflow.*}`).
+    pub workflow_changes: Option<&'a Changes>,
 }
 
 const RESERVED: [&str; 11] = [
@@ -155,7 +237,10 @@ impl Template {
                 u.slot = Slot::Raw;
             }
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            source: text.to_owned(),
+        })
     }
 
     /// [`Self::compile`] for a shell that does (`ansi_c`) or does not read `$'…'`.
@@ -179,12 +264,22 @@ impl Template {
                 u.slot = slots.next().ok_or("a variable was not placed")?;
             }
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            source: text.to_owned(),
+        })
     }
 
     /// The literal text and variables of `text`, each variable checked against `ctx`;
     /// `${x|raw}` is marked raw, every other variable a word until it is placed.
     fn parts(text: &str, ctx: &Context<'_>) -> Result<Vec<Part>, String> {
+        ASSIGNED.with(|a| *a.borrow_mut() = assigned(text));
+        let parts = Template::parts_of(text, ctx);
+        ASSIGNED.with(|a| a.borrow_mut().clear());
+        parts
+    }
+
+    fn parts_of(text: &str, ctx: &Context<'_>) -> Result<Vec<Part>, String> {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = text;
@@ -205,13 +300,22 @@ impl Template {
                 continue;
             }
             match reference(whole, ctx)? {
-                Some((var, default, raw)) => {
+                Some(r) => {
                     if !lit.is_empty() {
                         parts.push(Part::Lit(std::mem::take(&mut lit)));
                     }
-                    let slot = if raw { Slot::Raw } else { Slot::Word };
+                    let slot = if r.raw { Slot::Raw } else { Slot::Word };
                     let written = whole.to_owned();
-                    parts.push(Part::Var(var, default, Use { written, slot }));
+                    let length = r.length;
+                    parts.push(Part::Var(
+                        r.var,
+                        r.default,
+                        Use {
+                            written,
+                            slot,
+                            length,
+                        },
+                    ));
                 }
                 None => lit.push_str(&rest[at..at + 2 + end + 1]),
             }
@@ -222,6 +326,18 @@ impl Template {
             parts.push(Part::Lit(lit));
         }
         Ok(parts)
+    }
+
+    /// The text as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// True when it reads `${step.*}` or `${workflow.*}` (git's view of the changes).
+    pub fn reads_git(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Var(Var::Git(_), _, _)))
     }
 
     /// The item paths it reads.
@@ -267,12 +383,15 @@ impl Template {
             match part {
                 Part::Lit(s) => out.push_str(s),
                 Part::Var(v, default, u) => {
-                    let text = match (value(v, vars), default) {
+                    let mut text = match (value(v, vars), default) {
                         (Ok(Some(s)), _) => s,
                         (Ok(None) | Err(_), Some(d)) => d.clone(),
                         (Ok(None), None) => String::new(),
                         (Err(e), None) => return Err(e),
                     };
+                    if u.length {
+                        text = length(&text).to_string();
+                    }
                     let quoted =
                         quote(&text, &u.slot).map_err(|e| format!("${{{}}}: {e}", u.written))?;
                     out.push_str(&quoted);
@@ -354,7 +473,89 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
                 return Err(format!("${{{name}.{}}}: no field {key:?}", path.join(".")));
             }
         },
+        Var::Git(g) => {
+            let changes = match g.scope {
+                GitScope::Step => vars.step_changes,
+                GitScope::Workflow => vars.workflow_changes,
+            };
+            g.render(changes.unwrap_or(&Changes::default()))
+        }
     }))
+}
+
+/// `${step.FIELD[:FORMAT]}` or `${workflow.FIELD[:FORMAT]}`.
+fn git_var(head: &str, rest: &str) -> Result<GitVar, String> {
+    let (field, format) = match rest.split_once(':') {
+        Some((f, fmt)) => (f, Some(fmt.to_owned())),
+        None => (rest, None),
+    };
+    let field = match field {
+        "files_added" => GitField::Added,
+        "files_modified" => GitField::Modified,
+        "files_deleted" => GitField::Deleted,
+        "files_changed" => GitField::Changed,
+        "commits" => GitField::Commits,
+        "commit_count" => GitField::CommitCount,
+        "insertions" => GitField::Insertions,
+        "deletions" => GitField::Deletions,
+        other => {
+            return Err(format!(
+                "unknown variable ${{{head}.{other}}} ({head} has {GIT_FIELDS}{})",
+                if head == "workflow" { ", name" } else { "" }
+            ));
+        }
+    };
+    if format.as_deref() == Some("") {
+        return Err(format!("${{{head}.{rest}}}: an empty format after ':'"));
+    }
+    Ok(GitVar {
+        scope: if head == "step" {
+            GitScope::Step
+        } else {
+            GitScope::Workflow
+        },
+        field,
+        format,
+    })
+}
+
+impl GitVar {
+    /// Its value: a list space-separated (or as `:json`, `:lines`, `:comma` say, or only the
+    /// files a glob format matches), a count as a number.
+    fn render(&self, c: &Changes) -> String {
+        let list: Vec<String> = match self.field {
+            GitField::Added => c.added.clone(),
+            GitField::Modified => c.modified.clone(),
+            GitField::Deleted => c.deleted.clone(),
+            GitField::Changed => {
+                let mut all: Vec<String> = c
+                    .added
+                    .iter()
+                    .chain(&c.modified)
+                    .chain(&c.deleted)
+                    .cloned()
+                    .collect();
+                all.sort();
+                all.dedup();
+                all
+            }
+            GitField::Commits => c.commits.clone(),
+            GitField::CommitCount => return c.commits.len().to_string(),
+            GitField::Insertions => return c.insertions.to_string(),
+            GitField::Deletions => return c.deletions.to_string(),
+        };
+        match self.format.as_deref() {
+            None | Some("space") => list.join(" "),
+            Some("json") => Value::from(list).to_string(),
+            Some("lines" | "newline") => list.join("\n"),
+            Some("comma") => list.join(","),
+            Some(glob) => list
+                .into_iter()
+                .filter(|f| super::glob::matches(glob, f))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
 }
 
 /// The field `path` of the JSON capture `name`: `None` when the capture is not made yet,
@@ -380,39 +581,50 @@ fn captured_field<'p>(
     Ok(Some(found.cloned()))
 }
 
-/// What `${whole}` refers to: one of our variables with its default and whether it is
-/// `|raw`, or `None` for the shell's own (`${HOME}`, `${f%.txt}`). Modifiers follow the
-/// name: `|raw`, then `|default:text` (the rest, `|` included, is the default).
-fn reference(
-    whole: &str,
-    ctx: &Context<'_>,
-) -> Result<Option<(Var, Option<String>, bool)>, String> {
+/// What `${whole}` refers to: one of our variables with its modifiers, or `None` for the
+/// shell's own (`${HOME}`, `${f%.txt}`). Modifiers follow the name: `|raw`, `|length`,
+/// then `|default:text` (the rest, `|` included, is the default).
+fn reference(whole: &str, ctx: &Context<'_>) -> Result<Option<Ref>, String> {
     let (name, mut mods) = match whole.split_once('|') {
         Some((name, mods)) => (name.trim(), Some(mods)),
         None => (whole, None),
     };
     let mut raw = false;
+    let mut length = false;
     let mut default = None;
     while let Some(m) = mods {
-        if let Some(after) = m.strip_prefix("raw")
-            && (after.is_empty() || after.starts_with('|'))
-        {
-            raw = true;
-            mods = after.strip_prefix('|');
-        } else if let Some(d) = m.strip_prefix("default:") {
+        if let Some(d) = m.strip_prefix("default:") {
             default = Some(d.to_owned());
-            mods = None;
-        } else {
+            break;
+        }
+        let (this, next) = match m.split_once('|') {
+            Some((this, next)) => (this, Some(next)),
+            None => (m, None),
+        };
+        match this.split_once(':') {
+            None if this == "raw" => raw = true,
+            None if this == "length" => length = true,
+            // `|length:N`, as one of the original's examples writes it: the argument has
+            // no meaning here, and the author is told.
+            Some(("length", arg)) => {
+                length = true;
+                ctx.notes.borrow_mut().warnings.push(format!(
+                    "${{{whole}}}: |length is the value's length (characters, or the items of \
+                     a JSON list); the argument {arg:?} is ignored"
+                ));
+            }
             // Not ours (`${a|b}` is no shell syntax either): as before, the shell's.
-            match parse_var(name, ctx) {
+            _ => match parse_var(name, ctx) {
                 Ok(Some(_)) => {
                     return Err(format!(
-                        "${{{whole}}}: unknown modifier {m:?} (there are |raw and |default:TEXT)"
+                        "${{{whole}}}: unknown modifier {m:?} (there are |raw, |length and \
+                         |default:TEXT)"
                     ));
                 }
                 _ => return Ok(None),
-            }
+            },
         }
+        mods = next;
     }
     let var = match (&default, name.strip_prefix("env.")) {
         // With a default, an unset variable is fine: the default is its value.
@@ -420,12 +632,77 @@ fn reference(
         _ => parse_var(name, ctx)?,
     };
     match var {
-        Some(var) => Ok(Some((var, default, raw))),
-        None if default.is_some() || raw => Err(format!(
-            "unknown variable ${{{name}}} in ${{{whole}}} (|raw and |default go with item…, \
-             env.X, map.…, workflow.name, job.id or a captured name)"
+        Some(var) => Ok(Some(Ref {
+            var,
+            default,
+            raw,
+            length,
+        })),
+        None if default.is_some() || raw || length => Err(format!(
+            "unknown variable ${{{name}}} in ${{{whole}}} (|raw, |length and |default go with \
+             item…, env.X, map.…, workflow.name, job.id or a captured name)"
         )),
         None => Ok(None),
+    }
+}
+
+thread_local! {
+    /// The shell variables the command being compiled assigns itself ([`assigned`]).
+    static ASSIGNED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The names a shell command assigns itself: `NAME=` at the start of a word, `for NAME`,
+/// `read [-opts] NAME…`, `local|export|declare|readonly|typeset NAME`. Its `${NAME}` is
+/// then the shell's own, not an unknown variable of ours.
+fn assigned(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let word = |w: &str| -> Option<String> {
+        let w = w.split('=').next()?;
+        is_plain_name(w)
+            .then(|| w.to_owned())
+            .filter(|w| !w.contains('.'))
+    };
+    for line in text.split(['\n', ';', '&', '|', '(', '{', '`']) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut i = 0;
+        while i < words.len() {
+            let w = words[i];
+            if let Some((name, _)) = w.split_once('=')
+                && word(name).is_some()
+            {
+                names.push(name.to_owned());
+                i += 1;
+                continue;
+            }
+            match w {
+                "for" | "local" | "export" | "declare" | "readonly" | "typeset" | "read" => {
+                    for next in &words[i + 1..] {
+                        if next.starts_with('-') {
+                            continue;
+                        }
+                        match word(next) {
+                            Some(n) => names.push(n),
+                            None => break,
+                        }
+                        if w == "for" {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            break;
+        }
+    }
+    names
+}
+
+/// `|length`: a JSON list's or object's items, else the text's characters.
+fn length(text: &str) -> usize {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(a)) => a.len(),
+        Ok(Value::Object(o)) => o.len(),
+        _ => text.chars().count(),
     }
 }
 
@@ -466,6 +743,14 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
             "${{{name}}}: {head} is not JSON (give its step `capture_format: json` to read fields)"
         ));
     }
+    if tail.is_some() && ctx.open.contains(&head) {
+        return Ok(Some(Var::Captured(name.to_owned())));
+    }
+    if let ("step" | "workflow", Some(rest)) = (head, tail)
+        && name != "workflow.name"
+    {
+        return git_var(head, rest).map(|g| Some(Var::Git(g)));
+    }
     match (head, tail) {
         ("item", None) => only("only agents have an item", agent, Var::Item(Vec::new())),
         ("item", Some(path)) => {
@@ -499,13 +784,12 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
             "unknown variable ${{{name}}} (map has total, successful, failed, results_json)"
         )),
         ("env", Some(var)) => {
-            if ctx.env.contains_key(var) || std::env::var_os(var).is_some() {
-                Ok(Some(Var::Env(var.to_owned())))
-            } else {
-                Err(format!(
-                    "${{{name}}}: {var} is set neither in the workflow's env nor in the environment"
-                ))
+            if !(ctx.env.contains_key(var) || std::env::var_os(var).is_some()) {
+                // Read when the job runs: `run` refuses it while it is unset, a dry run
+                // says so.
+                ctx.notes.borrow_mut().unset_env.push(var.to_owned());
             }
+            Ok(Some(Var::Env(var.to_owned())))
         }
         ("workflow", Some("name")) => Ok(Some(Var::WorkflowName)),
         ("job", Some("id")) => Ok(Some(Var::JobId)),
@@ -524,9 +808,13 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
         // `${NAME}` set in the environment is the shell's (`${HOME}`); anything else that is
         // a plain name (or a dotted path) is a mistake: the shell would make it empty.
         _ if is_plain_name(name) => {
-            // `--args` sets ARG for each session, after the file is read.
+            // `--args` sets ARG for each session, after the file is read; a variable the
+            // command assigns itself (`n=$((…)); echo ${n}`) is the shell's.
             if tail.is_none()
-                && (name == "ARG" || ctx.env.contains_key(name) || std::env::var_os(name).is_some())
+                && (name == "ARG"
+                    || ctx.env.contains_key(name)
+                    || std::env::var_os(name).is_some()
+                    || ASSIGNED.with(|a| a.borrow().iter().any(|n| n == name)))
             {
                 Ok(None)
             } else {
@@ -542,7 +830,7 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
 }
 
 /// `NAME` or `a.b.c`: what a variable of ours looks like (not shell parameter syntax).
-fn is_plain_name(name: &str) -> bool {
+pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|part| {
             let mut chars = part.chars();
@@ -569,8 +857,13 @@ impl Condition {
     pub fn compile(text: &str, ctx: &Context<'_>) -> Result<Condition, String> {
         let mut vars = Vec::new();
         let expr = ItemFilter::parse_condition(text, &mut |whole| match reference(whole, ctx)? {
-            Some((_, _, true)) => Err(format!("${{{whole}}}: |raw has no place in a condition")),
-            Some((var, default, false)) => {
+            Some(Ref { raw: true, .. }) => {
+                Err(format!("${{{whole}}}: |raw has no place in a condition"))
+            }
+            Some(Ref { length: true, .. }) => {
+                Err(format!("${{{whole}}}: |length has no place in a condition"))
+            }
+            Some(Ref { var, default, .. }) => {
                 vars.push((var, default));
                 Ok(vars.len() - 1)
             }
@@ -671,11 +964,14 @@ mod tests {
     #[test]
     fn renders_and_leaves_shell_variables() {
         let (env, captured, scope) = ctx(Scope::Agent);
+        let warn = std::cell::RefCell::default();
         let c = Context {
             scope,
             captured: &captured,
             json: &[],
             env: &env,
+            open: &[],
+            notes: &warn,
         };
         let t =
             Template::compile("f ${item.a.b} ${item_json} ${HOME} $X ${env.A} ${out}", &c).unwrap();
@@ -697,11 +993,14 @@ mod tests {
     #[test]
     fn refuses_what_a_phase_cannot_have() {
         let (env, captured, _) = ctx(Scope::Reduce);
+        let warn = std::cell::RefCell::default();
         let c = |scope| Context {
             scope,
             captured: &captured,
             json: &[],
             env: &env,
+            open: &[],
+            notes: &warn,
         };
         assert!(Template::compile("${item.x}", &c(Scope::Reduce)).is_err());
         assert!(Template::compile("${map.total}", &c(Scope::Setup)).is_err());
@@ -720,11 +1019,14 @@ mod tests {
     #[test]
     fn defaults_stand_in_for_missing_values_only() {
         let (env, captured, scope) = ctx(Scope::Agent);
+        let warn = std::cell::RefCell::default();
         let c = Context {
             scope,
             captured: &captured,
             json: &[],
             env: &env,
+            open: &[],
+            notes: &warn,
         };
         let t = Template::compile(
             "${item.a|default:none} ${item.b|default:none} ${env.PRODIGY_SURELY_UNSET|default:d} ${env.A|default:d} ${out|default:zz}",
@@ -759,7 +1061,9 @@ mod tests {
                     scope: Scope::Reduce,
                     captured: &captured,
                     json: &[],
-                    env: &env
+                    env: &env,
+                    open: &[],
+                    notes: &warn,
                 }
             )
             .is_err()
@@ -769,11 +1073,14 @@ mod tests {
     #[test]
     fn conditions_are_parsed_once_and_values_stay_values() {
         let (env, captured, scope) = ctx(Scope::Agent);
+        let warn = std::cell::RefCell::default();
         let c = Context {
             scope,
             captured: &captured,
             json: &[],
             env: &env,
+            open: &[],
+            notes: &warn,
         };
         let eval = |text: &str, item: Value| {
             let mut cap = BTreeMap::new();

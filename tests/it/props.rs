@@ -136,11 +136,14 @@ mod nesting {
             drop(f);
         }
         let env = std::collections::BTreeMap::new();
+        let notes = Default::default();
         let ctx = template::Context {
             scope: template::Scope::Agent,
             captured: &[],
             json: &[],
             env: &env,
+            open: &[],
+            notes: &notes,
         };
         let condition = |text: &str| {
             template::Condition::compile(text, &ctx)
@@ -179,11 +182,14 @@ mod quoting {
 
     fn run(context: &str, item: &str) -> Result<Vec<u8>, String> {
         let env = BTreeMap::new();
+        let notes = Default::default();
         let ctx = Context {
             scope: Scope::Agent,
             captured: &[],
             json: &[],
             env: &env,
+            open: &[],
+            notes: &notes,
         };
         let template = Template::compile(context, &ctx).unwrap();
         let value = serde_json::Value::String(item.to_owned());

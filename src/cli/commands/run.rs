@@ -1,5 +1,6 @@
 //! `prodigy run`: run a workflow as a new job (MapReduce) or session (sequential).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -50,6 +51,80 @@ pub struct Args {
     /// Agents at once (overrides map.max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_parallel: Option<u32>,
+    /// Set the workflow variable NAME (`$NAME` in Claude commands, an environment variable
+    /// of every step); repeatable; recorded with the job, so `resume` sees it.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Read variables from a JSON or YAML mapping (each `--param` wins over it).
+    #[arg(long, value_name = "FILE")]
+    pub param_file: Option<PathBuf>,
+    /// Use the workflow's profile NAME: its values go over the workflow's env.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+}
+
+/// The variables `--param-file` and `--param` give, `--param` winning.
+fn params(args: &Args) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(path) = &args.param_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --param-file '{}'", path.display()))?;
+        let value: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => serde_saphyr::from_str(&text).map_err(|e| {
+                UsageError(format!(
+                    "--param-file '{}' is neither JSON nor YAML: {}",
+                    path.display(),
+                    e.without_snippet().to_string().lines().next().unwrap_or("")
+                ))
+            })?,
+        };
+        let serde_json::Value::Object(map) = value else {
+            return Err(UsageError(format!(
+                "--param-file '{}' must hold a mapping of names to values",
+                path.display()
+            ))
+            .into());
+        };
+        for (k, v) in map {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            out.insert(param_name(&k)?, text);
+        }
+    }
+    for p in &args.params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--param {p:?}: expected NAME=VALUE")))?;
+        out.insert(param_name(k)?, v.to_owned());
+    }
+    Ok(out)
+}
+
+/// A parameter's name: an environment variable's (letters, digits, `_`, not first a
+/// digit), not one the runner sets.
+fn param_name(name: &str) -> anyhow::Result<String> {
+    let mut chars = name.chars();
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(UsageError(format!(
+            "parameter name {name:?} must be letters, digits and _ (an environment variable's \
+             name)"
+        ))
+        .into());
+    }
+    if name.starts_with("PRODIGY_") || name == "ARG" {
+        return Err(UsageError(format!(
+            "parameter {name} is set by prodigy itself; choose another name"
+        ))
+        .into());
+    }
+    Ok(name.to_owned())
 }
 
 /// Runs the command.
@@ -67,15 +142,35 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let outcome = crate::runner::resume(&ctx.home, &repo, id, None, opts);
         return progress::finish(ctx, outcome);
     }
+    let params = params(&args)?;
+    let mut inputs = crate::workflow::Inputs {
+        env: params.clone(),
+    };
+    if let Some(first) = args.args.first() {
+        inputs.env.insert("ARG".into(), first.clone());
+    }
     if args.dry_run {
-        let plan = crate::workflow::Plan::load(&args.workflow)?;
+        let plan = crate::workflow::Plan::load_with(&args.workflow, &inputs)?;
+        for warning in &plan.warnings {
+            ctx.diag.warning(warning);
+        }
+        if let Some(profile) = &args.profile
+            && !plan.environment.profiles.contains_key(profile)
+        {
+            return Err(UsageError(format!(
+                "--profile {profile}: the workflow has no such profile"
+            ))
+            .into());
+        }
         for line in plan.outline() {
             writeln!(ctx.out, "{line}")?;
         }
         ctx.diag.note("dry run: nothing was run");
         return Ok(Exit::Success);
     }
-    if args.max_iterations > 1 && !crate::workflow::Plan::load(&args.workflow)?.is_sequential() {
+    if args.max_iterations > 1
+        && !crate::workflow::Plan::load_with(&args.workflow, &inputs)?.is_sequential()
+    {
         return Err(UsageError(
             "-n repeats a sequential workflow's steps; a MapReduce workflow runs its items once"
                 .into(),
@@ -98,6 +193,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         opts.job_id = args.job_id.clone();
         opts.yes = args.yes;
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
+        opts.profile = args.profile.clone();
+        opts.env.extend(params.clone());
         if let Some(arg) = arg {
             opts.env.insert("ARG".into(), arg);
         }
