@@ -243,3 +243,66 @@ mod tests {
         assert_eq!(call(0.0).step_number(), Some(1));
     }
 }
+
+/// One validation of a step (`step_validated`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Validation {
+    /// When.
+    pub timestamp: String,
+    /// The agent, or the phase of a job-level step.
+    pub agent_id: String,
+    /// The item, for an agent.
+    pub item_id: Option<String>,
+    /// The step (`map/2`, `session/3`).
+    pub step: String,
+    /// 1 for the first validation, then one more per `on_incomplete` round.
+    pub attempt: u32,
+    /// The result's completion percentage.
+    pub completion: f64,
+    /// The step's threshold.
+    pub threshold: f64,
+    /// The result's status.
+    pub status: String,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
+/// The validations of `log`, oldest first (read from the batches that hold them only).
+pub fn validations(log: &EventLog) -> Result<Vec<Validation>, EventError> {
+    let filter = Filter {
+        types: vec!["step_validated".into()],
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    stream(log, &filter, false, true, |line| {
+        let Some(record) = line.record else {
+            return Ok(true);
+        };
+        if let Ok(MapReduceEvent::StepValidated {
+            agent_id,
+            item_id,
+            step,
+            attempt,
+            completion,
+            threshold,
+            status,
+            passed,
+            ..
+        }) = serde_json::from_value::<MapReduceEvent>(record.event.clone())
+        {
+            out.push(Validation {
+                timestamp: record.timestamp.clone(),
+                agent_id,
+                item_id,
+                step,
+                attempt,
+                completion,
+                threshold,
+                status,
+                passed,
+            });
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}

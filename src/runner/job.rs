@@ -59,6 +59,7 @@ impl Job {
             run_lock: None,
             secrets,
             mask,
+            failures: Vec::new(),
         })
     }
 
@@ -330,7 +331,10 @@ impl Job {
             worktree: self.state.spec.worktree.clone(),
             branch: self.state.spec.branch.clone(),
             already_complete: false,
-            steps: Some(self.state.checkpoint.setup_done),
+            steps: self
+                .plan
+                .is_sequential()
+                .then_some(self.state.checkpoint.setup_done),
             merge_pending: true,
         })
     }
@@ -390,6 +394,10 @@ impl Job {
                 return Ok(());
             };
             let merging = phase != Phase::Setup && done >= reduce_len;
+            // The merge waits for a yes (the phase loop says so).
+            if merging && done == reduce_len && !self.yes {
+                return Ok(());
+            }
             let name = if merging { "merge" } else { name };
             if merging && !captured.contains_key(crate::workflow::MERGE_VARS[0]) {
                 let spec = &self.state.spec;

@@ -55,6 +55,7 @@ impl Job {
         let stop_reason = self.run_agents(&ctx, pending, |job, key, result, failure| {
             job.finish_item(&ctx, key, result, failure)
         })?;
+        self.tell_failures();
         if self.exec.interrupted() {
             return Err(self.interrupted());
         }
@@ -270,6 +271,10 @@ impl Job {
                 failure.error_message
             )));
         }
+        self.tell_failure(format!(
+            "item {index} ({key}) failed: {}",
+            super::last_line(&failure.error_message)
+        ));
         if let Some(max) = self.plan.max_failures
             && c.failed > max
         {
@@ -278,7 +283,37 @@ impl Job {
                 c.failed
             )));
         }
+        if let Some(share) = self.plan.failure_threshold
+            && c.total > 0
+            && c.failed as f64 / c.total as f64 > share
+        {
+            return Ok(Some(format!(
+                "{} of {} items failed, more than failure_threshold ({share})",
+                c.failed, c.total
+            )));
+        }
         Ok(None)
+    }
+
+    /// A failed item, told on the terminal as `error_policy.error_collection` says: at
+    /// once, in batches, or all at the end of the map phase ([`Self::tell_failures`]).
+    fn tell_failure(&mut self, line: String) {
+        self.failures.push(line);
+        let due = match self.plan.error_collection {
+            Collection::Immediate => 1,
+            Collection::Batched(n) => n,
+            Collection::Aggregate => return,
+        };
+        if self.failures.len() >= due {
+            self.tell_failures();
+        }
+    }
+
+    /// Tells the failures not told yet.
+    pub(super) fn tell_failures(&mut self) {
+        for line in std::mem::take(&mut self.failures) {
+            self.note(&line);
+        }
     }
 
     pub(super) fn dead_letter(

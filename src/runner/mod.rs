@@ -56,7 +56,7 @@ use crate::store::object::ObjectId;
 use crate::store::refs::RefStore;
 use crate::workflow::env::Masker;
 use crate::workflow::template::Vars;
-use crate::workflow::{OnItemFailure, Plan, WorkflowError, input};
+use crate::workflow::{Collection, OnItemFailure, Plan, WorkflowError, input};
 use agent::{Site, run_agent, run_step};
 use exec::{Executor, StepSpec};
 use git::GitError;
@@ -531,6 +531,8 @@ struct Job {
     secrets: BTreeMap<String, String>,
     /// Replaces them in all the job writes.
     mask: Arc<Masker>,
+    /// Failed items not told on the terminal yet (`error_collection`).
+    failures: Vec<String>,
 }
 
 /// Where the agents' branches live: `prodigy-agent/<job>/<index>`, a namespace no job

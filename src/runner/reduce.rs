@@ -25,6 +25,10 @@ impl Job {
 
     pub(super) fn reduce(&mut self) -> Result<(), RunError> {
         self.job_steps(Phase::Reduce)?;
+        if self.state.checkpoint.reduce_done < self.plan.reduce.len() + self.plan.merge.len() {
+            // The merge waits for a yes.
+            return Ok(());
+        }
         self.state.checkpoint.phase = Phase::Complete;
         self.state.checkpoint.ended = Some(now_timestamp());
         self.save("complete")?;

@@ -23,7 +23,8 @@ use super::{StepFailure, git};
 use crate::events::record::MapReduceEvent;
 use crate::workflow::template::{Changes, Vars};
 use crate::workflow::{
-    ANALYZE_REMOVED, PlanStep, PlanValidate, StepKind, Streams, WriteFormat, WriteSpec,
+    ANALYZE_REMOVED, CaptureFormat, PlanStep, PlanValidate, StepKind, Streams, WriteFormat,
+    WriteSpec,
 };
 
 /// The longest command `sh -c` is given: Linux refuses a single argument over 128 KiB
@@ -152,6 +153,7 @@ fn run_labelled(
     let head_before = track.then(|| git::head(site.cwd).ok()).flatten();
     let attempts = step.on_failure.as_ref().map_or(1, |h| h.max_attempts);
     let mut last = None;
+    let mut failed: Option<Ran> = None;
     let mut succeeded = None;
     for attempt in 1..=attempts {
         let ran = once(exec, site, step, vars, label)?;
@@ -237,6 +239,7 @@ fn run_labelled(
                 let (message, code, _) = last.take().unwrap_or_default();
                 let _ = message;
                 return Ok(StepOk {
+                    captured: kept.and_then(Result::ok),
                     output: output_text(step, &ran),
                     exit_code: code,
                     also: stream_names(step, &ran),
@@ -244,12 +247,23 @@ fn run_labelled(
                 });
             }
         }
+        failed = Some(ran);
     }
     let Some((ran, kept)) = succeeded else {
         let (message, code, detail) = last.unwrap_or_default();
         if step.allow_failure {
             write_log(site.log, &format!("# failed, allowed: {message}\n"));
+            // What it captured still counts (`capture_streams` records the failure).
+            let (captured, also) = match &failed {
+                Some(ran) => (
+                    kept(step, ran, false).and_then(Result::ok),
+                    stream_names(step, ran),
+                ),
+                None => (None, Vec::new()),
+            };
             return Ok(StepOk {
+                captured,
+                also,
                 exit_code: if code == 0 { 1 } else { code },
                 ..StepOk::default()
             });
@@ -275,6 +289,12 @@ fn run_labelled(
             captured.insert(name.clone(), v.clone());
         }
         captured.extend(done.also.iter().cloned());
+        // `on_success` reads this step as the step before.
+        captured.insert(
+            "last.output".into(),
+            done.output.clone().unwrap_or_default(),
+        );
+        captured.insert("last.exit_code".into(), "0".into());
         let vars = Vars {
             captured: Some(&captured),
             ..*vars
@@ -508,24 +528,17 @@ fn stderr(ran: &Ran) -> Result<String, String> {
 /// end, or records more than its output): `Err` says why it cannot be made.
 fn kept(step: &PlanStep, ran: &Ran, ok: bool) -> Option<Result<String, String>> {
     let name = step.capture.as_ref()?;
-    if !ok && !step.streams.extended() {
+    // A failed step captures only what records the failure: its streams' fields, or a
+    // boolean capture (then false, as the original).
+    if !ok && !step.streams.extended() && step.capture_format != CaptureFormat::Boolean {
         return None;
     }
-    let s = step.streams;
-    let text = match (s.stdout, s.stderr) {
-        (true, true) => stdout(ran).and_then(|o| {
-            let e = stderr(ran)?;
-            Ok(match (o.is_empty(), e.is_empty()) {
-                (_, true) => o,
-                (true, _) => e,
-                _ => format!("{o}\n{e}"),
-            })
-        }),
-        (false, true) => stderr(ran),
-        _ => stdout(ran),
+    let text = match step.streams.stdout {
+        true => stdout(ran),
+        false => stderr(ran),
     };
     Some(
-        text.and_then(|t| step.capture_format.read(&t))
+        text.and_then(|t| step.capture_format.read(&t, ok))
             .map_err(|why| format!("capture {name}: {why}")),
     )
 }
@@ -603,14 +616,18 @@ fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: 
 fn failure_message(ran: &Ran, timeout: Option<Duration>, stderr_tail: &str) -> String {
     let out = &ran.outcome;
     if out.timed_out {
-        let limit = timeout.unwrap_or(out.duration);
-        let shown = match limit.as_secs() {
+        let shown = |limit: Duration| match limit.as_secs() {
             0 => format!("{}ms", limit.as_millis()),
             secs => format!("{secs}s"),
         };
+        // Its own limit, or what was left of its phase's or agent's.
+        let what = match timeout {
+            Some(t) if out.duration >= t => format!("timed out after {}", shown(t)),
+            _ => "timed out: the time limit of its phase or agent ran out".to_owned(),
+        };
         return format!(
-            "timed out after {shown} (stopped with its process group: SIGTERM, then SIGKILL \
-             after the grace period)"
+            "{what} (stopped with its process group: SIGTERM, then SIGKILL after the grace \
+             period)"
         );
     }
     if let Some(why) = &ran.why {

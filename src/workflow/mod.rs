@@ -274,8 +274,9 @@ pub enum CaptureFormat {
 
 impl CaptureFormat {
     /// Turns a step's output into the captured value (as stored and substituted), or
-    /// says why it is not of this format.
-    pub fn read(self, output: &str) -> Result<String, String> {
+    /// says why it is not of this format. `success` is whether the command succeeded: a
+    /// boolean capture whose output is not `true` or `false` is that, as in the original.
+    pub fn read(self, output: &str, success: bool) -> Result<String, String> {
         let trimmed = output.trim();
         match self {
             CaptureFormat::String => Ok(output.to_owned()),
@@ -287,11 +288,9 @@ impl CaptureFormat {
                 .ok_or_else(|| {
                     format!("capture_format number: the output {trimmed:?} is not a number")
                 }),
-            CaptureFormat::Boolean => match trimmed {
-                "true" | "false" => Ok(trimmed.to_owned()),
-                _ => Err(format!(
-                    "capture_format boolean: the output {trimmed:?} is not true or false"
-                )),
+            CaptureFormat::Boolean => match trimmed.lines().last().map(str::trim) {
+                Some(word @ ("true" | "false")) => Ok(word.to_owned()),
+                _ => Ok(success.to_string()),
             },
             CaptureFormat::Json => serde_json::from_str::<serde_json::Value>(trimmed)
                 .map(|v| v.to_string())

@@ -30,13 +30,15 @@ pub(super) fn plan(path: &Path, source: &str, inputs: &Inputs) -> Result<Plan, W
     };
     // The shape first: a list is a sequential workflow, and so is a mapping with
     // `commands:` (or `steps:`) and no `map:`.
-    let probe: Option<serde_json::Value> = serde_saphyr::from_str(source).ok();
+    // YAML that does not read is that error, whatever the shape would have been.
+    let probe: Option<Probe> = Some(serde_saphyr::from_str(source).map_err(yaml_error)?);
     let sequential = match &probe {
-        Some(serde_json::Value::Array(_)) => true,
-        Some(serde_json::Value::Object(m)) if !m.contains_key("map") => {
-            if m.contains_key("commands") || m.contains_key("steps") {
+        Some(Probe::List) => true,
+        Some(Probe::Map(keys)) if !keys.iter().any(|k| k == "map") => {
+            let has = |k: &str| keys.iter().any(|key| key == k);
+            if has("commands") || has("steps") {
                 true
-            } else if m.contains_key("mode") || m.contains_key("setup") {
+            } else if has("mode") || has("setup") {
                 false
             } else {
                 return Err(r.at(
@@ -52,7 +54,7 @@ pub(super) fn plan(path: &Path, source: &str, inputs: &Inputs) -> Result<Plan, W
     };
     if sequential {
         let file: SessionFile = match probe {
-            Some(serde_json::Value::Array(_)) => SessionFile {
+            Some(Probe::List) => SessionFile {
                 name: None,
                 mode: None,
                 description: None,
@@ -69,6 +71,84 @@ pub(super) fn plan(path: &Path, source: &str, inputs: &Inputs) -> Result<Plan, W
     }
     let workflow: Workflow = serde_saphyr::from_str(source).map_err(yaml_error)?;
     r.mapreduce(path, source, workflow, inputs)
+}
+
+/// A workflow's shape, read without its values: a list, or a mapping's top-level keys.
+enum Probe {
+    List,
+    Map(Vec<String>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Probe, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Probe;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a workflow")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Probe, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Probe::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Probe, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(Key(k)) = map.next_key::<Key>()? {
+                    keys.extend(k);
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(Probe::Map(keys))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Probe, E> {
+                Ok(Probe::Other)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Probe, E> {
+                Ok(Probe::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A mapping's key: its text when it is a string.
+struct Key(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(Some(v.to_owned())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Key, E> {
+                Ok(Key(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Reads a workflow's sections, naming the file in every error.
@@ -918,6 +998,12 @@ impl Reader<'_> {
             None => None,
         };
         self.adopt(line);
+        // `on_success` reads this step's output as the step before's.
+        let keep_output = on_success.as_ref().is_some_and(|n| {
+            ["last.output", "shell.output"]
+                .iter()
+                .any(|v| n.command.reads_captured(v))
+        });
         let allow_failure = step.allow_failure
             || step.fail_workflow == Some(false)
             || step
@@ -940,7 +1026,7 @@ impl Reader<'_> {
             name: step.name.clone().or_else(|| step.description.clone()),
             commit_required: step.commit_required,
             when,
-            keep_output: false,
+            keep_output,
             allow_failure,
             env: step_env,
             working_dir,

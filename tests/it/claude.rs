@@ -12,7 +12,7 @@ use crate::common::{Env, git, transcript};
 use crate::runner::{repo_and_marks, wait_for, write};
 
 /// A directory holding `claude`, the stand-in, for the front of `PATH`.
-fn standin_bin(env: &Env) -> PathBuf {
+pub(crate) fn standin_bin(env: &Env) -> PathBuf {
     let bin = env.dir.path().join("bin");
     if !bin.exists() {
         std::fs::create_dir_all(&bin).unwrap();
@@ -22,7 +22,7 @@ fn standin_bin(env: &Env) -> PathBuf {
     bin
 }
 
-fn path_with(bin: &Path) -> String {
+pub(crate) fn path_with(bin: &Path) -> String {
     format!(
         "{}:{}",
         bin.display(),
@@ -43,7 +43,7 @@ fn prodigy(env: &Env, repo: &Path) -> std::process::Command {
 }
 
 /// `prodigy args…` in `repo` with the stand-in on the PATH and `vars` set.
-fn run_in(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+pub(crate) fn run_in(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = prodigy(env, repo);
     cmd.args(args).env("PATH", path_with(&standin_bin(env)));
     for (k, v) in vars {
@@ -52,7 +52,7 @@ fn run_in(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> Outpu
     cmd.output().unwrap()
 }
 
-fn ok(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
+pub(crate) fn ok(env: &Env, repo: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
     let out = run_in(env, repo, args, vars);
     assert!(out.status.success(), "{args:?}: {}", transcript(&out));
     String::from_utf8(out.stdout).unwrap()
@@ -64,7 +64,7 @@ fn json(env: &Env, repo: &Path, args: &[&str]) -> Value {
 
 /// A Claude command of the repository: `.claude/commands/<name>.md` whose `sh` block the
 /// stand-in runs.
-fn command(repo: &Path, name: &str, script: &str) {
+pub(crate) fn command(repo: &Path, name: &str, script: &str) {
     let dir = repo.join(".claude/commands");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -74,7 +74,7 @@ fn command(repo: &Path, name: &str, script: &str) {
     .unwrap();
 }
 
-fn commit_all(repo: &Path) {
+pub(crate) fn commit_all(repo: &Path) {
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-qm", "workflow"]);
 }

@@ -16,6 +16,7 @@ mod faults;
 mod gc;
 mod hostile;
 mod house;
+mod language;
 mod migrate;
 mod plumbing;
 mod powercut;

@@ -197,6 +197,10 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if let Some(calls) = &claude {
         row["claude"] = calls.totals_json();
     }
+    let validations = validations(ctx, &repo, &args.job)?;
+    if !validations.is_empty() {
+        row["validations"] = json!(validations);
+    }
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&row)?)?;
         return Ok(Exit::Success);
@@ -256,6 +260,22 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if let Some(calls) = &claude {
         write_claude_totals(ctx.out, calls)?;
     }
+    for v in &validations {
+        writeln!(
+            ctx.out,
+            "validated:  {} {}{} #{}: {}% of {}% {}",
+            v.step,
+            v.agent_id,
+            v.item_id
+                .as_deref()
+                .map(|i| format!(" item {i}"))
+                .unwrap_or_default(),
+            v.attempt,
+            v.completion,
+            v.threshold,
+            if v.passed { "passed" } else { "incomplete" }
+        )?;
+    }
     writeln!(ctx.out, "checkpoints ({}):", history.len())?;
     for (id, c) in &history {
         writeln!(
@@ -288,6 +308,22 @@ pub fn claude_calls(
         return Ok(None);
     }
     Ok(Some(crate::events::calls::read(&log)?))
+}
+
+/// The validations of a job's steps, when its event log has any.
+fn validations(
+    ctx: &Ctx<'_>,
+    repo: &str,
+    job: &str,
+) -> anyhow::Result<Vec<crate::events::calls::Validation>> {
+    let log = crate::events::EventLog::new(ctx.refs(), repo, job)?;
+    let Some((_, head)) = log.head()? else {
+        return Ok(Vec::new());
+    };
+    if !head.total.types.contains_key("step_validated") {
+        return Ok(Vec::new());
+    }
+    Ok(crate::events::calls::validations(&log)?)
 }
 
 /// Tokens and cost of a job's Claude calls: the job's, then per agent and per step.

@@ -91,11 +91,16 @@ pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::
         ""
     };
     if outcome.merge_pending {
-        ctx.diag.note(&format!(
-            "session {}: its {} steps are done; the workflow's merge: steps wait for a yes",
-            outcome.job_id,
-            outcome.steps.unwrap_or(0)
-        ));
+        match outcome.steps {
+            Some(steps) => ctx.diag.note(&format!(
+                "session {}: its {steps} steps are done; the workflow's merge: steps wait for a yes",
+                outcome.job_id,
+            )),
+            None => ctx.diag.note(&format!(
+                "job {}: reduce is done; the workflow's merge: steps wait for a yes",
+                outcome.job_id,
+            )),
+        }
         ctx.diag.hint(&format!(
             "run them with `prodigy resume {} -y`, or merge yourself: `git merge {}`",
             outcome.job_id, outcome.branch
