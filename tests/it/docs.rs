@@ -149,3 +149,25 @@ fn doc_links_resolve() {
         assert!(root.join("docs").join(page).is_file(), "{page}");
     }
 }
+
+/// Every YAML block of the workflow guides is a workflow the loader takes, warnings and
+/// all: what the guide shows, the runner reads.
+#[test]
+fn guide_workflows_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut blocks = 0;
+    for page in ["docs/workflows.md", "docs/claude.md"] {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("```yaml\n") {
+            let body = &rest[at + 8..];
+            let end = body.find("```").unwrap();
+            let line = text[..text.len() - rest.len() + at].lines().count() + 1;
+            prodigy::workflow::Plan::parse(std::path::Path::new(page), &body[..end])
+                .unwrap_or_else(|e| panic!("the block at {page}:{line}: {e}"));
+            blocks += 1;
+            rest = &body[end..];
+        }
+    }
+    assert!(blocks >= 4, "{blocks} blocks");
+}
