@@ -665,6 +665,23 @@ fn what_the_original_ignores_or_lost_is_said_not_skipped() {
         err.contains("w.yml:10: ${env.SURELY_UNSET_PRODIGY_VAR_Q}"),
         "{err}"
     );
+    // A dry run looks for the files the workflow names.
+    write(
+        &repo,
+        "mr.yml",
+        "name: mr\nenv_files: [.env.nowhere]\nmap:\n  input: made-by-setup.json\n  agent_template:\n    - shell: echo ${item}\n",
+    );
+    let out = run_in(&env, &repo, &["run", "mr.yml", "--dry-run"], &[]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("env_files: '.env.nowhere' is not in the repository"),
+        "{said}"
+    );
+    assert!(
+        said.contains("map.input 'made-by-setup.json' is not in the repository now"),
+        "{said}"
+    );
     // An analyze step fails when it runs, saying why.
     let (repo, _) = setup(&env, "analyze", "- analyze:\n    save: true\n");
     let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "a1"], &[]);

@@ -162,6 +162,28 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             ))
             .into());
         }
+        // The files it names, as they are now (setup may still make an input).
+        if let Ok(location) = crate::repo::locate(&dir)
+            && location.is_git
+        {
+            for file in plan.environment.missing_files(&location.root) {
+                ctx.diag.warning(&format!(
+                    "env_files: '{file}' is not in the repository (a run skips it)"
+                ));
+            }
+            if let Some(map) = plan.map_spec() {
+                let env = plan.env.clone();
+                if let crate::workflow::input::Source::File(path) =
+                    crate::workflow::input::source(map, &location.root, &env)
+                    && !path.is_file()
+                {
+                    ctx.diag.warning(&format!(
+                        "map.input '{}' is not in the repository now: setup must make it",
+                        map.input.value
+                    ));
+                }
+            }
+        }
         for line in plan.outline() {
             writeln!(ctx.out, "{line}")?;
         }
