@@ -110,6 +110,37 @@ pub struct LockGuard {
     _file: File,
 }
 
+impl LockGuard {
+    /// Writes `text` into the lock file (replacing what was there): who holds it, for
+    /// others to read. Not durable, and not needed for the lock itself.
+    pub fn record(&self, text: &str) {
+        use std::os::unix::fs::FileExt;
+        let _ = self._file.set_len(0);
+        let _ = self._file.write_at(text.as_bytes(), 0);
+    }
+}
+
+/// Whether someone holds the lock at `path` exclusively now (without taking it, nor making
+/// the file): `Some` with what the holder wrote into it ([`LockGuard::record`]).
+pub fn holder(path: &Path) -> Result<Option<String>, LockError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FsError::new("open lock file", path, e).into()),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(None),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Ok(Some(std::fs::read_to_string(path).unwrap_or_default()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(FsError::new("lock", path, e).into()),
+    }
+}
+
 fn open_lock_file(path: &Path) -> Result<File, LockError> {
     Ok(OpenOptions::new()
         .read(true)

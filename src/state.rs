@@ -498,7 +498,7 @@ impl JobStateManager {
         // a short wait covers that; a runner at work holds the lock far longer.
         match self.refs.job_lock(&name, RUN_LOCK_GRACE)? {
             Taken::Held(lock) => Ok(lock),
-            Taken::Busy(Holder::Process { path }) => Err(StateError::Busy {
+            Taken::Busy(Holder::Process { path, .. }) => Err(StateError::Busy {
                 job: job.to_owned(),
                 path,
             }),

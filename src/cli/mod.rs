@@ -103,6 +103,9 @@ pub enum Command {
     Store(commands::store::StoreCommand),
     /// Print shell completions.
     Completions(commands::completions::Args),
+    /// The worktrees of the repository's jobs: ls, clean, merge.
+    #[command(subcommand)]
+    Worktree(commands::worktree::WorktreeCommand),
 }
 
 /// The process's streams, as handed in by the binary.

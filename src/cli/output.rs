@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::store::object::ObjectError;
 
-/// The exit codes: 0 success, 1 failure, 2 usage error.
+/// The exit codes: 0 success, 1 failure, 2 usage error, 3 a job that finished with
+/// failed items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Success.
@@ -19,6 +20,9 @@ pub enum Exit {
     Failure = 1,
     /// The command line was wrong.
     Usage = 2,
+    /// A job (`run`, `resume`, `dlq retry`) ran to its end, but items failed: they are in
+    /// the dead-letter queue (or were skipped).
+    Incomplete = 3,
 }
 
 /// A command line that parses but makes no sense; exits with 2.
@@ -67,6 +71,32 @@ impl Diag {
         } else {
             writeln!(err, "{label}: {text}")
         };
+    }
+
+    /// True with `-v`.
+    pub fn is_verbose(&self) -> bool {
+        self.verbose
+    }
+
+    /// True with `-q`.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// A line a step printed, `prefix` before it (hidden by `-q`); control characters are
+    /// shown as escapes, as in every diagnostic.
+    pub fn output(&self, prefix: &str, line: &[u8]) {
+        if !self.quiet {
+            // Bytes that are not UTF-8 are shown escaped, never replaced.
+            let mut text = String::new();
+            for chunk in line.utf8_chunks() {
+                text.push_str(chunk.valid());
+                for b in chunk.invalid() {
+                    text.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            self.line("", "", &format!("{prefix}{text}"));
+        }
     }
 
     /// `error: …` (always shown).

@@ -188,6 +188,32 @@ pub struct ItemSummary {
     pub reprocess_eligible: bool,
     /// See [`eligibility`].
     pub manual_review_required: bool,
+    /// The item's readable name ([`readable_name`]); absent in snapshots written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// What a person calls an item: its own `id` (or `name`, `title`, `path`, `file`), else
+/// its first field's value, else the item itself when it is text or a number; at most 60
+/// characters.
+pub fn readable_name(data: &Value) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let found = match data {
+        Value::Object(m) => ["id", "name", "title", "path", "file"]
+            .iter()
+            .find_map(|k| m.get(*k).and_then(text))
+            .or_else(|| m.values().next().and_then(text)),
+        other => text(other),
+    }?;
+    let one_line: String = found.split_whitespace().collect::<Vec<_>>().join(" ");
+    Some(match one_line.char_indices().nth(60) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    })
 }
 
 impl ItemSummary {
@@ -205,6 +231,7 @@ impl ItemSummary {
             error_signature: item.error_signature.clone(),
             reprocess_eligible: item.reprocess_eligible,
             manual_review_required: item.manual_review_required,
+            name: readable_name(&item.item_data),
         }
     }
 }
@@ -788,6 +815,7 @@ mod tests {
             error_signature: "s".into(),
             reprocess_eligible: true,
             manual_review_required: false,
+            name: Some("n".into()),
         };
         let root = Root {
             parent: Some(id(1)),

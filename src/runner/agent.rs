@@ -202,6 +202,11 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             paste: &spec.env,
             base: Some(&ctx.map_base),
             track_git: ctx.track_git,
+            tee: ctx.observer.clone().map(|o| {
+                let agent = agent.clone();
+                std::sync::Arc::new(move |line: &[u8]| o.output(&agent, line))
+                    as super::exec::LineHook
+            }),
         };
         let mut captured = ctx.setup_captured.clone();
         let mut output = None;

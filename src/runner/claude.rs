@@ -139,8 +139,15 @@ pub(super) fn call(
         let logger = Arc::clone(site.logger);
         let agent = site.agent_id.to_owned();
         let metadata = site.metadata.clone();
+        let tee = site.tee.clone();
         Arc::new(move |line: &[u8]| {
             for event in live_events(&agent, line) {
+                // The terminal's copy is what the assistant says.
+                if let (Some(tee), MapReduceEvent::ClaudeMessage { content, .. }) = (&tee, &event) {
+                    for text in content.lines() {
+                        tee(text.as_bytes());
+                    }
+                }
                 let _ = logger.log_with_metadata(event, metadata.clone());
             }
         }) as LineHook
@@ -156,6 +163,8 @@ pub(super) fn call(
         clear_env: false,
         keep_stderr: false,
         mask: Some(Arc::clone(site.mask)),
+        // Print mode's output is the result text; a stream is told by its messages.
+        tee: if streaming { None } else { site.tee.clone() },
     })?;
     let transcript = std::mem::take(&mut outcome.stdout);
     let whole = transcript.len() <= MAX_TRANSCRIPT;

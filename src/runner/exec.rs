@@ -92,6 +92,9 @@ pub struct StepSpec<'a> {
     /// Secrets' values replaced by `***` in everything read from the step, line by line,
     /// before the log, the capture or the line hook sees it.
     pub mask: Option<Arc<Masker>>,
+    /// Told of every line of output (standard output and error, masked) as it comes: the
+    /// terminal's copy.
+    pub tee: Option<LineHook>,
 }
 
 impl StepSpec<'_> {
@@ -280,9 +283,10 @@ impl Executor {
             let capture = step.capture.unwrap_or(0);
             let hook = step.lines.clone();
             let mask = step.mask.clone();
+            let tee = step.tee.clone();
             std::thread::spawn(move || {
                 let mut partial = Vec::new();
-                pump(&mut r, &log, mask.as_deref(), |chunk| {
+                pump(&mut r, &log, mask.as_deref(), tee.as_ref(), |chunk| {
                     seen.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.len() < capture {
@@ -312,8 +316,9 @@ impl Executor {
             let (log, tail, done) = (Arc::clone(step.log), Arc::clone(&tail), done_tx.clone());
             let (mask, keep, err_kept) =
                 (step.mask.clone(), step.keep_stderr, Arc::clone(&err_kept));
+            let tee = step.tee.clone();
             std::thread::spawn(move || {
-                pump(&mut r, &log, mask.as_deref(), |chunk| {
+                pump(&mut r, &log, mask.as_deref(), tee.as_ref(), |chunk| {
                     if keep {
                         let mut kept = err_kept.lock().unwrap_or_else(|e| e.into_inner());
                         let room = MAX_CAPTURE.saturating_sub(kept.len());
@@ -454,15 +459,17 @@ fn code(status: ExitStatus) -> i32 {
 /// cut between two pieces would pass; no secret is that long a line).
 const MASK_LINE: usize = 1 << 20;
 
-/// Copies what the step writes to the log and hands it to `each`; with a mask, whole
-/// lines at a time, each masked first.
+/// Copies what the step writes to the log and hands it to `each`; with a mask or a tee,
+/// whole lines at a time, each masked first (and then told to the tee).
 fn pump(
     r: &mut impl Read,
     log: &Arc<Mutex<File>>,
     mask: Option<&Masker>,
+    tee: Option<&LineHook>,
     mut each: impl FnMut(&[u8]),
 ) {
     let mask = mask.filter(|m| !m.is_empty());
+    let lines = mask.is_some() || tee.is_some();
     let mut out = |bytes: &[u8]| {
         let masked;
         let bytes = match mask {
@@ -473,6 +480,11 @@ fn pump(
             None => bytes,
         };
         each(bytes);
+        if let Some(tee) = tee {
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                tee(line.strip_suffix(b"\n").unwrap_or(line));
+            }
+        }
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
         let _ = f.write_all(bytes);
     };
@@ -481,7 +493,7 @@ fn pump(
     loop {
         match r.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) if mask.is_none() => out(&buf[..n]),
+            Ok(n) if !lines => out(&buf[..n]),
             Ok(n) => {
                 held.extend_from_slice(&buf[..n]);
                 let cut = match held.iter().rposition(|b| *b == b'\n') {

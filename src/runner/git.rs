@@ -389,6 +389,43 @@ pub fn commits_since(dir: &Path, base: &str) -> Result<Vec<String>, GitError> {
     Ok(out.lines().map(str::to_owned).collect())
 }
 
+/// The trailer a squashed agent's commit carries, naming the agent's last commit: how a
+/// resume tells that the squash already happened (the commit is not in `HEAD`'s history).
+pub const SQUASHED: &str = "Prodigy-Squashed-Commit";
+
+/// Squashes `commit`'s changes into one new commit in the worktree at `dir` (`map.merge:
+/// squash`), its message `message` with the [`SQUASHED`] trailer. A conflict leaves the
+/// worktree for the caller to restore (the error says `conflict`). Changes already there
+/// (a squash done before a crash) make no commit.
+pub fn squash(
+    dir: &Path,
+    commit: &str,
+    message: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), GitError> {
+    git_env(dir, &["merge", "--squash", "--no-commit", commit], env)?;
+    if git(dir, &["diff", "--cached", "--quiet"]).is_ok() {
+        return Ok(());
+    }
+    let message = format!("{message}\n\n{SQUASHED}: {commit}");
+    git_env(dir, &["commit", "-q", "--no-verify", "-m", &message], env).map(|_| ())
+}
+
+/// True when a commit of `HEAD`'s history says it squashed `commit`.
+pub fn is_squashed(dir: &Path, commit: &str) -> bool {
+    git(
+        dir,
+        &[
+            "log",
+            "-1",
+            "--format=%H",
+            "--fixed-strings",
+            &format!("--grep={SQUASHED}: {commit}"),
+        ],
+    )
+    .is_ok_and(|out| !out.trim().is_empty())
+}
+
 /// True when `commit` is already in `HEAD`'s history.
 pub fn is_merged(dir: &Path, commit: &str) -> bool {
     git(dir, &["merge-base", "--is-ancestor", commit, "HEAD"]).is_ok()

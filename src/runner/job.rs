@@ -167,6 +167,13 @@ impl Job {
         env
     }
 
+    /// The terminal's copy of what `source`'s steps print, when a front end listens.
+    pub(super) fn tee(&self, source: &str) -> Option<exec::LineHook> {
+        let observer = self.observer.clone()?;
+        let source = source.to_owned();
+        Some(Arc::new(move |line: &[u8]| observer.output(&source, line)))
+    }
+
     /// [`Self::env`] with the secrets: what the job's steps run with.
     pub(super) fn env_with_secrets(&self) -> BTreeMap<String, String> {
         let mut env = self.env();
@@ -457,6 +464,7 @@ impl Job {
                 paste: &self.state.spec.env,
                 base: Some(&self.state.spec.base_commit),
                 track_git,
+                tee: self.tee(name),
             };
             match run_step(&self.exec, &site, step, &vars) {
                 Ok(ok) => {

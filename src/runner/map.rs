@@ -31,6 +31,7 @@ impl Job {
             env_all: self.env_all(),
             mask: Arc::clone(&self.mask),
             track_git: self.plan.all_steps().iter().any(|s| s.reads_git()),
+            observer: self.observer.clone(),
         }
     }
 

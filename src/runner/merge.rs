@@ -32,15 +32,37 @@ impl Job {
             result.merged = true;
             return Ok(result);
         };
-        if !git::is_merged(&worktree, &last) {
-            let message = format!(
-                "Merge {agent} (item {key}) of prodigy job {}",
-                self.state.spec.id
-            );
+        let squash = self.plan.squash;
+        let done = match squash {
+            true => git::is_squashed(&worktree, &last),
+            false => git::is_merged(&worktree, &last),
+        };
+        if !done {
+            let message = match squash {
+                true => format!(
+                    "{agent} (item {key}) of prodigy job {}: {} commits squashed",
+                    self.state.spec.id,
+                    result.commits.len()
+                ),
+                false => format!(
+                    "Merge {agent} (item {key}) of prodigy job {}",
+                    self.state.spec.id
+                ),
+            };
             let marker = pending_path(&self.state.spec);
             let keep = git::untracked(&worktree)?;
             Pending::Merge(keep.clone()).write(&marker)?;
-            let merged = git::merge(&worktree, &last, &message, &self.state.spec.env);
+            let merged = match squash {
+                true => git::squash(&worktree, &last, &message, &self.state.spec.env),
+                false => git::merge(&worktree, &last, &message, &self.state.spec.env),
+            };
+            // A squash's conflict is not aborted by git: put the worktree back.
+            if squash
+                && let Err(e) = &merged
+                && e.conflict
+            {
+                git::restore(&worktree, &keep)?;
+            }
             // Stopped half-way (a full disk): undone now if it can be, else by resume (the
             // marker stays). A conflict was aborted by git itself.
             let whole = match &merged {
@@ -134,6 +156,7 @@ impl Job {
             paste: &self.state.spec.env,
             base: None,
             track_git: false,
+            tee: self.tee("merge"),
         };
         let command = format!("/prodigy-merge-worktree {branch}");
         agent::write_log(&log, &format!("$ claude: {command}\n"));

@@ -15,6 +15,7 @@
 
 mod agent;
 pub mod claude;
+pub mod cleanup;
 pub mod exec;
 pub mod git;
 mod job;
@@ -108,6 +109,22 @@ pub enum RunError {
         /// The directory.
         path: PathBuf,
     },
+    /// `worktree merge` of a job that is not complete.
+    #[error("job '{job}' is not complete (phase {phase}): its branch holds what is done so far")]
+    NotComplete {
+        /// The job.
+        job: String,
+        /// Its phase.
+        phase: String,
+    },
+    /// The job's branch is not in this repository.
+    #[error("branch {branch} is not in '{}'", .repo.display())]
+    BranchMissing {
+        /// The branch.
+        branch: String,
+        /// The repository.
+        repo: PathBuf,
+    },
     /// The workflow's environment could not be made (a secret not set, an env command
     /// that failed).
     #[error("{}: {message}", .workflow.display())]
@@ -180,6 +197,12 @@ impl crate::hint::Hint for RunError {
             RunError::Input { .. } => {
                 Some("no item ran: fix the input, then start a new job with `prodigy run`")
             }
+            RunError::NotComplete { .. } => {
+                Some("`prodigy resume <job>` finishes it; `--force` merges what is there")
+            }
+            RunError::BranchMissing { .. } => {
+                Some("the job ran in another clone: fetch its branch from there first")
+            }
             RunError::Env { .. } => Some(
                 "secrets are read from the environment of `run` and `resume` (never stored): set them, then run again",
             ),
@@ -217,6 +240,9 @@ pub trait Observer: Send + Sync {
     fn progress(&self, _progress: &Progress) {}
     /// A phase began or a notable thing happened.
     fn note(&self, _text: &str) {}
+    /// A line a step printed (secrets masked): `source` is the phase of a job-level step
+    /// (`setup`, `reduce`, `session`, `merge`, `input`) or the agent (`agent-3`).
+    fn output(&self, _source: &str, _line: &[u8]) {}
 }
 
 /// How to run.
@@ -492,6 +518,8 @@ struct AgentCtx {
     mask: Arc<Masker>,
     /// Record each step's commits (a step reads `${step.*}`).
     track_git: bool,
+    /// Where the agents' output lines go (the front end decides whether to show them).
+    observer: Option<Arc<dyn Observer>>,
 }
 
 enum Msg {

@@ -40,6 +40,8 @@ impl Job {
                         clear_env: false,
                         keep_stderr: false,
                         mask: Some(Arc::clone(&self.mask)),
+                        // The items are data, not progress: not echoed.
+                        tee: None,
                     })
                     .map_err(|e| self.input_error(format!("cannot start {cmd:?}: {e}")))?;
                 if out.interrupted {

@@ -14,6 +14,8 @@ use crate::events::record::MapReduceEvent;
 use crate::store::refs::RefStore;
 use crate::workflow::env::Masker;
 
+use super::exec::LineHook;
+
 /// Where a step runs and whom its events name.
 #[derive(Clone)]
 pub(super) struct Site<'a> {
@@ -50,6 +52,8 @@ pub(super) struct Site<'a> {
     pub base: Option<&'a str>,
     /// Record each step's commits (a step of the plan reads `${step.*}`).
     pub track_git: bool,
+    /// Told of each line the step prints: the terminal's copy.
+    pub tee: Option<LineHook>,
 }
 
 impl Site<'_> {

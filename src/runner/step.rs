@@ -489,6 +489,7 @@ fn launch(
                 clear_env: step.clear_env,
                 keep_stderr: step.streams.stderr,
                 mask: Some(Arc::clone(site.mask)),
+                tee: site.tee.clone(),
             })
             .map(|outcome| Called {
                 outcome,

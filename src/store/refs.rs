@@ -328,6 +328,10 @@ pub enum Holder {
     Process {
         /// The lock file.
         path: PathBuf,
+        /// Its process id, when it wrote it.
+        pid: Option<u32>,
+        /// Its host, when it wrote it.
+        host: Option<String>,
     },
     /// A runner on some host, by its lease.
     Host {
@@ -415,14 +419,49 @@ impl RefStore {
             on_wait: None,
         };
         match lock::lock(&path, LockMode::Exclusive, &opts) {
-            Ok(guard) => Ok(Taken::Held(JobLock {
-                held: Held::File(guard),
-            })),
-            Err(crate::lock::LockError::Timeout { .. }) => {
-                Ok(Taken::Busy(Holder::Process { path }))
+            Ok(guard) => {
+                // Who runs the job, for `prodigy jobs` to tell.
+                guard.record(&format!("{} {}\n", std::process::id(), self.host));
+                Ok(Taken::Held(JobLock {
+                    held: Held::File(guard),
+                }))
             }
+            Err(crate::lock::LockError::Timeout { .. }) => Ok(Taken::Busy(self.process(path))),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The runner of the job `name` now, if any, without taking its lock (nor making a
+    /// lock file): its process (a flock held) or its host (a lease not expired).
+    pub fn job_holder(&self, name: &RefName) -> Result<Option<Holder>, RefError> {
+        if let Some(remote) = self.objects.s3()? {
+            let key = keys::lease(name.repo(), name.job());
+            return Ok(match remote.get(&key)? {
+                Some((bytes, _)) => {
+                    match serde_json::from_slice::<crate::store::s3::lease::LeaseRecord>(&bytes) {
+                        Ok(held) if held.remaining_ms() > 0 => Some(Holder::Host {
+                            url: remote.address(&key),
+                            remaining_secs: held.remaining_ms().div_ceil(1000),
+                            host: held.host,
+                            pid: held.pid,
+                        }),
+                        _ => None,
+                    }
+                }
+                None => None,
+            });
+        }
+        let path = name.dir(&self.home).join("run.lock");
+        Ok(lock::holder(&path)?.map(|_| self.process(path)))
+    }
+
+    /// The process holding the run lock at `path`, as it recorded itself.
+    fn process(&self, path: PathBuf) -> Holder {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let pid = words.next().and_then(|p| p.parse().ok());
+        let host = words.next().map(str::to_owned);
+        Holder::Process { path, pid, host }
     }
 
     /// The object store the refs point into.

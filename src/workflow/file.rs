@@ -393,6 +393,10 @@ pub struct MapSpec {
     /// The original's `timeout_config:` block (its `agent_timeout_secs`).
     #[serde(default)]
     pub timeout_config: Option<TimeoutConfig>,
+    /// How an agent's commits join the job's branch: `merge` (default: a merge commit
+    /// each) or `squash` (one commit per agent).
+    #[serde(default)]
+    pub merge: Option<Spanned<String>>,
     /// The steps each agent runs on its item.
     pub agent_template: Steps,
 }

@@ -433,6 +433,8 @@ pub struct Plan {
     pub error_collection: Collection,
     /// Retries.
     pub retry: Retry,
+    /// `map.merge: squash`: one commit per agent on the job's branch.
+    pub squash: bool,
     /// What the author should know: keys this runner reads but does nothing with, as the
     /// original did; each `file:line: text`.
     pub warnings: Vec<String>,

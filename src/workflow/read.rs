@@ -261,6 +261,16 @@ impl Reader<'_> {
         let env = self.environment(workflow.environment(), inputs)?;
         let items = self.items(&workflow.map)?;
         let (agent_timeout, max_parallel) = self.agents(&workflow.map, &env)?;
+        let squash = match workflow.map.merge.as_ref().map(|m| (m.value.as_str(), m)) {
+            None | Some(("merge", _)) => false,
+            Some(("squash", _)) => true,
+            Some((other, m)) => {
+                return Err(self.at(
+                    m.referenced.line(),
+                    format!("map.merge '{other}' is not merge or squash"),
+                ));
+            }
+        };
         let policy = self.error_policy(&workflow.error_policy)?;
         let setup_timeout = self.phase_timeout(&workflow.setup, "setup")?;
         let (setup, from_setup) = self.steps(
@@ -297,6 +307,7 @@ impl Reader<'_> {
             error_collection: policy.collection,
             on_item_failure: policy.on_item_failure,
             retry: policy.retry,
+            squash,
             env: env.values,
             environment: env.plan,
             setup,
@@ -381,6 +392,7 @@ impl Reader<'_> {
                 initial: Duration::ZERO,
                 max: Duration::ZERO,
             },
+            squash: false,
             env: env.values,
             environment: env.plan,
             setup,

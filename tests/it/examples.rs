@@ -76,7 +76,15 @@ fn the_quick_start_example_runs() {
 fn the_dlq_example_fails_two_items_then_retries_them() {
     let env = Env::new();
     let repo = init_repo(env.scratch().join("proj"));
-    let job = run_example(&env, &repo, "dlq-retry.yml");
+    // Items left in the queue: exit 3.
+    let out = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", example("dlq-retry.yml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let job = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let job = job.as_str();
     let show = job_show(&env, &repo, job);
     assert_eq!(

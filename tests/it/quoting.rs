@@ -150,7 +150,7 @@ fn a_value_that_would_end_its_here_document_fails_its_item() {
         "name: h\nmap:\n  input: items.json\n  agent_template:\n    - shell: |\n        cat <<EOF\n        ${item}\n        EOF\nerror_policy:\n  on_item_failure: dlq\n",
     );
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "h"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     assert_eq!(job_show(&env, &repo, "h")["failed"], 1);
     let dlq = ok_in(&env, &repo, &["dlq", "list", "h", "--json"]);
     assert!(dlq.contains("would end the here-document"), "{dlq}");
@@ -288,7 +288,7 @@ error_policy:
         .args(["run", "w.yml", "--job-id", "g"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     // Not 617 s: the step that ignores SIGTERM was killed after the grace.
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(job_show(&env, &repo, "g")["failed"], 2);

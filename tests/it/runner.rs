@@ -56,6 +56,13 @@ pub(crate) fn ok_in(env: &Env, repo: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `prodigy args…` in `repo` for a job that ends with failed items: exit 3; stdout.
+pub(crate) fn with_failures(env: &Env, repo: &Path, args: &[&str]) -> String {
+    let out = in_repo(env, repo, args);
+    assert_eq!(out.status.code(), Some(3), "{args:?}: {}", transcript(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub(crate) fn json_in(env: &Env, repo: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok_in(env, repo, args)).unwrap()
 }
@@ -91,7 +98,7 @@ fn lines(path: &Path) -> usize {
 }
 
 pub(crate) fn job_show(env: &Env, repo: &Path, job: &str) -> Value {
-    json_in(env, repo, &["jobs", "show", job, "--json"])
+    json_in(env, repo, &["jobs", "show", job, "--json", "--limit", "0"])
 }
 
 fn worktrees(repo: &Path) -> Vec<String> {
@@ -322,7 +329,7 @@ fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
     assert!(before.len() < 40);
     // Every worktree goes, the job's own too.
     std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
-    let out = ok_in(&env, &repo, &["resume", "c1"]);
+    let out = with_failures(&env, &repo, &["resume", "c1"]);
     assert_eq!(out, "c1\n");
     let show = job_show(&env, &repo, "c1");
     assert_eq!(show["phase"], "complete", "{show}");
@@ -662,7 +669,7 @@ fn error_policy_stop_then_resume() {
     // `stop` does not dead-letter; a failed item stays failed on resume, the rest run.
     let dlq = json_in(&env, &repo, &["dlq", "list", "p", "--json"]);
     assert_eq!(dlq.as_array().unwrap().len(), 0, "{dlq}");
-    ok_in(&env, &repo, &["resume", "p"]);
+    with_failures(&env, &repo, &["resume", "p"]);
     let show = job_show(&env, &repo, "p");
     assert_eq!(show["phase"], "complete");
     assert_eq!(
@@ -705,7 +712,7 @@ error_policy:
     );
     let started = Instant::now();
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "slow"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     assert!(started.elapsed() < Duration::from_secs(20));
     for n in 1..=2 {
         let pid: i32 = std::fs::read_to_string(pids.join(n.to_string()))
@@ -1033,7 +1040,7 @@ fn a_step_that_leaves_a_daemon_does_not_hang_the_runner() {
     );
     let started = Instant::now();
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "d"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "{:?}",
@@ -1064,10 +1071,11 @@ fn a_retry_that_conflicts_stays_in_the_queue() {
     );
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "workflow"]);
-    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "k"]);
+    with_failures(&env, &repo, &["run", "w.yml", "--job-id", "k"]);
     write(&marks, "go", "");
     let out = in_repo(&env, &repo, &["dlq", "retry", "k"]);
-    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    // Still in the queue: exit 3, as a run that leaves items there.
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("failed "));
     let dlq = json_in(&env, &repo, &["dlq", "list", "k", "--json"]);
     assert_eq!(dlq[0]["failure_count"], 2, "{dlq}");
@@ -1103,7 +1111,7 @@ fn a_command_too_long_for_the_system_is_a_clear_failure() {
     );
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "long"]);
-    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "l"]);
+    with_failures(&env, &repo, &["run", "w.yml", "--job-id", "l"]);
     let dlq = json_in(&env, &repo, &["dlq", "list", "l", "--json"]);
     let sig = dlq[0]["error_signature"].as_str().unwrap();
     assert!(sig.contains("after interpolation"), "{sig}");
@@ -1332,7 +1340,7 @@ reduce:
 ",
     );
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "commits"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     let dlq = json_in(&env, &repo, &["dlq", "list", "commits", "--json"]);
     let items = dlq.as_array().unwrap();
     assert_eq!(items.len(), 1, "{dlq}");
@@ -1376,7 +1384,7 @@ error_policy:
     );
     let started = Instant::now();
     let out = in_repo(&env, &repo, &["run", "slow.yml", "--job-id", "slow"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "the agent was not killed"
@@ -1758,7 +1766,7 @@ fn a_condition_too_deep_fails_its_item_and_the_job_goes_on() {
     let dlq = ok_in(&env, &repo, &["dlq", "list", "d", "--json"]);
     assert_eq!(dlq.matches("is neither true nor false").count(), 2, "{dlq}");
     let out = in_repo(&env, &repo, &["resume", "d"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     for filter in [
         format!("{}failure_count > 0", "!".repeat(50_000)),
         format!("{}failure_count > 0", "(".repeat(10_000)),
@@ -1837,7 +1845,7 @@ error_policy:
 ",
     );
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     // Item 1 printed 200,000 bytes and END (whole in reduce); item 2 3,000,000 (failed).
     let show = job_show(&env, &repo, "b");
     assert_eq!(
@@ -1854,7 +1862,7 @@ error_policy:
     let dlq = ok_in(&env, &repo, &["dlq", "list", "b", "--json"]);
     assert!(dlq.contains("MiB a capture holds"), "{dlq}");
     let out = in_repo(&env, &repo, &["run", "j.yml", "--job-id", "j"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     let dlq = ok_in(&env, &repo, &["dlq", "list", "j", "--json"]);
     assert!(dlq.contains("MiB a capture holds"), "{dlq}");
     assert!(!dlq.contains("EOF while parsing"), "{dlq}");
@@ -1904,7 +1912,7 @@ reduce:
         ),
     );
     let out = in_repo(&env, &repo, &["run", "out.yml", "--job-id", "o"]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
     let show = job_show(&env, &repo, "o");
     assert_eq!(
         (show["done"].as_u64(), show["failed"].as_u64()),

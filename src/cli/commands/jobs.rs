@@ -34,13 +34,62 @@ pub struct Args {
 pub enum JobsCommand {
     /// Show one job: phase, counts, times, worktrees, agents at work, checkpoint history.
     Show(ShowArgs),
+    /// Delete a job: its refs (state, events, dead-letter queue, archive; their reflogs
+    /// keep the history until gc) and its worktrees. Its branch stays. Asks first.
+    Rm(RmArgs),
+}
+
+/// Delete a job.
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// The job id.
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    pub job: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Do not ask.
+    #[arg(short = 'y', long, alias = "force", short_alias = 'f')]
+    pub yes: bool,
+}
+
+fn exec_rm(args: RmArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    let repo = args.repo.resolve(ctx)?;
+    let refs = ctx.refs();
+    let states = JobStateManager::new(refs.clone(), &repo)?;
+    if !args.yes {
+        let what = match states.head(&args.job) {
+            Ok((_, c)) => format!("job {} ({})", args.job, c.phase.as_str()),
+            Err(_) => format!("job {}", args.job),
+        };
+        ctx.diag.note(&format!(
+            "delete {what}: its state, events, dead-letter queue and worktrees? [y/N]"
+        ));
+        let answer = ctx.read_line()?.unwrap_or_default();
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            return Err(
+                crate::cli::UsageError("nothing deleted (answer y, or give -y)".into()).into(),
+            );
+        }
+    }
+    let removed = crate::runner::cleanup::remove_job(&ctx.home, &refs, &repo, &args.job)?;
+    for r in &removed.refs {
+        writeln!(ctx.out, "deleted {r}")?;
+    }
+    ctx.diag.note(&format!(
+        "job {} deleted ({} refs, {} worktrees); its reflogs keep the history until `prodigy gc` expires them",
+        args.job,
+        removed.refs.len(),
+        removed.worktrees.len()
+    ));
+    Ok(Exit::Success)
 }
 
 /// Show one job.
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// The job id.
-    #[arg(value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -48,12 +97,17 @@ pub struct ShowArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Show the newest N checkpoints (0: all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub limit: usize,
 }
 
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
-    if let Some(JobsCommand::Show(show)) = args.command {
-        return exec_show(show, ctx);
+    match args.command {
+        Some(JobsCommand::Show(show)) => return exec_show(show, ctx),
+        Some(JobsCommand::Rm(rm)) => return exec_rm(rm, ctx),
+        None => {}
     }
     let repos = if args.all_repos {
         let mut repos: Vec<String> = ctx
@@ -72,12 +126,29 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let states = JobStateManager::new(ctx.refs(), repo)?;
         for (job, id, c) in states.list()? {
             let spec = states.read_spec(&c.spec)?;
-            rows.push(summary(repo, &job, &id, &c, &spec.started));
+            let mut row = summary(repo, &job, &id, &c, &spec.started);
+            runner(&states, &job, &c, &mut row)?;
+            rows.push(row);
         }
     }
     if args.json {
         writeln!(ctx.out, "{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(Exit::Success);
+    }
+    let interrupted: Vec<&str> = rows
+        .iter()
+        .filter(|r| r["status"] == "interrupted")
+        .filter_map(|r| r["job"].as_str())
+        .collect();
+    if let [one] = interrupted.as_slice() {
+        ctx.diag.hint(&format!(
+            "`prodigy resume {one}` finishes the interrupted job"
+        ));
+    } else if !interrupted.is_empty() {
+        ctx.diag.hint(&format!(
+            "`prodigy resume JOB` finishes an interrupted job ({})",
+            interrupted.join(", ")
+        ));
     }
     if rows.is_empty() {
         ctx.diag.note(&format!(
@@ -116,6 +187,39 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(Exit::Success)
+}
+
+/// Whether a job that is not finished has a runner: `running` (with its pid and host, as
+/// its run lock or lease says) or `interrupted` (no process holds it: `prodigy resume`).
+fn runner(
+    states: &JobStateManager,
+    job: &str,
+    c: &Checkpoint,
+    row: &mut Value,
+) -> anyhow::Result<()> {
+    use crate::store::refs::Holder;
+    if c.phase == crate::state::Phase::Complete {
+        return Ok(());
+    }
+    let holder = states.refs().job_holder(&states.ref_name(job)?)?;
+    match holder {
+        Some(Holder::Process { pid, host, .. }) => {
+            row["status"] = json!("running");
+            row["runner"] = json!({"pid": pid, "host": host});
+        }
+        Some(Holder::Host {
+            host,
+            pid,
+            remaining_secs,
+            ..
+        }) => {
+            row["status"] = json!("running");
+            row["runner"] = json!({"pid": pid, "host": host, "lease_secs": remaining_secs});
+        }
+        None if c.error.is_none() => row["status"] = json!("interrupted"),
+        None => {}
+    }
+    Ok(())
 }
 
 fn duration(start: &str, end: Option<&str>) -> Option<String> {
@@ -160,6 +264,7 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let (head_id, head) = &history[0];
     let spec = states.read_spec(&head.spec)?;
     let mut row = summary(&repo, &args.job, head_id, head, &spec.started);
+    runner(&states, &args.job, head, &mut row)?;
     row["workflow"] = json!(spec.workflow_path);
     row["base_commit"] = json!(spec.base_commit);
     row["branch"] = json!(spec.branch);
@@ -177,7 +282,12 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         })
         .collect();
     row["running_agents"] = json!(agents);
-    let checkpoints: Vec<Value> = history
+    let shown = match args.limit {
+        0 => history.len(),
+        n => n.min(history.len()),
+    };
+    row["checkpoint_count"] = json!(history.len());
+    let checkpoints: Vec<Value> = history[..shown]
         .iter()
         .map(|(id, c)| {
             json!({
@@ -216,6 +326,20 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     writeln!(ctx.out, "phase:      {}", s("status"))?;
     if let Some(e) = &head.error {
         writeln!(ctx.out, "error:      {e}")?;
+    }
+    match row["status"].as_str() {
+        Some("running") => writeln!(
+            ctx.out,
+            "runner:     pid {} on {}",
+            row["runner"]["pid"],
+            row["runner"]["host"].as_str().unwrap_or("this host")
+        )?,
+        Some("interrupted") => writeln!(
+            ctx.out,
+            "runner:     none (interrupted): `prodigy resume {}` finishes it",
+            args.job
+        )?,
+        _ => {}
     }
     writeln!(
         ctx.out,
@@ -276,8 +400,15 @@ fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             if v.passed { "passed" } else { "incomplete" }
         )?;
     }
-    writeln!(ctx.out, "checkpoints ({}):", history.len())?;
-    for (id, c) in &history {
+    match shown == history.len() {
+        true => writeln!(ctx.out, "checkpoints ({}):", history.len())?,
+        false => writeln!(
+            ctx.out,
+            "checkpoints (newest {shown} of {}; --limit 0 for all):",
+            history.len()
+        )?,
+    }
+    for (id, c) in &history[..shown] {
         writeln!(
             ctx.out,
             "  {:>5}  {}  {}  {:<8} {:>6} done {:>6} failed  {}",

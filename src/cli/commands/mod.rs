@@ -16,6 +16,7 @@ pub mod repo_name;
 pub mod resume;
 pub mod run;
 pub mod store;
+pub mod worktree;
 
 use anyhow::Context;
 
@@ -39,6 +40,7 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::RepoName(args) => repo_name::exec(args, ctx),
         Command::Store(cmd) => store::exec(cmd, ctx),
         Command::Completions(args) => completions::exec(args, ctx),
+        Command::Worktree(cmd) => worktree::exec(cmd, ctx),
     }
 }
 
@@ -60,8 +62,25 @@ impl RepoArg {
             }
             None => {
                 let cwd = std::env::current_dir().context("cannot read the current directory")?;
+                // A home that does not exist yet holds nothing to find: the name is the
+                // one the repository would be given, and nothing is created (a home in
+                // the repository, `.prodigy/`, least of all) until something is written.
+                if !ctx.home.root().exists() {
+                    let location = crate::repo::locate(&cwd)?;
+                    let name = location.base_name();
+                    crate::names::validate("repo name", &name)?;
+                    return Ok(name);
+                }
                 Ok(crate::repo::resolve_repo_name(&ctx.home, &cwd)?)
             }
         }
     }
+}
+
+/// A job id given on the command line, checked as clap parses it: a hostile one (`../x`,
+/// `a/b`, a NUL, 200 characters) is a usage error (exit 2) naming the rule it breaks.
+pub fn job_id(text: &str) -> Result<String, String> {
+    crate::names::validate("job id", text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }

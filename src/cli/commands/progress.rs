@@ -14,6 +14,10 @@ use crate::runner::{Observer, Options, Outcome, Progress, RunError};
 struct Bar {
     bar: Option<ProgressBar>,
     diag: Diag,
+    /// Agents' output too (`-v`); job-level steps' output is always shown.
+    agents: bool,
+    /// Nothing but the summary (`--json`).
+    silent: bool,
 }
 
 impl Observer for Bar {
@@ -32,9 +36,27 @@ impl Observer for Bar {
     }
 
     fn note(&self, text: &str) {
+        if self.silent {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.suspend(|| self.diag.note(text)),
             None => self.diag.note(text),
+        }
+    }
+
+    fn output(&self, source: &str, line: &[u8]) {
+        let agent = source.starts_with("agent-");
+        if self.silent || (agent && !self.agents) {
+            return;
+        }
+        let prefix = match agent {
+            true => format!("[{source}] "),
+            false => "  | ".to_owned(),
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.diag.output(&prefix, line)),
+            None => self.diag.output(&prefix, line),
         }
     }
 }
@@ -55,13 +77,19 @@ pub fn bar(ctx: &Ctx<'_>, quiet: bool) -> Option<ProgressBar> {
 /// Runner options for a command: interrupt flag wired to SIGINT and SIGTERM, this binary
 /// as the step supervisor, a progress bar when stderr is a terminal.
 pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {
+    options_for(ctx, false)
+}
+
+/// [`options`], quiet but for the summary when `json` (`--json`: stdout holds one object,
+/// stderr only errors).
+pub fn options_for(ctx: &Ctx<'_>, json: bool) -> anyhow::Result<Options> {
     let interrupt = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while the first is being handled exits at once.
         signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupt))?;
         signal_hook::flag::register(signal, Arc::clone(&interrupt))?;
     }
-    let bar = ctx.progress.then(|| {
+    let bar = (ctx.progress && !json).then(|| {
         // Cleared when the runner drops it, before the summary is printed.
         let bar = ProgressBar::new(0).with_finish(indicatif::ProgressFinish::AndClear);
         bar.set_style(
@@ -76,15 +104,64 @@ pub fn options(ctx: &Ctx<'_>) -> anyhow::Result<Options> {
         observer: Some(Arc::new(Bar {
             bar,
             diag: ctx.diag.clone(),
+            agents: ctx.diag.is_verbose(),
+            silent: json,
         })),
         ..Options::default()
     })
 }
 
-/// Prints a finished job (id on stdout, a summary on stderr) or returns its error.
-pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::Result<Exit> {
-    let outcome = outcome?;
+/// Prints a finished job (id on stdout, a summary on stderr; with `json` one summary
+/// object on stdout) or returns its error. A job that finished with failed items exits
+/// [`Exit::Incomplete`].
+pub fn finish(
+    ctx: &mut Ctx<'_>,
+    outcome: Result<Outcome, RunError>,
+    json: bool,
+) -> anyhow::Result<Exit> {
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            if json && let Some(job) = failed_job(&e) {
+                let summary = serde_json::json!({
+                    "job": job,
+                    "status": "failed",
+                    "error": crate::error_line(&e),
+                });
+                writeln!(ctx.out, "{summary}")?;
+            }
+            return Err(e.into());
+        }
+    };
     let c = outcome.counters;
+    let exit = match c.failed {
+        0 => Exit::Success,
+        _ if outcome.merge_pending => Exit::Success,
+        _ => Exit::Incomplete,
+    };
+    if json {
+        let status = if outcome.merge_pending {
+            "merge_pending"
+        } else {
+            "complete"
+        };
+        let summary = serde_json::json!({
+            "job": outcome.job_id,
+            "repo": outcome.repo,
+            "kind": if outcome.steps.is_some() { "session" } else { "job" },
+            "status": status,
+            "already_complete": outcome.already_complete,
+            "steps": outcome.steps,
+            "total": c.total,
+            "done": c.done,
+            "failed": c.failed,
+            "worktree": outcome.worktree,
+            "branch": outcome.branch,
+            "exit_code": exit as i32,
+        });
+        writeln!(ctx.out, "{summary}")?;
+        return Ok(exit);
+    }
     let already = if outcome.already_complete {
         "was already "
     } else {
@@ -139,10 +216,22 @@ pub fn finish(ctx: &mut Ctx<'_>, outcome: Result<Outcome, RunError>) -> anyhow::
     }
     if c.failed > 0 {
         ctx.diag.hint(&format!(
-            "see the failures with `prodigy dlq list {}`; retry them with `prodigy dlq retry {}`",
+            "see the failures with `prodigy dlq list {}`; retry them with `prodigy dlq retry {}` (exit code 3: items failed)",
             outcome.job_id, outcome.job_id
         ));
     }
     writeln!(ctx.out, "{}", outcome.job_id)?;
-    Ok(Exit::Success)
+    Ok(exit)
+}
+
+/// The job a run's error is about, when the job exists (it stopped, failed a step, or was
+/// interrupted).
+fn failed_job(e: &RunError) -> Option<&str> {
+    match e {
+        RunError::Stopped { job, .. }
+        | RunError::Step { job, .. }
+        | RunError::Interrupted { job }
+        | RunError::LeaseLost { job, .. } => Some(job),
+        _ => None,
+    }
 }

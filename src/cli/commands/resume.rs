@@ -14,7 +14,7 @@ use crate::store::object::ObjectId;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job id.
-    #[arg(value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
     pub job: String,
     /// Start from this checkpoint instead (an id, a unique prefix of ≥ 4 hex, or a version
     /// number from `prodigy jobs show`); items finished after it run again.
@@ -26,6 +26,9 @@ pub struct Args {
     /// Yes to every question: a session's merge: steps run.
     #[arg(short = 'y', long)]
     pub yes: bool,
+    /// Print one JSON summary object on stdout and nothing but errors on stderr.
+    #[arg(long)]
+    pub json: bool,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -39,11 +42,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Some(text) => Some(checkpoint(ctx, &repo, &args.job, text)?),
         None => None,
     };
-    let mut opts = progress::options(ctx)?;
+    let mut opts = progress::options_for(ctx, args.json)?;
     opts.max_parallel = args.max_parallel.map(|n| n as usize);
     opts.yes = args.yes;
     let outcome = crate::runner::resume(&ctx.home, &repo, &args.job, from, opts);
-    progress::finish(ctx, outcome)
+    progress::finish(ctx, outcome, args.json)
 }
 
 /// A checkpoint of `job` named by version number, id or prefix.

@@ -28,7 +28,7 @@ pub struct Args {
     pub path: Option<PathBuf>,
     /// The job id (default: mr-<date>-<time>-<random>, or prodigy-session-… for a
     /// sequential workflow).
-    #[arg(long, value_name = "ID")]
+    #[arg(value_parser = crate::cli::commands::job_id, long, value_name = "ID")]
     pub job_id: Option<String>,
     /// Run the workflow once per VALUE, each a session of its own with `ARG` set to it
     /// (`$ARG` in shell steps and Claude commands); repeatable.
@@ -43,7 +43,7 @@ pub struct Args {
     pub yes: bool,
     /// Resume this job or session instead of starting one (the original's spelling of
     /// `prodigy resume ID`).
-    #[arg(long, value_name = "ID", conflicts_with_all = ["args", "job_id", "dry_run"])]
+    #[arg(long, value_name = "ID", value_parser = crate::cli::commands::job_id, conflicts_with_all = ["args", "job_id", "dry_run"])]
     pub resume: Option<String>,
     /// Read the workflow, check every step and variable, print what would run, and stop.
     #[arg(long)]
@@ -61,6 +61,10 @@ pub struct Args {
     /// Use the workflow's profile NAME: its values go over the workflow's env.
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
+    /// Print one JSON summary object per job on stdout (job, status, counts, worktree,
+    /// branch, exit_code) and nothing but errors on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The variables `--param-file` and `--param` give, `--param` winning.
@@ -136,11 +140,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if let Some(id) = &args.resume {
         crate::names::validate("job id", id)?;
         let repo = crate::repo::resolve_repo_name(&ctx.home, &dir)?;
-        let mut opts = progress::options(ctx)?;
+        let mut opts = progress::options_for(ctx, args.json)?;
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
         opts.yes = args.yes;
         let outcome = crate::runner::resume(&ctx.home, &repo, id, None, opts);
-        return progress::finish(ctx, outcome);
+        return progress::finish(ctx, outcome, args.json);
     }
     let params = params(&args)?;
     let mut inputs = crate::workflow::Inputs {
@@ -210,8 +214,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         true => vec![None],
         false => args.args.iter().cloned().map(Some).collect(),
     };
+    let mut worst = Exit::Success;
     for arg in runs {
-        let mut opts = progress::options(ctx)?;
+        let mut opts = progress::options_for(ctx, args.json)?;
         opts.job_id = args.job_id.clone();
         opts.yes = args.yes;
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
@@ -230,6 +235,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         if let Ok(o) = &outcome
             && o.merge_pending
             && ctx.progress
+            && !args.json
             && std::io::IsTerminal::is_terminal(&std::io::stdin())
         {
             // Asked, as the original asks, before the session's own merge runs.
@@ -251,7 +257,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 );
             }
         }
-        progress::finish(ctx, outcome)?;
+        let exit = progress::finish(ctx, outcome, args.json)?;
+        if exit != Exit::Success {
+            worst = exit;
+        }
     }
-    Ok(Exit::Success)
+    Ok(worst)
 }

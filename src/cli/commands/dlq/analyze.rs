@@ -9,8 +9,9 @@ use crate::cli::{Ctx, Exit};
 /// sample items, and the distribution of error types.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job (default: the only job of the repository with items).
-    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub job: super::JobArg,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -22,7 +23,7 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let job = pick_job(ctx, &repo, args.job)?;
+    let job = pick_job(ctx, &repo, args.job.get())?;
     let queue = queue(ctx, &repo, &job)?;
     let patterns = queue.analyze()?;
     let stats = queue.stats()?;

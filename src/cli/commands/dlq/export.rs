@@ -22,8 +22,9 @@ pub enum Format {
 /// Export JOB's dead-lettered items to standard output or a file (written atomically).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job.
-    pub job: String,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub job: super::JobArg,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -38,8 +39,8 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    crate::names::validate("job id", &args.job)?;
-    let queue = queue(ctx, &repo, &args.job)?;
+    let job = super::pick_job(ctx, &repo, args.job.get())?;
+    let queue = queue(ctx, &repo, &job)?;
     let snapshot = queue.snapshot()?;
     let mut output = ExportTarget::new(args.output.as_ref())?;
     {

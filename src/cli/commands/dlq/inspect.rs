@@ -14,9 +14,9 @@ use crate::events::{EventLog, Filter};
 pub struct Args {
     /// The item's id.
     pub item: String,
-    /// The job (default: the only job of the repository with items).
-    #[arg(long, value_name = "JOB")]
-    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub job: super::JobArg,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -28,7 +28,7 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let job = pick_job(ctx, &repo, args.job)?;
+    let job = pick_job(ctx, &repo, args.job.get())?;
     let item = queue(ctx, &repo, &job)?
         .get(&args.item)?
         .ok_or_else(|| DlqError::NoSuchItem {

@@ -16,8 +16,9 @@ pub enum GroupBy {
 /// Without JOB, the only job of the repository with items is used.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job.
-    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub job: super::JobArg,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -50,7 +51,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
     let repo = args.repo.resolve(ctx)?;
-    let job = pick_job(ctx, &repo, args.job)?;
+    let job = pick_job(ctx, &repo, args.job.get())?;
     let queue = queue(ctx, &repo, &job)?;
     let mut snapshot = queue.snapshot()?;
     if args.eligible {
@@ -91,7 +92,14 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         }
         return Ok(Exit::Success);
     }
-    let rows: Vec<_> = snapshot.items.into_iter().take(limit).collect();
+    let mut rows: Vec<_> = snapshot.items.into_iter().take(limit).collect();
+    // Summaries written before names were kept: the item's own data tells.
+    for (_, s) in rows.iter_mut().filter(|(_, s)| s.name.is_none()) {
+        s.name = queue
+            .item(s)
+            .ok()
+            .and_then(|item| crate::dlq::readable_name(&item.item_data));
+    }
     if args.json {
         let doc: Vec<_> = rows
             .iter()
@@ -111,14 +119,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     }
     writeln!(
         ctx.out,
-        "{:<16} {:<20} {:>8}  {:<27}  SIGNATURE",
-        "ITEM", "ERROR TYPE", "FAILURES", "LAST FAILURE"
+        "{:<16} {:<20} {:<20} {:>8}  {:<27}  SIGNATURE",
+        "ITEM", "NAME", "ERROR TYPE", "FAILURES", "LAST FAILURE"
     )?;
     for (id, s) in rows {
         writeln!(
             ctx.out,
-            "{:<16} {:<20} {:>8}  {:<27}  {}",
+            "{:<16} {:<20} {:<20} {:>8}  {:<27}  {}",
             id,
+            s.name.as_deref().unwrap_or("-"),
             s.error_type.to_string(),
             s.failure_count,
             s.last_attempt,

@@ -35,6 +35,32 @@ pub enum DlqCommand {
     Retry(retry::Args),
 }
 
+/// The job, given as an argument or, in the original's spellings, as `--job-id` (also
+/// `--job`, `--workflow-id`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobArg {
+    /// The job.
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    pub job: Option<String>,
+    /// The job, as the original spells it.
+    #[arg(
+        long = "job-id",
+        visible_alias = "job",
+        alias = "workflow-id",
+        value_name = "JOB",
+        conflicts_with = "job",
+        value_parser = crate::cli::commands::job_id
+    )]
+    pub job_id: Option<String>,
+}
+
+impl JobArg {
+    /// The job given, either way.
+    pub fn get(&self) -> Option<String> {
+        self.job.clone().or_else(|| self.job_id.clone())
+    }
+}
+
 /// Runs a dlq subcommand.
 pub fn exec(cmd: DlqCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     match cmd {
@@ -66,6 +92,13 @@ pub fn jobs_with_items(ctx: &Ctx<'_>, repo: &str) -> anyhow::Result<Vec<String>>
 pub fn pick_job(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Result<String> {
     if let Some(job) = job {
         crate::names::validate("job id", &job)?;
+        if !job_exists(ctx, repo, &job)? {
+            return Err(crate::state::StateError::NoJob {
+                repo: repo.to_owned(),
+                job,
+            }
+            .into());
+        }
         return Ok(job);
     }
     let jobs = jobs_with_items(ctx, repo)?;
@@ -81,6 +114,18 @@ pub fn pick_job(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Resul
         ))
         .into()),
     }
+}
+
+/// True when `repo` has a job `job`: a queue, a state or an event log of it.
+pub fn job_exists(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<bool> {
+    let refs = ctx.refs();
+    for kind in [RefKind::Dlq, RefKind::State, RefKind::Events] {
+        let name = crate::store::refs::RefName::new(kind, repo, job)?;
+        if refs.read(&name)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The job given (validated), or every job of `repo` whose queue holds items.

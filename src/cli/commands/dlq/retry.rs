@@ -11,7 +11,7 @@ use crate::runner::RetryOptions;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    #[arg(value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -26,6 +26,9 @@ pub struct Args {
     /// Agents at once (default: the workflow's map.max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub parallel: Option<u32>,
+    /// Print one JSON summary object on stdout ({job, succeeded, failed, exit_code}).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the command.
@@ -38,13 +41,28 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         .map_err(|e| UsageError(e.to_string()))?;
     crate::names::validate("job id", &args.job)?;
     let repo = args.repo.resolve(ctx)?;
-    let mut opts = progress::options(ctx)?;
+    let mut opts = progress::options_for(ctx, args.json)?;
     opts.max_parallel = args.parallel.map(|n| n as usize);
     let retry = RetryOptions {
         filter,
         max_retries: args.max_retries,
     };
     let outcome = crate::runner::retry_dlq(&ctx.home, &repo, &args.job, retry, opts)?;
+    // Items failing again stay in the queue: exit 3, as a run that leaves items there.
+    let exit = match outcome.failed.is_empty() {
+        true => Exit::Success,
+        false => Exit::Incomplete,
+    };
+    if args.json {
+        let summary = serde_json::json!({
+            "job": args.job,
+            "succeeded": outcome.succeeded,
+            "failed": outcome.failed,
+            "exit_code": exit as i32,
+        });
+        writeln!(ctx.out, "{summary}")?;
+        return Ok(exit);
+    }
     for id in &outcome.succeeded {
         writeln!(ctx.out, "ok     {id}")?;
     }
@@ -57,9 +75,5 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         outcome.succeeded.len(),
         outcome.failed.len()
     ));
-    Ok(if outcome.failed.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Failure
-    })
+    Ok(exit)
 }

@@ -9,8 +9,9 @@ use crate::dlq::DlqStats;
 /// with a total.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The job (default: every job of the repository).
-    pub job: Option<String>,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub job: super::JobArg,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -22,7 +23,7 @@ pub struct Args {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let jobs = job_or_all(ctx, &repo, args.job)?;
+    let jobs = job_or_all(ctx, &repo, args.job.get())?;
     let mut per_job = Vec::new();
     let mut total = DlqStats::default();
     for job in jobs {

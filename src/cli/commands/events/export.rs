@@ -29,6 +29,7 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
+    #[arg(value_parser = crate::cli::commands::job_id)]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

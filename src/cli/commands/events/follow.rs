@@ -9,13 +9,23 @@ use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::{EventLog, EventRecord};
 
-/// Print a job's events as they are appended (by any process, in any worktree), until
-/// interrupted. Starts at the current end of the log; --from-start prints what is already
-/// there first. A job that has no events yet is waited for.
+/// Print a job's events as they are appended (by any process, in any worktree). Starts at
+/// the current end of the log; --from-start prints what is already there first. Ends when
+/// the job completes (exit 0) or stops on a failure (exit 1), and says so when its runner
+/// is gone (exit 1: `prodigy resume` finishes it); a log with no runner of its own (only
+/// `events append`) is followed until interrupted. An unknown job is refused at once
+/// unless --wait.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    pub job: String,
+    #[arg(value_parser = crate::cli::commands::job_id, required_unless_present = "job_id")]
+    pub job: Option<String>,
+    /// The job, as the original spells it.
+    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id)]
+    pub job_id: Option<String>,
+    /// Wait for a job that does not exist yet (one about to be started).
+    #[arg(long)]
+    pub wait: bool,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -38,7 +48,21 @@ pub struct Args {
 /// its records parsed for their `seq`.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let log = EventLog::new(ctx.refs(), &repo, &args.job)?;
+    let job = args
+        .job
+        .clone()
+        .or_else(|| args.job_id.clone())
+        .unwrap_or_default();
+    let log = EventLog::new(ctx.refs(), &repo, &job)?;
+    let states = crate::state::JobStateManager::new(ctx.refs(), &repo)?;
+    let has_state = |states: &crate::state::JobStateManager| states.head(&job).ok();
+    if !args.wait && log.refs().read(log.name())?.is_none() && has_state(&states).is_none() {
+        return Err(crate::events::EventError::NoSuchJob {
+            repo: repo.clone(),
+            job: job.clone(),
+        }
+        .into());
+    }
     let mut printed: HashMap<String, u64> = HashMap::new();
     let mut seen = None;
     if !args.from_start {
@@ -48,8 +72,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             note(&mut printed, &node.writer, node.seq_last);
         }
     }
+    let mut polls: u64 = 0;
     loop {
+        polls += 1;
         let head = log.refs().read(log.name())?;
+        let mut ended = None;
         if head != seen {
             // Readers take no lock.
             let (nodes, _) = log.nodes_between(head, seen, false)?;
@@ -81,9 +108,53 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                     }
                 }
                 note(&mut printed, &node.writer, node.seq_last);
+                if node.summary.types.contains_key("job_completed") {
+                    ended = Some(Exit::Success);
+                } else if node.summary.types.contains_key("job_failed") {
+                    ended = Some(Exit::Failure);
+                }
             }
             ctx.out.flush()?;
             seen = head;
+        }
+        match ended {
+            Some(Exit::Success) => {
+                ctx.diag.note(&format!("job {job} completed"));
+                return Ok(Exit::Success);
+            }
+            Some(exit) => {
+                ctx.diag.note(&format!("job {job} stopped on a failure"));
+                return Ok(exit);
+            }
+            None => {}
+        }
+        // About once a second: is anyone still running the job? (A log with no job state
+        // has no runner to ask about.)
+        let every = (1000 / args.interval.as_millis().max(1)).max(1) as u64;
+        if polls % every == 0
+            && let Some((_, c)) = has_state(&states)
+        {
+            let name = states.ref_name(&job)?;
+            let complete = c.phase == crate::state::Phase::Complete;
+            if complete {
+                ctx.diag.note(&format!("job {job} is complete"));
+                return Ok(Exit::Success);
+            }
+            if c.error.is_some() {
+                ctx.diag.note(&format!(
+                    "job {job} stopped on a failure: {}",
+                    c.error.unwrap_or_default()
+                ));
+                return Ok(Exit::Failure);
+            }
+            if states.refs().job_holder(&name)?.is_none() {
+                ctx.diag.error(&format!(
+                    "job {job} has no runner now (it was interrupted, or its runner died)"
+                ));
+                ctx.diag
+                    .hint(&format!("`prodigy resume {job}` finishes it"));
+                return Ok(Exit::Failure);
+            }
         }
         std::thread::sleep(args.interval);
     }

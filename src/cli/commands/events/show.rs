@@ -13,6 +13,7 @@ use crate::events::query::{parse_time_bound, stream};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
+    #[arg(value_parser = crate::cli::commands::job_id)]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -45,14 +46,19 @@ pub struct FilterArgs {
     #[arg(long, value_name = "AGENT")]
     pub agent: Option<String>,
     /// Only events at or after this time: RFC 3339, or a duration ago (10m, 2h, 3d).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
     pub since: Option<String>,
     /// Only events at or before this time: RFC 3339, or a duration ago.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = time_arg)]
     pub until: Option<String>,
     /// Only events with this correlation id.
     #[arg(long, value_name = "ID")]
     pub correlation: Option<String>,
+}
+
+/// A time bound checked as the command line is read (a bad one is a usage error, exit 2).
+fn time_arg(text: &str) -> Result<String, String> {
+    parse_time_bound(text).map(|_| text.to_owned())
 }
 
 impl FilterArgs {

@@ -19,10 +19,13 @@ const BAR: usize = 24;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GroupBy {
     /// By event type.
+    #[value(alias = "event_type")]
     Type,
     /// By agent.
+    #[value(alias = "agent_id")]
     Agent,
     /// By job.
+    #[value(alias = "job_id")]
     Job,
 }
 
@@ -33,7 +36,11 @@ pub enum GroupBy {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job (default: every job of the repository).
+    #[arg(value_parser = crate::cli::commands::job_id)]
     pub job: Option<String>,
+    /// The job, as the original spells it.
+    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id)]
+    pub job_id: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub repo: RepoArg,
@@ -70,7 +77,8 @@ fn count(s: &Summary, t: &str) -> u64 {
 }
 
 /// Runs the command.
-pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+pub fn exec(mut args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+    args.job = args.job.or(args.job_id.take());
     let repo = if args.all_repos {
         None
     } else {

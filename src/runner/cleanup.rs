@@ -1,0 +1,370 @@
+//! A repository's job worktrees seen from outside a run: listed (`prodigy worktree ls`),
+//! cleaned once nothing needs them (`worktree clean`), a job's result merged into the
+//! current branch (`worktree merge`), and a job removed (`jobs rm`).
+//!
+//! Nothing here touches a job that runs: each job is handled under its run lock (a lease
+//! on a remote store), so a runner and a clean never meet; a job whose lock is held is
+//! skipped and said to be.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{RunError, git, job_dir};
+use crate::dlq::DeadLetterQueue;
+use crate::home::Home;
+use crate::state::{Checkpoint, ItemStatus, JobSpec, JobStateManager, Phase, StateError, item_key};
+use crate::store::refs::{Expect, RefKind, RefName, RefStore};
+
+/// One worktree of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorktreeInfo {
+    /// The job (or session).
+    pub job: String,
+    /// `job`, `session` or `agent`.
+    pub kind: &'static str,
+    /// For an agent: its item's key.
+    pub item: Option<String>,
+    /// For an agent: its index.
+    pub index: Option<usize>,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its branch (`prodigy/<job>`; an agent works detached: its branch once it committed).
+    pub branch: Option<String>,
+    /// `running`, `complete`, `interrupted`, `failed:<phase>` (the job's, for the job's
+    /// worktree); for an agent `running`, `failed` (kept for inspection) or `done` (left
+    /// over).
+    pub state: String,
+    /// Bytes of its files (without git's objects).
+    pub bytes: u64,
+}
+
+/// What [`clean`] removes.
+#[derive(Debug, Clone, Default)]
+pub struct CleanOptions {
+    /// Only this job's worktrees (all of them, the job not running).
+    pub job: Option<String>,
+    /// Every worktree of every job not running (interrupted ones too: `resume` makes them
+    /// again).
+    pub all: bool,
+    /// Say what would go; remove nothing.
+    pub dry_run: bool,
+}
+
+/// What [`clean`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CleanReport {
+    /// The worktrees removed (or, dry, to remove).
+    pub removed: Vec<WorktreeInfo>,
+    /// Jobs left alone because they run now.
+    pub running: Vec<String>,
+}
+
+/// The jobs of `repo` that have a directory of worktrees, with their state.
+fn jobs_with_dirs(home: &Home, repo: &str) -> Vec<String> {
+    let dir = home.root().join("worktrees").join(repo);
+    let mut jobs: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| crate::names::validate("job id", n).is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    jobs.sort();
+    jobs
+}
+
+/// A job's status as `jobs` says it: running (its lock held), complete, failed, or
+/// interrupted.
+fn status(refs: &RefStore, states: &JobStateManager, job: &str, c: &Checkpoint) -> String {
+    let running = states
+        .ref_name(job)
+        .ok()
+        .and_then(|n| refs.job_holder(&n).ok().flatten())
+        .is_some();
+    match (running, &c.error, c.phase) {
+        (true, _, _) => "running".into(),
+        (_, _, Phase::Complete) => "complete".into(),
+        (_, Some(_), phase) => format!("failed:{}", phase.as_str()),
+        (_, None, _) => "interrupted".into(),
+    }
+}
+
+/// Bytes of the files under `dir` (its `.git` file aside; links not followed).
+fn size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(e.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// Every worktree of `repo`'s jobs, job by job.
+pub fn list(home: &Home, refs: &RefStore, repo: &str) -> Result<Vec<WorktreeInfo>, RunError> {
+    let states = JobStateManager::new(refs.clone(), repo)?;
+    let mut out = Vec::new();
+    for job in jobs_with_dirs(home, repo) {
+        let Ok(state) = states.load(&job) else {
+            continue;
+        };
+        let job_status = status(refs, &states, &job, &state.checkpoint);
+        out.extend(worktrees_of(&states, &state.spec, &state, &job_status));
+    }
+    Ok(out)
+}
+
+/// The worktrees a job has on disk now.
+fn worktrees_of(
+    states: &JobStateManager,
+    spec: &JobSpec,
+    state: &crate::state::JobState,
+    job_status: &str,
+) -> Vec<WorktreeInfo> {
+    let mut out = Vec::new();
+    let session = spec.workflow.get("map").is_none_or(|m| m.is_null());
+    if spec.worktree.is_dir() {
+        out.push(WorktreeInfo {
+            job: spec.id.clone(),
+            kind: if session { "session" } else { "job" },
+            item: None,
+            index: None,
+            path: spec.worktree.clone(),
+            branch: Some(spec.branch.clone()),
+            state: job_status.to_owned(),
+            bytes: size(&spec.worktree),
+        });
+    }
+    let items = state
+        .checkpoint
+        .items
+        .and_then(|id| states.load_items(&id).ok())
+        .unwrap_or_default();
+    let prefix = format!("{}@agent-", spec.id);
+    let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
+        return out;
+    };
+    let mut agents: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let index = name.strip_prefix(&prefix)?.parse::<usize>().ok()?;
+            Some((index, e.path()))
+        })
+        .collect();
+    agents.sort();
+    for (index, path) in agents {
+        let key = items.get(index).map(|v| item_key(index, v));
+        let result = key.as_ref().and_then(|k| state.results.get(k));
+        let running = key
+            .as_ref()
+            .is_some_and(|k| state.checkpoint.running.contains_key(k));
+        let agent_state = match (running && job_status == "running", result) {
+            (true, _) => "running",
+            (_, Some(r)) if r.status == ItemStatus::Failed => "failed",
+            (_, Some(_)) => "done",
+            (false, None) if job_status == "running" => "running",
+            (false, None) => "interrupted",
+        };
+        out.push(WorktreeInfo {
+            job: spec.id.clone(),
+            kind: "agent",
+            item: key,
+            index: Some(index),
+            branch: None,
+            bytes: size(&path),
+            path,
+            state: agent_state.to_owned(),
+        });
+    }
+    out
+}
+
+/// Removes what no job needs: the worktrees of complete jobs, and of failed agents whose
+/// items are resolved (no longer in the dead-letter queue); with `opts.job` that job's, with
+/// `opts.all` every job's. A running job is never touched (its run lock is taken for the
+/// removal; a held one skips the job). `git worktree prune` ends it.
+pub fn clean(
+    home: &Home,
+    refs: &RefStore,
+    repo: &str,
+    opts: &CleanOptions,
+) -> Result<CleanReport, RunError> {
+    let states = JobStateManager::new(refs.clone(), repo)?;
+    let mut report = CleanReport::default();
+    let jobs = match &opts.job {
+        Some(job) => {
+            crate::names::validate("job id", job)?;
+            states.head(job)?;
+            vec![job.clone()]
+        }
+        None => jobs_with_dirs(home, repo),
+    };
+    let mut repo_roots = BTreeMap::new();
+    for job in jobs {
+        let Ok(state) = states.load(&job) else {
+            continue;
+        };
+        // Its status before its lock is ours (which would read as running).
+        let job_status = status(refs, &states, &job, &state.checkpoint);
+        let lock = match states.lock_job(&job) {
+            Ok(lock) => lock,
+            Err(StateError::Busy { .. } | StateError::Leased { .. }) => {
+                report.running.push(job);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let every = opts.all || opts.job.is_some() || state.checkpoint.phase == Phase::Complete;
+        let queued = DeadLetterQueue::new(refs.clone(), repo, &job)
+            .and_then(|q| q.snapshot())
+            .map(|s| s.items)
+            .unwrap_or_default();
+        let spec = &state.spec;
+        let tree = git::Worktrees::new(
+            &spec.repo_root,
+            &spec
+                .agents_dir
+                .parent()
+                .unwrap_or(&spec.agents_dir)
+                .join("worktrees.lock"),
+        );
+        for w in worktrees_of(&states, spec, &state, &job_status) {
+            let resolved =
+                w.state == "failed" && w.item.as_ref().is_some_and(|k| !queued.contains_key(k));
+            let leftover = w.state == "done";
+            if !(every || resolved || leftover) {
+                continue;
+            }
+            if !opts.dry_run {
+                tree.remove(&w.path);
+                if w.path.exists() {
+                    std::fs::remove_dir_all(&w.path)
+                        .map_err(|e| crate::fsutil::FsError::new("remove", &w.path, e))?;
+                }
+            }
+            repo_roots.insert(spec.repo_root.clone(), ());
+            report.removed.push(w);
+        }
+        drop(lock);
+    }
+    if !opts.dry_run {
+        for root in repo_roots.keys() {
+            let _ = git::git(root, &["worktree", "prune"]);
+        }
+    }
+    Ok(report)
+}
+
+/// What [`remove_job`] removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Removed {
+    /// The refs deleted (their reflogs keep their history until gc expires it).
+    pub refs: Vec<String>,
+    /// The worktrees removed.
+    pub worktrees: Vec<PathBuf>,
+}
+
+/// Deletes a job: its refs (state, events, dead-letter queue, archive) and its worktrees;
+/// the branch with its result stays in the repository. Refused while the job runs.
+pub fn remove_job(
+    home: &Home,
+    refs: &RefStore,
+    repo: &str,
+    job: &str,
+) -> Result<Removed, RunError> {
+    crate::names::validate("job id", job)?;
+    let states = JobStateManager::new(refs.clone(), repo)?;
+    let mut removed = Removed::default();
+    let names: Vec<RefName> = [
+        RefKind::State,
+        RefKind::Events,
+        RefKind::Dlq,
+        RefKind::Archive,
+    ]
+    .into_iter()
+    .map(|kind| RefName::new(kind, repo, job))
+    .collect::<Result<_, _>>()
+    .map_err(StateError::from)?;
+    let exists = |n: &RefName| refs.read(n).ok().flatten().is_some();
+    if !names.iter().any(exists) {
+        return Err(StateError::NoJob {
+            repo: repo.to_owned(),
+            job: job.to_owned(),
+        }
+        .into());
+    }
+    let lock = states.lock_job(job)?;
+    if let Ok(state) = states.load(job) {
+        let spec = &state.spec;
+        let tree = git::Worktrees::new(
+            &spec.repo_root,
+            &spec
+                .agents_dir
+                .parent()
+                .unwrap_or(&spec.agents_dir)
+                .join("worktrees.lock"),
+        );
+        for w in worktrees_of(&states, spec, &state, "removed") {
+            tree.remove(&w.path);
+            removed.worktrees.push(w.path);
+        }
+        let _ = git::git(&spec.repo_root, &["worktree", "prune"]);
+    }
+    for name in names.iter().filter(|n| exists(n)) {
+        refs.delete(name, Expect::Any, "jobs rm")
+            .map_err(StateError::from)?;
+        removed.refs.push(name.to_string());
+    }
+    drop(lock);
+    let dir = job_dir(home, repo, job);
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(removed)
+}
+
+/// Merges job `job`'s result (its branch, `prodigy/<job>`) into the branch checked out in
+/// `dir`, as `git merge --no-edit` does; a conflict is left to resolve, as git leaves it.
+/// Refused for a job that is not complete unless `force`.
+pub fn merge_result(
+    refs: &RefStore,
+    repo: &str,
+    job: &str,
+    dir: &Path,
+    force: bool,
+) -> Result<String, RunError> {
+    let states = JobStateManager::new(refs.clone(), repo)?;
+    let (_, c) = states.head(job)?;
+    let spec = states.read_spec(&c.spec)?;
+    if c.phase != Phase::Complete && !force {
+        return Err(RunError::NotComplete {
+            job: job.to_owned(),
+            phase: c.phase.as_str().to_owned(),
+        });
+    }
+    if !git::branch_exists(dir, &spec.branch) {
+        return Err(RunError::BranchMissing {
+            branch: spec.branch.clone(),
+            repo: dir.to_owned(),
+        });
+    }
+    Ok(git::git(dir, &["merge", "--no-edit", &spec.branch])?)
+}
