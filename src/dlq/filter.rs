@@ -832,6 +832,7 @@ mod tests {
             error_signature: "timeout: agent timed out after <n>s".into(),
             reprocess_eligible: true,
             manual_review_required: true,
+            name: None,
         }
     }
 

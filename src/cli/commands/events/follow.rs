@@ -131,7 +131,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         // About once a second: is anyone still running the job? (A log with no job state
         // has no runner to ask about.)
         let every = (1000 / args.interval.as_millis().max(1)).max(1) as u64;
-        if polls % every == 0
+        if polls.is_multiple_of(every)
             && let Some((_, c)) = has_state(&states)
         {
             let name = states.ref_name(&job)?;
