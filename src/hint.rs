@@ -23,6 +23,13 @@ pub const LEASE: &str = "another runner may have the job: `prodigy jobs show <jo
 /// Said of an expression that does not parse.
 pub const FILTER: &str = "the filter language (fields, operators, 'quoted' text) is in docs/dlq.md";
 
+/// Said of a remote store that cannot be reached.
+pub const REMOTE_UNREACHABLE: &str = "check AWS_ENDPOINT_URL (and the AWS credentials) and that the server is up; nothing was changed";
+
+/// A remote store's bucket does not exist.
+pub const REMOTE_NO_BUCKET: &str =
+    "create the bucket first, or fix the address in --store / PRODIGY_STORE";
+
 /// Said of a workflow key this runner does not have.
 pub const WORKFLOW_FORMAT: &str = "the workflow format prodigy reads is in docs/workflows.md";
 

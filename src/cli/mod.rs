@@ -27,7 +27,7 @@ use crate::store::refs::RefStore;
 /// BLAKE3 hash of their content; refs (events|dlq|state/<repo>/<job>) name the newest
 /// object of each job and change only by compare-and-swap under a lock.
 #[derive(Debug, Parser)]
-#[command(name = "prodigy", version, max_term_width = 100)]
+#[command(name = "prodigy", version = VERSION, max_term_width = 100)]
 pub struct Cli {
     /// Use DIR as the store's home (beats PRODIGY_HOME).
     #[arg(long, global = true, value_name = "DIR")]
@@ -66,6 +66,14 @@ pub enum ColorChoice {
     Never,
 }
 
+/// The version and the commit the binary was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PRODIGY_COMMIT"),
+    ")"
+);
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -85,6 +93,7 @@ pub enum Command {
     /// Run a MapReduce workflow as a new job; prints the job id.
     Run(commands::run::Args),
     /// Finish an interrupted job from its checkpoint.
+    #[command(alias = "resume-job")]
     Resume(commands::resume::Args),
     /// List jobs with their phase, item counts and times; `jobs show JOB` for one.
     Jobs(commands::jobs::Args),
@@ -106,6 +115,16 @@ pub enum Command {
     /// The worktrees of the repository's jobs: ls, clean, merge.
     #[command(subcommand)]
     Worktree(commands::worktree::WorktreeCommand),
+    /// The original's checkpoint commands (`jobs`, `jobs show`, `jobs rm`).
+    #[command(subcommand)]
+    Checkpoints(commands::checkpoints::CheckpointsCommand),
+    /// The original's session commands (`jobs --sessions`, `jobs show`, `jobs rm`).
+    #[command(subcommand)]
+    Sessions(commands::sessions::SessionsCommand),
+    /// The original's clean commands (`worktree clean`, `events clean`, `dlq purge`,
+    /// `jobs rm`).
+    #[command(subcommand)]
+    Clean(commands::clean::CleanCommand),
 }
 
 /// The process's streams, as handed in by the binary.
@@ -318,7 +337,34 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
     });
     match result {
         Ok(exit) => exit as i32,
-        Err(e) => output::report(&diag, &e) as i32,
+        Err(e) => {
+            let code = output::report(&diag, &e) as i32;
+            // A remote store nobody named on the command line or in the environment came
+            // from the home's config.json: say so, or the user looks in the wrong place.
+            let remote = e.chain().any(|c| {
+                matches!(output::hint_of(c),
+                    Some(h) if h == crate::hint::REMOTE_UNREACHABLE || h == crate::hint::REMOTE_NO_BUCKET)
+            });
+            if remote && cli.store.is_none() && std::env::var_os(crate::store::STORE_ENV).is_none()
+            {
+                diag.hint(&format!(
+                    "the store was chosen by `store` in {}; `--store \"\"` uses the home instead",
+                    home_config_path(cli.home.as_deref())
+                ));
+            }
+            code
+        }
+    }
+}
+
+/// Where the config.json that may name a store is, as the user would look for it.
+fn home_config_path(flag: Option<&Path>) -> String {
+    match flag {
+        Some(dir) => format!("'{}'", dir.join("config.json").display()),
+        None => match Home::from_env() {
+            Ok(home) => format!("'{}'", home.root().join("config.json").display()),
+            Err(_) => "the home's config.json".to_owned(),
+        },
     }
 }
 

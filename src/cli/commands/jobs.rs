@@ -27,6 +27,9 @@ pub struct Args {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Only sessions (sequential workflows).
+    #[arg(long)]
+    pub sessions: bool,
 }
 
 /// `jobs` subcommands.
@@ -53,7 +56,8 @@ pub struct RmArgs {
     pub yes: bool,
 }
 
-fn exec_rm(args: RmArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+/// Runs `jobs rm`.
+pub fn exec_rm(args: RmArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let refs = ctx.refs();
     let states = JobStateManager::new(refs.clone(), &repo)?;
@@ -128,6 +132,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             let spec = states.read_spec(&c.spec)?;
             let mut row = summary(repo, &job, &id, &c, &spec.started);
             runner(&states, &job, &c, &mut row)?;
+            let session = spec.workflow.get("map").is_none_or(|m| m.is_null());
+            row["kind"] = json!(if session { "session" } else { "job" });
+            if args.sessions && !session {
+                continue;
+            }
             rows.push(row);
         }
     }
@@ -256,7 +265,8 @@ fn summary(repo: &str, job: &str, id: &ObjectId, c: &Checkpoint, started: &str) 
     })
 }
 
-fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
+/// Runs `jobs show`.
+pub fn exec_show(args: ShowArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     crate::names::validate("job id", &args.job)?;
     let repo = args.repo.resolve(ctx)?;
     let states = JobStateManager::new(ctx.refs(), &repo)?;

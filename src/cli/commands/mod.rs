@@ -1,6 +1,8 @@
 //! One module per command, each with its clap `Args` and an `exec`.
 
 pub mod cat_object;
+pub mod checkpoints;
+pub mod clean;
 pub mod completions;
 pub mod dlq;
 pub mod events;
@@ -15,6 +17,7 @@ pub mod refs;
 pub mod repo_name;
 pub mod resume;
 pub mod run;
+pub mod sessions;
 pub mod store;
 pub mod worktree;
 
@@ -41,6 +44,9 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         Command::Store(cmd) => store::exec(cmd, ctx),
         Command::Completions(args) => completions::exec(args, ctx),
         Command::Worktree(cmd) => worktree::exec(cmd, ctx),
+        Command::Checkpoints(cmd) => checkpoints::exec(cmd, ctx),
+        Command::Sessions(cmd) => sessions::exec(cmd, ctx),
+        Command::Clean(cmd) => clean::exec(cmd, ctx),
     }
 }
 

@@ -63,6 +63,12 @@ fn env_duration(name: &str, default: Duration) -> Duration {
         .unwrap_or(default)
 }
 
+/// How long a connection to the endpoint may take (`PRODIGY_S3_CONNECT_TIMEOUT`, 5 s by
+/// default): separate from a request's time-out, so that an unreachable host fails fast.
+fn connect_timeout() -> Duration {
+    env_duration("PRODIGY_S3_CONNECT_TIMEOUT", Duration::from_secs(5))
+}
+
 impl Remote {
     /// Connects (lazily: no request is made here) to `url` with the endpoint, region and
     /// credentials of the `AWS_*` variables. An `http://` endpoint is allowed as given.
@@ -78,7 +84,7 @@ impl Remote {
             .unwrap_or_default();
         let client = ClientOptions::new()
             .with_timeout(env_duration("PRODIGY_S3_TIMEOUT", Duration::from_secs(30)))
-            .with_connect_timeout(Duration::from_secs(5))
+            .with_connect_timeout(connect_timeout())
             .with_allow_http(endpoint.starts_with("http://"));
         let retry = RetryConfig {
             max_retries: 10,
@@ -176,10 +182,20 @@ impl Remote {
     }
 
     /// One cheap listing, once per process, so that a wrong endpoint, a missing bucket or
-    /// wrong credentials are reported as such before anything else.
+    /// wrong credentials are reported as such before anything else. A TCP connection to
+    /// the endpoint is tried first, within the connect time-out: a host that does not
+    /// answer fails in seconds, not after the client's retries.
     pub fn check(&self) -> Result<(), RemoteError> {
         if self.reachable.get().is_some() {
             return Ok(());
+        }
+        if let Some(why) = self.probe() {
+            return Err(RemoteError::Request {
+                op: "reach the store",
+                url: self.url.to_string(),
+                reason: format!("cannot reach {} ({why})", self.endpoint),
+                trouble: Trouble::Unreachable,
+            });
         }
         let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
         match self
@@ -202,6 +218,41 @@ impl Remote {
                 other => other,
             }),
         }
+    }
+
+    /// Why a TCP connection to the endpoint cannot be made, if it cannot (an endpoint that
+    /// is not `http(s)://host[:port]`, such as AWS's own, is left to the client).
+    fn probe(&self) -> Option<String> {
+        use std::net::{TcpStream, ToSocketAddrs};
+        let (scheme, rest) = self.endpoint.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let port = if scheme == "https" { 443 } else { 80 };
+        let target = match authority.rsplit_once(':') {
+            Some((_, p)) if p.parse::<u16>().is_ok() => authority.to_owned(),
+            _ => format!("{authority}:{port}"),
+        };
+        let addrs: Vec<_> = match target.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(_) => return Some("the host name does not resolve".into()),
+        };
+        let limit = connect_timeout();
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, limit) {
+                Ok(_) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    last = Some(format!(
+                        "no answer within {} (PRODIGY_S3_CONNECT_TIMEOUT)",
+                        humantime::format_duration(limit)
+                    ));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    last = Some("connection refused".into());
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        last
     }
 
     /// Checks once per process that the server refuses a second create of one key and a

@@ -99,13 +99,11 @@ impl crate::hint::Hint for RemoteError {
             RemoteError::Request {
                 trouble: Trouble::Unreachable,
                 ..
-            } => Some(
-                "check AWS_ENDPOINT_URL (and the AWS credentials) and that the server is up; nothing was changed",
-            ),
+            } => Some(crate::hint::REMOTE_UNREACHABLE),
             RemoteError::Request {
                 trouble: Trouble::NoBucket,
                 ..
-            } => Some("create the bucket first, or fix the address in --store / PRODIGY_STORE"),
+            } => Some(crate::hint::REMOTE_NO_BUCKET),
             RemoteError::NoConditionalWrites { .. } => Some(
                 "use a server with conditional writes (AWS S3, MinIO, R2, s3s-fs…), or the local store (--store \"\")",
             ),

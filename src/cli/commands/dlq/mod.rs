@@ -2,6 +2,7 @@
 
 pub mod add;
 pub mod analyze;
+pub mod clear;
 pub mod export;
 pub mod inspect;
 pub mod list;
@@ -33,6 +34,8 @@ pub enum DlqCommand {
     Purge(purge::Args),
     /// Run items again through the job's agent template.
     Retry(retry::Args),
+    /// Empty a job's queue (the original's spelling; asks first).
+    Clear(clear::Args),
 }
 
 /// The job, given as an argument or, in the original's spellings, as `--job-id` (also
@@ -72,6 +75,7 @@ pub fn exec(cmd: DlqCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         DlqCommand::Export(args) => export::exec(args, ctx),
         DlqCommand::Purge(args) => purge::exec(args, ctx),
         DlqCommand::Retry(args) => retry::exec(args, ctx),
+        DlqCommand::Clear(args) => clear::exec(args, ctx),
     }
 }
 
