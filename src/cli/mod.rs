@@ -280,11 +280,20 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
             let to_stdout = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
             let code = if to_stdout { 0 } else { 2 };
             let styled = e.render();
-            let text = if !no_color && io.stderr_is_terminal && !to_stdout {
+            let mut text = if !no_color && io.stderr_is_terminal && !to_stdout {
                 styled.ansi().to_string()
             } else {
                 styled.to_string()
             };
+            // A bad value (a hostile job id, a time that is none) is one `error:` line,
+            // as every other error.
+            if matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ) && let Some(first) = text.lines().next()
+            {
+                text = format!("{first}\n");
+            }
             let _ = if to_stdout {
                 io.stdout
                     .write_all(text.as_bytes())

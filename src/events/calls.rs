@@ -306,3 +306,62 @@ pub fn validations(log: &EventLog) -> Result<Vec<Validation>, EventError> {
     })?;
     Ok(out)
 }
+
+/// One step's output kept in the store (`step_output`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepLog {
+    /// When the step ended.
+    pub timestamp: String,
+    /// The agent, or the phase of a job-level step.
+    pub agent_id: String,
+    /// The item, for an agent.
+    pub item_id: Option<String>,
+    /// The step (`map/2`, `session/3`).
+    pub step: String,
+    /// The agent's attempt (a session's iteration).
+    pub attempt: u32,
+    /// 0 unless it failed.
+    pub exit_code: i32,
+    /// Its size.
+    pub bytes: u64,
+    /// The object holding it.
+    pub log: ObjectId,
+}
+
+/// The step outputs of `log`, oldest first (read from the batches that hold them only).
+pub fn step_logs(log: &EventLog) -> Result<Vec<StepLog>, EventError> {
+    let filter = Filter {
+        types: vec!["step_output".into()],
+        ..Filter::default()
+    };
+    let mut out = Vec::new();
+    stream(log, &filter, false, true, |line| {
+        let Some(record) = line.record else {
+            return Ok(true);
+        };
+        if let Ok(MapReduceEvent::StepOutput {
+            agent_id,
+            item_id,
+            step,
+            attempt,
+            exit_code,
+            bytes,
+            log,
+            ..
+        }) = serde_json::from_value::<MapReduceEvent>(record.event.clone())
+        {
+            out.push(StepLog {
+                timestamp: record.timestamp.clone(),
+                agent_id,
+                item_id,
+                step,
+                attempt,
+                exit_code,
+                bytes,
+                log,
+            });
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}

@@ -861,7 +861,7 @@ impl EventLog {
                 if !self.objects().contains(id)? {
                     return Err(EventError::BadRecord(format!(
                         "a record's {} names object {id}, which is not stored",
-                        super::record::ATTACHMENT_FIELD
+                        super::record::ATTACHMENT_FIELDS.join(" or ")
                     )));
                 }
             }

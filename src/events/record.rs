@@ -86,13 +86,16 @@ impl EventRecord {
     }
 }
 
-/// The field of an event that names an object the job keeps (a `claude_call_finished`'s
-/// transcript). Its log node lists it, so gc, fsck and push/pull reach it.
-pub const ATTACHMENT_FIELD: &str = "transcript";
+/// The fields of an event that name an object the job keeps (a `claude_call_finished`'s
+/// transcript, a `step_output`'s log). Its log node lists it, so gc, fsck and push/pull
+/// reach it.
+pub const ATTACHMENT_FIELDS: [&str; 2] = ["transcript", "log"];
 
 /// The object an event (as JSON) attaches, if any.
 pub fn attachment_of(event: &Value) -> Option<ObjectId> {
-    event.get(ATTACHMENT_FIELD)?.as_str()?.parse().ok()
+    ATTACHMENT_FIELDS
+        .iter()
+        .find_map(|f| event.get(*f)?.as_str()?.parse().ok())
 }
 
 /// The MapReduce events of the original tool, with its field names, plus `item_id` on every
@@ -311,6 +314,20 @@ pub enum MapReduceEvent {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         missing: Vec<String>,
     },
+    /// Ours: a step ended; `log` is what it printed (its command, output and error, as the
+    /// step log has it, secrets masked), kept in the store with the job.
+    StepOutput {
+        job_id: String,
+        agent_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        item_id: Option<String>,
+        step: String,
+        attempt: u32,
+        /// 0 unless the step failed (even when its failure was forgiven).
+        exit_code: i32,
+        bytes: u64,
+        log: ObjectId,
+    },
 }
 
 /// The token usage a call's `result` reports (the Claude CLI's field names).
@@ -375,6 +392,7 @@ impl MapReduceEvent {
             ClaudeCallStarted { .. } => 27,
             ClaudeCallFinished { .. } => 28,
             StepValidated { .. } => 29,
+            StepOutput { .. } => 30,
         };
         EVENT_TYPES[index]
     }
@@ -397,7 +415,8 @@ impl MapReduceEvent {
             | ClaudeMessage { agent_id, .. }
             | ClaudeCallStarted { agent_id, .. }
             | ClaudeCallFinished { agent_id, .. }
-            | StepValidated { agent_id, .. } => Some(agent_id),
+            | StepValidated { agent_id, .. }
+            | StepOutput { agent_id, .. } => Some(agent_id),
             _ => None,
         }
     }
@@ -412,10 +431,11 @@ impl MapReduceEvent {
         }
     }
 
-    /// The object the event attaches (see [`ATTACHMENT_FIELD`]).
+    /// The object the event attaches (see [`ATTACHMENT_FIELDS`]).
     pub fn attachment(&self) -> Option<ObjectId> {
         match self {
             MapReduceEvent::ClaudeCallFinished { transcript, .. } => *transcript,
+            MapReduceEvent::StepOutput { log, .. } => Some(*log),
             _ => None,
         }
     }
@@ -512,7 +532,7 @@ impl EventRecord {
 }
 
 /// Every event type name: the original's 27 in its order, then ours.
-pub const EVENT_TYPES: [&str; 30] = [
+pub const EVENT_TYPES: [&str; 31] = [
     "job_started",
     "job_completed",
     "job_failed",
@@ -543,6 +563,7 @@ pub const EVENT_TYPES: [&str; 30] = [
     "claude_call_started",
     "claude_call_finished",
     "step_validated",
+    "step_output",
 ];
 
 /// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,

@@ -197,6 +197,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             cwd: &path,
             env: &env,
             log: &log,
+            log_path: Some(&log_path),
             deadline,
             mask: &ctx.mask,
             paste: &spec.env,

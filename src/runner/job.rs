@@ -423,6 +423,12 @@ impl Job {
                 false => phase_limit.map(|t| phase_started + t),
             };
             let log = self.open_log(&format!("{name}.log"))?;
+            let log_path = self
+                .state
+                .spec
+                .agents_dir
+                .join("logs")
+                .join(format!("{name}.log"));
             let per_iteration = steps.iter().map(|s| s.number).max().unwrap_or(1).max(1);
             let (shown, of) = match merging {
                 true => (done - reduce_len + 1, steps.len() - reduce_len),
@@ -459,6 +465,7 @@ impl Job {
                 cwd: &worktree,
                 env: &env,
                 log: &log,
+                log_path: Some(&log_path),
                 deadline,
                 mask: &self.mask,
                 paste: &self.state.spec.env,

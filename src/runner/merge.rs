@@ -151,6 +151,7 @@ impl Job {
             cwd: &worktree,
             env: &env,
             log: &log,
+            log_path: None,
             deadline: None,
             mask: &self.mask,
             paste: &self.state.spec.env,

@@ -42,6 +42,8 @@ pub(super) struct Site<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// Where its output goes.
     pub log: &'a Arc<Mutex<File>>,
+    /// That log's path: each step's part of it is kept in the store (`step_output`).
+    pub log_path: Option<&'a Path>,
     /// When the agent's time is up.
     pub deadline: Option<Instant>,
     /// Secrets' values, replaced by `***` in all the step writes.

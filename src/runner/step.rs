@@ -107,7 +107,74 @@ pub(super) fn run_step(
     vars: &Vars<'_>,
 ) -> Result<StepOk, StepFailure> {
     let label = format!("{}/{}", site.phase, step.number);
-    run_labelled(exec, site, step, vars, &label)
+    let start = site
+        .log_path
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len());
+    let result = run_labelled(exec, site, step, vars, &label);
+    if let (Some(path), Some(start)) = (site.log_path, start) {
+        let code = match &result {
+            Ok(ok) => ok.exit_code,
+            Err(f) => f.exit_code.unwrap_or(1),
+        };
+        keep_log(site, &label, path, start, code);
+    }
+    result
+}
+
+/// The most of one step's log kept in the store; a longer one keeps its end, and says
+/// where the rest is.
+const MAX_STEP_LOG: u64 = 16 << 20;
+
+/// Keeps what the step wrote to its log (from `start`) in the store, named by a
+/// `step_output` event: under the home's gc guard until the event is durable, so gc never
+/// sees the object unnamed. A failure to keep it is written to the log, not the step's.
+fn keep_log(site: &Site<'_>, label: &str, path: &Path, start: u64, exit_code: i32) {
+    use std::io::{Read, Seek, SeekFrom};
+    let kept = (|| -> Result<(), String> {
+        let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let end = file.metadata().map_err(|e| e.to_string())?.len();
+        let from = start.max(end.saturating_sub(MAX_STEP_LOG));
+        let mut bytes = Vec::new();
+        if from > start {
+            bytes.extend_from_slice(
+                format!(
+                    "[the first {} bytes of this step's log are only in '{}']\n",
+                    from - start,
+                    path.display()
+                )
+                .as_bytes(),
+            );
+        }
+        file.seek(SeekFrom::Start(from))
+            .map_err(|e| e.to_string())?;
+        file.take(end - from)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        let _guard = site.refs.write_guard().map_err(|e| crate::error_line(&e))?;
+        let log = site
+            .refs
+            .objects()
+            .write(crate::store::object::ObjectType::Blob, &bytes)
+            .map_err(|e| crate::error_line(&e))?;
+        site.event(MapReduceEvent::StepOutput {
+            job_id: site.job_id.to_owned(),
+            agent_id: site.agent_id.to_owned(),
+            item_id: site.item_id.map(str::to_owned),
+            step: label.to_owned(),
+            attempt: site.attempt,
+            exit_code,
+            bytes: end - start,
+            log,
+        });
+        site.logger.flush().map_err(|e| crate::error_line(&e))
+    })();
+    if let Err(e) = kept {
+        write_log(
+            site.log,
+            &format!("# this step's log is not in the store: {e}\n"),
+        );
+    }
 }
 
 fn run_labelled(

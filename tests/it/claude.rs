@@ -217,7 +217,18 @@ fn a_claude_mapreduce_runs_with_transcripts_tokens_and_cost_in_the_store() {
 
     // Transcripts: in the store, one per call, readable by step and item.
     let shown = ok(&env, &repo, &["logs", "d1"], &[]);
-    assert_eq!(shown.lines().filter(|l| l.starts_with("== ")).count(), 8);
+    let calls = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("== ") && l.contains(" tokens, "))
+            .count()
+    };
+    assert_eq!(calls(&shown), 8, "{shown}");
+    // Beside the calls, every shell step's output: 3 agents' and reduce's.
+    assert_eq!(shown.lines().filter(|l| l.starts_with("== ")).count(), 12);
+    assert!(
+        shown.contains("== reduce/2 reduce attempt 1: exit 0"),
+        "{shown}"
+    );
     assert!(shown.contains("$ claude /docs-summary"), "{shown}");
     let second = ok(&env, &repo, &["logs", "d1", "--step", "map/2"], &[]);
     assert_eq!(second.lines().filter(|l| l.starts_with("== ")).count(), 3);

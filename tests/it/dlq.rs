@@ -335,18 +335,20 @@ fn bad_input_is_refused() {
     }
     let out = env.run(&["dlq", "inspect", "nope", "--repo", "api"], b"");
     assert_one_line_error(&out, 1);
+    // A job that does not exist is an error, not an empty list.
     let out = env.run(&["dlq", "list", "nojob", "--repo", "api"], b"");
-    assert!(out.status.success(), "an empty job lists nothing");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("no job 'nojob'"), "{stderr}");
     for hostile in ["../x", "a/b", &"j".repeat(200)] {
         let out = env.run(&["dlq", "list", hostile, "--repo", "api"], b"");
-        assert_one_line_error(&out, 1);
+        assert_one_line_error(&out, 2);
         let out = env.run(
             &[
                 "dlq", "add", "--repo", "api", "--job", hostile, "--item", "i", "--error", "e",
             ],
             b"",
         );
-        assert_one_line_error(&out, 1);
+        assert_one_line_error(&out, 2);
     }
     // Several jobs with items: name one.
     add(&env, "mr-2", "item-9", "boom", "1", "agent-9");

@@ -145,7 +145,8 @@ fn appends_from_two_worktrees_make_one_log() {
         &["events", "show", "mr-1", "--since", "yesterday"],
         "",
     );
-    assert_one_line_error(&out, 1);
+    // A bad argument is a usage error.
+    assert_one_line_error(&out, 2);
     // From outside the repository, --repo reaches it.
     let out = env.run(&["events", "show", "mr-1", "--repo", "api", "--json"], b"");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 7);
@@ -340,7 +341,7 @@ fn bad_lines_append_nothing() {
             &["events", "append", "--job", bad, "--repo", "api"],
             b"{\"event_type\":\"x\"}\n",
         );
-        assert_one_line_error(&out, 1);
+        assert_one_line_error(&out, 2);
     }
     assert!(!env.home().join("events").exists());
 }

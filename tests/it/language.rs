@@ -352,6 +352,12 @@ fn the_environment_computed_profiled_and_secret_with_secrets_masked_everywhere()
         .map(|e| read(&e.path()))
         .collect::<String>();
     assert!(log.contains("oops ***"), "{log}");
+    // And in the store, where `prodigy logs` reads each step's output.
+    let stored = ok(&env, &repo, &["logs", "e1"], &[]);
+    assert!(
+        stored.contains("oops ***") && !stored.contains("S3CRET"),
+        "{stored}"
+    );
 }
 
 #[test]

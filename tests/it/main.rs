@@ -17,6 +17,7 @@ mod gc;
 mod hostile;
 mod house;
 mod language;
+mod lifecycle;
 mod migrate;
 mod plumbing;
 mod powercut;

@@ -822,8 +822,9 @@ fn bad_workflows_fail_before_any_agent_with_file_and_line() {
     );
     let long = "x".repeat(200);
     for id in ["../x", "a/b", long.as_str(), "", "x.lock"] {
+        // A hostile id is a bad argument: exit 2.
         let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", id]);
-        assert_one_line_error(&out, 1);
+        assert_one_line_error(&out, 2);
         let out = in_repo(&env, &repo, &["resume", id]);
         assert_ne!(out.status.code(), Some(0));
     }

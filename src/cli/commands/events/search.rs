@@ -13,7 +13,8 @@ use crate::events::{EventLog, Filter};
 
 /// Search events with a regular expression: over each record's JSON, or over one field
 /// given as a dotted path (`event.error`, `metadata.host`, `event_type`). Searches one job,
-/// or every job of the repository. Exits 1 when nothing matches, like grep.
+/// or every job of the repository. Like grep: exits 1 when nothing matches, 2 on an error
+/// (an unknown job, a bad pattern).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The regular expression (Rust regex syntax).
@@ -61,7 +62,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     })?;
     let repo = args.repo.resolve(ctx)?;
     let logs: Vec<EventLog> = match &args.job {
-        Some(job) => vec![open_existing(ctx, &repo, job)?],
+        // Like grep: an error (an unknown job) exits 2, no match 1.
+        Some(job) => vec![
+            open_existing(ctx, &repo, job)
+                .map_err(|e| crate::cli::UsageError(crate::error_line(e.as_ref())))?,
+        ],
         None => list_jobs_warning(ctx, Some(&repo))?
             .0
             .into_iter()
@@ -102,10 +107,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             Ok(true)
         })?;
     }
+    if found == 0 {
+        ctx.diag.note("no event matches");
+        return Ok(Exit::Failure);
+    }
     ctx.diag.verbose(&format!("{found} matching events"));
-    Ok(if found > 0 {
-        Exit::Success
-    } else {
-        Exit::Failure
-    })
+    Ok(Exit::Success)
 }

@@ -1,0 +1,501 @@
+//! A job as a user sees it (issue 24): its output on the terminal, `--json` and exit
+//! codes, its logs in the store, its worktrees, its status while it runs and after its
+//! runner dies, the original's spellings, and the messages of bad arguments.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Env, IDENTITY, git, init_repo, transcript};
+use crate::runner::{in_repo, json_in, ok_in, spawn_in, wait_for, write};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A repository holding `w.yml` (committed), in the env's scratch directory.
+fn repo_with(env: &Env, name: &str, workflow: &str) -> PathBuf {
+    let repo = init_repo(env.scratch().join(name));
+    write(&repo, "w.yml", workflow);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "workflow"]);
+    repo
+}
+
+/// Three items; the second fails; setup, agents and reduce print markers.
+fn three_items() -> String {
+    format!(
+        "name: three\n{IDENTITY}setup:\n  - shell: echo SETUP-SAYS-HELLO\n\
+         map:\n  input: \"printf 'a\\\\nb\\\\nc\\\\n'\"\n  max_parallel: 1\n  agent_template:\n    \
+         - shell: echo AGENT-SAYS-${{item}}; test ${{item}} != b\n\
+         reduce:\n  - shell: echo REDUCE-SAYS-${{map.successful}}-of-${{map.total}}\n"
+    )
+}
+
+#[test]
+fn a_run_shows_its_steps_output_and_exits_3_when_items_failed() {
+    let env = Env::new();
+    let repo = repo_with(&env, "shows", &three_items());
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "s1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let said = stderr(&out);
+    // The job's result is on the terminal as it runs; agents' output only with -v.
+    assert!(said.contains("  | SETUP-SAYS-HELLO"), "{said}");
+    assert!(said.contains("  | REDUCE-SAYS-2-of-3"), "{said}");
+    assert!(!said.contains("AGENT-SAYS"), "{said}");
+    assert!(said.contains("exit code 3: items failed"), "{said}");
+    assert_eq!(stdout(&out).trim(), "s1");
+    let repo = repo_with(&env, "verbose", &three_items());
+    let out = in_repo(&env, &repo, &["-v", "run", "w.yml", "--job-id", "v1"]);
+    assert!(
+        stderr(&out).contains("[agent-0] AGENT-SAYS-a"),
+        "{}",
+        stderr(&out)
+    );
+    // --json: one summary object, nothing else on stdout.
+    let repo = repo_with(&env, "json", &three_items());
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(
+        (
+            &summary["job"],
+            &summary["status"],
+            &summary["done"],
+            &summary["failed"]
+        ),
+        (&"j1".into(), &"complete".into(), &2.into(), &1.into()),
+        "{summary}"
+    );
+    assert_eq!(summary["exit_code"], 3);
+    assert!(!stderr(&out).contains("SETUP-SAYS"), "{}", stderr(&out));
+    // dlq retry --json says the same way: the item still fails, so still exit 3.
+    let out = in_repo(&env, &repo, &["dlq", "retry", "j1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let retried: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(retried["failed"].as_array().unwrap().len(), 1, "{retried}");
+    // A job that stops: --json still says which and why.
+    let repo = repo_with(
+        &env,
+        "stops",
+        &three_items().replace("reduce:", "error_policy:\n  on_item_failure: stop\nreduce:"),
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "x1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(summary["status"], "failed", "{summary}");
+    // Resumed, it runs the item left: complete, one failed, exit 3.
+    let out = in_repo(&env, &repo, &["resume", "x1", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+}
+
+#[test]
+fn every_steps_output_is_in_the_store_after_the_worktrees_are_gone() {
+    let env = Env::new();
+    let repo = repo_with(&env, "logs", &three_items());
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "l1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
+    let logs = ok_in(&env, &repo, &["logs", "l1"]);
+    for want in [
+        "== setup/1 setup attempt 1: exit 0",
+        "SETUP-SAYS-HELLO",
+        "AGENT-SAYS-a",
+        "AGENT-SAYS-c",
+        "REDUCE-SAYS-2-of-3",
+    ] {
+        assert!(logs.contains(want), "{want}: {logs}");
+    }
+    // The failed item's output is there too, with its exit code.
+    assert!(logs.contains("map/1 agent-1 item "), "{logs}");
+    assert!(logs.contains("exit 1"), "{logs}");
+    let only = ok_in(&env, &repo, &["logs", "l1", "--step", "reduce/1"]);
+    assert!(
+        only.contains("REDUCE-SAYS") && !only.contains("SETUP-SAYS"),
+        "{only}"
+    );
+    let item = json_in(&env, &repo, &["dlq", "list", "l1", "--json"])[0]["item_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one = ok_in(&env, &repo, &["logs", "l1", "--item", &item]);
+    assert!(
+        one.contains("AGENT-SAYS-b") && !one.contains("AGENT-SAYS-a"),
+        "{one}"
+    );
+    // gc keeps what the job's events name, and fsck finds everything whole.
+    ok_in(&env, &repo, &["gc", "--prune", "now"]);
+    ok_in(&env, &repo, &["fsck"]);
+    assert_eq!(ok_in(&env, &repo, &["logs", "l1"]), logs);
+}
+
+#[test]
+fn logs_and_events_follow_a_running_job_to_its_end() {
+    let env = Env::new();
+    let repo = repo_with(
+        &env,
+        "follow",
+        "- shell: echo FIRST; sleep 1\n- shell: echo SECOND; sleep 1\n- shell: echo THIRD\n",
+    );
+    let mut job = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "f1"]);
+    wait_for("the session", Duration::from_secs(30), || {
+        json_in(&env, &repo, &["jobs", "--json"])
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    });
+    let logs = in_repo(&env, &repo, &["logs", "f1", "--follow"]);
+    assert_eq!(logs.status.code(), Some(0), "{}", transcript(&logs));
+    let text = stdout(&logs);
+    let at = |w: &str| text.find(w).unwrap_or_else(|| panic!("{w}: {text}"));
+    assert!(
+        at("FIRST") < at("SECOND") && at("SECOND") < at("THIRD"),
+        "{text}"
+    );
+    let events = in_repo(&env, &repo, &["events", "follow", "f1", "--from-start"]);
+    assert_eq!(events.status.code(), Some(0), "{}", transcript(&events));
+    assert!(
+        stdout(&events).contains("job_completed"),
+        "{}",
+        stdout(&events)
+    );
+    assert!(job.wait().unwrap().success());
+    // An unknown job is refused at once.
+    let out = in_repo(&env, &repo, &["events", "follow", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(
+        stderr(&out).contains("no events for job nosuch"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn jobs_tell_running_from_interrupted_and_follow_sees_the_runner_die() {
+    let env = Env::new();
+    let repo = repo_with(&env, "status", "- shell: sleep 60\n");
+    let mut job = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "r1"]);
+    let running = || {
+        json_in(&env, &repo, &["jobs", "--json"])
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or_default()
+    };
+    wait_for("a running job", Duration::from_secs(30), || {
+        running()["status"] == "running"
+    });
+    let row = running();
+    assert_eq!(row["runner"]["pid"], job.id(), "{row}");
+    assert!(row["runner"]["host"].is_string(), "{row}");
+    let follower = spawn_in(&env, &repo, &["events", "follow", "r1"]);
+    let pid = rustix::process::Pid::from_raw(job.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = job.wait();
+    let follow = follower.wait_with_output().unwrap();
+    assert_eq!(follow.status.code(), Some(1), "{}", transcript(&follow));
+    assert!(
+        stderr(&follow).contains("has no runner now"),
+        "{}",
+        stderr(&follow)
+    );
+    assert_eq!(running()["status"], "interrupted");
+    let out = in_repo(&env, &repo, &["jobs"]);
+    assert!(
+        stderr(&out).contains("`prodigy resume r1`"),
+        "{}",
+        stderr(&out)
+    );
+    let show = ok_in(&env, &repo, &["jobs", "show", "r1"]);
+    assert!(show.contains("runner:     none (interrupted)"), "{show}");
+}
+
+#[test]
+fn jobs_show_limits_its_checkpoints() {
+    let env = Env::new();
+    let mut steps = String::new();
+    for n in 0..14 {
+        steps.push_str(&format!("- shell: echo {n}\n"));
+    }
+    let repo = repo_with(&env, "limit", &steps);
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "c1"]);
+    let show = json_in(&env, &repo, &["jobs", "show", "c1", "--json"]);
+    assert_eq!(show["checkpoints"].as_array().unwrap().len(), 10);
+    assert!(show["checkpoint_count"].as_u64().unwrap() > 14, "{show}");
+    let all = json_in(
+        &env,
+        &repo,
+        &["jobs", "show", "c1", "--json", "--limit", "0"],
+    );
+    assert_eq!(
+        all["checkpoints"].as_array().unwrap().len() as u64,
+        show["checkpoint_count"].as_u64().unwrap()
+    );
+    let text = ok_in(&env, &repo, &["jobs", "show", "c1", "--limit", "3"]);
+    assert!(text.contains("newest 3 of"), "{text}");
+}
+
+#[test]
+fn worktrees_are_listed_cleaned_merged_and_jobs_removed() {
+    let env = Env::new();
+    let repo = repo_with(
+        &env,
+        "trees",
+        &format!(
+            "name: trees\n{IDENTITY}map:\n  input: \"printf 'a\\\\nb\\\\n'\"\n  agent_template:\n    \
+             - shell: echo ${{item}} > out-${{item}}.txt && git add . && git commit -qm ${{item}} && test ${{item}} != b\n"
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "t1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let list = json_in(&env, &repo, &["worktree", "ls", "--json"]);
+    let kinds: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["kind"].as_str().unwrap(), w["state"].as_str().unwrap()))
+        .collect();
+    // The job's worktree, and the failed agent's kept for inspection.
+    assert_eq!(kinds, [("job", "complete"), ("agent", "failed")]);
+    let failed = PathBuf::from(list[1]["path"].as_str().unwrap());
+    assert!(failed.join("out-b.txt").is_file());
+    // The job is complete: a clean removes both (asked: no answer on a pipe is no).
+    let out = in_repo(&env, &repo, &["worktree", "clean"]);
+    assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    assert!(failed.exists());
+    let dry = ok_in(&env, &repo, &["worktree", "clean", "--dry-run"]);
+    assert_eq!(dry.lines().count(), 2, "{dry}");
+    ok_in(&env, &repo, &["worktree", "clean", "-y"]);
+    assert!(!failed.exists());
+    assert!(
+        json_in(&env, &repo, &["worktree", "ls", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let registered = std::process::Command::new("git")
+        .args(["worktree", "list"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&registered).lines().count(),
+        1,
+        "{}",
+        stdout(&registered)
+    );
+    // The result comes into the current branch by its original name.
+    ok_in(&env, &repo, &["worktree", "merge", "t1"]);
+    assert!(repo.join("out-a.txt").is_file());
+    // jobs rm: asked, then the refs go (the branch stays).
+    ok_in(&env, &repo, &["jobs", "rm", "t1", "-y"]);
+    assert_eq!(
+        in_repo(&env, &repo, &["jobs", "show", "t1"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        in_repo(&env, &repo, &["events", "show", "t1"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert!(
+        json_in(&env, &repo, &["dlq", "stats", "--json"])["jobs"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    );
+    git(&repo, &["rev-parse", "--verify", "-q", "prodigy/t1"]);
+}
+
+#[test]
+fn a_running_jobs_worktrees_are_never_cleaned() {
+    let env = Env::new();
+    let repo = repo_with(&env, "busy", "- shell: sleep 30\n");
+    let mut job = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "b1"]);
+    wait_for("a running job", Duration::from_secs(30), || {
+        json_in(&env, &repo, &["jobs", "--json"])
+            .as_array()
+            .and_then(|a| a.first().cloned())
+            .is_some_and(|r| r["status"] == "running")
+    });
+    let out = in_repo(&env, &repo, &["worktree", "clean", "--job", "b1", "-y"]);
+    assert!(
+        stderr(&out).contains("job b1 runs now"),
+        "{}",
+        transcript(&out)
+    );
+    let list = json_in(&env, &repo, &["worktree", "ls", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let pid = rustix::process::Pid::from_raw(job.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = job.wait();
+}
+
+#[test]
+fn squashed_merges_put_one_commit_per_agent_on_the_branch() {
+    let env = Env::new();
+    let repo = repo_with(
+        &env,
+        "squash",
+        &format!(
+            "name: squash\n{IDENTITY}map:\n  input: \"printf 'a\\\\nb\\\\nc\\\\n'\"\n  merge: squash\n  agent_template:\n    \
+             - shell: echo 1 > ${{item}}.txt && git add . && git commit -qm one\n    \
+             - shell: echo 2 >> ${{item}}.txt && git add . && git commit -qm two\n"
+        ),
+    );
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "q1"]);
+    let log = std::process::Command::new("git")
+        .args(["log", "--format=%s", "main..prodigy/q1"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let subjects: Vec<String> = stdout(&log).lines().map(str::to_owned).collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert!(
+        subjects.iter().all(|s| s.ends_with("2 commits squashed")),
+        "{subjects:?}"
+    );
+    for item in ["a", "b", "c"] {
+        let shown = std::process::Command::new("git")
+            .args(["show", &format!("prodigy/q1:{item}.txt")])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&shown), "1\n2\n");
+    }
+}
+
+#[test]
+fn dlq_commands_name_items_and_take_the_job_either_way() {
+    let env = Env::new();
+    let repo = repo_with(
+        &env,
+        "names",
+        &format!(
+            "name: names\n{IDENTITY}map:\n  input: items.json\n  agent_template:\n    - shell: test ${{item.id}} != beta\n"
+        ),
+    );
+    write(&repo, "items.json", r#"[{"id": "alpha"}, {"id": "beta"}]"#);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "items"]);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "n1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let list = ok_in(&env, &repo, &["dlq", "list", "n1"]);
+    assert!(list.lines().nth(1).unwrap().contains(" beta "), "{list}");
+    let key = json_in(&env, &repo, &["dlq", "list", "--job-id", "n1", "--json"])[0]["item_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for args in [
+        vec!["dlq", "inspect", &key, "n1"],
+        vec!["dlq", "inspect", &key, "--job-id", "n1"],
+        vec!["dlq", "inspect", &key, "--job", "n1"],
+    ] {
+        assert!(ok_in(&env, &repo, &args).contains("item:"), "{args:?}");
+    }
+    let out = in_repo(&env, &repo, &["dlq", "list", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(stderr(&out).contains("no job 'nosuch'"), "{}", stderr(&out));
+    // The original's `dlq clear`: asked, then empty.
+    ok_in(&env, &repo, &["dlq", "clear", "n1", "--yes"]);
+    assert_eq!(ok_in(&env, &repo, &["dlq", "list", "n1"]), "");
+}
+
+#[test]
+fn bad_arguments_exit_2_and_unknown_jobs_are_told_from_empty_results() {
+    let env = Env::new();
+    let repo = repo_with(&env, "args", "- shell: \"true\"\n");
+    for (args, says) in [
+        (vec!["run", "w.yml", "--job-id", "../x"], "invalid job id"),
+        (vec!["run", "w.yml", "--job-id", "a/b"], "invalid job id"),
+        (
+            vec!["events", "show", "x", "--since", "yesterday"],
+            "--since",
+        ),
+        (vec!["jobs", "show", &"j".repeat(200)], "invalid job id"),
+        (vec!["resume", "-"], "invalid job id"),
+    ] {
+        let out = in_repo(&env, &repo, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", transcript(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "e1"]);
+    // An empty search exits 1 quietly; an unknown job is an error, exit 2, as grep.
+    let empty = in_repo(&env, &repo, &["events", "search", "zzz-no-such-text", "e1"]);
+    assert_eq!(empty.status.code(), Some(1), "{}", transcript(&empty));
+    assert!(!stderr(&empty).contains("error"), "{}", stderr(&empty));
+    let unknown = in_repo(&env, &repo, &["events", "search", "x", "nosuch"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", transcript(&unknown));
+    assert!(stderr(&unknown).contains("error: no events for job nosuch"));
+    // --version names the commit it was built from.
+    let version = ok_in(&env, &repo, &["--version"]);
+    assert!(version.contains("(commit "), "{version}");
+}
+
+#[test]
+fn a_read_only_command_makes_no_store_in_the_repository() {
+    let env = Env::new();
+    let repo = init_repo(env.scratch().join("local"));
+    for args in [
+        vec!["jobs"],
+        vec!["events", "ls"],
+        vec!["dlq", "stats"],
+        vec!["worktree", "ls"],
+    ] {
+        let out = env
+            .cmd()
+            .current_dir(&repo)
+            .env_remove("PRODIGY_HOME")
+            .env("PRODIGY_USE_LOCAL_STORAGE", "true")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", transcript(&out));
+        assert!(!repo.join(".prodigy").exists(), "{args:?} made .prodigy/");
+    }
+}
+
+#[test]
+fn the_originals_spellings_are_our_commands() {
+    let env = Env::new();
+    let repo = repo_with(&env, "spell", "- shell: \"true\"\n");
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "s1"]);
+    let stats = json_in(
+        &env,
+        &repo,
+        &[
+            "events",
+            "stats",
+            "--job-id",
+            "s1",
+            "--group-by",
+            "event_type",
+            "--json",
+        ],
+    );
+    assert_eq!(stats["total"]["types"]["job_completed"], 1, "{stats}");
+    assert!(ok_in(&env, &repo, &["sessions", "ls"]).contains("s1"));
+    assert!(ok_in(&env, &repo, &["sessions", "show", "s1"]).contains("phase:      complete"));
+    assert!(ok_in(&env, &repo, &["checkpoints", "list"]).contains("s1"));
+    assert!(ok_in(&env, &repo, &["checkpoints", "show", "s1"]).contains("checkpoints ("));
+    assert!(ok_in(&env, &repo, &["resume-job", "s1"]).contains("s1"));
+    ok_in(&env, &repo, &["clean", "worktrees", "-f"]);
+    assert!(
+        json_in(&env, &repo, &["worktree", "ls", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    ok_in(&env, &repo, &["clean", "logs", "-f"]);
+    ok_in(&env, &repo, &["clean", "dlq", "--dry-run"]);
+    ok_in(&env, &repo, &["clean", "events", "--dry-run"]);
+    ok_in(&env, &repo, &["sessions", "clean", "-f"]);
+    assert_eq!(
+        json_in(&env, &repo, &["jobs", "--json"]),
+        Value::Array(Vec::new())
+    );
+}
