@@ -6,6 +6,13 @@ use std::sync::{Arc, Mutex};
 use prodigy::cli::output::Printable;
 
 fn main() {
+    // Shell completion asked by the script `prodigy completions SHELL` installs
+    // (`PRODIGY_COMPLETE=SHELL prodigy -- WORDS…`): the candidates, job ids among them.
+    clap_complete::CompleteEnv::with_factory(|| {
+        <prodigy::cli::Cli as clap::CommandFactory>::command()
+    })
+    .var(prodigy::cli::commands::completions::COMPLETE_ENV)
+    .complete();
     // A file-size limit (`ulimit -f`) must fail the write with EFBIG and give a clear
     // error, not kill the process mid-write with SIGXFSZ: a handler (which only sets a
     // flag nobody reads) replaces the default action.

@@ -5,6 +5,7 @@
 //! Nothing here touches the process's streams directly: the binary hands in an [`Io`].
 
 pub mod commands;
+pub mod manual;
 pub mod output;
 
 use std::ffi::OsString;

@@ -12,6 +12,14 @@ use crate::common::{Env, snapshot};
 fn man_pages_are_current() {
     let dir = tempfile::tempdir().unwrap();
     clap_mangen::generate_to(prodigy::cli::Cli::command(), dir.path()).unwrap();
+    // Each page gains EXAMPLES (where there are some), EXIT STATUS, ENVIRONMENT, FILES.
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut page = fs::read_to_string(&path).unwrap();
+        page.push_str(&prodigy::cli::manual::extra_sections(&stem));
+        fs::write(&path, page).unwrap();
+    }
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     if std::env::var_os("PRODIGY_UPDATE_MAN").is_some() {
         let _ = fs::remove_dir_all(&committed);
@@ -69,15 +77,49 @@ fn help_output() {
 }
 
 #[test]
-fn completions_are_generated() {
+fn completions_are_generated_and_complete_job_ids() {
     let env = Env::new();
     let out = env.ok(&["completions", "bash"], b"");
     assert!(
-        out.contains("hash-object") && out.contains("_prodigy"),
+        out.contains("PRODIGY_COMPLETE") && out.contains("complete -o"),
         "{out}"
     );
     let out = env.run(&["completions", "nosuchshell"], b"");
     assert_eq!(out.status.code(), Some(2));
+    // The script asks the binary: commands, and the jobs of the repository you are in.
+    let repo = crate::common::init_repo(env.scratch().join("proj"));
+    std::fs::write(repo.join("w.yml"), "- shell: \"true\"\n").unwrap();
+    crate::common::git(&repo, &["add", "."]);
+    crate::common::git(&repo, &["commit", "-qm", "w"]);
+    let ran = env
+        .cmd()
+        .current_dir(&repo)
+        .args(["run", "w.yml", "--job-id", "nightly-7"])
+        .output()
+        .unwrap();
+    assert!(ran.status.success());
+    let complete = |words: &[&str]| {
+        let out = env
+            .cmd()
+            .current_dir(&repo)
+            .env("PRODIGY_COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("_CLAP_IFS", "\n")
+            .arg("--")
+            .args(words)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        complete(&["prodigy", "wor"])
+            .lines()
+            .any(|l| l == "worktree")
+    );
+    let jobs = complete(&["prodigy", "jobs", "show", ""]);
+    assert!(jobs.lines().any(|l| l == "nightly-7"), "{jobs}");
+    let jobs = complete(&["prodigy", "logs", "night"]);
+    assert!(jobs.lines().any(|l| l == "nightly-7"), "{jobs}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub enum CheckpointsCommand {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only this job's checkpoints.
-    #[arg(long = "workflow-id", alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(long = "workflow-id", alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -36,7 +36,7 @@ pub struct ListArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShowOne {
     /// The job.
-    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -50,7 +50,7 @@ pub struct ShowOne {
 #[derive(Debug, clap::Args)]
 pub struct CleanArgs {
     /// The job.
-    #[arg(long = "workflow-id", alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(long = "workflow-id", alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     /// Every complete job.
     #[arg(long, conflicts_with = "job")]

@@ -46,7 +46,7 @@ pub enum JobsCommand {
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
     /// The job id.
-    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]
@@ -93,7 +93,7 @@ pub fn exec_rm(args: RmArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     /// The job id.
-    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

@@ -21,7 +21,7 @@ use crate::runner::claude::assistant_text;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job id.
-    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

@@ -90,3 +90,31 @@ pub fn job_id(text: &str) -> Result<String, String> {
         .map(|()| text.to_owned())
         .map_err(|e| e.to_string())
 }
+
+/// Completion of a job argument (`prodigy jobs show <TAB>`): the jobs of the repository
+/// of the current directory, in the home `PRODIGY_HOME` or `~/.prodigy` names, each with
+/// its phase.
+pub fn job_ids() -> clap_complete::engine::ArgValueCandidates {
+    clap_complete::engine::ArgValueCandidates::new(|| {
+        use clap_complete::engine::CompletionCandidate;
+        let Ok(home) = crate::home::Home::from_env() else {
+            return Vec::new();
+        };
+        let Ok(cwd) = std::env::current_dir() else {
+            return Vec::new();
+        };
+        let Ok(repo) = crate::repo::locate(&cwd).map(|l| l.base_name()) else {
+            return Vec::new();
+        };
+        let refs = crate::store::refs::RefStore::new(&home, crate::lock::LockOptions::default());
+        let Ok(states) = crate::state::JobStateManager::new(refs, &repo) else {
+            return Vec::new();
+        };
+        states
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(job, _, c)| CompletionCandidate::new(job).help(Some(c.phase.as_str().into())))
+            .collect()
+    })
+}

@@ -14,7 +14,7 @@ use crate::store::object::ObjectId;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job id.
-    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), value_name = "JOB")]
     pub job: String,
     /// Start from this checkpoint instead (an id, a unique prefix of ≥ 4 hex, or a version
     /// number from `prodigy jobs show`); items finished after it run again.

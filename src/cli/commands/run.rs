@@ -28,7 +28,7 @@ pub struct Args {
     pub path: Option<PathBuf>,
     /// The job id (default: mr-<date>-<time>-<random>, or prodigy-session-… for a
     /// sequential workflow).
-    #[arg(value_parser = crate::cli::commands::job_id, long, value_name = "ID")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, value_name = "ID")]
     pub job_id: Option<String>,
     /// Run the workflow once per VALUE, each a session of its own with `ARG` set to it
     /// (`$ARG` in shell steps and Claude commands); repeatable.
@@ -43,7 +43,7 @@ pub struct Args {
     pub yes: bool,
     /// Resume this job or session instead of starting one (the original's spelling of
     /// `prodigy resume ID`).
-    #[arg(long, value_name = "ID", value_parser = crate::cli::commands::job_id, conflicts_with_all = ["args", "job_id", "dry_run"])]
+    #[arg(long, value_name = "ID", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), conflicts_with_all = ["args", "job_id", "dry_run"])]
     pub resume: Option<String>,
     /// Read the workflow, check every step and variable, print what would run, and stop.
     #[arg(long)]

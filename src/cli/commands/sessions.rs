@@ -33,7 +33,7 @@ pub struct LsArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShowOne {
     /// The session.
-    #[arg(value_name = "SESSION", value_parser = crate::cli::commands::job_id)]
+    #[arg(value_name = "SESSION", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub session: String,
     #[allow(missing_docs)]
     #[command(flatten)]

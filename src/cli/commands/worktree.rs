@@ -37,7 +37,7 @@ pub struct CleanArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// Only this job's worktrees (all of them, unless it runs).
-    #[arg(long, alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(long, alias = "job-id", value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     /// Every worktree of every job that does not run (interrupted ones too: `prodigy
     /// resume` makes them again; a failed agent's uncommitted work goes with it).
@@ -55,7 +55,7 @@ pub struct CleanArgs {
 #[derive(Debug, clap::Args)]
 pub struct MergeArgs {
     /// The job (or session).
-    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

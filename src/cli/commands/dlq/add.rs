@@ -11,7 +11,7 @@ use crate::dlq::Failure;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    #[arg(value_parser = crate::cli::commands::job_id, long, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

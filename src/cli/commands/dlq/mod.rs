@@ -43,7 +43,7 @@ pub enum DlqCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct JobArg {
     /// The job.
-    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id)]
+    #[arg(value_name = "JOB", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     /// The job, as the original spells it.
     #[arg(
@@ -52,7 +52,7 @@ pub struct JobArg {
         alias = "workflow-id",
         value_name = "JOB",
         conflicts_with = "job",
-        value_parser = crate::cli::commands::job_id
+        value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids()
     )]
     pub job_id: Option<String>,
 }

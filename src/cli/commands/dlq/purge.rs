@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
     pub older_than: Duration,
     /// Only this job.
-    #[arg(value_parser = crate::cli::commands::job_id, long, alias = "job-id", value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, alias = "job-id", value_name = "JOB")]
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]

@@ -11,7 +11,7 @@ use crate::runner::RetryOptions;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    #[arg(value_parser = crate::cli::commands::job_id, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

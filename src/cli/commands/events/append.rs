@@ -32,7 +32,7 @@ pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job to append to.
-    #[arg(value_parser = crate::cli::commands::job_id, long, value_name = "JOB")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, value_name = "JOB")]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

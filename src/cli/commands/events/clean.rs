@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     pub dry_run: bool,
     /// Only this job.
-    #[arg(value_parser = crate::cli::commands::job_id, long, alias = "job-id", value_name = "JOB", conflicts_with = "all_jobs")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, alias = "job-id", value_name = "JOB", conflicts_with = "all_jobs")]
     pub job: Option<String>,
     /// Every job of the repository (the default).
     #[arg(long)]

@@ -18,10 +18,10 @@ use crate::events::{EventLog, EventRecord};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    #[arg(value_parser = crate::cli::commands::job_id, required_unless_present = "job_id")]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), required_unless_present = "job_id")]
     pub job: Option<String>,
     /// The job, as the original spells it.
-    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id)]
+    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job_id: Option<String>,
     /// Wait for a job that does not exist yet (one about to be started).
     #[arg(long)]

@@ -20,7 +20,7 @@ pub struct Args {
     /// The regular expression (Rust regex syntax).
     pub pattern: String,
     /// The job (default: every job of the repository).
-    #[arg(value_parser = crate::cli::commands::job_id)]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]

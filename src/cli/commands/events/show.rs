@@ -13,7 +13,7 @@ use crate::events::query::{parse_time_bound, stream};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
-    #[arg(value_parser = crate::cli::commands::job_id)]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: String,
     #[allow(missing_docs)]
     #[command(flatten)]

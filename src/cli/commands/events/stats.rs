@@ -36,10 +36,10 @@ pub enum GroupBy {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job (default: every job of the repository).
-    #[arg(value_parser = crate::cli::commands::job_id)]
+    #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job: Option<String>,
     /// The job, as the original spells it.
-    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id)]
+    #[arg(long = "job-id", value_name = "JOB", conflicts_with = "job", value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids())]
     pub job_id: Option<String>,
     #[allow(missing_docs)]
     #[command(flatten)]
