@@ -2,6 +2,14 @@
 //! start with, and on every page EXIT STATUS, ENVIRONMENT and FILES. The pages in `man/`
 //! are clap_mangen's with these sections after them (a test keeps them current).
 
+use clap::CommandFactory;
+
+/// The command tree the pages are made from: the CLI's, with the package version alone
+/// (the commit `--version` adds would make every commit's pages stale).
+pub fn command() -> clap::Command {
+    super::Cli::command().version(env!("CARGO_PKG_VERSION"))
+}
+
 /// The examples of a page (its file stem: `prodigy`, `prodigy-run`, …), each a command
 /// and what it does.
 fn examples(page: &str) -> &'static [(&'static str, &'static str)] {

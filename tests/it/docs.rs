@@ -4,14 +4,13 @@
 use std::fs;
 use std::path::Path;
 
-use clap::CommandFactory;
 
 use crate::common::{Env, snapshot};
 
 #[test]
 fn man_pages_are_current() {
     let dir = tempfile::tempdir().unwrap();
-    clap_mangen::generate_to(prodigy::cli::Cli::command(), dir.path()).unwrap();
+    clap_mangen::generate_to(prodigy::cli::manual::command(), dir.path()).unwrap();
     // Each page gains EXAMPLES (where there are some), EXIT STATUS, ENVIRONMENT, FILES.
     for entry in fs::read_dir(dir.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -51,8 +50,8 @@ fn man_pages_are_current() {
     );
     for page in fresh {
         assert_eq!(
-            fs::read(committed.join(&page)).unwrap(),
-            fs::read(dir.path().join(&page)).unwrap(),
+            fs::read_to_string(committed.join(&page)).unwrap(),
+            fs::read_to_string(dir.path().join(&page)).unwrap(),
             "man/{page} is stale: run PRODIGY_UPDATE_MAN=1 cargo test man_pages"
         );
     }
@@ -212,4 +211,120 @@ fn guide_workflows_parse() {
         }
     }
     assert!(blocks >= 4, "{blocks} blocks");
+}
+
+/// The shell blocks of a page (```sh), with their first lines.
+fn shell_blocks(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("```sh\n") {
+        let body = &rest[at + 6..];
+        let end = body.find("```").unwrap();
+        let line = text[..text.len() - rest.len() + at].lines().count() + 1;
+        out.push((line, body[..end].to_owned()));
+        rest = &body[end..];
+    }
+    out
+}
+
+/// A clone like the one README.md's tour runs in: the examples and the project's Rust
+/// files, committed, in a fresh directory with its own HOME (so `~/.prodigy` is new).
+fn sandbox() -> (tempfile::TempDir, std::path::PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = crate::common::init_repo(root.path().join("clone"));
+    let mut todo = vec![project.join("src"), project.join("examples")];
+    while let Some(dir) = todo.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "yml" || x == "sh")
+            {
+                let to = repo.join(path.strip_prefix(project).unwrap());
+                fs::create_dir_all(to.parent().unwrap()).unwrap();
+                fs::copy(&path, &to).unwrap();
+            }
+        }
+    }
+    crate::common::git(&repo, &["add", "."]);
+    crate::common::git(&repo, &["commit", "-qm", "a clone"]);
+    let bin = root.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(assert_cmd::cargo::cargo_bin("prodigy"), bin.join("prodigy"))
+        .unwrap();
+    (root, repo)
+}
+
+/// Every shell block of README.md and the guide runs as it is written, in a fresh clone
+/// with a fresh home (`bash -e -o pipefail`), but README's first: its two commands are
+/// `cargo run … examples/file-stats.yml` (that workflow runs in the examples tests) and
+/// `cargo test` (what `.ci/run` runs). Reference listings with placeholders are `text`.
+#[test]
+fn doc_shell_blocks_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for e in fs::read_dir(root.join("docs")).unwrap() {
+        pages.push(e.unwrap().path());
+    }
+    pages.sort();
+    let mut ran = 0;
+    for page in pages {
+        let text = fs::read_to_string(&page).unwrap();
+        let name = page.strip_prefix(root).unwrap().display().to_string();
+        for (line, block) in shell_blocks(&text) {
+            if name == "README.md" && block.trim_start().starts_with("cargo run") {
+                continue;
+            }
+            let (dir, repo) = sandbox();
+            let home = dir.path().join("home");
+            fs::create_dir_all(&home).unwrap();
+            let out = std::process::Command::new("bash")
+                .args(["-e", "-o", "pipefail", "-c", &block])
+                .current_dir(&repo)
+                .env_remove("PRODIGY_HOME")
+                .env_remove("PRODIGY_STORE")
+                .env("HOME", &home)
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        dir.path().join("bin").display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                )
+                .env("GIT_AUTHOR_NAME", "doc")
+                .env("GIT_AUTHOR_EMAIL", "doc@example.com")
+                .env("GIT_COMMITTER_NAME", "doc")
+                .env("GIT_COMMITTER_EMAIL", "doc@example.com")
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}:{line} failed:\n{block}\n{}",
+                crate::common::transcript(&out)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 6, "{ran} blocks ran");
+}
+
+/// The configuration examples of the guide are configurations the home reads.
+#[test]
+fn doc_config_examples_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = fs::read_to_string(root.join("docs/retention-and-gc.md")).unwrap();
+    let start = text.find("```json\n").unwrap() + 8;
+    let body = &text[start..start + text[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("config.json"), body).unwrap();
+    let home = prodigy::Home::at(dir.path()).unwrap();
+    let config = prodigy::config::Config::load(&home).unwrap();
+    assert!(!config.policy("api").is_unlimited());
+    // It does not send every command to a bucket by the way.
+    assert_eq!(prodigy::config::store_setting(&home).unwrap(), None);
 }
