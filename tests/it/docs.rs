@@ -4,7 +4,6 @@
 use std::fs;
 use std::path::Path;
 
-
 use crate::common::{Env, snapshot};
 
 #[test]
@@ -327,4 +326,67 @@ fn doc_config_examples_load() {
     assert!(!config.policy("api").is_unlimited());
     // It does not send every command to a bucket by the way.
     assert_eq!(prodigy::config::store_setting(&home).unwrap(), None);
+}
+
+/// The guide's shell-only workflows run to completion, not only parse: the MapReduce
+/// reference (in a repository of three Rust files) and the environment example (with the
+/// env file and the variables its secrets name). The Claude ones run in the claude tests'
+/// shapes; here they parse (`guide_workflows_parse`).
+#[test]
+fn guide_workflows_run() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = fs::read_to_string(root.join("docs/workflows.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("```yaml\n") {
+        let body = &rest[at + 8..];
+        let end = body.find("```").unwrap();
+        blocks.push(body[..end].to_owned());
+        rest = &body[end..];
+    }
+    let reference = blocks
+        .iter()
+        .find(|b| b.contains("mode: mapreduce") && !b.contains("claude:"))
+        .expect("the MapReduce reference");
+    let environment = blocks
+        .iter()
+        .find(|b| b.contains("env_files:"))
+        .expect("the environment example");
+
+    let env = Env::new();
+    let repo = crate::common::init_repo(env.scratch().join("repo"));
+    for n in ["a", "b", "c"] {
+        fs::write(repo.join(format!("{n}.rs")), format!("fn {n}() {{}}\n")).unwrap();
+    }
+    fs::write(repo.join(".env.production"), "FROM_FILE=yes\n").unwrap();
+    crate::common::git(&repo, &["add", "."]);
+    crate::common::git(&repo, &["commit", "-qm", "three files"]);
+    fs::write(repo.join("reference.yml"), reference).unwrap();
+    fs::write(repo.join("environment.yml"), environment).unwrap();
+
+    let out = env
+        .std_cmd()
+        .args(["run", "reference.yml", "-y"])
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let all = crate::common::transcript(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("3 of 3 done, 0 failed"), "{all}");
+
+    let out = env
+        .std_cmd()
+        .args(["run", "environment.yml"])
+        .current_dir(&repo)
+        .env("GITHUB_TOKEN", "tok-123")
+        .env("SECRET_API_KEY", "key-456")
+        .output()
+        .unwrap();
+    let all = crate::common::transcript(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("production with "), "{all}");
+    assert!(
+        !all.contains("tok-123") && !all.contains("key-456"),
+        "{all}"
+    );
 }
