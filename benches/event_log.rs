@@ -48,6 +48,8 @@ fn event(n: u64) -> MapReduceEvent {
             duration_ms: 1000 + n % 5000,
             commits: vec![format!("{:040x}", n * 7919)],
             json_log_location: None,
+            attempt: None,
+            output: None,
         },
         _ => MapReduceEvent::QueueDepthChanged {
             job_id: "bench".into(),

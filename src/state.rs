@@ -355,6 +355,10 @@ pub struct Checkpoint {
     /// For an imported checkpoint: the original file's bytes (a `blob`), kept as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<ObjectId>,
+    /// Set by `resume --from`: completions the event log holds from before this time were
+    /// undone by the rewind, so a later resume does not adopt them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewound: Option<String>,
 }
 
 impl Checkpoint {
@@ -567,6 +571,7 @@ impl JobStateManager {
             ended: None,
             error: None,
             original: None,
+            rewound: None,
         };
         let mut state = JobState {
             head: None,
@@ -896,6 +901,7 @@ mod tests {
             ended: Some(now_timestamp()),
             error: Some("e".into()),
             original: Some(id(5)),
+            rewound: Some(now_timestamp()),
         };
         let json = serde_json::to_vec(&checkpoint).unwrap();
         let mut held = Vec::new();

@@ -153,6 +153,12 @@ pub enum MapReduceEvent {
         commits: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         json_log_location: Option<String>,
+        /// Ours: the attempt that finished, and what its steps captured — what `resume`
+        /// needs to adopt the item from the log alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
     },
     AgentFailed {
         job_id: String,

@@ -963,6 +963,7 @@ pub fn checkpoint(bytes: &[u8], reason: &str) -> Result<LegacyCheckpoint, (Reaso
         ended,
         error: reduce.and_then(|r| text(r, "error")),
         original: None,
+        rewound: None,
     };
     Ok(LegacyCheckpoint {
         job_id,

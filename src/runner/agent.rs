@@ -305,6 +305,8 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             duration_ms,
             commits: commits.clone(),
             json_log_location: Some(log_path.display().to_string()),
+            attempt: Some(attempt),
+            output: output.clone(),
         });
         // Reported before the clean-up, to narrow the window in which a crash makes a
         // finished agent run again; a worktree left behind is removed by the next run.

@@ -68,8 +68,12 @@ impl Job {
     }
 
     /// Agents that finished their steps but whose results no checkpoint recorded (the
-    /// runner died in between) left a done marker: their results are recorded now
-    /// instead of running them again.
+    /// runner died in between) are adopted instead of running again. Two records tell:
+    /// the job's event log, the durable one (an `agent_completed` event names the item,
+    /// its commits — kept on the agent's branch before the event was logged —, attempt
+    /// and output), and the done marker beside the agent's worktree, written before the
+    /// event is flushed (gone with the worktrees). An item runs again only when neither
+    /// survived: its completion never became durable.
     pub(super) fn adopt_finished_agents(&mut self, keys: &[String]) -> Result<(), RunError> {
         let spec = self.state.spec.clone();
         let map_base = self
@@ -78,13 +82,21 @@ impl Job {
             .map_base
             .clone()
             .unwrap_or_else(|| spec.base_commit.clone());
-        let mut adopted = 0;
-        for (index, key) in keys.iter().enumerate() {
-            if self.state.results.contains_key(key) {
+        let open: BTreeMap<&str, usize> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !self.state.results.contains_key(*k))
+            .map(|(i, k)| (k.as_str(), i))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.logged_completions(&open)?;
+        for (&key, &index) in &open {
+            if found.contains_key(key) {
                 continue;
             }
-            let marker = agent::marker_path(&spec, index);
-            let Ok(bytes) = std::fs::read(&marker) else {
+            let Ok(bytes) = std::fs::read(agent::marker_path(&spec, index)) else {
                 continue;
             };
             let Ok(done) = serde_json::from_slice::<agent::DoneMarker>(&bytes) else {
@@ -94,26 +106,37 @@ impl Job {
             let Ok(list) = git::git(&spec.repo_root, &["rev-list", "--reverse", &range]) else {
                 continue;
             };
-            let commits: Vec<String> = list.lines().map(str::to_owned).collect();
-            if let Some(last) = commits.last() {
+            found.insert(
+                key.to_owned(),
+                Finished {
+                    attempt: done.attempt,
+                    duration_ms: done.duration_ms,
+                    commits: list.lines().map(str::to_owned).collect(),
+                    output: done.output,
+                },
+            );
+        }
+        let adopted = found.len();
+        for (key, done) in found {
+            let index = open[key.as_str()];
+            if let Some(last) = done.commits.last() {
                 self.worktrees()
                     .set_branch(&agent_branch(&spec, index), last)?;
             }
             self.state.record(
-                key,
+                &key,
                 ItemResult {
                     index,
                     status: ItemStatus::Done,
                     agent_id: format!("agent-{index}"),
                     attempts: done.attempt,
                     duration_ms: done.duration_ms,
-                    commits,
+                    commits: done.commits,
                     merged: false,
                     output: done.output,
                     error: None,
                 },
             );
-            adopted += 1;
         }
         if adopted > 0 {
             self.note(&format!(
@@ -122,6 +145,69 @@ impl Job {
             self.save(&format!("adopted {adopted} finished agents"))?;
         }
         Ok(())
+    }
+
+    /// The items of `open` whose `agent_completed` event is in the job's log, with what
+    /// the event says — when every commit it names is still in the repository (else the
+    /// item runs again).
+    fn logged_completions(
+        &self,
+        open: &BTreeMap<&str, usize>,
+    ) -> Result<BTreeMap<String, Finished>, RunError> {
+        let spec = &self.state.spec;
+        let log = crate::events::EventLog::new(self.states.refs().clone(), &spec.repo, &spec.id)?;
+        let filter = crate::events::query::Filter {
+            types: vec!["agent_completed".to_owned()],
+            ..Default::default()
+        };
+        let rewound = self.state.checkpoint.rewound.clone();
+        let mut found = BTreeMap::new();
+        // A log that cannot be read whole does not stop the resume: what it has is adopted.
+        let skipped = crate::events::query::stream(&log, &filter, true, true, |line| {
+            let Some(record) = line.record else {
+                return Ok(true);
+            };
+            if rewound.as_ref().is_some_and(|at| &record.timestamp < at) {
+                return Ok(true);
+            }
+            if let Ok(MapReduceEvent::AgentCompleted {
+                item_id,
+                duration_ms,
+                commits,
+                attempt,
+                output,
+                ..
+            }) = serde_json::from_value(record.event)
+                && open.contains_key(item_id.as_str())
+            {
+                found.insert(
+                    item_id,
+                    Finished {
+                        attempt: attempt.unwrap_or(1),
+                        duration_ms,
+                        commits,
+                        output,
+                    },
+                );
+            }
+            Ok(true)
+        })?;
+        for e in skipped {
+            self.note(&format!(
+                "part of the event log cannot be read ({}); its items run again",
+                crate::error_line(&e)
+            ));
+        }
+        found.retain(|_, done: &mut Finished| {
+            done.commits.iter().all(|c| {
+                git::git(
+                    &spec.repo_root,
+                    &["cat-file", "-e", &format!("{c}^{{commit}}")],
+                )
+                .is_ok()
+            })
+        });
+        Ok(found)
     }
 
     /// Worktrees of agents that finished but were not cleaned up (the runner died first).
@@ -331,4 +417,12 @@ impl Job {
             failure_count: item.failure_count,
         })
     }
+}
+
+/// An agent's finished attempt, as a resume finds it recorded.
+struct Finished {
+    attempt: u32,
+    duration_ms: u64,
+    commits: Vec<String>,
+    output: Option<String>,
 }

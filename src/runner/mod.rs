@@ -448,6 +448,9 @@ pub fn resume(
     job.state.checkpoint.error = None;
     job.state.checkpoint.ended = None;
     job.rewind = from.is_some();
+    if job.rewind {
+        job.state.checkpoint.rewound = Some(crate::events::record::now_timestamp());
+    }
     job.run_lock = Some(lock);
     job.drive()
 }

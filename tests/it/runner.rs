@@ -418,6 +418,132 @@ fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
     assert_fsck_clean(&env);
 }
 
+/// Issue 25's scenario: 40 items, 4 agents, SIGKILL of the runner's process group once
+/// some items started, every worktree deleted and pruned, resume. An item whose
+/// `agent_completed` event was in the store when the runner died never runs again (the log
+/// is the durable record; the done markers went with the worktrees), whether its agent
+/// committed (odd items: the commit is merged once) or not (even items).
+///
+/// A completion is durable in the log a moment before the checkpoint records it (the
+/// runner flushes its events, then writes the checkpoint). To kill inside that moment for
+/// certain, the test freezes the process group (SIGSTOP), reads the store, and kills it
+/// when the log holds a completion the checkpoint lacks, else lets it go on (SIGCONT) and
+/// looks again; at least one trial must have killed it there. The suite runs 3 trials,
+/// `PRODIGY_RUNNER_TRIALS=N` more.
+#[test]
+fn resume_never_reruns_a_completion_the_log_kept() {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let mut in_window = 0;
+    let trials = env_knob("PRODIGY_RUNNER_TRIALS", 3) as usize;
+    for trial in 0..trials {
+        let env = Env::new();
+        let (repo, marks) = repo_and_marks(&env, "svc");
+        let m = marks.display();
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "name: resume
+{IDENTITY}map:
+  input: seq 1 40
+  max_parallel: 4
+  agent_template:
+    - shell: touch {m}/start-${{item}}; sleep 0.1
+    - shell: if [ $((${{item}} % 2)) = 1 ]; then echo ${{item}} > f-${{item}}.txt && git add . && git commit -qm ${{item}}; fi
+    - shell: date +%s%N >> {m}/count-${{item}}
+"
+            ),
+        );
+        git(&repo, &["add", "."]);
+        git(&repo, &["commit", "-q", "-m", "workflow"]);
+        let job = format!("t{trial}");
+        let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", &job]);
+        let group = Pid::from_raw(child.id() as i32).unwrap();
+        let started = 10 + (trial * 3) % 8;
+        wait_for("items to start", Duration::from_secs(60), || {
+            (1..=40)
+                .filter(|n| marks.join(format!("start-{n}")).exists())
+                .count()
+                >= started
+        });
+        // What the store holds while the runner is frozen: the log's completions and the
+        // checkpoint's done items.
+        let durable = || {
+            let log = prodigy::events::EventLog::new(env.store(), "svc", &job).unwrap();
+            let filter = prodigy::events::query::Filter {
+                types: vec!["agent_completed".into()],
+                ..Default::default()
+            };
+            let mut keys = Vec::new();
+            prodigy::events::query::stream(&log, &filter, false, true, |line| {
+                keys.push(line.record.unwrap().item_id().unwrap().to_owned());
+                Ok(true)
+            })
+            .unwrap();
+            keys
+        };
+        let mut completed;
+        let mut looks = 0;
+        loop {
+            let _ = kill_process_group(group, Signal::STOP);
+            completed = durable();
+            let before = done_keys(&env, "svc", &job);
+            looks += 1;
+            if completed.iter().any(|k| !before.contains(k)) {
+                in_window += 1;
+                break;
+            }
+            if looks >= 200 || completed.len() >= 36 {
+                break;
+            }
+            let _ = kill_process_group(group, Signal::CONT);
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        kill_group(&mut child);
+        let _ = kill_process_group(group, Signal::CONT);
+        std::fs::remove_dir_all(env.home().join("worktrees")).unwrap();
+        git(&repo, &["worktree", "prune"]);
+        let out = ok_in(&env, &repo, &["resume", &job]);
+        assert_eq!(out, format!("{job}\n"));
+        let show = job_show(&env, &repo, &job);
+        assert_eq!(show["done"], 40, "{show}");
+        for n in 1..=40 {
+            let count = lines(&marks.join(format!("count-{n}")));
+            assert!(count >= 1, "trial {trial}: item {n} never ran");
+            if completed.contains(&key_of(n)) {
+                assert_eq!(
+                    count, 1,
+                    "trial {trial}: item {n} ran again though its completion was in the log"
+                );
+            }
+        }
+        // The committed items' work is in the result, each commit once.
+        let result = PathBuf::from(show["worktree"].as_str().unwrap());
+        let subjects = String::from_utf8(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&result)
+                .args(["log", "--format=%s"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        for n in (1..=40).step_by(2) {
+            assert!(
+                result.join(format!("f-{n}.txt")).exists(),
+                "trial {trial}: f-{n}"
+            );
+            let made = subjects.lines().filter(|l| *l == n.to_string()).count();
+            assert_eq!(made, 1, "trial {trial}: item {n}'s commit {made} times");
+        }
+    }
+    assert!(
+        in_window > 0,
+        "no trial froze the runner between a durable completion and its checkpoint"
+    );
+}
+
 /// Runs a job, kills its process group once `marker` exists, deletes every worktree,
 /// creates `release` (so the step that waited runs through), and resumes the job to
 /// completion.
