@@ -158,9 +158,9 @@ fn main() {
     let batches = |job: &str| {
         let refs = prodigy::RefStore::new(&Home::at(&home).unwrap(), Default::default());
         let log = prodigy::events::EventLog::new(refs, "bench", job).unwrap();
-        let (_, head) = log.head().unwrap().unwrap();
-        assert_eq!(head.total.count, count, "events lost");
-        head.depth
+        let totals = log.totals().unwrap().unwrap();
+        assert_eq!(totals.total.count, count, "events lost");
+        totals.batches
     };
     let strict = write_events(&home, "strict", count, 1);
     let single = write_events(&home, "single", count, Thresholds::default().max_merge);
@@ -254,7 +254,7 @@ fn main() {
         "concurrent",
     )
     .unwrap();
-    let total = log.head().unwrap().unwrap().1.total.count;
+    let total = log.totals().unwrap().unwrap().total.count;
     assert_eq!(total, per * writers, "events lost");
     println!(
         "| {writers} writer processes, {per} events each, one job | {:.0} events/s aggregate ({:.2} s), {total} of {} present |",

@@ -108,6 +108,12 @@ pub fn copy_job(
             heads.push((name, id));
         }
     }
+    // The event log's writers' refs.
+    heads.extend(
+        from.list(Some(&format!("events/{repo}/{job}")))?
+            .into_iter()
+            .filter(|(name, _)| name.writer().is_some()),
+    );
     if heads.is_empty() {
         return Err(SyncError::NoJob {
             repo: repo.to_owned(),

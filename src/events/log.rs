@@ -1,5 +1,7 @@
-//! A job's event log on the store: `batch` objects (JSON Lines) chained by `log` nodes under
-//! the `events/<repo>/<job>` ref (DESIGN.md §6).
+//! One chain of a job's event log on the store: `batch` objects (JSON Lines) chained by
+//! `log` nodes under one ref — a writer's `events/<repo>/<job>/<writer>`, the job's own
+//! `events/<repo>/<job>` (written before writers had refs of their own) or its archive
+//! (DESIGN.md §6). [`super::job::EventLog`] reads a job's chains as one log.
 //!
 //! Each node summarises its batch (count, time range, per-type and per-agent counts,
 //! durations) and carries the running totals of the whole chain, so listing jobs reads one
@@ -12,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::record::{EventRecord, RecordInfo};
 use crate::store::object::{ObjectError, ObjectId, ObjectStore, ObjectType};
-use crate::store::refs::{RefError, RefKind, RefName, RefStore};
+use crate::store::refs::{RefError, RefName, RefStore};
 
 /// Failures of the event log.
 #[derive(Debug, thiserror::Error)]
@@ -462,7 +464,7 @@ impl Batch {
     }
 }
 
-/// What [`EventLog::append_idempotent`] did.
+/// What [`Chain::append_idempotent`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Appended {
     /// Records added to the log.
@@ -513,26 +515,20 @@ struct Stored {
 /// with `best_effort`).
 pub type PartialChain = (Vec<(ObjectId, LogNode)>, Option<EventError>);
 
-/// One job's event log.
+/// One chain of log nodes under one ref.
 #[derive(Debug, Clone)]
-pub struct EventLog {
+pub struct Chain {
     refs: RefStore,
     name: RefName,
 }
 
-impl EventLog {
-    /// The log of `job` in `repo` (names validated).
-    pub fn new(refs: RefStore, repo: &str, job: &str) -> Result<EventLog, EventError> {
-        let name = RefName::new(RefKind::Events, repo, job)?;
-        Ok(EventLog { refs, name })
+impl Chain {
+    /// The chain under `name`.
+    pub fn new(refs: RefStore, name: RefName) -> Chain {
+        Chain { refs, name }
     }
 
-    /// The log under another ref (an archive).
-    pub fn with_name(refs: RefStore, name: RefName) -> Result<EventLog, EventError> {
-        Ok(EventLog { refs, name })
-    }
-
-    /// The log's ref name.
+    /// The chain's ref name.
     pub fn name(&self) -> &RefName {
         &self.name
     }
@@ -629,6 +625,42 @@ impl EventLog {
                     Ok((Some(head), appended))
                 })?;
         Ok(appended)
+    }
+
+    /// `batches` without the records this chain (from `head`) already stores, and how
+    /// many were skipped; a stored record with other content is refused. Reads only.
+    pub(crate) fn unstored(
+        &self,
+        head: ObjectId,
+        batches: &[Batch],
+        fresh: &str,
+    ) -> Result<(Vec<Batch>, u64), EventError> {
+        let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
+        let checked: Vec<&str> = batches
+            .iter()
+            .filter_map(|b| b.writer())
+            .filter(|w| *w != fresh)
+            .collect();
+        let known = self.known_seqs(Some(head), &batches, &checked)?;
+        let mut out = Vec::new();
+        let mut appended = Appended::default();
+        let mut opened = BTreeMap::new();
+        for batch in batches {
+            let writer = batch.writer().unwrap_or_default();
+            let ranges = known.ranges.get(writer).map(Vec::as_slice).unwrap_or(&[]);
+            if !ranges
+                .iter()
+                .any(|r| r.first <= batch.seq_last && batch.seq_first <= r.last)
+            {
+                out.push(batch.clone());
+                continue;
+            }
+            let rest = self.without_stored(batch, ranges, &mut opened, &mut appended)?;
+            if !rest.is_empty() {
+                out.push(rest);
+            }
+        }
+        Ok((out, appended.skipped))
     }
 
     /// What the chain from `head` stores of the writers of `batches` named in `checked`,
@@ -922,7 +954,12 @@ impl EventLog {
         Ok(Some((id, node)))
     }
 
-    fn broken(&self, what: &'static str, id: ObjectId, source: EventError) -> EventError {
+    pub(crate) fn broken(
+        &self,
+        what: &'static str,
+        id: ObjectId,
+        source: EventError,
+    ) -> EventError {
         EventError::Broken {
             name: self.name.clone(),
             what,
@@ -1002,48 +1039,6 @@ impl EventLog {
             .map_err(|e| self.broken("batch", node.batch, e.into()))?;
         Ok(object.payload)
     }
-}
-
-/// One job with events, as listed from its head node only.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobEvents {
-    /// The repo name.
-    pub repo: String,
-    /// The job id.
-    pub job: String,
-    /// Totals of the whole log.
-    pub total: Summary,
-    /// Number of batches.
-    pub batches: u64,
-}
-
-/// Every job with an event log in `repo` (or in every repo), sorted by repo and job,
-/// reading one node per job. A job whose head cannot be read does not hide the others: it
-/// is returned among the errors.
-pub fn list_jobs(
-    refs: &RefStore,
-    repo: Option<&str>,
-) -> Result<(Vec<JobEvents>, Vec<EventError>), EventError> {
-    let prefix = match repo {
-        Some(repo) => format!("events/{repo}"),
-        None => "events".to_owned(),
-    };
-    let mut jobs = Vec::new();
-    let mut errors = Vec::new();
-    for (name, _) in refs.list(Some(&prefix))? {
-        let log = EventLog::new(refs.clone(), name.repo(), name.job())?;
-        match log.head() {
-            Ok(Some((_, node))) => jobs.push(JobEvents {
-                repo: name.repo().to_owned(),
-                job: name.job().to_owned(),
-                total: node.total,
-                batches: node.depth,
-            }),
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-    }
-    Ok((jobs, errors))
 }
 
 #[cfg(test)]
@@ -1145,7 +1140,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = crate::home::Home::at(dir.path()).unwrap();
         let refs = RefStore::new(&home, LockOptions::default());
-        let log = EventLog::new(refs, "r", "j").unwrap();
+        let log = Chain::new(
+            refs,
+            RefName::new(crate::store::refs::RefKind::Events, "r", "j").unwrap(),
+        );
         log.append(&[batch("old", 0..3)]).unwrap();
         // Make the chain look old: rewrite its one node without the new fields.
         let (_, mut node) = log.head().unwrap().unwrap();

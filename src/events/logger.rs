@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::log::{Batch, EventError, EventLog};
+use super::job::EventLog;
+use super::log::{Batch, Chain, EventError};
 use super::record::{
     MapReduceEvent, Metadata, RecordInfo, new_id, now_timestamp, write_record_line,
 };
@@ -81,7 +82,8 @@ struct State {
 }
 
 struct Shared {
-    log: EventLog,
+    /// This logger's own chain (its writer's ref): no other writer appends to it.
+    log: Chain,
     writer: String,
     metadata: Metadata,
     /// `metadata` serialized once: most records carry exactly it.
@@ -135,7 +137,8 @@ impl EventLogger {
         job: &str,
         thresholds: Thresholds,
     ) -> Result<EventLogger, EventError> {
-        let log = EventLog::new(refs, repo, job)?;
+        let writer = new_id();
+        let log = EventLog::new(refs, repo, job)?.lane(&writer)?;
         let worktree = std::env::current_dir()
             .ok()
             .and_then(|d| crate::repo::worktree_root(&d))
@@ -155,7 +158,7 @@ impl EventLogger {
             serde_json::to_vec(&metadata).map_err(|e| EventError::BadRecord(e.to_string()))?;
         let shared = Arc::new(Shared {
             log,
-            writer: new_id(),
+            writer,
             metadata,
             metadata_json,
             thresholds,

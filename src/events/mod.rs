@@ -2,15 +2,15 @@
 //! queries over a job's log.
 
 pub mod calls;
+pub mod job;
 pub mod log;
 pub mod logger;
 pub mod query;
 pub mod record;
 pub mod retain;
 
-pub use log::{
-    Appended, Batch, EventError, EventLog, JobEvents, LogNode, Summary, WriterSet, list_jobs,
-};
+pub use job::{EventLog, JobEvents, Totals, list_jobs};
+pub use log::{Appended, Batch, Chain, EventError, LogNode, Summary, WriterSet};
 pub use logger::{EventLogger, Thresholds};
 pub use query::Filter;
 pub use record::{EventRecord, MapReduceEvent, Metadata};

@@ -1,7 +1,8 @@
 //! Filters over a job's log, and the one streaming reader every command uses: nodes whose
 //! summaries cannot match are skipped without opening their batch.
 
-use super::log::{EventError, EventLog, LogNode};
+use super::job::EventLog;
+use super::log::{Chain, EventError, LogNode};
 use super::record::{EventRecord, format_timestamp};
 use crate::store::object::ObjectId;
 
@@ -97,62 +98,193 @@ pub struct Line<'a> {
 /// Batches fetched ahead at once from a remote store.
 const PREFETCH: usize = 64;
 
-/// Streams the records of `log` oldest first through `each`, one batch in memory at a
-/// time. With `best_effort`, unreadable nodes or batches are skipped and returned as
-/// errors; without it the first one is the error. `parse` forces records to be parsed.
+/// Streams the records of `log` through `each`, one batch per chain in memory at a time:
+/// every chain of the job merged in (timestamp, writer, seq) order, each chain's own order
+/// kept (a chain is one writer's records in seq order, or the job's own ref in append
+/// order). With one chain, records go through in its order without being looked at. With
+/// `best_effort`, unreadable nodes or batches are skipped and returned as errors; without
+/// it the first one is the error. `parse` forces records to be parsed.
 pub fn stream(
     log: &EventLog,
     filter: &Filter,
     best_effort: bool,
     parse: bool,
+    each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
+) -> Result<Vec<EventError>, EventError> {
+    let chains = log
+        .chains()?
+        .into_iter()
+        .map(|(chain, head)| (chain, Some(head), None))
+        .collect();
+    stream_chains(chains, filter, best_effort, parse, each)
+}
+
+/// [`stream`] over given chains, each from its head back to (not including) a stop.
+pub fn stream_chains(
+    chains: Vec<(Chain, Option<ObjectId>, Option<ObjectId>)>,
+    filter: &Filter,
+    best_effort: bool,
+    parse: bool,
     mut each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
 ) -> Result<Vec<EventError>, EventError> {
-    let head = log.refs().read(log.name())?;
-    // Only the ids are kept on the way back, so memory does not grow with the log's
-    // length (32 bytes per batch); each node is read again on the way forward.
-    let (ids, broken) = log.node_ids_between(head, None, best_effort)?;
-    let mut skipped: Vec<EventError> = broken.into_iter().collect();
-    let ahead = log.refs().objects().wants_prefetch();
-    for (n, id) in ids.iter().enumerate() {
-        if ahead && n % PREFETCH == 0 {
-            // From a remote store, the next batches are fetched many at once.
-            let next: Vec<ObjectId> = ids[n..ids.len().min(n + PREFETCH)]
-                .iter()
-                .filter_map(|id| log.node(id).ok().map(|node| node.batch))
-                .collect();
-            log.refs().objects().prefetch(&next);
-        }
-        let node = log.node(id)?;
-        if !filter.node_may_match(&node) {
-            continue;
-        }
-        let lines = match log.batch_lines(&node) {
-            Ok(lines) => lines,
-            Err(e) if best_effort => {
-                skipped.push(e);
-                continue;
-            }
-            Err(e) => return Err(e),
+    let mut skipped = Vec::new();
+    let mut cursors = Vec::with_capacity(chains.len());
+    for (chain, head, stop) in chains {
+        // Only the ids are kept on the way back, so memory does not grow with the log's
+        // length (32 bytes per batch); each node is read again on the way forward.
+        let (ids, broken) = chain.node_ids_between(head, stop, best_effort)?;
+        skipped.extend(broken);
+        cursors.push(Cursor {
+            chain,
+            ids,
+            next: 0,
+            lines: Vec::new(),
+            pos: 0,
+            record: None,
+            key: None,
+        });
+    }
+    let must_parse = parse || !filter.is_empty();
+    let merging = cursors.len() > 1;
+    for c in &mut cursors {
+        c.advance(filter, best_effort, must_parse, merging, &mut skipped)?;
+    }
+    loop {
+        // The cursor whose line comes first: with one left, its order alone.
+        let mut live = cursors.iter().enumerate().filter(|(_, c)| c.has_line());
+        let Some((mut best, _)) = live.next() else {
+            return Ok(skipped);
         };
-        for json in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let record = if parse || !filter.is_empty() {
-                let record: EventRecord = serde_json::from_slice(json).map_err(|e| {
-                    EventError::BadRecord(format!(
-                        "batch {} holds an unreadable record: {e}",
-                        node.batch
-                    ))
-                })?;
-                if !filter.matches(&record) {
+        for (i, c) in live {
+            if c.key < cursors[best].key {
+                best = i;
+            }
+        }
+        let c = &mut cursors[best];
+        let end = c.line_end();
+        let record = c.record.take();
+        if !each(Line {
+            json: &c.lines[c.pos..end],
+            record,
+        })? {
+            return Ok(skipped);
+        }
+        c.pos = end + 1;
+        // Merging while another chain has lines (one without has none left at all).
+        let merging = cursors
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != best && c.has_line());
+        cursors[best].advance(filter, best_effort, must_parse, merging, &mut skipped)?;
+    }
+}
+
+/// Where the merge stands in one chain.
+struct Cursor {
+    chain: Chain,
+    /// The chain's node ids, oldest first.
+    ids: Vec<ObjectId>,
+    /// The next node to open.
+    next: usize,
+    /// The open batch's JSON Lines.
+    lines: Vec<u8>,
+    /// Where its next line starts (`lines.len()` when none is left).
+    pos: usize,
+    /// That line parsed, when parsing was asked.
+    record: Option<EventRecord>,
+    /// That line's merge key, while chains are merged.
+    key: Option<(String, String, u64)>,
+}
+
+impl Cursor {
+    fn has_line(&self) -> bool {
+        self.pos < self.lines.len()
+    }
+
+    fn line_end(&self) -> usize {
+        self.lines[self.pos..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(self.lines.len(), |n| self.pos + n)
+    }
+
+    /// Moves to the next line that passes the filter (opening batches as needed), and
+    /// reads its key when merging.
+    fn advance(
+        &mut self,
+        filter: &Filter,
+        best_effort: bool,
+        parse: bool,
+        merging: bool,
+        skipped: &mut Vec<EventError>,
+    ) -> Result<(), EventError> {
+        loop {
+            while self.pos < self.lines.len() {
+                let end = self.line_end();
+                let json = &self.lines[self.pos..end];
+                if json.is_empty() {
+                    self.pos = end + 1;
                     continue;
                 }
-                Some(record)
-            } else {
-                None
+                let bad = |e: serde_json::Error| {
+                    EventError::BadRecord(format!(
+                        "a batch of {} holds an unreadable record: {e}",
+                        self.chain.name()
+                    ))
+                };
+                if parse {
+                    let record: EventRecord = serde_json::from_slice(json).map_err(bad)?;
+                    if !filter.matches(&record) {
+                        self.pos = end + 1;
+                        continue;
+                    }
+                    self.key = merging
+                        .then(|| (record.timestamp.clone(), record.writer.clone(), record.seq));
+                    self.record = Some(record);
+                } else if merging {
+                    let k: Key<'_> = serde_json::from_slice(json).map_err(bad)?;
+                    self.key = Some((k.timestamp.into_owned(), k.writer.into_owned(), k.seq));
+                }
+                return Ok(());
+            }
+            // The next batch that may match.
+            let Some(id) = self.ids.get(self.next).copied() else {
+                self.lines.clear();
+                self.pos = 0;
+                return Ok(());
             };
-            if !each(Line { json, record })? {
-                return Ok(skipped);
+            if self.next.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
+                // From a remote store, the next batches are fetched many at once.
+                let end = self.ids.len().min(self.next + PREFETCH);
+                let next: Vec<ObjectId> = self.ids[self.next..end]
+                    .iter()
+                    .filter_map(|id| self.chain.node(id).ok().map(|node| node.batch))
+                    .collect();
+                self.chain.refs().objects().prefetch(&next);
+            }
+            self.next += 1;
+            let node = self.chain.node(&id)?;
+            if !filter.node_may_match(&node) {
+                continue;
+            }
+            match self.chain.batch_lines(&node) {
+                Ok(lines) => {
+                    self.lines = lines;
+                    self.pos = 0;
+                }
+                Err(e) if best_effort => skipped.push(e),
+                Err(e) => return Err(e),
             }
         }
     }
-    Ok(skipped)
+}
+
+/// The merge key of a record, read without the rest of it.
+#[derive(serde::Deserialize)]
+struct Key<'a> {
+    #[serde(borrow)]
+    timestamp: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    writer: std::borrow::Cow<'a, str>,
+    seq: u64,
 }

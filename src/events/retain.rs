@@ -12,11 +12,11 @@
 
 use serde::Serialize;
 
-use super::log::{Batch, EventError, EventLog, LogNode, Summary, WriterSet};
+use super::job::EventLog;
+use super::log::{Batch, Chain, EventError, LogNode, Summary, WriterSet};
 use super::record::{EventRecord, format_timestamp};
 pub use crate::config::{Retention, parse_size};
 use crate::store::object::{ObjectId, ObjectType};
-use crate::store::refs::{RefKind, RefName};
 
 /// What a clean did (or, with `dry_run`, would do) to one job's log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -83,32 +83,204 @@ struct Cut {
     kept: Vec<(ObjectId, LogNode)>,
 }
 
-impl EventLog {
-    /// The archive log of the job this log belongs to.
-    pub fn archive(&self) -> Result<EventLog, EventError> {
-        let name = self.name();
-        EventLog::with_name(
-            self.refs().clone(),
-            RefName::new(RefKind::Archive, name.repo(), name.job())?,
-        )
+/// How many of the newest records of each chain a policy keeps, decided on one look at
+/// every chain: newest first across the chains in merged order (timestamp, writer, seq),
+/// whole nodes while they are newer than every other chain's rest and fit, record by record
+/// near the limit; the first record that does not fit ends it (the same rule as one chain
+/// alone, where it keeps the newest records up to the first that does not fit).
+fn plan(
+    chains: &[(Chain, ObjectId)],
+    policy: &Retention,
+    now: jiff::Timestamp,
+) -> Result<Vec<u64>, EventError> {
+    let mut budget = Budget {
+        cutoff: policy.max_age.and_then(|age| {
+            let age = jiff::SignedDuration::try_from(age).ok()?;
+            now.checked_sub(age).ok().map(format_timestamp)
+        }),
+        events: policy.max_events.unwrap_or(u64::MAX),
+        bytes: policy.max_size.unwrap_or(u64::MAX),
+    };
+    struct Back {
+        /// Nodes not yet looked at, oldest first.
+        nodes: Vec<(ObjectId, LogNode)>,
+        /// The records of the node opened last, oldest first: key and length.
+        records: Vec<((String, String, u64), u64)>,
     }
+    let mut backs = Vec::with_capacity(chains.len());
+    for (chain, head) in chains {
+        backs.push(Back {
+            nodes: chain.nodes_between(Some(*head), None, false)?.0,
+            records: Vec::new(),
+        });
+    }
+    // The newest key a chain has left (a node's: its last timestamp, writer, seq).
+    let newest = |b: &Back| -> Option<(String, String, u64)> {
+        if let Some((key, _)) = b.records.last() {
+            return Some(key.clone());
+        }
+        b.nodes.last().map(|(_, n)| {
+            (
+                n.summary.last_ts.clone().unwrap_or_default(),
+                n.writer.clone(),
+                n.seq_last,
+            )
+        })
+    };
+    let mut keep = vec![0u64; chains.len()];
+    loop {
+        let Some((c, _)) = backs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| newest(b).map(|k| (i, k)))
+            .max_by(|a, b| a.1.cmp(&b.1))
+        else {
+            return Ok(keep);
+        };
+        if let Some(((ts, _, _), len)) = backs[c].records.last() {
+            if !budget.take(ts, *len) {
+                return Ok(keep);
+            }
+            backs[c].records.pop();
+            keep[c] += 1;
+            continue;
+        }
+        let (_, node) = backs[c].nodes.last().expect("a node is left");
+        // Whole, when every record of it is newer than what the other chains have left.
+        let others = backs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != c)
+            .filter_map(|(_, b)| newest(b))
+            .map(|(ts, _, _)| ts)
+            .max();
+        let first = node.summary.first_ts.clone().unwrap_or_default();
+        if others.is_none_or(|o| first > o) && budget.take_node(&node.summary) {
+            keep[c] += node.summary.count;
+            backs[c].nodes.pop();
+            continue;
+        }
+        let (_, node) = backs[c].nodes.pop().expect("a node is left");
+        let lines = chains[c].0.batch_lines(&node)?;
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let record: EventRecord = serde_json::from_slice(line)
+                .map_err(|e| EventError::BadRecord(format!("batch {}: {e}", node.batch)))?;
+            backs[c].records.push((
+                (record.timestamp, record.writer, record.seq),
+                line.len() as u64 + 1,
+            ));
+        }
+    }
+}
 
+impl EventLog {
+    /// Applies `policy` to the job's live log: keeps the newest events it allows, exactly
+    /// (counted over every chain of the job, [`plan`]), and removes (or, with
+    /// `policy.archive`, archives) the rest, chain by chain, each under its own lock; a
+    /// writer appending meanwhile keeps what it appended. With `dry_run`, says what would
+    /// go and changes nothing.
+    pub fn clean(
+        &self,
+        policy: &Retention,
+        now: jiff::Timestamp,
+        dry_run: bool,
+    ) -> Result<CleanReport, EventError> {
+        let mut report = CleanReport {
+            repo: self.name().repo().to_owned(),
+            job: self.name().job().to_owned(),
+            archived: policy.archive,
+            dry_run,
+            ..CleanReport::default()
+        };
+        let chains = self.chains()?;
+        let keep = plan(&chains, policy, now)?;
+        let mut before = Summary::default();
+        let mut kept = Summary::default();
+        let _gc = if dry_run {
+            None
+        } else {
+            Some(self.refs().write_guard()?)
+        };
+        let archive = self.archive()?;
+        for ((chain, snapshot), keep) in chains.iter().zip(keep) {
+            if dry_run {
+                if let Some(cut) = chain.cut(Some(*snapshot), *snapshot, keep)? {
+                    before.merge(&chain.node(snapshot)?.total);
+                    kept.merge(&cut.kept_summary());
+                }
+                continue;
+            }
+            chain.refs().transact_with::<_, EventError, _>(
+                chain.name(),
+                "events clean",
+                |old| {
+                    let Some(head) = old else {
+                        return Ok((old, ()));
+                    };
+                    // Rewritten meanwhile (another clean): left as it is.
+                    let Some(cut) = chain.cut(old, *snapshot, keep)? else {
+                        let total = chain.node(&head)?.total;
+                        before.merge(&total);
+                        kept.merge(&total);
+                        return Ok((old, ()));
+                    };
+                    let total = chain.node(&head)?.total;
+                    before.merge(&total);
+                    kept.merge(&cut.kept_summary());
+                    if cut.removed.is_empty() && cut.split.is_none() {
+                        return Ok((old, ()));
+                    }
+                    if policy.archive {
+                        archive.append_removed(&cut)?;
+                    }
+                    Ok((chain.rebuild(&cut)?, ()))
+                },
+            )?;
+        }
+        report.events_before = before.count;
+        report.events_kept = kept.count;
+        report.events_removed = before.count - kept.count.min(before.count);
+        report.bytes_removed = before.bytes - kept.bytes.min(before.bytes);
+        report.oldest_kept = kept.first_ts;
+        Ok(report)
+    }
+}
+
+impl Cut {
+    /// The totals of what the cut keeps.
+    fn kept_summary(&self) -> Summary {
+        let mut kept = Summary::default();
+        if let Some((newer, _)) = &self.split {
+            kept.merge(newer.summary());
+        }
+        for (_, n) in &self.kept {
+            kept.merge(&n.summary);
+        }
+        kept
+    }
+}
+
+impl Chain {
+    /// The cut that keeps the nodes after `snapshot` (appended since the plan) and the
+    /// newest `keep` records from `snapshot` back; `None` when `snapshot` is not in the
+    /// chain from `head` (it was rewritten since).
     fn cut(
         &self,
         head: Option<ObjectId>,
-        policy: &Retention,
-        now: jiff::Timestamp,
-    ) -> Result<Cut, EventError> {
+        snapshot: ObjectId,
+        keep: u64,
+    ) -> Result<Option<Cut>, EventError> {
         let mut nodes = self.nodes_between(head, None, false)?.0;
-        let mut budget = Budget {
-            cutoff: policy.max_age.and_then(|age| {
-                let age = jiff::SignedDuration::try_from(age).ok()?;
-                now.checked_sub(age).ok().map(format_timestamp)
-            }),
-            events: policy.max_events.unwrap_or(u64::MAX),
-            bytes: policy.max_size.unwrap_or(u64::MAX),
+        let Some(at) = nodes.iter().position(|(id, _)| *id == snapshot) else {
+            return Ok(None);
         };
-        let mut kept = Vec::new();
+        let mut kept: Vec<(ObjectId, LogNode)> = nodes.split_off(at + 1);
+        kept.reverse();
+        let mut budget = Budget {
+            cutoff: None,
+            events: keep,
+            bytes: u64::MAX,
+        };
         while let Some((id, node)) = nodes.pop() {
             if budget.take_node(&node.summary) {
                 kept.push((id, node));
@@ -120,15 +292,7 @@ impl EventLog {
                 .split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
                 .collect();
-            let mut keep_from = records.len();
-            for (i, line) in records.iter().enumerate().rev() {
-                let record: EventRecord = serde_json::from_slice(line)
-                    .map_err(|e| EventError::BadRecord(format!("batch {}: {e}", node.batch)))?;
-                if !budget.take(&record.timestamp, line.len() as u64 + 1) {
-                    break;
-                }
-                keep_from = i;
-            }
+            let keep_from = records.len() - (budget.events as usize).min(records.len());
             let mut older = Batch::new();
             let mut newer = Batch::new();
             for (i, line) in records.iter().enumerate() {
@@ -148,58 +312,18 @@ impl EventLog {
             } else {
                 Some((newer, older))
             };
-            return Ok(Cut {
+            return Ok(Some(Cut {
                 removed: nodes,
                 split,
                 kept,
-            });
+            }));
         }
         kept.reverse();
-        Ok(Cut {
+        Ok(Some(Cut {
             removed: Vec::new(),
             split: None,
             kept,
-        })
-    }
-
-    /// Applies `policy` to this log: keeps the newest events it allows, exactly, and
-    /// removes (or, with `policy.archive`, archives) the rest. With `dry_run`, says what
-    /// would go and changes nothing.
-    pub fn clean(
-        &self,
-        policy: &Retention,
-        now: jiff::Timestamp,
-        dry_run: bool,
-    ) -> Result<CleanReport, EventError> {
-        let mut report = CleanReport {
-            repo: self.name().repo().to_owned(),
-            job: self.name().job().to_owned(),
-            archived: policy.archive,
-            dry_run,
-            ..CleanReport::default()
-        };
-        if dry_run {
-            let head = self.refs().read(self.name())?;
-            let cut = self.cut(head, policy, now)?;
-            fill(&mut report, &cut, head.map(|h| self.node(&h)).transpose()?);
-            return Ok(report);
-        }
-        let _gc = self.refs().write_guard()?;
-        let archive = self.archive()?;
-        self.refs()
-            .transact_with::<_, EventError, _>(self.name(), "events clean", |old| {
-                let head_node = old.map(|h| self.node(&h)).transpose()?;
-                let cut = self.cut(old, policy, now)?;
-                fill(&mut report, &cut, head_node);
-                if report.events_removed == 0 {
-                    return Ok((old, ()));
-                }
-                if policy.archive {
-                    archive.append_removed(&cut)?;
-                }
-                Ok((self.rebuild(&cut)?, ()))
-            })?;
-        Ok(report)
+        }))
     }
 
     /// Appends what a cut removes (whole batches as they are, then the split batch's older
@@ -260,20 +384,4 @@ impl EventLog {
         let json = serde_json::to_vec(&new).map_err(|e| EventError::BadRecord(e.to_string()))?;
         Ok(self.refs().objects().write(ObjectType::Log, &json)?)
     }
-}
-
-fn fill(report: &mut CleanReport, cut: &Cut, head: Option<LogNode>) {
-    let before = head.map(|h| h.total).unwrap_or_default();
-    let mut kept = Summary::default();
-    if let Some((newer, _)) = &cut.split {
-        kept.merge(newer.summary());
-    }
-    for (_, n) in &cut.kept {
-        kept.merge(&n.summary);
-    }
-    report.events_before = before.count;
-    report.events_kept = kept.count;
-    report.events_removed = before.count - kept.count.min(before.count);
-    report.bytes_removed = before.bytes - kept.bytes.min(before.bytes);
-    report.oldest_kept = kept.first_ts;
 }

@@ -328,6 +328,20 @@ impl Checker<'_> {
                 "HEAD" | "lock" | "reflog" => {}
                 // A job's run lock (held by the process running it).
                 "run.lock" if name.kind() == crate::store::refs::RefKind::State => {}
+                // The refs of an event log's writers.
+                crate::store::refs::LANES_DIR
+                    if name.kind() == crate::store::refs::RefKind::Events
+                        && name.writer().is_none()
+                        && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) =>
+                {
+                    for lane_dir in list_entries(&path)? {
+                        let Some(writer) = self.component(&lane_dir, "writer")? else {
+                            continue;
+                        };
+                        let lane = RefName::lane(name.repo(), name.job(), &writer)?;
+                        self.one_ref(store, &lane, &lane_dir)?;
+                    }
+                }
                 _ if file.ends_with(".tmp") => self.temp(&path),
                 _ => self.find(
                     Severity::Warning,

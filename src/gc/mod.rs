@@ -32,7 +32,7 @@ use crate::par;
 use crate::store::bucket::Collection;
 use crate::store::object::{ObjectError, ObjectId, ObjectStore};
 use crate::store::pack::{Entry, Pack};
-use crate::store::refs::{RefError, RefKind, RefStore};
+use crate::store::refs::{LANES_DIR, RefError, RefKind, RefStore};
 
 mod bucket;
 
@@ -883,7 +883,8 @@ fn remove(path: &Path) -> Result<(), FsError> {
     }
 }
 
-/// Every ref directory (with a HEAD, or only a reflog left by a deleted ref).
+/// Every ref directory (with a HEAD, or only a reflog left by a deleted ref), writers'
+/// refs of event logs included.
 fn ref_dirs(home: &Home) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for kind in [
@@ -899,7 +900,19 @@ fn ref_dirs(home: &Home) -> Vec<PathBuf> {
             let Ok(jobs) = std::fs::read_dir(repo.path()) else {
                 continue;
             };
-            out.extend(jobs.flatten().map(|j| j.path()).filter(|p| p.is_dir()));
+            for job in jobs.flatten().map(|j| j.path()).filter(|p| p.is_dir()) {
+                // A job's event log has its writers' refs inside (`writers/<writer>/`).
+                if kind == RefKind::Events
+                    && let Ok(lanes) = std::fs::read_dir(job.join(LANES_DIR))
+                {
+                    out.extend(lanes.flatten().map(|l| l.path()).filter(|p| p.is_dir()));
+                }
+                // Only a ref's directory (a job's events directory may hold only its
+                // writers').
+                if job.join("HEAD").exists() || job.join("reflog").exists() {
+                    out.push(job);
+                }
+            }
         }
     }
     out.sort();

@@ -387,17 +387,18 @@ fn reject(
 /// The ids already in a job's log.
 fn stored_event_ids(log: &EventLog) -> Result<HashSet<String>, MigrateError> {
     let mut ids = HashSet::new();
-    if log.refs().read(log.name())?.is_none() {
-        return Ok(ids);
-    }
-    for (_, node) in log.nodes()? {
-        let lines = log.batch_lines(&node)?;
-        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Some(id) = record_id(line) {
+    crate::events::query::stream(
+        log,
+        &crate::events::Filter::default(),
+        false,
+        false,
+        |line| {
+            if let Some(id) = record_id(line.json) {
                 ids.insert(id.into_owned());
             }
-        }
-    }
+            Ok(true)
+        },
+    )?;
     Ok(ids)
 }
 

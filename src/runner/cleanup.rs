@@ -303,6 +303,15 @@ pub fn remove_job(
     .map(|kind| RefName::new(kind, repo, job))
     .collect::<Result<_, _>>()
     .map_err(StateError::from)?;
+    // The event log's writers' refs.
+    let mut names = names;
+    names.extend(
+        refs.list(Some(&format!("events/{repo}/{job}")))
+            .map_err(StateError::from)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.writer().is_some()),
+    );
     let exists = |n: &RefName| refs.read(n).ok().flatten().is_some();
     if !names.iter().any(exists) {
         return Err(StateError::NoJob {

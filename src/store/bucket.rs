@@ -123,7 +123,7 @@ impl Bucket<'_> {
             .into_iter()
             .map(|l| {
                 keys::parse_ref(&l.key)
-                    .and_then(|rest| rest.parse().ok())
+                    .and_then(|rest| RefName::from_key_path(rest).ok())
                     .ok_or_else(|| self.address(&l.key))
             })
             .collect())
@@ -148,12 +148,12 @@ impl Bucket<'_> {
 
     /// The address of a ref.
     pub fn ref_address(&self, name: &RefName) -> PathBuf {
-        self.address(&keys::ref_key(name))
+        self.address(&keys::ref_key(&name.key_path()))
     }
 
     /// The address of a ref's reflog.
     pub fn log_address(&self, name: &RefName) -> PathBuf {
-        self.address(&keys::log_dir(name))
+        self.address(&keys::log_dir(&name.key_path()))
     }
 
     fn address(&self, key: &str) -> PathBuf {

@@ -3,7 +3,10 @@
 //!
 //! - `objects/ab/cdef…`: an object's file, the same zstd frame as a loose object;
 //! - `refs/<kind>/<repo>/<job>`: a ref, `<64 hex>\n` (empty once deleted);
-//! - `logs/<kind>/<repo>/<job>/<unix ms>-<old:12>-<new:12>`: one reflog entry, its line;
+//! - `refs/events/<repo>/<job>!/<writer>`: one writer's event log (`!` is in no name and
+//!   among S3's safe characters, which object_store does not escape; `…/<job>/<writer>`
+//!   would make `…/<job>` a key and a prefix at once, which some servers refuse);
+//! - `logs/<ref path>/<unix ms>-<old:12>-<new:12>`: one reflog entry, its line;
 //! - `leases/<repo>/<job>`: the run lease of a job (JSON);
 //! - `probe/…`: short-lived keys of the conditional-write check.
 //!
@@ -42,7 +45,28 @@ pub fn parse_object(key: &str) -> Option<ObjectId> {
     (object(&id) == key).then_some(id)
 }
 
-/// The key of a ref (`name` is `kind/repo/job`).
+/// The path of a ref in keys: `kind/repo/job`, or `kind/repo/job!/writer`.
+pub fn ref_path(kind: &str, repo: &str, job: &str, writer: Option<&str>) -> String {
+    match writer {
+        Some(w) => format!("{kind}/{repo}/{job}{LANE}/{w}"),
+        None => format!("{kind}/{repo}/{job}"),
+    }
+}
+
+/// What marks the prefix of a job's writers' refs.
+const LANE: &str = "!";
+
+/// The parts of a ref path ([`ref_path`]), when it is one.
+pub fn parse_ref_path(path: &str) -> Option<(&str, &str, &str, Option<&str>)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [kind, repo, job] => Some((kind, repo, job, None)),
+        [kind, repo, job, writer] => Some((kind, repo, job.strip_suffix(LANE)?, Some(writer))),
+        _ => None,
+    }
+}
+
+/// The key of a ref (`name` is its [`ref_path`]).
 pub fn ref_key(name: &impl Display) -> String {
     format!("{REFS}{name}")
 }
@@ -55,10 +79,10 @@ pub fn refs_of(kind: Option<&str>) -> String {
     }
 }
 
-/// The `kind/repo/job` a listed ref key names, when it has exactly three components.
+/// The ref path a listed ref key names, when it is one ([`parse_ref_path`]).
 pub fn parse_ref(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(REFS)?;
-    (rest.split('/').count() == 3).then_some(rest)
+    parse_ref_path(rest).map(|_| rest)
 }
 
 /// The prefix of a ref's reflog entries (without the final `/`).
@@ -78,7 +102,7 @@ pub fn log_entry(name: &impl Display, unix_ms: u64, old: &ObjectId, new: &Object
     )
 }
 
-/// The `kind/repo/job` whose reflog a listed entry key belongs to.
+/// The ref path whose reflog a listed entry key belongs to.
 pub fn parse_log_entry(key: &str) -> Option<&str> {
     let (name, _) = key.strip_prefix(LOGS)?.rsplit_once('/')?;
     Some(name)
@@ -112,6 +136,16 @@ mod tests {
             Some("events/api/mr-1")
         );
         assert_eq!(parse_ref("refs/events/api"), None);
+        let lane = ref_path("events", "api", "mr-1", Some("w1"));
+        assert_eq!(lane, "events/api/mr-1!/w1");
+        assert_eq!(parse_ref(&ref_key(&lane)), Some(lane.as_str()));
+        assert_eq!(
+            parse_ref_path(&lane),
+            Some(("events", "api", "mr-1", Some("w1")))
+        );
+        assert_eq!(parse_ref("refs/events/api/mr-1/w1"), None);
+        let entry = log_entry(&lane, 17, &id, &id);
+        assert_eq!(parse_log_entry(&entry), Some(lane.as_str()));
         let entry = log_entry(&"dlq/api/mr-1", 17, &id, &id);
         assert!(entry.starts_with("logs/dlq/api/mr-1/0000000000017-abababababab-"));
         assert_eq!(parse_log_entry(&entry), Some("dlq/api/mr-1"));

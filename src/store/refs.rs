@@ -61,13 +61,19 @@ impl fmt::Display for RefKind {
     }
 }
 
-/// A validated ref name, `<kind>/<repo>/<job>`.
+/// A validated ref name, `<kind>/<repo>/<job>`, or for one writer's event log
+/// `events/<repo>/<job>/<writer>` (a *lane*: see [`RefName::lane`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RefName {
     kind: RefKind,
-    repo: String,
-    job: String,
+    repo: Box<str>,
+    job: Box<str>,
+    lane: Option<Box<str>>,
 }
+
+/// The directory of a job's event-log ref that holds its writers' refs
+/// (`events/<repo>/<job>/writers/<writer>/HEAD`).
+pub const LANES_DIR: &str = "writers";
 
 impl RefName {
     /// Builds a ref name, validating the repo name and job id.
@@ -76,9 +82,19 @@ impl RefName {
         names::validate("job id", job)?;
         Ok(RefName {
             kind,
-            repo: repo.to_owned(),
-            job: job.to_owned(),
+            repo: repo.into(),
+            job: job.into(),
+            lane: None,
         })
+    }
+
+    /// The event-log ref of one writer of a job, `events/<repo>/<job>/<writer>`: each
+    /// writer appends to its own, so its compare-and-swap only ever competes with itself.
+    pub fn lane(repo: &str, job: &str, writer: &str) -> Result<RefName, RefError> {
+        names::validate("writer", writer)?;
+        let mut name = RefName::new(RefKind::Events, repo, job)?;
+        name.lane = Some(writer.into());
+        Ok(name)
     }
 
     /// Its kind.
@@ -96,17 +112,63 @@ impl RefName {
         &self.job
     }
 
+    /// The writer whose event log this is, for a writer's ref.
+    pub fn writer(&self) -> Option<&str> {
+        self.lane.as_deref()
+    }
+
+    /// The job's own ref of the same kind (itself, unless a writer's).
+    pub fn of_job(&self) -> RefName {
+        RefName {
+            lane: None,
+            ..self.clone()
+        }
+    }
+
     /// The directory holding `HEAD`, `lock` and `reflog`.
     pub fn dir(&self, home: &Path) -> PathBuf {
-        home.join(self.kind.as_str())
-            .join(&self.repo)
-            .join(&self.job)
+        let job = home
+            .join(self.kind.as_str())
+            .join(&*self.repo)
+            .join(&*self.job);
+        match &self.lane {
+            Some(lane) => job.join(LANES_DIR).join(&**lane),
+            None => job,
+        }
+    }
+
+    /// The name in a remote store's keys: `kind/repo/job`, or `events/repo/job!/writer`
+    /// (a key cannot also be a prefix on some servers, so a writer's ref is not under
+    /// its job's key).
+    pub fn key_path(&self) -> String {
+        keys::ref_path(
+            self.kind.as_str(),
+            &self.repo,
+            &self.job,
+            self.lane.as_deref(),
+        )
+    }
+
+    /// The name a key path names ([`Self::key_path`]).
+    pub fn from_key_path(path: &str) -> Result<RefName, RefError> {
+        match keys::parse_ref_path(path) {
+            Some(("events", repo, job, Some(lane))) => RefName::lane(repo, job, lane),
+            Some((kind, repo, job, None)) => format!("{kind}/{repo}/{job}").parse(),
+            _ => Err(RefError::BadName {
+                name: path.to_owned(),
+                reason: "not a ref's key".into(),
+            }),
+        }
     }
 }
 
 impl fmt::Display for RefName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.kind, self.repo, self.job)
+        write!(f, "{}/{}/{}", self.kind, self.repo, self.job)?;
+        if let Some(lane) = &self.lane {
+            write!(f, "/{lane}")?;
+        }
+        Ok(())
     }
 }
 
@@ -118,7 +180,7 @@ impl FromStr for RefName {
             name: s.to_owned(),
             reason: reason.to_owned(),
         };
-        let mut parts = s.splitn(3, '/');
+        let mut parts = s.splitn(4, '/');
         let (Some(kind), Some(repo), Some(job)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected <kind>/<repo>/<job>"));
         };
@@ -126,7 +188,11 @@ impl FromStr for RefName {
             .into_iter()
             .find(|k| k.as_str() == kind)
             .ok_or_else(|| bad("the kind must be events, dlq, state or archive"))?;
-        RefName::new(kind, repo, job)
+        match parts.next() {
+            None => RefName::new(kind, repo, job),
+            Some(writer) if kind == RefKind::Events => RefName::lane(repo, job, writer),
+            Some(_) => Err(bad("only an events ref has a fourth part (its writer)")),
+        }
     }
 }
 
@@ -672,7 +738,7 @@ impl RefStore {
         remote: &Remote,
         name: &RefName,
     ) -> Result<(Option<ObjectId>, Option<Version>), RefError> {
-        let key = keys::ref_key(name);
+        let key = keys::ref_key(&name.key_path());
         let Some((bytes, version)) = remote.get(&key)? else {
             return Ok((None, None));
         };
@@ -700,7 +766,7 @@ impl RefStore {
         decide: &mut dyn FnMut(Option<ObjectId>) -> Result<Option<ObjectId>, RefError>,
     ) -> Result<(Option<ObjectId>, Option<ObjectId>), RefError> {
         remote.check_conditional()?;
-        let key = keys::ref_key(name);
+        let key = keys::ref_key(&name.key_path());
         let mut pause = Duration::from_millis(5);
         let mut tried: Option<(Option<ObjectId>, Option<ObjectId>)> = None;
         for attempt in 1..=REMOTE_ATTEMPTS {
@@ -760,7 +826,7 @@ impl RefStore {
         message: &str,
     ) -> Result<(), RefError> {
         let entry = self.reflog_entry(old, new, message);
-        let key = keys::log_entry(name, entry.unix_ms, &entry.old, &entry.new);
+        let key = keys::log_entry(&name.key_path(), entry.unix_ms, &entry.old, &entry.new);
         remote.put(
             &key,
             format!("{}\n", entry.to_line()).into_bytes(),
@@ -777,7 +843,7 @@ impl RefStore {
         name: &RefName,
     ) -> Result<(Reflog, Vec<String>), RefError> {
         let keys: Vec<String> = remote
-            .list(&format!("{}/", keys::log_dir(name)))?
+            .list(&format!("{}/", keys::log_dir(&name.key_path())))?
             .into_iter()
             .map(|l| l.key)
             .collect();
@@ -870,7 +936,7 @@ impl RefStore {
         let mut names: Vec<RefName> = remote
             .list(keys::LOGS)?
             .into_iter()
-            .filter_map(|l| keys::parse_log_entry(&l.key)?.parse().ok())
+            .filter_map(|l| RefName::from_key_path(keys::parse_log_entry(&l.key)?).ok())
             .collect();
         names.dedup();
         Ok(names)
@@ -885,7 +951,9 @@ impl RefStore {
     }
 
     /// Every ref whose name starts with `prefix` (whole components: `events`,
-    /// `events/api`, `events/api/mr-1`), sorted by kind, repo and job, with its value. Directories that
+    /// `events/api`, `events/api/mr-1` — the job's ref and its writers' —,
+    /// `events/api/mr-1/<writer>`), sorted by kind, repo, job and writer (the job's own
+    /// first), with its value. Directories that
     /// are not valid refs are skipped here; `fsck` reports them.
     pub fn list(&self, prefix: Option<&str>) -> Result<Vec<(RefName, ObjectId)>, RefError> {
         let wanted: Vec<&str> = prefix
@@ -900,18 +968,41 @@ impl RefStore {
         let mut out = Vec::new();
         if let Some(remote) = self.objects.s3()? {
             let mut names = Vec::new();
-            for listed in remote.list(&keys::refs_of(wanted.first().copied()))? {
+            // As narrow a listing as the prefix allows (a listing is of a directory): one
+            // job's is its own key, read as it is, and its writers' directory.
+            let listing = match wanted.as_slice() {
+                [kind, repo, job, ..] => {
+                    if wanted.len() == 3
+                        && let Ok(name) = format!("{kind}/{repo}/{job}").parse::<RefName>()
+                    {
+                        names.push(name);
+                    }
+                    keys::ref_key(&keys::ref_path(kind, repo, job, Some("")))
+                }
+                [kind, repo] => keys::ref_key(&format!("{kind}/{repo}/")),
+                _ => keys::refs_of(wanted.first().copied()),
+            };
+            let listed = match wanted.first() {
+                Some(kind) if wanted.len() >= 3 && *kind != "events" => Vec::new(),
+                _ => remote.list(&listing)?,
+            };
+            for listed in listed {
                 let Some(rest) = keys::parse_ref(&listed.key) else {
                     continue;
                 };
-                if !rest.split('/').enumerate().all(|(l, p)| matches(l, p)) {
-                    continue;
-                }
-                if let Ok(name) = rest.parse::<RefName>() {
+                if let Ok(name) = RefName::from_key_path(rest)
+                    && matches(0, name.kind.as_str())
+                    && matches(1, name.repo())
+                    && matches(2, name.job())
+                    && match &name.lane {
+                        Some(lane) => matches(3, lane),
+                        None => wanted.len() < 4,
+                    }
+                {
                     names.push(name);
                 }
             }
-            let keys: Vec<String> = names.iter().map(keys::ref_key).collect();
+            let keys: Vec<String> = names.iter().map(|n| keys::ref_key(&n.key_path())).collect();
             for ((name, key), body) in names.into_iter().zip(&keys).zip(remote.get_many(&keys)?) {
                 let Some(body) = body.filter(|b| !b.is_empty()) else {
                     continue;
@@ -941,8 +1032,24 @@ impl RefStore {
                     let Ok(name) = RefName::new(kind, &repo, &job) else {
                         continue;
                     };
-                    if let Some(id) = self.read(&name)? {
-                        out.push((name, id));
+                    if wanted.len() < 4
+                        && let Some(id) = self.read(&name)?
+                    {
+                        out.push((name.clone(), id));
+                    }
+                    if kind != RefKind::Events {
+                        continue;
+                    }
+                    for lane in list_dir_names(&name.dir(&self.home).join(LANES_DIR))? {
+                        if !matches(3, &lane) {
+                            continue;
+                        }
+                        let Ok(name) = RefName::lane(&repo, &job, &lane) else {
+                            continue;
+                        };
+                        if let Some(id) = self.read(&name)? {
+                            out.push((name, id));
+                        }
                     }
                 }
             }
@@ -1050,12 +1157,25 @@ mod tests {
             "events/api",
             "nope/api/x",
             "events/../x",
-            "events/a/b/c",
+            "events/a/b/c/d",
+            "dlq/a/b/c",
+            "events/a/b/../c",
             "events/api/x.lock",
             "",
         ] {
             assert!(bad.parse::<RefName>().is_err(), "{bad}");
         }
+        // A writer's ref of a job's event log: under the job's directory, another key.
+        let lane: RefName = "events/api/mr-1/w-1".parse().unwrap();
+        assert_eq!(lane.to_string(), "events/api/mr-1/w-1");
+        assert_eq!(lane.writer(), Some("w-1"));
+        assert_eq!(lane.of_job(), name);
+        assert_eq!(lane.key_path(), "events/api/mr-1!/w-1");
+        assert_eq!(RefName::from_key_path(&lane.key_path()).unwrap(), lane);
+        assert!(
+            lane.dir(Path::new("/h"))
+                .ends_with("events/api/mr-1/writers/w-1")
+        );
     }
 
     #[test]

@@ -10,10 +10,11 @@ fn in_repo(env: &Env, repo: &std::path::Path, args: &[&str]) -> std::process::Ou
     env.cmd().current_dir(repo).args(args).output().unwrap()
 }
 
+/// Appends one record of writer `w1` (so its chain is `events/r/<job>/w1`).
 fn append(env: &Env, job: &str) {
     env.ok(
         &["events", "append", "--repo", "r", "--job", job],
-        br#"{"event_type":"agent_completed","agent_id":"a","item_id":"i","duration_ms":1}"#,
+        br#"{"v":1,"id":"e1","timestamp":"2026-01-01T00:00:00.000000Z","writer":"w1","seq":0,"event":{"event_type":"agent_completed","agent_id":"a","item_id":"i","duration_ms":1},"metadata":{}}"#,
     );
 }
 
@@ -21,7 +22,7 @@ fn append(env: &Env, job: &str) {
 fn a_corrupt_object_names_it_and_points_at_fsck() {
     let env = Env::new();
     append(&env, "j");
-    let id = env.ok(&["ref", "show", "events/r/j"], b"");
+    let id = env.ok(&["ref", "show", "events/r/j/w1"], b"");
     let id = id.trim();
     let file = env.home().join("objects").join(&id[..2]).join(&id[2..]);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -39,14 +40,18 @@ fn a_corrupt_object_names_it_and_points_at_fsck() {
 fn a_held_lock_says_which_and_how_to_wait_longer() {
     let env = Env::new();
     append(&env, "j");
-    let lock = env.home().join("events/r/j/lock");
+    // Writer w1's chain is locked (as by a stuck append of w1): w1's next append waits.
+    let lock = env.home().join("events/r/j/writers/w1/lock");
     let file = std::fs::File::open(&lock).unwrap();
     file.lock().unwrap();
     let out = env
         .cmd()
         .env("PRODIGY_LOCK_TIMEOUT", "200ms")
         .args(["events", "append", "--repo", "r", "--job", "j"])
-        .write_stdin(br#"{"event_type":"x"}"#.to_vec())
+        .write_stdin(
+            br#"{"v":1,"id":"e2","timestamp":"2026-01-01T00:00:01.000000Z","writer":"w1","seq":1,"event":{"event_type":"x"},"metadata":{}}"#
+                .to_vec(),
+        )
         .output()
         .unwrap();
     drop(file);

@@ -520,16 +520,28 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
             b"",
         )
     };
-    for n in 0..3 {
-        let line = format!("{{\"event_type\":\"step\",\"n\":{n}}}\n");
-        env.ok(
-            &["events", "append", "--job", "j", "--repo", "api"],
-            line.as_bytes(),
-        );
-    }
+    // One writer, three batches: one chain of three nodes.
+    let lines: String = (0..3)
+        .map(|n| format!("{{\"event_type\":\"step\",\"n\":{n}}}\n"))
+        .collect();
+    env.ok(
+        &[
+            "events",
+            "append",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--batch-size",
+            "1",
+        ],
+        lines.as_bytes(),
+    );
     let refs = env.store();
     let log = prodigy::events::EventLog::new(refs.clone(), "api", "j").unwrap();
-    let nodes = log.nodes().unwrap();
+    let chains = log.chains().unwrap();
+    assert_eq!(chains.len(), 1);
+    let nodes = chains[0].0.nodes().unwrap();
     let middle = nodes[1].1.batch;
     let path = refs.objects().path(&middle);
     let mut bytes = fs::read(&path).unwrap();
@@ -547,8 +559,7 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .starts_with("warning: the event log events/api/j is broken at batch")
+        String::from_utf8_lossy(&out.stderr).starts_with("warning: the event log events/api/j/")
     );
     // A missing node: the newer part is still shown.
     fs::remove_file(refs.objects().path(&nodes[0].0)).unwrap();
@@ -630,9 +641,9 @@ fn the_logger_flushes_on_time_on_drop_and_on_size() {
     let count = || {
         EventLog::new(env.store(), "api", "j")
             .unwrap()
-            .head()
+            .totals()
             .unwrap()
-            .map_or(0, |(_, node)| node.total.count)
+            .map_or(0, |t| t.total.count)
     };
     let event = |n: u32| MapReduceEvent::CheckpointLoaded {
         job_id: "j".into(),
@@ -715,11 +726,6 @@ fn a_failed_append_keeps_the_events_for_the_next_flush() {
         &["events", "append", "--job", "j", "--repo", "api"],
         b"{\"event_type\":\"first\"}\n",
     );
-    let lock = fs::File::options()
-        .write(true)
-        .open(env.home().join("events/api/j/lock"))
-        .unwrap();
-    lock.lock().unwrap();
     let opts = LockOptions {
         timeout: Duration::from_millis(200),
         on_wait: None,
@@ -731,6 +737,14 @@ fn a_failed_append_keeps_the_events_for_the_next_flush() {
         Thresholds::default(),
     )
     .unwrap();
+    // The logger's own chain is locked (as by a process stuck holding it).
+    let dir = env
+        .home()
+        .join("events/api/j/writers")
+        .join(logger.writer());
+    fs::create_dir_all(&dir).unwrap();
+    let lock = fs::File::create(dir.join("lock")).unwrap();
+    lock.lock().unwrap();
     for n in 0..3 {
         logger
             .log(MapReduceEvent::CheckpointLoaded {
@@ -751,12 +765,12 @@ fn a_failed_append_keeps_the_events_for_the_next_flush() {
         .map(|r| r["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [0, 1, 2]);
-    let (_, head) = EventLog::new(env.store(), "api", "j")
+    let totals = EventLog::new(env.store(), "api", "j")
         .unwrap()
-        .head()
+        .totals()
         .unwrap()
         .unwrap();
-    assert_eq!(head.total.count, 4);
+    assert_eq!(totals.total.count, 4);
 }
 
 #[test]
@@ -776,10 +790,13 @@ fn fsck_follows_event_chains_and_dlq_snapshots() {
     );
     assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
     let refs = env.store();
-    let nodes = prodigy::events::EventLog::new(refs.clone(), "api", "j")
+    // The first append's chain (a writer's ids count up with time).
+    let (chain, _) = prodigy::events::EventLog::new(refs.clone(), "api", "j")
         .unwrap()
-        .nodes()
-        .unwrap();
+        .chains()
+        .unwrap()
+        .remove(0);
+    let nodes = chain.nodes().unwrap();
     // The oldest batch, reachable only through the chain, goes missing.
     std::fs::remove_file(refs.objects().path(&nodes[0].1.batch)).unwrap();
     // And the DLQ item, reachable only through the snapshot's shard.
@@ -795,8 +812,10 @@ fn fsck_follows_event_chains_and_dlq_snapshots() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "ref events/api/j reaches missing object {} (named by {})",
-            nodes[0].1.batch, nodes[0].0
+            "ref {} reaches missing object {} (named by {})",
+            chain.name(),
+            nodes[0].1.batch,
+            nodes[0].0
         )),
         "{stdout}"
     );

@@ -45,15 +45,19 @@ fn traced_append(env: &Env, inject: Option<&str>, trace: &Path) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Appends the first event of job `j`; returns the ref's value.
+/// The refs of job `j`'s event log (its writers'), with their values: what an append that
+/// fails must leave as it was.
+fn job_refs(env: &Env) -> String {
+    env.ok(&["ref", "list", "events/api/j"], b"")
+}
+
+/// Appends the first event of job `j`; returns its refs.
 fn first_event(env: &Env) -> String {
     env.ok(
         &["events", "append", "--repo", "api", "--job", "j"],
         b"{\"event_type\":\"first\"}\n",
     );
-    env.ok(&["ref", "show", "events/api/j"], b"")
-        .trim()
-        .to_owned()
+    job_refs(env).trim().to_owned()
 }
 
 /// Gives a wrapper command (strace, bash) the test's pinned environment and directory,
@@ -163,10 +167,7 @@ fn check_case(
         let trace = std::fs::read_to_string(trace_path).unwrap();
         let fired = trace.contains("(INJECTED)");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let now = env
-            .ok(&["ref", "show", "events/api/j"], b"")
-            .trim()
-            .to_owned();
+        let now = job_refs(env).trim().to_owned();
         let shown = env
             .ok(&["events", "show", "j", "--repo", "api", "--json"], b"")
             .lines()
@@ -288,7 +289,7 @@ fn a_file_size_limit_fails_writes_cleanly() {
     );
     let stderr = crate::common::assert_one_line_error(&out, 1);
     assert!(stderr.contains("File too large"), "{stderr}");
-    assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), old);
+    assert_eq!(job_refs(&env).trim(), old);
     assert!(
         temp_files(&env.home()).is_empty(),
         "{:?}",
@@ -321,10 +322,7 @@ fn running_out_of_inodes_fails_cleanly_and_recovers() {
             &["events", "append", "--repo", "api", "--job", "j"],
             b"{\"event_type\":\"first\"}\n",
         );
-        let old = env
-            .ok(&["ref", "show", "events/api/j"], b"")
-            .trim()
-            .to_owned();
+        let old = job_refs(&env).trim().to_owned();
         // Unreachable blobs until the inodes run out.
         let mut n = 0;
         let stderr = loop {
@@ -344,7 +342,7 @@ fn running_out_of_inodes_fails_cleanly_and_recovers() {
             b"{\"event_type\":\"lost\"}\n",
         );
         assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-        assert_eq!(env.ok(&["ref", "show", "events/api/j"], b"").trim(), old);
+        assert_eq!(job_refs(&env).trim(), old);
         assert_eq!(
             env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"")
                 .lines()

@@ -41,7 +41,8 @@ fn hostile_ref_names_are_refused_before_any_file_is_touched() {
     for name in [
         "events/../x",
         "events/api/..",
-        "events/a/b/c",
+        "events/a/b/c/d",
+        "dlq/a/b/c",
         "events//x",
         "/etc/passwd",
         "events/api/x.lock",
@@ -612,14 +613,20 @@ fn a_read_only_home_serves_the_commands_that_only_read() {
 #[test]
 fn prodigy_log_shows_lock_waits_and_a_bad_filter_is_refused() {
     let env = Env::new();
+    // Records of writer w1, whose chain's lock is then held.
+    let record = |seq: u32| {
+        format!(
+            "{{\"v\":1,\"id\":\"e{seq}\",\"timestamp\":\"2026-01-01T00:00:0{seq}.000000Z\",\"writer\":\"w1\",\"seq\":{seq},\"event\":{{\"event_type\":\"x\"}},\"metadata\":{{}}}}\n"
+        )
+    };
     env.ok(
         &["events", "append", "--job", "j", "--repo", "api"],
-        b"{\"event_type\":\"x\"}\n",
+        record(0).as_bytes(),
     );
     let lock = std::fs::File::options()
         .read(true)
         .write(true)
-        .open(env.home().join("events/api/j/lock"))
+        .open(env.home().join("events/api/j/writers/w1/lock"))
         .unwrap();
     lock.lock().unwrap();
     let run = |log: Option<&str>| {
@@ -629,7 +636,7 @@ fn prodigy_log_shows_lock_waits_and_a_bad_filter_is_refused() {
             cmd.env("PRODIGY_LOG", log);
         }
         cmd.args(["events", "append", "--job", "j", "--repo", "api"])
-            .write_stdin("{\"event_type\":\"x\"}\n")
+            .write_stdin(record(1))
             .output()
             .unwrap()
     };

@@ -632,7 +632,7 @@ fn use_local_storage_keeps_the_store_in_the_repository() {
     );
     // The store is <repo>/.prodigy, in the global format; PRODIGY_HOME stays untouched.
     assert!(repo.join(".prodigy/objects").is_dir());
-    assert!(repo.join(".prodigy/events/app/j1/HEAD").is_file());
+    assert!(repo.join(".prodigy/events/app/j1/writers").is_dir());
     assert!(!env.home().join("objects").exists());
     // Every worktree shares it.
     let wt = env.scratch().join("app-wt");
@@ -694,7 +694,7 @@ fn an_uncreatable_global_home_falls_back_to_the_local_store() {
         "{stderr}"
     );
     assert!(stderr.contains("using the repo-local store"), "{stderr}");
-    assert!(repo.join(".prodigy/events/app/j1/HEAD").is_file());
+    assert!(repo.join(".prodigy/events/app/j1/writers").is_dir());
     // An explicit PRODIGY_HOME that cannot be created is an error, not a fallback.
     let out = env
         .cmd()

@@ -119,23 +119,21 @@ fn losses(home: &Path, env: &Env, writers: u64) -> Vec<String> {
         };
         let log = prodigy::events::EventLog::new(refs.clone(), "api", &format!("job-{w}")).unwrap();
         let mut seqs = std::collections::HashSet::new();
-        match log.nodes() {
-            Ok(nodes) => {
-                for (_, node) in nodes {
-                    match log.batch_lines(&node) {
-                        Ok(batch) => {
-                            for line in batch.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                                let r: prodigy::events::EventRecord =
-                                    serde_json::from_slice(line).unwrap();
-                                if r.writer == writer {
-                                    seqs.insert(r.seq);
-                                }
-                            }
-                        }
-                        Err(e) => lost.push(format!("job-{w}: {e}")),
-                    }
+        let read = prodigy::events::query::stream(
+            &log,
+            &prodigy::events::Filter::default(),
+            true,
+            true,
+            |line| {
+                let r = line.record.unwrap();
+                if r.writer == writer {
+                    seqs.insert(r.seq);
                 }
-            }
+                Ok(true)
+            },
+        );
+        match read {
+            Ok(skipped) => lost.extend(skipped.iter().map(|e| format!("job-{w}: {e}"))),
             Err(e) => lost.push(format!("job-{w}: {e}")),
         }
         let missing = (0..=last).filter(|s| !seqs.contains(s)).count();

@@ -1,23 +1,21 @@
 //! The remote store's test bench: a real S3-compatible server (`s3s-fs`, installed by
-//! `.ci/run`) on a free loopback port with a temp directory, a small HTTP proxy in front of
-//! it that injects faults, and network namespaces that act as separate hosts.
+//! `.ci/run`) on a free port with a temp directory, a small HTTP proxy that injects
+//! faults, and network namespaces that act as separate hosts.
 //!
-//! The proxy forwards one request per connection (it adds `Connection: close`) and can:
-//! answer the next N requests with 503 SlowDown (throttling), hold a PUT whose path
-//! contains a given text without answering (a timeout mid-upload), and drop the
-//! `If-Match` / `If-None-Match` headers (a server without conditional writes).
+//! Commands talk to s3s-fs straight (`S3::endpoint`), from loopback or from another host
+//! through its gateway. s3s-fs 0.14.1 is weaker than S3 where two writers meet on one key:
+//! it checks `If-Match` / `If-None-Match` before it writes, without a lock, so two
+//! conditional PUTs that arrive together can both pass (8 processes × 40 appends to one
+//! ref acknowledged 320 and kept 304), and a GET racing a PUT can return the old value
+//! with the new ETag. prodigy does not rely on a server ordering two writers: each writer
+//! of an event log appends to a ref of its own, and the DLQ and checkpoints have one
+//! writer, the runner holding the job's lease — so these tests run at the server as it is.
 //!
-//! It also runs conditional PUTs, and every request on a ref or lease key, one at a time.
-//! s3s-fs 0.14.1 is not atomic there: it checks `If-Match` / `If-None-Match` before it
-//! writes, without a lock, so two conditional PUTs that arrive together can both pass
-//! (measured: 8 processes × 40 appends straight at it acknowledged 320 and kept 304, the
-//! reflog showing 16 pairs of updates from one old value); and a GET opens the file, then
-//! reads the ETag from a separate metadata file written after the data's rename, so a GET
-//! racing a PUT can return the old value with the new ETag — a compare-and-swap built on
-//! that pair overwrites the new value (seen as one lost append in 90 under load). S3
-//! serialises conditional writes per key and returns a value with its own ETag; the proxy
-//! gives s3s-fs the same guarantees, so the tests check prodigy's protocol, not that
-//! server's races.
+//! The proxy is for fault injection only (`S3::use_proxy`): it forwards one request per
+//! connection (it adds `Connection: close`) and can answer the next N requests with 503
+//! SlowDown (throttling), hold a PUT whose path contains a given text without answering (a
+//! timeout mid-upload), and drop the `If-Match` / `If-None-Match` headers (a server
+//! without conditional writes).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -71,11 +69,16 @@ fn wait_for(addr: SocketAddr) {
     }
 }
 
-/// A running `s3s-fs` with one bucket, behind a fault-injecting proxy; stopped on drop.
+/// A running `s3s-fs` with one bucket, and a fault-injecting proxy in front of it;
+/// stopped on drop.
 pub struct S3 {
     pub root: tempfile::TempDir,
     server: Child,
+    /// The server's port (on every interface, so other hosts reach it too).
+    pub port: u16,
     pub proxy: Proxy,
+    /// Commands go through the proxy (for its faults).
+    proxied: AtomicBool,
     /// False for a server started without credentials (requests go unsigned).
     signed: bool,
 }
@@ -97,7 +100,7 @@ impl S3 {
         std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
         let port = free_port();
         let mut cmd = Command::new(server_binary());
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        cmd.args(["--host", "0.0.0.0", "--port", &port.to_string()]);
         if signed {
             cmd.args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]);
         }
@@ -113,14 +116,30 @@ impl S3 {
         S3 {
             root,
             server,
+            port,
             proxy,
+            proxied: AtomicBool::new(false),
             signed,
         }
     }
 
-    /// The proxy's endpoint on loopback.
+    /// From now on commands go through the proxy, whose faults the test sets.
+    pub fn use_proxy(&self) {
+        self.proxied.store(true, Ordering::SeqCst);
+    }
+
+    /// The endpoint on loopback: the server's, or the proxy's after [`Self::use_proxy`].
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy.port)
+        let port = match self.proxied.load(Ordering::SeqCst) {
+            true => self.proxy.port,
+            false => self.port,
+        };
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// The server's endpoint as another host reaches it (through its gateway).
+    pub fn endpoint_from(&self, host: &Host) -> String {
+        format!("http://{}:{}", host.gateway, self.port)
     }
 
     /// Sets the variables that make `cmd` use the store `s3://BUCKET/<prefix>` through
@@ -181,7 +200,6 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let faults = Arc::new(Faults::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let serial = Arc::new(Mutex::new(()));
         {
             let faults = faults.clone();
             let stop = stop.clone();
@@ -192,9 +210,8 @@ impl Proxy {
                     }
                     let Ok(client) = client else { continue };
                     let faults = faults.clone();
-                    let serial = serial.clone();
                     std::thread::spawn(move || {
-                        let _ = handle(client, upstream, &faults, &serial);
+                        let _ = handle(client, upstream, &faults);
                     });
                 }
             });
@@ -212,12 +229,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn handle(
-    mut client: TcpStream,
-    upstream: SocketAddr,
-    faults: &Faults,
-    serial: &Mutex<()>,
-) -> std::io::Result<()> {
+fn handle(mut client: TcpStream, upstream: SocketAddr, faults: &Faults) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let head_end = loop {
@@ -247,7 +259,6 @@ fn handle(
     let length: usize = header("content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let conditional = header("if-match").is_some() || header("if-none-match").is_some();
     let is_put = request_line.starts_with("PUT ");
 
     let stall = faults.stall.lock().unwrap().clone();
@@ -300,11 +311,6 @@ fn handle(
         out.push_str("\r\n");
     }
     out.push_str("Connection: close\r\n\r\n");
-    // Conditional writes, and every request on a ref or lease key, one at a time (see the
-    // module's comment).
-    let path = request_line.split(' ').nth(1).unwrap_or_default();
-    let serialised = conditional || path.contains("/refs/") || path.contains("/leases/");
-    let _one_at_a_time = serialised.then(|| serial.lock().unwrap_or_else(|p| p.into_inner()));
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(out.as_bytes())?;
     up.write_all(&body)?;

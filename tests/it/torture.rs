@@ -44,18 +44,21 @@ fn check_trial(env: &Env, trial: u64) -> usize {
     // Events: every acknowledged (writer, seq) is in the shared job's log.
     let log = prodigy::events::EventLog::new(refs.clone(), "api", "mixed").unwrap();
     let mut have: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
-    if refs.read(log.name()).unwrap().is_some() {
-        for (_, node) in log.nodes().unwrap_or_else(|e| panic!("trial {trial}: {e}")) {
-            let lines = log.batch_lines(&node).unwrap();
-            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let r: prodigy::events::EventRecord = serde_json::from_slice(line).unwrap();
-                assert!(
-                    have.entry(r.writer).or_default().insert(r.seq),
-                    "trial {trial}: a record stored twice"
-                );
-            }
-        }
-    }
+    prodigy::events::query::stream(
+        &log,
+        &prodigy::events::Filter::default(),
+        false,
+        true,
+        |line| {
+            let r = line.record.unwrap();
+            assert!(
+                have.entry(r.writer).or_default().insert(r.seq),
+                "trial {trial}: a record stored twice"
+            );
+            Ok(true)
+        },
+    )
+    .unwrap_or_else(|e| panic!("trial {trial}: {e}"));
     let queue = prodigy::dlq::DeadLetterQueue::new(refs.clone(), "api", "mixed").unwrap();
     let states = JobStateManager::new(refs.clone(), "api").unwrap();
     let shared: RefName = "state/api/shared".parse().unwrap();

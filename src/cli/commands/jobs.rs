@@ -442,10 +442,10 @@ pub fn claude_calls(
     job: &str,
 ) -> anyhow::Result<Option<crate::events::calls::Calls>> {
     let log = crate::events::EventLog::new(ctx.refs(), repo, job)?;
-    let Some((_, head)) = log.head()? else {
+    let Some(totals) = log.totals()? else {
         return Ok(None);
     };
-    if !head.total.types.contains_key("claude_call_finished") {
+    if !totals.total.types.contains_key("claude_call_finished") {
         return Ok(None);
     }
     Ok(Some(crate::events::calls::read(&log)?))
@@ -458,10 +458,10 @@ fn validations(
     job: &str,
 ) -> anyhow::Result<Vec<crate::events::calls::Validation>> {
     let log = crate::events::EventLog::new(ctx.refs(), repo, job)?;
-    let Some((_, head)) = log.head()? else {
+    let Some(totals) = log.totals()? else {
         return Ok(Vec::new());
     };
-    if !head.total.types.contains_key("step_validated") {
+    if !totals.total.types.contains_key("step_validated") {
         return Ok(Vec::new());
     }
     Ok(crate::events::calls::validations(&log)?)

@@ -179,7 +179,7 @@ fn print_new(
     log: &EventLog,
     shown: &mut BTreeSet<String>,
 ) -> anyhow::Result<usize> {
-    if log.head()?.is_none() {
+    if !log.exists()? {
         return Ok(0);
     }
     let outputs = calls::step_logs(log)?;

@@ -88,7 +88,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             writeln!(out, "     {}", extra.join(", "))?;
         }
     }
-    if log.refs().read(log.name())?.is_some() {
+    if log.exists()? {
         writeln!(out, "\nevents:")?;
         let filter = Filter {
             item: Some(item.item_id.clone()),

@@ -123,13 +123,13 @@ pub fn pick_job(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Resul
 /// True when `repo` has a job `job`: a queue, a state or an event log of it.
 pub fn job_exists(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<bool> {
     let refs = ctx.refs();
-    for kind in [RefKind::Dlq, RefKind::State, RefKind::Events] {
+    for kind in [RefKind::Dlq, RefKind::State] {
         let name = crate::store::refs::RefName::new(kind, repo, job)?;
         if refs.read(&name)?.is_some() {
             return Ok(true);
         }
     }
-    Ok(false)
+    Ok(crate::events::EventLog::new(refs, repo, job)?.exists()?)
 }
 
 /// The job given (validated), or every job of `repo` whose queue holds items.

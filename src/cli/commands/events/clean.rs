@@ -97,12 +97,17 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 crate::names::validate("job id", job)?;
                 vec![job.clone()]
             }
-            None => refs
-                .list(Some(&format!("events/{repo}")))?
-                .into_iter()
-                .filter(|(n, _)| n.repo() == repo)
-                .map(|(n, _)| n.job().to_owned())
-                .collect(),
+            None => {
+                // A job's ref and its writers' refs: one job.
+                let mut jobs: Vec<String> = refs
+                    .list(Some(&format!("events/{repo}")))?
+                    .into_iter()
+                    .filter(|(n, _)| n.repo() == repo)
+                    .map(|(n, _)| n.job().to_owned())
+                    .collect();
+                jobs.dedup();
+                jobs
+            }
         };
         for job in jobs {
             let log = super::open_existing(ctx, repo, &job)?;

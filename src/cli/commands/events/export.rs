@@ -62,7 +62,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         .and_then(|_| crate::cli::commands::progress::bar(ctx, false));
     if let Some(bar) = &bar {
         bar.set_message("exporting events");
-        bar.set_length(log.head()?.map_or(0, |(_, node)| node.total.count));
+        bar.set_length(log.totals()?.map_or(0, |t| t.total.count));
     }
     {
         let mut w = output.writer(&mut *ctx.out);

@@ -8,6 +8,8 @@ use super::show::io_error;
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::{EventLog, EventRecord};
+use crate::store::object::ObjectId;
+use crate::store::refs::RefName;
 
 /// Print a job's events as they are appended (by any process, in any worktree). Starts at
 /// the current end of the log; --from-start prints what is already there first. Ends when
@@ -40,12 +42,12 @@ pub struct Args {
     pub interval: Duration,
 }
 
-/// Runs the command. What was printed is tracked by identity, not by position in the
-/// chain: a batch holds one writer's records in `seq` order and its log node names the
-/// writer and the range, so the highest `seq` printed per writer says what was seen even
-/// after `events clean` or retention rewrote the chain (which then no longer reaches the
-/// last head seen, and is walked whole). Only a batch that straddles what was printed has
-/// its records parsed for their `seq`.
+/// Runs the command. Each chain of the job (its own ref, each writer's) is looked at from
+/// the head last seen; what appeared in all of them is printed merged by time. What was
+/// printed is tracked by identity, not by position in a chain: a batch holds one writer's
+/// records in `seq` order and its log node names the writer and the range, so the highest
+/// `seq` printed per writer says what was seen even after `events clean` or retention
+/// rewrote a chain (which then no longer reaches the last head seen, and is walked whole).
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let job = args
@@ -56,7 +58,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let log = EventLog::new(ctx.refs(), &repo, &job)?;
     let states = crate::state::JobStateManager::new(ctx.refs(), &repo)?;
     let has_state = |states: &crate::state::JobStateManager| states.head(&job).ok();
-    if !args.wait && log.refs().read(log.name())?.is_none() && has_state(&states).is_none() {
+    if !args.wait && !log.exists()? && has_state(&states).is_none() {
         return Err(crate::events::EventError::NoSuchJob {
             repo: repo.clone(),
             job: job.clone(),
@@ -64,59 +66,75 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         .into());
     }
     let mut printed: HashMap<String, u64> = HashMap::new();
-    let mut seen = None;
+    // The head of each chain (the job's, each writer's) up to which all is seen.
+    let mut seen: HashMap<RefName, ObjectId> = HashMap::new();
     if !args.from_start {
         // What is there now counts as seen: the nodes say it, no batch is read.
-        seen = log.refs().read(log.name())?;
-        for (_, node) in log.nodes_between(seen, None, false)?.0 {
-            note(&mut printed, &node.writer, node.seq_last);
+        for (chain, head) in log.chains()? {
+            for (_, node) in chain.nodes_between(Some(head), None, false)?.0 {
+                note(&mut printed, &node.writer, node.seq_last);
+            }
+            seen.insert(chain.name().clone(), head);
         }
     }
     let mut polls: u64 = 0;
     loop {
         polls += 1;
-        let head = log.refs().read(log.name())?;
         let mut ended = None;
-        if head != seen {
-            // Readers take no lock.
-            let (nodes, _) = log.nodes_between(head, seen, false)?;
+        // What appeared since the last look, in every chain, printed merged by time.
+        let mut fresh: Vec<EventRecord> = Vec::new();
+        let mut raw: HashMap<(String, u64), Vec<u8>> = HashMap::new();
+        // Readers take no lock.
+        for (chain, head) in log.chains()? {
+            let stop = seen.get(chain.name()).copied();
+            if stop == Some(head) {
+                continue;
+            }
+            let (nodes, _) = chain.nodes_between(Some(head), stop, false)?;
             for (_, node) in &nodes {
                 let max = printed.get(&node.writer).copied();
                 if max.is_some_and(|m| node.seq_last <= m) {
                     continue;
                 }
-                let straddles = max.filter(|m| node.seq_first <= *m);
-                let lines = log.batch_lines(node)?;
+                let lines = chain.batch_lines(node)?;
                 for json in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let record = if !args.json || straddles.is_some() {
-                        Some(serde_json::from_slice::<EventRecord>(json)?)
-                    } else {
-                        None
-                    };
-                    if let (Some(m), Some(r)) = (straddles, &record)
-                        && r.seq <= m
+                    let record = serde_json::from_slice::<EventRecord>(json)?;
+                    if printed
+                        .get(&record.writer)
+                        .is_some_and(|m| record.seq <= *m)
                     {
                         continue;
                     }
-                    match record {
-                        Some(r) if !args.json => writeln!(ctx.out, "{}", human_line(&r))?,
-                        _ => ctx
-                            .out
-                            .write_all(json)
-                            .and_then(|_| ctx.out.write_all(b"\n"))
-                            .map_err(io_error)?,
+                    if args.json {
+                        raw.insert((record.writer.clone(), record.seq), json.to_vec());
                     }
+                    fresh.push(record);
                 }
-                note(&mut printed, &node.writer, node.seq_last);
                 if node.summary.types.contains_key("job_completed") {
                     ended = Some(Exit::Success);
                 } else if node.summary.types.contains_key("job_failed") {
                     ended = Some(Exit::Failure);
                 }
             }
-            ctx.out.flush()?;
-            seen = head;
+            seen.insert(chain.name().clone(), head);
         }
+        fresh.sort_by(|a, b| {
+            (&a.timestamp, &a.writer, a.seq).cmp(&(&b.timestamp, &b.writer, b.seq))
+        });
+        for r in &fresh {
+            match raw.get(&(r.writer.clone(), r.seq)) {
+                Some(json) => ctx
+                    .out
+                    .write_all(json)
+                    .and_then(|_| ctx.out.write_all(b"\n"))
+                    .map_err(io_error)?,
+                None => writeln!(ctx.out, "{}", human_line(r))?,
+            }
+        }
+        for r in fresh {
+            note(&mut printed, &r.writer, r.seq);
+        }
+        ctx.out.flush()?;
         match ended {
             Some(Exit::Success) => {
                 ctx.diag.note(&format!("job {job} completed"));

@@ -37,7 +37,7 @@ pub enum EventsCommand {
 /// Opens the log of `job`, failing when the job has no events.
 pub fn open_existing(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<EventLog> {
     let log = EventLog::new(ctx.refs(), repo, job)?;
-    if log.refs().read(log.name())?.is_none() {
+    if !log.exists()? {
         return Err(EventError::NoSuchJob {
             repo: repo.to_owned(),
             job: job.to_owned(),

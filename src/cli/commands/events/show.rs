@@ -6,10 +6,10 @@ use super::{human_line, open_existing};
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::Filter;
-use crate::events::query::{parse_time_bound, stream};
+use crate::events::query::{parse_time_bound, stream_chains};
 
-/// Show a job's events, oldest first (the order they were appended; within an append, the
-/// order they were logged). Filters combine with AND; --type may be repeated.
+/// Show a job's events, oldest first: every writer's events merged by time (each writer's
+/// in the order it logged them). Filters combine with AND; --type may be repeated.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The job.
@@ -84,26 +84,34 @@ impl FilterArgs {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
-    let logs = if args.archived {
-        let live = crate::events::EventLog::new(ctx.refs(), &repo, &args.job)?;
-        let logs: Vec<_> = [live.archive()?, live]
-            .into_iter()
-            .filter(|l| matches!(l.refs().read(l.name()), Ok(Some(_))))
-            .collect();
-        if logs.is_empty() {
-            open_existing(ctx, &repo, &args.job)?;
+    // Each part read as one: the archive (with --archived), then the live log's chains.
+    let live = open_existing(ctx, &repo, &args.job).or_else(|e| {
+        let log = crate::events::EventLog::new(ctx.refs(), &repo, &args.job)?;
+        match args.archived && log.refs().read(log.archive()?.name())?.is_some() {
+            true => Ok(log),
+            false => Err(e),
         }
-        logs
-    } else {
-        vec![open_existing(ctx, &repo, &args.job)?]
-    };
+    })?;
+    let mut parts = Vec::new();
+    if args.archived {
+        let archive = live.archive()?;
+        if let Some(head) = archive.refs().read(archive.name())? {
+            parts.push(vec![(archive, Some(head), None)]);
+        }
+    }
+    parts.push(
+        live.chains()?
+            .into_iter()
+            .map(|(chain, head)| (chain, Some(head), None))
+            .collect(),
+    );
     let filter = args.filter.to_filter()?;
     let mut newest: VecDeque<Vec<u8>> = VecDeque::new();
     let out = &mut *ctx.out;
     let mut skipped = Vec::new();
-    for log in &logs {
-        skipped.extend(stream(
-            log,
+    for chains in parts {
+        skipped.extend(stream_chains(
+            chains,
             &filter,
             args.best_effort,
             !args.json,

@@ -88,8 +88,8 @@ pub fn exec(mut args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let jobs: Vec<JobEvents> = match (&args.job, &repo) {
         (Some(job), Some(repo)) => {
             let log = open_existing(ctx, repo, job)?;
-            let (_, head) = log
-                .head()?
+            let totals = log
+                .totals()?
                 .ok_or_else(|| crate::events::EventError::NoSuchJob {
                     repo: repo.clone(),
                     job: job.clone(),
@@ -97,8 +97,8 @@ pub fn exec(mut args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             vec![JobEvents {
                 repo: repo.clone(),
                 job: job.clone(),
-                total: head.total,
-                batches: head.depth,
+                total: totals.total,
+                batches: totals.batches,
             }]
         }
         _ => {
@@ -119,9 +119,11 @@ pub fn exec(mut args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     if args.group_by == GroupBy::Agent {
         for j in &jobs {
             let log = crate::events::EventLog::new(ctx.refs(), &j.repo, &j.job)?;
-            for (_, node) in log.nodes()? {
-                for (agent, n) in node.agents {
-                    *by_agent.entry(agent).or_default() += n;
+            for (chain, _) in log.chains()? {
+                for (_, node) in chain.nodes()? {
+                    for (agent, n) in node.agents {
+                        *by_agent.entry(agent).or_default() += n;
+                    }
                 }
             }
         }
