@@ -872,3 +872,95 @@ fn follow_prints_each_event_once_across_a_clean() {
     child.wait().unwrap();
     assert_eq!(next, 6, "an event was printed again after the clean");
 }
+
+/// A job whose log began in the layout before writers had refs (one chain under
+/// `events/<repo>/<job>`, many writers in it) and then gained writers' refs: read as one
+/// log, merged by time; a record the old chain holds is not appended again; stats add
+/// both; retention keeps the newest N over both exactly; gc and fsck keep and check both.
+#[test]
+fn the_old_layout_is_read_beside_writers_refs_and_retention_counts_over_both() {
+    use prodigy::events::{Batch, Chain, EventRecord};
+    use prodigy::store::refs::{RefKind, RefName};
+    let env = Env::new();
+    let refs = env.store();
+    // Every record: writer "old" at even microseconds, writer "new" at odd ones.
+    let record = |writer: &str, seq: u64, us: u64| EventRecord {
+        v: 1,
+        id: format!("{writer}-{seq}"),
+        timestamp: format!("2026-01-01T00:00:00.{us:06}Z"),
+        writer: writer.into(),
+        seq,
+        correlation_id: None,
+        event: serde_json::json!({"event_type": "agent_progress", "item_id": format!("{writer}-{seq}")}),
+        metadata: Default::default(),
+    };
+    let old = Chain::new(
+        refs.clone(),
+        RefName::new(RefKind::Events, "api", "j").unwrap(),
+    );
+    let mut batches = Vec::new();
+    for b in 0..3u64 {
+        let mut batch = Batch::new();
+        for seq in b * 4..b * 4 + 4 {
+            batch.push(&record("old", seq, seq * 2)).unwrap();
+        }
+        batches.push(batch);
+    }
+    old.append(&batches).unwrap();
+    let new: String = (0..12u64)
+        .map(|seq| serde_json::to_string(&record("new", seq, seq * 2 + 1)).unwrap() + "\n")
+        .collect();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        new.as_bytes(),
+    );
+    let refs_list = env.ok(&["ref", "list", "events/api/j"], b"");
+    assert_eq!(refs_list.lines().count(), 2, "{refs_list}");
+    let shown: Vec<String> = records(&env, "j", &[])
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..12)
+        .flat_map(|s| [format!("old-{s}"), format!("new-{s}")])
+        .collect();
+    assert_eq!(shown, want);
+    // The old chain's records, appended again as a retry would: skipped.
+    let again: String = (0..4u64)
+        .map(|seq| serde_json::to_string(&record("old", seq, seq * 2)).unwrap() + "\n")
+        .collect();
+    let out = env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        again.as_bytes(),
+    );
+    assert!(
+        out.contains("appended 0 events") && out.contains("skipped 4"),
+        "{out}"
+    );
+    assert_eq!(records(&env, "j", &[]).len(), 24);
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["events", "stats", "j", "--repo", "api", "--json"], b""))
+            .unwrap();
+    assert_eq!(stats["total"]["count"], 24, "{stats}");
+    assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
+    env.ok(&["gc", "--prune", "now"], b"");
+    // Keep the newest 7: over both chains, by time (new-8, old-9 … new-11).
+    env.ok(
+        &[
+            "events",
+            "clean",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--max-events",
+            "7",
+        ],
+        b"",
+    );
+    let kept: Vec<String> = records(&env, "j", &[])
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kept, want[17..].to_vec());
+    assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
+}

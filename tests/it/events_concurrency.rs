@@ -145,3 +145,174 @@ fn sigkilled_appenders_lose_nothing_acknowledged() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("error "), "{stdout}");
 }
+
+/// The input files of `writers` writers (`w0`, `w1`, …), each `chunks` files of `per` full
+/// records: writer w's record seq s is stamped `base + (s * writers + w)` µs, so the
+/// writers interleave in time and no two records share a timestamp.
+pub fn writer_inputs(dir: &std::path::Path, writers: usize, chunks: usize, per: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let base = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+    for w in 0..writers {
+        for c in 0..chunks {
+            let mut text = String::new();
+            for n in 0..per {
+                let seq = (c * per + n) as i64;
+                let ts = base + jiff::SignedDuration::from_micros(seq * writers as i64 + w as i64);
+                text.push_str(
+                    &serde_json::json!({
+                        "v": 1,
+                        "id": format!("w{w}-{seq}"),
+                        "timestamp": prodigy::events::record::format_timestamp(ts),
+                        "writer": format!("w{w}"),
+                        "seq": seq,
+                        "event": {"event_type": "agent_progress", "agent_id": format!("a{w}"), "item_id": format!("i{seq}")},
+                        "metadata": {},
+                    })
+                    .to_string(),
+                );
+                text.push('\n');
+            }
+            std::fs::write(dir.join(format!("w{w}-{c:03}.jsonl")), text).unwrap();
+        }
+    }
+}
+
+/// The shell loop of one writer: each of its files in one `events append` call, in order;
+/// prints each acknowledged file.
+pub fn writer_script(dir: &std::path::Path, w: usize, job: &str, repo: &str) -> String {
+    format!(
+        "for f in {dir}/w{w}-*.jsonl; do \"$PRODIGY\" events append --repo {repo} --job {job} \"$f\" >/dev/null || exit 1; echo \"$f\"; done",
+        dir = dir.display()
+    )
+}
+
+/// What the writers' records must look like read back: each present once, each writer's
+/// in seq order, and the whole in (timestamp, writer, seq) order, which the stamps make
+/// one order (the writers interleave).
+pub fn check_merged(records: &[EventRecord], writers: usize, each: usize) {
+    assert_eq!(records.len(), writers * each, "records present");
+    let ids: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), writers * each, "a record twice");
+    let mut by_writer: HashMap<&str, Vec<u64>> = HashMap::new();
+    for r in records {
+        by_writer.entry(r.writer.as_str()).or_default().push(r.seq);
+    }
+    for (w, seqs) in &by_writer {
+        assert_eq!(*seqs, (0..each as u64).collect::<Vec<_>>(), "writer {w}");
+    }
+    let keys: Vec<(&str, &str, u64)> = records
+        .iter()
+        .map(|r| (r.timestamp.as_str(), r.writer.as_str(), r.seq))
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert!(
+        keys == sorted,
+        "not merged in (timestamp, writer, seq) order"
+    );
+}
+
+/// Eight `events append` processes on one job, each a writer streaming its records in 10
+/// calls: every record is there once, in order per writer, merged in one stable order; each
+/// writer has its own ref; a retried call adds nothing, and one that changed a stored
+/// record is refused whole.
+#[test]
+fn eight_writers_append_to_their_own_refs_and_read_back_merged() {
+    let env = Env::new();
+    let (writers, chunks, per) = (8, 10, 50);
+    let inputs = env.dir.path().join("inputs");
+    writer_inputs(&inputs, writers, chunks, per);
+    let bin = assert_cmd::cargo::cargo_bin("prodigy");
+    let children: Vec<_> = (0..writers)
+        .map(|w| {
+            let c = env.std_cmd();
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &writer_script(&inputs, w, "j", "api")]);
+            for (k, v) in c.get_envs() {
+                if let Some(v) = v {
+                    sh.env(k, v);
+                }
+            }
+            sh.env("PRODIGY", &bin)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", crate::common::transcript(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), chunks);
+    }
+    let records = all_records(&env, "api", "j");
+    check_merged(&records, writers, chunks * per);
+    // Stable: read again, and through the command, the same order.
+    assert_eq!(all_records(&env, "api", "j"), records);
+    let shown = env.ok(&["events", "show", "j", "--repo", "api", "--json"], b"");
+    let ids: Vec<String> = shown
+        .lines()
+        .map(|l| serde_json::from_str::<EventRecord>(l).unwrap().id)
+        .collect();
+    assert_eq!(
+        ids,
+        records.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+    );
+    // One ref per writer, none for the job itself.
+    let refs = env.ok(&["ref", "list", "events/api/j"], b"");
+    assert_eq!(refs.lines().count(), writers, "{refs}");
+    assert!(
+        refs.lines().all(|l| l.contains(" events/api/j/w")),
+        "{refs}"
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&env.ok(&["events", "stats", "j", "--repo", "api", "--json"], b""))
+            .unwrap();
+    assert_eq!(
+        stats["total"]["count"],
+        (writers * chunks * per) as u64,
+        "{stats}"
+    );
+    // A retried call: nothing added.
+    let file = inputs.join("w3-004.jsonl");
+    let out = env.run(
+        &[
+            "events",
+            "append",
+            "--repo",
+            "api",
+            "--job",
+            "j",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", crate::common::transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("skipped {per}")),
+        "{}",
+        crate::common::transcript(&out)
+    );
+    // A call with a new record of w1 and a changed stored one of w2: refused, nothing of
+    // it appended (w1's new record neither).
+    let mut changed = std::fs::read_to_string(inputs.join("w2-000.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .replace("agent_progress", "agent_failed");
+    changed.push('\n');
+    let fresh = std::fs::read_to_string(inputs.join("w1-000.jsonl"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .replace("\"seq\":0", "\"seq\":500")
+        .replace("\"w1-0\"", "\"w1-500\"");
+    let out = env.run(
+        &["events", "append", "--repo", "api", "--job", "j"],
+        format!("{fresh}\n{changed}").as_bytes(),
+    );
+    crate::common::assert_one_line_error(&out, 1);
+    assert_eq!(all_records(&env, "api", "j"), records);
+}

@@ -978,3 +978,56 @@ fn transcripts_travel_with_push_and_pull() {
     let fsck: Value = serde_json::from_str(&other.ok(&["fsck", "--json"], b"")).unwrap();
     assert_eq!(fsck["errors"], 0, "{fsck}");
 }
+
+/// Eight writers streaming records to one job straight at s3s-fs (no proxy ordering its
+/// requests): every acknowledged record is there once, in order per writer, merged in one
+/// order; each writer has its own ref.
+#[test]
+fn eight_writers_straight_at_the_server_lose_nothing() {
+    use crate::events_concurrency::{check_merged, writer_inputs, writer_script};
+    let s3 = S3::start();
+    let p = "t13";
+    let env = Env::new();
+    let (writers, chunks, per) = (8, env_knob("PRODIGY_REMOTE_APPENDS", 6) as usize, 25);
+    let inputs = env.dir.path().join("inputs");
+    writer_inputs(&inputs, writers, chunks, per);
+    let bin = assert_cmd::cargo::cargo_bin("prodigy");
+    let children: Vec<_> = (0..writers)
+        .map(|w| {
+            let c = cmd(&env, &s3, p, &[]);
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &writer_script(&inputs, w, "j", "r")]);
+            for (k, v) in c.get_envs() {
+                if let Some(v) = v {
+                    sh.env(k, v);
+                }
+            }
+            sh.env("PRODIGY", &bin)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", transcript(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), chunks);
+    }
+    let shown = ok(
+        &env,
+        &s3,
+        p,
+        &["events", "show", "j", "--repo", "r", "--json"],
+        b"",
+    );
+    let records: Vec<prodigy::events::EventRecord> = shown
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    check_merged(&records, writers, chunks * per);
+    let refs = ok(&env, &s3, p, &["ref", "list", "events/r/j"], b"");
+    assert_eq!(refs.lines().count(), writers, "{refs}");
+    let fsck: Value = json(&env, &s3, p, &["fsck", "--json"]);
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
