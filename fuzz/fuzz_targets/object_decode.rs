@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prodigy::object::{self, ObjectId};
+use prodigy::store::object::{self, ObjectId};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 32 {
