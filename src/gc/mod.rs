@@ -779,6 +779,7 @@ fn pack(
         remove(pack.idx_path())?;
         remove(pack.pack_path())?;
     }
+    store.remove_empty_dirs();
     Ok(())
 }
 

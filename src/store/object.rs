@@ -578,6 +578,31 @@ impl ObjectStore {
         }
     }
 
+    /// Removes the fan-out directories and the temp directories beside them that hold
+    /// nothing (gc, once it has packed): an emptied directory keeps the blocks its entries
+    /// took — 110 bytes an object after packing 1,000,000 on ext4 — as git's `prune-packed`
+    /// removes its own. A writer that finds its directory gone makes it again
+    /// ([`fsutil::write_temp_in`], [`fsutil::rename_into_place_in`]). Returns how many went.
+    pub fn remove_empty_dirs(&self) -> usize {
+        let mut removed = 0;
+        for dir in [&self.objects, &self.tmp] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let fanout = is_fanout_name(&entry.file_name().to_string_lossy());
+                // `remove_dir` refuses a directory that is not empty, as it must.
+                if fanout
+                    && entry.file_type().is_ok_and(|t| t.is_dir())
+                    && fs::remove_dir(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// The `objects/` directory.
     pub fn objects_dir(&self) -> &Path {
         &self.objects
@@ -666,8 +691,8 @@ impl ObjectStore {
         let tmp = self.tmp_dir_for(&id);
         fsutil::ensure_dir(&self.home, fanout)?;
         fsutil::ensure_dir(&self.home, &tmp)?;
-        let temp = fsutil::write_temp(&tmp, "obj-", &frame, 0o444, true)?;
-        fsutil::rename_into_place(temp, &path)?;
+        let temp = fsutil::write_temp_in(&self.home, &tmp, "obj-", &frame, 0o444, true)?;
+        fsutil::rename_into_place_in(&self.home, temp, &path)?;
         fsutil::sync_dir(fanout)?;
         Ok(id)
     }
@@ -873,7 +898,8 @@ impl ObjectBatch<'_> {
             self.tmp_ready[slot] = true;
         }
         let frame = compress(&id, kind, payload)?;
-        let temp = fsutil::write_temp(
+        let temp = fsutil::write_temp_in(
+            &self.store.home,
             &tmp,
             "obj-",
             &frame,
@@ -929,7 +955,7 @@ impl ObjectBatch<'_> {
                 self.dirs_ready[slot] = true;
                 touched.push(fanout);
             }
-            fsutil::rename_into_place(temp, &path)?;
+            fsutil::rename_into_place_in(&store.home, temp, &path)?;
         }
         if fsutil::BATCH_BARRIER_IS_FILESYSTEM_WIDE {
             fsutil::sync_filesystem(&store.tmp)?;
