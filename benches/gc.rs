@@ -4,7 +4,8 @@
 //! same number of loose blobs (reachable from a commit) in a git repository and `git gc`.
 //!
 //! `cargo bench --bench gc`; knobs: OBJECTS (100000; the figure is 1000000),
-//! READS (10000), BASELINE (1; 0 skips git, for repeated runs of ours).
+//! READS (10000), BASELINE (1; 0 skips git, for repeated runs of ours);
+//! `PRODIGY_LOG=prodigy=debug` shows gc's phases and their times.
 
 #![allow(clippy::print_stdout)]
 
@@ -156,11 +157,13 @@ fn ours(n: u64, reads: usize) {
     let loose_reads = random_reads(&ObjectStore::new(&home), &ids, reads);
     drop_caches();
     let start = Instant::now();
-    let out = Command::new(EXE)
-        .args(["gc", "--json"])
-        .env("PRODIGY_HOME", home.root())
-        .output()
-        .unwrap();
+    let mut gc = Command::new(EXE);
+    gc.args(["gc", "--json"]).env("PRODIGY_HOME", home.root());
+    if std::env::var_os("PRODIGY_LOG").is_some() {
+        // gc's phases and their times (PRODIGY_LOG=prodigy=debug).
+        gc.stderr(Stdio::inherit());
+    }
+    let out = gc.output().unwrap();
     let gc_time = start.elapsed();
     assert!(
         out.status.success(),
