@@ -4,7 +4,8 @@
 //! same number of loose blobs (reachable from a commit) in a git repository and `git gc`.
 //!
 //! `cargo bench --bench gc`; knobs: OBJECTS (100000; the figure is 1000000),
-//! READS (10000), BASELINE (1; 0 skips git, for repeated runs of ours).
+//! READS (10000), BASELINE (1; 0 skips git, for repeated runs of ours);
+//! `PRODIGY_LOG=prodigy=debug` shows gc's phases and their times.
 
 #![allow(clippy::print_stdout)]
 
@@ -43,6 +44,47 @@ fn du(dir: &Path) -> u64 {
         .unwrap_or("0")
         .parse()
         .unwrap_or(0)
+}
+
+/// Where the bytes under an objects directory are after a gc: `(pack files, index files,
+/// everything else)` in allocated bytes (`du`'s measure), and how many directories are
+/// left (empty fan-out and temp directories keep the blocks their entries once took).
+fn breakdown(objects: &Path, pack_ext: &str, idx_ext: &str) -> (u64, u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let (mut pack, mut idx, mut other, mut dirs) = (0, 0, 0, 0);
+    let mut stack = vec![objects.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let meta = e.metadata().unwrap();
+            let bytes = meta.blocks() * 512;
+            let path = e.path();
+            if meta.is_dir() {
+                dirs += 1;
+                other += bytes;
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == pack_ext) {
+                pack += bytes;
+            } else if path.extension().is_some_and(|x| x == idx_ext) {
+                idx += bytes;
+            } else {
+                other += bytes;
+            }
+        }
+    }
+    (pack, idx, other, dirs)
+}
+
+/// One line of the breakdown: bytes per object of each part and of the whole.
+fn per_object(who: &str, n: u64, (pack, idx, other, dirs): (u64, u64, u64, u64)) {
+    let per = |b: u64| b as f64 / n as f64;
+    println!(
+        "{who}: bytes per object after gc: {:.1} in all = pack {:.1} + index {:.1} + the rest {:.1} ({dirs} directories, {} KiB)",
+        per(pack + idx + other),
+        per(pack),
+        per(idx),
+        per(other),
+        other / 1024
+    );
 }
 
 fn random_reads(store: &ObjectStore, ids: &[ObjectId], reads: usize) -> Duration {
@@ -90,17 +132,20 @@ fn ours(n: u64, reads: usize) {
             .insert(hex.clone(), serde_json::json!({ "object": hex }));
     }
     let mut shard_ids = serde_json::Map::new();
+    let mut snapshot = Vec::new();
     for (key, items) in shards {
         let json = serde_json::json!({"shard": key, "items": items});
         let id = store
             .write(ObjectType::Dlq, json.to_string().as_bytes())
             .unwrap();
         shard_ids.insert(key, serde_json::Value::String(id.to_string()));
+        snapshot.push(id);
     }
     let root = serde_json::json!({"parent": null, "items": n, "shards": shard_ids});
     let root = store
         .write(ObjectType::Dlq, root.to_string().as_bytes())
         .unwrap();
+    snapshot.push(root);
     let name: RefName = "dlq/bench/j".parse().unwrap();
     refs.update(&name, root, Expect::Absent, "bench").unwrap();
     let made = start.elapsed();
@@ -112,11 +157,13 @@ fn ours(n: u64, reads: usize) {
     let loose_reads = random_reads(&ObjectStore::new(&home), &ids, reads);
     drop_caches();
     let start = Instant::now();
-    let out = Command::new(EXE)
-        .args(["gc", "--json"])
-        .env("PRODIGY_HOME", home.root())
-        .output()
-        .unwrap();
+    let mut gc = Command::new(EXE);
+    gc.args(["gc", "--json"]).env("PRODIGY_HOME", home.root());
+    if std::env::var_os("PRODIGY_LOG").is_some() {
+        // gc's phases and their times (PRODIGY_LOG=prodigy=debug).
+        gc.stderr(Stdio::inherit());
+    }
+    let out = gc.output().unwrap();
     let gc_time = start.elapsed();
     assert!(
         out.status.success(),
@@ -125,6 +172,7 @@ fn ours(n: u64, reads: usize) {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let after = du(&objects_dir);
+    let parts = breakdown(&objects_dir, "pack", "idx");
     let (cli_packed, _) = time_cli(home.root(), &["cat-object", "-p", &probe], 31);
     drop_caches();
     let packed_reads = random_reads(&ObjectStore::new(&home), &ids, reads);
@@ -139,6 +187,23 @@ fn ours(n: u64, reads: usize) {
         before as f64 / after.max(1) as f64,
         per(loose_reads),
         per(packed_reads)
+    );
+    per_object("prodigy", n, parts);
+    // The snapshot that names every object (its 64-hex ids twice per item) is part of
+    // the pack, as git's trees are part of its pack.
+    let reader = ObjectStore::new(&home);
+    let snapshot_bytes: u64 = snapshot
+        .iter()
+        .map(|id| {
+            reader
+                .find_packed(id)
+                .unwrap()
+                .map_or(0, |(_, _, len)| len as u64)
+        })
+        .sum();
+    println!(
+        "prodigy: of the pack, the DLQ snapshot naming the objects: {:.1} bytes per object",
+        snapshot_bytes as f64 / n as f64
     );
     println!(
         "prodigy: `cat-object -p` (whole process, warm, median of 31): loose {:.2} ms, packed {:.2} ms",
@@ -208,6 +273,7 @@ fn baseline(n: u64) {
     git(&repo, &["gc", "--quiet"]);
     let took = start.elapsed();
     let after = du(&objects);
+    let parts = breakdown(&objects, "pack", "idx");
     println!(
         "git gc: {n} loose blobs (plus {} trees and a commit) packed in {:.1} s; .git/objects {} KiB -> {} KiB ({:.2}x)",
         n / 1000 + 1,
@@ -215,6 +281,30 @@ fn baseline(n: u64) {
         before,
         after,
         before as f64 / after.max(1) as f64
+    );
+    per_object("git", n, parts);
+    // Packed bytes by object type: the blobs, and the trees that name them.
+    let listing = git(
+        &repo,
+        &[
+            "cat-file",
+            "--batch-all-objects",
+            "--batch-check=%(objecttype) %(objectsize:disk)",
+        ],
+    );
+    let mut by_type: BTreeMap<&str, u64> = BTreeMap::new();
+    for line in listing.lines() {
+        if let Some((kind, size)) = line.split_once(' ') {
+            *by_type.entry(kind).or_default() += size.parse::<u64>().unwrap_or(0);
+        }
+    }
+    let per: Vec<String> = by_type
+        .iter()
+        .map(|(kind, bytes)| format!("{kind} {:.1}", *bytes as f64 / n as f64))
+        .collect();
+    println!(
+        "git: of the pack, bytes per object by type: {}",
+        per.join(", ")
     );
 }
 

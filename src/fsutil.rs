@@ -255,6 +255,43 @@ pub fn rename_into_place(temp: TempPath, target: &Path) -> Result<(), FsError> {
         .map_err(|e| FsError::new("rename a temp file to", target, e.error))
 }
 
+/// [`write_temp`] into a directory of the home that gc may remove: gc removes the object
+/// fan-out and temp directories it empties, and a writer that holds no gc guard
+/// (`hash-object -w`) may find its directory gone between making it and using it. Makes
+/// it again (under `home`) and tries once more.
+pub fn write_temp_in(
+    home: &Path,
+    tmp_dir: &Path,
+    prefix: &str,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> Result<TempPath, FsError> {
+    match write_temp(tmp_dir, prefix, bytes, mode, durable) {
+        Err(e) if e.source.kind() == io::ErrorKind::NotFound => {
+            ensure_dir(home, tmp_dir)?;
+            write_temp(tmp_dir, prefix, bytes, mode, durable)
+        }
+        other => other,
+    }
+}
+
+/// [`rename_into_place`] into a directory of the home that gc may remove (see
+/// [`write_temp_in`]): makes `target`'s directory again and tries once more.
+pub fn rename_into_place_in(home: &Path, temp: TempPath, target: &Path) -> Result<(), FsError> {
+    let failed = |e: io::Error| FsError::new("rename a temp file to", target, e);
+    match temp.persist(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = target.parent() {
+                ensure_dir(home, dir)?;
+            }
+            e.path.persist(target).map_err(|e| failed(e.error))
+        }
+        Err(e) => Err(failed(e.error)),
+    }
+}
+
 /// Atomically and durably replaces `target` with `bytes`: a temp file in `tmp_dir` (which
 /// must be on the same file system, normally `target`'s own directory), fsync, rename,
 /// fsync of `target`'s directory. A crash leaves the old content or the new, never a mix.
@@ -303,6 +340,28 @@ mod tests {
         let text = format!("{ours}: {}", ours.source);
         assert_eq!(text.matches("missing").count(), 1, "{text}");
         assert_eq!(ours.source.raw_os_error(), Some(2));
+    }
+
+    /// gc removes emptied object directories; a writer that finds its own gone (after
+    /// making it) makes it again instead of failing.
+    #[test]
+    fn writers_make_a_removed_directory_again() {
+        let home = tempfile::tempdir().unwrap();
+        let tmp = home.path().join("objects/tmp/ab");
+        let fanout = home.path().join("objects/ab");
+        ensure_dir(home.path(), &tmp).unwrap();
+        ensure_dir(home.path(), &fanout).unwrap();
+        fs::remove_dir(&tmp).unwrap();
+        fs::remove_dir(&fanout).unwrap();
+        let temp = write_temp_in(home.path(), &tmp, "obj-", b"frame", 0o444, true).unwrap();
+        let target = fanout.join("cdef");
+        fs::remove_dir(&fanout).unwrap_or_default();
+        rename_into_place_in(home.path(), temp, &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"frame");
+        // Anything else is still an error.
+        let file = home.path().join("objects/file");
+        fs::write(&file, b"").unwrap();
+        assert!(write_temp_in(home.path(), &file.join("x"), "obj-", b"", 0o444, false).is_err());
     }
 
     #[test]

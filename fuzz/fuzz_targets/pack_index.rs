@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use prodigy::ObjectId;
-use prodigy::pack::Pack;
+use prodigy::store::pack::Pack;
 
 fuzz_target!(|data: &[u8]| {
     // The first two bytes say where the index ends and the pack begins.

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prodigy::refs::{self, ReflogEntry};
+use prodigy::store::refs::{self, ReflogEntry};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(id) = refs::parse_ref_file(data) {

@@ -242,16 +242,30 @@ impl Checker<'_> {
                     continue;
                 }
             };
+            // Without its dictionary no object of the pack reads: one finding, not one an
+            // object.
+            if let Err(e) = pack.dictionary() {
+                self.find(
+                    Severity::Error,
+                    pack.pack_path(),
+                    format!(
+                        "corrupt pack: {e}: none of its {} objects can be read",
+                        entries.len()
+                    ),
+                );
+                for (id, _, _) in entries {
+                    self.report.objects += 1;
+                    self.bad.insert(id);
+                }
+                continue;
+            }
             for (id, offset, len) in entries {
-                let object = pack
-                    .frame(offset, len)
-                    .map_err(|e| e.to_string())
-                    .and_then(|bytes| {
-                        crate::store::object::decode(&id, pack.pack_path(), &bytes)
-                            .map_err(|e| crate::error_line(&e))
-                    });
-                let context = format!("object {id} at offset {offset}: ");
-                self.checked(id, object, pack.pack_path(), &context);
+                let object = match pack.frame(offset, len) {
+                    Ok(bytes) => crate::store::object::decode_packed(&id, &pack, offset, &bytes)
+                        .map_err(|e| crate::error_line(&e)),
+                    Err(e) => Err(format!("object {id} at offset {offset}: {e}")),
+                };
+                self.checked(id, object, pack.pack_path(), "");
             }
         }
     }

@@ -33,8 +33,10 @@ use crate::store::bucket::Collection;
 use crate::store::object::{ObjectError, ObjectId, ObjectStore};
 use crate::store::pack::{Entry, Pack};
 use crate::store::refs::{LANES_DIR, RefError, RefKind, RefStore};
+use repack::Source;
 
 mod bucket;
+mod repack;
 
 /// Failures of gc.
 #[derive(Debug, thiserror::Error)]
@@ -340,8 +342,10 @@ pub fn gc(
     }
     // A pack holding unreachable objects past the grace period (a pack's age is its
     // file's) is rewritten without them; every pack is once there are MAX_PACKS.
+    // A version 1 pack is rewritten in the current format.
     let mut rewrite = vec![packs.len() >= MAX_PACKS; packs.len()];
     for (p, pack) in packs.iter().enumerate() {
+        rewrite[p] |= pack.version() == 1;
         rewrite[p] |= older_than(pack.pack_path(), opts.prune, now)
             && packed
                 .iter()
@@ -640,7 +644,7 @@ fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)>
             let frame = lo.checked_add(len as usize).and_then(|hi| buf.get(lo..hi));
             let decoded = match (&read, frame) {
                 (Ok(()), Some(frame)) => {
-                    crate::store::object::decode_packed(&id, pack.pack_path(), offset, frame)
+                    crate::store::object::decode_packed(&id, pack, offset, frame)
                 }
                 (Err(e), _) => Err(FsError::new(
                     "read pack",
@@ -730,25 +734,22 @@ fn pack(
     report: &mut GcReport,
 ) -> Result<(), GcError> {
     remove_orphan_packs(store, opts.prune)?;
-    let mut objects: Vec<(ObjectId, Vec<u8>)> = Vec::new();
+    let mut objects: Vec<(ObjectId, Source)> = Vec::new();
     let mut redundant: Vec<(PathBuf, u64)> = Vec::new();
     for (id, l) in loose {
         let kept = packed
             .get(&id)
             .is_some_and(|p| p.checked.is_ok() && !rewrite[p.pack]);
         if let (Ok(frame), false) = (l.frame, kept) {
-            objects.push((id, frame));
+            objects.push((id, Source::Loose(frame)));
         }
         redundant.push((l.path, l.ino));
     }
     for (id, p) in &packed {
         // A damaged packed copy is not carried over (a good loose copy, if any, is).
         if rewrite[p.pack] && marked.contains(id) && p.checked.is_ok() {
-            let pack = &packs[p.pack];
-            let frame = pack
-                .frame(p.offset, p.len)
-                .map_err(|e| FsError::new("read pack", pack.pack_path(), e))?;
-            objects.push((*id, frame));
+            let (pack, offset, len) = (p.pack, p.offset, p.len);
+            objects.push((*id, Source::Packed { pack, offset, len }));
         }
     }
     objects.sort_unstable_by_key(|o| o.0);
@@ -756,12 +757,13 @@ fn pack(
     report.packed = objects.len() as u64;
     let mut written = None;
     if !objects.is_empty() {
-        let ticker = Ticker::new(opts, GcPhase::Pack, objects.len() as u64);
-        let frames = objects.into_iter().inspect(|_| ticker.add(1));
+        let (dictionary, frames) = repack::frames(store, &objects, packs, opts)?;
+        let ids = objects.iter().map(|o| o.0);
         written = Some(crate::store::pack::write(
             &store.pack_dir(),
             &store.pack_tmp_dir(),
-            frames,
+            dictionary.as_ref().map(|d| d.bytes()),
+            ids.zip(frames),
         )?);
     }
     // The new pack is durable: the loose copies and the rewritten packs can go.
@@ -779,6 +781,13 @@ fn pack(
         remove(pack.idx_path())?;
         remove(pack.pack_path())?;
     }
+    let started = std::time::Instant::now();
+    let removed = store.remove_empty_dirs();
+    tracing::debug!(
+        removed,
+        ms = started.elapsed().as_millis() as u64,
+        "gc removed emptied directories"
+    );
     Ok(())
 }
 

@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use zstd::zstd_safe::{CParameter, DParameter};
+use zstd::zstd_safe::{self, CParameter, DParameter};
 
 use super::id::header;
 use super::keys;
 use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
+use crate::store::dict::Dictionary;
 pub use crate::store::id::{IdError, ObjectId, ObjectType};
 use crate::store::pack::Pack;
 use crate::store::s3::{Remote, RemoteError};
@@ -167,7 +168,7 @@ pub fn check_payload(kind: ObjectType, payload: &[u8]) -> Result<(), ObjectError
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
 }
 
 /// The canonical bytes of an object, compressed into one zstd frame (with its content size
@@ -190,19 +191,85 @@ fn compress(id: &ObjectId, kind: ObjectType, payload: &[u8]) -> Result<Vec<u8>, 
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             let mut c = zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?;
-            c.set_parameter(CParameter::ContentSizeFlag(true))?;
-            c.set_parameter(CParameter::ChecksumFlag(false))?;
-            c.set_parameter(CParameter::DictIdFlag(false))?;
+            frame_parameters(&mut c)?;
             *slot = Some(c);
         }
-        slot.as_mut().map_or_else(missing_context, |c| {
-            // A window as large as the content makes a single-segment frame, whose header
-            // is fully determined by the content's size (see `check_frame_header`).
-            c.set_parameter(CParameter::WindowLog(window_log(canonical.len())))?;
-            c.compress(&canonical)
-        })
+        slot.as_mut()
+            .map_or_else(missing_context, |c| compress_one(c, &canonical))
     });
     frame.map_err(|e| FsError::new("compress object", id.to_string(), e).into())
+}
+
+/// The frame parameters of every object: its size recorded, no checksum (the id is one),
+/// no dictionary id (a pack says which dictionary its frames need).
+fn frame_parameters(c: &mut zstd::bulk::Compressor<'_>) -> io::Result<()> {
+    c.set_parameter(CParameter::ContentSizeFlag(true))?;
+    c.set_parameter(CParameter::ChecksumFlag(false))?;
+    c.set_parameter(CParameter::DictIdFlag(false))
+}
+
+fn compress_one(c: &mut zstd::bulk::Compressor<'_>, canonical: &[u8]) -> io::Result<Vec<u8>> {
+    // A window as large as the content makes a single-segment frame, whose header is fully
+    // determined by the content's size (see `check_frame_header`).
+    c.set_parameter(CParameter::WindowLog(window_log(canonical.len())))?;
+    c.compress(canonical)
+}
+
+/// Compresses objects' canonical bytes into the frames of a new pack — with the pack's
+/// dictionary, or without one — and checks each frame by decoding it back (hash and all)
+/// before handing it out: gc removes the loose copies once the pack is written, so a frame
+/// that would not read back must never reach it.
+pub struct PackEncoder<'d> {
+    dictionary: Option<&'d Dictionary>,
+    /// For objects up to `dict::SMALL` bytes and for larger ones (with a dictionary, their
+    /// levels differ), each made when first needed.
+    compressors: [Option<zstd::bulk::Compressor<'d>>; 2],
+}
+
+impl<'d> PackEncoder<'d> {
+    /// An encoder for frames that need `dictionary` (at the level `Dictionary::encoder_for`
+    /// gives an object's size), or none (level [`COMPRESSION_LEVEL`], the frames loose
+    /// objects have).
+    pub fn new(dictionary: Option<&'d Dictionary>) -> PackEncoder<'d> {
+        PackEncoder {
+            dictionary,
+            compressors: [None, None],
+        }
+    }
+
+    /// The frame of `canonical` (the verified canonical bytes of `id`), checked.
+    pub fn encode(&mut self, id: &ObjectId, canonical: &[u8]) -> Result<Vec<u8>, ObjectError> {
+        let failed =
+            |e: io::Error| ObjectError::from(FsError::new("compress object", id.to_string(), e));
+        let slot = &mut self.compressors[usize::from(canonical.len() > crate::store::dict::SMALL)];
+        let compressor = match slot {
+            Some(c) => c,
+            None => {
+                let mut c = match self.dictionary {
+                    Some(d) => {
+                        let prepared = d
+                            .encoder_for(canonical.len())
+                            .map_err(|e| failed(io::Error::other(e)))?;
+                        zstd::bulk::Compressor::with_prepared_dictionary(prepared)
+                            .map_err(failed)?
+                    }
+                    None => zstd::bulk::Compressor::new(COMPRESSION_LEVEL).map_err(failed)?,
+                };
+                frame_parameters(&mut c).map_err(failed)?;
+                slot.insert(c)
+            }
+        };
+        let frame = compress_one(compressor, canonical).map_err(failed)?;
+        let (back, _, _) = verified(id, Path::new("the new pack"), &frame, self.dictionary)?;
+        if back != canonical {
+            return Err(ObjectError::Corrupt {
+                id: *id,
+                path: PathBuf::from("the new pack"),
+                reason: "its frame does not decode to what was compressed".into(),
+            });
+        }
+        Ok(frame)
+    }
 }
 
 /// The smallest window log (10 to 31) whose window holds `len` bytes.
@@ -257,6 +324,34 @@ fn missing_context<T>() -> io::Result<T> {
 
 /// Decodes and verifies the bytes of an object file. `path` is only used in errors.
 pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, ObjectError> {
+    decode_with(id, path, bytes, None)
+}
+
+/// [`decode`] of a frame compressed with `dictionary` (a pack's), or without one.
+pub fn decode_with(
+    id: &ObjectId,
+    path: &Path,
+    bytes: &[u8],
+    dictionary: Option<&Dictionary>,
+) -> Result<Object, ObjectError> {
+    let (mut canonical, kind, payload_at) = verified(id, path, bytes, dictionary)?;
+    canonical.drain(..payload_at);
+    Ok(Object {
+        kind,
+        payload: canonical,
+    })
+}
+
+/// Decodes one frame and checks everything: exactly one complete frame with the header
+/// this store writes, a declared size within the limits (exactly that much is allocated),
+/// a canonical object header, and the hash. Returns the canonical bytes, the type and
+/// where the payload starts.
+fn verified(
+    id: &ObjectId,
+    path: &Path,
+    bytes: &[u8],
+    dictionary: Option<&Dictionary>,
+) -> Result<(Vec<u8>, ObjectType, usize), ObjectError> {
     let corrupt = |reason: String| ObjectError::Corrupt {
         id: *id,
         path: path.to_path_buf(),
@@ -265,7 +360,7 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
     if bytes.is_empty() {
         return Err(corrupt("the file is empty".into()));
     }
-    match zstd::zstd_safe::find_frame_compressed_size(bytes) {
+    match zstd_safe::find_frame_compressed_size(bytes) {
         Ok(n) if n == bytes.len() => {}
         Ok(n) => {
             return Err(corrupt(format!(
@@ -276,7 +371,7 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
         Err(code) => {
             return Err(corrupt(format!(
                 "not a complete zstd frame ({})",
-                zstd::zstd_safe::get_error_name(code)
+                zstd_safe::get_error_name(code)
             )));
         }
     }
@@ -291,14 +386,20 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
     let written = DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            let mut d = zstd::bulk::Decompressor::new()?;
+            let mut d = zstd_safe::DCtx::try_create().ok_or("cannot create a zstd context")?;
             // Single-segment frames have windows as large as their content.
-            d.set_parameter(DParameter::WindowLogMax(31))?;
+            d.set_parameter(DParameter::WindowLogMax(31))
+                .map_err(zstd_safe::get_error_name)?;
             *slot = Some(d);
         }
-        slot.as_mut().map_or_else(missing_context, |d| {
-            d.decompress_to_buffer(bytes, &mut canonical)
-        })
+        let d = slot.as_mut().ok_or("compression context missing")?;
+        match dictionary {
+            None => d.decompress(&mut canonical, bytes),
+            Some(dictionary) => {
+                d.decompress_using_ddict(&mut canonical, bytes, dictionary.decoder().as_ddict())
+            }
+        }
+        .map_err(zstd_safe::get_error_name)
     });
     match written {
         Ok(n) if n as u64 == size => {}
@@ -314,27 +415,56 @@ pub fn decode(id: &ObjectId, path: &Path, bytes: &[u8]) -> Result<Object, Object
     if actual != *id {
         return Err(corrupt(format!("its content hashes to {actual}")));
     }
-    let mut payload = canonical;
-    payload.drain(..payload_at);
-    Ok(Object { kind, payload })
+    Ok((canonical, kind, payload_at))
 }
 
-/// [`decode`] for a frame read from the pack at `pack` at `offset`: a damaged one is named
-/// with its offset.
+/// [`decode`] for the bytes stored in `pack` at `offset`: with the pack's dictionary, and
+/// a damaged object (or dictionary) named with the pack and the offset.
 pub fn decode_packed(
     id: &ObjectId,
-    pack: &Path,
+    pack: &Pack,
     offset: u64,
-    bytes: &[u8],
+    stored: &[u8],
 ) -> Result<Object, ObjectError> {
-    decode(id, pack, bytes).map_err(|e| match e {
+    canonical_packed(id, pack, offset, stored).map(|(mut canonical, kind, payload_at)| {
+        canonical.drain(..payload_at);
+        Object {
+            kind,
+            payload: canonical,
+        }
+    })
+}
+
+/// The verified canonical bytes of a packed object (what gc compresses again into a new
+/// pack), its type and where its payload starts.
+pub fn canonical_packed(
+    id: &ObjectId,
+    pack: &Pack,
+    offset: u64,
+    stored: &[u8],
+) -> Result<(Vec<u8>, ObjectType, usize), ObjectError> {
+    let at_offset = |e: ObjectError| match e {
         ObjectError::Corrupt { id, path, reason } => ObjectError::Corrupt {
             id,
             path,
             reason: format!("{reason} (packed at offset {offset})"),
         },
         other => other,
-    })
+    };
+    let dictionary = pack.dictionary().map_err(|reason| {
+        at_offset(ObjectError::Corrupt {
+            id: *id,
+            path: pack.pack_path().to_path_buf(),
+            reason: format!("the pack cannot be read: {reason}"),
+        })
+    })?;
+    let frame = pack.zstd_frame(stored);
+    verified(id, pack.pack_path(), &frame, dictionary.as_deref()).map_err(at_offset)
+}
+
+/// The verified canonical bytes of a loose object's frame.
+pub fn canonical(id: &ObjectId, path: &Path, frame: &[u8]) -> Result<Vec<u8>, ObjectError> {
+    verified(id, path, frame, None).map(|(canonical, _, _)| canonical)
 }
 
 /// Parses `<type> <len>\0` at the start of `head` (which ends at the NUL).
@@ -578,6 +708,31 @@ impl ObjectStore {
         }
     }
 
+    /// Removes the fan-out directories and the temp directories beside them that hold
+    /// nothing (gc, once it has packed): an emptied directory keeps the blocks its entries
+    /// took — 110 bytes an object after packing 1,000,000 on ext4 — as git's `prune-packed`
+    /// removes its own. A writer that finds its directory gone makes it again
+    /// ([`fsutil::write_temp_in`], [`fsutil::rename_into_place_in`]). Returns how many went.
+    pub fn remove_empty_dirs(&self) -> usize {
+        let mut removed = 0;
+        for dir in [&self.objects, &self.tmp] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let fanout = is_fanout_name(&entry.file_name().to_string_lossy());
+                // `remove_dir` refuses a directory that is not empty, as it must.
+                if fanout
+                    && entry.file_type().is_ok_and(|t| t.is_dir())
+                    && fs::remove_dir(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// The `objects/` directory.
     pub fn objects_dir(&self) -> &Path {
         &self.objects
@@ -647,7 +802,7 @@ impl ObjectStore {
             },
             _ => FsError::new("read pack", pack.pack_path(), e).into(),
         })?;
-        decode_packed(id, pack.pack_path(), offset, &bytes)
+        decode_packed(id, &pack, offset, &bytes)
     }
 
     /// Stores an object durably (temp file, fsync, rename, fsync of the directory) and
@@ -666,8 +821,8 @@ impl ObjectStore {
         let tmp = self.tmp_dir_for(&id);
         fsutil::ensure_dir(&self.home, fanout)?;
         fsutil::ensure_dir(&self.home, &tmp)?;
-        let temp = fsutil::write_temp(&tmp, "obj-", &frame, 0o444, true)?;
-        fsutil::rename_into_place(temp, &path)?;
+        let temp = fsutil::write_temp_in(&self.home, &tmp, "obj-", &frame, 0o444, true)?;
+        fsutil::rename_into_place_in(&self.home, temp, &path)?;
         fsutil::sync_dir(fanout)?;
         Ok(id)
     }
@@ -873,7 +1028,8 @@ impl ObjectBatch<'_> {
             self.tmp_ready[slot] = true;
         }
         let frame = compress(&id, kind, payload)?;
-        let temp = fsutil::write_temp(
+        let temp = fsutil::write_temp_in(
+            &self.store.home,
             &tmp,
             "obj-",
             &frame,
@@ -929,7 +1085,7 @@ impl ObjectBatch<'_> {
                 self.dirs_ready[slot] = true;
                 touched.push(fanout);
             }
-            fsutil::rename_into_place(temp, &path)?;
+            fsutil::rename_into_place_in(&store.home, temp, &path)?;
         }
         if fsutil::BATCH_BARRIER_IS_FILESYSTEM_WIDE {
             fsutil::sync_filesystem(&store.tmp)?;
@@ -1075,6 +1231,86 @@ mod tests {
             decode(&big_id, Path::new("x"), &frame).unwrap().payload,
             big
         );
+    }
+
+    /// Frames compressed with a pack's dictionary have the header loose frames have, read
+    /// back with that dictionary, and are refused — never misread — without it or with
+    /// another one.
+    #[test]
+    fn dictionary_frames_are_checked_like_loose_ones() {
+        let objects: Vec<(ObjectId, Vec<u8>)> = (0..3000)
+            .map(|i| {
+                let payload = format!(
+                    "{{\"item\":{i},\"error\":\"exit {}\",\"pad\":\"{}\"}}",
+                    i % 7,
+                    "x".repeat(40)
+                );
+                let id = ObjectId::hash(ObjectType::Item, payload.as_bytes());
+                let mut canonical = header(ObjectType::Item, payload.len()).into_bytes();
+                canonical.extend_from_slice(payload.as_bytes());
+                (id, canonical)
+            })
+            .collect();
+        let samples: Vec<Vec<u8>> = objects.iter().map(|o| o.1.clone()).collect();
+        let dict = Dictionary::new(crate::store::dict::train(&samples).unwrap()).unwrap();
+        let other = Dictionary::new(crate::store::dict::train(&samples[..1500]).unwrap()).unwrap();
+        let mut encoder = PackEncoder::new(Some(&dict));
+        let mut plain = PackEncoder::new(None);
+        let path = Path::new("x");
+        let (mut tried, mut refused) = (0, 0);
+        for (id, canonical) in objects.iter().step_by(100) {
+            let frame = encoder.encode(id, canonical).unwrap();
+            let loose = plain.encode(id, canonical).unwrap();
+            assert_eq!(
+                frame[..5],
+                loose[..5],
+                "the same header: magic, single segment"
+            );
+            assert!(
+                frame.len() < loose.len() / 2,
+                "{} vs {}",
+                frame.len(),
+                loose.len()
+            );
+            let object = decode_with(id, path, &frame, Some(&dict)).unwrap();
+            assert_eq!(object.kind, ObjectType::Item);
+            let object = &object;
+            assert_eq!(
+                canonical[canonical.len() - object.payload.len()..],
+                object.payload
+            );
+            assert!(decode(id, path, &frame).is_err());
+            assert!(decode_with(id, path, &frame, Some(&other)).is_err());
+            // A plain frame read with a dictionary: refused or right, never wrong.
+            if let Ok(o) = decode_with(id, path, &loose, Some(&dict)) {
+                assert_eq!(ObjectId::hash(o.kind, &o.payload), *id);
+            }
+            // A changed byte is refused, or (where zstd ignores a bit inside a block) reads
+            // as exactly the object: the hash decides, and a pack's checksum (fsck) sees it.
+            for at in 0..frame.len() {
+                for bit in 0..8 {
+                    let mut bad = frame.clone();
+                    bad[at] ^= 1 << bit;
+                    match decode_with(id, path, &bad, Some(&dict)) {
+                        Ok(o) => assert_eq!(&o, object, "byte {at} bit {bit}"),
+                        Err(_) => refused += 1,
+                    }
+                    tried += 1;
+                }
+            }
+        }
+        assert!(refused * 10 > tried * 9, "{refused} of {tried} refused");
+    }
+
+    /// A frame whose content does not hash to the id it is encoded for never reaches a
+    /// pack.
+    #[test]
+    fn the_pack_encoder_checks_what_it_encodes() {
+        let mut encoder = PackEncoder::new(None);
+        let id = ObjectId::hash(ObjectType::Blob, b"right");
+        assert!(encoder.encode(&id, b"blob 5\0right").is_ok());
+        let err = encoder.encode(&id, b"blob 5\0wrong").unwrap_err();
+        assert!(matches!(err, ObjectError::Corrupt { .. }), "{err}");
     }
 
     #[test]

@@ -253,3 +253,90 @@ pub fn noise(seed: usize, len: usize) -> Vec<u8> {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Copies a directory tree (a committed fixture into a scratch place).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Writes `count` small `item` objects (numbered from `first`, about 100 bytes each and
+/// alike, as DLQ items are) and a DLQ snapshot of 16 shards naming them under the ref
+/// `dlq/api/<job>`, through the library as the gc benchmark does: enough for gc to train
+/// a pack dictionary. Returns every object written, the snapshot's too, with its payload.
+pub fn small_objects(
+    env: &Env,
+    job: &str,
+    first: u64,
+    count: u64,
+) -> Vec<(prodigy::ObjectId, Vec<u8>)> {
+    use prodigy::ObjectType;
+    let refs = env.store();
+    let store = refs.objects();
+    let mut written = Vec::new();
+    let mut batch = store.batch();
+    for i in first..first + count {
+        let payload = format!(
+            r#"{{"item":{i},"error":"command failed with exit code {}","path":"src/module_{}.rs"}}"#,
+            i % 7,
+            i % 40
+        )
+        .into_bytes();
+        let id = batch.add(ObjectType::Item, &payload).unwrap();
+        written.push((id, payload));
+    }
+    batch.commit().unwrap();
+    let mut shards: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>> =
+        Default::default();
+    for (id, _) in &written {
+        let hex = id.to_string();
+        shards
+            .entry(hex[..1].to_owned())
+            .or_default()
+            .insert(hex.clone(), serde_json::json!({ "object": hex }));
+    }
+    let mut shard_ids = serde_json::Map::new();
+    for (key, items) in shards {
+        let payload = serde_json::json!({"shard": key, "items": items})
+            .to_string()
+            .into_bytes();
+        let id = store.write(ObjectType::Dlq, &payload).unwrap();
+        shard_ids.insert(key, serde_json::Value::String(id.to_string()));
+        written.push((id, payload));
+    }
+    let root = serde_json::json!({"parent": null, "items": count, "shards": shard_ids})
+        .to_string()
+        .into_bytes();
+    let id = store.write(ObjectType::Dlq, &root).unwrap();
+    written.push((id, root));
+    let name: prodigy::RefName = format!("dlq/api/{job}").parse().unwrap();
+    refs.update(&name, id, prodigy::Expect::Absent, "test")
+        .unwrap();
+    written
+}
+
+/// Reads every object through a fresh store (packs opened again) and checks its payload.
+pub fn assert_all_read(env: &Env, objects: &[(prodigy::ObjectId, Vec<u8>)], context: &str) {
+    let home = prodigy::Home::at(env.home()).unwrap();
+    let store = prodigy::ObjectStore::new(&home);
+    for (id, payload) in objects {
+        match store.read(id) {
+            Ok(o) => assert_eq!(&o.payload, payload, "{context}: wrong bytes for {id}"),
+            Err(e) => panic!("{context}: {id}: {e}"),
+        }
+    }
+}
+
+/// The packs of the home, opened.
+pub fn packs(env: &Env) -> Vec<std::sync::Arc<prodigy::store::pack::Pack>> {
+    let home = prodigy::Home::at(env.home()).unwrap();
+    prodigy::ObjectStore::new(&home).packs(true)
+}

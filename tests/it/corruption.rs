@@ -1,8 +1,10 @@
 //! The torture suite (issue 8), corruption: random single-bit flips and truncations of
-//! loose objects, packs, pack indexes and refs. Every read afterwards either returns the
-//! right bytes or fails naming the object: never a silent wrong answer.
+//! loose objects, packs (version 2, and version 1 as older homes hold them), pack indexes,
+//! pack dictionaries and refs. Every read afterwards either returns the right bytes or
+//! fails naming the object: never a silent wrong answer.
 //!
-//! 2,000 trials in the suite; `PRODIGY_CORRUPTION_TRIALS=10000` for the long run.
+//! 2,000 trials in the suite (and 400 on a pack with a dictionary);
+//! `PRODIGY_CORRUPTION_TRIALS=10000` for the long run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::path::{Path, PathBuf};
 use prodigy::lock::LockOptions;
 use prodigy::{Home, ObjectId, ObjectStore, RefName, RefStore};
 
-use crate::common::{Env, Rng, env_knob};
+use crate::common::{Env, Rng, copy_dir, env_knob, packs, small_objects, transcript};
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -62,6 +64,11 @@ fn bit_flips_and_truncations_never_give_a_wrong_answer() {
             env.ok(&["gc", "--prune", "now"], b"");
         }
     }
+    // And a version 1 pack, as homes made before version 2 hold them.
+    copy_dir(
+        Path::new("tests/fixtures/pack-v1/home/objects/pack"),
+        &env.home().join("objects/pack"),
+    );
     let home = Home::at(env.home()).unwrap();
     let refs = RefStore::new(&home, LockOptions::default());
     // What every object and ref holds, read before any damage.
@@ -77,7 +84,12 @@ fn bit_flips_and_truncations_never_give_a_wrong_answer() {
         }
     }
     let named: Vec<(RefName, ObjectId)> = refs.list(None).unwrap();
-    let packs = store.packs(false).len();
+    let versions: Vec<u8> = store.packs(false).iter().map(|p| p.version()).collect();
+    assert!(
+        versions.contains(&1) && versions.contains(&2),
+        "{versions:?}"
+    );
+    let packs = versions.len();
     assert!(
         objects.len() > 20 && named.len() >= 4 && packs > 0,
         "{} objects, {} refs, {packs} packs",
@@ -158,4 +170,128 @@ fn bit_flips_and_truncations_never_give_a_wrong_answer() {
         "only {errors} errors in {trials} trials: the damage was not seen"
     );
     assert!(right > 0);
+}
+
+/// A pack with a dictionary (issue 25), damaged where it counts: the dictionary's length,
+/// the dictionary, its checksum, the frames, the index; bits flipped and files cut short.
+/// Every read gives the right bytes or an error naming the object or the pack (a damaged
+/// dictionary: every object of the pack is refused, the error saying so with the
+/// offsets); fsck fails naming the pack. `PRODIGY_CORRUPTION_TRIALS` scales the trials.
+#[test]
+fn damage_to_a_pack_with_a_dictionary_is_never_read_as_data() {
+    let trials = env_knob("PRODIGY_CORRUPTION_TRIALS", 2000) / 5;
+    let mut rng = Rng(env_knob("PRODIGY_TORTURE_SEED", 0xd1c7) | 1);
+    let env = Env::new();
+    let objects = small_objects(&env, "j", 0, 1500);
+    env.ok(&["gc", "--prune", "now"], b"");
+    let pack = packs(&env).remove(0);
+    let dict_len = pack
+        .dictionary()
+        .unwrap()
+        .expect("a dictionary")
+        .bytes()
+        .len() as u64;
+    let (pack_path, idx_path) = (pack.pack_path().to_owned(), pack.idx_path().to_owned());
+    let pack_name = pack_path
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let pack_len = pack.pack_len();
+    drop(pack);
+    for path in [&pack_path, &idx_path] {
+        let mut perms = std::fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(path, perms).unwrap();
+    }
+    let idx_len = std::fs::metadata(&idx_path).unwrap().len();
+    // (what, file, first byte, end) of each part.
+    let parts = [
+        ("the dictionary's length", &pack_path, 8, 12),
+        ("the dictionary", &pack_path, 12, 12 + dict_len),
+        (
+            "the dictionary's checksum",
+            &pack_path,
+            12 + dict_len,
+            44 + dict_len,
+        ),
+        ("the frames", &pack_path, 44 + dict_len, pack_len),
+        ("the index", &idx_path, 0, idx_len),
+    ];
+    let home = Home::at(env.home()).unwrap();
+    let (mut errors, mut right) = (0u64, 0u64);
+    for trial in 0..trials {
+        let (part, path, lo, hi) = parts[trial as usize % parts.len()];
+        let good = std::fs::read(path).unwrap();
+        let mut bad = good.clone();
+        let what = if rng.below(5) == 0 {
+            bad.truncate((lo + rng.below(hi - lo)) as usize);
+            format!("{part}: cut to {} bytes", bad.len())
+        } else {
+            let at = (lo + rng.below(hi - lo)) as usize;
+            let bit = 1u8 << rng.below(8);
+            bad[at] ^= bit;
+            format!("{part}: byte {at} bit {bit:#x}")
+        };
+        std::fs::write(path, &bad).unwrap();
+        let store = ObjectStore::new(&home);
+        let mut refused = 0;
+        for (id, payload) in &objects {
+            match store.read(id) {
+                Ok(o) => {
+                    assert_eq!(
+                        &o.payload, payload,
+                        "trial {trial}, {what}: wrong bytes for {id}"
+                    );
+                    right += 1;
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains(&id.to_string()[..8]) || text.contains(&pack_name),
+                        "trial {trial}, {what}: an error that names nothing: {text}"
+                    );
+                    let dictionary = part.starts_with("the dictionary") && !what.contains("cut");
+                    if dictionary {
+                        assert!(
+                            text.contains("dictionary") && text.contains("at offset"),
+                            "trial {trial}, {what}: {text}"
+                        );
+                    }
+                    refused += 1;
+                    errors += 1;
+                }
+            }
+        }
+        if part.starts_with("the dictionary") {
+            assert_eq!(
+                refused,
+                objects.len(),
+                "trial {trial}, {what}: a damaged dictionary is used"
+            );
+        }
+        // fsck names the pack (its checksum, if nothing else, has changed).
+        if trial % 4 == 0 {
+            let out = env.run(&["fsck"], b"");
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "trial {trial}, {what}: {}",
+                transcript(&out)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains(&pack_name),
+                "trial {trial}, {what}: {}",
+                transcript(&out)
+            );
+        }
+        std::fs::write(path, &good).unwrap();
+    }
+    assert!(
+        errors > 0 && right > 0,
+        "{errors} errors, {right} right reads"
+    );
+    let out = env.run(&["fsck"], b"");
+    assert!(out.status.success(), "{}", transcript(&out));
 }
