@@ -262,6 +262,97 @@ fn main() {
         wall.as_secs_f64(),
         per * writers
     );
+    // Issue 25's targets: the commands users run, each beside its baseline in this run.
+    let exe = env!("CARGO_BIN_EXE_prodigy");
+    let pipe = |job: &str, input: &Path| {
+        let mut times = Vec::new();
+        for run in 0..3 {
+            let script = format!(
+                "cat '{}' | '{exe}' events append --repo bench --job {job}-{run} > /dev/null",
+                input.display()
+            );
+            let start = Instant::now();
+            let out = Command::new("sh")
+                .args(["-c", &script])
+                .env("PRODIGY_HOME", &home)
+                .output()
+                .unwrap();
+            times.push(start.elapsed());
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        support::median(times)
+    };
+    let full = pipe("pipe-full", &raw);
+    let bare_path = dir.path().join("bare.jsonl");
+    {
+        let mut bare = std::io::BufWriter::new(std::fs::File::create(&bare_path).unwrap());
+        for n in 0..count {
+            serde_json::to_writer(&mut bare, &event(n)).unwrap();
+            bare.write_all(b"\n").unwrap();
+        }
+    }
+    let bare = pipe("pipe-bare", &bare_path);
+    let ratio = |d: Duration| d.as_secs_f64() / base_time.as_secs_f64();
+    println!(
+        "| `prodigy events append` from a pipe, the baseline's full records (median of 3) | {:.2} s: {:.2}x the baseline |",
+        full.as_secs_f64(),
+        ratio(full)
+    );
+    println!(
+        "| `prodigy events append` from a pipe, bare events (median of 3) | {:.2} s: {:.2}x the baseline |",
+        bare.as_secs_f64(),
+        ratio(bare)
+    );
+    // `events show --json` beside `zstd -dc` of the same output as one zstd -1 file.
+    let shown = dir.path().join("shown.jsonl");
+    let out = Command::new(exe)
+        .args(["events", "show", "--repo", "bench", "strict", "--json"])
+        .env("PRODIGY_HOME", &home)
+        .stdout(std::fs::File::create(&shown).unwrap())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let packed = dir.path().join("shown.jsonl.zst");
+    assert!(
+        Command::new("zstd")
+            .args(["-1", "-q", "-f", "-o"])
+            .arg(&packed)
+            .arg(&shown)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut unzstd = Vec::new();
+    let mut show_times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let ok = Command::new("zstd")
+            .args(["-dc", "-q"])
+            .arg(&packed)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        unzstd.push(start.elapsed());
+        assert!(ok);
+        let (t, _) = time_cli(&home, &["events", "show", "--repo", "bench", "strict", "--json"], 1);
+        show_times.push(t);
+    }
+    let (unzstd, show) = (support::median(unzstd), support::median(show_times));
+    println!(
+        "| `events show --json > /dev/null` beside `zstd -dc` of its output as one zstd -1 file (medians of 5) | {:.3} s vs {:.3} s: {:.2}x |",
+        show.as_secs_f64(),
+        unzstd.as_secs_f64(),
+        show.as_secs_f64() / unzstd.as_secs_f64()
+    );
+    println!(
+        "| one EventLogger, a durable batch per 1,000, beside the baseline | {:.2}x the baseline's time |",
+        ratio(strict)
+    );
+    println!(
+        "| {writers} writer processes, one job, beside the baseline (the same event count) | {:.2}x the baseline's time |",
+        ratio(wall)
+    );
     // `events ls` over many jobs: it reads one node per job, whatever their length.
     let jobs = env_number("LS_JOBS", 1000);
     if jobs > 0 {
