@@ -278,7 +278,11 @@ fn main() {
                 .output()
                 .unwrap();
             times.push(start.elapsed());
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         support::median(times)
     };
@@ -335,7 +339,11 @@ fn main() {
             .success();
         unzstd.push(start.elapsed());
         assert!(ok);
-        let (t, _) = time_cli(&home, &["events", "show", "--repo", "bench", "strict", "--json"], 1);
+        let (t, _) = time_cli(
+            &home,
+            &["events", "show", "--repo", "bench", "strict", "--json"],
+            1,
+        );
         show_times.push(t);
     }
     let (unzstd, show) = (support::median(unzstd), support::median(show_times));

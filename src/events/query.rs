@@ -140,6 +140,7 @@ pub fn stream_chains(
             next: 0,
             lines: Vec::new(),
             pos: 0,
+            end: 0,
             record: None,
             key: None,
         });
@@ -161,7 +162,7 @@ pub fn stream_chains(
             }
         }
         let c = &mut cursors[best];
-        let end = c.line_end();
+        let end = c.end;
         let record = c.record.take();
         if !each(Line {
             json: &c.lines[c.pos..end],
@@ -190,6 +191,8 @@ struct Cursor {
     lines: Vec<u8>,
     /// Where its next line starts (`lines.len()` when none is left).
     pos: usize,
+    /// Where that line ends (its newline, or the end of the batch).
+    end: usize,
     /// That line parsed, when parsing was asked.
     record: Option<EventRecord>,
     /// That line's merge key, while chains are merged.
@@ -202,10 +205,7 @@ impl Cursor {
     }
 
     fn line_end(&self) -> usize {
-        self.lines[self.pos..]
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(self.lines.len(), |n| self.pos + n)
+        memchr::memchr(b'\n', &self.lines[self.pos..]).map_or(self.lines.len(), |n| self.pos + n)
     }
 
     /// Moves to the next line that passes the filter (opening batches as needed), and
@@ -232,6 +232,7 @@ impl Cursor {
                         self.chain.name()
                     ))
                 };
+                self.end = end;
                 if parse {
                     let record: EventRecord = serde_json::from_slice(json).map_err(bad)?;
                     if !filter.matches(&record) {

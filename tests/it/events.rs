@@ -964,3 +964,63 @@ fn the_old_layout_is_read_beside_writers_refs_and_retention_counts_over_both() {
     assert_eq!(kept, want[17..].to_vec());
     assert_eq!(env.run(&["fsck"], b"").status.code(), Some(0));
 }
+
+/// Bare events are stored as written when nothing of them moves into the envelope (the
+/// fast path of `events append`), and otherwise as before: `metadata` and
+/// `correlation_id` leave the event for the envelope, odd types of the summarised fields
+/// are kept in the event and left out of the summary.
+#[test]
+fn bare_events_keep_their_fields_whichever_way_they_are_read() {
+    let env = Env::new();
+    let lines = [
+        r#"{"event_type":"plain","agent_id":"a1","duration_ms":7,"nested":{"k":[1,2]}}"#,
+        r#"{"event_type":"odd","agent_id":5,"duration_ms":1.5}"#,
+        r#"{"event_type":"moved","metadata":{"agent_id":"m1"},"correlation_id":"c1"}"#,
+        r#"{"event_type":"nulls","metadata":null}"#,
+    ];
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        (lines.join("\n") + "\n").as_bytes(),
+    );
+    let stored = records(&env, "j", &[]);
+    assert_eq!(stored.len(), 4);
+    assert_eq!(
+        stored[0]["event"],
+        serde_json::json!({"event_type":"plain","agent_id":"a1","duration_ms":7,"nested":{"k":[1,2]}})
+    );
+    assert_eq!(stored[1]["event"]["agent_id"], 5);
+    assert_eq!(
+        stored[2]["event"],
+        serde_json::json!({"event_type":"moved"})
+    );
+    assert_eq!(stored[2]["metadata"]["agent_id"], "m1");
+    assert_eq!(stored[2]["correlation_id"], "c1");
+    assert_eq!(
+        stored[3]["event"],
+        serde_json::json!({"event_type":"nulls"})
+    );
+    for (seq, r) in stored.iter().enumerate() {
+        assert_eq!(r["seq"], seq as u64);
+    }
+    let stats: serde_json::Value = serde_json::from_str(&env.ok(
+        &[
+            "events",
+            "stats",
+            "j",
+            "--repo",
+            "api",
+            "--json",
+            "--group-by",
+            "agent",
+        ],
+        b"",
+    ))
+    .unwrap();
+    let agents = stats["by_agent"].to_string();
+    assert!(agents.contains("a1") && agents.contains("m1"), "{stats}");
+    assert_eq!(
+        stats["total"]["durations"]["plain"]["total_ms"], 7,
+        "{stats}"
+    );
+    assert!(stats["total"]["durations"].get("odd").is_none(), "{stats}");
+}

@@ -7,11 +7,14 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
-use crate::events::record::{RECORD_VERSION, new_id, normalize_timestamp, now_timestamp};
+use crate::events::record::{
+    RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, write_record_line,
+};
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 
 /// The longest line accepted (16 MiB), as every command reading lines.
@@ -45,6 +48,33 @@ pub struct Args {
     pub file: Option<PathBuf>,
 }
 
+/// A bare event as [`Builder::bare`] reads it: what the batch summary needs, and the
+/// fields that send a line down the general path.
+#[derive(serde::Deserialize)]
+struct Bare<'a> {
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    #[serde(borrow, default)]
+    transcript: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    log: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    metadata: bool,
+    #[serde(default, deserialize_with = "present")]
+    correlation_id: bool,
+    #[serde(default, deserialize_with = "present")]
+    event: bool,
+}
+
+/// True for a key that is there, whatever its value (null too).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
 /// Turns input lines into batches: consecutive records of one writer, at most
 /// `batch_size` each.
 struct Builder {
@@ -57,6 +87,10 @@ struct Builder {
     given: HashMap<(String, u64), (blake3::Hash, usize)>,
     /// Full records repeated in the input, skipped.
     repeated: u64,
+    /// `metadata` as JSON, written into every bare event's envelope.
+    metadata_json: Vec<u8>,
+    /// The line being written.
+    line: Vec<u8>,
 }
 
 impl Builder {
@@ -95,6 +129,69 @@ impl Builder {
         batch
             .push_encoded(&json, &record.info())
             .map_err(|e| e.to_string())
+    }
+
+    /// Appends `text` when it is a bare event that keeps all its fields (no `metadata`,
+    /// `correlation_id` or `event` of its own, every summarised field of the usual type):
+    /// checked by a typed read, stored as written. False when it needs the general path.
+    fn bare(&mut self, text: &[u8]) -> Result<bool, String> {
+        let Ok(bare) = serde_json::from_slice::<Bare<'_>>(text) else {
+            return Ok(false);
+        };
+        if bare.metadata || bare.correlation_id || bare.event {
+            return Ok(false);
+        }
+        let attachment = match (&bare.transcript, &bare.log) {
+            (None, None) => None,
+            (Some(t), None) | (None, Some(t)) => match t.parse() {
+                Ok(id) => Some(id),
+                Err(_) => return Ok(false),
+            },
+            (Some(_), Some(_)) => return Ok(false),
+        };
+        let id = new_id();
+        let timestamp = now_timestamp();
+        let seq = self.next_seq;
+        self.line.clear();
+        write_record_line(
+            &mut self.line,
+            &id,
+            &timestamp,
+            &self.writer,
+            seq,
+            None,
+            |l| {
+                l.extend_from_slice(text);
+                Ok(())
+            },
+            &self.metadata_json,
+        )
+        .map_err(|e| e.to_string())?;
+        let info = RecordInfo {
+            timestamp: &timestamp,
+            event_type: &bare.event_type,
+            agent_id: bare
+                .agent_id
+                .as_deref()
+                .or(self.metadata.agent_id.as_deref()),
+            duration_ms: bare.duration_ms,
+            writer: &self.writer,
+            seq,
+            attachment,
+        };
+        let start_new = match self.batches.last() {
+            None => true,
+            Some(b) => b.writer() != Some(self.writer.as_str()) || b.len() >= self.batch_size,
+        };
+        if start_new {
+            self.batches.push(Batch::new());
+        }
+        let batch = self.batches.last_mut().ok_or("no batch")?;
+        batch
+            .push_encoded(&self.line, &info)
+            .map_err(|e| e.to_string())?;
+        self.next_seq += 1;
+        Ok(true)
     }
 
     fn line(&mut self, value: Value) -> Result<EventRecord, String> {
@@ -194,7 +291,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         },
         given: HashMap::new(),
         repeated: 0,
+        metadata_json: Vec::new(),
+        line: Vec::with_capacity(1024),
     };
+    builder.metadata_json = serde_json::to_vec(&builder.metadata)?;
     let mut file_input;
     let input: &mut dyn BufRead = match &args.file {
         Some(path) if path.as_os_str() != "-" => {
@@ -221,6 +321,11 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             continue;
         }
         let refuse = |reason: String| anyhow!("line {number}: {reason}; nothing was appended");
+        // Most lines are bare events without metadata of their own: their bytes are the
+        // stored event as they are, in an envelope written by hand.
+        if builder.bare(text).map_err(&refuse)? {
+            continue;
+        }
         let value: Value =
             serde_json::from_slice(text).map_err(|e| refuse(format!("invalid JSON: {e}")))?;
         let record = builder.line(value).map_err(&refuse)?;

@@ -116,6 +116,14 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             args.best_effort,
             !args.json,
             |line| {
+                if args.limit.is_none() && line.record.is_none() {
+                    // Copied as stored, no allocation per line.
+                    return out
+                        .write_all(line.json)
+                        .and_then(|_| out.write_all(b"\n"))
+                        .map(|_| true)
+                        .map_err(io_error);
+                }
                 let text = match &line.record {
                     Some(r) if !args.json => human_line(r).into_bytes(),
                     _ => line.json.to_vec(),
