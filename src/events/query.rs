@@ -128,23 +128,109 @@ pub fn stream_chains(
     mut each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
 ) -> Result<Vec<EventError>, EventError> {
     let mut skipped = Vec::new();
-    let mut cursors = Vec::with_capacity(chains.len());
+    let mut walked = Vec::with_capacity(chains.len());
     for (chain, head, stop) in chains {
         // Only the ids are kept on the way back, so memory does not grow with the log's
         // length (32 bytes per batch); each node is read again on the way forward.
         let (ids, broken) = chain.node_ids_between(head, stop, best_effort)?;
         skipped.extend(broken);
-        cursors.push(Cursor {
-            chain,
-            ids,
-            next: 0,
-            lines: Vec::new(),
-            pos: 0,
-            end: 0,
-            record: None,
-            key: None,
-        });
+        walked.push((chain, ids));
     }
+    // A few chains each get a thread that reads (and verifies) their next batches while
+    // the caller writes the current one: the two cores share the work.
+    let ahead = walked.len() <= READ_AHEAD_CHAINS;
+    std::thread::scope(|scope| {
+        let mut cursors = Vec::with_capacity(walked.len());
+        for (chain, ids) in walked {
+            let reader = ahead.then(|| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                let (chain, filter) = (chain.clone(), filter.clone());
+                let ids = ids.clone();
+                scope.spawn(move || read_ahead(&chain, &ids, &filter, best_effort, &tx));
+                rx
+            });
+            cursors.push(Cursor {
+                chain,
+                ids,
+                next: 0,
+                reader,
+                lines: Vec::new(),
+                pos: 0,
+                end: 0,
+                record: None,
+                key: None,
+            });
+        }
+        merge(cursors, filter, best_effort, parse, skipped, &mut each)
+    })
+}
+
+/// Chains up to which each gets a read-ahead thread, and the batches it reads ahead.
+const READ_AHEAD_CHAINS: usize = 8;
+const READ_AHEAD: usize = 2;
+
+/// What a read-ahead thread hands over, in the chain's order.
+enum Ahead {
+    /// A batch's lines.
+    Lines(Vec<u8>),
+    /// A batch that could not be read, skipped (best effort).
+    Skipped(EventError),
+    /// The error that ends the read.
+    Failed(EventError),
+}
+
+/// Reads the batches of `ids` that may match `filter`, in order, into `tx` (until the
+/// reader hangs up).
+fn read_ahead(
+    chain: &Chain,
+    ids: &[ObjectId],
+    filter: &Filter,
+    best_effort: bool,
+    tx: &std::sync::mpsc::SyncSender<Ahead>,
+) {
+    for (n, id) in ids.iter().enumerate() {
+        if n.is_multiple_of(PREFETCH) && chain.refs().objects().wants_prefetch() {
+            prefetch(chain, &ids[n..ids.len().min(n + PREFETCH)]);
+        }
+        let sent = match chain.node(id) {
+            Err(e) => {
+                let _ = tx.send(Ahead::Failed(e));
+                return;
+            }
+            Ok(node) if !filter.node_may_match(&node) => continue,
+            Ok(node) => match chain.batch_lines(&node) {
+                Ok(lines) => tx.send(Ahead::Lines(lines)),
+                Err(e) if best_effort => tx.send(Ahead::Skipped(e)),
+                Err(e) => {
+                    let _ = tx.send(Ahead::Failed(e));
+                    return;
+                }
+            },
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// From a remote store, the batches of these nodes are fetched many at once.
+fn prefetch(chain: &Chain, ids: &[ObjectId]) {
+    let next: Vec<ObjectId> = ids
+        .iter()
+        .filter_map(|id| chain.node(id).ok().map(|node| node.batch))
+        .collect();
+    chain.refs().objects().prefetch(&next);
+}
+
+/// Merges the cursors' lines into `each`.
+fn merge(
+    mut cursors: Vec<Cursor>,
+    filter: &Filter,
+    best_effort: bool,
+    parse: bool,
+    mut skipped: Vec<EventError>,
+    each: &mut impl FnMut(Line<'_>) -> Result<bool, EventError>,
+) -> Result<Vec<EventError>, EventError> {
     let must_parse = parse || !filter.is_empty();
     let merging = cursors.len() > 1;
     for c in &mut cursors {
@@ -187,6 +273,8 @@ struct Cursor {
     ids: Vec<ObjectId>,
     /// The next node to open.
     next: usize,
+    /// Its batches, read ahead by a thread of their own (else read here).
+    reader: Option<std::sync::mpsc::Receiver<Ahead>>,
     /// The open batch's JSON Lines.
     lines: Vec<u8>,
     /// Where its next line starts (`lines.len()` when none is left).
@@ -249,19 +337,30 @@ impl Cursor {
                 return Ok(());
             }
             // The next batch that may match.
+            if let Some(reader) = &self.reader {
+                match reader.recv() {
+                    Ok(Ahead::Lines(lines)) => {
+                        self.lines = lines;
+                        self.pos = 0;
+                    }
+                    Ok(Ahead::Skipped(e)) => skipped.push(e),
+                    Ok(Ahead::Failed(e)) => return Err(e),
+                    Err(_) => {
+                        self.lines.clear();
+                        self.pos = 0;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
             let Some(id) = self.ids.get(self.next).copied() else {
                 self.lines.clear();
                 self.pos = 0;
                 return Ok(());
             };
             if self.next.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
-                // From a remote store, the next batches are fetched many at once.
                 let end = self.ids.len().min(self.next + PREFETCH);
-                let next: Vec<ObjectId> = self.ids[self.next..end]
-                    .iter()
-                    .filter_map(|id| self.chain.node(id).ok().map(|node| node.batch))
-                    .collect();
-                self.chain.refs().objects().prefetch(&next);
+                prefetch(&self.chain, &self.ids[self.next..end]);
             }
             self.next += 1;
             let node = self.chain.node(&id)?;
