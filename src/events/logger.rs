@@ -71,6 +71,9 @@ struct State {
     staged: VecDeque<(Batch, ObjectId, WriteGuard)>,
     /// Every record with a lower seq is durable.
     durable_next: u64,
+    /// Guards against gc held until the record of their seq is durable (see
+    /// [`EventLogger::hold_until_durable`]).
+    held: Vec<(u64, WriteGuard)>,
     next_seq: u64,
     correlation_id: Option<String>,
     /// The flusher's last failure, reported by the next call.
@@ -168,6 +171,7 @@ impl EventLogger {
                 sealed: VecDeque::new(),
                 staged: VecDeque::new(),
                 durable_next: 0,
+                held: Vec::new(),
                 next_seq: 0,
                 correlation_id: None,
                 failed: None,
@@ -250,6 +254,22 @@ impl EventLogger {
             attachment: super::record::attachment_of(&event),
         };
         self.shared.record(&event, info, Some(&metadata))
+    }
+
+    /// Keeps `guard` (the home's gc guard, taken to write an object the last logged event
+    /// names) until that event is durable: gc never sees the object unnamed, and the caller
+    /// does not wait for a flush (the batch is sealed at once and committed by the
+    /// logger's threads).
+    pub fn hold_until_durable(&self, guard: WriteGuard) {
+        let mut state = self.shared.lock();
+        match state.next_seq.checked_sub(1) {
+            Some(seq) if seq >= state.durable_next => {
+                state.held.push((seq, guard));
+                // Sealed now, so gc waits for one commit, not for the batch to fill.
+                self.shared.seal(&mut state);
+            }
+            _ => drop(guard),
+        }
     }
 
     /// Appends everything buffered; returns once it is durable.
@@ -481,6 +501,8 @@ impl Shared {
                         if let Some((last, _, _)) = staged.last() {
                             state.durable_next = last.seq_last() + 1;
                         }
+                        let durable = state.durable_next;
+                        state.held.retain(|(seq, _)| *seq >= durable);
                     }
                     Err(e) => {
                         for entry in staged.into_iter().rev() {

@@ -127,8 +127,9 @@ pub(super) fn run_step(
 const MAX_STEP_LOG: u64 = 16 << 20;
 
 /// Keeps what the step wrote to its log (from `start`) in the store, named by a
-/// `step_output` event: under the home's gc guard until the event is durable, so gc never
-/// sees the object unnamed. A failure to keep it is written to the log, not the step's.
+/// `step_output` event: under the home's gc guard until the event is durable (the logger
+/// holds it until then, so the step does not wait for a flush), so gc never sees the
+/// object unnamed. A failure to keep it is written to the log, not the step's.
 fn keep_log(site: &Site<'_>, label: &str, path: &Path, start: u64, exit_code: i32) {
     use std::io::{Read, Seek, SeekFrom};
     let kept = (|| -> Result<(), String> {
@@ -151,7 +152,7 @@ fn keep_log(site: &Site<'_>, label: &str, path: &Path, start: u64, exit_code: i3
         file.take(end - from)
             .read_to_end(&mut bytes)
             .map_err(|e| e.to_string())?;
-        let _guard = site.refs.write_guard().map_err(|e| crate::error_line(&e))?;
+        let guard = site.refs.write_guard().map_err(|e| crate::error_line(&e))?;
         let log = site
             .refs
             .objects()
@@ -167,7 +168,8 @@ fn keep_log(site: &Site<'_>, label: &str, path: &Path, start: u64, exit_code: i3
             bytes: end - start,
             log,
         });
-        site.logger.flush().map_err(|e| crate::error_line(&e))
+        site.logger.hold_until_durable(guard);
+        Ok(())
     })();
     if let Err(e) = kept {
         write_log(
