@@ -44,14 +44,31 @@ fn write_marker(path: &Path, marker: &DoneMarker) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The commit a worktree's detached `HEAD` names, read from its files (no git process, so
-/// the marker is written within microseconds of the last step's end).
-fn detached_head(worktree: &Path) -> Option<String> {
-    let dotgit = std::fs::read_to_string(worktree.join(".git")).ok()?;
-    let gitdir = Path::new(dotgit.strip_prefix("gitdir:")?.trim()).to_owned();
-    let head = std::fs::read_to_string(gitdir.join("HEAD")).ok()?;
-    let head = head.trim();
-    (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
+/// A worker's worktree (`<job>@slot-<n>`), kept from one agent to the next: made once,
+/// then reset between agents ([`git::Worktrees::reset_detached`]), which costs two git
+/// processes and rewrites only what the last agent changed, where a new worktree costs
+/// three and writes (and later deletes) every file. Each agent still starts from exactly
+/// the map's base, with no file of the agent before it. A worktree git could not reset
+/// safely ([`git::reusable`]) is removed and made again; a failed agent's moves to
+/// `<job>@agent-<index>`, kept for inspection.
+pub(super) struct Slot {
+    path: PathBuf,
+    /// The worktree is there and may be reset for the next agent.
+    reusable: bool,
+}
+
+impl Slot {
+    pub(super) fn new(path: PathBuf) -> Slot {
+        Slot {
+            path,
+            reusable: false,
+        }
+    }
+
+    /// Removes the worktree (the worker has no more items).
+    pub(super) fn close(self, ctx: &AgentCtx) {
+        ctx.worktrees.remove(&self.path);
+    }
 }
 
 fn meta(agent: &str, worktree: &Path) -> Map<String, Value> {
@@ -64,15 +81,21 @@ fn meta(agent: &str, worktree: &Path) -> Map<String, Value> {
     m
 }
 
-/// One agent: a fresh worktree per attempt, the template's steps, its commits.
-pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) -> Msg {
+/// One agent: a fresh worktree per attempt (the slot's, reset), the template's steps,
+/// its commits.
+pub(super) fn run_agent(
+    ctx: &AgentCtx,
+    index: usize,
+    slot: &mut Slot,
+    tx: &mpsc::Sender<Msg>,
+) -> Msg {
     let key = ctx.keys[index].clone();
     let item = &ctx.items[index];
     let spec = &ctx.spec;
     let job_id = spec.id.clone();
     let agent = format!("agent-{index}");
     let branch = agent_branch(spec, index);
-    let path = agent_dir(spec, index);
+    let path = slot.path.clone();
     let log_path = spec.agents_dir.join("logs").join(format!("{agent}.log"));
     let logger = &ctx.logger;
     let log_event = |e: MapReduceEvent| {
@@ -113,7 +136,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         }
         let started = Instant::now();
         let failure =
-            |message: String, exit_code: Option<i32>, step: Option<String>, keep: bool| {
+            |message: String, exit_code: Option<i32>, step: Option<String>, kept: Option<&Path>| {
                 let failure = Failure {
                     error_message: message.clone(),
                     exit_code,
@@ -121,19 +144,32 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                     step,
                     duration_ms: Some(started.elapsed().as_millis() as u64),
                     log_location: Some(log_path.display().to_string()),
-                    worktree_artifacts: keep
-                        .then(|| json!({"worktree": path.display().to_string()})),
+                    worktree_artifacts: kept.map(|p| json!({"worktree": p.display().to_string()})),
                     ..Failure::default()
                 };
                 (message, failure)
             };
+        // The failed agent's worktree, kept for inspection under the item's name (the
+        // slot is made again for the next agent).
+        let keep = |log: &std::sync::Arc<std::sync::Mutex<std::fs::File>>| {
+            let kept = agent_dir(spec, index);
+            ctx.worktrees.remove(&kept);
+            match ctx.worktrees.move_to(&path, &kept) {
+                Ok(()) => Some(kept),
+                Err(e) => {
+                    write_log(log, &format!("== cannot keep the worktree: {e} ==\n"));
+                    ctx.worktrees.remove(&path);
+                    None
+                }
+            }
+        };
         let log = match std::fs::create_dir_all(spec.agents_dir.join("logs"))
             .map_err(|e| e.to_string())
             .and_then(|()| open_log(&log_path).map_err(|e| e.to_string()))
         {
             Ok(l) => l,
             Err(e) => {
-                let (m, f) = failure(format!("cannot open agent log: {e}"), None, None, false);
+                let (m, f) = failure(format!("cannot open agent log: {e}"), None, None, None);
                 return finished_failed(&key, index, &agent, attempt, started_all, m, f);
             }
         };
@@ -145,9 +181,16 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             ),
         );
         let _ = std::fs::remove_file(marker_path(spec, index));
-        ctx.worktrees.remove(&path);
-        if let Err(e) = ctx.worktrees.add_detached(&path, &ctx.map_base) {
-            let (m, f) = failure(format!("worktree error: {e}"), None, None, false);
+        let reset = std::mem::take(&mut slot.reusable)
+            && ctx.worktrees.reset_detached(&path, &ctx.map_base).is_ok();
+        let made = if reset {
+            Ok(())
+        } else {
+            ctx.worktrees.remove(&path);
+            ctx.worktrees.add_detached(&path, &ctx.map_base)
+        };
+        if let Err(e) = made {
+            let (m, f) = failure(format!("worktree error: {e}"), None, None, None);
             log_event(MapReduceEvent::AgentFailed {
                 job_id: job_id.clone(),
                 agent_id: agent.clone(),
@@ -243,7 +286,7 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         }
         let marker = marker_path(spec, index);
         if error.is_none() {
-            match detached_head(&path) {
+            match git::detached_head(&path) {
                 Some(head) => {
                     let done = DoneMarker {
                         attempt,
@@ -277,9 +320,16 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
                 retry_eligible: attempt < ctx.max_attempts,
             });
             if attempt < ctx.max_attempts {
+                slot.reusable = git::reusable(&path);
                 continue;
             }
-            let (m, mut fl) = failure(message, f.exit_code, Some(format!("line {}", f.line)), true);
+            let kept = keep(&log);
+            let (m, mut fl) = failure(
+                message,
+                f.exit_code,
+                Some(format!("line {}", f.line)),
+                kept.as_deref(),
+            );
             fl.error_message = detail;
             return finished_failed(&key, index, &agent, attempt, started_all, m, fl);
         }
@@ -293,7 +343,8 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
         }) {
             Ok(c) => c,
             Err(e) => {
-                let (m, f) = failure(format!("worktree error: {e}"), None, None, true);
+                let kept = keep(&log);
+                let (m, f) = failure(format!("worktree error: {e}"), None, None, kept.as_deref());
                 return finished_failed(&key, index, &agent, attempt, started_all, m, f);
             }
         };
@@ -325,8 +376,14 @@ pub(super) fn run_agent(ctx: &AgentCtx, index: usize, tx: &mpsc::Sender<Msg>) ->
             },
             None,
         ));
-        // Uncommitted changes are the agent's scratch: only commits are merged.
-        ctx.worktrees.remove(&path);
+        // Uncommitted changes are the agent's scratch: only commits are merged. The
+        // worktree is reset for the next agent, or removed when git could not reset it.
+        slot.reusable = git::reusable(&path);
+        if !slot.reusable {
+            ctx.worktrees.remove(&path);
+        }
+        // What an earlier run kept of this item's failure (`dlq retry`) is resolved.
+        ctx.worktrees.remove(&agent_dir(spec, index));
         log_event(MapReduceEvent::WorktreeCleaned {
             job_id: job_id.clone(),
             agent_id: agent.clone(),

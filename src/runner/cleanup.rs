@@ -170,6 +170,43 @@ fn worktrees_of(
         })
         .collect();
     agents.sort();
+    // Workers' worktrees (`<job>@slot-<n>`): each with the agent running in it, if any.
+    let slot = format!("{}@slot-", spec.id);
+    let mut slots: Vec<(usize, PathBuf)> = std::fs::read_dir(&spec.agents_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix(&slot)?.parse::<usize>().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    slots.sort();
+    for (_, path) in slots {
+        let agent = state
+            .checkpoint
+            .running
+            .iter()
+            .find(|(_, a)| a.worktree == path);
+        let slot_state = match (job_status, agent) {
+            ("running", _) => "running",
+            (_, Some(_)) => "interrupted",
+            // Idle, left by a run that ended: nothing of an agent's is in it.
+            (_, None) => "done",
+        };
+        out.push(WorktreeInfo {
+            job: spec.id.clone(),
+            kind: "agent",
+            item: agent.map(|(k, _)| k.clone()),
+            index: agent.map(|(_, a)| a.index),
+            branch: None,
+            bytes: size(&path),
+            path,
+            state: slot_state.to_owned(),
+        });
+    }
     for (index, path) in agents {
         let key = items.get(index).map(|v| item_key(index, v));
         let result = key.as_ref().and_then(|k| state.results.get(k));

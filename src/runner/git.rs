@@ -221,6 +221,31 @@ impl Worktrees {
         git(path, &["reset", "-q", "--hard"]).map(|_| ())
     }
 
+    /// Makes the worktree at `path` (made by [`Self::add_detached`] and [`reusable`] now)
+    /// what `add_detached` would make at `start`: untracked and ignored files removed,
+    /// tracked files, the index and the detached `HEAD` reset. Two git processes and no
+    /// file written that is already right, where a new worktree checks out every file.
+    /// No lock: only this worktree's own files change.
+    pub fn reset_detached(&self, path: &Path, start: &str) -> Result<(), GitError> {
+        git(path, &["clean", "-q", "-ffdx"])?;
+        git(path, &["reset", "-q", "--hard", start]).map(|_| ())
+    }
+
+    /// Moves the worktree at `from` to `to` (its registration too), under the lock.
+    pub fn move_to(&self, from: &Path, to: &Path) -> Result<(), GitError> {
+        let _guard = self.guard()?;
+        git(
+            &self.repo,
+            &[
+                "worktree",
+                "move",
+                &from.to_string_lossy(),
+                &to.to_string_lossy(),
+            ],
+        )
+        .map(|_| ())
+    }
+
     /// Points `branch` at `commit` (see [`set_branch`]), under the lock.
     pub fn set_branch(&self, branch: &str, commit: &str) -> Result<(), GitError> {
         let _guard = self.guard()?;
@@ -383,8 +408,50 @@ pub fn changes(
     Ok(c)
 }
 
+/// A worktree's own git directory (`<common>/worktrees/<name>`), read from its `.git` file
+/// and checked against the directory's pointer back to the worktree.
+fn admin_dir(worktree: &Path) -> Option<PathBuf> {
+    let dotgit = std::fs::read_to_string(worktree.join(".git")).ok()?;
+    let admin = PathBuf::from(dotgit.strip_prefix("gitdir:")?.trim());
+    let back = std::fs::read_to_string(admin.join("gitdir")).ok()?;
+    (Path::new(back.trim()) == worktree.join(".git")).then_some(admin)
+}
+
+/// The commit a worktree's detached `HEAD` names, read from its files (no git process).
+pub fn detached_head(worktree: &Path) -> Option<String> {
+    let head = std::fs::read_to_string(admin_dir(worktree)?.join("HEAD")).ok()?;
+    let head = head.trim();
+    (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
+}
+
+/// Whether the worktree at `path` may be reset for another agent
+/// ([`Worktrees::reset_detached`]): it is registered as the one there, its `HEAD` is
+/// detached (a reset would move a branch) and git has no operation in progress in it
+/// (a merge, rebase, cherry-pick, revert or bisect, which a reset does not end).
+pub fn reusable(path: &Path) -> bool {
+    let Some(admin) = admin_dir(path) else {
+        return false;
+    };
+    detached_head(path).is_some()
+        && [
+            "MERGE_HEAD",
+            "CHERRY_PICK_HEAD",
+            "REVERT_HEAD",
+            "BISECT_LOG",
+            "rebase-merge",
+            "rebase-apply",
+            "sequencer",
+            "index.lock",
+        ]
+        .iter()
+        .all(|f| !admin.join(f).exists())
+}
+
 /// The commits on `HEAD` since `base`, oldest first.
 pub fn commits_since(dir: &Path, base: &str) -> Result<Vec<String>, GitError> {
+    if detached_head(dir).as_deref() == Some(base) {
+        return Ok(Vec::new());
+    }
     let out = git(dir, &["rev-list", "--reverse", &format!("{base}..HEAD")])?;
     Ok(out.lines().map(str::to_owned).collect())
 }

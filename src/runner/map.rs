@@ -210,26 +210,34 @@ impl Job {
         Ok(found)
     }
 
-    /// Worktrees of agents that finished but were not cleaned up (the runner died first).
+    /// Worktrees an earlier run left (it died first): every worker's slot, and a kept
+    /// agent's whose item is done since.
     pub(super) fn remove_leftover_worktrees(&self, keys: &[String]) {
         let spec = &self.state.spec;
         let worktrees = self.worktrees();
         let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
             return;
         };
+        let agent = format!("{}@agent-", spec.id);
+        let slot = format!("{}@slot-", spec.id);
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(index) = name
-                .strip_prefix("agent-")
-                .and_then(|i| i.parse::<usize>().ok())
-            else {
+            if name.ends_with(".done") {
                 continue;
+            }
+            let leftover = if let Some(n) = name.strip_prefix(&slot) {
+                n.parse::<usize>().is_ok()
+            } else if let Some(index) = name
+                .strip_prefix(&agent)
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                keys.get(index)
+                    .and_then(|k| self.state.results.get(k))
+                    .is_some_and(|r| r.status == ItemStatus::Done)
+            } else {
+                false
             };
-            let done = keys
-                .get(index)
-                .and_then(|k| self.state.results.get(k))
-                .is_some_and(|r| r.status == ItemStatus::Done);
-            if done {
+            if leftover {
                 worktrees.remove(&entry.path());
             }
         }
@@ -255,24 +263,30 @@ impl Job {
         let mut stop_reason = None;
         let mut outcome = Ok(());
         std::thread::scope(|s| {
-            for _ in 0..workers {
+            for n in 0..workers {
                 let tx = tx.clone();
                 let queue = &queue;
                 let stop = &stop;
                 s.spawn(move || {
+                    let mut slot = agent::Slot::new(slot_dir(&ctx.spec, n));
                     loop {
                         if stop.load(Ordering::SeqCst) || ctx.exec.interrupted() {
-                            return;
+                            break;
                         }
                         let Some(index) =
                             queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
                         else {
-                            return;
+                            break;
                         };
-                        let msg = run_agent(ctx, index, &tx);
+                        let msg = run_agent(ctx, index, &mut slot, &tx);
                         if tx.send(msg).is_err() {
-                            return;
+                            break;
                         }
+                    }
+                    // An interrupted agent's worktree stays as it was (the next run
+                    // removes it).
+                    if !ctx.exec.interrupted() {
+                        slot.close(ctx);
                     }
                 });
             }

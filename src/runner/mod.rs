@@ -2,8 +2,8 @@
 //!
 //! A job runs in its own git worktree (`worktrees/<repo>/<job>/<job>@job`, branch
 //! `prodigy/<job>` made from the recorded base commit): setup there, then one agent per
-//! work item in a worktree of its own (`…/<job>@agent-<index>`, detached; its commits, if
-//! any, on `prodigy-agent/<job>/<index>`), then the agents' commits merged into the job's
+//! work item in a fresh worktree (its worker's, `…/<job>@slot-<n>`, reset between agents;
+//! detached; its commits, if any, on `prodigy-agent/<job>/<index>`), then the agents' commits merged into the job's
 //! worktree, then reduce there. Every change of state is a checkpoint ([`crate::state`])
 //! written after the events that explain it are durable; `resume` starts from the
 //! checkpoint alone, recreating whatever worktree is missing.
@@ -576,10 +576,16 @@ fn agent_branch(spec: &JobSpec, index: usize) -> String {
     format!("{}/{index}", agent_refs(spec))
 }
 
-/// An agent's worktree: `<job>@agent-<index>`, a name (git's too) no other job's can
-/// take, since `@` is not allowed in job ids.
+/// A failed agent's worktree, kept for inspection (and the base of its done marker's
+/// name): `<job>@agent-<index>`, a name (git's too) no other job's can take, since `@` is
+/// not allowed in job ids.
 fn agent_dir(spec: &JobSpec, index: usize) -> PathBuf {
     spec.agents_dir.join(format!("{}@agent-{index}", spec.id))
+}
+
+/// A worker's worktree, reset from one agent to the next: `<job>@slot-<n>`.
+fn slot_dir(spec: &JobSpec, n: usize) -> PathBuf {
+    spec.agents_dir.join(format!("{}@slot-{n}", spec.id))
 }
 
 fn open_log(path: &Path) -> Result<Arc<Mutex<File>>, RunError> {

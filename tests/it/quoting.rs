@@ -246,7 +246,7 @@ map:
     let fields: Vec<&str> = agent.trim_end().splitn(4, '|').collect();
     assert!(!fields[0].is_empty(), "{agent}");
     assert_eq!(fields[1], "true");
-    assert!(fields[2].contains("agent-0"), "{agent}");
+    assert!(fields[2].contains("@slot-0"), "{agent}");
     assert_eq!(serde_json::from_str::<Value>(fields[3]).unwrap(), items[0]);
 }
 

@@ -430,6 +430,62 @@ fn sigkill_mid_map_delete_worktrees_resume_and_retry() {
 /// when the log holds a completion the checkpoint lacks, else lets it go on (SIGCONT) and
 /// looks again; at least one trial must have killed it there. The suite runs 3 trials,
 /// `PRODIGY_RUNNER_TRIALS=N` more.
+/// Agents share a worker's worktree one after another: each must start from exactly the
+/// map's base, whatever the one before it left (edits, untracked and ignored files, new
+/// directories, commits), and a worktree git cannot reset safely (a branch checked out,
+/// a bisect in progress) is made again, its branch untouched.
+#[test]
+fn each_agent_starts_from_the_base_whatever_the_agent_before_it_left() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "slots");
+    let m = marks.display();
+    write(&repo, "t.txt", "base\n");
+    write(&repo, ".gitignore", "build/\n");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: slots
+{IDENTITY}map:
+  input: seq 1 6
+  max_parallel: 1
+  agent_template:
+    - shell: test -z \"$(git status --porcelain --ignored)\" && test \"$(git rev-parse HEAD)\" = \"$(git rev-parse base)\" && test \"$(git rev-parse --abbrev-ref HEAD)\" = HEAD && echo ${{item}} >> {m}/clean
+    - shell: |
+        echo dirty > t.txt; echo u > untracked.txt; mkdir -p build new/sub && echo o > build/out && echo n > new/sub/f
+        case ${{item}} in
+          2) git checkout -q -b side && git commit -qam side ;;
+          3) git bisect start ;;
+          4) echo c > c.txt && git add c.txt && git commit -qm c ;;
+        esac
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    git(&repo, &["tag", "base"]);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "s1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    // Every agent found the base, clean: items 2 to 6 after an agent that left a mess.
+    assert_eq!(
+        std::fs::read_to_string(marks.join("clean")).unwrap(),
+        "1\n2\n3\n4\n5\n6\n"
+    );
+    // The branch an agent made is where it left it.
+    assert_eq!(
+        git_out(&repo, &["log", "-1", "--format=%s", "side"]),
+        "side"
+    );
+    assert_eq!(
+        git_out(&repo, &["rev-parse", "side~1"]),
+        git_out(&repo, &["rev-parse", "base"])
+    );
+    // The commits were merged; the workers' worktrees are gone.
+    assert_eq!(git_out(&repo, &["show", "prodigy/s1:c.txt"]), "c");
+    assert_eq!(worktrees(&repo).len(), 2, "{:?}", worktrees(&repo));
+    assert_fsck_clean(&env);
+}
+
 #[test]
 fn resume_never_reruns_a_completion_the_log_kept() {
     use rustix::process::{Pid, Signal, kill_process_group};
@@ -668,7 +724,7 @@ fn one_runner_per_job() {
     counting_workflow(&repo, &marks, 6, "0.5");
     let mut first = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "L"]);
     wait_for("the first agent", Duration::from_secs(30), || {
-        env.home().join("worktrees/lock/L/L@agent-0").exists()
+        env.home().join("worktrees/lock/L/L@slot-0").exists()
     });
     // While it runs: a second run of the same job and two resumes are refused.
     let out = in_repo(&env, &repo, &["resume", "L"]);
@@ -916,11 +972,13 @@ fn bad_workflows_fail_before_any_agent_with_file_and_line() {
         assert_one_line_error(&out, 1);
         snapshot(&format!("run-bad-{name}"), &out, &env.home());
         // No agent ever started.
-        assert!(
-            !env.home()
-                .join(format!("worktrees/bad/{name}/{name}@agent-0"))
-                .exists()
-        );
+        for dir in ["agent-0", "slot-0"] {
+            assert!(
+                !env.home()
+                    .join(format!("worktrees/bad/{name}/{name}@{dir}"))
+                    .exists()
+            );
+        }
         let events = env.home().join(format!("events/bad/{name}"));
         if events.exists() {
             let stats = json_in(&env, &repo, &["events", "stats", name, "--json"]);
