@@ -415,6 +415,13 @@ impl Batch {
         Ok(())
     }
 
+    /// The line that starts at byte `start` of the batch (without its newline).
+    pub fn line_at(&self, start: usize) -> &[u8] {
+        let rest = self.payload.get(start..).unwrap_or_default();
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
     /// Appends a batch of later records from the same writer.
     pub fn extend(&mut self, newer: Batch) {
         if newer.is_empty() {

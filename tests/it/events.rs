@@ -305,6 +305,19 @@ fn bad_lines_append_nothing() {
             "line 2: not an event: no event_type",
         ),
         ("[1,2]\n", "line 1: not a JSON object"),
+        ("[\"agent_started\"]\n", "line 1: not a JSON object"),
+        (
+            "{\"id\":\"x\",\"timestamp\":\"2025-01-09T14:32:53Z\",\"writer\":\"w\",\"seq\":0,\"event\":[\"a\"]}\n",
+            "line 1: the record's event has no string event_type",
+        ),
+        (
+            "{\"id\":\"x\",\"timestamp\":\"2025-01-09T14:32:53Z\",\"writer\":\"w\",\"seq\":0,\"event\":{\"event_type\":\"a\"},\"metadata\":null}\n",
+            "line 1: not a valid record",
+        ),
+        (
+            "{\"v\":null,\"id\":\"x\",\"timestamp\":\"2025-01-09T14:32:53Z\",\"writer\":\"w\",\"seq\":0,\"event\":{\"event_type\":\"a\"}}\n",
+            "line 1: not a valid record",
+        ),
         (
             "{\"event_type\":7}\n",
             "line 1: event_type must be a string",
@@ -1023,4 +1036,79 @@ fn bare_events_keep_their_fields_whichever_way_they_are_read() {
         "{stats}"
     );
     assert!(stats["total"]["durations"].get("odd").is_none(), "{stats}");
+}
+
+/// Full records take a fast path (the envelope typed, the event stored as written) unless
+/// something in them needs the general one: both store the same records, read back alike,
+/// and an export appended elsewhere is stored byte for byte as it was.
+#[test]
+fn full_records_read_back_the_same_whichever_path_stored_them() {
+    let env = Env::new();
+    let fast = [
+        r#"{"v":1,"id":"r0","timestamp":"2025-01-09T14:32:53.346192243Z","writer":"w","seq":0,"correlation_id":"c","event":{"event_type":"agent_started","agent_id":"a","item_id":"i","z":[1,{"k":null}]},"metadata":{"host":"h","pid":7,"extra":{"x":1}},"unknown":5}"#,
+        r#"{"id":"r1","timestamp":"2025-01-09T15:32:54+01:00","writer":"w","seq":1,"event":{"duration_ms":5,"event_type":"agent_completed","item_id":"i"},"metadata":{"agent_id":"m"}}"#,
+        r#"{"id":"r2","timestamp":"2025-01-09T14:32:55Z","writer":"w","seq":2,"event":{"event_type":"odd","agent_id":5,"duration_ms":1.5}}"#,
+        r#"{"v":2,"id":"r3","timestamp":"2025-01-09T14:32:56Z","writer":"w","seq":3,"event":{"event_type":"later"}}"#,
+    ];
+    // The same records, each with a repeated key (which the typed read refuses), so the
+    // general path stores them.
+    let general: Vec<String> = fast
+        .iter()
+        .map(|l| l.replacen(r#""writer":"w""#, r#""writer":"x","writer":"w""#, 1))
+        .collect();
+    let append = |job: &str, lines: &[String]| {
+        env.ok(
+            &["events", "append", "--job", job, "--repo", "api"],
+            (lines.join("\n") + "\n").as_bytes(),
+        )
+    };
+    let fast: Vec<String> = fast.iter().map(|l| (*l).to_owned()).collect();
+    append("fast", &fast);
+    append("general", &general);
+    let (a, b) = (records(&env, "fast", &[]), records(&env, "general", &[]));
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 4);
+    assert_eq!(a[0]["timestamp"], "2025-01-09T14:32:53.346192Z");
+    assert_eq!(a[1]["timestamp"], "2025-01-09T14:32:54.000000Z");
+    assert!(a[0].get("unknown").is_none());
+    assert_eq!(a[3]["v"], 2);
+    // Summaries agree: agents (the event's, else the metadata's), durations.
+    let stats = |job: &str| -> serde_json::Value {
+        serde_json::from_str(&env.ok(
+            &[
+                "events",
+                "stats",
+                job,
+                "--repo",
+                "api",
+                "--json",
+                "--group-by",
+                "agent",
+            ],
+            b"",
+        ))
+        .unwrap()
+    };
+    assert_eq!(stats("fast"), stats("general"));
+    assert!(stats("fast")["by_agent"].to_string().contains('m'));
+    // A repeat written another way (keys in another order) is the same record.
+    let reordered = r#"{"writer":"w","seq":1,"id":"r1","event":{"item_id":"i","event_type":"agent_completed","duration_ms":5},"timestamp":"2025-01-09T14:32:54Z","metadata":{"agent_id":"m"}}"#;
+    assert_eq!(
+        append("fast", &[reordered.to_owned()]),
+        "appended 0 events to events/api/fast; skipped 1 record already there (same writer, seq and content)\n"
+    );
+    assert!(
+        append("twice", &[fast[1].clone(), reordered.to_owned()])
+            .starts_with("appended 1 event to events/api/twice; skipped 1 record")
+    );
+    // An export appended to another job is stored as it was, byte for byte.
+    let export = env.ok(&["events", "show", "fast", "--repo", "api", "--json"], b"");
+    env.ok(
+        &["events", "append", "--job", "copy", "--repo", "api"],
+        export.as_bytes(),
+    );
+    assert_eq!(
+        env.ok(&["events", "show", "copy", "--repo", "api", "--json"], b""),
+        export
+    );
 }

@@ -1,13 +1,13 @@
 //! `prodigy events append`: JSON Lines in, one durable append per call.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::cli::commands::RepoArg;
@@ -16,6 +16,7 @@ use crate::events::record::{
     RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, write_record_line,
 };
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
+use crate::store::id::ObjectId;
 
 /// The longest line accepted (16 MiB), as every command reading lines.
 pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
@@ -70,9 +71,73 @@ struct Bare<'a> {
     event: bool,
 }
 
+/// An event's fields the batch summary needs, read from its JSON without building it.
+#[derive(serde::Deserialize)]
+struct Summarised<'a> {
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    duration_ms: Option<u64>,
+    #[serde(borrow, default)]
+    transcript: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    log: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Summarised<'_> {
+    /// The object the event attaches; `Err` when the general path must decide.
+    fn attachment(&self) -> Result<Option<ObjectId>, ()> {
+        match (&self.transcript, &self.log) {
+            (None, None) => Ok(None),
+            (Some(t), None) | (None, Some(t)) => t.parse().map(Some).map_err(|_| ()),
+            (Some(_), Some(_)) => Err(()),
+        }
+    }
+}
+
+/// A full record as [`Builder::full`] reads it: the envelope typed, the event and the
+/// metadata as the JSON they are.
+#[derive(serde::Deserialize)]
+struct Full<'a> {
+    #[serde(default = "record_version")]
+    v: u32,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    writer: std::borrow::Cow<'a, str>,
+    seq: u64,
+    #[serde(borrow, default)]
+    correlation_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    event: &'a RawValue,
+    /// Present (even as `null`) or not: `Option<&RawValue>` would read `null` as absent.
+    #[serde(borrow, default, deserialize_with = "raw_present")]
+    metadata: Option<&'a RawValue>,
+}
+
+fn record_version() -> u32 {
+    RECORD_VERSION
+}
+
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
 /// True for a key that is there, whatever its value (null too).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Where a full record read before is: its batch, its line's offset there, its input line.
+#[derive(Clone, Copy)]
+struct Given {
+    batch: usize,
+    start: usize,
+    number: usize,
 }
 
 /// Turns input lines into batches: consecutive records of one writer, at most
@@ -83,8 +148,8 @@ struct Builder {
     writer: String,
     next_seq: u64,
     metadata: Metadata,
-    /// The full records read so far, by writer and seq: their hash and line number.
-    given: HashMap<(String, u64), (blake3::Hash, usize)>,
+    /// The full records read so far, by writer and seq: where their lines are.
+    given: HashMap<String, HashMap<u64, Given>>,
     /// Full records repeated in the input, skipped.
     repeated: u64,
     /// `metadata` as JSON, written into every bare event's envelope.
@@ -98,43 +163,146 @@ impl Builder {
         // Serialized once: the line stored, and for full records what a repeat is told by.
         let json = serde_json::to_vec(&record).map_err(|e| format!("record {}: {e}", record.id))?;
         if record.writer != self.writer {
-            let hash = blake3::hash(&json);
-            match self.given.entry((record.writer.clone(), record.seq)) {
-                Entry::Occupied(first) if first.get().0 == hash => {
-                    self.repeated += 1;
-                    return Ok(());
-                }
-                Entry::Occupied(first) => {
-                    return Err(format!(
-                        "record {} has writer {} and seq {} as line {} with other content",
-                        record.id,
-                        record.writer,
-                        record.seq,
-                        first.get().1
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert((hash, number));
-                }
-            }
+            return self.add_full(&json, &record.info(), number);
         }
-        let start_new = match self.batches.last() {
+        Self::add(&mut self.batches, self.batch_size, &json, &record.info())
+    }
+
+    /// Adds a stored line to the last batch, or a new one when that one is full or
+    /// another writer's.
+    fn add(
+        batches: &mut Vec<Batch>,
+        batch_size: u64,
+        json: &[u8],
+        info: &RecordInfo<'_>,
+    ) -> Result<(), String> {
+        let start_new = match batches.last() {
             None => true,
-            Some(b) => b.writer() != Some(record.writer.as_str()) || b.len() >= self.batch_size,
+            Some(b) => b.writer() != Some(info.writer) || b.len() >= batch_size,
         };
         if start_new {
-            self.batches.push(Batch::new());
+            batches.push(Batch::new());
         }
-        let batch = self.batches.last_mut().ok_or("no batch")?;
-        batch
-            .push_encoded(&json, &record.info())
-            .map_err(|e| e.to_string())
+        let batch = batches.last_mut().ok_or("no batch")?;
+        batch.push_encoded(json, info).map_err(|e| e.to_string())
+    }
+
+    /// Adds a full record's line unless it repeats one read before, which is skipped (the
+    /// same line, or the same record written another way); a record with the writer and
+    /// seq of an earlier one and other content is refused.
+    fn add_full(
+        &mut self,
+        json: &[u8],
+        info: &RecordInfo<'_>,
+        number: usize,
+    ) -> Result<(), String> {
+        let seen = self.given.get(info.writer).and_then(|m| m.get(&info.seq));
+        if let Some(&Given {
+            batch,
+            start,
+            number: first,
+        }) = seen
+        {
+            let earlier = self.batches[batch].line_at(start);
+            let parse = |l: &[u8]| serde_json::from_slice::<EventRecord>(l).ok();
+            if earlier == json || parse(earlier).is_some_and(|e| parse(json) == Some(e)) {
+                self.repeated += 1;
+                return Ok(());
+            }
+            let id = crate::events::record::record_id(json).unwrap_or_default();
+            return Err(format!(
+                "record {id} has writer {} and seq {} as line {first} with other content",
+                info.writer, info.seq
+            ));
+        }
+        Self::add(&mut self.batches, self.batch_size, json, info)?;
+        let batch = self.batches.len() - 1;
+        let given = Given {
+            batch,
+            start: self.batches[batch].bytes() - json.len() - 1,
+            number,
+        };
+        match self.given.get_mut(info.writer) {
+            Some(seqs) => {
+                seqs.insert(info.seq, given);
+            }
+            None => {
+                self.given
+                    .insert(info.writer.to_owned(), HashMap::from([(info.seq, given)]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `text` when it is a full record whose envelope is of the usual types and
+    /// whose event keeps its summarised fields' usual types: the envelope is written by
+    /// hand (its timestamp in the stored form), the event and the metadata stored as
+    /// written. Read back, the record is the one the general path stores. False when it
+    /// needs the general path (which also refuses what is wrong).
+    fn full(&mut self, text: &[u8], number: usize) -> Result<bool, String> {
+        let Ok(full) = serde_json::from_slice::<Full<'_>>(text) else {
+            return Ok(false);
+        };
+        if full.v != RECORD_VERSION || !full.event.get().starts_with('{') {
+            return Ok(false);
+        }
+        let Ok(event) = serde_json::from_str::<Summarised<'_>>(full.event.get()) else {
+            return Ok(false);
+        };
+        let Ok(attachment) = event.attachment() else {
+            return Ok(false);
+        };
+        let metadata = match full.metadata {
+            None => Metadata::default(),
+            Some(raw) => match serde_json::from_str::<Metadata>(raw.get()) {
+                Ok(m) if raw.get().starts_with('{') => m,
+                _ => return Ok(false),
+            },
+        };
+        let timestamp = normalize_timestamp(&full.timestamp)?;
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        write_record_line(
+            &mut line,
+            &full.id,
+            &timestamp,
+            &full.writer,
+            full.seq,
+            full.correlation_id.as_deref(),
+            |l| {
+                l.extend_from_slice(full.event.get().as_bytes());
+                Ok(())
+            },
+            full.metadata
+                .map_or(b"{}".as_slice(), |m| m.get().as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+        let info = RecordInfo {
+            timestamp: &timestamp,
+            event_type: &event.event_type,
+            agent_id: event.agent_id.as_deref().or(metadata.agent_id.as_deref()),
+            duration_ms: event.duration_ms,
+            writer: &full.writer,
+            seq: full.seq,
+            attachment,
+        };
+        let added = if *full.writer == *self.writer {
+            Self::add(&mut self.batches, self.batch_size, &line, &info)
+        } else {
+            self.add_full(&line, &info, number)
+        };
+        self.line = line;
+        added.map(|()| true)
     }
 
     /// Appends `text` when it is a bare event that keeps all its fields (no `metadata`,
     /// `correlation_id` or `event` of its own, every summarised field of the usual type):
     /// checked by a typed read, stored as written. False when it needs the general path.
     fn bare(&mut self, text: &[u8]) -> Result<bool, String> {
+        // A struct also reads from an array: only an object is an event.
+        if !text.starts_with(b"{") {
+            return Ok(false);
+        }
         let Ok(bare) = serde_json::from_slice::<Bare<'_>>(text) else {
             return Ok(false);
         };
@@ -179,17 +347,7 @@ impl Builder {
             seq,
             attachment,
         };
-        let start_new = match self.batches.last() {
-            None => true,
-            Some(b) => b.writer() != Some(self.writer.as_str()) || b.len() >= self.batch_size,
-        };
-        if start_new {
-            self.batches.push(Batch::new());
-        }
-        let batch = self.batches.last_mut().ok_or("no batch")?;
-        batch
-            .push_encoded(&self.line, &info)
-            .map_err(|e| e.to_string())?;
+        Self::add(&mut self.batches, self.batch_size, &self.line, &info)?;
         self.next_seq += 1;
         Ok(true)
     }
@@ -323,7 +481,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let refuse = |reason: String| anyhow!("line {number}: {reason}; nothing was appended");
         // Most lines are bare events without metadata of their own: their bytes are the
         // stored event as they are, in an envelope written by hand.
-        if builder.bare(text).map_err(&refuse)? {
+        if builder.bare(text).map_err(&refuse)? || builder.full(text, number).map_err(&refuse)? {
             continue;
         }
         let value: Value =
