@@ -278,6 +278,9 @@ impl Worktrees {
         if r.is_err() {
             // Half made (git was killed while adding it): remove it and its registration.
             let _ = std::fs::remove_dir_all(path);
+            if path.exists() {
+                set_aside(path);
+            }
             let _ = git(&self.repo, &["worktree", "prune"]);
         }
     }
@@ -406,6 +409,20 @@ pub fn changes(
         c.deletions += d.parse::<u64>().unwrap_or(0);
     }
     Ok(c)
+}
+
+/// Moves a directory nothing could delete (a file in it its owner may not remove, an
+/// immutable one) out of the way, to `.<name>.removed-<time>` beside it, so that its path
+/// can be used again: a worker's worktree is made there for its next agent.
+fn set_aside(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let aside = parent.join(format!(".{}.removed-{nanos}", name.to_string_lossy()));
+    let _ = std::fs::rename(path, aside);
 }
 
 /// A worktree's own git directory (`<common>/worktrees/<name>`), read from its `.git` file

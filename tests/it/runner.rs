@@ -486,6 +486,68 @@ fn each_agent_starts_from_the_base_whatever_the_agent_before_it_left() {
     assert_fsck_clean(&env);
 }
 
+/// A worker's worktree that neither git nor a recursive delete can remove (an agent left
+/// an immutable file in it) is set aside: the worker's next agents still get a fresh
+/// worktree at the same path, and the job finishes.
+#[test]
+fn a_worktree_nothing_can_delete_does_not_stop_its_worker() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "stuck");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: stuck
+map:
+  input: seq 1 3
+  max_parallel: 1
+  agent_template:
+    - shell: test ! -e keep && echo ${{item}} >> {m}/ran
+    - shell: if [ ${{item}} = 1 ]; then mkdir keep && echo x > keep/f && chattr +i keep/f; fi
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "k1"]);
+    // Whatever happened, the immutable file must not outlive the test's directory.
+    let stuck: Vec<PathBuf> = walk(&env.home().join("worktrees"))
+        .into_iter()
+        .filter(|p| p.ends_with("keep/f"))
+        .collect();
+    for f in &stuck {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(f)
+            .status();
+    }
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert_eq!(
+        std::fs::read_to_string(marks.join("ran")).unwrap(),
+        "1\n2\n3\n"
+    );
+    assert_eq!(worktrees(&repo).len(), 2, "{:?}", worktrees(&repo));
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn resume_never_reruns_a_completion_the_log_kept() {
     use rustix::process::{Pid, Signal, kill_process_group};
