@@ -426,12 +426,19 @@ fn set_aside(path: &Path) {
 }
 
 /// A worktree's own git directory (`<common>/worktrees/<name>`), read from its `.git` file
-/// and checked against the directory's pointer back to the worktree.
+/// and checked against the directory's pointer back to the worktree (the same file, by
+/// device and inode: git writes the real path, which a symlink in the home's differs from).
 fn admin_dir(worktree: &Path) -> Option<PathBuf> {
-    let dotgit = std::fs::read_to_string(worktree.join(".git")).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let dotgit_path = worktree.join(".git");
+    let dotgit = std::fs::read_to_string(&dotgit_path).ok()?;
     let admin = PathBuf::from(dotgit.strip_prefix("gitdir:")?.trim());
     let back = std::fs::read_to_string(admin.join("gitdir")).ok()?;
-    (Path::new(back.trim()) == worktree.join(".git")).then_some(admin)
+    let (a, b) = (
+        std::fs::metadata(back.trim()).ok()?,
+        std::fs::metadata(&dotgit_path).ok()?,
+    );
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(admin)
 }
 
 /// The commit a worktree's detached `HEAD` names, read from its files (no git process).

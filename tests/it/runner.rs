@@ -486,6 +486,45 @@ fn each_agent_starts_from_the_base_whatever_the_agent_before_it_left() {
     assert_fsck_clean(&env);
 }
 
+/// A worker keeps its worktree from one agent to the next (the same directory: inode and
+/// birth time), also when the home is reached through a symlink (git records the real
+/// path), and each agent still finds it at the base.
+#[test]
+fn a_worker_keeps_its_worktree_also_through_a_symlinked_home() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "kept");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: kept
+map:
+  input: seq 1 4
+  max_parallel: 1
+  agent_template:
+    - shell: test -z \"$(git status --porcelain --ignored)\" && stat -c '%i %.9W' . >> {m}/dirs && touch scratch-${{item}}
+"
+        ),
+    );
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "workflow"]);
+    let link = env.scratch().join("home-link");
+    std::fs::create_dir_all(env.home()).unwrap();
+    std::os::unix::fs::symlink(env.home(), &link).unwrap();
+    let out = env
+        .std_cmd()
+        .env("PRODIGY_HOME", &link)
+        .current_dir(&repo)
+        .args(["run", "w.yml", "--job-id", "k2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", transcript(&out));
+    let dirs = std::fs::read_to_string(marks.join("dirs")).unwrap();
+    let distinct: std::collections::BTreeSet<&str> = dirs.lines().collect();
+    assert_eq!((dirs.lines().count(), distinct.len()), (4, 1), "{dirs}");
+}
+
 /// A worker's worktree that neither git nor a recursive delete can remove (an agent left
 /// an immutable file in it) is set aside: the worker's next agents still get a fresh
 /// worktree at the same path, and the job finishes.
