@@ -28,6 +28,14 @@ pub enum HomeError {
         /// This process's effective uid.
         me: u32,
     },
+    /// The home is a symlink to nothing: writing through it would fail at every file.
+    #[error("the store '{}' is a symlink to '{}', which does not exist: create that directory, or point PRODIGY_HOME elsewhere", path.display(), target.display())]
+    DanglingLink {
+        /// The home.
+        path: PathBuf,
+        /// Where the link points.
+        target: PathBuf,
+    },
     /// The current directory, needed to make a relative home absolute, is unknown.
     #[error("cannot make the home '{}' absolute", path.display())]
     Relative {
@@ -77,10 +85,17 @@ impl Home {
 
     /// Refuses a home owned by another user: its refs, locks and objects are theirs to
     /// write, and a home someone else controls could point anywhere. A home that does not
-    /// exist yet is fine (it will be created as this user's).
+    /// exist yet is fine (it will be created as this user's); a symlink to nothing is
+    /// refused, saying where it points.
     pub fn check_owner(&self) -> Result<(), HomeError> {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::metadata(&self.root) else {
+            if let Ok(target) = std::fs::read_link(&self.root) {
+                return Err(HomeError::DanglingLink {
+                    path: self.root.clone(),
+                    target,
+                });
+            }
             return Ok(());
         };
         let me = rustix::process::geteuid().as_raw();

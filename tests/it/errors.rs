@@ -109,3 +109,49 @@ fn running_an_existing_job_id_points_at_resume_not_at_deleting_its_branch() {
     let again = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "j"]);
     snapshot("error_existing_job_id", &again, &env.home());
 }
+
+/// A home may be a symlink (to a bigger disk): through one to a directory everything
+/// works; a dangling one is one clear line, and nothing is made at its target.
+#[test]
+fn a_home_behind_a_symlink_works_and_a_dangling_one_says_so() {
+    let env = Env::new();
+    let target = env.scratch().join("disk/home");
+    let link = env.scratch().join("home-link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let run = |stdin: &[u8], args: &[&str]| {
+        let mut cmd = env.std_cmd();
+        cmd.env("PRODIGY_HOME", &link)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let event = br#"{"event_type":"agent_started"}"#;
+    let out = run(event, &["events", "append", "--repo", "r", "--job", "j"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1
+    );
+    assert!(
+        stderr.contains("home-link")
+            && stderr.contains("is a symlink to")
+            && stderr.contains("disk/home"),
+        "{stderr}"
+    );
+    assert!(!target.exists());
+    std::fs::create_dir_all(&target).unwrap();
+    let out = run(event, &["events", "append", "--repo", "r", "--job", "j"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(b"", &["events", "show", "j", "--repo", "r", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(target.join("objects").is_dir());
+}
