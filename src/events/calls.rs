@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::query::{Filter, stream};
+use super::query::typed_events;
 use super::record::{ClaudeUsage, MapReduceEvent};
 use super::{EventError, EventLog};
 use crate::store::id::ObjectId;
@@ -139,34 +139,42 @@ impl Calls {
 
 /// Reads the calls of `log`.
 pub fn read(log: &EventLog) -> Result<Calls, EventError> {
-    let filter = Filter {
-        types: vec!["claude_call_started".into(), "claude_call_finished".into()],
-        ..Filter::default()
-    };
     let mut commands: BTreeMap<(String, String, u32), String> = BTreeMap::new();
     let mut out = Calls::default();
-    stream(log, &filter, false, true, |line| {
-        let Some(record) = line.record else {
-            return Ok(true);
-        };
-        let Ok(event) = serde_json::from_value::<MapReduceEvent>(record.event.clone()) else {
-            return Ok(true);
-        };
-        match event {
-            MapReduceEvent::ClaudeCallStarted {
-                agent_id,
-                step,
-                command,
-                attempt,
-                ..
-            } => {
-                commands.insert((agent_id, step, attempt), command);
-            }
-            MapReduceEvent::ClaudeCallFinished {
+    let types = ["claude_call_started", "claude_call_finished"];
+    typed_events(log, &types, false, |timestamp, event| match event {
+        MapReduceEvent::ClaudeCallStarted {
+            agent_id,
+            step,
+            command,
+            attempt,
+            ..
+        } => {
+            commands.insert((agent_id, step, attempt), command);
+        }
+        MapReduceEvent::ClaudeCallFinished {
+            agent_id,
+            item_id,
+            step,
+            attempt,
+            exit_code,
+            duration_ms,
+            num_turns,
+            is_error,
+            error,
+            usage,
+            total_cost_usd,
+            transcript,
+            ..
+        } => {
+            let command = commands.remove(&(agent_id.clone(), step.clone(), attempt));
+            out.calls.push(Call {
+                timestamp,
                 agent_id,
                 item_id,
                 step,
                 attempt,
+                command,
                 exit_code,
                 duration_ms,
                 num_turns,
@@ -175,29 +183,9 @@ pub fn read(log: &EventLog) -> Result<Calls, EventError> {
                 usage,
                 total_cost_usd,
                 transcript,
-                ..
-            } => {
-                let command = commands.remove(&(agent_id.clone(), step.clone(), attempt));
-                out.calls.push(Call {
-                    timestamp: record.timestamp.clone(),
-                    agent_id,
-                    item_id,
-                    step,
-                    attempt,
-                    command,
-                    exit_code,
-                    duration_ms,
-                    num_turns,
-                    is_error,
-                    error,
-                    usage,
-                    total_cost_usd,
-                    transcript,
-                });
-            }
-            _ => {}
+            });
         }
-        Ok(true)
+        _ => {}
     })?;
     for call in &out.calls {
         out.job.add(call);
@@ -269,16 +257,9 @@ pub struct Validation {
 
 /// The validations of `log`, oldest first (read from the batches that hold them only).
 pub fn validations(log: &EventLog) -> Result<Vec<Validation>, EventError> {
-    let filter = Filter {
-        types: vec!["step_validated".into()],
-        ..Filter::default()
-    };
     let mut out = Vec::new();
-    stream(log, &filter, false, true, |line| {
-        let Some(record) = line.record else {
-            return Ok(true);
-        };
-        if let Ok(MapReduceEvent::StepValidated {
+    typed_events(log, &["step_validated"], false, |timestamp, event| {
+        if let MapReduceEvent::StepValidated {
             agent_id,
             item_id,
             step,
@@ -288,10 +269,10 @@ pub fn validations(log: &EventLog) -> Result<Vec<Validation>, EventError> {
             status,
             passed,
             ..
-        }) = serde_json::from_value::<MapReduceEvent>(record.event.clone())
+        } = event
         {
             out.push(Validation {
-                timestamp: record.timestamp.clone(),
+                timestamp,
                 agent_id,
                 item_id,
                 step,
@@ -302,7 +283,6 @@ pub fn validations(log: &EventLog) -> Result<Vec<Validation>, EventError> {
                 passed,
             });
         }
-        Ok(true)
     })?;
     Ok(out)
 }
@@ -330,16 +310,9 @@ pub struct StepLog {
 
 /// The step outputs of `log`, oldest first (read from the batches that hold them only).
 pub fn step_logs(log: &EventLog) -> Result<Vec<StepLog>, EventError> {
-    let filter = Filter {
-        types: vec!["step_output".into()],
-        ..Filter::default()
-    };
     let mut out = Vec::new();
-    stream(log, &filter, false, true, |line| {
-        let Some(record) = line.record else {
-            return Ok(true);
-        };
-        if let Ok(MapReduceEvent::StepOutput {
+    typed_events(log, &["step_output"], false, |timestamp, event| {
+        if let MapReduceEvent::StepOutput {
             agent_id,
             item_id,
             step,
@@ -348,10 +321,10 @@ pub fn step_logs(log: &EventLog) -> Result<Vec<StepLog>, EventError> {
             bytes,
             log,
             ..
-        }) = serde_json::from_value::<MapReduceEvent>(record.event.clone())
+        } = event
         {
             out.push(StepLog {
-                timestamp: record.timestamp.clone(),
+                timestamp,
                 agent_id,
                 item_id,
                 step,
@@ -361,7 +334,6 @@ pub fn step_logs(log: &EventLog) -> Result<Vec<StepLog>, EventError> {
                 log,
             });
         }
-        Ok(true)
     })?;
     Ok(out)
 }

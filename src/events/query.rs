@@ -3,7 +3,7 @@
 
 use super::job::EventLog;
 use super::log::{Chain, EventError, LogNode};
-use super::record::{EventRecord, format_timestamp};
+use super::record::{EventRecord, MapReduceEvent, format_timestamp};
 use crate::store::object::ObjectId;
 
 /// Which records to keep. An empty filter keeps everything.
@@ -117,6 +117,30 @@ pub fn stream(
         .map(|(chain, head)| (chain, Some(head), None))
         .collect();
     stream_chains(chains, filter, best_effort, parse, each)
+}
+
+/// The events of `types` in `log`, oldest first, each typed and with its record's
+/// timestamp, through `each`; a record whose event does not read as a [`MapReduceEvent`]
+/// is passed over. Only the batches whose nodes count these types are read. With
+/// `best_effort`, what cannot be read is skipped and returned, as [`stream`] does.
+pub fn typed_events(
+    log: &EventLog,
+    types: &[&str],
+    best_effort: bool,
+    mut each: impl FnMut(String, MapReduceEvent),
+) -> Result<Vec<EventError>, EventError> {
+    let filter = Filter {
+        types: types.iter().map(|t| (*t).to_owned()).collect(),
+        ..Filter::default()
+    };
+    stream(log, &filter, best_effort, true, |line| {
+        if let Some(record) = line.record
+            && let Ok(event) = serde_json::from_value(record.event)
+        {
+            each(record.timestamp, event);
+        }
+        Ok(true)
+    })
 }
 
 /// [`stream`] over given chains, each from its head back to (not including) a stop.

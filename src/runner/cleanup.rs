@@ -156,35 +156,9 @@ fn worktrees_of(
         .items
         .and_then(|id| states.load_items(&id).ok())
         .unwrap_or_default();
-    let prefix = format!("{}@agent-", spec.id);
-    let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
-        return out;
-    };
-    let mut agents: Vec<(usize, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let index = name.strip_prefix(&prefix)?.parse::<usize>().ok()?;
-            Some((index, e.path()))
-        })
-        .collect();
-    agents.sort();
-    // Workers' worktrees (`<job>@slot-<n>`): each with the agent running in it, if any.
-    let slot = format!("{}@slot-", spec.id);
-    let mut slots: Vec<(usize, PathBuf)> = std::fs::read_dir(&spec.agents_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n = name.strip_prefix(&slot)?.parse::<usize>().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    slots.sort();
-    for (_, path) in slots {
+    let dirs = super::agent_dirs(spec);
+    // Workers' worktrees: each with the agent running in it, if any.
+    for (_, path) in dirs.slots {
         let agent = state
             .checkpoint
             .running
@@ -207,7 +181,7 @@ fn worktrees_of(
             state: slot_state.to_owned(),
         });
     }
-    for (index, path) in agents {
+    for (index, path) in dirs.agents {
         let key = items.get(index).map(|v| item_key(index, v));
         let result = key.as_ref().and_then(|k| state.results.get(k));
         let running = key

@@ -443,7 +443,12 @@ fn admin_dir(worktree: &Path) -> Option<PathBuf> {
 
 /// The commit a worktree's detached `HEAD` names, read from its files (no git process).
 pub fn detached_head(worktree: &Path) -> Option<String> {
-    let head = std::fs::read_to_string(admin_dir(worktree)?.join("HEAD")).ok()?;
+    head_in(&admin_dir(worktree)?)
+}
+
+/// The commit `HEAD` names in a worktree's own git directory, if it is detached.
+fn head_in(admin: &Path) -> Option<String> {
+    let head = std::fs::read_to_string(admin.join("HEAD")).ok()?;
     let head = head.trim();
     (head.len() >= 40 && head.bytes().all(|b| b.is_ascii_hexdigit())).then(|| head.to_owned())
 }
@@ -456,7 +461,7 @@ pub fn reusable(path: &Path) -> bool {
     let Some(admin) = admin_dir(path) else {
         return false;
     };
-    detached_head(path).is_some()
+    head_in(&admin).is_some()
         && [
             "MERGE_HEAD",
             "CHERRY_PICK_HEAD",

@@ -156,28 +156,22 @@ impl Job {
     ) -> Result<BTreeMap<String, Finished>, RunError> {
         let spec = &self.state.spec;
         let log = crate::events::EventLog::new(self.states.refs().clone(), &spec.repo, &spec.id)?;
-        let filter = crate::events::query::Filter {
-            types: vec!["agent_completed".to_owned()],
-            ..Default::default()
-        };
         let rewound = self.state.checkpoint.rewound.clone();
         let mut found = BTreeMap::new();
         // A log that cannot be read whole does not stop the resume: what it has is adopted.
-        let skipped = crate::events::query::stream(&log, &filter, true, true, |line| {
-            let Some(record) = line.record else {
-                return Ok(true);
-            };
-            if rewound.as_ref().is_some_and(|at| &record.timestamp < at) {
-                return Ok(true);
+        let types = ["agent_completed"];
+        let skipped = crate::events::query::typed_events(&log, &types, true, |at, event| {
+            if rewound.as_ref().is_some_and(|rewound| &at < rewound) {
+                return;
             }
-            if let Ok(MapReduceEvent::AgentCompleted {
+            if let MapReduceEvent::AgentCompleted {
                 item_id,
                 duration_ms,
                 commits,
                 attempt,
                 output,
                 ..
-            }) = serde_json::from_value(record.event)
+            } = event
                 && open.contains_key(item_id.as_str())
             {
                 found.insert(
@@ -190,7 +184,6 @@ impl Job {
                     },
                 );
             }
-            Ok(true)
         })?;
         for e in skipped {
             self.note(&format!(
@@ -213,32 +206,18 @@ impl Job {
     /// Worktrees an earlier run left (it died first): every worker's slot, and a kept
     /// agent's whose item is done since.
     pub(super) fn remove_leftover_worktrees(&self, keys: &[String]) {
-        let spec = &self.state.spec;
         let worktrees = self.worktrees();
-        let Ok(entries) = std::fs::read_dir(&spec.agents_dir) else {
-            return;
-        };
-        let agent = format!("{}@agent-", spec.id);
-        let slot = format!("{}@slot-", spec.id);
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".done") {
-                continue;
-            }
-            let leftover = if let Some(n) = name.strip_prefix(&slot) {
-                n.parse::<usize>().is_ok()
-            } else if let Some(index) = name
-                .strip_prefix(&agent)
-                .and_then(|i| i.parse::<usize>().ok())
-            {
-                keys.get(index)
-                    .and_then(|k| self.state.results.get(k))
-                    .is_some_and(|r| r.status == ItemStatus::Done)
-            } else {
-                false
-            };
-            if leftover {
-                worktrees.remove(&entry.path());
+        let dirs = agent_dirs(&self.state.spec);
+        for (_, slot) in &dirs.slots {
+            worktrees.remove(slot);
+        }
+        for (index, path) in &dirs.agents {
+            let done = keys
+                .get(*index)
+                .and_then(|k| self.state.results.get(k))
+                .is_some_and(|r| r.status == ItemStatus::Done);
+            if done {
+                worktrees.remove(path);
             }
         }
     }

@@ -588,6 +588,39 @@ fn slot_dir(spec: &JobSpec, n: usize) -> PathBuf {
     spec.agents_dir.join(format!("{}@slot-{n}", spec.id))
 }
 
+/// A job's agent worktrees on disk, each with its number, sorted: kept failed agents'
+/// (`<job>@agent-<index>`) and workers' (`<job>@slot-<n>`).
+#[derive(Default)]
+struct AgentDirs {
+    agents: Vec<(usize, PathBuf)>,
+    slots: Vec<(usize, PathBuf)>,
+}
+
+fn agent_dirs(spec: &JobSpec) -> AgentDirs {
+    let agent = format!("{}@agent-", spec.id);
+    let slot = format!("{}@slot-", spec.id);
+    let mut dirs = AgentDirs::default();
+    for entry in std::fs::read_dir(&spec.agents_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let number = |prefix: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
+        if let Some(index) = number(&agent) {
+            dirs.agents.push((index, entry.path()));
+        } else if let Some(n) = number(&slot) {
+            dirs.slots.push((n, entry.path()));
+        }
+    }
+    dirs.agents.sort();
+    dirs.slots.sort();
+    dirs
+}
+
 fn open_log(path: &Path) -> Result<Arc<Mutex<File>>, RunError> {
     let file = fsutil::open_append(path).at("open log", path)?;
     Ok(Arc::new(Mutex::new(file)))
