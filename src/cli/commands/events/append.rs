@@ -49,10 +49,11 @@ pub struct Args {
     pub file: Option<PathBuf>,
 }
 
-/// A bare event as [`Builder::bare`] reads it: what the batch summary needs, and the
-/// fields that send a line down the general path.
+/// An event as the fast paths read it, without building it: the fields the batch summary
+/// needs, and (for a bare event) whether it has fields that move out of it into the
+/// record, which send it down the general path.
 #[derive(serde::Deserialize)]
-struct Bare<'a> {
+struct Summarised<'a> {
     #[serde(borrow)]
     event_type: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
@@ -71,22 +72,15 @@ struct Bare<'a> {
     event: bool,
 }
 
-/// An event's fields the batch summary needs, read from its JSON without building it.
-#[derive(serde::Deserialize)]
-struct Summarised<'a> {
-    #[serde(borrow)]
-    event_type: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    agent_id: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    duration_ms: Option<u64>,
-    #[serde(borrow, default)]
-    transcript: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    log: Option<std::borrow::Cow<'a, str>>,
-}
+impl<'a> Summarised<'a> {
+    /// Reads `json` when it is an object (serde also reads a struct from an array) whose
+    /// summarised fields have their usual types; `None` sends it down the general path.
+    fn read(json: &'a [u8]) -> Option<Summarised<'a>> {
+        json.starts_with(b"{")
+            .then(|| serde_json::from_slice(json).ok())
+            .flatten()
+    }
 
-impl Summarised<'_> {
     /// The object the event attaches; `Err` when the general path must decide.
     fn attachment(&self) -> Result<Option<ObjectId>, ()> {
         match (&self.transcript, &self.log) {
@@ -243,10 +237,10 @@ impl Builder {
         let Ok(full) = serde_json::from_slice::<Full<'_>>(text) else {
             return Ok(false);
         };
-        if full.v != RECORD_VERSION || !full.event.get().starts_with('{') {
+        if full.v != RECORD_VERSION {
             return Ok(false);
         }
-        let Ok(event) = serde_json::from_str::<Summarised<'_>>(full.event.get()) else {
+        let Some(event) = Summarised::read(full.event.get().as_bytes()) else {
             return Ok(false);
         };
         let Ok(attachment) = event.attachment() else {
@@ -299,23 +293,14 @@ impl Builder {
     /// `correlation_id` or `event` of its own, every summarised field of the usual type):
     /// checked by a typed read, stored as written. False when it needs the general path.
     fn bare(&mut self, text: &[u8]) -> Result<bool, String> {
-        // A struct also reads from an array: only an object is an event.
-        if !text.starts_with(b"{") {
-            return Ok(false);
-        }
-        let Ok(bare) = serde_json::from_slice::<Bare<'_>>(text) else {
+        let Some(bare) = Summarised::read(text) else {
             return Ok(false);
         };
         if bare.metadata || bare.correlation_id || bare.event {
             return Ok(false);
         }
-        let attachment = match (&bare.transcript, &bare.log) {
-            (None, None) => None,
-            (Some(t), None) | (None, Some(t)) => match t.parse() {
-                Ok(id) => Some(id),
-                Err(_) => return Ok(false),
-            },
-            (Some(_), Some(_)) => return Ok(false),
+        let Ok(attachment) = bare.attachment() else {
+            return Ok(false);
         };
         let id = new_id();
         let timestamp = now_timestamp();
@@ -479,9 +464,24 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             continue;
         }
         let refuse = |reason: String| anyhow!("line {number}: {reason}; nothing was appended");
-        // Most lines are bare events without metadata of their own: their bytes are the
-        // stored event as they are, in an envelope written by hand.
-        if builder.bare(text).map_err(&refuse)? || builder.full(text, number).map_err(&refuse)? {
+        // Most lines are bare events without metadata of their own, or full records as
+        // `events show --json` prints them (`{"v":…`): either is stored as written, in an
+        // envelope written by hand. The likelier fast path is tried first, so a line is
+        // read twice only when it is not what it looks like.
+        let full_first = text.starts_with(b"{\"v\":");
+        let mut fast = false;
+        for full in [full_first, !full_first] {
+            fast = if full {
+                builder.full(text, number)
+            } else {
+                builder.bare(text)
+            }
+            .map_err(&refuse)?;
+            if fast {
+                break;
+            }
+        }
+        if fast {
             continue;
         }
         let value: Value =
