@@ -177,13 +177,42 @@ pub fn writer_inputs(dir: &std::path::Path, writers: usize, chunks: usize, per: 
     }
 }
 
-/// The shell loop of one writer: each of its files in one `events append` call, in order;
-/// prints each acknowledged file.
-pub fn writer_script(dir: &std::path::Path, w: usize, job: &str, repo: &str) -> String {
-    format!(
-        "for f in {dir}/w{w}-*.jsonl; do \"$PRODIGY\" events append --repo {repo} --job {job} \"$f\" >/dev/null || exit 1; echo \"$f\"; done",
-        dir = dir.display()
-    )
+/// Runs `writers` processes at once, each a shell loop appending its files in order with
+/// one `events append` call each, in the environment of `base` (the home, a remote
+/// store's configuration); waits for all and checks each acknowledged its `chunks` files.
+pub fn run_writers(
+    base: &std::process::Command,
+    dir: &std::path::Path,
+    (writers, chunks): (usize, usize),
+    job: &str,
+    repo: &str,
+) {
+    let bin = assert_cmd::cargo::cargo_bin("prodigy");
+    let children: Vec<_> = (0..writers)
+        .map(|w| {
+            let script = format!(
+                "for f in {dir}/w{w}-*.jsonl; do \"$PRODIGY\" events append --repo {repo} --job {job} \"$f\" >/dev/null || exit 1; echo \"$f\"; done",
+                dir = dir.display()
+            );
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &script]);
+            for (k, v) in base.get_envs() {
+                if let Some(v) = v {
+                    sh.env(k, v);
+                }
+            }
+            sh.env("PRODIGY", &bin)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", crate::common::transcript(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), chunks);
+    }
 }
 
 /// What the writers' records must look like read back: each present once, each writer's
@@ -222,29 +251,7 @@ fn eight_writers_append_to_their_own_refs_and_read_back_merged() {
     let (writers, chunks, per) = (8, 10, 50);
     let inputs = env.dir.path().join("inputs");
     writer_inputs(&inputs, writers, chunks, per);
-    let bin = assert_cmd::cargo::cargo_bin("prodigy");
-    let children: Vec<_> = (0..writers)
-        .map(|w| {
-            let c = env.std_cmd();
-            let mut sh = std::process::Command::new("sh");
-            sh.args(["-c", &writer_script(&inputs, w, "j", "api")]);
-            for (k, v) in c.get_envs() {
-                if let Some(v) = v {
-                    sh.env(k, v);
-                }
-            }
-            sh.env("PRODIGY", &bin)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", crate::common::transcript(&out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), chunks);
-    }
+    run_writers(&env.std_cmd(), &inputs, (writers, chunks), "j", "api");
     let records = all_records(&env, "api", "j");
     check_merged(&records, writers, chunks * per);
     // Stable: read again, and through the command, the same order.

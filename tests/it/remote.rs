@@ -984,36 +984,20 @@ fn transcripts_travel_with_push_and_pull() {
 /// order; each writer has its own ref.
 #[test]
 fn eight_writers_straight_at_the_server_lose_nothing() {
-    use crate::events_concurrency::{check_merged, writer_inputs, writer_script};
+    use crate::events_concurrency::{check_merged, run_writers, writer_inputs};
     let s3 = S3::start();
     let p = "t13";
     let env = Env::new();
     let (writers, chunks, per) = (8, env_knob("PRODIGY_REMOTE_APPENDS", 6) as usize, 25);
     let inputs = env.dir.path().join("inputs");
     writer_inputs(&inputs, writers, chunks, per);
-    let bin = assert_cmd::cargo::cargo_bin("prodigy");
-    let children: Vec<_> = (0..writers)
-        .map(|w| {
-            let c = cmd(&env, &s3, p, &[]);
-            let mut sh = std::process::Command::new("sh");
-            sh.args(["-c", &writer_script(&inputs, w, "j", "r")]);
-            for (k, v) in c.get_envs() {
-                if let Some(v) = v {
-                    sh.env(k, v);
-                }
-            }
-            sh.env("PRODIGY", &bin)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", transcript(&out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), chunks);
-    }
+    run_writers(
+        &cmd(&env, &s3, p, &[]),
+        &inputs,
+        (writers, chunks),
+        "j",
+        "r",
+    );
     let shown = ok(
         &env,
         &s3,
