@@ -166,18 +166,30 @@ pub fn stream_chains(
     std::thread::scope(|scope| {
         let mut cursors = Vec::with_capacity(walked.len());
         for (chain, ids) in walked {
-            let reader = ahead.then(|| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
-                let (chain, filter) = (chain.clone(), filter.clone());
-                let ids = ids.clone();
-                scope.spawn(move || read_ahead(&chain, &ids, &filter, best_effort, &tx));
-                rx
-            });
-            cursors.push(Cursor {
-                chain,
+            let mut batches = Batches {
+                chain: chain.clone(),
                 ids,
                 next: 0,
-                reader,
+                filter: filter.clone(),
+                best_effort,
+            };
+            let source = if ahead {
+                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                scope.spawn(move || {
+                    while let Some(batch) = batches.next() {
+                        let last = matches!(batch, Ahead::Failed(_));
+                        if tx.send(batch).is_err() || last {
+                            return;
+                        }
+                    }
+                });
+                Source::Ahead(rx)
+            } else {
+                Source::Here(Box::new(batches))
+            };
+            cursors.push(Cursor {
+                chain,
+                source,
                 lines: Vec::new(),
                 pos: 0,
                 end: 0,
@@ -185,7 +197,7 @@ pub fn stream_chains(
                 key: None,
             });
         }
-        merge(cursors, filter, best_effort, parse, skipped, &mut each)
+        merge(cursors, filter, parse, skipped, &mut each)
     })
 }
 
@@ -203,38 +215,51 @@ enum Ahead {
     Failed(EventError),
 }
 
-/// Reads the batches of `ids` that may match `filter`, in order, into `tx` (until the
-/// reader hangs up).
-fn read_ahead(
-    chain: &Chain,
-    ids: &[ObjectId],
-    filter: &Filter,
+/// The batches of one chain that may match a filter, in the chain's order: read (and
+/// verified) by a read-ahead thread, or by the caller.
+struct Batches {
+    chain: Chain,
+    /// The chain's node ids, oldest first.
+    ids: Vec<ObjectId>,
+    /// The next node to open.
+    next: usize,
+    filter: Filter,
     best_effort: bool,
-    tx: &std::sync::mpsc::SyncSender<Ahead>,
-) {
-    for (n, id) in ids.iter().enumerate() {
-        if n.is_multiple_of(PREFETCH) && chain.refs().objects().wants_prefetch() {
-            prefetch(chain, &ids[n..ids.len().min(n + PREFETCH)]);
-        }
-        let sent = match chain.node(id) {
-            Err(e) => {
-                let _ = tx.send(Ahead::Failed(e));
-                return;
+}
+
+impl Batches {
+    /// The next batch that may match; `None` at the end of the chain. After a
+    /// [`Ahead::Failed`], nothing more is to be read.
+    fn next(&mut self) -> Option<Ahead> {
+        loop {
+            let id = *self.ids.get(self.next)?;
+            if self.next.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
+                let end = self.ids.len().min(self.next + PREFETCH);
+                prefetch(&self.chain, &self.ids[self.next..end]);
             }
-            Ok(node) if !filter.node_may_match(&node) => continue,
-            Ok(node) => match chain.batch_lines(&node) {
-                Ok(lines) => tx.send(Ahead::Lines(lines)),
-                Err(e) if best_effort => tx.send(Ahead::Skipped(e)),
-                Err(e) => {
-                    let _ = tx.send(Ahead::Failed(e));
-                    return;
-                }
-            },
-        };
-        if sent.is_err() {
-            return;
+            self.next += 1;
+            let node = match self.chain.node(&id) {
+                Ok(node) => node,
+                Err(e) => return Some(Ahead::Failed(e)),
+            };
+            if !self.filter.node_may_match(&node) {
+                continue;
+            }
+            return Some(match self.chain.batch_lines(&node) {
+                Ok(lines) => Ahead::Lines(lines),
+                Err(e) if self.best_effort => Ahead::Skipped(e),
+                Err(e) => Ahead::Failed(e),
+            });
         }
     }
+}
+
+/// Where a cursor's batches come from.
+enum Source {
+    /// A read-ahead thread.
+    Ahead(std::sync::mpsc::Receiver<Ahead>),
+    /// The caller's own reads.
+    Here(Box<Batches>),
 }
 
 /// From a remote store, the batches of these nodes are fetched many at once.
@@ -250,7 +275,6 @@ fn prefetch(chain: &Chain, ids: &[ObjectId]) {
 fn merge(
     mut cursors: Vec<Cursor>,
     filter: &Filter,
-    best_effort: bool,
     parse: bool,
     mut skipped: Vec<EventError>,
     each: &mut impl FnMut(Line<'_>) -> Result<bool, EventError>,
@@ -258,7 +282,7 @@ fn merge(
     let must_parse = parse || !filter.is_empty();
     let merging = cursors.len() > 1;
     for c in &mut cursors {
-        c.advance(filter, best_effort, must_parse, merging, &mut skipped)?;
+        c.advance(filter, must_parse, merging, &mut skipped)?;
     }
     loop {
         // The cursor whose line comes first: with one left, its order alone.
@@ -286,19 +310,15 @@ fn merge(
             .iter()
             .enumerate()
             .any(|(i, c)| i != best && c.has_line());
-        cursors[best].advance(filter, best_effort, must_parse, merging, &mut skipped)?;
+        cursors[best].advance(filter, must_parse, merging, &mut skipped)?;
     }
 }
 
 /// Where the merge stands in one chain.
 struct Cursor {
     chain: Chain,
-    /// The chain's node ids, oldest first.
-    ids: Vec<ObjectId>,
-    /// The next node to open.
-    next: usize,
-    /// Its batches, read ahead by a thread of their own (else read here).
-    reader: Option<std::sync::mpsc::Receiver<Ahead>>,
+    /// Its batches that may match.
+    source: Source,
     /// The open batch's JSON Lines.
     lines: Vec<u8>,
     /// Where its next line starts (`lines.len()` when none is left).
@@ -325,7 +345,6 @@ impl Cursor {
     fn advance(
         &mut self,
         filter: &Filter,
-        best_effort: bool,
         parse: bool,
         merging: bool,
         skipped: &mut Vec<EventError>,
@@ -361,43 +380,22 @@ impl Cursor {
                 return Ok(());
             }
             // The next batch that may match.
-            if let Some(reader) = &self.reader {
-                match reader.recv() {
-                    Ok(Ahead::Lines(lines)) => {
-                        self.lines = lines;
-                        self.pos = 0;
-                    }
-                    Ok(Ahead::Skipped(e)) => skipped.push(e),
-                    Ok(Ahead::Failed(e)) => return Err(e),
-                    Err(_) => {
-                        self.lines.clear();
-                        self.pos = 0;
-                        return Ok(());
-                    }
-                }
-                continue;
-            }
-            let Some(id) = self.ids.get(self.next).copied() else {
-                self.lines.clear();
-                self.pos = 0;
-                return Ok(());
+            let next = match &mut self.source {
+                Source::Ahead(reader) => reader.recv().ok(),
+                Source::Here(batches) => batches.next(),
             };
-            if self.next.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
-                let end = self.ids.len().min(self.next + PREFETCH);
-                prefetch(&self.chain, &self.ids[self.next..end]);
-            }
-            self.next += 1;
-            let node = self.chain.node(&id)?;
-            if !filter.node_may_match(&node) {
-                continue;
-            }
-            match self.chain.batch_lines(&node) {
-                Ok(lines) => {
+            match next {
+                Some(Ahead::Lines(lines)) => {
                     self.lines = lines;
                     self.pos = 0;
                 }
-                Err(e) if best_effort => skipped.push(e),
-                Err(e) => return Err(e),
+                Some(Ahead::Skipped(e)) => skipped.push(e),
+                Some(Ahead::Failed(e)) => return Err(e),
+                None => {
+                    self.lines.clear();
+                    self.pos = 0;
+                    return Ok(());
+                }
             }
         }
     }
