@@ -4,19 +4,24 @@
 //! `timeout(1)` and CI runners do), so a step can clean up.
 //!
 //! A step survives a runner killed with SIGKILL unless something kills its group: the
-//! kernel tells no one. So each step runs under a *supervisor* — the `prodigy` binary
-//! started as `prodigy __supervise PARENT_PID GRACE_MS -- sh -c CMD` — which asks the
-//! kernel for a signal when its parent dies (`PR_SET_PDEATHSIG`) and then stops its process
-//! group the same way. The
-//! library runs steps directly (without that guarantee) when no supervisor is given.
+//! kernel tells no one. So a runner's steps have a *supervisor*: one process per
+//! [`Executor`] (the `prodigy` binary started as `prodigy __supervise GRACE_MS`, in a
+//! process group of its own), whose standard input is a pipe only the runner holds open.
+//! Each step writes its process group's id into that pipe itself, between its fork and its
+//! exec, so no step can start unregistered; the runner strikes the group off once the step
+//! has ended. When the runner dies, however it dies, the kernel closes the pipe: the
+//! supervisor reads its end and stops every group still registered whose leader is still
+//! running, SIGTERM, then SIGKILL after the grace. The library runs steps without that
+//! guarantee when no supervisor is given.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
@@ -52,6 +57,8 @@ pub fn kill_grace_from_env() -> Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct Executor {
     supervisor: Option<PathBuf>,
+    /// The supervisor's process, started with the first step.
+    watch: Arc<OnceLock<Result<Watch, String>>>,
     groups: Arc<Mutex<HashSet<i32>>>,
     interrupted: Arc<AtomicBool>,
     grace: Duration,
@@ -161,8 +168,9 @@ impl StepOutcome {
 }
 
 impl Executor {
-    /// Steps run under `supervisor` (the `prodigy` binary) when given; a stopped step has
-    /// `grace` between SIGTERM and SIGKILL.
+    /// Steps are watched by a supervisor (`supervisor` is the `prodigy` binary to start
+    /// it from, with the first step) when given; a stopped step has `grace` between
+    /// SIGTERM and SIGKILL.
     pub fn new(
         supervisor: Option<PathBuf>,
         interrupted: Arc<AtomicBool>,
@@ -170,10 +178,24 @@ impl Executor {
     ) -> Executor {
         Executor {
             supervisor,
+            watch: Arc::new(OnceLock::new()),
             groups: Arc::new(Mutex::new(HashSet::new())),
             interrupted,
             grace,
         }
+    }
+
+    /// The supervisor, started by the first step that needs it.
+    fn watch(&self, exe: &Path) -> std::io::Result<&Watch> {
+        let started = self
+            .watch
+            .get_or_init(|| Watch::start(exe, self.grace).map_err(|e| e.to_string()));
+        started.as_ref().map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot start the step supervisor {} __supervise: {e}",
+                exe.display()
+            ))
+        })
     }
 
     /// True once the runner was asked to stop.
@@ -211,39 +233,30 @@ impl Executor {
     /// Runs one step to its end.
     pub fn run(&self, step: &StepSpec<'_>) -> std::io::Result<StepOutcome> {
         let started = Instant::now();
-        let mut cmd = match &self.supervisor {
-            Some(exe) => {
-                let mut c = Command::new(exe);
-                c.arg("__supervise")
-                    .arg(std::process::id().to_string())
-                    .arg(self.grace.as_millis().to_string())
-                    .arg("--");
+        let mut cmd = match step.program {
+            Program::Shell(command) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(command);
                 c
             }
-            None => match step.program {
-                Program::Shell(_) => Command::new("sh"),
-                Program::Exec(program, _) => Command::new(program),
-            },
-        };
-        match step.program {
-            Program::Shell(command) => {
-                if self.supervisor.is_some() {
-                    cmd.arg("sh");
-                }
-                cmd.arg("-c").arg(command);
-            }
             Program::Exec(program, args) => {
-                if self.supervisor.is_some() {
-                    cmd.arg(program);
-                }
-                cmd.args(args);
+                let mut c = Command::new(program);
+                c.args(args);
+                c
             }
-        }
+        };
+        let watch = match &self.supervisor {
+            Some(exe) => Some(self.watch(exe)?),
+            None => None,
+        };
         if step.clear_env {
             cmd.env_clear();
             if let Some(path) = std::env::var_os("PATH") {
                 cmd.env("PATH", path);
             }
+        }
+        if let Some(watch) = watch {
+            watch.mark(&mut cmd);
         }
         cmd.current_dir(step.cwd)
             .envs(step.env)
@@ -259,6 +272,9 @@ impl Executor {
             _ => e,
         })?;
         let pid = child.id() as i32;
+        if let Some(watch) = watch {
+            watch.register(pid);
+        }
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -367,6 +383,9 @@ impl Executor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pid);
+        if let Some(watch) = watch {
+            watch.strike_off(pid);
+        }
         let grace = Instant::now() + READER_GRACE;
         while done_rx
             .recv_timeout(grace.saturating_duration_since(Instant::now()))
@@ -515,71 +534,170 @@ fn pump(
     }
 }
 
-/// The supervisor's body (`prodigy __supervise PARENT_PID GRACE_MS -- PROGRAM ARGS…`): dies
-/// with its parent, stopping its whole process group (SIGTERM, then SIGKILL after the
-/// grace); otherwise runs PROGRAM and exits with its status. Returns the exit code.
+/// The variable naming a step's supervisor (its process id) in the step's environment.
+pub const SUPERVISOR_ENV: &str = "PRODIGY_STEP_SUPERVISOR";
+
+/// A step's process group starts to be watched.
+const REGISTER: u8 = b'+';
+
+/// A step's process group is no longer watched (the step ended).
+const STRIKE_OFF: u8 = b'-';
+
+/// One message to the supervisor: its kind and a process group's id; shorter than
+/// `PIPE_BUF`, so writers never interleave.
+fn message(kind: u8, group: i32) -> [u8; 5] {
+    let [a, b, c, d] = group.to_le_bytes();
+    [kind, a, b, c, d]
+}
+
+/// The supervisor's process and the pipe to it (see the module's documentation).
+#[derive(Debug)]
+struct Watch {
+    /// The pipe's write end (close-on-exec: only the runner holds it, and each step
+    /// between its fork and its exec).
+    pipe: Option<std::io::PipeWriter>,
+    child: Child,
+}
+
+impl Watch {
+    fn start(exe: &Path, grace: Duration) -> std::io::Result<Watch> {
+        let (reader, writer) = std::io::pipe()?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("__supervise")
+            .arg(grace.as_millis().to_string())
+            .stdin(reader)
+            .stdout(Stdio::null());
+        // Not in the runner's group: a kill of that group leaves it to stop the steps.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn()?;
+        Ok(Watch {
+            pipe: Some(writer),
+            child,
+        })
+    }
+
+    /// The variable each step's environment has: the supervisor's id, by which it finds a
+    /// step that started but was not registered yet when the runner died.
+    fn mark(&self, cmd: &mut Command) {
+        cmd.env(SUPERVISOR_ENV, self.child.id().to_string());
+    }
+
+    /// The step in group `pid` started.
+    fn register(&self, pid: i32) {
+        if let Some(pipe) = &self.pipe {
+            let _ = rustix::io::write(pipe.as_fd(), &message(REGISTER, pid));
+        }
+    }
+
+    /// The step in group `pid` ended: its group is no longer the supervisor's to stop.
+    fn strike_off(&self, pid: i32) {
+        if let Some(pipe) = &self.pipe {
+            let _ = rustix::io::write(pipe.as_fd(), &message(STRIKE_OFF, pid));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The end of the pipe ends the supervisor; no step is registered any more.
+        self.pipe.take();
+        let _ = self.child.wait();
+    }
+}
+
+/// The supervisor's body (`prodigy __supervise GRACE_MS`, its standard input the pipe from
+/// the runner): keeps the registered process groups until the pipe ends, then stops those
+/// whose leader is still running — SIGTERM, then SIGKILL to what is left after the grace.
+/// Returns the exit code.
 pub fn supervise(args: &[String]) -> i32 {
-    let (Some(parent), Some(grace), Some("--"), Some(program)) = (
-        args.first().and_then(|p| p.parse::<i32>().ok()),
-        args.get(1).and_then(|g| g.parse::<u64>().ok()),
-        args.get(2).map(String::as_str),
-        args.get(3),
+    let (Some(grace), None) = (
+        args.first().and_then(|g| g.parse::<u64>().ok()),
+        args.get(1),
     ) else {
         return 2;
     };
-    let grace = Duration::from_millis(grace);
-    let group = rustix::process::getpgrp();
-    let kill_all = move || {
-        let _ = rustix::process::kill_process_group(group, Signal::KILL);
-    };
-    let stopping = Arc::new(AtomicBool::new(false));
-    // The parent's death arrives as SIGTERM; so do a time-out's and an interrupt's stops,
-    // sent to the whole group. The group has the grace to end; then it is killed.
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(_) => return 126,
-    };
-    let stop = Arc::clone(&stopping);
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            stop.store(true, Ordering::SeqCst);
-            // A stop from the runner reached the whole group; the parent's death (and a
-            // signal for this process alone) only this one: pass it on.
-            let orphaned = rustix::process::getppid()
-                .map(Pid::as_raw_nonzero)
-                .map(|p| p.get())
-                != Some(parent);
-            if signal != signal_hook::consts::SIGTERM || orphaned {
-                let _ = rustix::process::kill_process_group(group, Signal::TERM);
+    // A terminal's signals are the runner's to act on; this process ends with the pipe.
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        let _ = signal_hook::flag::register(signal, Arc::new(AtomicBool::new(false)));
+    }
+    // Each group by its leader's pidfd: a group whose leader ended is not stopped (the
+    // runner reaped the leader, and the id may be another's by now).
+    let mut groups = std::collections::HashMap::new();
+    let mut stdin = std::io::stdin().lock();
+    let mut received = [0u8; 5];
+    while stdin.read_exact(&mut received).is_ok() {
+        let [kind, a, b, c, d] = received;
+        let Some(pid) = Pid::from_raw(i32::from_le_bytes([a, b, c, d])) else {
+            continue;
+        };
+        match kind {
+            REGISTER => {
+                // A leader already gone was reaped and struck off, or is the runner's to
+                // reap: nothing to watch.
+                if let Ok(fd) =
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                {
+                    groups.insert(pid, fd);
+                }
             }
-            std::thread::sleep(grace);
-            kill_all();
+            STRIKE_OFF => {
+                groups.remove(&pid);
+            }
+            _ => return 2,
         }
-    });
-    if rustix::process::set_parent_process_death_signal(Some(Signal::TERM)).is_err() {
-        return 126;
     }
-    // The parent may have died before the request took effect.
-    if rustix::process::getppid()
-        .map(Pid::as_raw_nonzero)
-        .map(|p| p.get())
-        != Some(parent)
-    {
-        kill_all();
-        return 1;
+    let mut running: Vec<Pid> = groups
+        .iter()
+        .filter(|(_, leader)| !ended(leader))
+        .map(|(pid, _)| *pid)
+        .collect();
+    // A step started a moment before the runner died may not have been registered yet:
+    // every group leader whose environment names this supervisor is a step's.
+    for pid in unregistered_steps(&groups) {
+        running.push(pid);
     }
-    let status = Command::new(program).args(&args[4..]).status();
-    // Stopped: what is left of the group (the step's own children) goes now; the step
-    // itself had its chance to clean up.
-    if stopping.load(Ordering::SeqCst) {
-        kill_all();
+    for pid in &running {
+        let _ = rustix::process::kill_process_group(*pid, Signal::TERM);
     }
-    match status {
-        Ok(s) => code(s),
-        Err(_) => 127,
+    let until = Instant::now() + Duration::from_millis(grace);
+    while !running.is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        running.retain(|pid| rustix::process::test_kill_process_group(*pid).is_ok());
     }
+    for pid in &running {
+        let _ = rustix::process::kill_process_group(*pid, Signal::KILL);
+    }
+    0
+}
+
+/// The group leaders (not in `known`) whose environment has [`SUPERVISOR_ENV`] naming this
+/// process: steps that started but were not registered.
+fn unregistered_steps<T>(known: &std::collections::HashMap<Pid, T>) -> Vec<Pid> {
+    let me = format!("{SUPERVISOR_ENV}={}", std::process::id());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Pid::from_raw)
+        .filter(|pid| !known.contains_key(pid))
+        .filter(|pid| rustix::process::getpgid(Some(*pid)).is_ok_and(|g| g == *pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero()))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == me.as_bytes()))
+        })
+        .collect()
+}
+
+/// True when the process behind `pidfd` has ended.
+fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
 }

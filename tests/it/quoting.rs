@@ -358,3 +358,113 @@ map:
     );
     assert_eq!(job_show(&env, &repo, "s")["phase"], "map");
 }
+
+/// Nothing of a step outlives a runner killed with SIGKILL (the runner alone, not its
+/// process group): the supervisor stops every step's group, SIGTERM first (a step that
+/// traps it cleans up), then SIGKILL after the grace (a step that ignores it goes too),
+/// background children included.
+#[test]
+fn the_steps_of_a_runner_killed_alone_are_stopped_with_the_grace() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "orphans");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            r#"name: orphans
+map:
+  input: seq 1 2
+  max_parallel: 2
+  agent_template:
+    - shell: |
+        if [ ${{item}} = 1 ]; then
+          trap 'echo cleaned > {m}/cleaned; exit 3' TERM
+          sleep 4281 &
+          touch {m}/started-1
+          wait
+        else
+          trap '' TERM
+          sleep 4282 &
+          touch {m}/started-2
+          sleep 4283
+        fi
+"#
+        ),
+    );
+    let mut cmd = env.std_cmd();
+    cmd.current_dir(&repo)
+        .env("PRODIGY_KILL_GRACE", "1s")
+        .args(["run", "w.yml", "--job-id", "o"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    wait_for("both steps", Duration::from_secs(30), || {
+        marks.join("started-1").exists() && marks.join("started-2").exists()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let alive = || {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 428[123]"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&ps.stdout).into_owned()
+    };
+    wait_for("the steps to end", Duration::from_secs(20), || {
+        alive().is_empty()
+    });
+    assert_eq!(
+        std::fs::read_to_string(marks.join("cleaned")).unwrap(),
+        "cleaned\n"
+    );
+}
+
+/// A step the runner had not yet told its supervisor of when it died (it started a moment
+/// before) is stopped too: the supervisor finds it by its own id in the step's
+/// environment. A process naming another supervisor is left alone.
+#[test]
+fn the_supervisor_stops_a_step_it_was_not_told_of() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::process::{Command, Stdio};
+    let env = Env::new();
+    let mut supervisor = env
+        .std_cmd()
+        .args(["__supervise", "1000"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = |seconds: &str, supervisor_id: String| {
+        Command::new("sh")
+            .args(["-c", &format!("sleep {seconds}; true")])
+            .env("PRODIGY_STEP_SUPERVISOR", supervisor_id)
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let mut step = start("4291", supervisor.id().to_string());
+    let mut other = start("4292", "1".into());
+    // The runner dies: its end of the pipe closes.
+    drop(supervisor.stdin.take());
+    assert!(supervisor.wait().unwrap().success());
+    let still_running = other.try_wait().unwrap().is_none();
+    let kill_group = |child: &std::process::Child| {
+        let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    };
+    kill_group(&other);
+    other.wait().unwrap();
+    assert!(still_running, "a process of another supervisor was stopped");
+    let limit = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = step.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > limit {
+            kill_group(&step);
+            panic!("the step was not stopped");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(15));
+}
