@@ -566,7 +566,9 @@ impl Watch {
         cmd.arg("__supervise")
             .arg(grace.as_millis().to_string())
             .stdin(reader)
-            .stdout(Stdio::null());
+            // It says nothing, and must not hold the runner's output open after its death.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // Not in the runner's group: a kill of that group leaves it to stop the steps.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn()?;
