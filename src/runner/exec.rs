@@ -683,12 +683,26 @@ fn unregistered_steps<T>(known: &std::collections::HashMap<Pid, T>) -> Vec<Pid> 
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(Pid::from_raw)
         .filter(|pid| !known.contains_key(pid))
-        .filter(|pid| rustix::process::getpgid(Some(*pid)).is_ok_and(|g| g == *pid))
+        .filter(|pid| leads_its_group(*pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero()))
                 .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == me.as_bytes()))
         })
         .collect()
+}
+
+/// True when process `pid` leads its process group, as `/proc/<pid>/stat` says (kernel
+/// threads, whose group is 0, do not).
+fn leads_its_group(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
+        return false;
+    };
+    // `pid (comm) state ppid pgrp …`: the name may hold spaces and parentheses.
+    let fields = stat.rfind(')').map(|end| &stat[end + 1..]);
+    fields
+        .and_then(|f| f.split_ascii_whitespace().nth(2))
+        .and_then(|group| group.parse::<i32>().ok())
+        == Some(pid.as_raw_nonzero().get())
 }
 
 /// True when the process behind `pidfd` has ended.
