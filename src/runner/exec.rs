@@ -653,13 +653,17 @@ pub fn supervise(args: &[String]) -> i32 {
         .filter(|(_, leader)| !ended(leader))
         .map(|(pid, _)| *pid)
         .collect();
-    // A step started a moment before the runner died may not have been registered yet:
-    // every group leader whose environment names this supervisor is a step's.
-    for pid in unregistered_steps(&groups) {
-        running.push(pid);
-    }
     for pid in &running {
         let _ = rustix::process::kill_process_group(*pid, Signal::TERM);
+    }
+    // A step started a moment before the runner died may not have been registered yet:
+    // every group leader whose environment names this supervisor is a step's. The
+    // registered groups have their SIGTERM already, and have their SIGKILL below even if
+    // this search of /proc fails.
+    let found = std::panic::catch_unwind(|| unregistered_steps(&groups)).unwrap_or_default();
+    for pid in found {
+        let _ = rustix::process::kill_process_group(pid, Signal::TERM);
+        running.push(pid);
     }
     let until = Instant::now() + Duration::from_millis(grace);
     while !running.is_empty() && Instant::now() < until {
