@@ -699,33 +699,20 @@ impl ObjectStore {
             }
             return Ok(found);
         }
-        let path = self.path(id);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => Ok(true),
-            Ok(_) => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(self.find_packed(id)?.is_some()),
-            Err(e) => Err(FsError::new("inspect", path, e).into()),
-        }
+        self.stored_locally(id, true)
     }
 
-    /// Whether a local write of `id` can be skipped: its loose file, or a pack known to
-    /// this store. Unlike [`ObjectStore::contains`], a miss does not look at the packs
-    /// directory again: a pack made since by a gc only costs a loose copy that the next
-    /// gc removes, where the second look cost a system call per object written.
-    fn stored_locally(&self, id: &ObjectId) -> Result<bool, ObjectError> {
+    /// Whether `id` is stored in this home: its loose file, or a pack. With `look_again`,
+    /// a miss lists the packs directory again (a gc may have packed it since), as a read
+    /// must; a write that only wants to skip a stored object need not: a pack made since
+    /// costs at most a loose copy that the next gc removes, where the second look cost a
+    /// system call per object written.
+    fn stored_locally(&self, id: &ObjectId, look_again: bool) -> Result<bool, ObjectError> {
         let path = self.path(id);
         match fs::symlink_metadata(&path) {
             Ok(meta) => Ok(meta.is_file()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                for pack in self.packs(false) {
-                    let found = pack
-                        .find(id)
-                        .map_err(|e| FsError::new("read pack index", pack.idx_path(), e))?;
-                    if found.is_some() {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
+                Ok(self.packed(id, look_again)?.is_some())
             }
             Err(e) => Err(FsError::new("inspect", path, e).into()),
         }
@@ -798,7 +785,18 @@ impl ObjectStore {
     /// Where `id` is packed: its pack, offset and length. Looks at the packs directory
     /// again before saying no (a gc may have packed it since).
     pub fn find_packed(&self, id: &ObjectId) -> Result<Option<(Arc<Pack>, u64, u32)>, ObjectError> {
-        for reload in [false, true] {
+        self.packed(id, true)
+    }
+
+    /// Where `id` is packed, in the packs this store has opened and, with `look_again`, in
+    /// those the packs directory holds now.
+    fn packed(
+        &self,
+        id: &ObjectId,
+        look_again: bool,
+    ) -> Result<Option<(Arc<Pack>, u64, u32)>, ObjectError> {
+        let looks: &[bool] = if look_again { &[false, true] } else { &[false] };
+        for &reload in looks {
             for pack in self.packs(reload) {
                 if let Some((offset, len)) = pack
                     .find(id)
@@ -835,7 +833,7 @@ impl ObjectStore {
             return self.write_remote(remote, kind, payload);
         }
         let id = ObjectId::hash(kind, payload);
-        if self.stored_locally(&id)? {
+        if self.stored_locally(&id, false)? {
             return Ok(id);
         }
         let frame = compress(&id, kind, payload)?;
@@ -1041,7 +1039,7 @@ impl ObjectBatch<'_> {
             }
             return Ok(id);
         }
-        if self.seen.contains(&id) || self.store.stored_locally(&id)? {
+        if self.seen.contains(&id) || self.store.stored_locally(&id, false)? {
             return Ok(id);
         }
         let slot = usize::from(id.as_bytes()[0]);
