@@ -10,8 +10,18 @@ use serde_json::{Value, json};
 
 use crate::common::{Env, transcript};
 use crate::runner::{
-    assert_one_line_error, in_repo, job_show, ok_in, repo_and_marks, spawn_in, wait_for, write,
+    assert_one_line_error, in_repo, job_show, kill_group, ok_in, repo_and_marks, spawn_in,
+    wait_for, write,
 };
+
+/// The processes whose command line matches `pattern` (`pgrep -f`), one pid a line.
+fn running(pattern: &str) -> String {
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&ps.stdout).into_owned()
+}
 
 /// Texts that would run, split, or change a condition if pasted raw.
 fn hostile(marks: &Path) -> Vec<String> {
@@ -299,15 +309,8 @@ error_policy:
     let dlq = ok_in(&env, &repo, &["dlq", "list", "g", "--json"]);
     assert!(dlq.contains("SIGTERM, then SIGKILL"), "{dlq}");
     // No `sleep 617` is left behind.
-    let ps = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 617"])
-        .output()
-        .unwrap();
-    assert!(
-        ps.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&ps.stdout)
-    );
+    let left = running("sleep 617");
+    assert!(left.is_empty(), "{left}");
     // A grace that is not a duration is a usage error before anything runs.
     let out = env
         .cmd()
@@ -404,15 +407,8 @@ map:
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    let alive = || {
-        let ps = std::process::Command::new("pgrep")
-            .args(["-f", "sleep 428[123]"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&ps.stdout).into_owned()
-    };
     wait_for("the steps to end", Duration::from_secs(20), || {
-        alive().is_empty()
+        running("sleep 428[123]").is_empty()
     });
     assert_eq!(
         std::fs::read_to_string(marks.join("cleaned")).unwrap(),
@@ -448,12 +444,7 @@ fn the_supervisor_stops_a_step_it_was_not_told_of() {
     drop(supervisor.stdin.take());
     assert!(supervisor.wait().unwrap().success());
     let still_running = other.try_wait().unwrap().is_none();
-    let kill_group = |child: &std::process::Child| {
-        let group = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    };
-    kill_group(&other);
-    other.wait().unwrap();
+    kill_group(&mut other);
     assert!(still_running, "a process of another supervisor was stopped");
     let limit = Instant::now() + Duration::from_secs(20);
     let status = loop {
@@ -461,7 +452,7 @@ fn the_supervisor_stops_a_step_it_was_not_told_of() {
             break status;
         }
         if Instant::now() > limit {
-            kill_group(&step);
+            kill_group(&mut step);
             panic!("the step was not stopped");
         }
         std::thread::sleep(Duration::from_millis(20));

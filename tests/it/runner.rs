@@ -79,7 +79,7 @@ pub(crate) fn spawn_in(env: &Env, repo: &Path, args: &[&str]) -> Child {
 }
 
 /// SIGKILL to the whole process group led by `child`.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     let _ = child.wait();
