@@ -6,6 +6,8 @@
 //! and no server's conditional put is trusted to order two writers. Readers merge the
 //! chains ([`super::query::stream`]); totals add the chains' head nodes.
 
+use std::borrow::{Borrow, Cow};
+
 use serde::Serialize;
 
 use super::log::{Appended, Batch, Chain, EventError, LogNode, Summary};
@@ -101,7 +103,7 @@ impl EventLog {
     /// Appends batches, each to its writer's chain (in their order): all or nothing per
     /// writer — every batch object is durable before the writer's ref moves once. When
     /// this returns, every record is durable.
-    pub fn append(&self, batches: &[Batch]) -> Result<(), EventError> {
+    pub fn append<B: Borrow<Batch>>(&self, batches: &[B]) -> Result<(), EventError> {
         for (writer, group) in by_writer(batches) {
             self.lane(writer)?.append(&group)?;
         }
@@ -114,26 +116,29 @@ impl EventLog {
     /// stored too. Batches whose writer is `fresh` (an id made for this call) are not
     /// checked. Every writer's records are checked before any is appended, so a record that
     /// differs from its stored copy leaves the log as it was.
-    pub fn append_idempotent(
+    pub fn append_idempotent<B: Borrow<Batch>>(
         &self,
-        batches: &[Batch],
+        batches: &[B],
         fresh: &str,
     ) -> Result<Appended, EventError> {
         let main = self.main();
         let old = main.refs().read(main.name())?;
         let mut done = Appended::default();
         let mut groups = Vec::new();
-        for (writer, mut group) in by_writer(batches) {
+        for (writer, group) in by_writer(batches) {
             let lane = self.lane(writer)?;
-            if writer != fresh {
-                if let Some(head) = old {
+            let group: Vec<Cow<'_, Batch>> = match old {
+                Some(head) if writer != fresh => {
                     let (rest, skipped) = main.unstored(head, &group, fresh)?;
                     done.skipped += skipped;
-                    group = rest;
+                    rest
                 }
-                if let Some(head) = lane.refs().read(lane.name())? {
-                    lane.unstored(head, &group, fresh)?;
-                }
+                _ => group.into_iter().map(Cow::Borrowed).collect(),
+            };
+            if writer != fresh
+                && let Some(head) = lane.refs().read(lane.name())?
+            {
+                lane.unstored(head, &borrowed(&group), fresh)?;
             }
             groups.push((lane, group));
         }
@@ -162,15 +167,19 @@ pub(crate) fn totals_of(chains: Vec<(Chain, ObjectId)>) -> Result<Option<Totals>
     Ok(totals)
 }
 
+fn borrowed<'b>(batches: &'b [Cow<'_, Batch>]) -> Vec<&'b Batch> {
+    batches.iter().map(AsRef::as_ref).collect()
+}
+
 /// Batches grouped by writer, in the order each writer first appears; each group keeps
 /// its batches' order. Empty batches are dropped.
-fn by_writer(batches: &[Batch]) -> Vec<(&str, Vec<Batch>)> {
-    let mut groups: Vec<(&str, Vec<Batch>)> = Vec::new();
-    for batch in batches.iter().filter(|b| !b.is_empty()) {
+fn by_writer<B: Borrow<Batch>>(batches: &[B]) -> Vec<(&str, Vec<&Batch>)> {
+    let mut groups: Vec<(&str, Vec<&Batch>)> = Vec::new();
+    for batch in batches.iter().map(Borrow::borrow).filter(|b| !b.is_empty()) {
         let writer = batch.writer().unwrap_or_default();
         match groups.iter_mut().find(|(w, _)| *w == writer) {
-            Some((_, group)) => group.push(batch.clone()),
-            None => groups.push((writer, vec![batch.clone()])),
+            Some((_, group)) => group.push(batch),
+            None => groups.push((writer, vec![batch])),
         }
     }
     groups

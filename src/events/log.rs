@@ -7,13 +7,13 @@
 //! durations) and carries the running totals of the whole chain, so listing jobs reads one
 //! node per job and stats never open a batch.
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::record::{EventRecord, RecordInfo};
-use crate::store::object::{ObjectError, ObjectId, ObjectStore, ObjectType};
+use crate::store::object::{ObjectBatch, ObjectError, ObjectId, ObjectStore, ObjectType};
 use crate::store::refs::{RefError, RefName, RefStore};
 
 /// Failures of the event log.
@@ -366,6 +366,8 @@ pub struct Batch {
     seq_first: u64,
     seq_last: u64,
     attached: Vec<ObjectId>,
+    /// The id of the batch object, once asked for (cleared by every change).
+    id: std::sync::OnceLock<ObjectId>,
 }
 
 impl Batch {
@@ -405,6 +407,7 @@ impl Batch {
             Some(_) => {}
         }
         self.seq_last = info.seq;
+        self.id.take();
         self.payload.extend_from_slice(json);
         self.payload.push(b'\n');
         self.summary.add(info, json.len() as u64 + 1);
@@ -431,6 +434,7 @@ impl Batch {
             *self = newer;
             return;
         }
+        self.id.take();
         self.payload.extend_from_slice(&newer.payload);
         self.summary.merge(&newer.summary);
         for (agent, n) in &newer.agents {
@@ -438,6 +442,18 @@ impl Batch {
         }
         self.attached.extend(newer.attached);
         self.seq_last = newer.seq_last;
+    }
+
+    /// The id of the batch object (hashed once, then remembered).
+    pub fn id(&self) -> ObjectId {
+        *self
+            .id
+            .get_or_init(|| ObjectId::hash(ObjectType::Batch, &self.payload))
+    }
+
+    /// Adds the batch object to `group` (see [`ObjectBatch::add_hashed`]).
+    pub fn store_in(&self, group: &mut ObjectBatch<'_>) -> Result<ObjectId, ObjectError> {
+        group.add_hashed(self.id(), ObjectType::Batch, &self.payload)
     }
 
     /// What the batch holds.
@@ -553,9 +569,9 @@ impl Chain {
     /// (outside the lock); then, under the ref's lock, one node per batch is chained onto
     /// whatever the head is and the ref moves once. Returns the new head, or `None` if
     /// there was nothing to append. When this returns, every record is durable.
-    pub fn append(&self, batches: &[Batch]) -> Result<Option<ObjectId>, EventError> {
+    pub fn append<B: Borrow<Batch>>(&self, batches: &[B]) -> Result<Option<ObjectId>, EventError> {
         let _gc = self.refs.write_guard()?;
-        let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
+        let batches = non_empty(batches);
         let mut staged = Vec::with_capacity(batches.len());
         if batches.len() == 1 {
             staged.push((batches[0], self.write_batch(batches[0])?));
@@ -563,7 +579,7 @@ impl Chain {
             // Many batch objects share one durability barrier.
             let mut group = self.objects().batch();
             for batch in batches {
-                staged.push((batch, group.add(ObjectType::Batch, &batch.payload)?));
+                staged.push((batch, batch.store_in(&mut group)?));
             }
             group.commit()?;
         }
@@ -577,17 +593,17 @@ impl Chain {
     /// them is opened, record by record. A stored copy equal to the new one is skipped and
     /// counted; a different one is refused and nothing is appended. Batches whose writer is
     /// `fresh` (an id made for this call) are not checked.
-    pub fn append_idempotent(
+    pub fn append_idempotent<B: Borrow<Batch>>(
         &self,
-        batches: &[Batch],
+        batches: &[B],
         fresh: &str,
     ) -> Result<Appended, EventError> {
         let _gc = self.refs.write_guard()?;
-        let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
+        let batches = non_empty(batches);
         let mut group = self.objects().batch();
         let mut staged = Vec::with_capacity(batches.len());
         for batch in &batches {
-            staged.push(group.add(ObjectType::Batch, &batch.payload)?);
+            staged.push(batch.store_in(&mut group)?);
         }
         group.commit()?;
         let checked: Vec<&str> = batches
@@ -636,13 +652,13 @@ impl Chain {
 
     /// `batches` without the records this chain (from `head`) already stores, and how
     /// many were skipped; a stored record with other content is refused. Reads only.
-    pub(crate) fn unstored(
+    pub(crate) fn unstored<'b>(
         &self,
         head: ObjectId,
-        batches: &[Batch],
+        batches: &[&'b Batch],
         fresh: &str,
-    ) -> Result<(Vec<Batch>, u64), EventError> {
-        let batches: Vec<&Batch> = batches.iter().filter(|b| !b.is_empty()).collect();
+    ) -> Result<(Vec<Cow<'b, Batch>>, u64), EventError> {
+        let batches: Vec<&'b Batch> = batches.iter().copied().filter(|b| !b.is_empty()).collect();
         let checked: Vec<&str> = batches
             .iter()
             .filter_map(|b| b.writer())
@@ -659,12 +675,12 @@ impl Chain {
                 .iter()
                 .any(|r| r.first <= batch.seq_last && batch.seq_first <= r.last)
             {
-                out.push(batch.clone());
+                out.push(Cow::Borrowed(batch));
                 continue;
             }
             let rest = self.without_stored(batch, ranges, &mut opened, &mut appended)?;
             if !rest.is_empty() {
-                out.push(rest);
+                out.push(Cow::Owned(rest));
             }
         }
         Ok((out, appended.skipped))
@@ -894,6 +910,8 @@ impl Chain {
             writers = known.writers.take();
         }
         let mut parent = old;
+        // Many nodes share one durability barrier; one is written (and synced) alone.
+        let mut group = (batches.len() > 1).then(|| self.objects().batch());
         for (batch, batch_id) in batches.iter().zip(batch_ids) {
             // A node never names a missing object: what a record attaches is stored first.
             for id in &batch.attached {
@@ -930,7 +948,13 @@ impl Chain {
             };
             let json =
                 serde_json::to_vec(&node).map_err(|e| EventError::BadRecord(e.to_string()))?;
-            parent = Some(self.objects().write(ObjectType::Log, &json)?);
+            parent = Some(match &mut group {
+                Some(group) => group.add(ObjectType::Log, &json)?,
+                None => self.objects().write(ObjectType::Log, &json)?,
+            });
+        }
+        if let Some(group) = group {
+            group.commit()?;
         }
         parent.ok_or_else(|| EventError::BadRecord("no batch to append".into()))
     }
@@ -1046,6 +1070,15 @@ impl Chain {
             .map_err(|e| self.broken("batch", node.batch, e.into()))?;
         Ok(object.payload)
     }
+}
+
+/// The batches that hold records, borrowed.
+fn non_empty<B: Borrow<Batch>>(batches: &[B]) -> Vec<&Batch> {
+    batches
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|b| !b.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1032,7 +1032,22 @@ pub struct ObjectBatch<'a> {
 impl ObjectBatch<'_> {
     /// Adds an object; returns its id (valid only once [`Self::commit`] has returned).
     pub fn add(&mut self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
-        let id = ObjectId::hash(kind, payload);
+        self.add_hashed(ObjectId::hash(kind, payload), kind, payload)
+    }
+
+    /// [`Self::add`] of an object whose id the caller has computed (and remembered):
+    /// `id` must be `ObjectId::hash(kind, payload)`, which debug builds check.
+    pub fn add_hashed(
+        &mut self,
+        id: ObjectId,
+        kind: ObjectType,
+        payload: &[u8],
+    ) -> Result<ObjectId, ObjectError> {
+        debug_assert_eq!(
+            id,
+            ObjectId::hash(kind, payload),
+            "a wrong id for an object"
+        );
         if let Some(remote) = self.store.s3()? {
             if self.seen.insert(id) && !remote.is_confirmed(id.as_bytes()) {
                 self.uploads.push((id, compress(&id, kind, payload)?));

@@ -359,6 +359,84 @@ fn bad_lines_append_nothing() {
     assert!(!env.home().join("events").exists());
 }
 
+/// Every file under `dir`, at any depth.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
+    // Sealed batches are compressed and written while later lines are read; a line
+    // refused afterwards must still leave nothing: no ref, no object, no temp file.
+    let env = Env::new();
+    let mut input = String::new();
+    for n in 0..7 {
+        input.push_str(&format!(
+            "{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"
+        ));
+    }
+    input.push_str("{\"event_type\":\"agent_started\"\n");
+    let out = env.run(
+        &[
+            "events",
+            "append",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--batch-size",
+            "2",
+        ],
+        input.as_bytes(),
+    );
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(
+        stderr.contains("line 8: invalid JSON") && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    assert!(!env.home().join("events/api/j").exists());
+    assert_eq!(
+        files_under(&env.home().join("objects")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // The same lines without the bad one: four batches, each its own object and node.
+    let good: String = input.lines().take(7).map(|l| format!("{l}\n")).collect();
+    let out = env.run(
+        &[
+            "events",
+            "append",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--batch-size",
+            "2",
+        ],
+        good.as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(records(&env, "j", &[]).len(), 7);
+    assert_eq!(files_under(&env.home().join("objects")).len(), 8);
+}
+
 #[test]
 fn a_huge_line_is_refused_without_being_read_whole() {
     let env = Env::new();

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
@@ -16,7 +18,9 @@ use crate::events::record::{
     RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, write_record_line,
 };
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
+use crate::lock::WriteGuard;
 use crate::store::id::ObjectId;
+use crate::store::object::{ObjectBatch, ObjectError};
 
 /// The longest line accepted (16 MiB), as every command reading lines.
 pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
@@ -134,11 +138,60 @@ struct Given {
     number: usize,
 }
 
-/// Turns input lines into batches: consecutive records of one writer, at most
-/// `batch_size` each.
-struct Builder {
-    batches: Vec<Batch>,
-    batch_size: u64,
+/// The batches of a call: consecutive records of one writer, at most `size` each. Each
+/// batch, once sealed (the next one begun), goes to `sealed`, a thread that compresses
+/// and stores it while the next ones are read.
+struct Batches<'g> {
+    list: Vec<Arc<Batch>>,
+    size: u64,
+    /// Closed (`None`) once every line is read.
+    sealed: Option<SyncSender<Arc<Batch>>>,
+    /// The home's gc guard, taken before the first object is written and kept until the
+    /// log's ref has moved.
+    guard: Option<WriteGuard>,
+    log: &'g EventLog,
+}
+
+impl Batches<'_> {
+    /// Adds a stored line to the last batch, or a new one when that one is full or
+    /// another writer's.
+    fn add(&mut self, json: &[u8], info: &RecordInfo<'_>) -> Result<(), String> {
+        let start_new = match self.list.last() {
+            None => true,
+            Some(b) => b.writer() != Some(info.writer) || b.len() >= self.size,
+        };
+        if start_new {
+            self.seal()?;
+            self.list.push(Arc::new(Batch::new()));
+        }
+        let batch = self
+            .list
+            .last_mut()
+            .and_then(Arc::get_mut)
+            .ok_or("the batch being filled is shared")?;
+        batch.push_encoded(json, info).map_err(|e| e.to_string())
+    }
+
+    /// Hands the last batch to the thread that stores it.
+    fn seal(&mut self) -> Result<(), String> {
+        let Some(last) = self.list.last() else {
+            return Ok(());
+        };
+        if self.guard.is_none() {
+            self.guard = Some(self.log.refs().write_guard().map_err(|e| e.to_string())?);
+        }
+        // A closed channel means the storing thread failed; its error is reported when
+        // it is joined.
+        if let Some(sealed) = &self.sealed {
+            let _ = sealed.send(Arc::clone(last));
+        }
+        Ok(())
+    }
+}
+
+/// Turns input lines into batches.
+struct Builder<'g> {
+    batches: Batches<'g>,
     writer: String,
     next_seq: u64,
     metadata: Metadata,
@@ -152,33 +205,14 @@ struct Builder {
     line: Vec<u8>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn push(&mut self, record: EventRecord, number: usize) -> Result<(), String> {
         // Serialized once: the line stored, and for full records what a repeat is told by.
         let json = serde_json::to_vec(&record).map_err(|e| format!("record {}: {e}", record.id))?;
         if record.writer != self.writer {
             return self.add_full(&json, &record.info(), number);
         }
-        Self::add(&mut self.batches, self.batch_size, &json, &record.info())
-    }
-
-    /// Adds a stored line to the last batch, or a new one when that one is full or
-    /// another writer's.
-    fn add(
-        batches: &mut Vec<Batch>,
-        batch_size: u64,
-        json: &[u8],
-        info: &RecordInfo<'_>,
-    ) -> Result<(), String> {
-        let start_new = match batches.last() {
-            None => true,
-            Some(b) => b.writer() != Some(info.writer) || b.len() >= batch_size,
-        };
-        if start_new {
-            batches.push(Batch::new());
-        }
-        let batch = batches.last_mut().ok_or("no batch")?;
-        batch.push_encoded(json, info).map_err(|e| e.to_string())
+        self.batches.add(&json, &record.info())
     }
 
     /// Adds a full record's line unless it repeats one read before, which is skipped (the
@@ -197,7 +231,7 @@ impl Builder {
             number: first,
         }) = seen
         {
-            let earlier = self.batches[batch].line_at(start);
+            let earlier = self.batches.list[batch].line_at(start);
             let parse = |l: &[u8]| serde_json::from_slice::<EventRecord>(l).ok();
             if earlier == json || parse(earlier).is_some_and(|e| parse(json) == Some(e)) {
                 self.repeated += 1;
@@ -209,11 +243,11 @@ impl Builder {
                 info.writer, info.seq
             ));
         }
-        Self::add(&mut self.batches, self.batch_size, json, info)?;
-        let batch = self.batches.len() - 1;
+        self.batches.add(json, info)?;
+        let batch = self.batches.list.len() - 1;
         let given = Given {
             batch,
-            start: self.batches[batch].bytes() - json.len() - 1,
+            start: self.batches.list[batch].bytes() - json.len() - 1,
             number,
         };
         match self.given.get_mut(info.writer) {
@@ -281,7 +315,7 @@ impl Builder {
             attachment,
         };
         let added = if *full.writer == *self.writer {
-            Self::add(&mut self.batches, self.batch_size, &line, &info)
+            self.batches.add(&line, &info)
         } else {
             self.add_full(&line, &info, number)
         };
@@ -332,7 +366,7 @@ impl Builder {
             seq,
             attachment,
         };
-        Self::add(&mut self.batches, self.batch_size, &self.line, &info)?;
+        self.batches.add(&self.line, &info)?;
         self.next_seq += 1;
         Ok(true)
     }
@@ -413,31 +447,84 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let repo = args.repo.resolve(ctx)?;
     let log = EventLog::new(ctx.refs(), &repo, &args.job)?;
     let cwd = std::env::current_dir().ok();
-    let mut builder = Builder {
-        batches: Vec::new(),
-        batch_size: args.batch_size,
-        writer: new_id(),
-        next_seq: 0,
-        metadata: Metadata {
-            host: Some(
-                rustix::system::uname()
-                    .nodename()
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
-            pid: Some(std::process::id()),
-            worktree: cwd
-                .and_then(|d| crate::repo::worktree_root(&d))
-                .map(|p| p.display().to_string()),
-            agent_id: None,
-            extra: Map::new(),
-        },
-        given: HashMap::new(),
-        repeated: 0,
-        metadata_json: Vec::new(),
-        line: Vec::with_capacity(1024),
+    let metadata = Metadata {
+        host: Some(
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        pid: Some(std::process::id()),
+        worktree: cwd
+            .and_then(|d| crate::repo::worktree_root(&d))
+            .map(|p| p.display().to_string()),
+        agent_id: None,
+        extra: Map::new(),
     };
-    builder.metadata_json = serde_json::to_vec(&builder.metadata)?;
+    let metadata_json = serde_json::to_vec(&metadata)?;
+    let objects = log.refs().objects();
+    // Reading and parsing on this thread, compressing and storing sealed batches on
+    // another: the two overlap. Nothing is appended until every line has been read.
+    let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(4);
+    let (repeated, done) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let storing = scope.spawn(move || -> Result<ObjectBatch<'_>, ObjectError> {
+            let mut group = objects.batch();
+            for batch in to_store {
+                batch.store_in(&mut group)?;
+            }
+            Ok(group)
+        });
+        let mut builder = Builder {
+            batches: Batches {
+                list: Vec::new(),
+                size: args.batch_size,
+                sealed: Some(sealed),
+                guard: None,
+                log: &log,
+            },
+            writer: new_id(),
+            next_seq: 0,
+            metadata,
+            given: HashMap::new(),
+            repeated: 0,
+            metadata_json,
+            line: Vec::with_capacity(1024),
+        };
+        let read = read_input(&args, ctx, &mut builder)
+            .and_then(|()| builder.batches.seal().map_err(|e| anyhow!("{e}")));
+        // Closing the channel ends the storing thread, after what was sealed.
+        builder.batches.sealed = None;
+        let stored = storing
+            .join()
+            .map_err(|_| anyhow!("the thread storing batch objects panicked"))?;
+        // On a refused line, the stored group is dropped unused: its temp files go.
+        read?;
+        stored?.commit()?;
+        let done = log.append_idempotent(&builder.batches.list, &builder.writer)?;
+        Ok((builder.repeated, done))
+    })?;
+    let plural = if done.added == 1 { "" } else { "s" };
+    write!(
+        ctx.out,
+        "appended {} event{plural} to {}",
+        done.added,
+        log.name()
+    )?;
+    let skipped = done.skipped + repeated;
+    if skipped > 0 {
+        let plural = if skipped == 1 { "" } else { "s" };
+        write!(
+            ctx.out,
+            "; skipped {skipped} record{plural} already there (same writer, seq and content)"
+        )?;
+    }
+    writeln!(ctx.out)?;
+    Ok(Exit::Success)
+}
+
+/// Reads every line of the input (FILE or standard input) into `builder`; the first
+/// line refused is the error.
+fn read_input(args: &Args, ctx: &mut Ctx<'_>, builder: &mut Builder<'_>) -> anyhow::Result<()> {
     let mut file_input;
     let input: &mut dyn BufRead = match &args.file {
         Some(path) if path.as_os_str() != "-" => {
@@ -489,22 +576,5 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         let record = builder.line(value).map_err(&refuse)?;
         builder.push(record, number).map_err(refuse)?;
     }
-    let done = log.append_idempotent(&builder.batches, &builder.writer)?;
-    let plural = if done.added == 1 { "" } else { "s" };
-    write!(
-        ctx.out,
-        "appended {} event{plural} to {}",
-        done.added,
-        log.name()
-    )?;
-    let skipped = done.skipped + builder.repeated;
-    if skipped > 0 {
-        let plural = if skipped == 1 { "" } else { "s" };
-        write!(
-            ctx.out,
-            "; skipped {skipped} record{plural} already there (same writer, seq and content)"
-        )?;
-    }
-    writeln!(ctx.out)?;
-    Ok(Exit::Success)
+    Ok(())
 }
