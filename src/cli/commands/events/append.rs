@@ -15,7 +15,8 @@ use serde_json::{Map, Value};
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::record::{
-    RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, write_record_line,
+    RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, stored_timestamp,
+    write_record_line,
 };
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 use crate::lock::WriteGuard;
@@ -79,9 +80,9 @@ struct Summarised<'a> {
 impl<'a> Summarised<'a> {
     /// Reads `json` when it is an object (serde also reads a struct from an array) whose
     /// summarised fields have their usual types; `None` sends it down the general path.
-    fn read(json: &'a [u8]) -> Option<Summarised<'a>> {
-        json.starts_with(b"{")
-            .then(|| serde_json::from_slice(json).ok())
+    fn read(json: &'a str) -> Option<Summarised<'a>> {
+        json.starts_with('{')
+            .then(|| serde_json::from_str(json).ok())
             .flatten()
     }
 
@@ -115,6 +116,23 @@ struct Full<'a> {
     /// Present (even as `null`) or not: `Option<&RawValue>` would read `null` as absent.
     #[serde(borrow, default, deserialize_with = "raw_present")]
     metadata: Option<&'a RawValue>,
+}
+
+/// A record's metadata as the full-record path checks it: the fields [`Metadata`] types,
+/// with its types (so what this reads, `Metadata` reads too); the rest is not looked at.
+#[derive(serde::Deserialize)]
+struct MetadataView<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    host: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    pid: Option<u32>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    worktree: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    agent_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn record_version() -> u32 {
@@ -189,14 +207,52 @@ impl Batches<'_> {
     }
 }
 
+/// The full records of one writer read so far: where their lines are, by seq.
+#[derive(Default)]
+struct Seen {
+    /// In input order, which is seq order while the writer's seqs only went up.
+    lines: Vec<(u64, Given)>,
+    /// By seq, once a seq came out of order (then `lines` is empty).
+    by_seq: Option<HashMap<u64, Given>>,
+}
+
+impl Seen {
+    fn get(&self, seq: u64) -> Option<Given> {
+        if let Some(by_seq) = &self.by_seq {
+            return by_seq.get(&seq).copied();
+        }
+        match self.lines.last() {
+            Some(&(last, _)) if seq <= last => self
+                .lines
+                .binary_search_by_key(&seq, |&(s, _)| s)
+                .ok()
+                .map(|i| self.lines[i].1),
+            _ => None,
+        }
+    }
+
+    /// Records a seq not read before.
+    fn insert(&mut self, seq: u64, given: Given) {
+        if let Some(by_seq) = &mut self.by_seq {
+            by_seq.insert(seq, given);
+        } else if self.lines.last().is_some_and(|&(last, _)| seq < last) {
+            let mut by_seq: HashMap<u64, Given> = self.lines.drain(..).collect();
+            by_seq.insert(seq, given);
+            self.by_seq = Some(by_seq);
+        } else {
+            self.lines.push((seq, given));
+        }
+    }
+}
+
 /// Turns input lines into batches.
 struct Builder<'g> {
     batches: Batches<'g>,
     writer: String,
     next_seq: u64,
     metadata: Metadata,
-    /// The full records read so far, by writer and seq: where their lines are.
-    given: HashMap<String, HashMap<u64, Given>>,
+    /// The full records read so far, by writer: where their lines are.
+    given: HashMap<String, Seen>,
     /// Full records repeated in the input, skipped.
     repeated: u64,
     /// `metadata` as JSON, written into every bare event's envelope.
@@ -224,8 +280,8 @@ impl Builder<'_> {
         info: &RecordInfo<'_>,
         number: usize,
     ) -> Result<(), String> {
-        let seen = self.given.get(info.writer).and_then(|m| m.get(&info.seq));
-        if let Some(&Given {
+        let seen = self.given.get(info.writer).and_then(|s| s.get(info.seq));
+        if let Some(Given {
             batch,
             start,
             number: first,
@@ -251,12 +307,11 @@ impl Builder<'_> {
             number,
         };
         match self.given.get_mut(info.writer) {
-            Some(seqs) => {
-                seqs.insert(info.seq, given);
-            }
+            Some(seen) => seen.insert(info.seq, given),
             None => {
-                self.given
-                    .insert(info.writer.to_owned(), HashMap::from([(info.seq, given)]));
+                let mut seen = Seen::default();
+                seen.insert(info.seq, given);
+                self.given.insert(info.writer.to_owned(), seen);
             }
         }
         Ok(())
@@ -267,27 +322,27 @@ impl Builder<'_> {
     /// hand (its timestamp in the stored form), the event and the metadata stored as
     /// written. Read back, the record is the one the general path stores. False when it
     /// needs the general path (which also refuses what is wrong).
-    fn full(&mut self, text: &[u8], number: usize) -> Result<bool, String> {
-        let Ok(full) = serde_json::from_slice::<Full<'_>>(text) else {
+    fn full(&mut self, text: &str, number: usize) -> Result<bool, String> {
+        let Ok(full) = serde_json::from_str::<Full<'_>>(text) else {
             return Ok(false);
         };
         if full.v != RECORD_VERSION {
             return Ok(false);
         }
-        let Some(event) = Summarised::read(full.event.get().as_bytes()) else {
+        let Some(event) = Summarised::read(full.event.get()) else {
             return Ok(false);
         };
         let Ok(attachment) = event.attachment() else {
             return Ok(false);
         };
-        let metadata = match full.metadata {
-            None => Metadata::default(),
-            Some(raw) => match serde_json::from_str::<Metadata>(raw.get()) {
-                Ok(m) if raw.get().starts_with('{') => m,
+        let metadata_agent = match full.metadata {
+            None => None,
+            Some(raw) => match serde_json::from_str::<MetadataView<'_>>(raw.get()) {
+                Ok(m) if raw.get().starts_with('{') => m.agent_id,
                 _ => return Ok(false),
             },
         };
-        let timestamp = normalize_timestamp(&full.timestamp)?;
+        let timestamp = stored_timestamp(&full.timestamp)?;
         let mut line = std::mem::take(&mut self.line);
         line.clear();
         write_record_line(
@@ -308,7 +363,7 @@ impl Builder<'_> {
         let info = RecordInfo {
             timestamp: &timestamp,
             event_type: &event.event_type,
-            agent_id: event.agent_id.as_deref().or(metadata.agent_id.as_deref()),
+            agent_id: event.agent_id.as_deref().or(metadata_agent.as_deref()),
             duration_ms: event.duration_ms,
             writer: &full.writer,
             seq: full.seq,
@@ -326,7 +381,7 @@ impl Builder<'_> {
     /// Appends `text` when it is a bare event that keeps all its fields (no `metadata`,
     /// `correlation_id` or `event` of its own, every summarised field of the usual type):
     /// checked by a typed read, stored as written. False when it needs the general path.
-    fn bare(&mut self, text: &[u8]) -> Result<bool, String> {
+    fn bare(&mut self, text: &str) -> Result<bool, String> {
         let Some(bare) = Summarised::read(text) else {
             return Ok(false);
         };
@@ -348,7 +403,7 @@ impl Builder<'_> {
             seq,
             None,
             |l| {
-                l.extend_from_slice(text);
+                l.extend_from_slice(text.as_bytes());
                 Ok(())
             },
             &self.metadata_json,
@@ -556,8 +611,11 @@ fn read_input(args: &Args, ctx: &mut Ctx<'_>, builder: &mut Builder<'_>) -> anyh
         // envelope written by hand. The likelier fast path is tried first, so a line is
         // read twice only when it is not what it looks like.
         let full_first = text.starts_with(b"{\"v\":");
+        // UTF-8 is checked once for the whole line, not string by string.
+        let utf8 = std::str::from_utf8(text).ok();
         let mut fast = false;
         for full in [full_first, !full_first] {
+            let Some(text) = utf8 else { break };
             fast = if full {
                 builder.full(text, number)
             } else {
@@ -577,4 +635,37 @@ fn read_input(args: &Args, ctx: &mut Ctx<'_>, builder: &mut Builder<'_>) -> anyh
         builder.push(record, number).map_err(refuse)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_records_are_found_whatever_order_their_seqs_came_in() {
+        let at = |number| Given {
+            batch: 0,
+            start: 0,
+            number,
+        };
+        let mut seen = Seen::default();
+        for seq in [5, 6, 9] {
+            assert!(seen.get(seq).is_none());
+            seen.insert(seq, at(seq as usize));
+        }
+        let found = |seen: &Seen, seq| seen.get(seq).map(|g| g.number);
+        assert_eq!(found(&seen, 6), Some(6));
+        assert_eq!(found(&seen, 7), None);
+        assert_eq!(found(&seen, 10), None);
+        assert_eq!(found(&seen, 4), None);
+        // A seq lower than the last: from then on, by seq.
+        seen.insert(2, at(2));
+        assert!(seen.by_seq.is_some());
+        for seq in [2, 5, 6, 9] {
+            assert_eq!(found(&seen, seq), Some(seq as usize));
+        }
+        assert_eq!(found(&seen, 3), None);
+        seen.insert(3, at(3));
+        assert_eq!(found(&seen, 3), Some(3));
+    }
 }
