@@ -592,7 +592,37 @@ pub const EVENT_TYPES: [&str; 31] = [
 /// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,
 /// so that timestamps compare correctly as strings.
 pub fn now_timestamp() -> String {
-    format_timestamp(jiff::Timestamp::now())
+    thread_local! {
+        /// The second last formatted, and its text up to the fraction.
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = jiff::Timestamp::now();
+    SECOND.with_borrow_mut(|second| timestamp_from(now, second))
+}
+
+/// `ts` as [`format_timestamp`] writes it, jiff formatting only the second (once per
+/// second, kept in `second`); the microseconds are written here.
+fn timestamp_from(ts: jiff::Timestamp, second: &mut (i64, String)) -> String {
+    let (secs, micros) = (ts.as_second(), ts.subsec_microsecond());
+    if micros < 0 {
+        // Before 1970 the fraction counts the other way: jiff writes it.
+        return format_timestamp(ts);
+    }
+    if second.0 != secs || second.1.is_empty() {
+        let whole = format!("{:.0}", jiff::Timestamp::from_second(secs).unwrap_or(ts));
+        second.1 = whole.trim_end_matches('Z').to_owned();
+        second.0 = secs;
+    }
+    let mut text = String::with_capacity(second.1.len() + 8);
+    text.push_str(&second.1);
+    text.push('.');
+    let micros = micros.unsigned_abs();
+    for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+        text.push(char::from(b'0' + ((micros / div) % 10) as u8));
+    }
+    text.push('Z');
+    text
 }
 
 /// Formats a timestamp the way records store it (truncated to microseconds).
@@ -655,7 +685,11 @@ fn is_stored_form(t: &[u8]) -> bool {
 
 /// A new unique id (UUID v7: time-ordered).
 pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -732,6 +766,38 @@ mod tests {
             "2025-01-09T14:32:53.000000Z"
         );
         assert!(normalize_timestamp("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_time_written_a_second_at_a_time_is_what_jiff_writes() {
+        let mut second = (i64::MIN, String::new());
+        let mut samples = vec![
+            jiff::Timestamp::UNIX_EPOCH,
+            jiff::Timestamp::new(-1, 500_000_000).unwrap(),
+            jiff::Timestamp::new(-86_400, 0).unwrap(),
+            jiff::Timestamp::now(),
+        ];
+        // Across second boundaries, with fractions that need zero padding and
+        // nanoseconds that are truncated.
+        for n in 0..5_000i64 {
+            let secs = 1_765_000_000 + n / 7;
+            let nanos = (n * 7_919_993) % 1_000_000_000;
+            samples.push(jiff::Timestamp::new(secs, nanos as i32).unwrap());
+        }
+        samples.push(jiff::Timestamp::MAX);
+        samples.push(jiff::Timestamp::new(253_402_207_199, 999_999_999).unwrap());
+        for ts in samples {
+            assert_eq!(timestamp_from(ts, &mut second), format_timestamp(ts), "{ts:?}");
+        }
+        assert!(is_stored_form(now_timestamp().as_bytes()));
+    }
+
+    #[test]
+    fn ids_are_hyphenated_lowercase_uuids() {
+        let id = new_id();
+        let parsed: uuid::Uuid = id.parse().unwrap();
+        assert_eq!(parsed.to_string(), id);
+        assert_eq!(parsed.get_version_num(), 7);
     }
 
     #[test]
