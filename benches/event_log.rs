@@ -166,7 +166,12 @@ fn main() {
     };
     // A home past its first job: the first writes into a new home also make its 512
     // object and temp directories (a mkdir and two fsyncs each), once.
-    write_events(&home, "warm-up", count / 10, Thresholds::default().max_merge);
+    write_events(
+        &home,
+        "warm-up",
+        count / 10,
+        Thresholds::default().max_merge,
+    );
     let strict = write_events(&home, "strict", count, 1);
     let single = write_events(&home, "single", count, Thresholds::default().max_merge);
     println!("| measurement | result |\n|---|---|");

@@ -644,7 +644,7 @@ impl Chain {
                         return Ok((old, appended));
                     }
                     let kept: Vec<&Batch> = kept.iter().map(|b| b.as_ref()).collect();
-                    let head = self.chain_known(old, &kept, &kept_ids, &mut known)?;
+                    let head = self.chain_known(old, &kept, &kept_ids, &mut known, None)?;
                     Ok((Some(head), appended))
                 })?;
         Ok(appended)
@@ -868,6 +868,39 @@ impl Chain {
         Ok(new)
     }
 
+    /// [`Self::commit`] of batches whose objects wait, not yet durable, in `group`: the
+    /// nodes join the group under the ref's lock, one barrier makes objects and nodes
+    /// durable, and then the ref moves.
+    pub fn commit_group(
+        &self,
+        staged: &[(&Batch, ObjectId)],
+        group: ObjectBatch<'_>,
+    ) -> Result<Option<ObjectId>, EventError> {
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        let batches: Vec<&Batch> = staged.iter().map(|(b, _)| *b).collect();
+        let batch_ids: Vec<ObjectId> = staged.iter().map(|(_, id)| *id).collect();
+        let count: u64 = batches.iter().map(|b| b.len()).sum();
+        let message = format!("append {count} events");
+        // A remote store may decide again (another writer moved the ref first): the
+        // objects were made durable by the first decision.
+        let mut group = Some(group);
+        let (new, ()) =
+            self.refs
+                .transact_with::<_, EventError, _>(&self.name, &message, |old| {
+                    let head = self.chain_known(
+                        old,
+                        &batches,
+                        &batch_ids,
+                        &mut Known::default(),
+                        group.take(),
+                    )?;
+                    Ok((Some(head), ()))
+                })?;
+        Ok(new)
+    }
+
     /// Chains one node per stored batch onto `old` (no ref change); the new head.
     pub(crate) fn chain_after(
         &self,
@@ -887,7 +920,7 @@ impl Chain {
         batches: &[&Batch],
         batch_ids: &[ObjectId],
     ) -> Result<ObjectId, EventError> {
-        self.chain_known(old, batches, batch_ids, &mut Known::default())
+        self.chain_known(old, batches, batch_ids, &mut Known::default(), None)
     }
 
     /// [`Self::chain_nodes`] with what an idempotent append learnt: the highest seq of
@@ -898,6 +931,7 @@ impl Chain {
         batches: &[&Batch],
         batch_ids: &[ObjectId],
         known: &mut Known,
+        group: Option<ObjectBatch<'_>>,
     ) -> Result<ObjectId, EventError> {
         let (mut total, mut depth, mut writers) = match old {
             Some(id) => {
@@ -910,8 +944,9 @@ impl Chain {
             writers = known.writers.take();
         }
         let mut parent = old;
-        // Many nodes share one durability barrier; one is written (and synced) alone.
-        let mut group = (batches.len() > 1).then(|| self.objects().batch());
+        // Many nodes share one durability barrier (with the objects of `group`, if given);
+        // one node alone is written and synced alone.
+        let mut group = group.or_else(|| (batches.len() > 1).then(|| self.objects().batch()));
         for (batch, batch_id) in batches.iter().zip(batch_ids) {
             // A node never names a missing object: what a record attaches is stored first.
             for id in &batch.attached {

@@ -24,7 +24,7 @@ use super::record::{
 use crate::home::Home;
 use crate::lock::LockOptions;
 use crate::lock::WriteGuard;
-use crate::store::object::ObjectId;
+use crate::store::object::{ObjectBatch, ObjectId};
 use crate::store::refs::RefStore;
 
 /// How many sealed batches may wait for the flusher before `log` blocks.
@@ -63,12 +63,22 @@ struct Info<'a> {
     attachment: Option<crate::store::id::ObjectId>,
 }
 
+/// A batch whose object waits, not yet durable, in a group of its own; the guard keeps
+/// gc away until the ref names it.
+struct Staged {
+    batch: Batch,
+    id: ObjectId,
+    group: ObjectBatch<'static>,
+    _gc: WriteGuard,
+}
+
 struct State {
     current: Batch,
     oldest: Option<Instant>,
     sealed: VecDeque<Batch>,
-    /// Batches whose objects are stored, waiting for their nodes and the ref move.
-    staged: VecDeque<(Batch, ObjectId, WriteGuard)>,
+    /// Batches compressed into temp files of their groups, waiting for the commit stage:
+    /// their nodes, one durability barrier for objects and nodes, the ref move.
+    staged: VecDeque<Staged>,
     /// Every record with a lower seq is durable.
     durable_next: u64,
     /// Guards against gc held until the record of their seq is durable (see
@@ -440,16 +450,26 @@ impl Shared {
                     }
                 }
                 drop(state);
-                // Held until the commit stage has moved the ref over this batch.
+                // Compressed and written to a temp file here; made durable by the commit
+                // stage's barrier. The guard is held until the ref has moved over it.
                 let result = self
                     .log
                     .refs()
                     .write_guard()
                     .map_err(EventError::from)
-                    .and_then(|gc| Ok((self.log.write_batch(&batch)?, gc)));
+                    .and_then(|gc| {
+                        let mut group = self.log.refs().objects().batch_owned();
+                        let id = batch.store_in(&mut group)?;
+                        Ok((id, group, gc))
+                    });
                 state = self.lock();
                 match result {
-                    Ok((id, gc)) => state.staged.push_back((batch, id, gc)),
+                    Ok((id, group, gc)) => state.staged.push_back(Staged {
+                        batch,
+                        id,
+                        group,
+                        _gc: gc,
+                    }),
                     Err(e) => {
                         state.sealed.push_front(batch);
                         self.fail(&mut state, &e);
@@ -484,11 +504,19 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if !state.paused && !state.staged.is_empty() {
-                let staged: Vec<(Batch, ObjectId, WriteGuard)> = state.staged.drain(..).collect();
+                let mut staged: Vec<Staged> = state.staged.drain(..).collect();
                 drop(state);
+                let mut group = self.log.refs().objects().batch_owned();
+                for entry in &mut staged {
+                    let taken = std::mem::replace(
+                        &mut entry.group,
+                        self.log.refs().objects().batch_owned(),
+                    );
+                    group.absorb(taken);
+                }
                 let refs: Vec<(&Batch, ObjectId)> =
-                    staged.iter().map(|(b, id, _)| (b, *id)).collect();
-                let result = self.log.commit(&refs);
+                    staged.iter().map(|s| (&s.batch, s.id)).collect();
+                let result = self.log.commit_group(&refs, group);
                 tracing::debug!(
                     log = %self.log.name(),
                     batches = refs.len(),
@@ -498,15 +526,17 @@ impl Shared {
                 state = self.lock();
                 match result {
                     Ok(_) => {
-                        if let Some((last, _, _)) = staged.last() {
-                            state.durable_next = last.seq_last() + 1;
+                        if let Some(last) = staged.last() {
+                            state.durable_next = last.batch.seq_last() + 1;
                         }
                         let durable = state.durable_next;
                         state.held.retain(|(seq, _)| *seq >= durable);
                     }
                     Err(e) => {
+                        // Their temp files went with the group: they are stored again,
+                        // ahead of the batches sealed since.
                         for entry in staged.into_iter().rev() {
-                            state.staged.push_front(entry);
+                            state.sealed.push_front(entry.batch);
                         }
                         self.fail(&mut state, &e);
                     }

@@ -787,7 +787,11 @@ mod tests {
         samples.push(jiff::Timestamp::MAX);
         samples.push(jiff::Timestamp::new(253_402_207_199, 999_999_999).unwrap());
         for ts in samples {
-            assert_eq!(timestamp_from(ts, &mut second), format_timestamp(ts), "{ts:?}");
+            assert_eq!(
+                timestamp_from(ts, &mut second),
+                format_timestamp(ts),
+                "{ts:?}"
+            );
         }
         assert!(is_stored_form(now_timestamp().as_bytes()));
     }

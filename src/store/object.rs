@@ -8,6 +8,7 @@
 //! In an S3 store the same frames are keys ([`super::keys::object`]) and the home's
 //! `cache/objects/` holds verified copies of what was read or written.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fs;
@@ -851,7 +852,20 @@ impl ObjectStore {
     /// Starts a group of writes that share one durability barrier (see [`ObjectBatch`]).
     pub fn batch(&self) -> ObjectBatch<'_> {
         ObjectBatch {
-            store: self,
+            store: Cow::Borrowed(self),
+            pending: Vec::new(),
+            uploads: Vec::new(),
+            seen: HashSet::new(),
+            dirs_ready: [false; 256],
+            tmp_ready: [false; 256],
+        }
+    }
+
+    /// [`Self::batch`] holding a handle of its own on the store, so that the group can
+    /// be handed to another thread (the event logger's stages).
+    pub fn batch_owned(&self) -> ObjectBatch<'static> {
+        ObjectBatch {
+            store: Cow::Owned(self.clone()),
             pending: Vec::new(),
             uploads: Vec::new(),
             seen: HashSet::new(),
@@ -1020,7 +1034,7 @@ pub fn is_fanout_name(name: &str) -> bool {
 ///
 /// [`commit`]: ObjectBatch::commit
 pub struct ObjectBatch<'a> {
-    store: &'a ObjectStore,
+    store: Cow<'a, ObjectStore>,
     pending: Vec<(TempPath, PathBuf)>,
     /// For a remote store: the frames to upload at commit.
     uploads: Vec<(ObjectId, Vec<u8>)>,
@@ -1077,6 +1091,14 @@ impl ObjectBatch<'_> {
         Ok(id)
     }
 
+    /// Takes over the objects of `other` (of the same store), to share this group's
+    /// barrier.
+    pub fn absorb(&mut self, mut other: ObjectBatch<'_>) {
+        self.pending.append(&mut other.pending);
+        self.uploads.append(&mut other.uploads);
+        self.seen.extend(other.seen.drain());
+    }
+
     /// Number of objects that this batch will write.
     pub fn len(&self) -> usize {
         self.pending.len() + self.uploads.len()
@@ -1106,7 +1128,7 @@ impl ObjectBatch<'_> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let store = self.store;
+        let store = &*self.store;
         tracing::debug!(
             objects = self.pending.len(),
             "object batch: durability barrier"
