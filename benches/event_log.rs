@@ -82,6 +82,19 @@ fn write_events(home: &Path, job: &str, count: u64, max_merge: usize) -> Duratio
 /// The floor: the same records as JSON Lines (serialized beforehand, outside the timing),
 /// appended to one file, `fdatasync` every 1,000 lines.
 fn baseline(path: &Path, count: u64) -> (Duration, u64) {
+    let chunks = full_records(count);
+    let mut file = std::fs::File::create(path).unwrap();
+    let start = Instant::now();
+    for chunk in &chunks {
+        file.write_all(chunk).unwrap();
+        file.sync_data().unwrap();
+    }
+    (start.elapsed(), std::fs::metadata(path).unwrap().len())
+}
+
+/// `count` full records of a new writer as JSON Lines, 1,000 lines a chunk: each call's
+/// records are new (ids, writer, timestamps), the shape and size the same.
+fn full_records(count: u64) -> Vec<Vec<u8>> {
     let metadata = Metadata {
         host: Some("bench".into()),
         pid: Some(std::process::id()),
@@ -109,13 +122,7 @@ fn baseline(path: &Path, count: u64) -> (Duration, u64) {
             chunks.push(std::mem::take(&mut buf));
         }
     }
-    let mut file = std::fs::File::create(path).unwrap();
-    let start = Instant::now();
-    for chunk in &chunks {
-        file.write_all(chunk).unwrap();
-        file.sync_data().unwrap();
-    }
-    (start.elapsed(), std::fs::metadata(path).unwrap().len())
+    chunks
 }
 
 fn disk_bytes(dir: &Path) -> (u64, u64) {
@@ -274,9 +281,11 @@ fn main() {
     );
     // Issue 25's targets: the commands users run, each beside its baseline in this run.
     let exe = env!("CARGO_BIN_EXE_prodigy");
-    let pipe = |job: &str, input: &Path| {
+    // Each run appends lines of its own, so that no run finds its batch objects stored
+    // by the one before (full records: new writers and ids; bare events get them).
+    let pipe = |job: &str, inputs: &[&Path]| {
         let mut times = Vec::new();
-        for run in 0..3 {
+        for (run, input) in inputs.iter().enumerate() {
             let script = format!(
                 "cat '{}' | '{exe}' events append --repo bench --job {job}-{run} > /dev/null",
                 input.display()
@@ -296,7 +305,14 @@ fn main() {
         }
         support::median(times)
     };
-    let full = pipe("pipe-full", &raw);
+    let others: Vec<_> = (1..3)
+        .map(|run| {
+            let path = dir.path().join(format!("full-{run}.jsonl"));
+            std::fs::write(&path, full_records(count).concat()).unwrap();
+            path
+        })
+        .collect();
+    let full = pipe("pipe-full", &[&raw, &others[0], &others[1]]);
     let bare_path = dir.path().join("bare.jsonl");
     {
         let mut bare = std::io::BufWriter::new(std::fs::File::create(&bare_path).unwrap());
@@ -305,7 +321,7 @@ fn main() {
             bare.write_all(b"\n").unwrap();
         }
     }
-    let bare = pipe("pipe-bare", &bare_path);
+    let bare = pipe("pipe-bare", &[&bare_path, &bare_path, &bare_path]);
     let ratio = |d: Duration| d.as_secs_f64() / base_time.as_secs_f64();
     println!(
         "| `prodigy events append` from a pipe, the baseline's full records (median of 3) | {:.2} s: {:.2}x the baseline |",
