@@ -576,12 +576,12 @@ impl Chain {
         if batches.len() == 1 {
             staged.push((batches[0], self.write_batch(batches[0])?));
         } else {
-            // Many batch objects share one durability barrier.
+            // Many batch objects share one durability barrier, with their nodes.
             let mut group = self.objects().batch();
             for batch in batches {
                 staged.push((batch, batch.store_in(&mut group)?));
             }
-            group.commit()?;
+            return self.commit_group(&staged, group);
         }
         self.commit(&staged)
     }
@@ -853,19 +853,7 @@ impl Chain {
     /// The second half of an append: under the ref's lock, chains one node per stored
     /// batch onto the current head and moves the ref once. Returns the new head.
     pub fn commit(&self, staged: &[(&Batch, ObjectId)]) -> Result<Option<ObjectId>, EventError> {
-        if staged.is_empty() {
-            return Ok(None);
-        }
-        let batches: Vec<&Batch> = staged.iter().map(|(b, _)| *b).collect();
-        let batch_ids: Vec<ObjectId> = staged.iter().map(|(_, id)| *id).collect();
-        let count: u64 = batches.iter().map(|b| b.len()).sum();
-        let message = format!("append {count} events");
-        let (new, ()) =
-            self.refs
-                .transact_with::<_, EventError, _>(&self.name, &message, |old| {
-                    Ok((Some(self.chain_nodes(old, &batches, &batch_ids)?), ()))
-                })?;
-        Ok(new)
+        self.commit_with(staged, None)
     }
 
     /// [`Self::commit`] of batches whose objects wait, not yet durable, in `group`: the
@@ -876,6 +864,14 @@ impl Chain {
         staged: &[(&Batch, ObjectId)],
         group: ObjectBatch<'_>,
     ) -> Result<Option<ObjectId>, EventError> {
+        self.commit_with(staged, Some(group))
+    }
+
+    fn commit_with(
+        &self,
+        staged: &[(&Batch, ObjectId)],
+        group: Option<ObjectBatch<'_>>,
+    ) -> Result<Option<ObjectId>, EventError> {
         if staged.is_empty() {
             return Ok(None);
         }
@@ -884,8 +880,8 @@ impl Chain {
         let count: u64 = batches.iter().map(|b| b.len()).sum();
         let message = format!("append {count} events");
         // A remote store may decide again (another writer moved the ref first): the
-        // objects were made durable by the first decision.
-        let mut group = Some(group);
+        // group's objects were made durable by the first decision.
+        let mut group = group;
         let (new, ()) =
             self.refs
                 .transact_with::<_, EventError, _>(&self.name, &message, |old| {

@@ -281,20 +281,33 @@ fn a_file_size_limit_fails_writes_cleanly() {
             )
         })
         .collect();
-    let out = limited(
-        &env,
-        64,
-        &["events", "append", "--repo", "api", "--job", "j"],
-        big.as_bytes(),
-    );
-    let stderr = crate::common::assert_one_line_error(&out, 1);
-    assert!(stderr.contains("File too large"), "{stderr}");
-    assert_eq!(job_refs(&env).trim(), old);
-    assert!(
-        temp_files(&env.home()).is_empty(),
-        "{:?}",
-        temp_files(&env.home())
-    );
+    // In one batch (stored by the append), then in two (the first stored by the thread
+    // that stores sealed batches while the input is read).
+    for batch_size in ["1000", "100"] {
+        let out = limited(
+            &env,
+            64,
+            &[
+                "events",
+                "append",
+                "--repo",
+                "api",
+                "--job",
+                "j",
+                "--batch-size",
+                batch_size,
+            ],
+            big.as_bytes(),
+        );
+        let stderr = crate::common::assert_one_line_error(&out, 1);
+        assert!(stderr.contains("File too large"), "{stderr}");
+        assert_eq!(job_refs(&env).trim(), old);
+        assert!(
+            temp_files(&env.home()).is_empty(),
+            "{:?}",
+            temp_files(&env.home())
+        );
+    }
     // What fits goes through under the same limit.
     let out = limited(
         &env,

@@ -158,7 +158,7 @@ struct Given {
 
 /// The batches of a call: consecutive records of one writer, at most `size` each. Each
 /// batch, once sealed (the next one begun), goes to `sealed`, a thread that compresses
-/// and stores it while the next ones are read.
+/// and stores it while the next ones are read; the last is stored by the append.
 struct Batches<'g> {
     list: Vec<Arc<Batch>>,
     size: u64,
@@ -545,8 +545,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             metadata_json,
             line: Vec::with_capacity(1024),
         };
-        let read = read_input(&args, ctx, &mut builder)
-            .and_then(|()| builder.batches.seal().map_err(|e| anyhow!("{e}")));
+        // The last batch is stored by the append itself, on this thread: an append of one
+        // batch (most calls) writes nothing on the other.
+        let read = read_input(&args, ctx, &mut builder);
         // Closing the channel ends the storing thread, after what was sealed.
         builder.batches.sealed = None;
         let stored = storing
