@@ -390,19 +390,22 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
         ));
     }
     input.push_str("{\"event_type\":\"agent_started\"\n");
-    let out = env.run(
-        &[
-            "events",
-            "append",
-            "--job",
-            "j",
-            "--repo",
-            "api",
-            "--batch-size",
-            "2",
-        ],
-        input.as_bytes(),
-    );
+    let append = |input: &str| {
+        env.run(
+            &[
+                "events",
+                "append",
+                "--job",
+                "j",
+                "--repo",
+                "api",
+                "--batch-size",
+                "2",
+            ],
+            input.as_bytes(),
+        )
+    };
+    let out = append(&input);
     let stderr = assert_one_line_error(&out, 1);
     assert!(
         stderr.contains("line 8: invalid JSON") && stderr.contains("nothing was appended"),
@@ -415,19 +418,7 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
     );
     // The same lines without the bad one: four batches, each its own object and node.
     let good: String = input.lines().take(7).map(|l| format!("{l}\n")).collect();
-    let out = env.run(
-        &[
-            "events",
-            "append",
-            "--job",
-            "j",
-            "--repo",
-            "api",
-            "--batch-size",
-            "2",
-        ],
-        good.as_bytes(),
-    );
+    let out = append(&good);
     assert!(
         out.status.success(),
         "{}",
