@@ -160,6 +160,17 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str, n: u64) {
     }
 }
 
+/// Sets `slot` to `text`, reusing the string already there.
+fn set(slot: &mut Option<String>, text: &str) {
+    match slot {
+        Some(s) => {
+            s.clear();
+            s.push_str(text);
+        }
+        None => *slot = Some(text.to_owned()),
+    }
+}
+
 /// What a set of events holds, without the events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
@@ -183,10 +194,11 @@ impl Summary {
         self.count += 1;
         self.bytes += bytes;
         if self.first_ts.as_deref().is_none_or(|f| r.timestamp < f) {
-            self.first_ts = Some(r.timestamp.to_owned());
+            set(&mut self.first_ts, r.timestamp);
         }
         if self.last_ts.as_deref().is_none_or(|l| r.timestamp > l) {
-            self.last_ts = Some(r.timestamp.to_owned());
+            // Most records move it: the string is rewritten in place.
+            set(&mut self.last_ts, r.timestamp);
         }
         bump(&mut self.types, r.event_type, 1);
         if let Some(ms) = r.duration_ms {
