@@ -504,18 +504,19 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if !state.paused && !state.staged.is_empty() {
-                let mut staged: Vec<Staged> = state.staged.drain(..).collect();
+                let staged: Vec<Staged> = state.staged.drain(..).collect();
                 drop(state);
+                // One group for every batch waiting; the guards are kept until the end.
                 let mut group = self.log.refs().objects().batch_owned();
-                for entry in &mut staged {
-                    let taken = std::mem::replace(
-                        &mut entry.group,
-                        self.log.refs().objects().batch_owned(),
-                    );
-                    group.absorb(taken);
+                let mut batches = Vec::with_capacity(staged.len());
+                let mut _guards = Vec::with_capacity(staged.len());
+                for entry in staged {
+                    group.absorb(entry.group);
+                    batches.push((entry.batch, entry.id));
+                    _guards.push(entry._gc);
                 }
                 let refs: Vec<(&Batch, ObjectId)> =
-                    staged.iter().map(|s| (&s.batch, s.id)).collect();
+                    batches.iter().map(|(b, id)| (b, *id)).collect();
                 let result = self.log.commit_group(&refs, group);
                 tracing::debug!(
                     log = %self.log.name(),
@@ -526,8 +527,8 @@ impl Shared {
                 state = self.lock();
                 match result {
                     Ok(_) => {
-                        if let Some(last) = staged.last() {
-                            state.durable_next = last.batch.seq_last() + 1;
+                        if let Some((last, _)) = batches.last() {
+                            state.durable_next = last.seq_last() + 1;
                         }
                         let durable = state.durable_next;
                         state.held.retain(|(seq, _)| *seq >= durable);
@@ -535,8 +536,8 @@ impl Shared {
                     Err(e) => {
                         // Their temp files went with the group: they are stored again,
                         // ahead of the batches sealed since.
-                        for entry in staged.into_iter().rev() {
-                            state.sealed.push_front(entry.batch);
+                        for (batch, _) in batches.into_iter().rev() {
+                            state.sealed.push_front(batch);
                         }
                         self.fail(&mut state, &e);
                     }
