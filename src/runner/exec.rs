@@ -7,12 +7,14 @@
 //! kernel tells no one. So a runner's steps have a *supervisor*: one process per
 //! [`Executor`] (the `prodigy` binary started as `prodigy __supervise GRACE_MS`, in a
 //! process group of its own), whose standard input is a pipe only the runner holds open.
-//! Each step writes its process group's id into that pipe itself, between its fork and its
-//! exec, so no step can start unregistered; the runner strikes the group off once the step
-//! has ended. When the runner dies, however it dies, the kernel closes the pipe: the
-//! supervisor reads its end and stops every group still registered whose leader is still
-//! running, SIGTERM, then SIGKILL after the grace. The library runs steps without that
-//! guarantee when no supervisor is given.
+//! The runner writes each step's process group id into that pipe once the step is spawned,
+//! and strikes the group off once the step has ended. When the runner dies, however it
+//! dies, the kernel closes the pipe: the supervisor reads its end and stops every group
+//! still registered whose leader is still running, SIGTERM, then SIGKILL after the grace.
+//! A step spawned a moment before the runner died may not be registered yet: every step's
+//! environment names its supervisor ([`SUPERVISOR_ENV`]), and the supervisor also stops
+//! the group leaders in /proc that name it. The library runs steps without that guarantee
+//! when no supervisor is given.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -273,7 +275,7 @@ impl Executor {
         })?;
         let pid = child.id() as i32;
         if let Some(watch) = watch {
-            watch.register(pid);
+            watch.tell(REGISTER, pid);
         }
         self.groups
             .lock()
@@ -384,7 +386,7 @@ impl Executor {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&pid);
         if let Some(watch) = watch {
-            watch.strike_off(pid);
+            watch.tell(STRIKE_OFF, pid);
         }
         let grace = Instant::now() + READER_GRACE;
         while done_rx
@@ -553,8 +555,7 @@ fn message(kind: u8, group: i32) -> [u8; 5] {
 /// The supervisor's process and the pipe to it (see the module's documentation).
 #[derive(Debug)]
 struct Watch {
-    /// The pipe's write end (close-on-exec: only the runner holds it, and each step
-    /// between its fork and its exec).
+    /// The pipe's write end (close-on-exec: only the runner holds it).
     pipe: Option<std::io::PipeWriter>,
     child: Child,
 }
@@ -584,17 +585,11 @@ impl Watch {
         cmd.env(SUPERVISOR_ENV, self.child.id().to_string());
     }
 
-    /// The step in group `pid` started.
-    fn register(&self, pid: i32) {
+    /// Tells the supervisor that the step in group `pid` started ([`REGISTER`]) or ended
+    /// ([`STRIKE_OFF`]: its group is no longer the supervisor's to stop).
+    fn tell(&self, kind: u8, pid: i32) {
         if let Some(pipe) = &self.pipe {
-            let _ = rustix::io::write(pipe.as_fd(), &message(REGISTER, pid));
-        }
-    }
-
-    /// The step in group `pid` ended: its group is no longer the supervisor's to stop.
-    fn strike_off(&self, pid: i32) {
-        if let Some(pipe) = &self.pipe {
-            let _ = rustix::io::write(pipe.as_fd(), &message(STRIKE_OFF, pid));
+            let _ = rustix::io::write(pipe.as_fd(), &message(kind, pid));
         }
     }
 }
