@@ -882,7 +882,7 @@ impl Chain {
     fn commit_with(
         &self,
         staged: &[(&Batch, ObjectId)],
-        group: Option<ObjectBatch<'_>>,
+        mut group: Option<ObjectBatch<'_>>,
     ) -> Result<Option<ObjectId>, EventError> {
         if staged.is_empty() {
             return Ok(None);
@@ -893,7 +893,6 @@ impl Chain {
         let message = format!("append {count} events");
         // A remote store may decide again (another writer moved the ref first): the
         // group's objects were made durable by the first decision.
-        let mut group = group;
         let (new, ()) =
             self.refs
                 .transact_with::<_, EventError, _>(&self.name, &message, |old| {

@@ -485,8 +485,15 @@ pub fn write_record_line(
 }
 
 /// Writes `n` in decimal (what `write!` does, without the formatting machinery).
-fn push_number(line: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+fn push_number(line: &mut Vec<u8>, n: u64) {
+    let (digits, at) = decimal(n, 1);
+    line.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (at most 20): the digits are
+/// `buf[at..]` of the returned `(buf, at)`.
+fn decimal(mut n: u64, width: usize) -> ([u8; 20], usize) {
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -496,7 +503,7 @@ fn push_number(line: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    line.extend_from_slice(&digits[at..]);
+    (digits, at.min(digits.len() - width.min(digits.len())))
 }
 
 /// The `id` of a stored record line without parsing the rest: records laid out by
@@ -617,10 +624,8 @@ fn timestamp_from(ts: jiff::Timestamp, second: &mut (i64, String)) -> String {
     let mut text = String::with_capacity(second.1.len() + 8);
     text.push_str(&second.1);
     text.push('.');
-    let micros = micros.unsigned_abs();
-    for div in [100_000, 10_000, 1_000, 100, 10, 1] {
-        text.push(char::from(b'0' + ((micros / div) % 10) as u8));
-    }
+    let (digits, at) = decimal(u64::from(micros.unsigned_abs()), 6);
+    text.extend(digits[at..].iter().map(|&d| char::from(d)));
     text.push('Z');
     text
 }
@@ -810,6 +815,15 @@ mod tests {
             let mut line = Vec::new();
             push_number(&mut line, n);
             assert_eq!(line, n.to_string().into_bytes());
+        }
+        for (n, width, text) in [
+            (7, 6, "000007"),
+            (123_456, 6, "123456"),
+            (0, 1, "0"),
+            (42, 0, "42"),
+        ] {
+            let (digits, at) = decimal(n, width);
+            assert_eq!(&digits[at..], text.as_bytes());
         }
     }
 
