@@ -171,8 +171,9 @@ fn main() {
         assert_eq!(totals.total.count, count, "events lost");
         totals.batches
     };
-    // A home past its first job: the first writes into a new home also make its 512
-    // object and temp directories (a mkdir and two fsyncs each), once.
+    // A home past its first job: a new home's first writes also make its temp directory
+    // and fan-out directories (a mkdir and fsyncs each), once; the warm-up makes some of
+    // them, and the timed jobs the rest.
     write_events(
         &home,
         "warm-up",
