@@ -20,8 +20,10 @@ fn main() {
         signal_hook::consts::SIGXFSZ,
         Arc::new(std::sync::atomic::AtomicBool::new(false)),
     );
-    // On a terminal, control characters in what is printed are shown as escapes.
-    let stdout = std::io::BufWriter::new(std::io::stdout());
+    // On a terminal, control characters in what is printed are shown as escapes. Output is
+    // written 64 KiB at a time (as input is read), not 8 KiB (`events show` of 100 MB made
+    // 12,000 writes).
+    let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
     let stdout: Box<dyn std::io::Write + Send> = if std::io::stdout().is_terminal() {
         Box::new(Printable::new(stdout))
     } else {

@@ -1,6 +1,8 @@
 //! Filters over a job's log, and the one streaming reader every command uses: nodes whose
 //! summaries cannot match are skipped without opening their batch.
 
+use std::sync::Arc;
+
 use super::job::EventLog;
 use super::log::{Chain, EventError, LogNode};
 use super::record::{EventRecord, MapReduceEvent, format_timestamp};
@@ -149,6 +151,22 @@ pub fn stream_chains(
     filter: &Filter,
     best_effort: bool,
     parse: bool,
+    each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
+) -> Result<Vec<EventError>, EventError> {
+    // A chain with the cores to itself gets a reader per core.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_chain = (cores / chains.len().max(1)).clamp(1, MAX_READERS_PER_CHAIN);
+    stream_with_readers(chains, filter, best_effort, parse, per_chain, each)
+}
+
+/// [`stream_chains`] with `per_chain` read-ahead threads for each chain (when there are
+/// at most [`READ_AHEAD_CHAINS`] chains).
+fn stream_with_readers(
+    chains: Vec<(Chain, Option<ObjectId>, Option<ObjectId>)>,
+    filter: &Filter,
+    best_effort: bool,
+    parse: bool,
+    per_chain: usize,
     mut each: impl FnMut(Line<'_>) -> Result<bool, EventError>,
 ) -> Result<Vec<EventError>, EventError> {
     let mut skipped = Vec::new();
@@ -160,32 +178,47 @@ pub fn stream_chains(
         skipped.extend(broken);
         walked.push((chain, ids));
     }
-    // A few chains each get a thread that reads (and verifies) their next batches while
-    // the caller writes the current one: the two cores share the work.
+    // A few chains each get read-ahead threads that read (and verify) their next batches
+    // while the caller writes the current one; with several per chain, each reads every
+    // n-th batch, so the cores share the chain's decoding too.
     let ahead = walked.len() <= READ_AHEAD_CHAINS;
     std::thread::scope(|scope| {
         let mut cursors = Vec::with_capacity(walked.len());
         for (chain, ids) in walked {
-            let mut batches = Batches {
-                chain: chain.clone(),
-                ids,
-                next: 0,
-                filter: filter.clone(),
-                best_effort,
-            };
+            let ids = Arc::new(ids);
             let source = if ahead {
-                let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
-                scope.spawn(move || {
-                    while let Some(batch) = batches.next() {
-                        let last = matches!(batch, Ahead::Failed(_));
-                        if tx.send(batch).is_err() || last {
-                            return;
-                        }
-                    }
-                });
-                Source::Ahead(rx)
+                let readers = (0..per_chain)
+                    .map(|first| {
+                        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+                        let mut batches = Batches {
+                            chain: chain.clone(),
+                            ids: Arc::clone(&ids),
+                            next: first,
+                            stride: per_chain,
+                            filter: filter.clone(),
+                            best_effort,
+                        };
+                        scope.spawn(move || {
+                            while let Some(batch) = batches.next() {
+                                let last = matches!(batch, Ahead::Failed(_));
+                                if tx.send(batch).is_err() || last {
+                                    return;
+                                }
+                            }
+                        });
+                        rx
+                    })
+                    .collect();
+                Source::Ahead { readers, turn: 0 }
             } else {
-                Source::Here(Box::new(batches))
+                Source::Here(Box::new(Batches {
+                    chain: chain.clone(),
+                    ids,
+                    next: 0,
+                    stride: 1,
+                    filter: filter.clone(),
+                    best_effort,
+                }))
             };
             cursors.push(Cursor {
                 chain,
@@ -201,14 +234,19 @@ pub fn stream_chains(
     })
 }
 
-/// Chains up to which each gets a read-ahead thread, and the batches it reads ahead.
+/// Chains up to which each gets read-ahead threads, the most threads one chain gets, and
+/// the batches each thread reads ahead.
 const READ_AHEAD_CHAINS: usize = 8;
+const MAX_READERS_PER_CHAIN: usize = 4;
 const READ_AHEAD: usize = 2;
 
 /// What a read-ahead thread hands over, in the chain's order.
 enum Ahead {
     /// A batch's lines.
     Lines(Vec<u8>),
+    /// A node whose batch cannot match the filter (sent when readers take turns, so that
+    /// each message comes in its turn).
+    Passed,
     /// A batch that could not be read, skipped (best effort).
     Skipped(EventError),
     /// The error that ends the read.
@@ -216,33 +254,46 @@ enum Ahead {
 }
 
 /// The batches of one chain that may match a filter, in the chain's order: read (and
-/// verified) by a read-ahead thread, or by the caller.
+/// verified) by read-ahead threads, each every `stride`-th node from `next`, or by the
+/// caller.
 struct Batches {
     chain: Chain,
     /// The chain's node ids, oldest first.
-    ids: Vec<ObjectId>,
+    ids: Arc<Vec<ObjectId>>,
     /// The next node to open.
     next: usize,
+    /// How far apart the nodes this reader opens are (the number of readers taking turns).
+    stride: usize,
     filter: Filter,
     best_effort: bool,
 }
 
 impl Batches {
     /// The next batch that may match; `None` at the end of the chain. After a
-    /// [`Ahead::Failed`], nothing more is to be read.
+    /// [`Ahead::Failed`], nothing more is to be read. Readers taking turns also hand over
+    /// each node that cannot match, as [`Ahead::Passed`].
     fn next(&mut self) -> Option<Ahead> {
         loop {
             let id = *self.ids.get(self.next)?;
-            if self.next.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
-                let end = self.ids.len().min(self.next + PREFETCH);
-                prefetch(&self.chain, &self.ids[self.next..end]);
+            let turn = self.next / self.stride;
+            if turn.is_multiple_of(PREFETCH) && self.chain.refs().objects().wants_prefetch() {
+                let mine: Vec<ObjectId> = self.ids[self.next..]
+                    .iter()
+                    .step_by(self.stride)
+                    .take(PREFETCH)
+                    .copied()
+                    .collect();
+                prefetch(&self.chain, &mine);
             }
-            self.next += 1;
+            self.next += self.stride;
             let node = match self.chain.node(&id) {
                 Ok(node) => node,
                 Err(e) => return Some(Ahead::Failed(e)),
             };
             if !self.filter.node_may_match(&node) {
+                if self.stride > 1 {
+                    return Some(Ahead::Passed);
+                }
                 continue;
             }
             return Some(match self.chain.batch_lines(&node) {
@@ -256,8 +307,11 @@ impl Batches {
 
 /// Where a cursor's batches come from.
 enum Source {
-    /// A read-ahead thread.
-    Ahead(std::sync::mpsc::Receiver<Ahead>),
+    /// Read-ahead threads, taking turns: the next batch comes from `readers[turn]`.
+    Ahead {
+        readers: Vec<std::sync::mpsc::Receiver<Ahead>>,
+        turn: usize,
+    },
     /// The caller's own reads.
     Here(Box<Batches>),
 }
@@ -381,7 +435,13 @@ impl Cursor {
             }
             // The next batch that may match.
             let next = match &mut self.source {
-                Source::Ahead(reader) => reader.recv().ok(),
+                Source::Ahead { readers, turn } => {
+                    // The first reader to have nothing more ends the chain: the others'
+                    // nodes all come after its.
+                    let next = readers[*turn].recv().ok();
+                    *turn = (*turn + 1) % readers.len();
+                    next
+                }
                 Source::Here(batches) => batches.next(),
             };
             match next {
@@ -389,6 +449,7 @@ impl Cursor {
                     self.lines = lines;
                     self.pos = 0;
                 }
+                Some(Ahead::Passed) => {}
                 Some(Ahead::Skipped(e)) => skipped.push(e),
                 Some(Ahead::Failed(e)) => return Err(e),
                 None => {
@@ -409,4 +470,100 @@ struct Key<'a> {
     #[serde(borrow)]
     writer: std::borrow::Cow<'a, str>,
     seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::log::Batch;
+    use crate::lock::LockOptions;
+    use crate::store::refs::{RefKind, RefName, RefStore};
+
+    /// A chain of ten batches of one record each, their event types `a`, `b`, `c` in turn.
+    fn chain(dir: &std::path::Path) -> Chain {
+        let home = crate::home::Home::at(dir).unwrap();
+        let chain = Chain::new(
+            RefStore::new(&home, LockOptions::default()),
+            RefName::new(RefKind::Events, "r", "j").unwrap(),
+        );
+        for seq in 0..10u64 {
+            let mut batch = Batch::new();
+            let event_type = ["a", "b", "c"][seq as usize % 3];
+            batch
+                .push(&EventRecord {
+                    v: 1,
+                    id: format!("id-{seq}"),
+                    timestamp: format!("2026-01-01T00:00:{seq:02}.000000Z"),
+                    writer: "w".into(),
+                    seq,
+                    correlation_id: None,
+                    event: serde_json::json!({"event_type": event_type}),
+                    metadata: Default::default(),
+                })
+                .unwrap();
+            chain.append(&[batch]).unwrap();
+        }
+        chain
+    }
+
+    /// The seqs streamed from `chain` by `readers` threads, and the batches skipped.
+    fn seqs(
+        chain: &Chain,
+        filter: &Filter,
+        best_effort: bool,
+        readers: usize,
+    ) -> Result<(Vec<u64>, usize), EventError> {
+        let head = chain.refs().read(chain.name()).unwrap();
+        let mut seqs = Vec::new();
+        let skipped = stream_with_readers(
+            vec![(chain.clone(), head, None)],
+            filter,
+            best_effort,
+            false,
+            readers,
+            |line| {
+                let record: EventRecord = serde_json::from_slice(line.json).unwrap();
+                seqs.push(record.seq);
+                Ok(true)
+            },
+        )?;
+        Ok((seqs, skipped.len()))
+    }
+
+    #[test]
+    fn readers_taking_turns_keep_the_chains_order_through_filters_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = chain(dir.path());
+        let only_b = Filter {
+            types: vec!["b".into()],
+            ..Filter::default()
+        };
+        for readers in 1..=4 {
+            let all = seqs(&chain, &Filter::default(), false, readers).unwrap();
+            assert_eq!(all, ((0..10).collect(), 0), "{readers} readers");
+            // Nodes that cannot match are passed over by whichever reader's turn it is.
+            let b = seqs(&chain, &only_b, false, readers).unwrap();
+            assert_eq!(b, (vec![1, 4, 7], 0), "{readers} readers");
+        }
+        // Damage the sixth batch (a `c`): the read stops there, or (best effort) goes past.
+        let nodes = chain.nodes().unwrap();
+        let path = chain.refs().objects().path(&nodes[5].1.batch);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        for readers in 1..=4 {
+            let e = seqs(&chain, &Filter::default(), false, readers).unwrap_err();
+            assert!(e.to_string().contains("broken at batch"), "{e}");
+            let rest = seqs(&chain, &Filter::default(), true, readers).unwrap();
+            assert_eq!(
+                rest,
+                (vec![0, 1, 2, 3, 4, 6, 7, 8, 9], 1),
+                "{readers} readers"
+            );
+            // Passed over by the filter, the damaged batch is not read at all.
+            let b = seqs(&chain, &only_b, false, readers).unwrap();
+            assert_eq!(b, (vec![1, 4, 7], 0), "{readers} readers");
+        }
+    }
 }
