@@ -151,7 +151,9 @@ fn main() {
             Path::new(&args[2]),
             &args[3],
             args[4].parse().unwrap(),
-            Thresholds::default().max_merge,
+            // A fifth argument sets the group commit's limit (1: every batch its own).
+            args.get(5)
+                .map_or(Thresholds::default().max_merge, |m| m.parse().unwrap()),
         );
         println!("{}", elapsed.as_secs_f64());
         return;

@@ -165,13 +165,18 @@ pub const MAX_INPUT_LINE: usize = 16 << 20;
 /// `None` at the end, `Some(false)` for a longer line (of which no more was read).
 pub fn read_bounded_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
     buf.clear();
+    append_bounded_line(input, buf)
+}
+
+/// [`read_bounded_line`] appending the line to what `buf` holds.
+pub fn append_bounded_line(input: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
     let n = input
         .take(MAX_INPUT_LINE as u64 + 1)
         .read_until(b'\n', buf)?;
     if n == 0 {
         return Ok(None);
     }
-    Ok(Some(buf.len() <= MAX_INPUT_LINE || buf.ends_with(b"\n")))
+    Ok(Some(n <= MAX_INPUT_LINE || buf.ends_with(b"\n")))
 }
 
 impl Ctx<'_> {

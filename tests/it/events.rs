@@ -428,6 +428,140 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
     assert_eq!(files_under(&env.home().join("objects")).len(), 8);
 }
 
+/// 2,500 lines, parsed in chunks of 1,000 on several threads: blocks of 100 bare events
+/// (whose `n` is their line's index) between full records of two writers taking turns
+/// every 300 lines (whose `seq` is), and at line 2,200 line 106's record once more.
+fn many_lines() -> Vec<String> {
+    let mut lines: Vec<String> = (0..2500u64)
+        .map(|n| match (n / 100) % 5 {
+            0 => format!(r#"{{"event_type":"tick","n":{n}}}"#),
+            _ => format!(
+                r#"{{"v":1,"id":"r{n}","timestamp":"2026-01-01T00:00:00Z","writer":"w{}","seq":{n},"event":{{"event_type":"step","agent_id":"a{}"}}}}"#,
+                (n / 300) % 2,
+                n % 7
+            ),
+        })
+        .collect();
+    lines[2199] = lines[105].clone();
+    lines
+}
+
+#[test]
+fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() {
+    let env = Env::new();
+    let input: String = many_lines().iter().map(|l| format!("{l}\n")).collect();
+    let out = env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        input.as_bytes(),
+    );
+    assert_eq!(
+        out.trim(),
+        "appended 2499 events to events/api/j; skipped 1 record already there (same writer, seq and content)"
+    );
+    let all = records(&env, "j", &[]);
+    assert_eq!(all.len(), 2499);
+    let of = |writer: &str| -> Vec<u64> {
+        all.iter()
+            .filter(|r| r["writer"] == writer)
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let want = |writer: u64| -> Vec<u64> {
+        (0..2500)
+            .filter(|n| (n / 100) % 5 != 0 && (n / 300) % 2 == writer && *n != 2199)
+            .collect()
+    };
+    assert_eq!(of("w0"), want(0));
+    assert_eq!(of("w1"), want(1));
+    // The bare events: this call's writer, seqs in input order.
+    let bare: Vec<(u64, u64)> = all
+        .iter()
+        .filter(|r| r["event"]["event_type"] == "tick")
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["event"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let n: Vec<u64> = (0..2500).filter(|n| (n / 100) % 5 == 0).collect();
+    assert_eq!(
+        bare,
+        n.iter()
+            .copied()
+            .enumerate()
+            .map(|(s, n)| (s as u64, n))
+            .collect::<Vec<_>>()
+    );
+    // Each record's agent is found by the filter (which passes over batches whose
+    // summaries do not name it).
+    let a6 = (0..2500u64)
+        .filter(|n| (n / 100) % 5 != 0 && n % 7 == 6 && *n != 2199)
+        .count();
+    assert_eq!(records(&env, "j", &["--agent", "a6"]).len(), a6);
+}
+
+#[test]
+fn the_first_bad_line_of_many_is_the_one_reported() {
+    let env = Env::new();
+    let mut lines = many_lines();
+    lines[1499] = "{\"event_type\":".into();
+    lines[2399] = "not json".into();
+    let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let append =
+        |input: &[u8]| env.run(&["events", "append", "--job", "j", "--repo", "api"], input);
+    let stderr = assert_one_line_error(&append(input.as_bytes()), 1);
+    assert!(
+        stderr.contains("line 1500: invalid JSON") && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    // A line too long to read, after the bad one: the bad one is still the one reported.
+    let mut input = lines[..2000].join("\n").into_bytes();
+    input.push(b'\n');
+    input.extend(std::iter::repeat_n(b' ', 17 << 20));
+    let stderr = assert_one_line_error(&append(&input), 1);
+    assert!(stderr.contains("line 1500: invalid JSON"), "{stderr}");
+    assert!(!env.home().join("events/api/j").exists());
+    assert_eq!(
+        files_under(&env.home().join("objects")),
+        Vec::<std::path::PathBuf>::new()
+    );
+}
+
+/// A refused line is reported once the lines before it are read, without waiting for
+/// more input or its end: the caller may keep the pipe open.
+#[test]
+fn a_bad_line_is_reported_while_the_input_stays_open() {
+    let env = Env::new();
+    let mut child = env
+        .std_cmd()
+        .args(["events", "append", "--job", "j", "--repo", "api"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut input: String = many_lines().iter().map(|l| format!("{l}\n")).collect();
+    input.push_str("{\"event_type\":\n");
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    // The pipe stays open until the command has exited (or 60 s have passed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let exited_while_open = child.try_wait().unwrap().is_some();
+    drop(stdin);
+    assert!(
+        exited_while_open,
+        "the command waited for the end of its input"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("line 2501: invalid JSON"), "{stderr}");
+}
+
 #[test]
 fn a_huge_line_is_refused_without_being_read_whole() {
     let env = Env::new();

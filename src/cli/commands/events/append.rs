@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::Scope;
 
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
@@ -251,8 +253,10 @@ struct Builder<'g> {
     writer: String,
     next_seq: u64,
     metadata: Metadata,
-    /// The full records read so far, by writer: where their lines are.
+    /// The full records read so far, by writer: where their lines are. The last full
+    /// record's writer's are in `hot` instead (most inputs are long runs of one writer).
     given: HashMap<String, Seen>,
+    hot: (String, Seen),
     /// Full records repeated in the input, skipped.
     repeated: u64,
     /// `metadata` as JSON, written into every bare event's envelope.
@@ -280,7 +284,7 @@ impl Builder<'_> {
         info: &RecordInfo<'_>,
         number: usize,
     ) -> Result<(), String> {
-        let seen = self.given.get(info.writer).and_then(|s| s.get(info.seq));
+        let seen = self.seen(info.writer).get(info.seq);
         if let Some(Given {
             batch,
             start,
@@ -306,124 +310,92 @@ impl Builder<'_> {
             start: self.batches.list[batch].bytes() - json.len() - 1,
             number,
         };
-        match self.given.get_mut(info.writer) {
-            Some(seen) => seen.insert(info.seq, given),
-            None => {
-                let mut seen = Seen::default();
-                seen.insert(info.seq, given);
-                self.given.insert(info.writer.to_owned(), seen);
-            }
-        }
+        self.seen(info.writer).insert(info.seq, given);
         Ok(())
     }
 
-    /// Appends `text` when it is a full record whose envelope is of the usual types and
-    /// whose event keeps its summarised fields' usual types: the envelope is written by
-    /// hand (its timestamp in the stored form), the event and the metadata stored as
-    /// written. Read back, the record is the one the general path stores. False when it
-    /// needs the general path (which also refuses what is wrong).
-    fn full(&mut self, text: &str, number: usize) -> Result<bool, String> {
-        let Ok(full) = serde_json::from_str::<Full<'_>>(text) else {
-            return Ok(false);
-        };
-        if full.v != RECORD_VERSION {
-            return Ok(false);
+    /// The full records of `writer` read so far (made `hot`).
+    fn seen(&mut self, writer: &str) -> &mut Seen {
+        if self.hot.0 != writer {
+            let taken = self.given.remove(writer).unwrap_or_default();
+            let (cold, seen) = std::mem::replace(&mut self.hot, (writer.to_owned(), taken));
+            self.given.insert(cold, seen);
         }
-        let Some(event) = Summarised::read(full.event.get()) else {
-            return Ok(false);
-        };
-        let Ok(attachment) = event.attachment() else {
-            return Ok(false);
-        };
-        let metadata_agent = match full.metadata {
-            None => None,
-            Some(raw) => match serde_json::from_str::<MetadataView<'_>>(raw.get()) {
-                Ok(m) if raw.get().starts_with('{') => m.agent_id,
-                _ => return Ok(false),
-            },
-        };
-        let timestamp = stored_timestamp(&full.timestamp)?;
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        write_record_line(
-            &mut line,
-            &full.id,
-            &timestamp,
-            &full.writer,
-            full.seq,
-            full.correlation_id.as_deref(),
-            |l| {
-                l.extend_from_slice(full.event.get().as_bytes());
-                Ok(())
-            },
-            full.metadata
-                .map_or(b"{}".as_slice(), |m| m.get().as_bytes()),
-        )
-        .map_err(|e| e.to_string())?;
-        let info = RecordInfo {
-            timestamp: &timestamp,
-            event_type: &event.event_type,
-            agent_id: event.agent_id.as_deref().or(metadata_agent.as_deref()),
-            duration_ms: event.duration_ms,
-            writer: &full.writer,
-            seq: full.seq,
-            attachment,
-        };
-        let added = if *full.writer == *self.writer {
-            self.batches.add(&line, &info)
-        } else {
-            self.add_full(&line, &info, number)
-        };
-        self.line = line;
-        added.map(|()| true)
+        &mut self.hot.1
     }
 
-    /// Appends `text` when it is a bare event that keeps all its fields (no `metadata`,
-    /// `correlation_id` or `event` of its own, every summarised field of the usual type):
-    /// checked by a typed read, stored as written. False when it needs the general path.
-    fn bare(&mut self, text: &str) -> Result<bool, String> {
-        let Some(bare) = Summarised::read(text) else {
-            return Ok(false);
-        };
-        if bare.metadata || bare.correlation_id || bare.event {
-            return Ok(false);
-        }
-        let Ok(attachment) = bare.attachment() else {
-            return Ok(false);
-        };
-        let id = new_id();
-        let timestamp = now_timestamp();
-        let seq = self.next_seq;
-        self.line.clear();
-        write_record_line(
-            &mut self.line,
-            &id,
-            &timestamp,
-            &self.writer,
-            seq,
-            None,
-            |l| {
-                l.extend_from_slice(text.as_bytes());
+    /// Adds a line parsed by [`parse_chunk`] to the batches.
+    fn add(&mut self, parsed: &Parsed, item: &Item) -> Result<(), String> {
+        let text = |at: &Range<usize>| &parsed.strings[at.clone()];
+        match item {
+            Item::Full {
+                line,
+                summary,
+                timestamp,
+                writer,
+                seq,
+                number,
+            } => {
+                let info = RecordInfo {
+                    timestamp: text(timestamp),
+                    event_type: text(&summary.event_type),
+                    agent_id: summary.agent_id.as_ref().map(text),
+                    duration_ms: summary.duration_ms,
+                    writer: text(writer),
+                    seq: *seq,
+                    attachment: summary.attachment,
+                };
+                let line = &parsed.out[line.clone()];
+                if info.writer == self.writer {
+                    self.batches.add(line, &info)
+                } else {
+                    self.add_full(line, &info, *number)
+                }
+            }
+            Item::Bare { index, summary } => {
+                let id = new_id();
+                let timestamp = now_timestamp();
+                let seq = self.next_seq;
+                self.line.clear();
+                write_record_line(
+                    &mut self.line,
+                    &id,
+                    &timestamp,
+                    &self.writer,
+                    seq,
+                    None,
+                    |l| {
+                        l.extend_from_slice(parsed.chunk.line(*index));
+                        Ok(())
+                    },
+                    &self.metadata_json,
+                )
+                .map_err(|e| e.to_string())?;
+                let info = RecordInfo {
+                    timestamp: &timestamp,
+                    event_type: text(&summary.event_type),
+                    agent_id: summary
+                        .agent_id
+                        .as_ref()
+                        .map(text)
+                        .or(self.metadata.agent_id.as_deref()),
+                    duration_ms: summary.duration_ms,
+                    writer: &self.writer,
+                    seq,
+                    attachment: summary.attachment,
+                };
+                self.batches.add(&self.line, &info)?;
+                self.next_seq += 1;
                 Ok(())
-            },
-            &self.metadata_json,
-        )
-        .map_err(|e| e.to_string())?;
-        let info = RecordInfo {
-            timestamp: &timestamp,
-            event_type: &bare.event_type,
-            agent_id: bare
-                .agent_id
-                .as_deref()
-                .or(self.metadata.agent_id.as_deref()),
-            duration_ms: bare.duration_ms,
-            writer: &self.writer,
-            seq,
-            attachment,
-        };
-        self.batches.add(&self.line, &info)?;
-        self.next_seq += 1;
-        Ok(true)
+            }
+            Item::General { index, number } => {
+                let value: Value = serde_json::from_slice(parsed.chunk.line(*index))
+                    .map_err(|e| format!("invalid JSON: {e}"))?;
+                let record = self.line(value)?;
+                self.push(record, *number)
+            }
+            Item::Refused { reason, .. } => Err(reason.clone()),
+        }
     }
 
     fn line(&mut self, value: Value) -> Result<EventRecord, String> {
@@ -459,6 +431,217 @@ impl Builder<'_> {
         self.next_seq += 1;
         Ok(record)
     }
+}
+
+/// Input lines, read on the calling thread and parsed as one on another.
+#[derive(Default)]
+struct Chunk {
+    /// The lines' text, trimmed, one after another.
+    text: Vec<u8>,
+    /// Each line that is not blank: where it is in `text`, and its line number.
+    lines: Vec<(Range<usize>, usize)>,
+}
+
+impl Chunk {
+    /// The lines read before a chunk is parsed (or fewer, when the input has no more
+    /// ready), and the most bytes.
+    const LINES: usize = 1000;
+    const BYTES: usize = 1 << 20;
+
+    fn line(&self, index: usize) -> &[u8] {
+        &self.text[self.lines[index].0.clone()]
+    }
+
+    /// Keeps the line read into `text` from `start` (trimmed), or drops it when blank.
+    fn keep_line(&mut self, start: usize, number: usize) {
+        let line = &self.text[start..];
+        let leading = line.len() - line.trim_ascii_start().len();
+        let kept = line.trim_ascii().len();
+        if kept == 0 {
+            self.text.truncate(start);
+        } else {
+            let at = start + leading;
+            self.lines.push((at..at + kept, number));
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.lines.len() >= Chunk::LINES || self.text.len() >= Chunk::BYTES
+    }
+}
+
+/// What the parse of a chunk made of its lines, in their order.
+struct Parsed {
+    chunk: Chunk,
+    /// The full records' lines, as they are stored.
+    out: Vec<u8>,
+    /// The strings of their summaries, and of the bare events'.
+    strings: String,
+    items: Vec<Item>,
+}
+
+/// The fields of an event that its batch's summary needs, its strings as ranges of
+/// [`Parsed::strings`].
+struct Summary {
+    event_type: Range<usize>,
+    agent_id: Option<Range<usize>>,
+    duration_ms: Option<u64>,
+    attachment: Option<ObjectId>,
+}
+
+/// A line as parsed, before it is added to a batch.
+enum Item {
+    /// A full record of the usual types, its stored line at `line` of [`Parsed::out`].
+    Full {
+        line: Range<usize>,
+        summary: Summary,
+        timestamp: Range<usize>,
+        writer: Range<usize>,
+        seq: u64,
+        number: usize,
+    },
+    /// A bare event that keeps all its fields: the chunk's line `index`, stored as written
+    /// in an envelope made when it is added (id, time and seq in input order).
+    Bare { index: usize, summary: Summary },
+    /// A line for the general path (which also refuses what is wrong).
+    General { index: usize, number: usize },
+    /// A line refused.
+    Refused { number: usize, reason: String },
+}
+
+impl Item {
+    fn number(&self, chunk: &Chunk) -> usize {
+        match self {
+            Item::Full { number, .. }
+            | Item::General { number, .. }
+            | Item::Refused { number, .. } => *number,
+            Item::Bare { index, .. } => chunk.lines[*index].1,
+        }
+    }
+}
+
+/// Parses every line of `chunk` (what needs no state of the call: the reads, the checks,
+/// a full record's line), so chunks can be parsed on several threads at once.
+fn parse_chunk(chunk: Chunk) -> Parsed {
+    let mut parsed = Parsed {
+        out: Vec::with_capacity(chunk.text.len() + chunk.text.len() / 8),
+        strings: String::new(),
+        items: Vec::with_capacity(chunk.lines.len()),
+        chunk: Chunk::default(),
+    };
+    for (index, (at, number)) in chunk.lines.iter().enumerate() {
+        let item = parse_line(&chunk.text[at.clone()], index, *number, &mut parsed);
+        parsed.items.push(item);
+    }
+    parsed.chunk = chunk;
+    parsed
+}
+
+fn parse_line(text: &[u8], index: usize, number: usize, parsed: &mut Parsed) -> Item {
+    // Most lines are bare events without metadata of their own, or full records as
+    // `events show --json` prints them (`{"v":…`): either is stored as written, in an
+    // envelope written by hand. The likelier fast path is tried first, so a line is read
+    // twice only when it is not what it looks like. UTF-8 is checked once for the whole
+    // line, not string by string.
+    let full_first = text.starts_with(b"{\"v\":");
+    if let Ok(text) = std::str::from_utf8(text) {
+        for full in [full_first, !full_first] {
+            let item = if full {
+                parse_full(text, number, parsed)
+            } else {
+                parse_bare(text, index, parsed)
+            };
+            if let Some(item) = item {
+                return item;
+            }
+        }
+    }
+    Item::General { index, number }
+}
+
+/// Appends `s` to `strings`, returning where it is.
+fn keep(strings: &mut String, s: &str) -> Range<usize> {
+    let start = strings.len();
+    strings.push_str(s);
+    start..strings.len()
+}
+
+fn summary_of(event: &Summarised<'_>, strings: &mut String) -> Option<Summary> {
+    Some(Summary {
+        attachment: event.attachment().ok()?,
+        event_type: keep(strings, &event.event_type),
+        agent_id: event.agent_id.as_deref().map(|a| keep(strings, a)),
+        duration_ms: event.duration_ms,
+    })
+}
+
+/// A full record whose envelope is of the usual types and whose event keeps its
+/// summarised fields' usual types: the envelope is written by hand (its timestamp in the
+/// stored form), the event and the metadata stored as written. Read back, the record is
+/// the one the general path stores. `None` when it needs the general path.
+fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
+    let full = serde_json::from_str::<Full<'_>>(text).ok()?;
+    if full.v != RECORD_VERSION {
+        return None;
+    }
+    let event = Summarised::read(full.event.get())?;
+    let metadata_agent = match full.metadata {
+        None => None,
+        Some(raw) => match serde_json::from_str::<MetadataView<'_>>(raw.get()) {
+            Ok(m) if raw.get().starts_with('{') => m.agent_id,
+            _ => return None,
+        },
+    };
+    let mut summary = summary_of(&event, &mut parsed.strings)?;
+    if summary.agent_id.is_none() {
+        summary.agent_id = metadata_agent.map(|a| keep(&mut parsed.strings, &a));
+    }
+    let timestamp = match stored_timestamp(&full.timestamp) {
+        Ok(t) => t,
+        Err(reason) => return Some(Item::Refused { number, reason }),
+    };
+    let start = parsed.out.len();
+    let written = write_record_line(
+        &mut parsed.out,
+        &full.id,
+        &timestamp,
+        &full.writer,
+        full.seq,
+        full.correlation_id.as_deref(),
+        |l| {
+            l.extend_from_slice(full.event.get().as_bytes());
+            Ok(())
+        },
+        full.metadata
+            .map_or(b"{}".as_slice(), |m| m.get().as_bytes()),
+    );
+    if let Err(e) = written {
+        parsed.out.truncate(start);
+        return Some(Item::Refused {
+            number,
+            reason: e.to_string(),
+        });
+    }
+    Some(Item::Full {
+        line: start..parsed.out.len(),
+        summary,
+        timestamp: keep(&mut parsed.strings, &timestamp),
+        writer: keep(&mut parsed.strings, &full.writer),
+        seq: full.seq,
+        number,
+    })
+}
+
+/// A bare event that keeps all its fields (no `metadata`, `correlation_id` or `event` of
+/// its own, every summarised field of the usual type): checked by a typed read, stored as
+/// written. `None` when it needs the general path.
+fn parse_bare(text: &str, index: usize, parsed: &mut Parsed) -> Option<Item> {
+    let bare = Summarised::read(text)?;
+    if bare.metadata || bare.correlation_id || bare.event {
+        return None;
+    }
+    let summary = summary_of(&bare, &mut parsed.strings)?;
+    Some(Item::Bare { index, summary })
 }
 
 fn merge_metadata(metadata: &mut Metadata, extra: Map<String, Value>) {
@@ -541,13 +724,15 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             next_seq: 0,
             metadata,
             given: HashMap::new(),
+            // No writer's records yet (the empty writer's too: none read).
+            hot: (String::new(), Seen::default()),
             repeated: 0,
             metadata_json,
             line: Vec::with_capacity(1024),
         };
         // The last batch is stored by the append itself, on this thread: an append of one
         // batch (most calls) writes nothing on the other.
-        let read = read_input(&args, ctx, &mut builder);
+        let read = read_input(&args, ctx, &mut builder, scope);
         // Closing the channel ends the storing thread, after what was sealed.
         builder.batches.sealed = None;
         let stored = storing
@@ -578,62 +763,139 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Reads every line of the input (FILE or standard input) into `builder`; the first
-/// line refused is the error.
-fn read_input(args: &Args, ctx: &mut Ctx<'_>, builder: &mut Builder<'_>) -> anyhow::Result<()> {
-    let mut file_input;
-    let input: &mut dyn BufRead = match &args.file {
+/// Reads every line of the input (FILE or standard input) into `builder`; the first line
+/// refused is the error. This thread reads the lines a chunk at a time; full chunks are
+/// parsed by parsing threads (one per core, started with the second chunk), each chunk's
+/// lines then added here in input order. A last chunk, or one the input stops short of
+/// (standard input with nothing ready), is parsed here once the others are added, so a
+/// refused line is reported without waiting for more input.
+fn read_input<'scope>(
+    args: &Args,
+    ctx: &mut Ctx<'_>,
+    builder: &mut Builder<'_>,
+    scope: &'scope Scope<'scope, '_>,
+) -> anyhow::Result<()> {
+    let mut file = match &args.file {
         Some(path) if path.as_os_str() != "-" => {
             let file =
                 File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
-            file_input = BufReader::with_capacity(1 << 16, file);
-            &mut file_input
+            Some(BufReader::with_capacity(1 << 16, file))
         }
-        _ => &mut *ctx.stdin,
+        _ => None,
     };
-    let mut buf = Vec::new();
+    let mut parsing = Parsing {
+        workers: Vec::new(),
+        sent: 0,
+        added: 0,
+        scope,
+    };
     let mut number = 0usize;
-    while let Some(complete) =
-        crate::cli::read_bounded_line(input, &mut buf).context("cannot read the input")?
-    {
-        number += 1;
-        if !complete {
-            return Err(anyhow!(
-                "line {number} is longer than {MAX_LINE} bytes; nothing was appended"
-            ));
-        }
-        let text = buf.trim_ascii();
-        if text.is_empty() {
-            continue;
-        }
-        let refuse = |reason: String| anyhow!("line {number}: {reason}; nothing was appended");
-        // Most lines are bare events without metadata of their own, or full records as
-        // `events show --json` prints them (`{"v":…`): either is stored as written, in an
-        // envelope written by hand. The likelier fast path is tried first, so a line is
-        // read twice only when it is not what it looks like.
-        let full_first = text.starts_with(b"{\"v\":");
-        // UTF-8 is checked once for the whole line, not string by string.
-        let utf8 = std::str::from_utf8(text).ok();
-        let mut fast = false;
-        for full in [full_first, !full_first] {
-            let Some(text) = utf8 else { break };
-            fast = if full {
-                builder.full(text, number)
-            } else {
-                builder.bare(text)
-            }
-            .map_err(&refuse)?;
-            if fast {
+    let mut chunk = Chunk::default();
+    // An input that cannot be read to its end: reported after the lines before it.
+    let mut unread = None;
+    loop {
+        // Read into the chunk itself: a line is copied once, to its batch.
+        let start = chunk.text.len();
+        let read = match &mut file {
+            Some(file) => crate::cli::append_bounded_line(file, &mut chunk.text),
+            None => crate::cli::append_bounded_line(&mut *ctx.stdin, &mut chunk.text),
+        };
+        let complete = match read {
+            Ok(Some(complete)) => complete,
+            Ok(None) => break,
+            Err(e) => {
+                unread = Some(anyhow::Error::new(e).context("cannot read the input"));
                 break;
             }
+        };
+        number += 1;
+        if !complete {
+            unread = Some(anyhow!(
+                "line {number} is longer than {MAX_LINE} bytes; nothing was appended"
+            ));
+            break;
         }
-        if fast {
-            continue;
+        chunk.keep_line(start, number);
+        if chunk.is_full() {
+            parsing.send(std::mem::take(&mut chunk), builder)?;
+        } else if file.is_none() && !chunk.lines.is_empty() && ctx.stdin_would_block() {
+            parsing.here(std::mem::take(&mut chunk), builder)?;
         }
-        let value: Value =
-            serde_json::from_slice(text).map_err(|e| refuse(format!("invalid JSON: {e}")))?;
-        let record = builder.line(value).map_err(&refuse)?;
-        builder.push(record, number).map_err(refuse)?;
+    }
+    parsing.here(chunk, builder)?;
+    unread.map_or(Ok(()), Err)
+}
+
+/// The chunks handed to parsing threads and not yet added.
+struct Parsing<'scope, 'env> {
+    /// Each parsing thread's way in (chunks) and out (parsed chunks); chunk `n` goes to
+    /// thread `n % workers.len()`.
+    workers: Vec<(SyncSender<Chunk>, Receiver<Parsed>)>,
+    /// Chunks handed out so far, and added so far.
+    sent: usize,
+    added: usize,
+    scope: &'scope Scope<'scope, 'env>,
+}
+
+impl<'scope> Parsing<'scope, '_> {
+    /// Hands `chunk` to a parsing thread (starting them first), after adding parsed
+    /// chunks until each thread has at most one other: a thread never waits on this one
+    /// while this one waits on it.
+    fn send(&mut self, chunk: Chunk, builder: &mut Builder<'_>) -> anyhow::Result<()> {
+        if self.workers.is_empty() {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            for _ in 0..cores.clamp(1, 4) {
+                let (to_parse, chunks) = std::sync::mpsc::sync_channel::<Chunk>(1);
+                let (done, parsed) = std::sync::mpsc::sync_channel::<Parsed>(1);
+                self.scope.spawn(move || {
+                    for chunk in chunks {
+                        if done.send(parse_chunk(chunk)).is_err() {
+                            return;
+                        }
+                    }
+                });
+                self.workers.push((to_parse, parsed));
+            }
+        }
+        while self.sent - self.added >= self.workers.len() {
+            self.add_next(builder)?;
+        }
+        let n = self.sent % self.workers.len();
+        self.workers[n]
+            .0
+            .send(chunk)
+            .map_err(|_| anyhow!("a thread parsing the input stopped"))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Adds every chunk handed out, then parses and adds `chunk` on this thread.
+    fn here(&mut self, chunk: Chunk, builder: &mut Builder<'_>) -> anyhow::Result<()> {
+        while self.added < self.sent {
+            self.add_next(builder)?;
+        }
+        add_parsed(&parse_chunk(chunk), builder)
+    }
+
+    /// Adds the next chunk in input order, once its thread has parsed it.
+    fn add_next(&mut self, builder: &mut Builder<'_>) -> anyhow::Result<()> {
+        let n = self.added % self.workers.len();
+        let parsed = self.workers[n]
+            .1
+            .recv()
+            .map_err(|_| anyhow!("a thread parsing the input stopped"))?;
+        self.added += 1;
+        add_parsed(&parsed, builder)
+    }
+}
+
+/// Adds a parsed chunk's lines to the batches; the first line refused is the error.
+fn add_parsed(parsed: &Parsed, builder: &mut Builder<'_>) -> anyhow::Result<()> {
+    for item in &parsed.items {
+        builder.add(parsed, item).map_err(|reason| {
+            let number = item.number(&parsed.chunk);
+            anyhow!("line {number}: {reason}; nothing was appended")
+        })?;
     }
     Ok(())
 }
