@@ -399,11 +399,23 @@ impl Batch {
 
     /// Adds a record already serialized as JSON (without a newline), described by `info`.
     pub fn push_encoded(&mut self, json: &[u8], info: &RecordInfo<'_>) -> Result<(), EventError> {
+        self.push_written(info, |payload| {
+            payload.extend_from_slice(json);
+            Ok(())
+        })
+    }
+
+    /// Adds the record described by `info`, which `write` serializes (as JSON, without a
+    /// newline) at the end of the batch's lines: no copy of it is made. Refuses a record
+    /// from another writer than the batch's first, or out of `seq` order; a failed write
+    /// leaves the batch as it was.
+    pub fn push_written(
+        &mut self,
+        info: &RecordInfo<'_>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), EventError> {
         match &self.writer {
-            None => {
-                self.writer = Some(info.writer.to_owned());
-                self.seq_first = info.seq;
-            }
+            None => {}
             Some(w) if w != info.writer => {
                 return Err(EventError::BadRecord(format!(
                     "record seq {} is from writer {}, the batch from {w}",
@@ -418,11 +430,19 @@ impl Batch {
             }
             Some(_) => {}
         }
+        let start = self.payload.len();
+        if let Err(e) = write(&mut self.payload) {
+            self.payload.truncate(start);
+            return Err(EventError::BadRecord(e.to_string()));
+        }
+        self.payload.push(b'\n');
+        if self.writer.is_none() {
+            self.writer = Some(info.writer.to_owned());
+            self.seq_first = info.seq;
+        }
         self.seq_last = info.seq;
         self.id.take();
-        self.payload.extend_from_slice(json);
-        self.payload.push(b'\n');
-        self.summary.add(info, json.len() as u64 + 1);
+        self.summary.add(info, (self.payload.len() - start) as u64);
         if let Some(agent) = info.agent_id {
             bump(&mut self.agents, agent, 1);
         }
@@ -1148,6 +1168,28 @@ mod tests {
             b.push(&record(writer, seq)).unwrap();
         }
         b
+    }
+
+    #[test]
+    fn a_record_written_into_a_batch_leaves_nothing_when_its_write_fails() {
+        let mut b = batch("w", 0..2);
+        let before = (b.payload.clone(), b.len(), b.id());
+        let next = record("w", 2);
+        let failed = b.push_written(&next.info(), |line| {
+            line.extend_from_slice(b"{\"half\":");
+            Err(serde_json::from_str::<u8>("x").unwrap_err())
+        });
+        assert!(failed.is_err());
+        assert_eq!((b.payload.clone(), b.len(), b.id()), before);
+        // Another writer's record is refused before anything is written.
+        let other = record("v", 3);
+        let refused = b.push_written(&other.info(), |_| panic!("written"));
+        assert!(refused.is_err());
+        b.push_written(&next.info(), |line| serde_json::to_writer(line, &next))
+            .unwrap();
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.seq_last(), 2);
+        assert_eq!(b.id(), batch("w", 0..3).id());
     }
 
     /// A node with every field filled names exactly the ids it holds: a new field holding

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::job::EventLog;
 use super::log::{Batch, Chain, EventError};
 use super::record::{
-    MapReduceEvent, Metadata, RecordInfo, new_id, now_timestamp, write_record_line,
+    MapReduceEvent, Metadata, RecordInfo, new_id, new_id_and_timestamp, write_record_line,
 };
 use crate::home::Home;
 use crate::lock::LockOptions;
@@ -91,7 +91,6 @@ struct State {
     /// After a failure the flusher waits to be asked again (by `flush`, `log`).
     paused: bool,
     shutdown: bool,
-    line: Vec<u8>,
 }
 
 struct Shared {
@@ -187,7 +186,6 @@ impl EventLogger {
                 failed: None,
                 paused: false,
                 shutdown: false,
-                line: Vec::with_capacity(512),
             }),
             changed: Condvar::new(),
         });
@@ -341,8 +339,7 @@ impl Shared {
         info: Info<'_>,
         metadata: Option<&Metadata>,
     ) -> Result<(), EventError> {
-        let id = new_id();
-        let timestamp = now_timestamp();
+        let (id, timestamp) = new_id_and_timestamp();
         let mut state = self.lock();
         if let Some(reason) = state.failed.take() {
             state.paused = false;
@@ -363,19 +360,6 @@ impl Shared {
             }
             None => &self.metadata_json,
         };
-        let line = &mut state.line;
-        line.clear();
-        write_record_line(
-            line,
-            &id,
-            &timestamp,
-            &self.writer,
-            seq,
-            state.correlation_id.as_deref(),
-            |l| serde_json::to_writer(l, event),
-            metadata_json,
-        )
-        .map_err(bad)?;
         let info = RecordInfo {
             timestamp: &timestamp,
             event_type: info.event_type,
@@ -385,7 +369,20 @@ impl Shared {
             seq,
             attachment: info.attachment,
         };
-        state.current.push_encoded(line, &info)?;
+        let correlation_id = state.correlation_id.as_deref();
+        // Serialized straight into the batch.
+        state.current.push_written(&info, |line| {
+            write_record_line(
+                line,
+                &id,
+                &timestamp,
+                &self.writer,
+                seq,
+                correlation_id,
+                |l| serde_json::to_writer(l, event),
+                metadata_json,
+            )
+        })?;
         state.next_seq += 1;
         state.oldest.get_or_insert_with(Instant::now);
         if state.current.len() as usize >= self.thresholds.max_events

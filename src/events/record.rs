@@ -690,16 +690,61 @@ fn is_stored_form(t: &[u8]) -> bool {
 
 /// A new unique id (UUID v7: time-ordered).
 pub fn new_id() -> String {
+    id_text(uuid::Uuid::now_v7())
+}
+
+fn id_text(id: uuid::Uuid) -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7()
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
+    id.hyphenated().encode_lower(&mut text).to_owned()
+}
+
+/// A new record's id and timestamp ([`new_id`], [`now_timestamp`]) from one reading of
+/// the clock: the id's time is the timestamp's. The ids a thread makes are ordered by its
+/// own UUID v7 counter (no lock shared with other threads).
+pub fn new_id_and_timestamp() -> (String, String) {
+    thread_local! {
+        static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = jiff::Timestamp::now();
+    let id = match (
+        u64::try_from(now.as_second()),
+        u32::try_from(now.subsec_nanosecond()),
+    ) {
+        (Ok(secs), Ok(nanos)) => CONTEXT
+            .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::from_unix(context, secs, nanos))),
+        // Before 1970: the id keeps its own clock.
+        _ => uuid::Uuid::now_v7(),
+    };
+    let timestamp = SECOND.with_borrow_mut(|second| timestamp_from(now, second));
+    (id_text(id), timestamp)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_and_its_timestamp_come_from_one_reading_of_the_clock() {
+        let mut last = String::new();
+        for _ in 0..2000 {
+            let (id, timestamp) = new_id_and_timestamp();
+            let uuid = uuid::Uuid::parse_str(&id).unwrap();
+            assert_eq!(uuid.get_version_num(), 7);
+            let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+            // The id holds milliseconds; the timestamp microseconds of the same instant
+            // (the id's counter may push it on by a millisecond when it wraps).
+            let at = jiff::Timestamp::new(secs as i64, nanos as i32).unwrap();
+            let stamped: jiff::Timestamp = timestamp.parse().unwrap();
+            let gap = stamped.as_millisecond() - at.as_millisecond();
+            assert!(gap == 0 || gap == -1, "{id} at {at}, stamped {timestamp}");
+            assert!(is_stored_form(timestamp.as_bytes()), "{timestamp}");
+            // One thread's ids are ordered.
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+    }
 
     #[test]
     fn every_type_serializes_under_its_name() {

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::record::{
-    RECORD_VERSION, RecordInfo, new_id, normalize_timestamp, now_timestamp, stored_timestamp,
-    write_record_line,
+    RECORD_VERSION, RecordInfo, new_id, new_id_and_timestamp, normalize_timestamp, now_timestamp,
+    stored_timestamp, write_record_line,
 };
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 use crate::lock::WriteGuard;
@@ -353,8 +353,7 @@ impl Builder<'_> {
                 }
             }
             Item::Bare { index, summary } => {
-                let id = new_id();
-                let timestamp = now_timestamp();
+                let (id, timestamp) = new_id_and_timestamp();
                 let seq = self.next_seq;
                 self.line.clear();
                 write_record_line(
