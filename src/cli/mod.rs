@@ -190,11 +190,12 @@ impl Ctx<'_> {
         RefStore::new(&self.home, opts)
     }
 
-    /// True when reading a line from stdin now would block: nothing is buffered and fd 0
-    /// has nothing ready. Batching commands make their writes durable and flush their
-    /// output before they block, so a caller that waits for each answer never deadlocks.
+    /// True when reading a line from stdin now would block: no whole line is buffered
+    /// (a part of one may be) and fd 0 has nothing ready. Batching commands make their
+    /// writes durable and flush their output before they block, so a caller that waits
+    /// for each answer never deadlocks.
     pub fn stdin_would_block(&self) -> bool {
-        if !self.stdin.buffer().is_empty() || !self.stdin_is_fd0 {
+        if memchr::memchr(b'\n', self.stdin.buffer()).is_some() || !self.stdin_is_fd0 {
             return false;
         }
         let stdin = rustix::stdio::stdin();

@@ -430,11 +430,28 @@ impl Batch {
             }
             Some(_) => {}
         }
-        let start = self.payload.len();
-        if let Err(e) = write(&mut self.payload) {
-            self.payload.truncate(start);
-            return Err(EventError::BadRecord(e.to_string()));
+        // Whatever the write leaves when it fails, or panics, is cut off.
+        struct Cut<'p> {
+            payload: &'p mut Vec<u8>,
+            start: usize,
+            keep: bool,
         }
+        impl Drop for Cut<'_> {
+            fn drop(&mut self) {
+                if !self.keep {
+                    self.payload.truncate(self.start);
+                }
+            }
+        }
+        let start = self.payload.len();
+        let mut cut = Cut {
+            start,
+            payload: &mut self.payload,
+            keep: false,
+        };
+        write(cut.payload).map_err(|e| EventError::BadRecord(e.to_string()))?;
+        cut.keep = true;
+        drop(cut);
         self.payload.push(b'\n');
         if self.writer.is_none() {
             self.writer = Some(info.writer.to_owned());
@@ -1181,6 +1198,21 @@ mod tests {
         });
         assert!(failed.is_err());
         assert_eq!((b.payload.clone(), b.len(), b.id()), before);
+        // A write that panics leaves nothing either.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.push_written(&next.info(), |line| {
+                line.extend_from_slice(b"{\"half\":");
+                panic!("the serializer panicked")
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!((b.payload.clone(), b.len(), b.id()), before);
+        // Into an empty batch: still empty, and without a writer.
+        let mut empty = Batch::new();
+        let failed = empty.push_written(&next.info(), |_| {
+            Err(serde_json::from_str::<u8>("x").unwrap_err())
+        });
+        assert!(failed.is_err() && empty.is_empty() && empty.writer().is_none());
         // Another writer's record is refused before anything is written.
         let other = record("v", 3);
         let refused = b.push_written(&other.info(), |_| panic!("written"));

@@ -642,6 +642,12 @@ pub fn normalize_timestamp(text: &str) -> Result<String, String> {
         .map_err(|e| format!("invalid timestamp {text:?}: {e}"))
 }
 
+/// True when `text` is a timestamp in the stored form (what [`stored_timestamp`] keeps
+/// as it is).
+pub fn is_stored_timestamp(text: &str) -> bool {
+    is_stored_form(text.as_bytes())
+}
+
 /// [`normalize_timestamp`], borrowing `text` when it is already in the stored form
 /// (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, a real date and time of the years 1000 to 9998), as
 /// every record this tool writes has it: checked by hand, without a parse and a format.
@@ -699,8 +705,9 @@ fn id_text(id: uuid::Uuid) -> String {
 }
 
 /// A new record's id and timestamp ([`new_id`], [`now_timestamp`]) from one reading of
-/// the clock: the id's time is the timestamp's. The ids a thread makes are ordered by its
-/// own UUID v7 counter (no lock shared with other threads).
+/// the clock: the id's time is the timestamp's (unless the clock went back: the id then
+/// keeps its last time, so that it still sorts after the ids before it). The ids a thread
+/// makes are ordered by its own UUID v7 counter (no lock shared with other threads).
 pub fn new_id_and_timestamp() -> (String, String) {
     thread_local! {
         static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
@@ -708,17 +715,27 @@ pub fn new_id_and_timestamp() -> (String, String) {
             const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
     let now = jiff::Timestamp::now();
+    CONTEXT
+        .with(|context| SECOND.with_borrow_mut(|second| id_and_timestamp_at(now, context, second)))
+}
+
+/// [`new_id_and_timestamp`] at `now`.
+fn id_and_timestamp_at(
+    now: jiff::Timestamp,
+    context: &uuid::ContextV7,
+    second: &mut (i64, String),
+) -> (String, String) {
     let id = match (
         u64::try_from(now.as_second()),
         u32::try_from(now.subsec_nanosecond()),
     ) {
-        (Ok(secs), Ok(nanos)) => CONTEXT
-            .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::from_unix(context, secs, nanos))),
+        (Ok(secs), Ok(nanos)) => {
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(context, secs, nanos))
+        }
         // Before 1970: the id keeps its own clock.
         _ => uuid::Uuid::now_v7(),
     };
-    let timestamp = SECOND.with_borrow_mut(|second| timestamp_from(now, second));
-    (id_text(id), timestamp)
+    (id_text(id), timestamp_from(now, second))
 }
 
 #[cfg(test)]
@@ -727,20 +744,28 @@ mod tests {
 
     #[test]
     fn an_id_and_its_timestamp_come_from_one_reading_of_the_clock() {
-        let mut last = String::new();
-        for _ in 0..2000 {
-            let (id, timestamp) = new_id_and_timestamp();
+        let context = uuid::ContextV7::new();
+        let mut second = (i64::MIN, String::new());
+        for text in [
+            "2026-12-07T11:43:12.345678Z",
+            "2026-12-07T11:43:12.999999Z",
+            "2026-12-07T11:43:13.000000Z",
+            "2027-01-01T00:00:00.000999Z",
+        ] {
+            let now: jiff::Timestamp = text.parse().unwrap();
+            let (id, timestamp) = id_and_timestamp_at(now, &context, &mut second);
+            assert_eq!(timestamp, text);
             let uuid = uuid::Uuid::parse_str(&id).unwrap();
             assert_eq!(uuid.get_version_num(), 7);
             let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
-            // The id holds milliseconds; the timestamp microseconds of the same instant
-            // (the id's counter may push it on by a millisecond when it wraps).
-            let at = jiff::Timestamp::new(secs as i64, nanos as i32).unwrap();
-            let stamped: jiff::Timestamp = timestamp.parse().unwrap();
-            let gap = stamped.as_millisecond() - at.as_millisecond();
-            assert!(gap == 0 || gap == -1, "{id} at {at}, stamped {timestamp}");
+            let millis = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+            assert_eq!(millis, now.as_millisecond(), "{id} for {text}");
+        }
+        // One thread's ids are ordered, from the real clock too.
+        let mut last = String::new();
+        for _ in 0..2000 {
+            let (id, timestamp) = new_id_and_timestamp();
             assert!(is_stored_form(timestamp.as_bytes()), "{timestamp}");
-            // One thread's ids are ordered.
             assert!(id > last, "{id} after {last}");
             last = id;
         }

@@ -323,6 +323,10 @@ fn bad_lines_append_nothing() {
             "line 1: event_type must be a string",
         ),
         (
+            "{\"v\":1,\"id\":\"x\",\"timestamp\":\"2025-01-09T14:32:53.000000Z\",\"writer\":\"w\",\"seq\":0,\"event\":[\"a\"],\"metadata\":{}}\n",
+            "line 1: the record's event has no string event_type",
+        ),
+        (
             "{\"id\":\"x\",\"timestamp\":\"nope\",\"writer\":\"w\",\"seq\":0,\"event\":{\"event_type\":\"a\"}}\n",
             "line 1: invalid timestamp",
         ),
@@ -428,11 +432,14 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
     assert_eq!(files_under(&env.home().join("objects")).len(), 8);
 }
 
-/// 2,500 lines, parsed in chunks of 1,000 on several threads: blocks of 100 bare events
-/// (whose `n` is their line's index) between full records of two writers taking turns
-/// every 300 lines (whose `seq` is), and at line 2,200 line 106's record once more.
+/// 12,000 lines, parsed in chunks of 1,000 on several threads (each thread gets several
+/// chunks): blocks of 100 bare events (whose `n` is their line's index) between full
+/// records of two writers taking turns every 300 lines (whose `seq` is), and at line
+/// 2,200 line 106's record once more.
+const MANY: u64 = 12_000;
+
 fn many_lines() -> Vec<String> {
-    let mut lines: Vec<String> = (0..2500u64)
+    let mut lines: Vec<String> = (0..MANY)
         .map(|n| match (n / 100) % 5 {
             0 => format!(r#"{{"event_type":"tick","n":{n}}}"#),
             _ => format!(
@@ -456,10 +463,13 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
     );
     assert_eq!(
         out.trim(),
-        "appended 2499 events to events/api/j; skipped 1 record already there (same writer, seq and content)"
+        format!(
+            "appended {} events to events/api/j; skipped 1 record already there (same writer, seq and content)",
+            MANY - 1
+        )
     );
     let all = records(&env, "j", &[]);
-    assert_eq!(all.len(), 2499);
+    assert_eq!(all.len() as u64, MANY - 1);
     let of = |writer: &str| -> Vec<u64> {
         all.iter()
             .filter(|r| r["writer"] == writer)
@@ -467,7 +477,7 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
             .collect()
     };
     let want = |writer: u64| -> Vec<u64> {
-        (0..2500)
+        (0..MANY)
             .filter(|n| (n / 100) % 5 != 0 && (n / 300) % 2 == writer && *n != 2199)
             .collect()
     };
@@ -484,7 +494,7 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
             )
         })
         .collect();
-    let n: Vec<u64> = (0..2500).filter(|n| (n / 100) % 5 == 0).collect();
+    let n: Vec<u64> = (0..MANY).filter(|n| (n / 100) % 5 == 0).collect();
     assert_eq!(
         bare,
         n.iter()
@@ -495,7 +505,7 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
     );
     // Each record's agent is found by the filter (which passes over batches whose
     // summaries do not name it).
-    let a6 = (0..2500u64)
+    let a6 = (0..MANY)
         .filter(|n| (n / 100) % 5 != 0 && n % 7 == 6 && *n != 2199)
         .count();
     assert_eq!(records(&env, "j", &["--agent", "a6"]).len(), a6);
@@ -529,37 +539,48 @@ fn the_first_bad_line_of_many_is_the_one_reported() {
 }
 
 /// A refused line is reported once the lines before it are read, without waiting for
-/// more input or its end: the caller may keep the pipe open.
+/// more input or its end: the caller may keep the pipe open. Whether the bad line ends a
+/// chunk (handed to a parsing thread), is in the chunk being read, or fills one alone.
 #[test]
 fn a_bad_line_is_reported_while_the_input_stays_open() {
     let env = Env::new();
-    let mut child = env
-        .std_cmd()
-        .args(["events", "append", "--job", "j", "--repo", "api"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut input: String = many_lines().iter().map(|l| format!("{l}\n")).collect();
-    input.push_str("{\"event_type\":\n");
-    stdin.write_all(input.as_bytes()).unwrap();
-    stdin.flush().unwrap();
-    // The pipe stays open until the command has exited (or 60 s have passed).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let good: Vec<String> = many_lines().iter().map(|l| format!("{l}\n")).collect();
+    let bad = "{\"event_type\":\n".to_owned();
+    let long_bad = format!("{{\"event_type\":\"{}\n", "a".repeat(3 << 19));
+    let cases = [
+        (good[..2500].concat() + &bad, 2501),
+        (good[..1999].concat() + &bad, 2000),
+        (long_bad, 1),
+        // A bad line, then the start of the next one.
+        (good[..10].concat() + &bad + "{\"event_t", 11),
+    ];
+    for (input, number) in cases {
+        let mut child = env
+            .std_cmd()
+            .args(["events", "append", "--job", "j", "--repo", "api"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        // The pipe stays open until the command has exited (or 60 s have passed).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exited_while_open = child.try_wait().unwrap().is_some();
+        drop(stdin);
+        assert!(exited_while_open, "line {number}: it waited for more input");
+        let out = child.wait_with_output().unwrap();
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains(&format!("line {number}: invalid JSON")),
+            "{stderr}"
+        );
     }
-    let exited_while_open = child.try_wait().unwrap().is_some();
-    drop(stdin);
-    assert!(
-        exited_while_open,
-        "the command waited for the end of its input"
-    );
-    let out = child.wait_with_output().unwrap();
-    let stderr = assert_one_line_error(&out, 1);
-    assert!(stderr.contains("line 2501: invalid JSON"), "{stderr}");
 }
 
 #[test]
@@ -1252,6 +1273,10 @@ fn full_records_read_back_the_same_whichever_path_stored_them() {
         r#"{"id":"r1","timestamp":"2025-01-09T15:32:54+01:00","writer":"w","seq":1,"event":{"duration_ms":5,"event_type":"agent_completed","item_id":"i"},"metadata":{"agent_id":"m"}}"#,
         r#"{"id":"r2","timestamp":"2025-01-09T14:32:55Z","writer":"w","seq":2,"event":{"event_type":"odd","agent_id":5,"duration_ms":1.5}}"#,
         r#"{"v":2,"id":"r3","timestamp":"2025-01-09T14:32:56Z","writer":"w","seq":3,"event":{"event_type":"later"}}"#,
+        // In the stored form, stored as it is, and so read back: the agent in the
+        // metadata only. (With a null correlation id the envelope is written anew.)
+        r#"{"v":1,"id":"r4","timestamp":"2025-01-09T14:32:57.000001Z","writer":"w","seq":4,"event":{"event_type":"agent_progress","item_id":"i1"},"metadata":{"agent_id":"m2","host":"h"}}"#,
+        r#"{"v":1,"id":"r5","timestamp":"2025-01-09T14:32:58.000000Z","writer":"w","seq":5,"correlation_id":null,"event":{"event_type":"x"},"metadata":{}}"#,
     ];
     // The same records, each with a repeated key (which the typed read refuses), so the
     // general path stores them.
@@ -1270,7 +1295,8 @@ fn full_records_read_back_the_same_whichever_path_stored_them() {
     append("general", &general);
     let (a, b) = (records(&env, "fast", &[]), records(&env, "general", &[]));
     assert_eq!(a, b);
-    assert_eq!(a.len(), 4);
+    assert_eq!(a.len(), 6);
+    assert_eq!(a[4]["event"]["item_id"], "i1");
     assert_eq!(a[0]["timestamp"], "2025-01-09T14:32:53.346192Z");
     assert_eq!(a[1]["timestamp"], "2025-01-09T14:32:54.000000Z");
     assert!(a[0].get("unknown").is_none());
@@ -1293,7 +1319,7 @@ fn full_records_read_back_the_same_whichever_path_stored_them() {
         .unwrap()
     };
     assert_eq!(stats("fast"), stats("general"));
-    assert!(stats("fast")["by_agent"].to_string().contains('m'));
+    assert!(stats("fast")["by_agent"].to_string().contains("\"m2\""));
     // A repeat written another way (keys in another order) is the same record.
     let reordered = r#"{"writer":"w","seq":1,"id":"r1","event":{"item_id":"i","event_type":"agent_completed","duration_ms":5},"timestamp":"2025-01-09T14:32:54Z","metadata":{"agent_id":"m"}}"#;
     assert_eq!(

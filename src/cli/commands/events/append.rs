@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use crate::cli::commands::RepoArg;
 use crate::cli::{Ctx, Exit};
 use crate::events::record::{
-    RECORD_VERSION, RecordInfo, new_id, new_id_and_timestamp, normalize_timestamp, now_timestamp,
-    stored_timestamp, write_record_line,
+    RECORD_VERSION, RecordInfo, is_stored_timestamp, new_id, new_id_and_timestamp,
+    normalize_timestamp, stored_timestamp, write_record_line,
 };
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 use crate::lock::WriteGuard;
@@ -118,6 +118,67 @@ struct Full<'a> {
     /// Present (even as `null`) or not: `Option<&RawValue>` would read `null` as absent.
     #[serde(borrow, default, deserialize_with = "raw_present")]
     metadata: Option<&'a RawValue>,
+}
+
+/// A full record in the stored form, as `events show --json` prints it: `v` 1 first,
+/// every envelope field the stored form has (`metadata` too) and no other, the event and
+/// the metadata objects read by the typed views in the same pass. Its line is stored as
+/// it is: read once, not rewritten.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored<'a> {
+    v: u32,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    writer: std::borrow::Cow<'a, str>,
+    seq: u64,
+    /// A string when present (a `null` one, which the stored form leaves out, sends the
+    /// line down the path that writes the envelope).
+    #[serde(default, deserialize_with = "string")]
+    #[allow(dead_code)]
+    correlation_id: (),
+    #[serde(borrow, deserialize_with = "object")]
+    event: Summarised<'a>,
+    #[serde(borrow, deserialize_with = "object")]
+    metadata: MetadataView<'a>,
+}
+
+/// A JSON string, whatever it says.
+fn string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    d.deserialize_str(Text)
+}
+
+/// A `T` read from a JSON object only (serde also reads a struct from an array).
+fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Object<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Object(std::marker::PhantomData))
 }
 
 /// A record's metadata as the full-record path checks it: the fields [`Metadata`] types,
@@ -417,10 +478,11 @@ impl Builder<'_> {
             Some(Value::String(c)) => Some(c),
             _ => None,
         };
+        let (id, timestamp) = new_id_and_timestamp();
         let record = EventRecord {
             v: RECORD_VERSION,
-            id: new_id(),
-            timestamp: now_timestamp(),
+            id,
+            timestamp,
             writer: self.writer.clone(),
             seq: self.next_seq,
             correlation_id,
@@ -544,6 +606,11 @@ fn parse_line(text: &[u8], index: usize, number: usize, parsed: &mut Parsed) -> 
     // line, not string by string.
     let full_first = text.starts_with(b"{\"v\":");
     if let Ok(text) = std::str::from_utf8(text) {
+        if text.starts_with("{\"v\":1,\"id\":\"")
+            && let Some(item) = parse_stored(text, number, parsed)
+        {
+            return item;
+        }
         for full in [full_first, !full_first] {
             let item = if full {
                 parse_full(text, number, parsed)
@@ -627,6 +694,35 @@ fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
         timestamp: keep(&mut parsed.strings, &timestamp),
         writer: keep(&mut parsed.strings, &full.writer),
         seq: full.seq,
+        number,
+    })
+}
+
+/// A full record in the stored form ([`Stored`]) whose timestamp is in the stored form
+/// and whose event keeps its summarised fields' usual types: its line is stored as it is.
+/// Read back, the record is the one [`parse_full`] would store. `None` when it needs
+/// another path.
+fn parse_stored(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
+    let stored = serde_json::from_str::<Stored<'_>>(text).ok()?;
+    if stored.v != RECORD_VERSION || !is_stored_timestamp(&stored.timestamp) {
+        return None;
+    }
+    let mut summary = summary_of(&stored.event, &mut parsed.strings)?;
+    if summary.agent_id.is_none() {
+        summary.agent_id = stored
+            .metadata
+            .agent_id
+            .as_deref()
+            .map(|a| keep(&mut parsed.strings, a));
+    }
+    let start = parsed.out.len();
+    parsed.out.extend_from_slice(text.as_bytes());
+    Some(Item::Full {
+        line: start..parsed.out.len(),
+        summary,
+        timestamp: keep(&mut parsed.strings, &stored.timestamp),
+        writer: keep(&mut parsed.strings, &stored.writer),
+        seq: stored.seq,
         number,
     })
 }
@@ -809,6 +905,8 @@ fn read_input<'scope>(
         };
         number += 1;
         if !complete {
+            // Not kept: the line is not parsed.
+            chunk.text.truncate(start);
             unread = Some(anyhow!(
                 "line {number} is longer than {MAX_LINE} bytes; nothing was appended"
             ));
@@ -817,7 +915,10 @@ fn read_input<'scope>(
         chunk.keep_line(start, number);
         if chunk.is_full() {
             parsing.send(std::mem::take(&mut chunk), builder)?;
-        } else if file.is_none() && !chunk.lines.is_empty() && ctx.stdin_would_block() {
+        }
+        // Before waiting for more input, what was read is checked (a bad line reported).
+        let waiting = !chunk.lines.is_empty() || parsing.added < parsing.sent;
+        if file.is_none() && waiting && ctx.stdin_would_block() {
             parsing.here(std::mem::take(&mut chunk), builder)?;
         }
     }
