@@ -195,6 +195,12 @@ impl Ctx<'_> {
     /// writes durable and flush their output before they block, so a caller that waits
     /// for each answer never deadlocks.
     pub fn stdin_would_block(&self) -> bool {
+        self.stdin_waits(std::time::Duration::ZERO)
+    }
+
+    /// [`Self::stdin_would_block`], fd 0 given `timeout` to become ready: true when the
+    /// input has stalled for that long.
+    pub fn stdin_waits(&self, timeout: std::time::Duration) -> bool {
         if memchr::memchr(b'\n', self.stdin.buffer()).is_some() || !self.stdin_is_fd0 {
             return false;
         }
@@ -203,11 +209,11 @@ impl Ctx<'_> {
             &stdin,
             rustix::event::PollFlags::IN,
         )];
-        let zero = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
         };
-        !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        !matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
     }
 
     /// Reads a line of standard input, of at most [`MAX_INPUT_LINE`] bytes (a longer one

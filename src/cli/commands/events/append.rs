@@ -25,6 +25,9 @@ use crate::lock::WriteGuard;
 use crate::store::id::ObjectId;
 use crate::store::object::{ObjectBatch, ObjectError};
 
+/// How long standard input may have nothing ready before what was read is checked.
+const STALLED: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The longest line accepted (16 MiB), as every command reading lines.
 pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
 
@@ -917,8 +920,10 @@ fn read_input<'scope>(
             parsing.send(std::mem::take(&mut chunk), builder)?;
         }
         // Before waiting for more input, what was read is checked (a bad line reported).
+        // Only once standard input has stalled a while: a pipe that is empty for a moment
+        // (its writer slower than this reader) keeps the parsing threads busy.
         let waiting = !chunk.lines.is_empty() || parsing.added < parsing.sent;
-        if file.is_none() && waiting && ctx.stdin_would_block() {
+        if file.is_none() && waiting && ctx.stdin_waits(STALLED) {
             parsing.here(std::mem::take(&mut chunk), builder)?;
         }
     }
