@@ -538,6 +538,20 @@ fn the_first_bad_line_of_many_is_the_one_reported() {
     );
 }
 
+/// `events append --job j --repo api` started with piped streams, and its standard input.
+fn append_child(env: &Env) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = env
+        .std_cmd()
+        .args(["events", "append", "--job", "j", "--repo", "api"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
 /// A refused line is reported once the lines before it are read, without waiting for
 /// more input or its end: the caller may keep the pipe open. Whether the bad line ends a
 /// chunk (handed to a parsing thread), is in the chunk being read, or fills one alone.
@@ -555,15 +569,7 @@ fn a_bad_line_is_reported_while_the_input_stays_open() {
         (good[..10].concat() + &bad + "{\"event_t", 11),
     ];
     for (input, number) in cases {
-        let mut child = env
-            .std_cmd()
-            .args(["events", "append", "--job", "j", "--repo", "api"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
+        let (mut child, mut stdin) = append_child(&env);
         stdin.write_all(input.as_bytes()).unwrap();
         stdin.flush().unwrap();
         // The pipe stays open until the command has exited (or 60 s have passed).
@@ -586,15 +592,7 @@ fn a_bad_line_is_reported_while_the_input_stays_open() {
 #[test]
 fn a_huge_line_is_refused_without_being_read_whole() {
     let env = Env::new();
-    let mut child = env
-        .std_cmd()
-        .args(["events", "append", "--job", "j", "--repo", "api"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (child, mut stdin) = append_child(&env);
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(b"{\"event_type\":\"ok\"}\n{\"event_type\":\"x\",\"blob\":\"");
         let chunk = vec![b'a'; 1 << 20];
