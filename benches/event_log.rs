@@ -2,7 +2,8 @@
 //!
 //! 1. baseline: the same JSON Lines appended to one file, one `fdatasync` per 1,000 lines;
 //! 2. one `EventLogger`, 1,000,000 events, one durable batch per 1,000;
-//! 3. 8 writer processes at once, 125,000 events each, into one job;
+//! 3. 8 writer processes at once, 125,000 events each, into one job (timed from all of them
+//!    ready, their events built, to the last one exited);
 //! 4. `prodigy events stats` and `prodigy events show --json > /dev/null` on 1,000,000 events;
 //! 5. bytes on disk per event against the raw JSON Lines; peak memory of `events show`.
 //!
@@ -60,7 +61,13 @@ fn event(n: u64) -> MapReduceEvent {
     }
 }
 
-fn write_events(home: &Path, job: &str, count: u64, max_merge: usize) -> Duration {
+fn write_events(
+    home: &Path,
+    job: &str,
+    count: u64,
+    max_merge: usize,
+    before_clock: impl FnOnce(),
+) -> Duration {
     let home = Home::at(home).unwrap();
     let thresholds = Thresholds {
         max_events: 1000,
@@ -71,6 +78,7 @@ fn write_events(home: &Path, job: &str, count: u64, max_merge: usize) -> Duratio
     let logger = EventLogger::new(&home, "bench", job, thresholds).unwrap();
     // Built before the clock starts, as the baseline's lines are serialised before it.
     let events: Vec<MapReduceEvent> = (0..count).map(event).collect();
+    before_clock();
     let start = Instant::now();
     for event in events {
         logger.log(event).unwrap();
@@ -146,7 +154,11 @@ fn disk_bytes(dir: &Path) -> (u64, u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("--writer") {
+    // `--writer HOME JOB N [MAX_MERGE]`: one process's logger. `--writer-on-go`: the same,
+    // once its events are built it says `ready` and waits for a line on standard input
+    // (so that the processes' clock starts when all are ready to log).
+    let mode = args.get(1).map(String::as_str);
+    if mode == Some("--writer") || mode == Some("--writer-on-go") {
         let elapsed = write_events(
             Path::new(&args[2]),
             &args[3],
@@ -154,6 +166,14 @@ fn main() {
             // A fifth argument sets the group commit's limit (1: every batch its own).
             args.get(5)
                 .map_or(Thresholds::default().max_merge, |m| m.parse().unwrap()),
+            || {
+                if mode == Some("--writer-on-go") {
+                    println!("ready");
+                    std::io::stdout().flush().unwrap();
+                    let mut go = String::new();
+                    std::io::stdin().read_line(&mut go).unwrap();
+                }
+            },
         );
         println!("{}", elapsed.as_secs_f64());
         return;
@@ -181,9 +201,16 @@ fn main() {
         "warm-up",
         count / 10,
         Thresholds::default().max_merge,
+        || {},
     );
-    let strict = write_events(&home, "strict", count, 1);
-    let single = write_events(&home, "single", count, Thresholds::default().max_merge);
+    let strict = write_events(&home, "strict", count, 1, || {});
+    let single = write_events(
+        &home,
+        "single",
+        count,
+        Thresholds::default().max_merge,
+        || {},
+    );
     println!("| measurement | result |\n|---|---|");
     println!(
         "| baseline: JSON Lines + fdatasync per 1,000 | {:.0} events/s ({:.2} s) |",
@@ -238,7 +265,13 @@ fn main() {
         show_rss
     );
     let small = count / 10;
-    write_events(&home, "small", small, Thresholds::default().max_merge);
+    write_events(
+        &home,
+        "small",
+        small,
+        Thresholds::default().max_merge,
+        || {},
+    );
     let (_, small_rss) = time_cli(
         &home,
         &["events", "show", "--repo", "bench", "small", "--json"],
@@ -249,21 +282,36 @@ fn main() {
     );
 
     let per = count / writers;
-    let start = Instant::now();
-    let children: Vec<_> = (0..writers)
+    // The processes build their events first, as the baseline's lines are built before
+    // its clock; the clock runs from all of them ready to log until the last has exited.
+    let mut children: Vec<_> = (0..writers)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
                 .args([
-                    "--writer",
+                    "--writer-on-go",
                     home.to_str().unwrap(),
                     "concurrent",
                     &per.to_string(),
                 ])
+                .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    for c in &mut children {
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+    }
+    let start = Instant::now();
+    for c in &mut children {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
     for c in children {
         assert!(c.wait_with_output().unwrap().status.success());
     }
@@ -402,6 +450,7 @@ fn main() {
                 &format!("job-{j:04}"),
                 per_job,
                 Thresholds::default().max_merge,
+                || {},
             );
         }
         let filled = start.elapsed();
