@@ -101,7 +101,7 @@ impl<'a> Summarised<'a> {
     }
 }
 
-/// A full record as [`Builder::full`] reads it: the envelope typed, the event and the
+/// A full record as [`parse_full`] reads it: the envelope typed, the event and the
 /// metadata as the JSON they are.
 #[derive(serde::Deserialize)]
 struct Full<'a> {
@@ -131,9 +131,10 @@ struct Full<'a> {
 #[serde(deny_unknown_fields)]
 struct Stored<'a> {
     v: u32,
-    #[serde(borrow)]
+    /// A string, not looked at (the line keeps it).
+    #[serde(deserialize_with = "string")]
     #[allow(dead_code)]
-    id: std::borrow::Cow<'a, str>,
+    id: (),
     #[serde(borrow)]
     timestamp: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
@@ -240,6 +241,19 @@ impl Batches<'_> {
     /// Adds a stored line to the last batch, or a new one when that one is full or
     /// another writer's.
     fn add(&mut self, json: &[u8], info: &RecordInfo<'_>) -> Result<(), String> {
+        self.add_written(info, |line| {
+            line.extend_from_slice(json);
+            Ok(())
+        })
+    }
+
+    /// [`Self::add`] of the line `write` writes into the batch (see
+    /// [`Batch::push_written`]).
+    fn add_written(
+        &mut self,
+        info: &RecordInfo<'_>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+    ) -> Result<(), String> {
         let start_new = match self.list.last() {
             None => true,
             Some(b) => b.writer() != Some(info.writer) || b.len() >= self.size,
@@ -253,7 +267,7 @@ impl Batches<'_> {
             .last_mut()
             .and_then(Arc::get_mut)
             .ok_or("the batch being filled is shared")?;
-        batch.push_encoded(json, info).map_err(|e| e.to_string())
+        batch.push_written(info, write).map_err(|e| e.to_string())
     }
 
     /// Hands the last batch to the thread that stores it.
@@ -325,8 +339,6 @@ struct Builder<'g> {
     repeated: u64,
     /// `metadata` as JSON, written into every bare event's envelope.
     metadata_json: Vec<u8>,
-    /// The line being written.
-    line: Vec<u8>,
 }
 
 impl Builder<'_> {
@@ -388,9 +400,16 @@ impl Builder<'_> {
         &mut self.hot.1
     }
 
-    /// Adds a line parsed by [`parse_chunk`] to the batches.
-    fn add(&mut self, parsed: &Parsed, item: &Item) -> Result<(), String> {
-        let text = |at: &Range<usize>| &parsed.strings[at.clone()];
+    /// Adds input line `number`, `text`, as [`parse_chunk`] made `item` of it (in
+    /// `parsed`), to the batches.
+    fn add(
+        &mut self,
+        parsed: &Parsed,
+        item: &Item,
+        text: &[u8],
+        number: usize,
+    ) -> Result<(), String> {
+        let string = |at: &Range<usize>| &parsed.strings[at.clone()];
         match item {
             Item::Full {
                 line,
@@ -398,14 +417,13 @@ impl Builder<'_> {
                 timestamp,
                 writer,
                 seq,
-                number,
             } => {
                 let info = RecordInfo {
-                    timestamp: text(timestamp),
-                    event_type: text(&summary.event_type),
-                    agent_id: summary.agent_id.as_ref().map(text),
+                    timestamp: string(timestamp),
+                    event_type: string(&summary.event_type),
+                    agent_id: summary.agent_id.as_ref().map(string),
                     duration_ms: summary.duration_ms,
-                    writer: text(writer),
+                    writer: string(writer),
                     seq: *seq,
                     attachment: summary.attachment,
                 };
@@ -413,51 +431,52 @@ impl Builder<'_> {
                 if info.writer == self.writer {
                     self.batches.add(line, &info)
                 } else {
-                    self.add_full(line, &info, *number)
+                    self.add_full(line, &info, number)
                 }
             }
-            Item::Bare { index, summary } => {
+            Item::Bare(summary) => {
                 let (id, timestamp) = new_id_and_timestamp();
                 let seq = self.next_seq;
-                self.line.clear();
-                write_record_line(
-                    &mut self.line,
-                    &id,
-                    &timestamp,
-                    &self.writer,
-                    seq,
-                    None,
-                    |l| {
-                        l.extend_from_slice(parsed.chunk.line(*index));
-                        Ok(())
-                    },
-                    &self.metadata_json,
-                )
-                .map_err(|e| e.to_string())?;
                 let info = RecordInfo {
                     timestamp: &timestamp,
-                    event_type: text(&summary.event_type),
+                    event_type: string(&summary.event_type),
                     agent_id: summary
                         .agent_id
                         .as_ref()
-                        .map(text)
+                        .map(string)
                         .or(self.metadata.agent_id.as_deref()),
                     duration_ms: summary.duration_ms,
                     writer: &self.writer,
                     seq,
                     attachment: summary.attachment,
                 };
-                self.batches.add(&self.line, &info)?;
+                // Its envelope written straight into the batch, around the event as given.
+                let (writer, metadata_json) = (&self.writer, &self.metadata_json);
+                self.batches.add_written(&info, |line| {
+                    write_record_line(
+                        line,
+                        &id,
+                        &timestamp,
+                        writer,
+                        seq,
+                        None,
+                        |l| {
+                            l.extend_from_slice(text);
+                            Ok(())
+                        },
+                        metadata_json,
+                    )
+                })?;
                 self.next_seq += 1;
                 Ok(())
             }
-            Item::General { index, number } => {
-                let value: Value = serde_json::from_slice(parsed.chunk.line(*index))
-                    .map_err(|e| format!("invalid JSON: {e}"))?;
+            Item::General => {
+                let value: Value =
+                    serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
                 let record = self.line(value)?;
-                self.push(record, *number)
+                self.push(record, number)
             }
-            Item::Refused { reason, .. } => Err(reason.clone()),
+            Item::Refused(reason) => Err(reason.clone()),
         }
     }
 
@@ -512,10 +531,6 @@ impl Chunk {
     const LINES: usize = 1000;
     const BYTES: usize = 1 << 20;
 
-    fn line(&self, index: usize) -> &[u8] {
-        &self.text[self.lines[index].0.clone()]
-    }
-
     /// Keeps the line read into `text` from `start` (trimmed), or drops it when blank.
     fn keep_line(&mut self, start: usize, number: usize) {
         let line = &self.text[start..];
@@ -534,7 +549,7 @@ impl Chunk {
     }
 }
 
-/// What the parse of a chunk made of its lines, in their order.
+/// What the parse of a chunk made of its lines: `items[i]` of the chunk's line `i`.
 struct Parsed {
     chunk: Chunk,
     /// The full records' lines, as they are stored.
@@ -562,26 +577,14 @@ enum Item {
         timestamp: Range<usize>,
         writer: Range<usize>,
         seq: u64,
-        number: usize,
     },
-    /// A bare event that keeps all its fields: the chunk's line `index`, stored as written
-    /// in an envelope made when it is added (id, time and seq in input order).
-    Bare { index: usize, summary: Summary },
+    /// A bare event that keeps all its fields: the line is stored as written, in an
+    /// envelope made when it is added (id, time and seq in input order).
+    Bare(Summary),
     /// A line for the general path (which also refuses what is wrong).
-    General { index: usize, number: usize },
-    /// A line refused.
-    Refused { number: usize, reason: String },
-}
-
-impl Item {
-    fn number(&self, chunk: &Chunk) -> usize {
-        match self {
-            Item::Full { number, .. }
-            | Item::General { number, .. }
-            | Item::Refused { number, .. } => *number,
-            Item::Bare { index, .. } => chunk.lines[*index].1,
-        }
-    }
+    General,
+    /// A line refused, and why.
+    Refused(String),
 }
 
 /// Parses every line of `chunk` (what needs no state of the call: the reads, the checks,
@@ -593,15 +596,15 @@ fn parse_chunk(chunk: Chunk) -> Parsed {
         items: Vec::with_capacity(chunk.lines.len()),
         chunk: Chunk::default(),
     };
-    for (index, (at, number)) in chunk.lines.iter().enumerate() {
-        let item = parse_line(&chunk.text[at.clone()], index, *number, &mut parsed);
+    for (at, _) in &chunk.lines {
+        let item = parse_line(&chunk.text[at.clone()], &mut parsed);
         parsed.items.push(item);
     }
     parsed.chunk = chunk;
     parsed
 }
 
-fn parse_line(text: &[u8], index: usize, number: usize, parsed: &mut Parsed) -> Item {
+fn parse_line(text: &[u8], parsed: &mut Parsed) -> Item {
     // Most lines are bare events without metadata of their own, or full records as
     // `events show --json` prints them (`{"v":…`): either is stored as written, in an
     // envelope written by hand. The likelier fast path is tried first, so a line is read
@@ -610,22 +613,22 @@ fn parse_line(text: &[u8], index: usize, number: usize, parsed: &mut Parsed) -> 
     let full_first = text.starts_with(b"{\"v\":");
     if let Ok(text) = std::str::from_utf8(text) {
         if text.starts_with("{\"v\":1,\"id\":\"")
-            && let Some(item) = parse_stored(text, number, parsed)
+            && let Some(item) = parse_stored(text, parsed)
         {
             return item;
         }
         for full in [full_first, !full_first] {
             let item = if full {
-                parse_full(text, number, parsed)
+                parse_full(text, parsed)
             } else {
-                parse_bare(text, index, parsed)
+                parse_bare(text, parsed)
             };
             if let Some(item) = item {
                 return item;
             }
         }
     }
-    Item::General { index, number }
+    Item::General
 }
 
 /// Appends `s` to `strings`, returning where it is.
@@ -648,7 +651,7 @@ fn summary_of(event: &Summarised<'_>, strings: &mut String) -> Option<Summary> {
 /// summarised fields' usual types: the envelope is written by hand (its timestamp in the
 /// stored form), the event and the metadata stored as written. Read back, the record is
 /// the one the general path stores. `None` when it needs the general path.
-fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
+fn parse_full(text: &str, parsed: &mut Parsed) -> Option<Item> {
     let full = serde_json::from_str::<Full<'_>>(text).ok()?;
     if full.v != RECORD_VERSION {
         return None;
@@ -667,7 +670,7 @@ fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
     }
     let timestamp = match stored_timestamp(&full.timestamp) {
         Ok(t) => t,
-        Err(reason) => return Some(Item::Refused { number, reason }),
+        Err(reason) => return Some(Item::Refused(reason)),
     };
     let start = parsed.out.len();
     let written = write_record_line(
@@ -686,10 +689,7 @@ fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
     );
     if let Err(e) = written {
         parsed.out.truncate(start);
-        return Some(Item::Refused {
-            number,
-            reason: e.to_string(),
-        });
+        return Some(Item::Refused(e.to_string()));
     }
     Some(Item::Full {
         line: start..parsed.out.len(),
@@ -697,7 +697,6 @@ fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
         timestamp: keep(&mut parsed.strings, &timestamp),
         writer: keep(&mut parsed.strings, &full.writer),
         seq: full.seq,
-        number,
     })
 }
 
@@ -705,7 +704,7 @@ fn parse_full(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
 /// and whose event keeps its summarised fields' usual types: its line is stored as it is.
 /// Read back, the record is the one [`parse_full`] would store. `None` when it needs
 /// another path.
-fn parse_stored(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> {
+fn parse_stored(text: &str, parsed: &mut Parsed) -> Option<Item> {
     let stored = serde_json::from_str::<Stored<'_>>(text).ok()?;
     if stored.v != RECORD_VERSION || !is_stored_timestamp(&stored.timestamp) {
         return None;
@@ -726,20 +725,19 @@ fn parse_stored(text: &str, number: usize, parsed: &mut Parsed) -> Option<Item> 
         timestamp: keep(&mut parsed.strings, &stored.timestamp),
         writer: keep(&mut parsed.strings, &stored.writer),
         seq: stored.seq,
-        number,
     })
 }
 
 /// A bare event that keeps all its fields (no `metadata`, `correlation_id` or `event` of
 /// its own, every summarised field of the usual type): checked by a typed read, stored as
 /// written. `None` when it needs the general path.
-fn parse_bare(text: &str, index: usize, parsed: &mut Parsed) -> Option<Item> {
+fn parse_bare(text: &str, parsed: &mut Parsed) -> Option<Item> {
     let bare = Summarised::read(text)?;
     if bare.metadata || bare.correlation_id || bare.event {
         return None;
     }
     let summary = summary_of(&bare, &mut parsed.strings)?;
-    Some(Item::Bare { index, summary })
+    Some(Item::Bare(summary))
 }
 
 fn merge_metadata(metadata: &mut Metadata, extra: Map<String, Value>) {
@@ -826,7 +824,6 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             hot: (String::new(), Seen::default()),
             repeated: 0,
             metadata_json,
-            line: Vec::with_capacity(1024),
         };
         // The last batch is stored by the append itself, on this thread: an append of one
         // batch (most calls) writes nothing on the other.
@@ -863,9 +860,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
 
 /// Reads every line of the input (FILE or standard input) into `builder`; the first line
 /// refused is the error. This thread reads the lines a chunk at a time; full chunks are
-/// parsed by parsing threads (one per core, started with the second chunk), each chunk's
-/// lines then added here in input order. A last chunk, or one the input stops short of
-/// (standard input with nothing ready), is parsed here once the others are added, so a
+/// parsed by parsing threads (one per core, started with the first full chunk), each
+/// chunk's lines then added here in input order. The last chunk, and what was read when
+/// standard input stalls ([`STALLED`]), are parsed here once the others are added, so a
 /// refused line is reported without waiting for more input.
 fn read_input<'scope>(
     args: &Args,
@@ -996,11 +993,12 @@ impl<'scope> Parsing<'scope, '_> {
 
 /// Adds a parsed chunk's lines to the batches; the first line refused is the error.
 fn add_parsed(parsed: &Parsed, builder: &mut Builder<'_>) -> anyhow::Result<()> {
-    for item in &parsed.items {
-        builder.add(parsed, item).map_err(|reason| {
-            let number = item.number(&parsed.chunk);
-            anyhow!("line {number}: {reason}; nothing was appended")
-        })?;
+    let lines = &parsed.chunk.lines;
+    for (item, (at, number)) in parsed.items.iter().zip(lines) {
+        let text = &parsed.chunk.text[at.clone()];
+        builder
+            .add(parsed, item, text, *number)
+            .map_err(|reason| anyhow!("line {number}: {reason}; nothing was appended"))?;
     }
     Ok(())
 }
