@@ -955,20 +955,14 @@ impl Chain {
         if batches.is_empty() {
             return Ok(old);
         }
-        self.chain_nodes(old, batches, batch_ids).map(Some)
-    }
-
-    fn chain_nodes(
-        &self,
-        old: Option<ObjectId>,
-        batches: &[&Batch],
-        batch_ids: &[ObjectId],
-    ) -> Result<ObjectId, EventError> {
         self.chain_known(old, batches, batch_ids, &mut Known::default(), None)
+            .map(Some)
     }
 
-    /// [`Self::chain_nodes`] with what an idempotent append learnt: the highest seq of
-    /// each writer it checked, and the chain's writers when it walked the chain whole.
+    /// One node per stored batch chained onto `old`, with what an idempotent append
+    /// learnt (`known`: the highest seq of each writer it checked, and the chain's
+    /// writers when it walked the chain whole); nodes and the objects of `group` made
+    /// durable. The new head.
     fn chain_known(
         &self,
         old: Option<ObjectId>,

@@ -599,13 +599,14 @@ pub const EVENT_TYPES: [&str; 31] = [
 /// The current time as a record timestamp: RFC 3339, UTC, exactly six fractional digits,
 /// so that timestamps compare correctly as strings.
 pub fn now_timestamp() -> String {
-    thread_local! {
-        /// The second last formatted, and its text up to the fraction.
-        static SECOND: std::cell::RefCell<(i64, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new())) };
-    }
     let now = jiff::Timestamp::now();
     SECOND.with_borrow_mut(|second| timestamp_from(now, second))
+}
+
+thread_local! {
+    /// The second a thread last formatted, and its text up to the fraction.
+    static SECOND: std::cell::RefCell<(i64, String)> =
+        const { std::cell::RefCell::new((i64::MIN, String::new())) };
 }
 
 /// `ts` as [`format_timestamp`] writes it, jiff formatting only the second (once per
@@ -652,7 +653,7 @@ pub fn is_stored_timestamp(text: &str) -> bool {
 /// (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, a real date and time of the years 1000 to 9998), as
 /// every record this tool writes has it: checked by hand, without a parse and a format.
 pub fn stored_timestamp(text: &str) -> Result<std::borrow::Cow<'_, str>, String> {
-    if is_stored_form(text.as_bytes()) {
+    if is_stored_timestamp(text) {
         Ok(std::borrow::Cow::Borrowed(text))
     } else {
         normalize_timestamp(text).map(std::borrow::Cow::Owned)
@@ -711,8 +712,6 @@ fn id_text(id: uuid::Uuid) -> String {
 pub fn new_id_and_timestamp() -> (String, String) {
     thread_local! {
         static CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
-        static SECOND: std::cell::RefCell<(i64, String)> =
-            const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
     let now = jiff::Timestamp::now();
     CONTEXT
