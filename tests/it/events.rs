@@ -1328,6 +1328,14 @@ fn full_records_read_back_the_same_whichever_path_stored_them() {
         append("twice", &[fast[1].clone(), reordered.to_owned()])
             .starts_with("appended 1 event to events/api/twice; skipped 1 record")
     );
+    // A record in the stored form is kept as it is, read once (the path that writes the
+    // envelope would put `timestamp` before `writer`).
+    let kept = r#"{"v":1,"id":"k0","writer":"k","timestamp":"2025-01-09T14:32:59.000000Z","seq":0,"event":{"event_type":"x"},"metadata":{}}"#;
+    append("kept", &[kept.to_owned()]);
+    assert_eq!(
+        env.ok(&["events", "show", "kept", "--repo", "api", "--json"], b""),
+        format!("{kept}\n")
+    );
     // An export appended to another job is stored as it was, byte for byte.
     let export = env.ok(&["events", "show", "fast", "--repo", "api", "--json"], b"");
     env.ok(
