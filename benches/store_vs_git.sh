@@ -61,8 +61,11 @@ done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 stat_of() { awk -v l="$1" -v c="$2" '$1==l {print $c}' "$WORK/results" | median; }
-bytes() { find "$1" -type f -path '*/objects/??/*' -printf '%s\n' | awk -v n="$N" '{s+=$1} END {printf "%.0f", s/n}'; }
-blocks() { find "$1" -type f -path '*/objects/??/*' -printf '%b\n' | awk -v n="$N" '{s+=$1*512} END {printf "%.0f", s/n}'; }
+# Loose objects and packs (with their indexes): prodigy writes the objects of one call as
+# a pack when there are at least 100 of them, as git keeps a fetched pack that large.
+stored() { find "$1" -type f \( -path '*/objects/??/*' -o -path '*/objects/pack/pack-*' \) -printf "$2\n"; }
+bytes() { stored "$1" '%s' | awk -v n="$N" '{s+=$1} END {printf "%.0f", s/n}'; }
+blocks() { stored "$1" '%b' | awk -v n="$N" '{s+=$1*512} END {printf "%.0f", s/n}'; }
 
 echo "| operation | seconds (median of $RUNS) | objects/s | peak RSS KiB |"
 echo "|---|---|---|---|"

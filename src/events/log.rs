@@ -982,9 +982,11 @@ impl Chain {
             writers = known.writers.take();
         }
         let mut parent = old;
-        // Many nodes share one durability barrier (with the objects of `group`, if given);
-        // one node alone is written and synced alone.
-        let mut group = group.or_else(|| (batches.len() > 1).then(|| self.objects().batch()));
+        // Many nodes share one durability barrier (with the objects of `group`, if given),
+        // or one pack when there are enough of them; one node alone is written and synced
+        // alone.
+        let mut group =
+            group.or_else(|| (batches.len() > 1).then(|| self.objects().batch().packed()));
         for (batch, batch_id) in batches.iter().zip(batch_ids) {
             // A node never names a missing object: what a record attaches is stored first.
             for id in &batch.attached {

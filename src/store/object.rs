@@ -25,7 +25,7 @@ use crate::fsutil::{self, FsError, IoContext, TempPath};
 use crate::home::Home;
 use crate::store::dict::Dictionary;
 pub use crate::store::id::{IdError, ObjectId, ObjectType};
-use crate::store::pack::Pack;
+use crate::store::pack::{self, Pack};
 use crate::store::s3::{Remote, RemoteError};
 
 /// The largest payload an object may have (1 GiB). A frame declaring more is refused before
@@ -858,6 +858,9 @@ impl ObjectStore {
             seen: HashSet::new(),
             dirs_ready: [false; 256],
             tmp_ready: [false; 256],
+            frames: Vec::new(),
+            frame_bytes: 0,
+            packing: false,
         }
     }
 
@@ -871,6 +874,9 @@ impl ObjectStore {
             seen: HashSet::new(),
             dirs_ready: [false; 256],
             tmp_ready: [false; 256],
+            frames: Vec::new(),
+            frame_bytes: 0,
+            packing: false,
         }
     }
 
@@ -1030,7 +1036,10 @@ pub fn is_fanout_name(name: &str) -> bool {
 /// `core.fsyncMethod=batch`: each object goes to a temp file without fsync; [`commit`]
 /// flushes the file system once, renames every temp file into place, and flushes once
 /// more. Until `commit` returns, none of the objects may be acknowledged. Dropping an
-/// uncommitted batch removes its temp files.
+/// uncommitted batch removes its temp files. A group made [`packed`] keeps its frames in
+/// memory instead and writes them as one pack when there are enough of them.
+///
+/// [`packed`]: ObjectBatch::packed
 ///
 /// [`commit`]: ObjectBatch::commit
 pub struct ObjectBatch<'a> {
@@ -1041,9 +1050,31 @@ pub struct ObjectBatch<'a> {
     seen: HashSet<ObjectId>,
     dirs_ready: [bool; 256],
     tmp_ready: [bool; 256],
+    /// The frames of a group that may become a pack (see [`ObjectBatch::packed`]).
+    frames: Vec<(ObjectId, Vec<u8>)>,
+    frame_bytes: usize,
+    packing: bool,
 }
 
+/// The fewest objects a packing group writes as a pack (fewer are written loose), as
+/// git keeps a fetched pack of at least `fetch.unpackLimit` (100) objects.
+pub const PACK_MIN_OBJECTS: usize = 100;
+
+/// The most bytes of frames a packing group keeps in memory; past it the group writes
+/// loose objects, the frames it kept first.
+const PACK_MAX_BYTES: usize = 256 << 20;
+
 impl ObjectBatch<'_> {
+    /// Makes this group write its objects as one pack at commit — one file and its index
+    /// instead of a file per object — when there are at least [`PACK_MIN_OBJECTS`] of
+    /// them (for a local store; a bucket holds objects one by one). Their frames wait in
+    /// memory until then, up to `PACK_MAX_BYTES`, past which the group writes loose
+    /// objects as a plain one does.
+    pub fn packed(mut self) -> Self {
+        self.packing = true;
+        self
+    }
+
     /// Adds an object; returns its id (valid only once [`Self::commit`] has returned).
     pub fn add(&mut self, kind: ObjectType, payload: &[u8]) -> Result<ObjectId, ObjectError> {
         self.add_hashed(ObjectId::hash(kind, payload), kind, payload)
@@ -1071,24 +1102,47 @@ impl ObjectBatch<'_> {
         if self.seen.contains(&id) || self.store.stored_locally(&id, false)? {
             return Ok(id);
         }
+        let frame = compress(&id, kind, payload)?;
+        self.seen.insert(id);
+        if self.packing && self.frame_bytes + frame.len() <= PACK_MAX_BYTES {
+            self.frame_bytes += frame.len();
+            self.frames.push((id, frame));
+            return Ok(id);
+        }
+        self.write_loose_frames()?;
+        self.write_temp(id, &frame)?;
+        Ok(id)
+    }
+
+    /// Writes `frame` to a temp file, renamed into place at commit.
+    fn write_temp(&mut self, id: ObjectId, frame: &[u8]) -> Result<(), ObjectError> {
         let slot = usize::from(id.as_bytes()[0]);
         let tmp = self.store.tmp_dir_for(&id);
         if !self.tmp_ready[slot] {
             fsutil::ensure_dir(&self.store.home, &tmp)?;
             self.tmp_ready[slot] = true;
         }
-        let frame = compress(&id, kind, payload)?;
         let temp = fsutil::write_temp_in(
             &self.store.home,
             &tmp,
             "obj-",
-            &frame,
+            frame,
             0o444,
             !fsutil::BATCH_BARRIER_IS_FILESYSTEM_WIDE,
         )?;
         self.pending.push((temp, self.store.path(&id)));
-        self.seen.insert(id);
-        Ok(id)
+        Ok(())
+    }
+
+    /// Writes the frames kept for a pack as loose objects (temp files) after all: from
+    /// now on the group writes every object loose.
+    fn write_loose_frames(&mut self) -> Result<(), ObjectError> {
+        self.packing = false;
+        self.frame_bytes = 0;
+        for (id, frame) in std::mem::take(&mut self.frames) {
+            self.write_temp(id, &frame)?;
+        }
+        Ok(())
     }
 
     /// Takes over the objects of `other` (of the same store), to share this group's
@@ -1097,11 +1151,13 @@ impl ObjectBatch<'_> {
         self.pending.append(&mut other.pending);
         self.uploads.append(&mut other.uploads);
         self.seen.extend(other.seen.drain());
+        self.frame_bytes += other.frame_bytes;
+        self.frames.append(&mut other.frames);
     }
 
     /// Number of objects that this batch will write.
     pub fn len(&self) -> usize {
-        self.pending.len() + self.uploads.len()
+        self.pending.len() + self.uploads.len() + self.frames.len()
     }
 
     /// True when the batch will write nothing.
@@ -1125,6 +1181,22 @@ impl ObjectBatch<'_> {
             }
             return Ok(());
         }
+        if self.frames.len() >= PACK_MIN_OBJECTS && self.pending.is_empty() {
+            let mut frames = std::mem::take(&mut self.frames);
+            frames.sort_unstable_by_key(|(id, _)| *id);
+            frames.dedup_by_key(|(id, _)| *id);
+            tracing::debug!(objects = frames.len(), "object batch: one pack");
+            // Durable once this returns: the pack fsynced and renamed, then its index.
+            pack::write(
+                &self.store.pack_dir(),
+                &self.store.pack_tmp_dir(),
+                None,
+                frames,
+            )?;
+            self.store.packs(true);
+            return Ok(());
+        }
+        self.write_loose_frames()?;
         if self.pending.is_empty() {
             return Ok(());
         }

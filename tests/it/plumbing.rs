@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::common::{Env, assert_one_line_error, blob, snapshot};
+use crate::common::{Env, assert_one_line_error, blob, packs, snapshot};
 
 #[test]
 fn hash_object_writes_one_frame_of_the_canonical_bytes() {
@@ -82,6 +82,50 @@ fn stdin_paths_and_files_print_ids_in_order() {
     assert_one_line_error(&out, 1);
     let out = env.run(&["hash-object"], b"");
     assert_one_line_error(&out, 2);
+}
+
+#[test]
+fn many_objects_of_one_call_are_written_as_one_pack() {
+    use prodigy::store::object::PACK_MIN_OBJECTS;
+    let env = Env::new();
+    let dir = env.scratch();
+    let write = |numbers: std::ops::Range<usize>| -> Vec<String> {
+        let mut paths = String::new();
+        for n in numbers {
+            let p = dir.join(format!("o{n}"));
+            fs::write(&p, format!("object {n}")).unwrap();
+            paths.push_str(&format!("{}\n", p.display()));
+        }
+        let out = env.ok(&["hash-object", "-w", "--stdin-paths"], paths.as_bytes());
+        out.lines().map(str::to_owned).collect()
+    };
+    let loose = |id: &str| env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    // Fewer than a pack's minimum: loose objects.
+    let few = PACK_MIN_OBJECTS - 1;
+    let first = write(0..few);
+    assert!(first.iter().all(|id| loose(id).is_file()));
+    assert!(packs(&env).is_empty());
+    // Then as many again and more: the new ones, and only they, go into one pack.
+    let all = write(0..few + PACK_MIN_OBJECTS);
+    assert_eq!(all[..few], first[..]);
+    let packs = packs(&env);
+    assert_eq!(packs.len(), 1);
+    assert_eq!(packs[0].len(), PACK_MIN_OBJECTS as u64);
+    assert!(all[few..].iter().all(|id| !loose(id).exists()));
+    assert!(env.store().objects().temp_files().unwrap().is_empty());
+    for (n, id) in all.iter().enumerate() {
+        assert_eq!(
+            env.ok(&["cat-object", "-p", id], b""),
+            format!("object {n}")
+        );
+    }
+    let fsck = env.run(&["fsck"], b"");
+    let said = String::from_utf8_lossy(&fsck.stderr);
+    assert!(fsck.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("checked {} objects", all.len())) && said.contains(" 0 errors"),
+        "{said}"
+    );
 }
 
 #[test]

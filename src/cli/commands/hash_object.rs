@@ -15,7 +15,7 @@ const MAX_BATCH: usize = 65_536;
 ///
 /// With -w the objects are also stored, durably before the first id is printed: when many
 /// objects are written in one call (several FILEs, or --stdin-paths), one durability
-/// barrier covers them all. With --stdin-paths and --batch ids are printed whenever
+/// barrier covers them all, and 100 or more new ones are written as one pack. With --stdin-paths and --batch ids are printed whenever
 /// standard input has nothing more ready, so a caller may wait for each answer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -99,7 +99,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         return Ok(Exit::Success);
     }
     let new_writer = || Writer {
-        batch: args.write.then(|| store.batch()),
+        batch: args.write.then(|| store.batch().packed()),
         ids: Vec::new(),
     };
     let mut writer = new_writer();

@@ -802,7 +802,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(4);
     let (repeated, done) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let storing = scope.spawn(move || -> Result<ObjectBatch<'_>, ObjectError> {
-            let mut group = objects.batch();
+            // One pack for a call of many batches, not a file each.
+            let mut group = objects.batch().packed();
             for batch in to_store {
                 batch.store_in(&mut group)?;
             }
