@@ -625,8 +625,9 @@ impl Chain {
         if batches.len() == 1 {
             staged.push((batches[0], self.write_batch(batches[0])?));
         } else {
-            // Many batch objects share one durability barrier, with their nodes.
-            let mut group = self.objects().batch();
+            // Many batch objects share one durability barrier (or one pack), with their
+            // nodes.
+            let mut group = self.objects().batch().packed();
             for batch in batches {
                 staged.push((batch, batch.store_in(&mut group)?));
             }
@@ -649,7 +650,7 @@ impl Chain {
     ) -> Result<Appended, EventError> {
         let _gc = self.refs.write_guard()?;
         let batches = non_empty(batches);
-        let mut group = self.objects().batch();
+        let mut group = self.objects().batch().packed();
         let mut staged = Vec::with_capacity(batches.len());
         for batch in &batches {
             staged.push(batch.store_in(&mut group)?);

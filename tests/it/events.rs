@@ -432,6 +432,67 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
     assert_eq!(files_under(&env.home().join("objects")).len(), 8);
 }
 
+#[test]
+fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
+    use prodigy::store::object::PACK_MIN_OBJECTS;
+    let env = Env::new();
+    // As many batches of 2 as a pack needs, and one more.
+    let count = 2 * (PACK_MIN_OBJECTS + 1);
+    let input: String = (0..count)
+        .map(|n| format!("{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"))
+        .collect();
+    let append = &[
+        "events",
+        "append",
+        "--job",
+        "j",
+        "--repo",
+        "api",
+        "--batch-size",
+        "2",
+    ];
+    env.ok(append, input.as_bytes());
+    // The batches stored while lines were read make one pack; the last one, stored by
+    // the append itself once the input ended, is loose; the nodes make the other pack.
+    let packs = crate::common::packs(&env);
+    let mut sizes: Vec<u64> = packs.iter().map(|p| p.len()).collect();
+    sizes.sort();
+    let batches = (PACK_MIN_OBJECTS + 1) as u64;
+    assert_eq!(
+        sizes,
+        vec![batches - 1, batches],
+        "a pack of batches, one of nodes"
+    );
+    let loose: Vec<_> = files_under(&env.home().join("objects"))
+        .into_iter()
+        .filter(|p| !p.starts_with(env.home().join("objects/pack")))
+        .collect();
+    assert_eq!(loose.len(), 1, "{loose:?}");
+    let items = |env: &Env| -> Vec<String> {
+        records(env, "j", &[])
+            .iter()
+            .map(|r| r["event"]["item_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want: Vec<String> = (0..count).map(|n| format!("i{n}")).collect();
+    assert_eq!(items(&env), want);
+    let fsck = env.run(&["fsck"], b"");
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // gc keeps every reachable object of the packs; the log reads the same after it.
+    env.ok(&["gc", "--prune", "now"], b"");
+    assert_eq!(items(&env), want);
+    // A small append after it is loose, and read with the rest.
+    env.ok(
+        append,
+        b"{\"event_type\":\"agent_started\",\"item_id\":\"last\"}\n",
+    );
+    assert_eq!(items(&env).len(), count + 1);
+}
+
 /// 12,000 lines, parsed in chunks of 1,000 on several threads (each thread gets several
 /// chunks): blocks of 100 bare events (whose `n` is their line's index) between full
 /// records of two writers taking turns every 300 lines (whose `seq` is), and at line
