@@ -1,9 +1,10 @@
 //! The event log's speed beside its floor, in one run (`cargo bench --bench event_log`).
 //!
-//! 1. baseline: the same JSON Lines appended to one file, one `fdatasync` per 1,000 lines;
-//! 2. one `EventLogger`, 1,000,000 events, one durable batch per 1,000;
+//! 1. baseline: the same JSON Lines appended to one file, one `fdatasync` per 1,000 lines,
+//!    timed before each run of every timed row, the ratios to the median of all its runs;
+//! 2. one `EventLogger`, 1,000,000 events, one durable batch per 1,000 (median of 3);
 //! 3. 8 writer processes at once, 125,000 events each, into one job (timed from all of them
-//!    ready, their events built, to the last one exited);
+//!    ready, their events built, to the last one exited; median of 3);
 //! 4. `prodigy events stats` and `prodigy events show --json > /dev/null` on 1,000,000 events;
 //! 5. bytes on disk per event against the raw JSON Lines; peak memory of `events show`.
 //!
@@ -23,6 +24,9 @@ use prodigy::Home;
 use prodigy::events::record::{EventRecord, Metadata, RECORD_VERSION, new_id, now_timestamp};
 use prodigy::events::{EventLogger, MapReduceEvent, Thresholds};
 use support::{env_number, scratch_dir, time_cli};
+
+/// Runs of each timed row (and of the baseline beside each).
+const RUNS: usize = 3;
 
 fn event(n: u64) -> MapReduceEvent {
     let item_id = format!("item-{n:07}");
@@ -183,8 +187,24 @@ fn main() {
     let dir = scratch_dir("prodigy-events-bench");
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
 
+    // The baseline is timed beside each timed row (before each of its runs), and every
+    // ratio is to the median of all its runs: one run of it alone moved the ratios with
+    // the disk's mood of the moment. Each run writes a file of its own (the first is the
+    // full records' input below); none is removed before the end, as ext4 without a
+    // journal slows every new file after a deletion.
     let raw = dir.path().join("baseline.jsonl");
-    let (base_time, raw_bytes) = baseline(&raw, count);
+    let mut base_times = Vec::new();
+    let base_run = |base_times: &mut Vec<Duration>| -> u64 {
+        let path = if base_times.is_empty() {
+            raw.clone()
+        } else {
+            dir.path()
+                .join(format!("baseline-{}.jsonl", base_times.len()))
+        };
+        let (time, bytes) = baseline(&path, count);
+        base_times.push(time);
+        bytes
+    };
     let home = dir.path().join("home");
     let batches = |job: &str| {
         let refs = prodigy::RefStore::new(&Home::at(&home).unwrap(), Default::default());
@@ -203,7 +223,20 @@ fn main() {
         Thresholds::default().max_merge,
         || {},
     );
-    let strict = write_events(&home, "strict", count, 1, || {});
+    let mut raw_bytes = 0;
+    let strict = support::median(
+        (0..RUNS)
+            .map(|run| {
+                raw_bytes = base_run(&mut base_times);
+                let job = if run == 0 {
+                    "strict".into()
+                } else {
+                    format!("strict-{run}")
+                };
+                write_events(&home, &job, count, 1, || {})
+            })
+            .collect(),
+    );
     let single = write_events(
         &home,
         "single",
@@ -213,16 +246,15 @@ fn main() {
     );
     println!("| measurement | result |\n|---|---|");
     println!(
-        "| baseline: JSON Lines + fdatasync per 1,000 | {:.0} events/s ({:.2} s) |",
-        rate(count, base_time),
-        base_time.as_secs_f64()
+        "| baseline: JSON Lines + fdatasync per 1,000 (the first {RUNS} runs) | {:.0} events/s ({:.2} s) |",
+        rate(count, support::median(base_times.clone())),
+        support::median(base_times.clone()).as_secs_f64()
     );
     println!(
-        "| one EventLogger, every 1,000 events its own durable batch | {:.0} events/s ({:.2} s, {} batches), {:.2}x the baseline's time |",
+        "| one EventLogger, every 1,000 events its own durable batch (median of {RUNS}) | {:.0} events/s ({:.2} s, {} batches) |",
         rate(count, strict),
         strict.as_secs_f64(),
         batches("strict"),
-        strict.as_secs_f64() / base_time.as_secs_f64()
     );
     println!(
         "| one EventLogger, default (backlog merged, up to 4,000 per batch) | {:.0} events/s ({:.2} s, {} batches) |",
@@ -230,9 +262,9 @@ fn main() {
         single.as_secs_f64(),
         batches("single"),
     );
-    // The three jobs hold the same kind of events: 2.1 × count of them.
+    // The jobs hold the same kind of events: (RUNS + 1.1) × count of them.
     let (size, blocks) = disk_bytes(&home.join("objects"));
-    let stored = 2 * count + count / 10;
+    let stored = (RUNS as u64 + 1) * count + count / 10;
     println!(
         "| bytes on disk per event | {:.1} (file sizes; {:.1} in blocks) vs {:.1} raw JSONL: {:.3} of raw |",
         size as f64 / stored as f64,
@@ -284,48 +316,60 @@ fn main() {
     let per = count / writers;
     // The processes build their events first, as the baseline's lines are built before
     // its clock; the clock runs from all of them ready to log until the last has exited.
-    let mut children: Vec<_> = (0..writers)
-        .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--writer-on-go",
-                    home.to_str().unwrap(),
-                    "concurrent",
-                    &per.to_string(),
-                ])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in &mut children {
-        let mut ready = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
-            &mut ready,
+    let concurrent = |job: &str| -> Duration {
+        let mut children: Vec<_> = (0..writers)
+            .map(|_| {
+                Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--writer-on-go",
+                        home.to_str().unwrap(),
+                        job,
+                        &per.to_string(),
+                    ])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in &mut children {
+            let mut ready = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(c.stdout.as_mut().unwrap()),
+                &mut ready,
+            )
+            .unwrap();
+            assert_eq!(ready, "ready\n");
+        }
+        let start = Instant::now();
+        for c in &mut children {
+            c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        for c in children {
+            assert!(c.wait_with_output().unwrap().status.success());
+        }
+        let wall = start.elapsed();
+        let log = prodigy::events::EventLog::new(
+            prodigy::RefStore::new(&Home::at(&home).unwrap(), Default::default()),
+            "bench",
+            job,
         )
         .unwrap();
-        assert_eq!(ready, "ready\n");
-    }
-    let start = Instant::now();
-    for c in &mut children {
-        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    }
-    for c in children {
-        assert!(c.wait_with_output().unwrap().status.success());
-    }
-    let wall = start.elapsed();
-    let log = prodigy::events::EventLog::new(
-        prodigy::RefStore::new(&Home::at(&home).unwrap(), Default::default()),
-        "bench",
-        "concurrent",
-    )
-    .unwrap();
-    let total = log.totals().unwrap().unwrap().total.count;
-    assert_eq!(total, per * writers, "events lost");
+        let total = log.totals().unwrap().unwrap().total.count;
+        assert_eq!(total, per * writers, "events lost");
+        wall
+    };
+    let wall = support::median(
+        (0..RUNS)
+            .map(|run| {
+                base_run(&mut base_times);
+                concurrent(&format!("concurrent-{run}"))
+            })
+            .collect(),
+    );
+    let total = per * writers;
     println!(
-        "| {writers} writer processes, {per} events each, one job | {:.0} events/s aggregate ({:.2} s), {total} of {} present |",
+        "| {writers} writer processes, {per} events each, one job (median of {RUNS}) | {:.0} events/s aggregate ({:.2} s), {total} of {} present |",
         rate(per * writers, wall),
         wall.as_secs_f64(),
         per * writers
@@ -334,9 +378,10 @@ fn main() {
     let exe = env!("CARGO_BIN_EXE_prodigy");
     // Each run appends lines of its own, so that no run finds its batch objects stored
     // by the one before (full records: new writers and ids; bare events get them).
-    let pipe = |job: &str, inputs: &[&Path]| {
+    let pipe = |base_times: &mut Vec<Duration>, job: &str, inputs: &[&Path]| {
         let mut times = Vec::new();
         for (run, input) in inputs.iter().enumerate() {
+            base_run(base_times);
             let script = format!(
                 "cat '{}' | '{exe}' events append --repo bench --job {job}-{run} > /dev/null",
                 input.display()
@@ -363,7 +408,11 @@ fn main() {
             path
         })
         .collect();
-    let full = pipe("pipe-full", &[&raw, &others[0], &others[1]]);
+    let full = pipe(
+        &mut base_times,
+        "pipe-full",
+        &[&raw, &others[0], &others[1]],
+    );
     let bare_path = dir.path().join("bare.jsonl");
     {
         let mut bare = std::io::BufWriter::new(std::fs::File::create(&bare_path).unwrap());
@@ -372,15 +421,27 @@ fn main() {
             bare.write_all(b"\n").unwrap();
         }
     }
-    let bare = pipe("pipe-bare", &[&bare_path, &bare_path, &bare_path]);
+    let bare = pipe(
+        &mut base_times,
+        "pipe-bare",
+        &[&bare_path, &bare_path, &bare_path],
+    );
+    let base_time = support::median(base_times.clone());
+    println!(
+        "| the baseline, every run (median of {}, before each timed run above) | {:.2} s (fastest {:.2} s, slowest {:.2} s) |",
+        base_times.len(),
+        base_time.as_secs_f64(),
+        base_times.iter().min().unwrap().as_secs_f64(),
+        base_times.iter().max().unwrap().as_secs_f64(),
+    );
     let ratio = |d: Duration| d.as_secs_f64() / base_time.as_secs_f64();
     println!(
-        "| `prodigy events append` from a pipe, the baseline's full records (median of 3) | {:.2} s: {:.2}x the baseline |",
+        "| `prodigy events append` from a pipe, the baseline's full records (median of {RUNS}) | {:.2} s: {:.2}x the baseline |",
         full.as_secs_f64(),
         ratio(full)
     );
     println!(
-        "| `prodigy events append` from a pipe, bare events (median of 3) | {:.2} s: {:.2}x the baseline |",
+        "| `prodigy events append` from a pipe, bare events (median of {RUNS}) | {:.2} s: {:.2}x the baseline |",
         bare.as_secs_f64(),
         ratio(bare)
     );

@@ -382,6 +382,18 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// `events append` to job `j` of repo `api`, two records a batch.
+const APPEND_IN_TWOS: &[&str] = &[
+    "events",
+    "append",
+    "--job",
+    "j",
+    "--repo",
+    "api",
+    "--batch-size",
+    "2",
+];
+
 #[test]
 fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
     // Sealed batches are compressed and written while later lines are read; a line
@@ -394,21 +406,7 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
         ));
     }
     input.push_str("{\"event_type\":\"agent_started\"\n");
-    let append = |input: &str| {
-        env.run(
-            &[
-                "events",
-                "append",
-                "--job",
-                "j",
-                "--repo",
-                "api",
-                "--batch-size",
-                "2",
-            ],
-            input.as_bytes(),
-        )
-    };
+    let append = |input: &str| env.run(APPEND_IN_TWOS, input.as_bytes());
     let out = append(&input);
     let stderr = assert_one_line_error(&out, 1);
     assert!(
@@ -441,17 +439,7 @@ fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
     let input: String = (0..count)
         .map(|n| format!("{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"))
         .collect();
-    let append = &[
-        "events",
-        "append",
-        "--job",
-        "j",
-        "--repo",
-        "api",
-        "--batch-size",
-        "2",
-    ];
-    env.ok(append, input.as_bytes());
+    env.ok(APPEND_IN_TWOS, input.as_bytes());
     // The batches stored while lines were read make one pack; the last one, stored by
     // the append itself once the input ended, is loose; the nodes make the other pack.
     let packs = crate::common::packs(&env);
@@ -487,7 +475,7 @@ fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
     assert_eq!(items(&env), want);
     // A small append after it is loose, and read with the rest.
     env.ok(
-        append,
+        APPEND_IN_TWOS,
         b"{\"event_type\":\"agent_started\",\"item_id\":\"last\"}\n",
     );
     assert_eq!(items(&env).len(), count + 1);
