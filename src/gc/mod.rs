@@ -341,21 +341,35 @@ pub fn gc(
         }
     }
     // A pack holding unreachable objects past the grace period (a pack's age is its
-    // file's) is rewritten without them; every pack is once there are MAX_PACKS.
-    // A version 1 pack is rewritten in the current format.
-    let mut rewrite = vec![packs.len() >= MAX_PACKS; packs.len()];
-    for (p, pack) in packs.iter().enumerate() {
-        rewrite[p] |= pack.version() == 1;
-        rewrite[p] |= older_than(pack.pack_path(), opts.prune, now)
-            && packed
-                .iter()
-                .any(|(id, e)| e.pack == p && !marked.contains(id));
+    // file's) is rewritten without them. Once there are MAX_PACKS every pack is, except
+    // one still in its grace period that holds unreachable objects: a `hash-object -w` of
+    // many objects writes them as a pack that no ref names yet, and the pack keeps them,
+    // and its own age, until it is old. A version 1 pack is rewritten in the current
+    // format (its young unreachable objects carried over).
+    let young: Vec<bool> = packs
+        .iter()
+        .map(|pack| !older_than(pack.pack_path(), opts.prune, now))
+        .collect();
+    let mut unreachable = vec![false; packs.len()];
+    for (id, e) in &packed {
+        unreachable[e.pack] |= !marked.contains(id);
     }
+    let rewrite: Vec<bool> = packs
+        .iter()
+        .enumerate()
+        .map(|(p, pack)| {
+            let stale = !young[p] && unreachable[p];
+            // Merged when there are MAX_PACKS, unless it holds unreachable objects: an old
+            // such pack is `stale` anyway, a young one waits.
+            let merged = packs.len() >= MAX_PACKS && !unreachable[p];
+            pack.version() == 1 || stale || merged
+        })
+        .collect();
     for (id, e) in &packed {
         if marked.contains(id) {
             continue;
         }
-        if rewrite[e.pack] {
+        if rewrite[e.pack] && !young[e.pack] {
             report.pruned += 1;
             report.pruned_bytes += e.len as u64;
         } else {
@@ -376,6 +390,7 @@ pub fn gc(
         store,
         &packs,
         &rewrite,
+        &young,
         loose,
         packed,
         &marked,
@@ -718,14 +733,16 @@ fn mark(
     Ok(marked)
 }
 
-/// Packs the reachable loose objects that no kept pack holds into a new pack, with the
-/// reachable objects of the packs being rewritten; removes the loose copies only after the
-/// pack and its index are durable, and the rewritten packs only after the new one is.
+/// Packs the reachable loose objects that no kept pack holds into a new pack, with what
+/// stays of the packs being rewritten (their reachable objects, and all of a `young` one's);
+/// removes the loose copies only after the pack and its index are durable, and the
+/// rewritten packs only after the new one is.
 #[allow(clippy::too_many_arguments)]
 fn pack(
     store: &ObjectStore,
     packs: &[Arc<Pack>],
     rewrite: &[bool],
+    young: &[bool],
     loose: HashMap<ObjectId, Loose>,
     packed: HashMap<ObjectId, Packed>,
     marked: &HashSet<ObjectId>,
@@ -746,8 +763,9 @@ fn pack(
         redundant.push((l.path, l.ino));
     }
     for (id, p) in &packed {
-        // A damaged packed copy is not carried over (a good loose copy, if any, is).
-        if rewrite[p.pack] && marked.contains(id) && p.checked.is_ok() {
+        // A damaged packed copy is not carried over (a good loose copy, if any, is); an
+        // unreachable one is while its pack is young.
+        if rewrite[p.pack] && (marked.contains(id) || young[p.pack]) && p.checked.is_ok() {
             let (pack, offset, len) = (p.pack, p.offset, p.len);
             objects.push((*id, Source::Packed { pack, offset, len }));
         }

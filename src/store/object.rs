@@ -1064,12 +1064,17 @@ pub const PACK_MIN_OBJECTS: usize = 100;
 /// loose objects, the frames it kept first.
 const PACK_MAX_BYTES: usize = 256 << 20;
 
+/// Packing groups write loose objects once the store holds this many packs, so that
+/// readers, who look in every pack, have a bounded number to search until gc merges them
+/// (it does once there are `gc::MAX_PACKS`).
+pub const PACK_LIMIT: usize = 16;
+
 impl ObjectBatch<'_> {
     /// Makes this group write its objects as one pack at commit — one file and its index
     /// instead of a file per object — when there are at least [`PACK_MIN_OBJECTS`] of
-    /// them (for a local store; a bucket holds objects one by one). Their frames wait in
-    /// memory until then, up to `PACK_MAX_BYTES`, past which the group writes loose
-    /// objects as a plain one does.
+    /// them (for a local store; a bucket holds objects one by one) and the store holds
+    /// fewer than [`PACK_LIMIT`] packs. Their frames wait in memory until then, up to
+    /// `PACK_MAX_BYTES`, past which the group writes loose objects as a plain one does.
     pub fn packed(mut self) -> Self {
         self.packing = true;
         self
@@ -1103,14 +1108,14 @@ impl ObjectBatch<'_> {
             return Ok(id);
         }
         let frame = compress(&id, kind, payload)?;
-        self.seen.insert(id);
         if self.packing && self.frame_bytes + frame.len() <= PACK_MAX_BYTES {
             self.frame_bytes += frame.len();
             self.frames.push((id, frame));
-            return Ok(id);
+        } else {
+            self.write_loose_frames()?;
+            self.write_temp(id, &frame)?;
         }
-        self.write_loose_frames()?;
-        self.write_temp(id, &frame)?;
+        self.seen.insert(id);
         Ok(id)
     }
 
@@ -1181,18 +1186,20 @@ impl ObjectBatch<'_> {
             }
             return Ok(());
         }
-        if self.frames.len() >= PACK_MIN_OBJECTS && self.pending.is_empty() {
-            let mut frames = std::mem::take(&mut self.frames);
-            frames.sort_unstable_by_key(|(id, _)| *id);
-            frames.dedup_by_key(|(id, _)| *id);
+        self.frames.sort_unstable_by_key(|(id, _)| *id);
+        self.frames.dedup_by_key(|(id, _)| *id);
+        if self.frames.len() >= PACK_MIN_OBJECTS
+            && self.pending.is_empty()
+            && self.store.packs(false).len() < PACK_LIMIT
+        {
+            let frames = std::mem::take(&mut self.frames);
             tracing::debug!(objects = frames.len(), "object batch: one pack");
+            let (dir, tmp) = (self.store.pack_dir(), self.store.pack_tmp_dir());
+            // Made as every directory of the home is: durably, no symlink followed.
+            fsutil::ensure_dir(&self.store.home, &dir)?;
+            fsutil::ensure_dir(&self.store.home, &tmp)?;
             // Durable once this returns: the pack fsynced and renamed, then its index.
-            pack::write(
-                &self.store.pack_dir(),
-                &self.store.pack_tmp_dir(),
-                None,
-                frames,
-            )?;
+            pack::write(&dir, &tmp, None, frames)?;
             self.store.packs(true);
             return Ok(());
         }

@@ -67,6 +67,60 @@ fn the_grace_period_keeps_young_garbage_and_prune_now_removes_it() {
 }
 
 #[test]
+fn young_objects_of_packs_no_ref_names_survive_a_rewrite_of_every_pack() {
+    // `hash-object -w` of many objects writes them as a pack that nothing names yet; the
+    // grace period keeps them as it keeps young loose objects, even when gc merges the
+    // packs (there are more than MAX_PACKS of them): such a pack waits, with its own age.
+    use prodigy::store::object::PACK_MIN_OBJECTS;
+    let env = Env::new();
+    let dir = env.scratch();
+    let mut ids = Vec::new();
+    for round in 0..prodigy::gc::MAX_PACKS {
+        let mut paths = String::new();
+        for n in 0..PACK_MIN_OBJECTS {
+            let p = dir.join(format!("r{round}-{n}"));
+            std::fs::write(&p, format!("round {round} object {n}")).unwrap();
+            paths.push_str(&format!("{}\n", p.display()));
+        }
+        let out = env.ok(&["hash-object", "-w", "--stdin-paths"], paths.as_bytes());
+        ids.extend(out.lines().map(str::to_owned));
+    }
+    // And an append whose batches and nodes make two packs a ref reaches.
+    let lines: String = (0..2 * (PACK_MIN_OBJECTS + 1))
+        .map(|n| format!("{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"))
+        .collect();
+    env.ok(
+        &[
+            "events",
+            "append",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--batch-size",
+            "2",
+        ],
+        lines.as_bytes(),
+    );
+    assert_eq!(packs(&env).len(), prodigy::gc::MAX_PACKS + 2);
+    let exists = |id: &str| env.run(&["cat-object", "-e", id], b"").status.success();
+    let report = gc_json(&env, &[]);
+    assert_eq!(report["pruned"], 0, "{report}");
+    assert_eq!(report["kept_young"], ids.len(), "{report}");
+    // The reachable packs (and the loose batch) merged into one; the others wait.
+    assert_eq!(packs(&env).len(), prodigy::gc::MAX_PACKS + 1);
+    assert!(ids.iter().all(|id| exists(id)));
+    assert_eq!(event_count(&env, "j"), 2 * (PACK_MIN_OBJECTS + 1));
+    assert_fsck_clean(&env);
+    // Past the grace period they go, and the log stays.
+    let report = gc_json(&env, &["--prune", "now"]);
+    assert_eq!(report["pruned"], ids.len(), "{report}");
+    assert!(ids.iter().all(|id| !exists(id)));
+    assert_eq!(packs(&env).len(), 1);
+    assert_eq!(event_count(&env, "j"), 2 * (PACK_MIN_OBJECTS + 1));
+}
+
+#[test]
 fn appenders_lose_nothing_while_gc_prunes_now_in_a_loop() {
     let env = Env::new();
     let mut children = spawn_four_appenders(&env);

@@ -129,6 +129,33 @@ fn many_objects_of_one_call_are_written_as_one_pack() {
 }
 
 #[test]
+fn past_the_pack_limit_many_objects_are_written_loose() {
+    use prodigy::store::object::{PACK_LIMIT, PACK_MIN_OBJECTS};
+    let env = Env::new();
+    let dir = env.scratch();
+    let write = |call: usize| -> Vec<String> {
+        let mut paths = String::new();
+        for n in 0..PACK_MIN_OBJECTS {
+            let p = dir.join(format!("c{call}-{n}"));
+            fs::write(&p, format!("call {call} object {n}")).unwrap();
+            paths.push_str(&format!("{}\n", p.display()));
+        }
+        let out = env.ok(&["hash-object", "-w", "--stdin-paths"], paths.as_bytes());
+        out.lines().map(str::to_owned).collect()
+    };
+    for call in 0..PACK_LIMIT {
+        write(call);
+    }
+    assert_eq!(packs(&env).len(), PACK_LIMIT);
+    // Readers have as many packs to search as they should: the next call writes loose.
+    let ids = write(PACK_LIMIT);
+    assert_eq!(packs(&env).len(), PACK_LIMIT);
+    for id in &ids {
+        assert!(env.home().join("objects").join(&id[..2]).join(&id[2..]).is_file());
+    }
+}
+
+#[test]
 fn stdin_paths_answers_each_line_before_the_next_arrives() {
     // A caller that waits for each id before sending the next path must not deadlock.
     use std::io::{BufRead, BufReader, Write};

@@ -15,8 +15,9 @@ const MAX_BATCH: usize = 65_536;
 ///
 /// With -w the objects are also stored, durably before the first id is printed: when many
 /// objects are written in one call (several FILEs, or --stdin-paths), one durability
-/// barrier covers them all, and 100 or more new ones are written as one pack. With --stdin-paths and --batch ids are printed whenever
-/// standard input has nothing more ready, so a caller may wait for each answer.
+/// barrier covers them all, and 100 or more new ones are written as one pack. With
+/// --stdin-paths and --batch ids are printed whenever standard input has nothing more
+/// ready, so a caller may wait for each answer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Store the objects as well as printing their ids.
