@@ -151,7 +151,13 @@ fn past_the_pack_limit_many_objects_are_written_loose() {
     let ids = write(PACK_LIMIT);
     assert_eq!(packs(&env).len(), PACK_LIMIT);
     for id in &ids {
-        assert!(env.home().join("objects").join(&id[..2]).join(&id[2..]).is_file());
+        assert!(
+            env.home()
+                .join("objects")
+                .join(&id[..2])
+                .join(&id[2..])
+                .is_file()
+        );
     }
 }
 

@@ -224,8 +224,9 @@ struct Given {
 }
 
 /// The batches of a call: consecutive records of one writer, at most `size` each. Each
-/// batch, once sealed (the next one begun), goes to `sealed`, a thread that compresses
-/// and stores it while the next ones are read; the last is stored by the append.
+/// batch, once sealed (the next one begun, or the input ended after several), goes to
+/// `sealed`, a thread that compresses and stores it while the next ones are read; a lone
+/// batch is stored by the append.
 struct Batches<'g> {
     list: Vec<Arc<Batch>>,
     size: u64,
@@ -826,9 +827,13 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             repeated: 0,
             metadata_json,
         };
-        // The last batch is stored by the append itself, on this thread: an append of one
-        // batch (most calls) writes nothing on the other.
+        // An append of one batch (most calls) stores it itself, on this thread, and writes
+        // nothing on the other; an append of many hands its last batch over too, so that
+        // all of them share one pack.
         let read = read_input(&args, ctx, &mut builder, scope);
+        if read.is_ok() && builder.batches.list.len() > 1 {
+            builder.batches.seal().map_err(|e| anyhow!(e))?;
+        }
         // Closing the channel ends the storing thread, after what was sealed.
         builder.batches.sealed = None;
         let stored = storing
