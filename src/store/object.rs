@@ -1107,8 +1107,11 @@ impl ObjectBatch<'_> {
         if self.seen.contains(&id) || self.store.stored_locally(&id, false)? {
             return Ok(id);
         }
-        let frame = compress(&id, kind, payload)?;
+        let mut frame = compress(&id, kind, payload)?;
         if self.packing && self.frame_bytes + frame.len() <= PACK_MAX_BYTES {
+            // Kept until commit: no more memory than the frame needs (zstd's output
+            // buffer has room for the worst case).
+            frame.shrink_to_fit();
             self.frame_bytes += frame.len();
             self.frames.push((id, frame));
         } else {
