@@ -340,3 +340,20 @@ pub fn packs(env: &Env) -> Vec<std::sync::Arc<prodigy::store::pack::Pack>> {
     let home = prodigy::Home::at(env.home()).unwrap();
     prodigy::ObjectStore::new(&home).packs(true)
 }
+
+/// `events append` to job `j` of repo `api`, two records a batch.
+pub const APPEND_IN_TWOS: &[&str] = &[
+    "events",
+    "append",
+    "--job",
+    "j",
+    "--repo",
+    "api",
+    "--batch-size",
+    "2",
+];
+
+/// Where the loose copy of object `id` (64 hex) is.
+pub fn loose_path(env: &Env, id: &str) -> PathBuf {
+    env.home().join("objects").join(&id[..2]).join(&id[2..])
+}

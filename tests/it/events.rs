@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::common::{Env, assert_one_line_error, git, snapshot};
+use crate::common::{APPEND_IN_TWOS, Env, assert_one_line_error, git, snapshot};
 
 /// A repository `api` with one commit and a linked worktree `wt`, inside the scratch dir.
 pub fn repo_with_worktree(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -381,18 +381,6 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
-
-/// `events append` to job `j` of repo `api`, two records a batch.
-const APPEND_IN_TWOS: &[&str] = &[
-    "events",
-    "append",
-    "--job",
-    "j",
-    "--repo",
-    "api",
-    "--batch-size",
-    "2",
-];
 
 #[test]
 fn a_bad_line_after_stored_batches_leaves_no_object_behind() {

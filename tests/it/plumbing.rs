@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::common::{Env, assert_one_line_error, blob, packs, snapshot};
+use crate::common::{Env, assert_one_line_error, blob, loose_path, packs, snapshot};
 
 #[test]
 fn hash_object_writes_one_frame_of_the_canonical_bytes() {
@@ -99,7 +99,7 @@ fn many_objects_of_one_call_are_written_as_one_pack() {
         let out = env.ok(&["hash-object", "-w", "--stdin-paths"], paths.as_bytes());
         out.lines().map(str::to_owned).collect()
     };
-    let loose = |id: &str| env.home().join("objects").join(&id[..2]).join(&id[2..]);
+    let loose = |id: &str| loose_path(&env, id);
     // Fewer than a pack's minimum: loose objects.
     let few = PACK_MIN_OBJECTS - 1;
     let first = write(0..few);
@@ -151,13 +151,7 @@ fn past_the_pack_limit_many_objects_are_written_loose() {
     let ids = write(PACK_LIMIT);
     assert_eq!(packs(&env).len(), PACK_LIMIT);
     for id in &ids {
-        assert!(
-            env.home()
-                .join("objects")
-                .join(&id[..2])
-                .join(&id[2..])
-                .is_file()
-        );
+        assert!(loose_path(&env, id).is_file());
     }
 }
 
@@ -186,13 +180,7 @@ fn stdin_paths_answers_each_line_before_the_next_arrives() {
         let id = line.trim();
         assert_eq!(id.len(), 64);
         // Acknowledged means durable and stored.
-        assert!(
-            env.home()
-                .join("objects")
-                .join(&id[..2])
-                .join(&id[2..])
-                .is_file()
-        );
+        assert!(loose_path(&env, id).is_file());
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());
