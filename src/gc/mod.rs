@@ -777,12 +777,7 @@ fn pack(
     if !objects.is_empty() {
         let (dictionary, frames) = repack::frames(store, &objects, packs, opts)?;
         let ids = objects.iter().map(|o| o.0);
-        written = Some(crate::store::pack::write(
-            &store.pack_dir(),
-            &store.pack_tmp_dir(),
-            dictionary.as_ref().map(|d| d.bytes()),
-            ids.zip(frames),
-        )?);
+        written = Some(store.write_pack(dictionary.as_ref().map(|d| d.bytes()), ids.zip(frames))?);
     }
     // The new pack is durable: the loose copies and the rewritten packs can go.
     remove_all(

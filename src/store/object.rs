@@ -759,6 +759,21 @@ impl ObjectStore {
         self.tmp.join("pack")
     }
 
+    /// Writes a pack of `objects` (see [`pack::write`]) into the pack directory, which is
+    /// made as every directory of the home is (fsynced into its parent, no symlink
+    /// followed), as is its temp directory. Durable once this returns; returns the index's
+    /// path.
+    pub fn write_pack(
+        &self,
+        dictionary: Option<&[u8]>,
+        objects: impl IntoIterator<Item = (ObjectId, Vec<u8>)>,
+    ) -> Result<PathBuf, FsError> {
+        let (dir, tmp) = (self.pack_dir(), self.pack_tmp_dir());
+        fsutil::ensure_dir(&self.home, &dir)?;
+        fsutil::ensure_dir(&self.home, &tmp)?;
+        pack::write(&dir, &tmp, dictionary, objects)
+    }
+
     /// The packs (opened once; `reload` looks at the directory again). An index that does
     /// not open is skipped here: `fsck` names it.
     pub fn packs(&self, reload: bool) -> Vec<Arc<Pack>> {
@@ -1197,12 +1212,8 @@ impl ObjectBatch<'_> {
         {
             let frames = std::mem::take(&mut self.frames);
             tracing::debug!(objects = frames.len(), "object batch: one pack");
-            let (dir, tmp) = (self.store.pack_dir(), self.store.pack_tmp_dir());
-            // Made as every directory of the home is: durably, no symlink followed.
-            fsutil::ensure_dir(&self.store.home, &dir)?;
-            fsutil::ensure_dir(&self.store.home, &tmp)?;
             // Durable once this returns: the pack fsynced and renamed, then its index.
-            pack::write(&dir, &tmp, None, frames)?;
+            self.store.write_pack(None, frames)?;
             self.store.packs(true);
             return Ok(());
         }

@@ -492,15 +492,14 @@ fn id_of(bytes: &[u8]) -> ObjectId {
 
 /// Writes a version 2 pack of `objects` — `(id, zstd frame)`, sorted by id, no duplicates,
 /// each frame compressed with `dictionary` when there is one — into `dir` through a temp
-/// file in `tmp`: the pack durably first, then its index. Returns the index's path.
+/// file in `tmp` (both made beforehand: see `ObjectStore::write_pack`): the pack durably
+/// first, then its index. Returns the index's path.
 pub fn write(
     dir: &Path,
     tmp: &Path,
     dictionary: Option<&[u8]>,
     objects: impl IntoIterator<Item = (ObjectId, Vec<u8>)>,
 ) -> Result<PathBuf, FsError> {
-    std::fs::create_dir_all(dir).at("create pack directory", dir)?;
-    std::fs::create_dir_all(tmp).at("create temp directory", tmp)?;
     let temp = tempfile::Builder::new()
         .prefix("pack-")
         .suffix(".tmp")
@@ -647,12 +646,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let objects = sorted(&[b"one", b"two", b"three"]);
         let v1 = Pack::open(&write_v1(&dir.path().join("v1"), &objects)).unwrap();
-        let v2 = write(
-            &dir.path().join("v2"),
-            &dir.path().join("tmp"),
-            None,
-            objects.clone(),
-        );
+        let (v2_dir, tmp) = (dir.path().join("v2"), dir.path().join("tmp"));
+        std::fs::create_dir_all(&v2_dir).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let v2 = write(&v2_dir, &tmp, None, objects.clone());
         let v2 = Pack::open(&v2.unwrap()).unwrap();
         assert_eq!((v1.version(), v2.version()), (1, 2));
         for pack in [&v1, &v2] {
@@ -727,8 +724,10 @@ mod tests {
         assert!(pack.verify().is_err());
 
         let objects = sorted(&[b"one", b"two"]);
-        let tmp = dir.path().join("tmp");
-        let idx_path = write(&dir.path().join("v2"), &tmp, None, objects.clone()).unwrap();
+        let (v2_dir, tmp) = (dir.path().join("v2"), dir.path().join("tmp"));
+        std::fs::create_dir_all(&v2_dir).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let idx_path = write(&v2_dir, &tmp, None, objects.clone()).unwrap();
         let good = std::fs::read(&idx_path).unwrap();
         let offsets = (HEADER + 2 * 32) as usize;
         for bad_offset in [u32::MAX - 1, LARGE | 7, 0] {
