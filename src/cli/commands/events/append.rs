@@ -428,7 +428,10 @@ impl Builder<'_> {
                     seq: *seq,
                     attachment: summary.attachment,
                 };
-                let line = &parsed.out[line.clone()];
+                let line = match line {
+                    Some(stored) => &parsed.out[stored.clone()],
+                    None => text,
+                };
                 if info.writer == self.writer {
                     self.batches.add(line, &info)
                 } else {
@@ -553,7 +556,7 @@ impl Chunk {
 /// What the parse of a chunk made of its lines: `items[i]` of the chunk's line `i`.
 struct Parsed {
     chunk: Chunk,
-    /// The full records' lines, as they are stored.
+    /// The full records' lines as they are stored, when that is not as they were read.
     out: Vec<u8>,
     /// The strings of their summaries, and of the bare events'.
     strings: String,
@@ -571,9 +574,10 @@ struct Summary {
 
 /// A line as parsed, before it is added to a batch.
 enum Item {
-    /// A full record of the usual types, its stored line at `line` of [`Parsed::out`].
+    /// A full record of the usual types, its stored line at `line` of [`Parsed::out`]
+    /// (`None`: the line as it was read, stored as it is).
     Full {
-        line: Range<usize>,
+        line: Option<Range<usize>>,
         summary: Summary,
         timestamp: Range<usize>,
         writer: Range<usize>,
@@ -592,7 +596,7 @@ enum Item {
 /// a full record's line), so chunks can be parsed on several threads at once.
 fn parse_chunk(chunk: Chunk) -> Parsed {
     let mut parsed = Parsed {
-        out: Vec::with_capacity(chunk.text.len() + chunk.text.len() / 8),
+        out: Vec::new(),
         strings: String::new(),
         items: Vec::with_capacity(chunk.lines.len()),
         chunk: Chunk::default(),
@@ -693,7 +697,7 @@ fn parse_full(text: &str, parsed: &mut Parsed) -> Option<Item> {
         return Some(Item::Refused(e.to_string()));
     }
     Some(Item::Full {
-        line: start..parsed.out.len(),
+        line: Some(start..parsed.out.len()),
         summary,
         timestamp: keep(&mut parsed.strings, &timestamp),
         writer: keep(&mut parsed.strings, &full.writer),
@@ -718,10 +722,8 @@ fn parse_stored(text: &str, parsed: &mut Parsed) -> Option<Item> {
             .as_deref()
             .map(|a| keep(&mut parsed.strings, a));
     }
-    let start = parsed.out.len();
-    parsed.out.extend_from_slice(text.as_bytes());
     Some(Item::Full {
-        line: start..parsed.out.len(),
+        line: None,
         summary,
         timestamp: keep(&mut parsed.strings, &stored.timestamp),
         writer: keep(&mut parsed.strings, &stored.writer),
