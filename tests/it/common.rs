@@ -341,17 +341,19 @@ pub fn packs(env: &Env) -> Vec<std::sync::Arc<prodigy::store::pack::Pack>> {
     prodigy::ObjectStore::new(&home).packs(true)
 }
 
-/// `events append` to job `j` of repo `api`, two records a batch.
-pub const APPEND_IN_TWOS: &[&str] = &[
-    "events",
-    "append",
-    "--job",
-    "j",
-    "--repo",
-    "api",
-    "--batch-size",
-    "2",
-];
+/// `events append` to job `j` of repo `api`, `size` records a batch.
+pub fn append_in_batches_of(size: &str) -> [&str; 8] {
+    [
+        "events",
+        "append",
+        "--job",
+        "j",
+        "--repo",
+        "api",
+        "--batch-size",
+        size,
+    ]
+}
 
 /// Where the loose copy of object `id` (64 hex) is.
 pub fn loose_path(env: &Env, id: &str) -> PathBuf {

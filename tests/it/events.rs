@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::common::{APPEND_IN_TWOS, Env, assert_one_line_error, git, snapshot};
+use crate::common::{Env, append_in_batches_of, assert_one_line_error, git, snapshot};
 
 /// A repository `api` with one commit and a linked worktree `wt`, inside the scratch dir.
 pub fn repo_with_worktree(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -394,7 +394,7 @@ fn a_bad_line_after_stored_batches_leaves_no_object_behind() {
         ));
     }
     input.push_str("{\"event_type\":\"agent_started\"\n");
-    let append = |input: &str| env.run(APPEND_IN_TWOS, input.as_bytes());
+    let append = |input: &str| env.run(&append_in_batches_of("2"), input.as_bytes());
     let out = append(&input);
     let stderr = assert_one_line_error(&out, 1);
     assert!(
@@ -427,7 +427,7 @@ fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
     let input: String = (0..count)
         .map(|n| format!("{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"))
         .collect();
-    env.ok(APPEND_IN_TWOS, input.as_bytes());
+    env.ok(&append_in_batches_of("2"), input.as_bytes());
     // The batches make one pack, the nodes the other, and nothing is loose.
     let packs = crate::common::packs(&env);
     let sizes: Vec<u64> = packs.iter().map(|p| p.len()).collect();
@@ -461,7 +461,7 @@ fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
     assert_eq!(items(&env), want);
     // A small append after it is loose, and read with the rest.
     env.ok(
-        APPEND_IN_TWOS,
+        &append_in_batches_of("2"),
         b"{\"event_type\":\"agent_started\",\"item_id\":\"last\"}\n",
     );
     assert_eq!(items(&env).len(), count + 1);
@@ -469,22 +469,30 @@ fn an_append_of_many_batches_writes_a_pack_of_batches_and_one_of_nodes() {
 
 /// 12,000 lines, parsed in chunks of 1,000 on several threads (each thread gets several
 /// chunks): blocks of 100 bare events (whose `n` is their line's index) between full
-/// records of two writers taking turns every 300 lines (whose `seq` is), and at line
-/// 2,200 line 106's record once more.
+/// records of two writers taking turns every 300 lines (whose `seq` is) — writer `w1`'s
+/// in the stored form, as `events show --json` prints them, its agent in its metadata —
+/// and at line 2,200 line 106's record once more, at line 2,500 line 306's.
 const MANY: u64 = 12_000;
+
+/// The lines of [`many_lines`] that repeat an earlier one.
+const REPEATED: [u64; 2] = [2199, 2499];
 
 fn many_lines() -> Vec<String> {
     let mut lines: Vec<String> = (0..MANY)
-        .map(|n| match (n / 100) % 5 {
-            0 => format!(r#"{{"event_type":"tick","n":{n}}}"#),
+        .map(|n| match ((n / 100) % 5, (n / 300) % 2) {
+            (0, _) => format!(r#"{{"event_type":"tick","n":{n}}}"#),
+            (_, 0) => format!(
+                r#"{{"v":1,"id":"r{n}","timestamp":"2026-01-01T00:00:00Z","writer":"w0","seq":{n},"event":{{"event_type":"step","agent_id":"a{}"}}}}"#,
+                n % 7
+            ),
             _ => format!(
-                r#"{{"v":1,"id":"r{n}","timestamp":"2026-01-01T00:00:00Z","writer":"w{}","seq":{n},"event":{{"event_type":"step","agent_id":"a{}"}}}}"#,
-                (n / 300) % 2,
+                r#"{{"v":1,"id":"r{n}","timestamp":"2026-01-01T00:00:00.000000Z","writer":"w1","seq":{n},"event":{{"event_type":"step"}},"metadata":{{"agent_id":"a{}"}}}}"#,
                 n % 7
             ),
         })
         .collect();
     lines[2199] = lines[105].clone();
+    lines[2499] = lines[305].clone();
     lines
 }
 
@@ -499,12 +507,12 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
     assert_eq!(
         out.trim(),
         format!(
-            "appended {} events to events/api/j; skipped 1 record already there (same writer, seq and content)",
-            MANY - 1
+            "appended {} events to events/api/j; skipped 2 records already there (same writer, seq and content)",
+            MANY - 2
         )
     );
     let all = records(&env, "j", &[]);
-    assert_eq!(all.len() as u64, MANY - 1);
+    assert_eq!(all.len() as u64, MANY - 2);
     let of = |writer: &str| -> Vec<u64> {
         all.iter()
             .filter(|r| r["writer"] == writer)
@@ -513,7 +521,7 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
     };
     let want = |writer: u64| -> Vec<u64> {
         (0..MANY)
-            .filter(|n| (n / 100) % 5 != 0 && (n / 300) % 2 == writer && *n != 2199)
+            .filter(|n| (n / 100) % 5 != 0 && (n / 300) % 2 == writer && !REPEATED.contains(n))
             .collect()
     };
     assert_eq!(of("w0"), want(0));
@@ -538,12 +546,27 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
             .map(|(s, n)| (s as u64, n))
             .collect::<Vec<_>>()
     );
-    // Each record's agent is found by the filter (which passes over batches whose
-    // summaries do not name it).
+    // Each record's agent is found by the filter, and counted in its batch's summary
+    // (`w1`'s from its metadata).
     let a6 = (0..MANY)
-        .filter(|n| (n / 100) % 5 != 0 && n % 7 == 6 && *n != 2199)
+        .filter(|n| (n / 100) % 5 != 0 && n % 7 == 6 && !REPEATED.contains(n))
         .count();
     assert_eq!(records(&env, "j", &["--agent", "a6"]).len(), a6);
+    let stats: serde_json::Value = serde_json::from_str(&env.ok(
+        &[
+            "events",
+            "stats",
+            "j",
+            "--repo",
+            "api",
+            "--group-by",
+            "agent",
+            "--json",
+        ],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(stats["by_agent"]["a6"], a6, "{stats}");
 }
 
 #[test]
@@ -794,19 +817,7 @@ fn a_damaged_log_names_the_object_and_best_effort_prints_the_rest() {
     let lines: String = (0..3)
         .map(|n| format!("{{\"event_type\":\"step\",\"n\":{n}}}\n"))
         .collect();
-    env.ok(
-        &[
-            "events",
-            "append",
-            "--job",
-            "j",
-            "--repo",
-            "api",
-            "--batch-size",
-            "1",
-        ],
-        lines.as_bytes(),
-    );
+    env.ok(&append_in_batches_of("1"), lines.as_bytes());
     let refs = env.store();
     let log = prodigy::events::EventLog::new(refs.clone(), "api", "j").unwrap();
     let chains = log.chains().unwrap();

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    APPEND_IN_TWOS, Env, Rng, assert_all_read, blob, copy_dir, env_knob, packs, small_objects,
-    transcript,
+    Env, Rng, append_in_batches_of, assert_all_read, blob, copy_dir, env_knob, packs,
+    small_objects, transcript,
 };
 use crate::events_concurrency::spawn_four_appenders;
 
@@ -90,7 +90,7 @@ fn young_objects_of_packs_no_ref_names_survive_a_rewrite_of_every_pack() {
     let lines: String = (0..2 * (PACK_MIN_OBJECTS + 1))
         .map(|n| format!("{{\"event_type\":\"agent_started\",\"item_id\":\"i{n}\"}}\n"))
         .collect();
-    env.ok(APPEND_IN_TWOS, lines.as_bytes());
+    env.ok(&append_in_batches_of("2"), lines.as_bytes());
     assert_eq!(packs(&env).len(), prodigy::gc::MAX_PACKS + 2);
     let exists = |id: &str| env.run(&["cat-object", "-e", id], b"").status.success();
     let report = gc_json(&env, &[]);
