@@ -6,7 +6,8 @@
 //! (outside the job's lock), the commit thread chains their log nodes and moves the ref
 //! under the lock, all waiting batches at once. Serialization, storing and committing
 //! overlap; at most [`MAX_SEALED`] sealed batches wait, after which `log` blocks
-//! (back-pressure).
+//! (back-pressure), and at most [`MAX_STAGED`] stored ones, after which the store stage
+//! waits.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,8 +28,16 @@ use crate::lock::WriteGuard;
 use crate::store::object::{ObjectBatch, ObjectId};
 use crate::store::refs::RefStore;
 
-/// How many sealed batches may wait for the flusher before `log` blocks.
+/// How many sealed batches may wait for the store stage before `log` blocks.
 pub const MAX_SEALED: usize = 4;
+
+/// How many stored batches may wait for the commit stage before the store stage waits.
+/// A commit takes every batch waiting, and costs about the same for 1 as for 30 (its
+/// fsyncs wait for the disk), so this bounds how many commits a steady stream of events
+/// pays: with 4, a stream of 300,000 events paid 80 to 110 commits and `log` spent a third
+/// of its time blocked behind them; with 32, 15 to 40 commits (BENCHMARKS.md). Memory:
+/// at most this many batches of `max_bytes` each.
+pub const MAX_STAGED: usize = 32;
 
 /// When buffered records are flushed.
 #[derive(Debug, Clone, Copy)]
@@ -437,7 +446,7 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if !state.paused
-                && state.staged.len() < MAX_SEALED
+                && state.staged.len() < MAX_STAGED
                 && let Some(mut batch) = state.sealed.pop_front()
             {
                 for _ in 1..self.thresholds.max_merge {
