@@ -388,6 +388,14 @@ impl Batch {
         Batch::default()
     }
 
+    /// An empty batch with room for `bytes` of JSON Lines.
+    pub fn with_capacity(bytes: usize) -> Batch {
+        Batch {
+            payload: Vec::with_capacity(bytes),
+            ..Batch::default()
+        }
+    }
+
     /// Adds a record (serialized as one line). Refuses a record from another writer than
     /// the batch's first, or out of `seq` order.
     pub fn push(&mut self, record: &EventRecord) -> Result<(), EventError> {

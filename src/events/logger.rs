@@ -364,7 +364,9 @@ impl Shared {
         let own_metadata;
         let metadata_json = match metadata {
             Some(m) => {
-                own_metadata = serde_json::to_vec(m).map_err(bad)?;
+                let mut json = Vec::new();
+                super::json::write(&mut json, m).map_err(bad)?;
+                own_metadata = json;
                 &own_metadata
             }
             None => &self.metadata_json,
@@ -388,7 +390,7 @@ impl Shared {
                 &self.writer,
                 seq,
                 correlation_id,
-                |l| serde_json::to_writer(l, event),
+                |l| super::json::write(l, event),
                 metadata_json,
             )
         })?;
@@ -409,7 +411,10 @@ impl Shared {
         if state.current.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut state.current);
+        // The next batch is given room for as much as this one took: growing it a doubling
+        // at a time copied each batch about once more.
+        let room = state.current.bytes() + state.current.bytes() / 8;
+        let batch = std::mem::replace(&mut state.current, Batch::with_capacity(room));
         state.sealed.push_back(batch);
         state.oldest = None;
         self.changed.notify_all();

@@ -465,16 +465,16 @@ pub fn write_record_line(
     line.extend_from_slice(b"{\"v\":");
     push_number(line, u64::from(RECORD_VERSION));
     line.extend_from_slice(b",\"id\":");
-    serde_json::to_writer(&mut *line, id)?;
+    super::json::write_str(line, id);
     line.extend_from_slice(b",\"timestamp\":");
-    serde_json::to_writer(&mut *line, timestamp)?;
+    super::json::write_str(line, timestamp);
     line.extend_from_slice(b",\"writer\":");
-    serde_json::to_writer(&mut *line, writer)?;
+    super::json::write_str(line, writer);
     line.extend_from_slice(b",\"seq\":");
     push_number(line, seq);
     if let Some(c) = correlation_id {
         line.extend_from_slice(b",\"correlation_id\":");
-        serde_json::to_writer(&mut *line, c)?;
+        super::json::write_str(line, c);
     }
     line.extend_from_slice(b",\"event\":");
     event(line)?;
