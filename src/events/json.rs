@@ -5,7 +5,9 @@
 //! logger's serialising was that loop), and writes struct fields without serde_json's
 //! map-key machinery. Whatever it does not handle itself (byte strings, 128-bit numbers,
 //! map keys that are not strings, serde_json's own raw values) makes it hand the whole
-//! value to serde_json instead, so the two can never differ.
+//! value to serde_json instead, so the two can never differ. [`write_str`] and
+//! [`write_u64`] are its strings and numbers, for the records laid out by hand
+//! (`record::write_record_line`).
 
 use serde::Serialize;
 use serde::ser::{self, Impossible};
@@ -124,8 +126,16 @@ struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
+/// Writes `n` in decimal (what `write!` does, without the formatting machinery).
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    let (digits, at) = decimal(n, 1);
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (at most 20): the digits are
+/// `buf[at..]` of the returned `(buf, at)`.
+pub fn decimal(mut n: u64, width: usize) -> ([u8; 20], usize) {
+    let mut digits = [b'0'; 20];
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -135,14 +145,14 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[at..]);
+    (digits, at.min(digits.len() - width.min(digits.len())))
 }
 
 fn push_i64(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
-    push_u64(out, n.unsigned_abs());
+    write_u64(out, n.unsigned_abs());
 }
 
 impl<'a> ser::Serializer for Writer<'a> {
@@ -184,7 +194,7 @@ impl<'a> ser::Serializer for Writer<'a> {
         self.serialize_u64(u64::from(v))
     }
     fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
-        push_u64(self.out, v);
+        write_u64(self.out, v);
         Ok(())
     }
     // Floats are written by serde_json itself: its shortest round-trip form, null for
@@ -603,6 +613,24 @@ mod tests {
             String::from_utf8_lossy(&expected),
             "{value:?}"
         );
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX] {
+            let mut line = Vec::new();
+            write_u64(&mut line, n);
+            assert_eq!(line, n.to_string().into_bytes());
+        }
+        for (n, width, text) in [
+            (7, 6, "000007"),
+            (123_456, 6, "123456"),
+            (0, 1, "0"),
+            (42, 0, "42"),
+        ] {
+            let (digits, at) = decimal(n, width);
+            assert_eq!(&digits[at..], text.as_bytes());
+        }
     }
 
     #[test]
