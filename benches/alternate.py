@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Times shell commands run in turn, RUNS rounds, and prints each one's median.
+"""Times shell commands run in turn, RUNS rounds, and prints each one's median: wall time,
+and the CPU time (user + system) of the command's processes.
 
     python3 benches/alternate.py RUNS LABEL 'COMMAND' LABEL 'COMMAND' ...
 
@@ -8,6 +9,7 @@ Used to measure a change: the old binary and the new one (and a baseline such as
 them all alike. Each command's standard output goes to /dev/null; a failing command
 stops the run.
 """
+import resource
 import statistics
 import subprocess
 import sys
@@ -20,15 +22,21 @@ def main():
     runs = int(sys.argv[1])
     pairs = list(zip(sys.argv[2::2], sys.argv[3::2]))
     times = {label: [] for label, _ in pairs}
+    cpus = {label: [] for label, _ in pairs}
     for _ in range(runs):
         for label, command in pairs:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             subprocess.run(command, shell=True, check=True, stdout=subprocess.DEVNULL)
             times[label].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[label].append(after.ru_utime + after.ru_stime
+                               - before.ru_utime - before.ru_stime)
     for label, _ in pairs:
         t = times[label]
         print(f"{label}: median {statistics.median(t) * 1000:.1f} ms, "
-              f"min {min(t) * 1000:.1f} ms ({runs} runs)")
+              f"min {min(t) * 1000:.1f} ms, "
+              f"CPU median {statistics.median(cpus[label]) * 1000:.1f} ms ({runs} runs)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 
 pub mod calls;
 pub mod job;
-pub(crate) mod json;
+pub mod json;
 pub mod log;
 pub mod logger;
 pub mod query;
