@@ -6,8 +6,7 @@
 //! 3. 8 writer processes at once, 125,000 events each, into one job (timed from all of them
 //!    ready, their events built, to the last one exited; median of 3);
 //! 4. `prodigy events stats` and `prodigy events show --json > /dev/null` on 1,000,000 events;
-//! 5. bytes on disk per event against the raw JSON Lines; peak memory of `events show`;
-//!    the logger's JSON layout of events, serde_json beside `events::json`.
+//! 5. bytes on disk per event against the raw JSON Lines; peak memory of `events show`.
 //!
 //! `EVENTS=N` changes the event count (default 1,000,000), `WRITERS=N` the process count.
 
@@ -138,36 +137,6 @@ fn full_records(count: u64) -> Vec<Vec<u8>> {
     chunks
 }
 
-/// Median times of laying out `count` events as compact JSON into one buffer: with
-/// serde_json, and with `events::json` (the bytes compared once).
-fn layout_times(count: u64) -> (Duration, Duration) {
-    let events: Vec<MapReduceEvent> = (0..count).map(event).collect();
-    let mut out = Vec::with_capacity(count as usize * 256);
-    let time = |ours: bool, out: &mut Vec<u8>| {
-        out.clear();
-        let start = Instant::now();
-        for event in &events {
-            if ours {
-                prodigy::events::json::write(out, event).unwrap();
-            } else {
-                serde_json::to_writer(&mut *out, event).unwrap();
-            }
-        }
-        start.elapsed()
-    };
-    let (mut serde, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        serde.push(time(false, &mut out));
-        let expected = out.clone();
-        ours.push(time(true, &mut out));
-        assert!(
-            out == expected,
-            "events::json wrote other bytes than serde_json"
-        );
-    }
-    (support::median(serde), support::median(ours))
-}
-
 fn disk_bytes(dir: &Path) -> (u64, u64) {
     let (mut size, mut blocks) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
@@ -292,14 +261,6 @@ fn main() {
         rate(count, single),
         single.as_secs_f64(),
         batches("single"),
-    );
-    // The logger's caller lays each event out as JSON: serde_json, and `events::json`
-    // (which the logger uses; the same bytes), in turns, CPU only.
-    let (by_serde, by_ours) = layout_times(count);
-    println!(
-        "| laying out {count} events as JSON, CPU only (medians of 5, in turns) | serde_json {:.1} ms, events::json {:.1} ms |",
-        by_serde.as_secs_f64() * 1000.0,
-        by_ours.as_secs_f64() * 1000.0,
     );
     // The jobs hold the same kind of events: (RUNS + 1.1) × count of them.
     let (size, blocks) = disk_bytes(&home.join("objects"));

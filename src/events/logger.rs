@@ -364,9 +364,7 @@ impl Shared {
         let own_metadata;
         let metadata_json = match metadata {
             Some(m) => {
-                let mut json = Vec::new();
-                super::json::write(&mut json, m).map_err(bad)?;
-                own_metadata = json;
+                own_metadata = serde_json::to_vec(m).map_err(bad)?;
                 &own_metadata
             }
             None => &self.metadata_json,
@@ -390,7 +388,7 @@ impl Shared {
                 &self.writer,
                 seq,
                 correlation_id,
-                |l| super::json::write(l, event),
+                |l| serde_json::to_writer(l, event),
                 metadata_json,
             )
         })?;

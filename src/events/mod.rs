@@ -3,7 +3,6 @@
 
 pub mod calls;
 pub mod job;
-pub mod json;
 pub mod log;
 pub mod logger;
 pub mod query;

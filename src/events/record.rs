@@ -463,18 +463,18 @@ pub fn write_record_line(
     metadata: &[u8],
 ) -> Result<(), serde_json::Error> {
     line.extend_from_slice(b"{\"v\":");
-    super::json::write_u64(line, u64::from(RECORD_VERSION));
+    push_number(line, u64::from(RECORD_VERSION));
     line.extend_from_slice(b",\"id\":");
-    super::json::write_str(line, id);
+    serde_json::to_writer(&mut *line, id)?;
     line.extend_from_slice(b",\"timestamp\":");
-    super::json::write_str(line, timestamp);
+    serde_json::to_writer(&mut *line, timestamp)?;
     line.extend_from_slice(b",\"writer\":");
-    super::json::write_str(line, writer);
+    serde_json::to_writer(&mut *line, writer)?;
     line.extend_from_slice(b",\"seq\":");
-    super::json::write_u64(line, seq);
+    push_number(line, seq);
     if let Some(c) = correlation_id {
         line.extend_from_slice(b",\"correlation_id\":");
-        super::json::write_str(line, c);
+        serde_json::to_writer(&mut *line, c)?;
     }
     line.extend_from_slice(b",\"event\":");
     event(line)?;
@@ -482,6 +482,28 @@ pub fn write_record_line(
     line.extend_from_slice(metadata);
     line.push(b'}');
     Ok(())
+}
+
+/// Writes `n` in decimal (what `write!` does, without the formatting machinery).
+fn push_number(line: &mut Vec<u8>, n: u64) {
+    let (digits, at) = decimal(n, 1);
+    line.extend_from_slice(&digits[at..]);
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (at most 20): the digits are
+/// `buf[at..]` of the returned `(buf, at)`.
+fn decimal(mut n: u64, width: usize) -> ([u8; 20], usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    (digits, at.min(digits.len() - width.min(digits.len())))
 }
 
 /// The `id` of a stored record line without parsing the rest: records laid out by
@@ -603,7 +625,7 @@ fn timestamp_from(ts: jiff::Timestamp, second: &mut (i64, String)) -> String {
     let mut text = String::with_capacity(second.1.len() + 8);
     text.push_str(&second.1);
     text.push('.');
-    let (digits, at) = super::json::decimal(u64::from(micros.unsigned_abs()), 6);
+    let (digits, at) = decimal(u64::from(micros.unsigned_abs()), 6);
     text.extend(digits[at..].iter().map(|&d| char::from(d)));
     text.push('Z');
     text
@@ -854,6 +876,24 @@ mod tests {
         let parsed: uuid::Uuid = id.parse().unwrap();
         assert_eq!(parsed.to_string(), id);
         assert_eq!(parsed.get_version_num(), 7);
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX] {
+            let mut line = Vec::new();
+            push_number(&mut line, n);
+            assert_eq!(line, n.to_string().into_bytes());
+        }
+        for (n, width, text) in [
+            (7, 6, "000007"),
+            (123_456, 6, "123456"),
+            (0, 1, "0"),
+            (42, 0, "42"),
+        ] {
+            let (digits, at) = decimal(n, width);
+            assert_eq!(&digits[at..], text.as_bytes());
+        }
     }
 
     #[test]
