@@ -261,7 +261,10 @@ impl Batches<'_> {
         };
         if start_new {
             self.seal()?;
-            self.list.push(Arc::new(Batch::new()));
+            // Room for as much as the last batch took (as the logger does): grown a
+            // doubling at a time, a batch was copied about once more.
+            let room = self.list.last().map_or(0, |b| b.bytes() + b.bytes() / 8);
+            self.list.push(Arc::new(Batch::with_capacity(room)));
         }
         let batch = self
             .list
