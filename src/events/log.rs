@@ -388,10 +388,11 @@ impl Batch {
         Batch::default()
     }
 
-    /// An empty batch with room for `bytes` of JSON Lines.
-    pub fn with_capacity(bytes: usize) -> Batch {
+    /// An empty batch to fill after this one, with room for as much as this one holds and
+    /// an eighth more: grown a doubling at a time, a batch was copied about once more.
+    pub fn successor(&self) -> Batch {
         Batch {
-            payload: Vec::with_capacity(bytes),
+            payload: Vec::with_capacity(self.bytes() + self.bytes() / 8),
             ..Batch::default()
         }
     }
@@ -1168,6 +1169,28 @@ fn non_empty<B: Borrow<Batch>>(batches: &[B]) -> Vec<&Batch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_successor_is_empty_with_room_for_its_predecessor() {
+        let mut batch = Batch::new();
+        let info = RecordInfo {
+            timestamp: "2026-12-07T00:00:00.000000Z",
+            event_type: "plain",
+            agent_id: None,
+            duration_ms: None,
+            writer: "w",
+            seq: 0,
+            attachment: None,
+        };
+        batch.push_encoded(&[b'x'; 10_000], &info).unwrap();
+        let next = batch.successor();
+        assert!(next.is_empty() && next.bytes() == 0);
+        assert!(
+            next.payload.capacity() >= batch.bytes(),
+            "{}",
+            next.payload.capacity()
+        );
+    }
     use crate::events::record::EventRecord;
     use crate::lock::LockOptions;
 

@@ -409,10 +409,8 @@ impl Shared {
         if state.current.is_empty() {
             return;
         }
-        // The next batch is given room for as much as this one took: growing it a doubling
-        // at a time copied each batch about once more.
-        let room = state.current.bytes() + state.current.bytes() / 8;
-        let batch = std::mem::replace(&mut state.current, Batch::with_capacity(room));
+        let next = state.current.successor();
+        let batch = std::mem::replace(&mut state.current, next);
         state.sealed.push_back(batch);
         state.oldest = None;
         self.changed.notify_all();

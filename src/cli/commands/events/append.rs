@@ -261,10 +261,8 @@ impl Batches<'_> {
         };
         if start_new {
             self.seal()?;
-            // Room for as much as the last batch took (as the logger does): grown a
-            // doubling at a time, a batch was copied about once more.
-            let room = self.list.last().map_or(0, |b| b.bytes() + b.bytes() / 8);
-            self.list.push(Arc::new(Batch::with_capacity(room)));
+            let next = self.list.last().map_or_else(Batch::new, |b| b.successor());
+            self.list.push(Arc::new(next));
         }
         let batch = self
             .list
