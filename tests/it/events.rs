@@ -39,6 +39,21 @@ fn records(env: &Env, job: &str, extra: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `events stats JOB --repo api --group-by agent --json`, parsed.
+fn agent_stats(env: &Env, job: &str) -> serde_json::Value {
+    let args = [
+        "events",
+        "stats",
+        job,
+        "--repo",
+        "api",
+        "--group-by",
+        "agent",
+        "--json",
+    ];
+    serde_json::from_str(&env.ok(&args, b"")).unwrap()
+}
+
 fn run_in(env: &Env, dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     env.cmd()
         .current_dir(dir)
@@ -552,20 +567,7 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
         .filter(|n| (n / 100) % 5 != 0 && n % 7 == 6 && !REPEATED.contains(n))
         .count();
     assert_eq!(records(&env, "j", &["--agent", "a6"]).len(), a6);
-    let stats: serde_json::Value = serde_json::from_str(&env.ok(
-        &[
-            "events",
-            "stats",
-            "j",
-            "--repo",
-            "api",
-            "--group-by",
-            "agent",
-            "--json",
-        ],
-        b"",
-    ))
-    .unwrap();
+    let stats = agent_stats(&env, "j");
     assert_eq!(stats["by_agent"]["a6"], a6, "{stats}");
 }
 
@@ -1283,20 +1285,7 @@ fn bare_events_keep_their_fields_whichever_way_they_are_read() {
     for (seq, r) in stored.iter().enumerate() {
         assert_eq!(r["seq"], seq as u64);
     }
-    let stats: serde_json::Value = serde_json::from_str(&env.ok(
-        &[
-            "events",
-            "stats",
-            "j",
-            "--repo",
-            "api",
-            "--json",
-            "--group-by",
-            "agent",
-        ],
-        b"",
-    ))
-    .unwrap();
+    let stats = agent_stats(&env, "j");
     let agents = stats["by_agent"].to_string();
     assert!(agents.contains("a1") && agents.contains("m1"), "{stats}");
     assert_eq!(
@@ -1346,22 +1335,7 @@ fn full_records_read_back_the_same_whichever_path_stored_them() {
     assert!(a[0].get("unknown").is_none());
     assert_eq!(a[3]["v"], 2);
     // Summaries agree: agents (the event's, else the metadata's), durations.
-    let stats = |job: &str| -> serde_json::Value {
-        serde_json::from_str(&env.ok(
-            &[
-                "events",
-                "stats",
-                job,
-                "--repo",
-                "api",
-                "--json",
-                "--group-by",
-                "agent",
-            ],
-            b"",
-        ))
-        .unwrap()
-    };
+    let stats = |job: &str| agent_stats(&env, job);
     assert_eq!(stats("fast"), stats("general"));
     assert!(stats("fast")["by_agent"].to_string().contains("\"m2\""));
     // A repeat written another way (keys in another order) is the same record.
