@@ -380,6 +380,8 @@ pub struct Batch {
     attached: Vec<ObjectId>,
     /// The id of the batch object, once asked for (cleared by every change).
     id: std::sync::OnceLock<ObjectId>,
+    /// Its lines were dropped once its object was stored ([`Batch::release_lines`]).
+    released: bool,
 }
 
 impl Batch {
@@ -423,6 +425,13 @@ impl Batch {
         info: &RecordInfo<'_>,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
     ) -> Result<(), EventError> {
+        if self.released {
+            return Err(EventError::BadRecord(format!(
+                "record seq {} cannot join batch {}, whose lines were released",
+                info.seq,
+                self.id()
+            )));
+        }
         match &self.writer {
             None => {}
             Some(w) if w != info.writer => {
@@ -476,15 +485,22 @@ impl Batch {
         Ok(())
     }
 
-    /// The line that starts at byte `start` of the batch (without its newline).
+    /// The line that starts at byte `start` of the batch (without its newline). Not for
+    /// a batch whose lines were released.
     pub fn line_at(&self, start: usize) -> &[u8] {
+        debug_assert!(!self.released, "a line of a released batch");
         let rest = self.payload.get(start..).unwrap_or_default();
         let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
         &rest[..end]
     }
 
-    /// Appends a batch of later records from the same writer.
+    /// Appends a batch of later records from the same writer. Neither may have released
+    /// its lines.
     pub fn extend(&mut self, newer: Batch) {
+        debug_assert!(
+            !self.released && !newer.released,
+            "a released batch extended"
+        );
         if newer.is_empty() {
             return;
         }
@@ -509,9 +525,30 @@ impl Batch {
             .get_or_init(|| ObjectId::hash(ObjectType::Batch, &self.payload))
     }
 
-    /// Adds the batch object to `group` (see [`ObjectBatch::add_hashed`]).
+    /// Adds the batch object to `group` (see [`ObjectBatch::add_hashed`]); a batch whose
+    /// lines were released, by its id ([`ObjectBatch::add_stored`]).
     pub fn store_in(&self, group: &mut ObjectBatch<'_>) -> Result<ObjectId, ObjectError> {
+        if self.released {
+            return group.add_stored(self.id());
+        }
         group.add_hashed(self.id(), ObjectType::Batch, &self.payload)
+    }
+
+    /// Drops the batch's lines, keeping its id and everything its log node says. For a
+    /// batch whose object a group already holds: once that group has committed,
+    /// [`Self::store_in`] only checks that the object is there, and a chain that must
+    /// look at its records reads them from the object. `events append` releases each
+    /// batch its storing thread has compressed, so that an append of many batches holds
+    /// their frames, not their lines.
+    pub fn release_lines(&mut self) {
+        self.id();
+        self.payload = Vec::new();
+        self.released = true;
+    }
+
+    /// True once [`Self::release_lines`] has dropped the lines.
+    pub fn is_released(&self) -> bool {
+        self.released
     }
 
     /// What the batch holds.
@@ -863,11 +900,18 @@ impl Chain {
         appended: &mut Appended,
     ) -> Result<Batch, EventError> {
         let mut rest = Batch::new();
-        for line in batch
-            .payload
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
+        let read;
+        let payload = if batch.released {
+            read = self
+                .objects()
+                .read(&batch.id())
+                .map_err(|e| self.broken("batch", batch.id(), e.into()))?
+                .payload;
+            &read
+        } else {
+            &batch.payload
+        };
+        for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let record: EventRecord = serde_json::from_slice(line)
                 .map_err(|e| EventError::BadRecord(format!("a record of this append: {e}")))?;
             let in_range: Vec<&Stored> = ranges
@@ -1373,5 +1417,57 @@ mod tests {
             .map(|(_, n)| n.summary.count)
             .collect();
         assert_eq!(all, [3, 2, 2]);
+    }
+
+    /// A batch that released its lines is appended by its id and node alone; a retry
+    /// that overlaps stored records reads its lines back from its object; one whose
+    /// object is not stored is refused, and it takes no more records.
+    #[test]
+    fn a_released_batch_is_appended_from_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::at(dir.path()).unwrap();
+        let log = Chain::new(
+            RefStore::new(&home, LockOptions::default()),
+            RefName::new(crate::store::refs::RefKind::Events, "r", "j").unwrap(),
+        );
+        let released = |b: Batch| {
+            let mut group = log.objects().batch();
+            b.store_in(&mut group).unwrap();
+            group.commit().unwrap();
+            let (id, count) = (b.id(), b.len());
+            let mut b = b;
+            b.release_lines();
+            assert!(b.is_released() && b.bytes() == 0);
+            assert_eq!((b.id(), b.len()), (id, count));
+            b
+        };
+        let first = released(batch("fresh", 0..3));
+        let done = log.append_idempotent(&[&first], "fresh").unwrap();
+        assert_eq!(done.added, 3);
+        // A retry of writer w's records 1..5 after 0..3 are stored: 1 and 2 skipped,
+        // 3 and 4 appended, their lines read from the released batch's object.
+        log.append_idempotent(&[batch("w", 0..3)], "fresh").unwrap();
+        let retry = released(batch("w", 1..5));
+        let done = log.append_idempotent(&[&retry], "fresh").unwrap();
+        assert_eq!(
+            done,
+            Appended {
+                added: 2,
+                skipped: 2
+            }
+        );
+        let counts: Vec<u64> = log
+            .nodes()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.summary.count)
+            .collect();
+        assert_eq!(counts, [3, 3, 2]);
+
+        let mut unstored = batch("fresh", 3..5);
+        unstored.release_lines();
+        let err = log.append_idempotent(&[&unstored], "fresh").unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+        assert!(unstored.push(&record("fresh", 5)).is_err());
     }
 }

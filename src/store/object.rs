@@ -1137,6 +1137,23 @@ impl ObjectBatch<'_> {
         Ok(id)
     }
 
+    /// Adds an object stored before this group began (by a group whose `commit` has
+    /// returned), by its id alone: nothing is written, and the caller need not keep its
+    /// payload. Refuses an id the store does not hold.
+    pub fn add_stored(&mut self, id: ObjectId) -> Result<ObjectId, ObjectError> {
+        let held = match self.store.s3()? {
+            Some(remote) => {
+                remote.is_confirmed(id.as_bytes()) || remote.exists(&keys::object(&id))?
+            }
+            None => self.seen.contains(&id) || self.store.stored_locally(&id, true)?,
+        };
+        if held {
+            Ok(id)
+        } else {
+            Err(ObjectError::NotFound { id })
+        }
+    }
+
     /// Writes `frame` to a temp file, renamed into place at commit.
     fn write_temp(&mut self, id: ObjectId, frame: &[u8]) -> Result<(), ObjectError> {
         let slot = usize::from(id.as_bytes()[0]);

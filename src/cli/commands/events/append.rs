@@ -226,10 +226,16 @@ struct Given {
 /// The batches of a call: consecutive records of one writer, at most `size` each. Each
 /// batch, once sealed (the next one begun, or the input ended after several), goes to
 /// `sealed`, a thread that compresses and stores it while the next ones are read; a lone
-/// batch is stored by the append.
+/// batch is stored by the append. The call's own batches (of bare events) drop their
+/// lines once that thread has compressed them: the frames wait for the commit, not the
+/// lines (a full record's batch keeps them, to tell a repeated record by its line).
 struct Batches<'g> {
     list: Vec<Arc<Batch>>,
     size: u64,
+    /// The call's writer id, which the bare events' records get.
+    fresh: String,
+    /// The batches before this one have released their lines, or are other writers'.
+    released: usize,
     /// Closed (`None`) once every line is read.
     sealed: Option<SyncSender<Arc<Batch>>>,
     /// The home's gc guard, taken before the first object is written and kept until the
@@ -285,7 +291,22 @@ impl Batches<'_> {
         if let Some(sealed) = &self.sealed {
             let _ = sealed.send(Arc::clone(last));
         }
+        self.release_stored();
         Ok(())
+    }
+
+    /// Drops the lines of the call's own batches that the storing thread is done with
+    /// (it compresses them in order, and holds each until then).
+    fn release_stored(&mut self) {
+        while let Some(batch) = self.list.get_mut(self.released) {
+            if batch.writer() == Some(self.fresh.as_str()) {
+                let Some(batch) = Arc::get_mut(batch) else {
+                    return;
+                };
+                batch.release_lines();
+            }
+            self.released += 1;
+        }
     }
 }
 
@@ -804,6 +825,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     // Reading and parsing on this thread, compressing and storing sealed batches on
     // another: the two overlap. Nothing is appended until every line has been read.
     let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(4);
+    let writer = new_id();
     let (repeated, done) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let storing = scope.spawn(move || -> Result<ObjectBatch<'_>, ObjectError> {
             // One pack for a call of many batches, not a file each.
@@ -817,11 +839,13 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             batches: Batches {
                 list: Vec::new(),
                 size: args.batch_size,
+                fresh: writer.clone(),
+                released: 0,
                 sealed: Some(sealed),
                 guard: None,
                 log: &log,
             },
-            writer: new_id(),
+            writer,
             next_seq: 0,
             metadata,
             given: HashMap::new(),
@@ -1015,6 +1039,54 @@ fn add_parsed(parsed: &Parsed, builder: &mut Builder<'_>) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The call's own batches drop their lines once the storing side has let go of
+    /// them; the batch being filled, one still held, and other writers' keep theirs.
+    #[test]
+    fn the_calls_batches_release_their_lines_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::at(dir.path()).unwrap();
+        let refs = crate::store::refs::RefStore::new(&home, Default::default());
+        let log = EventLog::new(refs, "r", "j").unwrap();
+        let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(8);
+        let mut batches = Batches {
+            list: Vec::new(),
+            size: 2,
+            fresh: "fresh".into(),
+            released: 0,
+            sealed: Some(sealed),
+            guard: None,
+            log: &log,
+        };
+        let add = |batches: &mut Batches<'_>, writer: &str, seq: u64| {
+            let info = RecordInfo {
+                timestamp: "2026-12-07T00:00:00.000000Z",
+                event_type: "plain",
+                agent_id: None,
+                duration_ms: None,
+                writer,
+                seq,
+                attachment: None,
+            };
+            batches.add(b"{}", &info).unwrap();
+        };
+        for seq in 0..4 {
+            add(&mut batches, "fresh", seq);
+        }
+        add(&mut batches, "other", 0);
+        add(&mut batches, "other", 1);
+        // Sealed so far: fresh 0-1, fresh 2-3; both still held by the channel.
+        let held: Vec<Arc<Batch>> = to_store.try_iter().collect();
+        assert_eq!(held.len(), 2);
+        assert!(batches.list.iter().all(|b| !b.is_released()));
+        drop(held);
+        add(&mut batches, "fresh", 4);
+        let released: Vec<bool> = batches.list.iter().map(|b| b.is_released()).collect();
+        // fresh 0-1 and 2-3 let go of; other 0-1 is another writer's; fresh 4 is
+        // being filled.
+        assert_eq!(released, [true, true, false, false]);
+        assert_eq!(batches.list[0].len(), 2);
+    }
 
     #[test]
     fn seen_records_are_found_whatever_order_their_seqs_came_in() {
