@@ -367,6 +367,13 @@ impl<'de> Deserialize<'de> for WriterSet {
     }
 }
 
+/// The line that starts at byte `start` of a batch's `payload` (without its newline).
+pub fn line_in(payload: &[u8], start: usize) -> &[u8] {
+    let rest = payload.get(start..).unwrap_or_default();
+    let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+    &rest[..end]
+}
+
 /// A batch being built: serialized records and their summary. All records of one batch
 /// come from one writer, in `seq` order.
 #[derive(Debug, Clone, Default)]
@@ -489,9 +496,7 @@ impl Batch {
     /// a batch whose lines were released.
     pub fn line_at(&self, start: usize) -> &[u8] {
         debug_assert!(!self.released, "a line of a released batch");
-        let rest = self.payload.get(start..).unwrap_or_default();
-        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-        &rest[..end]
+        line_in(&self.payload, start)
     }
 
     /// Appends a batch of later records from the same writer. Neither may have released

@@ -571,6 +571,65 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
     assert_eq!(stats["by_agent"]["a6"], a6, "{stats}");
 }
 
+/// A record repeated long after its first line, whose batch has released its lines by
+/// then (`--batch-size 1`: the storing thread is done with a batch five batches later),
+/// is told apart from its stored object: the same record, as written or written another
+/// way, is skipped; other content is refused, and nothing is appended.
+#[test]
+fn a_record_repeated_after_its_batch_was_stored_is_told_from_its_object() {
+    let env = Env::new();
+    let line = |seq: u64, event: &str| {
+        format!(
+            r#"{{"v":1,"id":"r{seq}","timestamp":"2026-01-01T00:00:00.000000Z","writer":"w","seq":{seq},"event":{event},"metadata":{{}}}}"#
+        )
+    };
+    let step = r#"{"event_type":"step","n":1}"#;
+    let mut lines: Vec<String> = (0..20).map(|seq| line(seq, step)).collect();
+    lines.push(line(0, step));
+    // Record 1 written another way: its event's keys in another order.
+    lines.push(line(1, r#"{"n":1,"event_type":"step"}"#));
+    let append = |lines: &[String]| {
+        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        env.run(
+            &[
+                "events",
+                "append",
+                "--job",
+                "j",
+                "--repo",
+                "api",
+                "--batch-size",
+                "1",
+            ],
+            input.as_bytes(),
+        )
+    };
+    let out = append(&lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "appended 20 events to events/api/j; skipped 2 records already there (same writer, seq and content)"
+    );
+    // Another writer's 20 records, then its record 3 again with another payload.
+    let mut other: Vec<String> = (0..20)
+        .map(|seq| line(seq, step).replace(r#""writer":"w""#, r#""writer":"v""#))
+        .collect();
+    other.push(
+        line(3, r#"{"event_type":"step","n":2}"#).replace(r#""writer":"w""#, r#""writer":"v""#),
+    );
+    let stderr = assert_one_line_error(&append(&other), 1);
+    assert!(
+        stderr.contains("line 21: record r3 has writer v and seq 3 as line 4 with other content")
+            && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    assert_eq!(records(&env, "j", &[]).len(), 20);
+}
+
 #[test]
 fn the_first_bad_line_of_many_is_the_one_reported() {
     let env = Env::new();

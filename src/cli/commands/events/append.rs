@@ -23,7 +23,7 @@ use crate::events::record::{
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 use crate::lock::WriteGuard;
 use crate::store::id::ObjectId;
-use crate::store::object::{ObjectBatch, ObjectError};
+use crate::store::object::{ObjectBatch, ObjectError, ObjectStore};
 
 /// How long standard input may have nothing ready before what was read is checked.
 const STALLED: std::time::Duration = std::time::Duration::from_millis(20);
@@ -223,18 +223,44 @@ struct Given {
     number: usize,
 }
 
+/// Ok when a full record (`json`) whose writer and seq are those of the earlier input line
+/// `first` (`earlier`) is the same record, written the same way or another; the refusal
+/// otherwise.
+fn same_record(
+    earlier: &[u8],
+    json: &[u8],
+    (writer, seq): (&str, u64),
+    first: usize,
+) -> Result<(), String> {
+    let parse = |l: &[u8]| serde_json::from_slice::<EventRecord>(l).ok();
+    if earlier == json || parse(earlier).is_some_and(|e| parse(json) == Some(e)) {
+        return Ok(());
+    }
+    let id = crate::events::record::record_id(json).unwrap_or_default();
+    Err(format!(
+        "record {id} has writer {writer} and seq {seq} as line {first} with other content"
+    ))
+}
+
+/// A full record (`line`, input line `number`) with the writer and seq of an earlier one
+/// whose batch had released its lines when it was read.
+struct Deferred {
+    earlier: Given,
+    line: Vec<u8>,
+    writer: String,
+    seq: u64,
+    number: usize,
+}
+
 /// The batches of a call: consecutive records of one writer, at most `size` each. Each
 /// batch, once sealed (the next one begun, or the input ended after several), goes to
 /// `sealed`, a thread that compresses and stores it while the next ones are read; a lone
-/// batch is stored by the append. The call's own batches (of bare events) drop their
-/// lines once that thread has compressed them: the frames wait for the commit, not the
-/// lines (a full record's batch keeps them, to tell a repeated record by its line).
+/// batch is stored by the append. Each batch drops its lines once that thread has
+/// compressed it: the frames wait for the commit, not the lines.
 struct Batches<'g> {
     list: Vec<Arc<Batch>>,
     size: u64,
-    /// The call's writer id, which the bare events' records get.
-    fresh: String,
-    /// The batches before this one have released their lines, or are other writers'.
+    /// The batches before this one have released their lines.
     released: usize,
     /// Closed (`None`) once every line is read.
     sealed: Option<SyncSender<Arc<Batch>>>,
@@ -295,16 +321,11 @@ impl Batches<'_> {
         Ok(())
     }
 
-    /// Drops the lines of the call's own batches that the storing thread is done with
-    /// (it compresses them in order, and holds each until then).
+    /// Drops the lines of the batches the storing thread is done with (it compresses
+    /// them in order, and holds each until then).
     fn release_stored(&mut self) {
-        while let Some(batch) = self.list.get_mut(self.released) {
-            if batch.writer() == Some(self.fresh.as_str()) {
-                let Some(batch) = Arc::get_mut(batch) else {
-                    return;
-                };
-                batch.release_lines();
-            }
+        while let Some(batch) = self.list.get_mut(self.released).and_then(Arc::get_mut) {
+            batch.release_lines();
             self.released += 1;
         }
     }
@@ -360,6 +381,9 @@ struct Builder<'g> {
     hot: (String, Seen),
     /// Full records repeated in the input, skipped.
     repeated: u64,
+    /// Full records repeating one whose batch had released its lines: told apart once
+    /// the batch objects are stored ([`Builder::check_deferred`]).
+    deferred: Vec<Deferred>,
     /// `metadata` as JSON, written into every bare event's envelope.
     metadata_json: Vec<u8>,
 }
@@ -390,17 +414,24 @@ impl Builder<'_> {
             number: first,
         }) = seen
         {
-            let earlier = self.batches.list[batch].line_at(start);
-            let parse = |l: &[u8]| serde_json::from_slice::<EventRecord>(l).ok();
-            if earlier == json || parse(earlier).is_some_and(|e| parse(json) == Some(e)) {
-                self.repeated += 1;
+            let earlier = &self.batches.list[batch];
+            if earlier.is_released() {
+                self.deferred.push(Deferred {
+                    earlier: Given {
+                        batch,
+                        start,
+                        number: first,
+                    },
+                    line: json.to_vec(),
+                    writer: info.writer.to_owned(),
+                    seq: info.seq,
+                    number,
+                });
                 return Ok(());
             }
-            let id = crate::events::record::record_id(json).unwrap_or_default();
-            return Err(format!(
-                "record {id} has writer {} and seq {} as line {first} with other content",
-                info.writer, info.seq
-            ));
+            same_record(earlier.line_at(start), json, (info.writer, info.seq), first)?;
+            self.repeated += 1;
+            return Ok(());
         }
         self.batches.add(json, info)?;
         let batch = self.batches.list.len() - 1;
@@ -410,6 +441,29 @@ impl Builder<'_> {
             number,
         };
         self.seen(info.writer).insert(info.seq, given);
+        Ok(())
+    }
+
+    /// Tells the deferred repeats apart, reading the earlier lines from the batch
+    /// objects (stored by now); the first refused, in input order, is the error.
+    fn check_deferred(&mut self, objects: &ObjectStore) -> anyhow::Result<()> {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        deferred.sort_by_key(|d| d.number);
+        let mut read: HashMap<usize, Vec<u8>> = HashMap::new();
+        for d in deferred {
+            let payload = match read.entry(d.earlier.batch) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let id = self.batches.list[d.earlier.batch].id();
+                    v.insert(objects.read(&id)?.payload)
+                }
+            };
+            let earlier = crate::events::log::line_in(payload, d.earlier.start);
+            let number = d.number;
+            same_record(earlier, &d.line, (&d.writer, d.seq), d.earlier.number)
+                .map_err(|reason| anyhow!("line {number}: {reason}; nothing was appended"))?;
+            self.repeated += 1;
+        }
         Ok(())
     }
 
@@ -825,7 +879,6 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     // Reading and parsing on this thread, compressing and storing sealed batches on
     // another: the two overlap. Nothing is appended until every line has been read.
     let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(4);
-    let writer = new_id();
     let (repeated, done) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let storing = scope.spawn(move || -> Result<ObjectBatch<'_>, ObjectError> {
             // One pack for a call of many batches, not a file each.
@@ -839,19 +892,19 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             batches: Batches {
                 list: Vec::new(),
                 size: args.batch_size,
-                fresh: writer.clone(),
                 released: 0,
                 sealed: Some(sealed),
                 guard: None,
                 log: &log,
             },
-            writer,
+            writer: new_id(),
             next_seq: 0,
             metadata,
             given: HashMap::new(),
             // No writer's records yet (the empty writer's too: none read).
             hot: (String::new(), Seen::default()),
             repeated: 0,
+            deferred: Vec::new(),
             metadata_json,
         };
         // An append of one batch (most calls) stores it itself, on this thread, and writes
@@ -869,6 +922,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         // On a refused line, the stored group is dropped unused: its temp files go.
         read?;
         stored?.commit()?;
+        // A record repeated in the input, told apart now that the batches are stored:
+        // when refused, the stored objects are left for gc, named by no ref.
+        builder.check_deferred(objects)?;
         let done = log.append_idempotent(&builder.batches.list, &builder.writer)?;
         Ok((builder.repeated, done))
     })?;
@@ -1040,10 +1096,10 @@ fn add_parsed(parsed: &Parsed, builder: &mut Builder<'_>) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
-    /// The call's own batches drop their lines once the storing side has let go of
-    /// them; the batch being filled, one still held, and other writers' keep theirs.
+    /// Batches drop their lines once the storing side has let go of them, in order; the
+    /// batch being filled, and one still held, keep theirs.
     #[test]
-    fn the_calls_batches_release_their_lines_once_stored() {
+    fn batches_release_their_lines_once_stored() {
         let dir = tempfile::tempdir().unwrap();
         let home = crate::home::Home::at(dir.path()).unwrap();
         let refs = crate::store::refs::RefStore::new(&home, Default::default());
@@ -1052,7 +1108,6 @@ mod tests {
         let mut batches = Batches {
             list: Vec::new(),
             size: 2,
-            fresh: "fresh".into(),
             released: 0,
             sealed: Some(sealed),
             guard: None,
@@ -1081,11 +1136,17 @@ mod tests {
         assert!(batches.list.iter().all(|b| !b.is_released()));
         drop(held);
         add(&mut batches, "fresh", 4);
-        let released: Vec<bool> = batches.list.iter().map(|b| b.is_released()).collect();
-        // fresh 0-1 and 2-3 let go of; other 0-1 is another writer's; fresh 4 is
-        // being filled.
-        assert_eq!(released, [true, true, false, false]);
+        let released = |batches: &Batches<'_>| -> Vec<bool> {
+            batches.list.iter().map(|b| b.is_released()).collect()
+        };
+        // fresh 0-1 and 2-3 let go of; other 0-1 still held; fresh 4 being filled.
+        assert_eq!(released(&batches), [true, true, false, false]);
         assert_eq!(batches.list[0].len(), 2);
+        drop(to_store.try_iter().collect::<Vec<_>>());
+        add(&mut batches, "fresh", 5);
+        add(&mut batches, "fresh", 6);
+        // fresh 4-5 now held; other 0-1 let go of.
+        assert_eq!(released(&batches), [true, true, true, false, false]);
     }
 
     #[test]
