@@ -1256,6 +1256,12 @@ mod tests {
         }
     }
 
+    /// How many records each node of the chain holds, oldest first.
+    fn node_counts(log: &Chain) -> Vec<u64> {
+        let nodes = log.nodes().unwrap();
+        nodes.iter().map(|(_, n)| n.summary.count).collect()
+    }
+
     fn batch(writer: &str, seqs: std::ops::Range<u64>) -> Batch {
         let mut b = Batch::new();
         for seq in seqs {
@@ -1415,13 +1421,7 @@ mod tests {
         let (_, head) = log.head().unwrap().unwrap();
         assert!(head.writers.unwrap().may_hold("new"));
         assert_eq!(head.writer_seq_max, Some(1));
-        let all: Vec<u64> = log
-            .nodes()
-            .unwrap()
-            .iter()
-            .map(|(_, n)| n.summary.count)
-            .collect();
-        assert_eq!(all, [3, 2, 2]);
+        assert_eq!(node_counts(&log), [3, 2, 2]);
     }
 
     /// A batch that released its lines is appended by its id and node alone; a retry
@@ -1461,13 +1461,7 @@ mod tests {
                 skipped: 2
             }
         );
-        let counts: Vec<u64> = log
-            .nodes()
-            .unwrap()
-            .iter()
-            .map(|(_, n)| n.summary.count)
-            .collect();
-        assert_eq!(counts, [3, 3, 2]);
+        assert_eq!(node_counts(&log), [3, 3, 2]);
 
         let mut unstored = batch("fresh", 3..5);
         unstored.release_lines();

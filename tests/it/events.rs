@@ -590,19 +590,7 @@ fn a_record_repeated_after_its_batch_was_stored_is_told_from_its_object() {
     lines.push(line(1, r#"{"n":1,"event_type":"step"}"#));
     let append = |lines: &[String]| {
         let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        env.run(
-            &[
-                "events",
-                "append",
-                "--job",
-                "j",
-                "--repo",
-                "api",
-                "--batch-size",
-                "1",
-            ],
-            input.as_bytes(),
-        )
+        env.run(&append_in_batches_of("1"), input.as_bytes())
     };
     let out = append(&lines);
     assert!(
