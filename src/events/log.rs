@@ -389,6 +389,10 @@ pub struct Batch {
     id: std::sync::OnceLock<ObjectId>,
     /// Its lines were dropped once its object was stored ([`Batch::release_lines`]).
     released: bool,
+    /// The batch object's frame, when the storing side kept it
+    /// ([`Batch::store_in_keeping_frame`]): a released batch's lines are read back from
+    /// it before its group has committed.
+    frame: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Batch {
@@ -484,6 +488,7 @@ impl Batch {
         }
         self.seq_last = info.seq;
         self.id.take();
+        self.frame.take();
         self.summary.add(info, (self.payload.len() - start) as u64);
         if let Some(agent) = info.agent_id {
             bump(&mut self.agents, agent, 1);
@@ -502,9 +507,9 @@ impl Batch {
     /// Appends a batch of later records from the same writer. Neither may have released
     /// its lines.
     pub fn extend(&mut self, newer: Batch) {
-        debug_assert!(
+        assert!(
             !self.released && !newer.released,
-            "a released batch extended"
+            "a batch that released its lines was extended"
         );
         if newer.is_empty() {
             return;
@@ -514,6 +519,7 @@ impl Batch {
             return;
         }
         self.id.take();
+        self.frame.take();
         self.payload.extend_from_slice(&newer.payload);
         self.summary.merge(&newer.summary);
         for (agent, n) in &newer.agents {
@@ -539,12 +545,45 @@ impl Batch {
         group.add_hashed(self.id(), ObjectType::Batch, &self.payload)
     }
 
-    /// Drops the batch's lines, keeping its id and everything its log node says. For a
-    /// batch whose object a group already holds: once that group has committed,
-    /// [`Self::store_in`] only checks that the object is there, and a chain that must
-    /// look at its records reads them from the object. `events append` releases each
-    /// batch its storing thread has compressed, so that an append of many batches holds
-    /// their frames, not their lines.
+    /// [`Self::store_in`], keeping a copy of the frame it compresses (see
+    /// [`Self::lines`]).
+    pub fn store_in_keeping_frame(
+        &self,
+        group: &mut ObjectBatch<'_>,
+    ) -> Result<ObjectId, ObjectError> {
+        if self.released {
+            return group.add_stored(self.id());
+        }
+        let (id, frame) =
+            group.add_hashed_keeping_frame(self.id(), ObjectType::Batch, &self.payload)?;
+        if let Some(frame) = frame {
+            let _ = self.frame.set(frame);
+        }
+        Ok(id)
+    }
+
+    /// The batch's lines: its own, or once released, decoded (and verified) from the
+    /// frame it kept, or read from its object in `objects`.
+    pub fn lines(&self, objects: &ObjectStore) -> Result<Cow<'_, [u8]>, ObjectError> {
+        if !self.released {
+            return Ok(Cow::Borrowed(&self.payload));
+        }
+        let id = self.id();
+        let object = match self.frame.get() {
+            Some(frame) => {
+                crate::store::object::decode(&id, std::path::Path::new("a batch frame"), frame)?
+            }
+            None => objects.read(&id)?,
+        };
+        Ok(Cow::Owned(object.payload))
+    }
+
+    /// Drops the batch's lines, keeping its id and everything its log node says (and its
+    /// frame, if it kept one). For a batch whose object a group already holds: once
+    /// that group has committed, [`Self::store_in`] only checks that the object is
+    /// there; before, [`Self::lines`] decodes the kept frame. `events append` releases
+    /// each batch its storing thread has compressed, so that an append of many batches
+    /// holds their frames, not their lines.
     pub fn release_lines(&mut self) {
         self.id();
         self.payload = Vec::new();
@@ -905,17 +944,13 @@ impl Chain {
         appended: &mut Appended,
     ) -> Result<Batch, EventError> {
         let mut rest = Batch::new();
-        let read;
-        let payload = if batch.released {
-            read = self
-                .objects()
-                .read(&batch.id())
-                .map_err(|e| self.broken("batch", batch.id(), e.into()))?
-                .payload;
-            &read
-        } else {
-            &batch.payload
-        };
+        let payload = batch.lines(self.objects()).map_err(|e| {
+            EventError::BadRecord(format!(
+                "the lines of batch {} of this append: {}",
+                batch.id(),
+                crate::error_line(&e)
+            ))
+        })?;
         for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let record: EventRecord = serde_json::from_slice(line)
                 .map_err(|e| EventError::BadRecord(format!("a record of this append: {e}")))?;
@@ -955,6 +990,10 @@ impl Chain {
 
     /// The first half of an append: stores a batch object durably (no lock taken).
     pub fn write_batch(&self, batch: &Batch) -> Result<ObjectId, EventError> {
+        if batch.released {
+            let mut group = self.objects().batch();
+            return Ok(batch.store_in(&mut group)?);
+        }
         Ok(self.objects().write(ObjectType::Batch, &batch.payload)?)
     }
 
@@ -1462,6 +1501,16 @@ mod tests {
             }
         );
         assert_eq!(node_counts(&log), [3, 3, 2]);
+
+        // Before its group commits, a released batch's lines come from its kept frame.
+        let kept = batch("w", 5..8);
+        let want = kept.payload.clone();
+        let mut group = log.objects().batch().packed();
+        kept.store_in_keeping_frame(&mut group).unwrap();
+        let mut kept = kept;
+        kept.release_lines();
+        assert_eq!(kept.lines(log.objects()).unwrap().as_ref(), want.as_slice());
+        drop(group);
 
         let mut unstored = batch("fresh", 3..5);
         unstored.release_lines();

@@ -1108,6 +1108,28 @@ impl ObjectBatch<'_> {
         kind: ObjectType,
         payload: &[u8],
     ) -> Result<ObjectId, ObjectError> {
+        self.add_framed(id, kind, payload, false).map(|(id, _)| id)
+    }
+
+    /// [`Self::add_hashed`], also returning a copy of the frame it compressed (`None`
+    /// when the store or this group held the object already): a caller that must read
+    /// the object back before the commit decodes it ([`decode`]).
+    pub fn add_hashed_keeping_frame(
+        &mut self,
+        id: ObjectId,
+        kind: ObjectType,
+        payload: &[u8],
+    ) -> Result<(ObjectId, Option<Vec<u8>>), ObjectError> {
+        self.add_framed(id, kind, payload, true)
+    }
+
+    fn add_framed(
+        &mut self,
+        id: ObjectId,
+        kind: ObjectType,
+        payload: &[u8],
+        keep: bool,
+    ) -> Result<(ObjectId, Option<Vec<u8>>), ObjectError> {
         debug_assert_eq!(
             id,
             ObjectId::hash(kind, payload),
@@ -1115,14 +1137,18 @@ impl ObjectBatch<'_> {
         );
         if let Some(remote) = self.store.s3()? {
             if self.seen.insert(id) && !remote.is_confirmed(id.as_bytes()) {
-                self.uploads.push((id, compress(&id, kind, payload)?));
+                let frame = compress(&id, kind, payload)?;
+                let kept = keep.then(|| frame.clone());
+                self.uploads.push((id, frame));
+                return Ok((id, kept));
             }
-            return Ok(id);
+            return Ok((id, None));
         }
         if self.seen.contains(&id) || self.store.stored_locally(&id, false)? {
-            return Ok(id);
+            return Ok((id, None));
         }
         let mut frame = compress(&id, kind, payload)?;
+        let kept = keep.then(|| frame.clone());
         if self.packing && self.frame_bytes + frame.len() <= PACK_MAX_BYTES {
             // Kept until commit: no more memory than the frame needs (zstd's output
             // buffer has room for the worst case).
@@ -1134,7 +1160,7 @@ impl ObjectBatch<'_> {
             self.write_temp(id, &frame)?;
         }
         self.seen.insert(id);
-        Ok(id)
+        Ok((id, kept))
     }
 
     /// Adds an object stored before this group began (by a group whose `commit` has

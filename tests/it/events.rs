@@ -573,10 +573,11 @@ fn lines_parsed_in_chunks_are_added_in_order_with_repeats_found_across_chunks() 
 
 /// A record repeated long after its first line, whose batch has released its lines by
 /// then (`--batch-size 1`: the storing thread is done with a batch five batches later),
-/// is told apart from its stored object: the same record, as written or written another
-/// way, is skipped; other content is refused, and nothing is appended.
+/// is told apart by the line decoded from the batch's frame: the same record, as
+/// written or written another way, is skipped; other content is refused, with nothing
+/// appended and nothing stored.
 #[test]
-fn a_record_repeated_after_its_batch_was_stored_is_told_from_its_object() {
+fn a_record_repeated_after_its_batch_released_its_lines_is_told_from_its_frame() {
     let env = Env::new();
     let line = |seq: u64, event: &str| {
         format!(
@@ -609,6 +610,8 @@ fn a_record_repeated_after_its_batch_was_stored_is_told_from_its_object() {
     other.push(
         line(3, r#"{"event_type":"step","n":2}"#).replace(r#""writer":"w""#, r#""writer":"v""#),
     );
+    let objects = env.home().join("objects");
+    let before = files_under(&objects);
     let stderr = assert_one_line_error(&append(&other), 1);
     assert!(
         stderr.contains("line 21: record r3 has writer v and seq 3 as line 4 with other content")
@@ -616,6 +619,7 @@ fn a_record_repeated_after_its_batch_was_stored_is_told_from_its_object() {
         "{stderr}"
     );
     assert_eq!(records(&env, "j", &[]).len(), 20);
+    assert_eq!(files_under(&objects), before);
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::events::record::{
 use crate::events::{Batch, EventLog, EventRecord, Metadata};
 use crate::lock::WriteGuard;
 use crate::store::id::ObjectId;
-use crate::store::object::{ObjectBatch, ObjectError, ObjectStore};
+use crate::store::object::{ObjectBatch, ObjectError};
 
 /// How long standard input may have nothing ready before what was read is checked.
 const STALLED: std::time::Duration = std::time::Duration::from_millis(20);
@@ -242,16 +242,6 @@ fn same_record(
     ))
 }
 
-/// A full record (`line`, input line `number`) with the writer and seq of an earlier one
-/// whose batch had released its lines when it was read.
-struct Deferred {
-    earlier: Given,
-    line: Vec<u8>,
-    writer: String,
-    seq: u64,
-    number: usize,
-}
-
 /// The batches of a call: consecutive records of one writer, at most `size` each. Each
 /// batch, once sealed (the next one begun, or the input ended after several), goes to
 /// `sealed`, a thread that compresses and stores it while the next ones are read; a lone
@@ -381,9 +371,9 @@ struct Builder<'g> {
     hot: (String, Seen),
     /// Full records repeated in the input, skipped.
     repeated: u64,
-    /// Full records repeating one whose batch had released its lines: told apart once
-    /// the batch objects are stored ([`Builder::check_deferred`]).
-    deferred: Vec<Deferred>,
+    /// The lines of the last released batch a repeat was looked up in, decoded from its
+    /// frame: repeats come in runs.
+    decoded: Option<(usize, Vec<u8>)>,
     /// `metadata` as JSON, written into every bare event's envelope.
     metadata_json: Vec<u8>,
 }
@@ -414,22 +404,21 @@ impl Builder<'_> {
             number: first,
         }) = seen
         {
-            let earlier = &self.batches.list[batch];
-            if earlier.is_released() {
-                self.deferred.push(Deferred {
-                    earlier: Given {
-                        batch,
-                        start,
-                        number: first,
-                    },
-                    line: json.to_vec(),
-                    writer: info.writer.to_owned(),
-                    seq: info.seq,
-                    number,
-                });
-                return Ok(());
-            }
-            same_record(earlier.line_at(start), json, (info.writer, info.seq), first)?;
+            // A released batch's lines are decoded from the frame it kept.
+            let line = if self.batches.list[batch].is_released() {
+                if self.decoded.as_ref().is_none_or(|(b, _)| *b != batch) {
+                    let objects = self.batches.log.refs().objects();
+                    let lines = self.batches.list[batch].lines(objects).map_err(|e| {
+                        format!("cannot read line {first} back: {}", crate::error_line(&e))
+                    })?;
+                    self.decoded = Some((batch, lines.into_owned()));
+                }
+                let lines = self.decoded.as_ref().map_or(&[][..], |(_, l)| l.as_slice());
+                crate::events::log::line_in(lines, start)
+            } else {
+                self.batches.list[batch].line_at(start)
+            };
+            same_record(line, json, (info.writer, info.seq), first)?;
             self.repeated += 1;
             return Ok(());
         }
@@ -441,29 +430,6 @@ impl Builder<'_> {
             number,
         };
         self.seen(info.writer).insert(info.seq, given);
-        Ok(())
-    }
-
-    /// Tells the deferred repeats apart, reading the earlier lines from the batch
-    /// objects (stored by now); the first refused, in input order, is the error.
-    fn check_deferred(&mut self, objects: &ObjectStore) -> anyhow::Result<()> {
-        let mut deferred = std::mem::take(&mut self.deferred);
-        deferred.sort_by_key(|d| d.number);
-        let mut read: HashMap<usize, Vec<u8>> = HashMap::new();
-        for d in deferred {
-            let payload = match read.entry(d.earlier.batch) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let id = self.batches.list[d.earlier.batch].id();
-                    v.insert(objects.read(&id)?.payload)
-                }
-            };
-            let earlier = crate::events::log::line_in(payload, d.earlier.start);
-            let number = d.number;
-            same_record(earlier, &d.line, (&d.writer, d.seq), d.earlier.number)
-                .map_err(|reason| anyhow!("line {number}: {reason}; nothing was appended"))?;
-            self.repeated += 1;
-        }
         Ok(())
     }
 
@@ -880,11 +846,20 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     // another: the two overlap. Nothing is appended until every line has been read.
     let (sealed, to_store) = std::sync::mpsc::sync_channel::<Arc<Batch>>(4);
     let (repeated, done) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let writer = new_id();
+        let fresh = writer.clone();
         let storing = scope.spawn(move || -> Result<ObjectBatch<'_>, ObjectError> {
             // One pack for a call of many batches, not a file each.
             let mut group = objects.batch().packed();
             for batch in to_store {
-                batch.store_in(&mut group)?;
+                // A full record's batch keeps its frame: a repeat of one of its records
+                // is compared with its line, read back from the frame once the batch has
+                // released its lines. The call's own batches are never looked at.
+                if batch.writer() == Some(fresh.as_str()) {
+                    batch.store_in(&mut group)?;
+                } else {
+                    batch.store_in_keeping_frame(&mut group)?;
+                }
             }
             Ok(group)
         });
@@ -897,14 +872,14 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 guard: None,
                 log: &log,
             },
-            writer: new_id(),
+            writer,
             next_seq: 0,
             metadata,
             given: HashMap::new(),
             // No writer's records yet (the empty writer's too: none read).
             hot: (String::new(), Seen::default()),
             repeated: 0,
-            deferred: Vec::new(),
+            decoded: None,
             metadata_json,
         };
         // An append of one batch (most calls) stores it itself, on this thread, and writes
@@ -922,9 +897,6 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         // On a refused line, the stored group is dropped unused: its temp files go.
         read?;
         stored?.commit()?;
-        // A record repeated in the input, told apart now that the batches are stored:
-        // when refused, the stored objects are left for gc, named by no ref.
-        builder.check_deferred(objects)?;
         let done = log.append_idempotent(&builder.batches.list, &builder.writer)?;
         Ok((builder.repeated, done))
     })?;
