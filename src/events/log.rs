@@ -393,6 +393,9 @@ pub struct Batch {
     /// ([`Batch::store_in_keeping_frame`]): a released batch's lines are read back from
     /// it before its group has committed.
     frame: std::sync::OnceLock<Vec<u8>>,
+    /// Set once [`Batch::store_in`] (or `store_in_keeping_frame`) has added its object
+    /// to a group: only then may it release its lines.
+    stored: std::sync::OnceLock<()>,
 }
 
 impl Batch {
@@ -489,6 +492,7 @@ impl Batch {
         self.seq_last = info.seq;
         self.id.take();
         self.frame.take();
+        self.stored.take();
         self.summary.add(info, (self.payload.len() - start) as u64);
         if let Some(agent) = info.agent_id {
             bump(&mut self.agents, agent, 1);
@@ -520,6 +524,7 @@ impl Batch {
         }
         self.id.take();
         self.frame.take();
+        self.stored.take();
         self.payload.extend_from_slice(&newer.payload);
         self.summary.merge(&newer.summary);
         for (agent, n) in &newer.agents {
@@ -542,7 +547,9 @@ impl Batch {
         if self.released {
             return group.add_stored(self.id());
         }
-        group.add_hashed(self.id(), ObjectType::Batch, &self.payload)
+        let id = group.add_hashed(self.id(), ObjectType::Batch, &self.payload)?;
+        let _ = self.stored.set(());
+        Ok(id)
     }
 
     /// [`Self::store_in`], keeping a copy of the frame it compresses (see
@@ -559,6 +566,7 @@ impl Batch {
         if let Some(frame) = frame {
             let _ = self.frame.set(frame);
         }
+        let _ = self.stored.set(());
         Ok(id)
     }
 
@@ -584,10 +592,17 @@ impl Batch {
     /// there; before, [`Self::lines`] decodes the kept frame. `events append` releases
     /// each batch its storing thread has compressed, so that an append of many batches
     /// holds their frames, not their lines.
-    pub fn release_lines(&mut self) {
+    ///
+    /// Returns false, and keeps the lines, for a batch no group has taken
+    /// ([`Self::store_in`]): a storing side that failed before it.
+    pub fn release_lines(&mut self) -> bool {
+        if self.stored.get().is_none() {
+            return false;
+        }
         self.id();
         self.payload = Vec::new();
         self.released = true;
+        true
     }
 
     /// True once [`Self::release_lines`] has dropped the lines.
@@ -944,13 +959,9 @@ impl Chain {
         appended: &mut Appended,
     ) -> Result<Batch, EventError> {
         let mut rest = Batch::new();
-        let payload = batch.lines(self.objects()).map_err(|e| {
-            EventError::BadRecord(format!(
-                "the lines of batch {} of this append: {}",
-                batch.id(),
-                crate::error_line(&e)
-            ))
-        })?;
+        let payload = batch
+            .lines(self.objects())
+            .map_err(|e| self.broken("batch", batch.id(), e.into()))?;
         for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let record: EventRecord = serde_json::from_slice(line)
                 .map_err(|e| EventError::BadRecord(format!("a record of this append: {e}")))?;
@@ -1480,7 +1491,7 @@ mod tests {
             group.commit().unwrap();
             let (id, count) = (b.id(), b.len());
             let mut b = b;
-            b.release_lines();
+            assert!(b.release_lines());
             assert!(b.is_released() && b.bytes() == 0);
             assert_eq!((b.id(), b.len()), (id, count));
             b
@@ -1508,12 +1519,16 @@ mod tests {
         let mut group = log.objects().batch().packed();
         kept.store_in_keeping_frame(&mut group).unwrap();
         let mut kept = kept;
-        kept.release_lines();
+        assert!(kept.release_lines());
         assert_eq!(kept.lines(log.objects()).unwrap().as_ref(), want.as_slice());
         drop(group);
 
+        // A batch no group took keeps its lines; one whose group never committed is
+        // refused at the append.
         let mut unstored = batch("fresh", 3..5);
-        unstored.release_lines();
+        assert!(!unstored.release_lines() && !unstored.is_released());
+        unstored.store_in(&mut log.objects().batch()).unwrap();
+        assert!(unstored.release_lines());
         let err = log.append_idempotent(&[&unstored], "fresh").unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
         assert!(unstored.push(&record("fresh", 5)).is_err());

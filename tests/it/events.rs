@@ -603,6 +603,18 @@ fn a_record_repeated_after_its_batch_released_its_lines_is_told_from_its_frame()
         String::from_utf8_lossy(&out.stdout).trim(),
         "appended 20 events to events/api/j; skipped 2 records already there (same writer, seq and content)"
     );
+    // The same input again: its batches are the stored objects (no frame is kept), and
+    // the repeats are read back from the store.
+    let out = append(&lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "appended 0 events to events/api/j; skipped 22 records already there (same writer, seq and content)"
+    );
     // Another writer's 20 records, then its record 3 again with another payload.
     let mut other: Vec<String> = (0..20)
         .map(|seq| line(seq, step).replace(r#""writer":"w""#, r#""writer":"v""#))

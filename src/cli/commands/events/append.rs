@@ -28,6 +28,10 @@ use crate::store::object::{ObjectBatch, ObjectError};
 /// How long standard input may have nothing ready before what was read is checked.
 const STALLED: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// How many released batches' lines a call keeps decoded for repeats (see
+/// `Builder::decoded`).
+const DECODED: usize = 8;
+
 /// The longest line accepted (16 MiB), as every command reading lines.
 pub const MAX_LINE: usize = crate::cli::MAX_INPUT_LINE;
 
@@ -311,11 +315,14 @@ impl Batches<'_> {
         Ok(())
     }
 
-    /// Drops the lines of the batches the storing thread is done with (it compresses
-    /// them in order, and holds each until then).
+    /// Drops the lines of the batches the storing thread is done with (it stores them
+    /// in order, and holds each until then); stops at one it let go of unstored (it
+    /// failed, and its error is reported when it is joined).
     fn release_stored(&mut self) {
         while let Some(batch) = self.list.get_mut(self.released).and_then(Arc::get_mut) {
-            batch.release_lines();
+            if !batch.release_lines() {
+                return;
+            }
             self.released += 1;
         }
     }
@@ -371,9 +378,10 @@ struct Builder<'g> {
     hot: (String, Seen),
     /// Full records repeated in the input, skipped.
     repeated: u64,
-    /// The lines of the last released batch a repeat was looked up in, decoded from its
-    /// frame: repeats come in runs.
-    decoded: Option<(usize, Vec<u8>)>,
+    /// The lines of the last [`DECODED`] released batches a repeat was looked up in,
+    /// decoded from their frames, the latest last: repeats come in runs, of one writer
+    /// or a few interleaved.
+    decoded: std::collections::VecDeque<(usize, Vec<u8>)>,
     /// `metadata` as JSON, written into every bare event's envelope.
     metadata_json: Vec<u8>,
 }
@@ -406,14 +414,21 @@ impl Builder<'_> {
         {
             // A released batch's lines are decoded from the frame it kept.
             let line = if self.batches.list[batch].is_released() {
-                if self.decoded.as_ref().is_none_or(|(b, _)| *b != batch) {
+                if !self.decoded.iter().any(|(b, _)| *b == batch) {
                     let objects = self.batches.log.refs().objects();
                     let lines = self.batches.list[batch].lines(objects).map_err(|e| {
                         format!("cannot read line {first} back: {}", crate::error_line(&e))
                     })?;
-                    self.decoded = Some((batch, lines.into_owned()));
+                    if self.decoded.len() == DECODED {
+                        self.decoded.pop_front();
+                    }
+                    self.decoded.push_back((batch, lines.into_owned()));
                 }
-                let lines = self.decoded.as_ref().map_or(&[][..], |(_, l)| l.as_slice());
+                let lines = self
+                    .decoded
+                    .iter()
+                    .find(|(b, _)| *b == batch)
+                    .map_or(&[][..], |(_, l)| l.as_slice());
                 crate::events::log::line_in(lines, start)
             } else {
                 self.batches.list[batch].line_at(start)
@@ -879,7 +894,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             // No writer's records yet (the empty writer's too: none read).
             hot: (String::new(), Seen::default()),
             repeated: 0,
-            decoded: None,
+            decoded: std::collections::VecDeque::new(),
             metadata_json,
         };
         // An append of one batch (most calls) stores it itself, on this thread, and writes
@@ -1106,6 +1121,10 @@ mod tests {
         let held: Vec<Arc<Batch>> = to_store.try_iter().collect();
         assert_eq!(held.len(), 2);
         assert!(batches.list.iter().all(|b| !b.is_released()));
+        let mut group = log.refs().objects().batch();
+        for batch in &held {
+            batch.store_in(&mut group).unwrap();
+        }
         drop(held);
         add(&mut batches, "fresh", 4);
         let released = |batches: &Batches<'_>| -> Vec<bool> {
@@ -1114,11 +1133,19 @@ mod tests {
         // fresh 0-1 and 2-3 let go of; other 0-1 still held; fresh 4 being filled.
         assert_eq!(released(&batches), [true, true, false, false]);
         assert_eq!(batches.list[0].len(), 2);
-        drop(to_store.try_iter().collect::<Vec<_>>());
+        for batch in to_store.try_iter() {
+            batch.store_in(&mut group).unwrap();
+        }
         add(&mut batches, "fresh", 5);
         add(&mut batches, "fresh", 6);
         // fresh 4-5 now held; other 0-1 let go of.
         assert_eq!(released(&batches), [true, true, true, false, false]);
+        // A batch let go of unstored (a storing side that failed) keeps its lines, and
+        // so do the ones after it.
+        drop(to_store.try_iter().collect::<Vec<_>>());
+        add(&mut batches, "fresh", 7);
+        add(&mut batches, "fresh", 8);
+        assert_eq!(released(&batches), [true, true, true, false, false, false]);
     }
 
     #[test]
