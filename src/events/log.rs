@@ -490,9 +490,7 @@ impl Batch {
             self.seq_first = info.seq;
         }
         self.seq_last = info.seq;
-        self.id.take();
-        self.frame.take();
-        self.stored.take();
+        self.forget_object();
         self.summary.add(info, (self.payload.len() - start) as u64);
         if let Some(agent) = info.agent_id {
             bump(&mut self.agents, agent, 1);
@@ -522,9 +520,7 @@ impl Batch {
             *self = newer;
             return;
         }
-        self.id.take();
-        self.frame.take();
-        self.stored.take();
+        self.forget_object();
         self.payload.extend_from_slice(&newer.payload);
         self.summary.merge(&newer.summary);
         for (agent, n) in &newer.agents {
@@ -544,12 +540,7 @@ impl Batch {
     /// Adds the batch object to `group` (see [`ObjectBatch::add_hashed`]); a batch whose
     /// lines were released, by its id ([`ObjectBatch::add_stored`]).
     pub fn store_in(&self, group: &mut ObjectBatch<'_>) -> Result<ObjectId, ObjectError> {
-        if self.released {
-            return group.add_stored(self.id());
-        }
-        let id = group.add_hashed(self.id(), ObjectType::Batch, &self.payload)?;
-        let _ = self.stored.set(());
-        Ok(id)
+        self.store(group, false)
     }
 
     /// [`Self::store_in`], keeping a copy of the frame it compresses (see
@@ -558,16 +549,37 @@ impl Batch {
         &self,
         group: &mut ObjectBatch<'_>,
     ) -> Result<ObjectId, ObjectError> {
+        self.store(group, true)
+    }
+
+    fn store(
+        &self,
+        group: &mut ObjectBatch<'_>,
+        keep_frame: bool,
+    ) -> Result<ObjectId, ObjectError> {
         if self.released {
             return group.add_stored(self.id());
         }
-        let (id, frame) =
-            group.add_hashed_keeping_frame(self.id(), ObjectType::Batch, &self.payload)?;
-        if let Some(frame) = frame {
-            let _ = self.frame.set(frame);
-        }
+        let id = if keep_frame {
+            let (id, frame) =
+                group.add_hashed_keeping_frame(self.id(), ObjectType::Batch, &self.payload)?;
+            if let Some(frame) = frame {
+                let _ = self.frame.set(frame);
+            }
+            id
+        } else {
+            group.add_hashed(self.id(), ObjectType::Batch, &self.payload)?
+        };
         let _ = self.stored.set(());
         Ok(id)
+    }
+
+    /// Forgets what was known of the batch object (its id, its kept frame, that a group
+    /// took it): the lines changed.
+    fn forget_object(&mut self) {
+        self.id.take();
+        self.frame.take();
+        self.stored.take();
     }
 
     /// The batch's lines: its own, or once released, decoded (and verified) from the

@@ -589,30 +589,17 @@ fn a_record_repeated_after_its_batch_released_its_lines_is_told_from_its_frame()
     lines.push(line(0, step));
     // Record 1 written another way: its event's keys in another order.
     lines.push(line(1, r#"{"n":1,"event_type":"step"}"#));
-    let append = |lines: &[String]| {
-        let input: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        env.run(&append_in_batches_of("1"), input.as_bytes())
-    };
-    let out = append(&lines);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let input = |lines: &[String]| -> String { lines.iter().map(|l| format!("{l}\n")).collect() };
+    let append = |lines: &[String]| env.run(&append_in_batches_of("1"), input(lines).as_bytes());
+    let appended = |lines: &[String]| env.ok(&append_in_batches_of("1"), input(lines).as_bytes());
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        appended(&lines).trim(),
         "appended 20 events to events/api/j; skipped 2 records already there (same writer, seq and content)"
     );
     // The same input again: its batches are the stored objects (no frame is kept), and
     // the repeats are read back from the store.
-    let out = append(&lines);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        appended(&lines).trim(),
         "appended 0 events to events/api/j; skipped 22 records already there (same writer, seq and content)"
     );
     // Another writer's 20 records, then its record 3 again with another payload.

@@ -414,22 +414,21 @@ impl Builder<'_> {
         {
             // A released batch's lines are decoded from the frame it kept.
             let line = if self.batches.list[batch].is_released() {
-                if !self.decoded.iter().any(|(b, _)| *b == batch) {
-                    let objects = self.batches.log.refs().objects();
-                    let lines = self.batches.list[batch].lines(objects).map_err(|e| {
-                        format!("cannot read line {first} back: {}", crate::error_line(&e))
-                    })?;
-                    if self.decoded.len() == DECODED {
-                        self.decoded.pop_front();
+                let at = match self.decoded.iter().position(|(b, _)| *b == batch) {
+                    Some(at) => at,
+                    None => {
+                        let objects = self.batches.log.refs().objects();
+                        let lines = self.batches.list[batch].lines(objects).map_err(|e| {
+                            format!("cannot read line {first} back: {}", crate::error_line(&e))
+                        })?;
+                        if self.decoded.len() == DECODED {
+                            self.decoded.pop_front();
+                        }
+                        self.decoded.push_back((batch, lines.into_owned()));
+                        self.decoded.len() - 1
                     }
-                    self.decoded.push_back((batch, lines.into_owned()));
-                }
-                let lines = self
-                    .decoded
-                    .iter()
-                    .find(|(b, _)| *b == batch)
-                    .map_or(&[][..], |(_, l)| l.as_slice());
-                crate::events::log::line_in(lines, start)
+                };
+                crate::events::log::line_in(&self.decoded[at].1, start)
             } else {
                 self.batches.list[batch].line_at(start)
             };
