@@ -621,6 +621,55 @@ fn a_record_repeated_after_its_batch_released_its_lines_is_told_from_its_frame()
     assert_eq!(files_under(&objects), before);
 }
 
+/// A retry that overlaps what an earlier append stored, long enough that its batches
+/// have let go of their lines by the append (`--batch-size 10`, 20 batches): the batch
+/// straddling the stored records is read back from its object, its stored records
+/// skipped and the rest appended; a stored record with other content in such a batch is
+/// refused, and nothing is appended.
+#[test]
+fn a_retry_overlapping_stored_records_reads_its_released_batches_back() {
+    let env = Env::new();
+    let line = |seq: u64, n: u64| {
+        format!(
+            r#"{{"v":1,"id":"r{seq}","timestamp":"2026-01-01T00:00:00.000000Z","writer":"w","seq":{seq},"event":{{"event_type":"step","n":{n}}},"metadata":{{}}}}"#
+        )
+    };
+    let input = |seqs: std::ops::Range<u64>, changed: Option<u64>| -> String {
+        seqs.map(|s| line(s, u64::from(Some(s) == changed)) + "\n")
+            .collect()
+    };
+    assert_eq!(
+        env.ok(&append_in_batches_of("10"), input(0..15, None).as_bytes())
+            .trim(),
+        "appended 15 events to events/api/j"
+    );
+    // Record 12 with other content, in the batch of 10..20: refused, nothing appended.
+    let stderr = assert_one_line_error(
+        &env.run(
+            &append_in_batches_of("10"),
+            input(0..200, Some(12)).as_bytes(),
+        ),
+        1,
+    );
+    assert!(
+        stderr.contains(
+            "record r12 (writer w, seq 12) differs from the record r12 the log events/api/j/w already holds"
+        ) && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    assert_eq!(records(&env, "j", &[]).len(), 15);
+    assert_eq!(
+        env.ok(&append_in_batches_of("10"), input(0..200, None).as_bytes())
+            .trim(),
+        "appended 185 events to events/api/j; skipped 15 records already there (same writer, seq and content)"
+    );
+    let seqs: Vec<u64> = records(&env, "j", &[])
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+}
+
 #[test]
 fn the_first_bad_line_of_many_is_the_one_reported() {
     let env = Env::new();

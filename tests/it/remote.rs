@@ -1015,3 +1015,85 @@ fn eight_writers_straight_at_the_server_lose_nothing() {
     let fsck: Value = json(&env, &s3, p, &["fsck", "--json"]);
     assert_eq!(fsck["errors"], 0, "{fsck}");
 }
+
+/// Appends long enough that their batches let go of their lines (`--batch-size 1` and
+/// `10`), on the remote store: a batch is then appended by its id, which the server must
+/// hold (uploaded by this call, or by an earlier one), and a record repeated in the input
+/// or overlapping stored records is read back (from the batch's frame, or its object).
+#[test]
+fn appends_whose_batches_let_go_of_their_lines_append_them_by_their_ids() {
+    let s3 = S3::start();
+    let p = "t14";
+    let env = Env::new();
+    let line = |seq: u64, n: u64| {
+        format!(
+            r#"{{"v":1,"id":"r{seq}","timestamp":"2026-01-01T00:00:00.000000Z","writer":"w","seq":{seq},"event":{{"event_type":"step","n":{n}}},"metadata":{{}}}}"#
+        ) + "\n"
+    };
+    let append = |size: &str, seqs: &[u64], changed: Option<u64>| {
+        let input: String = seqs
+            .iter()
+            .map(|&s| line(s, u64::from(Some(s) == changed)))
+            .collect();
+        let args = [
+            "events",
+            "append",
+            "--repo",
+            "r",
+            "--job",
+            "j",
+            "--batch-size",
+            size,
+        ];
+        run(&env, &s3, p, &args, input.as_bytes())
+    };
+    let appended = |size: &str, seqs: &[u64]| {
+        let out = append(size, seqs, None);
+        assert!(out.status.success(), "{}", transcript(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    // Twenty records, then records 0 and 1 again.
+    let mut seqs: Vec<u64> = (0..20).collect();
+    seqs.extend([0, 1]);
+    let skipped = |n| format!("; skipped {n} records already there (same writer, seq and content)");
+    assert_eq!(
+        appended("1", &seqs),
+        format!("appended 20 events to events/r/j{}", skipped(2))
+    );
+    // Again: every batch's object is already on the server.
+    assert_eq!(
+        appended("1", &seqs),
+        format!("appended 0 events to events/r/j{}", skipped(22))
+    );
+    // A retry of 0..200 in batches of ten, record 12 changed: refused, nothing appended.
+    let retry: Vec<u64> = (0..200).collect();
+    let out = append("10", &retry, Some(12));
+    let stderr = one_error(&out);
+    assert!(
+        stderr.contains("record r12 (writer w, seq 12) differs")
+            && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    assert_eq!(
+        appended("10", &retry),
+        format!("appended 180 events to events/r/j{}", skipped(20))
+    );
+    let shown = ok(
+        &env,
+        &s3,
+        p,
+        &["events", "show", "j", "--repo", "r", "--json"],
+        b"",
+    );
+    let seqs: Vec<u64> = shown
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    let fsck: Value = json(&env, &s3, p, &["fsck", "--json"]);
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
