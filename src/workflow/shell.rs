@@ -130,6 +130,7 @@ pub fn place(pieces: &[Piece<'_>], ansi_c: bool) -> Result<Vec<Slot>, String> {
         line_start: true,
         ansi_c,
         slots: Vec::new(),
+        case_in_sub: false,
     }
     .run()
 }
@@ -147,6 +148,9 @@ struct Scanner {
     line_start: bool,
     ansi_c: bool,
     slots: Vec<Slot>,
+    /// A `case` was read inside `$(…)`: its patterns' `)` would close the `$(` here while
+    /// `sh` reads on, so no variable after it can be placed.
+    case_in_sub: bool,
 }
 
 impl Scanner {
@@ -195,6 +199,11 @@ impl Scanner {
             self.line_start = false;
             let c = match sym {
                 Sym::V => {
+                    if self.case_in_sub {
+                        return Err(
+                            self.err("after a `case` inside $(…) (its patterns' `)` are not read)")
+                        );
+                    }
                     let slot = self.slot()?;
                     self.slots.push(slot);
                     self.at += 1;
@@ -317,6 +326,16 @@ impl Scanner {
         Ok(())
     }
 
+    /// True when the symbols at hand are the word `word`, ended by a blank, a line break,
+    /// `;` or the end.
+    fn word_is(&self, word: &str) -> bool {
+        word.chars().enumerate().all(|(i, c)| self.is(i, c))
+            && matches!(
+                self.peek(word.len()),
+                None | Some(Sym::C(' ' | '\t' | '\n' | ';'))
+            )
+    }
+
     /// `$…` openings shared by code, double quotes and here-document bodies; true when one
     /// was taken.
     fn dollar(&mut self) -> bool {
@@ -359,6 +378,9 @@ impl Scanner {
 
     fn code(&mut self, c: char, sub: bool, depth: usize) -> Result<(), String> {
         let word_start = std::mem::replace(&mut self.word_start, false);
+        if sub && word_start && self.word_is("case") {
+            self.case_in_sub = true;
+        }
         match c {
             '\\' => return self.escape(),
             '\'' => {
@@ -655,6 +677,14 @@ mod tests {
         assert_eq!(one("cat <<EOF\nx\nEOF\necho @"), Slot::Word);
         // A here-string is not a here-document.
         assert_eq!(one("cat <<< @"), Slot::Word);
+        // A `case` outside `$(…)`, or after the variable, or a word that only starts so.
+        assert_eq!(one("case @ in x) echo a;; esac"), Slot::Word);
+        assert_eq!(one("case x in x) echo @;; esac"), Slot::Word);
+        assert_eq!(
+            one("echo \"@ $(case x in x) echo a;; esac)\""),
+            Slot::Double
+        );
+        assert_eq!(one("echo $(cases; echo @)"), Slot::Word);
         // `$'…'` as the shell reads it.
         assert_eq!(slots("echo $'a\\'b' @", true).unwrap(), [Slot::Word]);
         assert_eq!(slots("echo $'a @'", true).unwrap(), [Slot::AnsiC]);
@@ -676,6 +706,15 @@ mod tests {
             ("echo '@", "leaves a quote open"),
             ("echo $(cat @", "open"),
             ("echo hi\necho `x @`", "(line 2 of the command)"),
+            // `x)` would close the `$(` here, and `echo @` would look double-quoted.
+            (
+                "echo \"$(case x in x) echo @;; esac)\"",
+                "after a `case` inside $(…)",
+            ),
+            (
+                "v=$( (case x in\n x) echo a;; esac) ); echo @",
+                "after a `case`",
+            ),
         ] {
             let e = slots(text, false).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -178,6 +178,10 @@ fn a_variable_the_scanner_cannot_place_is_a_load_error() {
         ("echo ${HOME:-${item}}", "inside the shell's own"),
         ("echo \\${item}", "after a backslash"),
         ("echo '${item}", "leaves a quote open"),
+        (
+            "echo \"$(case x in x) echo ${item};; esac)\"",
+            "after a `case` inside $(…)",
+        ),
     ] {
         let text = format!(
             "name: p\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: {}\n",
