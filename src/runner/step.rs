@@ -432,7 +432,9 @@ fn step_env(
 }
 
 /// Where the step runs: its worktree, or `working_dir` inside it (or elsewhere when
-/// absolute), which must be a directory.
+/// written so: an absolute path, or `..`), which must be a directory. A `working_dir`
+/// made from variables (an item's fields, captures) must stay inside the worktree, as
+/// `write_file`'s path must: their text is data, and may not choose where a step runs.
 fn working_dir(site: &Site<'_>, step: &PlanStep, vars: &Vars<'_>) -> Result<PathBuf, String> {
     let Some(t) = &step.working_dir else {
         return Ok(site.cwd.to_owned());
@@ -444,6 +446,20 @@ fn working_dir(site: &Site<'_>, step: &PlanStep, vars: &Vars<'_>) -> Result<Path
             "working_dir '{}' is not a directory",
             path.display()
         ));
+    }
+    if t.source().contains("${") {
+        let inside = match (path.canonicalize(), site.cwd.canonicalize()) {
+            (Ok(dir), Ok(worktree)) => dir.starts_with(worktree),
+            _ => false,
+        };
+        if !inside {
+            return Err(format!(
+                "working_dir '{}' (from '{}') leaves the worktree '{}': one made from variables must stay inside it",
+                path.display(),
+                t.source(),
+                site.cwd.display()
+            ));
+        }
     }
     Ok(path)
 }

@@ -96,6 +96,73 @@ fn write_file_writes_inside_the_worktree_and_nowhere_else() {
     assert!(!repo.parent().unwrap().join("escaped.txt").exists());
 }
 
+/// A `working_dir` made from an item's field runs its step inside the worktree, and one
+/// that would leave it (an absolute path, `..`, a committed link) fails its item: item text
+/// does not choose where a step runs. One written as an absolute path is taken as written.
+#[test]
+fn a_working_dir_from_an_item_stays_inside_the_worktree() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "wd");
+    std::fs::create_dir(repo.join("sub")).unwrap();
+    write(&repo, "sub/keep", "");
+    std::os::unix::fs::symlink(&marks, repo.join("link")).unwrap();
+    let items = serde_json::json!([
+        {"id": "in", "dir": "sub"},
+        {"id": "abs", "dir": marks.display().to_string()},
+        {"id": "up", "dir": "../.."},
+        {"id": "link", "dir": "link"},
+    ]);
+    write(&repo, "items.json", &items.to_string());
+    write(
+        &repo,
+        "w.yml",
+        &"name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - shell: basename \"$(pwd)\" > MARKS/ran-${item.id}\n\
+         \x20     working_dir: ${item.dir}\n\
+         \x20   - shell: touch written-as-absolute-${item.id}\n\
+         \x20     working_dir: MARKS\n"
+            .replace("MARKS", &marks.display().to_string()),
+    );
+    commit_all(&repo);
+    let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "wd"], &[]);
+    assert!(!out.status.success(), "{}", transcript(&out));
+    assert_eq!(read(&marks.join("ran-in")).trim(), "sub");
+    assert!(marks.join("written-as-absolute-in").exists());
+    for id in ["abs", "up", "link"] {
+        assert!(!marks.join(format!("ran-{id}")).exists(), "{id} ran");
+        assert!(!marks.join(format!("written-as-absolute-{id}")).exists());
+    }
+    let dlq = ok(
+        &env,
+        &repo,
+        &["dlq", "export", "wd", "--format", "json"],
+        &[],
+    );
+    let dlq: Value = serde_json::from_str(&dlq).unwrap();
+    let mut failed: Vec<&str> = dlq
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let message = item["failure_history"][0]["error_message"]
+                .as_str()
+                .unwrap();
+            assert!(
+                message.contains("leaves the worktree")
+                    && message.contains("one made from variables must stay inside it"),
+                "{message}"
+            );
+            item["item_data"]["id"].as_str().unwrap()
+        })
+        .collect();
+    failed.sort_unstable();
+    assert_eq!(failed, ["abs", "link", "up"]);
+}
+
 /// `check.sh` writes a validation result whose completion grows by 50 each round that
 /// `on_incomplete` counts.
 fn validation_repo(env: &Env, name: &str, on_incomplete: &str) -> (PathBuf, PathBuf) {
