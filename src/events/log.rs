@@ -482,6 +482,13 @@ impl Batch {
             keep: false,
         };
         write(cut.payload).map_err(|e| EventError::BadRecord(e.to_string()))?;
+        if let Some(depth) = super::record::too_deep(&cut.payload[start..]) {
+            return Err(EventError::BadRecord(format!(
+                "record seq {} nests {depth} levels deep, and reads stop at {} (serde_json's limit)",
+                info.seq,
+                super::record::MAX_RECORD_DEPTH
+            )));
+        }
         cut.keep = true;
         drop(cut);
         self.payload.push(b'\n');

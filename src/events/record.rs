@@ -532,6 +532,51 @@ fn push_number(line: &mut Vec<u8>, n: u64) {
     line.extend_from_slice(&digits[at..]);
 }
 
+/// The deepest a record line may nest arrays and objects: serde_json's recursion limit,
+/// where every reader of the log stops. A record deeper than this could be stored but
+/// never read back, and would hide its whole batch.
+pub const MAX_RECORD_DEPTH: usize = 127;
+
+/// How deep `json` nests, when deeper than [`MAX_RECORD_DEPTH`]. A line with no more
+/// opening brackets than that (any line of an ordinary record) is counted, not scanned.
+pub fn too_deep(json: &[u8]) -> Option<usize> {
+    // Counted in bytes a chunk at a time, which the compiler turns into vector compares.
+    let count = |bytes: &[u8]| -> usize {
+        let in_chunk = bytes
+            .iter()
+            .fold(0u8, |n, &b| n + u8::from(b == b'{' || b == b'['));
+        usize::from(in_chunk)
+    };
+    let chunks = json.chunks_exact(128);
+    let rest = count(chunks.remainder());
+    let opening: usize = chunks.map(count).sum::<usize>() + rest;
+    if opening <= MAX_RECORD_DEPTH {
+        return None;
+    }
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (deepest > MAX_RECORD_DEPTH).then_some(deepest)
+}
+
 /// `n` in decimal, zero-padded to at least `width` digits (at most 20): the digits are
 /// `buf[at..]` of the returned `(buf, at)`.
 fn decimal(mut n: u64, width: usize) -> ([u8; 20], usize) {
@@ -782,6 +827,30 @@ fn id_and_timestamp_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn too_deep_is_exactly_where_serde_json_stops_reading() {
+        let nested = |depth: usize| {
+            let mut line = br#"{"v":1,"x":"#.to_vec();
+            line.extend(std::iter::repeat_n(b'[', depth - 1));
+            line.extend(std::iter::repeat_n(b']', depth - 1));
+            line.push(b'}');
+            line
+        };
+        let reads = |line: &[u8]| serde_json::from_slice::<Value>(line).is_ok();
+        let at_limit = nested(MAX_RECORD_DEPTH);
+        assert!(reads(&at_limit));
+        assert_eq!(too_deep(&at_limit), None);
+        let past = nested(MAX_RECORD_DEPTH + 1);
+        assert!(!reads(&past));
+        assert_eq!(too_deep(&past), Some(MAX_RECORD_DEPTH + 1));
+        // Brackets in strings, escaped quotes included, are text.
+        let mut text = br#"{"s":"\"["#.to_vec();
+        text.extend(std::iter::repeat_n(b'[', 300));
+        text.extend(br#"","t":[{}]}"#);
+        assert!(reads(&text));
+        assert_eq!(too_deep(&text), None);
+    }
 
     #[test]
     fn an_id_and_its_timestamp_come_from_one_reading_of_the_clock() {

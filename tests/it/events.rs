@@ -670,6 +670,39 @@ fn a_retry_overlapping_stored_records_reads_its_released_batches_back() {
     assert_eq!(seqs, (0..200).collect::<Vec<_>>());
 }
 
+/// An event nested as deep as a stored record may be (serde_json's limit, one level of
+/// it the record's own) is appended and read back; one level deeper is refused with its
+/// line, and the log stays readable (it was stored, and hid every event of its batch).
+#[test]
+fn an_event_nested_deeper_than_reads_go_is_refused() {
+    let env = Env::new();
+    let event = |depth: usize| {
+        format!(
+            "{{\"event_type\":\"deep\",\"x\":{}{}}}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    };
+    let append = |input: String| {
+        env.run(
+            &["events", "append", "--job", "j", "--repo", "api"],
+            input.as_bytes(),
+        )
+    };
+    // The record nests the event's `x` two levels down: 125 + 2 = 127.
+    let ok = append(format!("{{\"event_type\":\"first\"}}\n{}", event(125)));
+    assert!(ok.status.success(), "{}", crate::common::transcript(&ok));
+    let stderr = assert_one_line_error(&append(event(126)), 1);
+    assert!(
+        stderr.contains("line 1: record seq 0 nests 128 levels deep, and reads stop at 127")
+            && stderr.contains("nothing was appended"),
+        "{stderr}"
+    );
+    let shown = records(&env, "j", &[]);
+    assert_eq!(shown.len(), 2);
+    assert_eq!(shown[1]["event"]["event_type"], "deep");
+}
+
 #[test]
 fn the_first_bad_line_of_many_is_the_one_reported() {
     let env = Env::new();
