@@ -107,6 +107,57 @@ pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The most bytes a text file read whole takes: a workflow, a `--param-file`, an env
+/// file, a secret. Far past any real one; it keeps `/dev/zero` or a runaway file from
+/// filling memory.
+pub const MAX_TEXT_FILE: u64 = 64 << 20;
+
+/// Reads `reader` to its end into `buf`, refusing (with `FileTooLarge`, `buf` as it was)
+/// more than `limit` bytes: an input that never ends, such as `/dev/zero`, stops there.
+pub fn read_to_end_limited(reader: impl Read, limit: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    let start = buf.len();
+    reader.take(limit.saturating_add(1)).read_to_end(buf)?;
+    if (buf.len() - start) as u64 > limit {
+        buf.truncate(start);
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+fn too_large(limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!("larger than {limit} bytes, the most it may hold"),
+    )
+}
+
+/// Reads a whole file of at most `limit` bytes (see [`read_to_end_limited`]); a regular
+/// file past it is refused before reading.
+pub fn read_limited(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut buf = Vec::new();
+    if let Ok(meta) = file.metadata()
+        && meta.is_file()
+    {
+        if meta.len() > limit {
+            return Err(too_large(limit));
+        }
+        buf.reserve(meta.len() as usize);
+    }
+    read_to_end_limited(file, limit, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`read_limited`] of a UTF-8 text file of at most [`MAX_TEXT_FILE`] bytes.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_limited(path, MAX_TEXT_FILE)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Opens (creating if needed) a file for appending, never through a symlink.
 pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
@@ -328,6 +379,21 @@ pub fn create_new_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limited_read_stops_one_byte_past_its_limit() {
+        let mut buf = b"kept".to_vec();
+        read_to_end_limited(&b"12345"[..], 5, &mut buf).unwrap();
+        assert_eq!(buf, b"kept12345");
+        let e = read_to_end_limited(&b"123456"[..], 5, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(buf, b"kept12345");
+        // An endless input: read no further than the limit and one byte.
+        let mut endless = io::repeat(0).take(u64::MAX);
+        let mut zeros = Vec::new();
+        assert!(read_to_end_limited(&mut endless, 1000, &mut zeros).is_err());
+        assert_eq!(endless.limit(), u64::MAX - 1001);
+    }
 
     /// `tempfile` adds "at path …" to its errors; ours name the path once.
     #[test]

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -413,10 +412,13 @@ pub fn read_content(path: &Path) -> std::io::Result<Content> {
         });
     }
     let mut bytes = Vec::new();
-    let error = flate2::read::MultiGzDecoder::new(&raw[..])
-        .read_to_end(&mut bytes)
-        .err()
-        .map(|e| format!("the gzip stream is damaged: {e}"));
+    let error = crate::fsutil::read_to_end_limited(
+        flate2::read::MultiGzDecoder::new(&raw[..]),
+        crate::store::object::MAX_OBJECT_SIZE,
+        &mut bytes,
+    )
+    .err()
+    .map(|e| format!("the gzip stream is damaged: {e}"));
     Ok(Content {
         bytes,
         gzip: true,

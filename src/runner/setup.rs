@@ -21,7 +21,9 @@ impl Job {
                         &self.state.spec.base_commit[..12.min(self.state.spec.base_commit.len())]
                     )));
                 }
-                let bytes = std::fs::read(&path).at("read map.input", &path)?;
+                let bytes =
+                    crate::fsutil::read_limited(&path, crate::store::object::MAX_OBJECT_SIZE)
+                        .at("read map.input", &path)?;
                 (bytes, format!("'{}'", path.display()), true)
             }
             input::Source::Command(cmd) => {

@@ -1020,7 +1020,7 @@ fn check(
                 interrupted: false,
             })?;
             let path = site.cwd.join(name.trim());
-            Ok(match std::fs::read_to_string(&path) {
+            Ok(match crate::fsutil::read_text(&path) {
                 Ok(text) => Verdict::read(&site.mask.text(&text), &format!("'{}'", name.trim())),
                 Err(e) => {
                     Verdict::failed(format!("cannot read result_file '{}': {e}", name.trim()))

@@ -73,7 +73,7 @@ impl EnvPlan {
         let mut env = BTreeMap::new();
         for (file, line) in &self.files {
             let path = dir.join(file);
-            match std::fs::read(&path) {
+            match crate::fsutil::read_limited(&path, crate::fsutil::MAX_TEXT_FILE) {
                 Ok(bytes) => {
                     let text = String::from_utf8(bytes).map_err(|_| {
                         format!("env_files (line {line}): '{}' is not UTF-8", path.display())
@@ -151,7 +151,7 @@ impl EnvPlan {
                 })?,
                 SecretSource::File(file) => {
                     let path = dir.join(file);
-                    std::fs::read_to_string(&path)
+                    crate::fsutil::read_text(&path)
                         .map_err(|e| {
                             format!("secret {name}: cannot read '{}': {e}", path.display())
                         })?

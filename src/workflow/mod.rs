@@ -450,7 +450,7 @@ impl Plan {
 
     /// Reads and checks a workflow file, with what the run adds.
     pub fn load_with(path: &Path, inputs: &Inputs) -> Result<Plan, WorkflowError> {
-        let source = std::fs::read_to_string(path).map_err(|source| WorkflowError::Read {
+        let source = crate::fsutil::read_text(path).map_err(|source| WorkflowError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -481,6 +481,40 @@ fn a_bad_lock_timeout_and_an_endless_batch_line_are_clear_errors() {
     assert!(stderr.contains("longer than 16 MiB"), "{stderr}");
 }
 
+/// Inputs that never end, or are past what the store or a reader keeps, are refused after
+/// reading at most their limit (they filled memory: `run --dry-run /dev/zero` took 9 GB in
+/// 8 s): a workflow, a `--param-file` and an env file past 64 MiB, an object past 1 GiB
+/// (a sparse file: refused before reading).
+#[test]
+fn endless_and_oversized_inputs_stop_at_their_limit() {
+    let env = Env::new();
+    for args in [
+        vec!["run", "--dry-run", "/dev/zero"],
+        vec!["run", "--dry-run", "w.yml", "--param-file", "/dev/zero"],
+    ] {
+        let out = env
+            .cmd()
+            .current_dir(env.dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains("'/dev/zero': larger than 67108864 bytes"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let big = env.dir.path().join("big");
+    fs::File::create(&big)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    let out = env.run(&["hash-object", "-w", big.to_str().unwrap()], b"");
+    let stderr = assert_one_line_error(&out, 1);
+    assert!(stderr.contains("larger than 1073741824 bytes"), "{stderr}");
+    assert!(!env.home().join("objects").exists());
+}
+
 /// An agent's stderr full of terminal controls (set the title, clear the screen) and a
 /// workflow `name:` with them reach the terminal as escapes: `dlq list` on a terminal (a
 /// pty from `script`), and `run`'s diagnostics always; `--json` keeps them as JSON escapes.

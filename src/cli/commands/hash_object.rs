@@ -85,8 +85,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let store = refs.objects();
     if args.stdin {
         let mut payload = Vec::new();
-        ctx.stdin
-            .read_to_end(&mut payload)
+        crate::fsutil::read_to_end_limited(&mut ctx.stdin, object::MAX_OBJECT_SIZE, &mut payload)
             .context("cannot read standard input")?;
         if !args.literally {
             object::check_payload(args.kind, &payload)?;
@@ -163,8 +162,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         }
     } else {
         for path in &args.files {
-            let payload =
-                std::fs::read(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+            let payload = crate::fsutil::read_limited(path, object::MAX_OBJECT_SIZE)
+                .with_context(|| format!("cannot read '{}'", path.display()))?;
             writer.add(&args, args.kind, &payload)?;
             if writer.ids.len() >= MAX_BATCH {
                 flush(std::mem::replace(&mut writer, new_writer()), ctx)?;
@@ -198,16 +197,7 @@ fn parse_batch_header(header: &str) -> Result<(Option<ObjectId>, ObjectType, u64
 /// `close`, without the `statx` that sizes `std::fs::read`'s buffer — one system call in
 /// six per object of `--stdin-paths`.
 fn read_whole(path: &std::path::Path, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::Read;
     buf.clear();
-    let mut file = std::fs::File::open(path)?;
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let file = std::fs::File::open(path)?;
+    crate::fsutil::read_to_end_limited(file, object::MAX_OBJECT_SIZE, buf)
 }

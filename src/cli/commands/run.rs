@@ -71,7 +71,7 @@ pub struct Args {
 fn params(args: &Args) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     if let Some(path) = &args.param_file {
-        let text = std::fs::read_to_string(path)
+        let text = crate::fsutil::read_text(path)
             .with_context(|| format!("cannot read --param-file '{}'", path.display()))?;
         let value: serde_json::Value = match serde_json::from_str(&text) {
             Ok(v) => v,
