@@ -159,8 +159,13 @@ impl Checker<'_> {
             let result = store.read_loose(&id).map_err(|e| crate::error_line(&e));
             self.checked(id, result, &path, "");
         }
-        for path in store.temp_files()? {
-            self.temp(&path);
+        match store.temp_files() {
+            Ok(paths) => paths.iter().for_each(|path| self.temp(path)),
+            // `objects/tmp` made a file, say: a finding, and the check goes on.
+            Err(e) => {
+                let tmp = store.tmp_dir().to_path_buf();
+                self.find(Severity::Error, &tmp, crate::error_line(&e));
+            }
         }
         self.packs(store);
         Ok(())
@@ -286,6 +291,29 @@ impl Checker<'_> {
         );
     }
 
+    /// A good object a ref names is of its kind's type (`RefKind::object_type`), or a
+    /// warning says that the ref's readers will refuse it. Not an error: nothing is
+    /// damaged, and `ref update` is plumbing that sets any good object, as the store's own
+    /// compare-and-swap tests do.
+    fn kind_of_head(&mut self, store: &RefStore, name: &RefName, path: &Path, id: ObjectId) {
+        if !self.good.contains(&id) {
+            return;
+        }
+        let want = name.kind().object_type();
+        match store.objects().read(&id) {
+            Ok(object) if object.kind == want => {}
+            Ok(object) => self.find(
+                Severity::Warning,
+                path,
+                format!(
+                    "ref {name} names {id}, a {} object: its readers expect a {want}",
+                    object.kind
+                ),
+            ),
+            Err(e) => self.find(Severity::Error, path, crate::error_line(&e)),
+        }
+    }
+
     fn refs(&mut self, store: &RefStore) -> Result<(), FsckError> {
         for kind in RefKind::ALL {
             let kind_dir = self.home.kind_dir(kind.as_str());
@@ -375,11 +403,17 @@ impl Checker<'_> {
                 );
                 return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            // A HEAD that is a directory, or cannot be read: this ref's finding, and the
+            // check goes on.
+            Err(e) => {
+                self.find(Severity::Error, &head_path, crate::error_line(&e));
+                return Ok(());
+            }
         };
         if let Some(id) = head {
             self.report.refs += 1;
             self.target(&head_path, &format!("ref {name}"), id);
+            self.kind_of_head(store, name, &head_path, id);
             self.heads.push((name.clone(), head_path.clone(), id));
         }
         let log_path = store.reflog_path(name);

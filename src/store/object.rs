@@ -655,6 +655,11 @@ impl ObjectStore {
         self.objects.join(&hex[..2]).join(&hex[2..])
     }
 
+    /// The directory of the store's temp files (`objects/tmp/`).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Every file under `objects/tmp/` (temp files of writers running now or killed),
     /// sorted.
     pub fn temp_files(&self) -> Result<Vec<PathBuf>, ObjectError> {

@@ -53,6 +53,17 @@ impl RefKind {
             RefKind::Archive => "archive",
         }
     }
+
+    /// The type of object a ref of this kind names: an event log's (and its archive's)
+    /// newest node, a queue's snapshot, a job's checkpoint.
+    pub fn object_type(self) -> super::id::ObjectType {
+        use super::id::ObjectType;
+        match self {
+            RefKind::Events | RefKind::Archive => ObjectType::Log,
+            RefKind::Dlq => ObjectType::Dlq,
+            RefKind::State => ObjectType::Checkpoint,
+        }
+    }
 }
 
 impl fmt::Display for RefKind {

@@ -515,6 +515,61 @@ fn endless_and_oversized_inputs_stop_at_their_limit() {
     assert!(!env.home().join("objects").exists());
 }
 
+/// fsck goes on past what it cannot list or read, each one a finding (it stopped at the
+/// first: `objects/tmp` made a file, a ref's `HEAD` made a directory), and warns of a ref
+/// naming an object of another type than its kind's, which `ref update` (plumbing) may
+/// set and every reader of that ref refuses (fsck called such a store clean).
+#[test]
+fn fsck_reports_odd_files_and_goes_on() {
+    let env = Env::new();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        b"{\"event_type\":\"a\"}\n",
+    );
+    let id = blob(&env, "x");
+    env.ok(&["ref", "update", "state/api/b", &id], b"");
+    let home = env.home();
+    let _ = fs::remove_dir_all(home.join("objects/tmp"));
+    fs::write(home.join("objects/tmp"), b"x").unwrap();
+    fs::create_dir_all(home.join("dlq/api/d/HEAD")).unwrap();
+    let out = env.run(&["fsck", "--json"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let found: Vec<(&str, &str, &str)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["severity"].as_str().unwrap(),
+                f["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(found.len(), 3, "{report}");
+    assert!(
+        found[0].0 == "dlq/api/d/HEAD"
+            && found[0].1 == "error"
+            && found[0].2.contains("Is a directory")
+    );
+    assert!(
+        found[1].0 == "objects/tmp"
+            && found[1].1 == "error"
+            && found[1].2.contains("Not a directory")
+    );
+    assert_eq!(found[2].0, "state/api/b/HEAD");
+    assert_eq!(found[2].1, "warning");
+    assert!(
+        found[2].2.contains(&format!(
+            "names {id}, a blob object: its readers expect a checkpoint"
+        )),
+        "{report}"
+    );
+    // The events were checked all the same.
+    assert_eq!(report["refs"], 2);
+}
+
 /// An agent's stderr full of terminal controls (set the title, clear the screen) and a
 /// workflow `name:` with them reach the terminal as escapes: `dlq list` on a terminal (a
 /// pty from `script`), and `run`'s diagnostics always; `--json` keeps them as JSON escapes.
