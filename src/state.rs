@@ -816,15 +816,30 @@ impl JobStateManager {
 
     /// The jobs of this repository, sorted by id, with their newest checkpoint.
     pub fn list(&self) -> Result<Vec<(String, ObjectId, Checkpoint)>, StateError> {
+        self.list_each()?
+            .into_iter()
+            .map(|(job, head)| head.map(|(id, c)| (job, id, c)))
+            .collect()
+    }
+
+    /// [`Self::list`] with each job's own outcome: a job whose ref or newest checkpoint
+    /// cannot be read is listed with its error (naming the job), the others as usual.
+    #[allow(clippy::type_complexity)]
+    pub fn list_each(
+        &self,
+    ) -> Result<Vec<(String, Result<(ObjectId, Checkpoint), StateError>)>, StateError> {
         let prefix = format!("state/{}/", self.repo);
         let mut out = Vec::new();
-        for (name, id) in self.refs.list(Some(&prefix))? {
+        for (name, value) in self.refs.list_each(Some(&prefix))? {
             if name.repo() != self.repo {
                 continue;
             }
-            let mut c = self.read_checkpoint(&id)?;
-            c.delta = BTreeMap::new();
-            out.push((name.job().to_owned(), id, c));
+            let head = value.map_err(StateError::from).and_then(|id| {
+                let mut c = self.read_checkpoint(&id)?;
+                c.delta = BTreeMap::new();
+                Ok((id, c))
+            });
+            out.push((name.job().to_owned(), head));
         }
         Ok(out)
     }

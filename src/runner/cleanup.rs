@@ -323,7 +323,9 @@ pub fn remove_job(
             .map(|(name, _)| name)
             .filter(|name| name.writer().is_some()),
     );
-    let exists = |n: &RefName| refs.read(n).ok().flatten().is_some();
+    // A ref that cannot be read exists too (and goes, by `delete_broken`): skipping it
+    // reported a job deleted whose state ref stayed.
+    let exists = |n: &RefName| !matches!(refs.read(n), Ok(None));
     if !names.iter().any(exists) {
         return Err(StateError::NoJob {
             repo: repo.to_owned(),
@@ -349,8 +351,13 @@ pub fn remove_job(
         let _ = git::git(&spec.repo_root, &["worktree", "prune"]);
     }
     for name in names.iter().filter(|n| exists(n)) {
-        refs.delete(name, Expect::Any, "jobs rm")
-            .map_err(StateError::from)?;
+        if refs.read(name).is_err() {
+            refs.delete_broken(name, "jobs rm")
+                .map_err(StateError::from)?;
+        } else {
+            refs.delete(name, Expect::Any, "jobs rm")
+                .map_err(StateError::from)?;
+        }
         removed.refs.push(name.to_string());
     }
     drop(lock);

@@ -264,6 +264,14 @@ pub enum RefError {
         /// What is wrong.
         reason: String,
     },
+    /// [`RefStore::delete_broken`] of a ref that reads fine.
+    #[error("ref {name} is not broken (it holds {value}); delete it by compare-and-swap")]
+    NotBroken {
+        /// The ref.
+        name: RefName,
+        /// What it holds ("nothing" when it does not exist).
+        value: String,
+    },
     /// An update that would make a ref name an object that is not stored.
     #[error("cannot point {name} at {id}: no such object in the store")]
     MissingTarget {
@@ -284,7 +292,10 @@ impl crate::hint::Hint for RefError {
             RefError::Conflict { .. } => {
                 Some("`prodigy ref show <name>` prints its value now; retry with that as --old")
             }
-            RefError::Corrupt { .. } => Some(crate::hint::DAMAGED),
+            RefError::Corrupt { .. } => Some(
+                "`prodigy ref delete <name>` removes a broken ref (its reflog keeps its history); `prodigy fsck` lists everything damaged (docs/troubleshooting.md)",
+            ),
+            RefError::NotBroken { .. } => None,
             RefError::MissingTarget { .. } => {
                 Some("store the object first (`prodigy hash-object -w`)")
             }
@@ -613,6 +624,65 @@ impl RefStore {
             Ok(None)
         })
         .map(|(old, _)| old)
+    }
+
+    /// Deletes a ref that cannot be read — corrupt, a symlink, a `HEAD` that is not a
+    /// file — as `git update-ref -d` deletes a broken ref: compare-and-swap cannot, having
+    /// no value to compare, and no reader can use the ref. Under the ref's lock, like every
+    /// change; its reflog gets an entry from nothing to nothing saying why (fsck then warns
+    /// of the gap after the last good value, which the reflog keeps). Returns what was
+    /// wrong. A ref that reads fine is refused ([`RefError::NotBroken`]).
+    pub fn delete_broken(&self, name: &RefName, message: &str) -> Result<String, RefError> {
+        let not_broken = |value: Option<ObjectId>| RefError::NotBroken {
+            name: name.clone(),
+            value: value.map_or_else(|| "nothing".to_owned(), |id| id.to_string()),
+        };
+        let note = |reason: &str| format!("{message} (broken: {reason})");
+        if let Some(remote) = self.objects.s3()? {
+            remote.check_conditional()?;
+            let key = keys::ref_key(&name.key_path());
+            let reason = match self.read_remote(remote, name) {
+                Err(RefError::Corrupt { reason, .. }) => reason,
+                Ok((value, _)) => return Err(not_broken(value)),
+                Err(e) => return Err(e),
+            };
+            let Some((_, version)) = remote.get(&key)? else {
+                return Err(not_broken(None));
+            };
+            return match remote.put(&key, Vec::new(), Put::Replace(version))? {
+                Outcome::Written(_) => {
+                    self.log_remote(remote, name, None, None, &note(&reason))?;
+                    Ok(reason)
+                }
+                Outcome::Conflict => Err(RefError::Conflict {
+                    name: name.clone(),
+                    expected: "the broken value".into(),
+                    found: "another, written meanwhile".into(),
+                }),
+            };
+        }
+        let dir = name.dir(&self.home);
+        if !dir.is_dir() {
+            return Err(not_broken(None));
+        }
+        let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
+        let reason = match self.read(name) {
+            Err(RefError::Corrupt { reason, .. }) => reason,
+            Err(RefError::Fs(e)) => e.to_string(),
+            Ok(value) => return Err(not_broken(value)),
+            Err(e) => return Err(e),
+        };
+        let head = dir.join("HEAD");
+        let is_dir = fs::symlink_metadata(&head).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            // Only an empty one: nothing the store wrote is ever inside a HEAD.
+            fs::remove_dir(&head).at("remove ref", &head)?;
+        } else {
+            fs::remove_file(&head).at("remove ref", &head)?;
+        }
+        fsutil::sync_dir(&dir)?;
+        self.append_reflog(&dir, None, None, &note(&reason))?;
+        Ok(reason)
     }
 
     /// [`Self::transact`] for callers with their own error type: `decide` returns the new
@@ -965,8 +1035,25 @@ impl RefStore {
     /// `events/api`, `events/api/mr-1` — the job's ref and its writers' —,
     /// `events/api/mr-1/<writer>`), sorted by kind, repo, job and writer (the job's own
     /// first), with its value. Directories that
-    /// are not valid refs are skipped here; `fsck` reports them.
+    /// are not valid refs are skipped here; `fsck` reports them. One ref that cannot be
+    /// read (corrupt, a `HEAD` that is a directory) fails the listing: see
+    /// [`Self::list_each`] for a listing that goes on.
     pub fn list(&self, prefix: Option<&str>) -> Result<Vec<(RefName, ObjectId)>, RefError> {
+        self.list_each(prefix)?
+            .into_iter()
+            .map(|(name, value)| value.map(|id| (name, id)))
+            .collect()
+    }
+
+    /// [`Self::list`] with each ref's own outcome: a ref that cannot be read is listed
+    /// with its error, and the others with their values, so that a listing for people
+    /// (`jobs`) can name the bad one and show the rest, as git ignores a broken ref with
+    /// a warning.
+    #[allow(clippy::type_complexity)]
+    pub fn list_each(
+        &self,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(RefName, Result<ObjectId, RefError>)>, RefError> {
         let wanted: Vec<&str> = prefix
             .map(|p| {
                 p.trim_end_matches('/')
@@ -1022,10 +1109,10 @@ impl RefStore {
                     name: name.clone(),
                     path: PathBuf::from(remote.address(key)),
                     reason,
-                })?;
+                });
                 out.push((name, id));
             }
-            out.sort();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
             return Ok(out);
         }
         for kind in RefKind::ALL {
@@ -1043,10 +1130,12 @@ impl RefStore {
                     let Ok(name) = RefName::new(kind, &repo, &job) else {
                         continue;
                     };
-                    if wanted.len() < 4
-                        && let Some(id) = self.read(&name)?
-                    {
-                        out.push((name.clone(), id));
+                    if wanted.len() < 4 {
+                        match self.read(&name) {
+                            Ok(Some(id)) => out.push((name.clone(), Ok(id))),
+                            Ok(None) => {}
+                            Err(e) => out.push((name.clone(), Err(e))),
+                        }
                     }
                     if kind != RefKind::Events {
                         continue;
@@ -1058,14 +1147,16 @@ impl RefStore {
                         let Ok(name) = RefName::lane(&repo, &job, &lane) else {
                             continue;
                         };
-                        if let Some(id) = self.read(&name)? {
-                            out.push((name, id));
+                        match self.read(&name) {
+                            Ok(Some(id)) => out.push((name, Ok(id))),
+                            Ok(None) => {}
+                            Err(e) => out.push((name, Err(e))),
                         }
                     }
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 }

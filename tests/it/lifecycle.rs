@@ -499,3 +499,84 @@ fn the_originals_spellings_are_our_commands() {
         Value::Array(Vec::new())
     );
 }
+
+/// A job whose state ref is broken (garbage in its `HEAD`) or names a missing checkpoint
+/// is named and skipped by `jobs`, which lists the others (it failed for the whole repo);
+/// `ref delete` without `--old` removes a broken ref, as git does, its reflog saying so;
+/// `jobs rm` removes a broken ref too (it reported the job deleted while the ref stayed).
+#[test]
+fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
+    let env = Env::new();
+    let repo = repo_with(&env, "broken", "- shell: \"true\"\n");
+    for job in ["good", "bad", "gone", "rm"] {
+        ok_in(&env, &repo, &["run", "w.yml", "--job-id", job]);
+    }
+    let head = |job: &str| env.home().join(format!("state/broken/{job}/HEAD"));
+    for job in ["bad", "rm"] {
+        std::fs::write(head(job), "garbage\n").unwrap();
+    }
+    std::fs::write(head("gone"), format!("{}\n", "1".repeat(64))).unwrap();
+    let out = in_repo(&env, &repo, &["jobs"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let text = stdout(&out);
+    let listed: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, ["good"]);
+    let warnings = stderr(&out);
+    assert!(
+        warnings.contains("warning: skipping job bad of repo broken: ref state/broken/bad")
+            && warnings.contains("is corrupt")
+            && warnings.contains("warning: skipping job gone of repo broken: object 1111")
+            && warnings.contains("not found"),
+        "{warnings}"
+    );
+    // With --old there is no value to compare; without, the broken ref goes.
+    let zeros = "0".repeat(64);
+    let out = in_repo(
+        &env,
+        &repo,
+        &["ref", "delete", "state/broken/bad", "--old", &zeros],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert!(stderr(&out).contains("hint: `prodigy ref delete <name>` removes a broken ref"));
+    let out = in_repo(&env, &repo, &["ref", "delete", "state/broken/bad"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        stderr(&out)
+            .contains("warning: deleted broken ref state/broken/bad (expected 64 hex digits"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(!head("bad").exists());
+    let log = ok_in(&env, &repo, &["ref", "log", "state/broken/bad"]);
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("ref delete (broken: expected 64 hex digits"),
+        "{log}"
+    );
+    // A ref that reads fine is not deleted as broken: `ref delete` compares as ever.
+    let good = ok_in(&env, &repo, &["ref", "show", "state/broken/good"]);
+    assert_eq!(good.trim().len(), 64);
+    // jobs rm of a job whose state ref is broken removes it.
+    let out = in_repo(&env, &repo, &["jobs", "rm", "rm", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        stdout(&out).contains("deleted state/broken/rm"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(!head("rm").exists());
+    let jobs = json_in(&env, &repo, &["jobs", "--json"]);
+    let jobs: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["good"]);
+}

@@ -612,6 +612,22 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
         "{}",
         transcript(&out)
     );
+    // `ref delete` without --old removes the broken key (by a conditional put on its
+    // version), and its reflog says so.
+    let out = run(&env, &s3, p, &["ref", "delete", &lane], b"");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("deleted broken ref {lane}")),
+        "{}",
+        transcript(&out)
+    );
+    assert!(ok(&env, &s3, p, &["ref", "list", "events/r/again"], b"").is_empty());
+    let log = ok(&env, &s3, p, &["ref", "log", &lane], b"");
+    assert!(
+        log.trim_end()
+            .ends_with("ref delete (broken: expected 64 hex digits, found \"not an id\")"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -128,10 +128,24 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let mut rows = Vec::new();
     for repo in &repos {
         let states = JobStateManager::new(ctx.refs(), repo)?;
-        for (job, id, c) in states.list()? {
-            let spec = states.read_spec(&c.spec)?;
-            let mut row = summary(repo, &job, &id, &c, &spec.started);
-            runner(&states, &job, &c, &mut row)?;
+        for (job, head) in states.list_each()? {
+            // A job that cannot be read is named and skipped, the others listed (as git
+            // ignores a broken ref with a warning); fsck says more.
+            let read = head.map_err(anyhow::Error::from).and_then(|(id, c)| {
+                let spec = states.read_spec(&c.spec)?;
+                let mut row = summary(repo, &job, &id, &c, &spec.started);
+                runner(&states, &job, &c, &mut row)?;
+                Ok((row, spec))
+            });
+            let (mut row, spec) = match read {
+                Ok(read) => read,
+                Err(e) => {
+                    ctx.diag.warning(&format!(
+                        "skipping job {job} of repo {repo}: {e:#}; `prodigy fsck` checks the store"
+                    ));
+                    continue;
+                }
+            };
             let session = spec.workflow.get("map").is_none_or(|m| m.is_null());
             row["kind"] = json!(if session { "session" } else { "job" });
             if args.sessions && !session {

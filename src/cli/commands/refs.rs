@@ -148,7 +148,13 @@ pub fn exec(cmd: RefCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         RefCommand::Delete { name, old, message } => {
             let name: RefName = name.parse()?;
             let expect = expect(refs.objects(), old.as_deref())?;
-            if refs.delete(&name, expect, &message)?.is_none() {
+            // A broken ref has no value to compare: without --old it goes, as git deletes
+            // a broken ref.
+            if old.is_none() && refs.read(&name).is_err() {
+                let reason = refs.delete_broken(&name, &message)?;
+                ctx.diag
+                    .warning(&format!("deleted broken ref {name} ({reason})"));
+            } else if refs.delete(&name, expect, &message)?.is_none() {
                 return Err(anyhow!("ref {name} does not exist"));
             }
         }
