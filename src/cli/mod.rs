@@ -238,6 +238,41 @@ impl Ctx<'_> {
     }
 }
 
+/// clap's one line for a bad value that holds a line break or another control character,
+/// written with the value escaped: its first line ended inside the value (`error: invalid
+/// value 'a`), saying nothing of why.
+fn escaped_value_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let value = text(ContextKind::InvalidValue)?;
+    if !value.chars().any(char::is_control) {
+        return None;
+    }
+    let arg = text(ContextKind::InvalidArg).unwrap_or_else(|| "the argument".to_owned());
+    let escaped = |text: &str| -> String {
+        text.chars()
+            .flat_map(|c| {
+                let escape = c.is_control().then(|| c.escape_default());
+                escape
+                    .into_iter()
+                    .flatten()
+                    .chain((!c.is_control()).then_some(c))
+            })
+            .collect()
+    };
+    let reason = std::error::Error::source(e).map_or_else(
+        || "not one of its values".to_owned(),
+        |source| escaped(&source.to_string()),
+    );
+    Some(format!(
+        "error: invalid value '{}' for '{arg}': {reason}\n",
+        escaped(&value)
+    ))
+}
+
 /// The home when `--home` is not given (see [`crate::storage::choose_home`]); says so when
 /// it is the repo-local store.
 fn choose_home(diag: &Diag) -> anyhow::Result<Home> {
@@ -305,7 +340,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue
             ) && let Some(first) = text.lines().next()
             {
-                text = format!("{first}\n");
+                text = match escaped_value_error(&e) {
+                    Some(line) => line,
+                    None => format!("{first}\n"),
+                };
             }
             let _ = if to_stdout {
                 io.stdout

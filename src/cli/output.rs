@@ -133,6 +133,27 @@ impl Diag {
     }
 }
 
+/// The most characters an `error:` line keeps; what an error quotes (a 100,000-character
+/// pattern, a 5,000-digit id) is cut in its middle, saying how much went.
+const MAX_ERROR_LINE: usize = 2000;
+
+/// `line`, its middle left out past [`MAX_ERROR_LINE`] characters (its start says what
+/// failed, its end what became of it: "nothing was appended").
+fn within_a_line(line: &str) -> std::borrow::Cow<'_, str> {
+    let count = line.chars().count();
+    if count <= MAX_ERROR_LINE {
+        return line.into();
+    }
+    let (head, tail) = (MAX_ERROR_LINE * 3 / 4, MAX_ERROR_LINE / 4);
+    let start: String = line.chars().take(head).collect();
+    let end: String = line.chars().skip(count - tail).collect();
+    format!(
+        "{start}… [{} characters left out] …{end}",
+        count - head - tail
+    )
+    .into()
+}
+
 /// Reports `e` on stderr as one `error:` line (the error and its causes joined by `: `)
 /// plus any hints, and returns the exit code. A closed stdout exits quietly with 0.
 pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
@@ -147,7 +168,7 @@ pub fn report(diag: &Diag, e: &anyhow::Error) -> Exit {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(": ");
-    diag.error(&line);
+    diag.error(&within_a_line(&line));
     for hint in hints(e) {
         diag.hint(&hint);
     }
@@ -350,6 +371,21 @@ impl<W: Write> Write for Printable<W> {
 #[cfg(test)]
 mod printable_tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_line_keeps_its_start_and_end() {
+        assert_eq!(within_a_line("short"), "short");
+        let long = format!("bad pattern {}: nothing was changed", "(".repeat(100_000));
+        let kept = within_a_line(&long);
+        assert!(kept.starts_with("bad pattern (((("), "{kept}");
+        assert!(kept.ends_with("(((: nothing was changed"), "{kept}");
+        let left_out = long.chars().count() - MAX_ERROR_LINE;
+        assert!(
+            kept.contains(&format!("… [{left_out} characters left out] …")),
+            "{kept}"
+        );
+        assert!(kept.chars().count() < MAX_ERROR_LINE + 50);
+    }
 
     #[test]
     fn controls_become_escapes_and_text_stays() {

@@ -570,6 +570,28 @@ fn fsck_reports_odd_files_and_goes_on() {
     assert_eq!(report["refs"], 2);
 }
 
+/// A bad value holding a line break is one whole `error:` line, the value escaped (it
+/// ended at the break: `error: invalid value 'a`); an error quoting a huge input keeps its
+/// start and end and says how much it left out (a 100 KB pattern was printed whole).
+#[test]
+fn bad_values_with_line_breaks_and_huge_inputs_are_one_short_line() {
+    let env = Env::new();
+    for (id, shown) in [("a\nb", "a\\nb"), ("a\u{1}b", "a\\u{1}b")] {
+        let stderr = assert_one_line_error(&env.run(&["events", "show", id], b""), 2);
+        assert!(
+            stderr.contains(&format!(
+                "invalid value '{shown}' for '<JOB>': invalid job id"
+            )) && stderr.contains("only letters, digits"),
+            "{stderr}"
+        );
+    }
+    let pattern = "(".repeat(100_000);
+    let stderr = assert_one_line_error(&env.run(&["events", "search", &pattern, "j"], b""), 2);
+    let line = stderr.lines().next().unwrap();
+    assert!(line.chars().count() < 2100, "{} characters", line.len());
+    assert!(line.contains("characters left out"), "{line}");
+}
+
 /// An agent's stderr full of terminal controls (set the title, clear the screen) and a
 /// workflow `name:` with them reach the terminal as escapes: `dlq list` on a terminal (a
 /// pty from `script`), and `run`'s diagnostics always; `--json` keeps them as JSON escapes.
