@@ -276,8 +276,9 @@ fn malformed_object_names_are_refused() {
         "a".repeat(65).as_str(),
         "",
     ] {
+        // A usage error, as every bad argument.
         let out = env.run(&["cat-object", "-p", bad], b"");
-        assert_one_line_error(&out, 1);
+        assert_one_line_error(&out, 2);
     }
     let out = env.run(&["hash-object", "-t", "tree", "--stdin"], b"");
     assert_eq!(out.status.code(), Some(2));
@@ -584,6 +585,17 @@ fn bad_values_with_line_breaks_and_huge_inputs_are_one_short_line() {
             )) && stderr.contains("only letters, digits"),
             "{stderr}"
         );
+    }
+    // A bad repo name and a malformed object id are usage errors, as a bad job id is; an
+    // id that is well formed but names nothing is not.
+    for (args, code) in [
+        (vec!["jobs", "--repo", "../x"], 2),
+        (vec!["events", "ls", "--repo", ""], 2),
+        (vec!["dlq", "list", "--repo", "a/b"], 2),
+        (vec!["cat-object", "-t", "zzzz"], 2),
+        (vec!["cat-object", "-t", "abcd"], 1),
+    ] {
+        assert_one_line_error(&env.run(&args, b""), code);
     }
     let pattern = "(".repeat(100_000);
     let stderr = assert_one_line_error(&env.run(&["events", "search", &pattern, "j"], b""), 2);

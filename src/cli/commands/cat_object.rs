@@ -87,7 +87,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             Err(e) => return Err(e.into()),
         });
     }
-    let id = store.resolve(&text)?;
+    let id = store.resolve(&text).map_err(super::id_arg)?;
     let object = store.read(&id)?;
     if args.show_type {
         writeln!(ctx.out, "{}", object.kind)?;

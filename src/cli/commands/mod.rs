@@ -54,8 +54,27 @@ pub fn run(command: Command, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RepoArg {
     /// The repo name (default: the repository of the current directory).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = repo_name)]
     pub repo: Option<String>,
+}
+
+/// A repo name given on the command line, checked as clap parses it, as a job id is: a
+/// hostile one is a usage error (exit 2; it was 1, unlike a bad job id).
+pub fn repo_name(text: &str) -> Result<String, String> {
+    crate::names::validate("repo name", text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// An object id argument that is not one (`zzzz`, three digits) is a usage error (exit
+/// 2); one that is well formed but names nothing stays an ordinary error (exit 1).
+pub fn id_arg(e: crate::store::object::ObjectError) -> anyhow::Error {
+    match e {
+        crate::store::object::ObjectError::BadId { .. } => {
+            crate::cli::UsageError(e.to_string()).into()
+        }
+        e => e.into(),
+    }
 }
 
 impl RepoArg {

@@ -70,7 +70,7 @@ fn expect(store: &ObjectStore, old: Option<&str>) -> anyhow::Result<Expect> {
         }
         Some(text) => match text.parse::<ObjectId>() {
             Ok(id) => Expect::Value(id),
-            Err(_) => Expect::Value(store.resolve(text)?),
+            Err(_) => Expect::Value(store.resolve(text).map_err(super::id_arg)?),
         },
     })
 }
@@ -138,7 +138,7 @@ pub fn exec(cmd: RefCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             // Held until the ref names the object, so a gc cannot prune it in between.
             let _gc = refs.write_guard()?;
             let store = refs.objects();
-            let new = store.resolve(&new)?;
+            let new = store.resolve(&new).map_err(super::id_arg)?;
             // Verified, not just present: a ref never names a corrupt object either.
             store.read(&new)?;
             let expect = expect(store, old.as_deref())?;

@@ -60,7 +60,7 @@ fn checkpoint(ctx: &Ctx<'_>, repo: &str, job: &str, text: &str) -> anyhow::Resul
             .find(|(_, c)| c.version == version)
             .map(|(id, _)| *id)
     } else {
-        let id = ctx.refs().objects().resolve(text)?;
+        let id = ctx.refs().objects().resolve(text).map_err(super::id_arg)?;
         history.iter().find(|(h, _)| *h == id).map(|(id, _)| *id)
     };
     found.ok_or_else(|| {
