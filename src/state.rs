@@ -822,6 +822,22 @@ impl JobStateManager {
             .collect()
     }
 
+    /// [`Self::list_each`] without the jobs that cannot be read, each handed to
+    /// `skipped` with its error: a listing for people names and skips them.
+    pub fn list_readable(
+        &self,
+        mut skipped: impl FnMut(&str, StateError),
+    ) -> Result<Vec<(String, ObjectId, Checkpoint)>, StateError> {
+        let mut out = Vec::new();
+        for (job, head) in self.list_each()? {
+            match head {
+                Ok((id, c)) => out.push((job, id, c)),
+                Err(e) => skipped(&job, e),
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Self::list`] with each job's own outcome: a job whose ref or newest checkpoint
     /// cannot be read is listed with its error (naming the job), the others as usual.
     #[allow(clippy::type_complexity)]

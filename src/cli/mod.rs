@@ -340,10 +340,11 @@ pub fn main(args: impl IntoIterator<Item = OsString>, mut io: Io) -> i32 {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue
             ) && let Some(first) = text.lines().next()
             {
-                text = match escaped_value_error(&e) {
+                let line = match escaped_value_error(&e) {
                     Some(line) => line,
-                    None => format!("{first}\n"),
+                    None => first.to_owned(),
                 };
+                text = format!("{}\n", output::within_a_line(line.trim_end()));
             }
             let _ = if to_stdout {
                 io.stdout

@@ -139,7 +139,7 @@ const MAX_ERROR_LINE: usize = 2000;
 
 /// `line`, its middle left out past [`MAX_ERROR_LINE`] characters (its start says what
 /// failed, its end what became of it: "nothing was appended").
-fn within_a_line(line: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn within_a_line(line: &str) -> std::borrow::Cow<'_, str> {
     let count = line.chars().count();
     if count <= MAX_ERROR_LINE {
         return line.into();

@@ -314,14 +314,23 @@ impl Checker<'_> {
         }
     }
 
+    /// The entries of a directory of the ref tree, or none and a finding when it cannot be
+    /// listed (a file where the directory should be): the check goes on.
+    fn entries(&mut self, dir: &Path) -> Vec<PathBuf> {
+        list_entries(dir).unwrap_or_else(|e| {
+            self.find(Severity::Error, dir, crate::error_line(&e));
+            Vec::new()
+        })
+    }
+
     fn refs(&mut self, store: &RefStore) -> Result<(), FsckError> {
         for kind in RefKind::ALL {
             let kind_dir = self.home.kind_dir(kind.as_str());
-            for repo_dir in list_entries(&kind_dir)? {
+            for repo_dir in self.entries(&kind_dir) {
                 let Some(repo) = self.component(&repo_dir, "repo name")? else {
                     continue;
                 };
-                for job_dir in list_entries(&repo_dir)? {
+                for job_dir in self.entries(&repo_dir) {
                     let Some(job) = self.component(&job_dir, "job id")? else {
                         continue;
                     };
@@ -361,7 +370,7 @@ impl Checker<'_> {
     }
 
     fn one_ref(&mut self, store: &RefStore, name: &RefName, dir: &Path) -> Result<(), FsckError> {
-        for path in list_entries(dir)? {
+        for path in self.entries(dir) {
             let file = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -376,7 +385,7 @@ impl Checker<'_> {
                         && name.writer().is_none()
                         && fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) =>
                 {
-                    for lane_dir in list_entries(&path)? {
+                    for lane_dir in self.entries(&path) {
                         let Some(writer) = self.component(&lane_dir, "writer")? else {
                             continue;
                         };
@@ -507,7 +516,7 @@ impl Checker<'_> {
 
     fn records(&mut self) -> Result<(), FsckError> {
         let dir = self.home.repos_dir();
-        for path in list_entries(&dir)? {
+        for path in self.entries(&dir) {
             let file = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -418,7 +418,11 @@ pub fn read_content(path: &Path) -> std::io::Result<Content> {
         &mut bytes,
     )
     .err()
-    .map(|e| format!("the gzip stream is damaged: {e}"));
+    .map(|e| match e.kind() {
+        // Refused whole: what it would inflate to is past what an object may hold.
+        std::io::ErrorKind::FileTooLarge => format!("the gzip stream inflates {e}"),
+        _ => format!("the gzip stream is damaged: {e}"),
+    });
     Ok(Content {
         bytes,
         gzip: true,

@@ -316,8 +316,9 @@ pub fn remove_job(
     .map_err(StateError::from)?;
     // The event log's writers' refs.
     let mut names = names;
+    // Every name, whatever its value: a broken one goes too.
     names.extend(
-        refs.list(Some(&format!("events/{repo}/{job}")))
+        refs.list_each(Some(&format!("events/{repo}/{job}")))
             .map_err(StateError::from)?
             .into_iter()
             .map(|(name, _)| name)

@@ -448,18 +448,21 @@ fn working_dir(site: &Site<'_>, step: &PlanStep, vars: &Vars<'_>) -> Result<Path
         ));
     }
     if t.source().contains("${") {
-        let inside = match (path.canonicalize(), site.cwd.canonicalize()) {
-            (Ok(dir), Ok(worktree)) => dir.starts_with(worktree),
-            _ => false,
+        // The resolved directory is where the step runs: a link swapped after the check
+        // changes nothing.
+        let resolved = match (path.canonicalize(), site.cwd.canonicalize()) {
+            (Ok(dir), Ok(worktree)) if dir.starts_with(&worktree) => Some(dir),
+            _ => None,
         };
-        if !inside {
+        let Some(dir) = resolved else {
             return Err(format!(
                 "working_dir '{}' (from '{}') leaves the worktree '{}': one made from variables must stay inside it",
                 path.display(),
                 t.source(),
                 site.cwd.display()
             ));
-        }
+        };
+        return Ok(dir);
     }
     Ok(path)
 }

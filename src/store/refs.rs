@@ -641,13 +641,17 @@ impl RefStore {
         if let Some(remote) = self.objects.s3()? {
             remote.check_conditional()?;
             let key = keys::ref_key(&name.key_path());
-            let reason = match self.read_remote(remote, name) {
-                Err(RefError::Corrupt { reason, .. }) => reason,
-                Ok((value, _)) => return Err(not_broken(value)),
-                Err(e) => return Err(e),
-            };
-            let Some((_, version)) = remote.get(&key)? else {
+            // One read gives the body judged broken and the version the put replaces, so
+            // a good value written meanwhile is never wiped as broken.
+            let Some((body, version)) = remote.get(&key)? else {
                 return Err(not_broken(None));
+            };
+            if body.is_empty() {
+                return Err(not_broken(None));
+            }
+            let reason = match parse_ref_file(&body) {
+                Ok(id) => return Err(not_broken(Some(id))),
+                Err(reason) => reason,
             };
             return match remote.put(&key, Vec::new(), Put::Replace(version))? {
                 Outcome::Written(_) => {
@@ -666,14 +670,16 @@ impl RefStore {
             return Err(not_broken(None));
         }
         let _guard = lock::lock(&dir.join("lock"), LockMode::Exclusive, &self.lock_opts)?;
+        let head = dir.join("HEAD");
+        let is_dir = fs::symlink_metadata(&head).is_ok_and(|m| m.is_dir());
+        // Broken: what it holds is not a value, or it is a directory. Any other error
+        // reading it (EIO, EMFILE…) may pass and is no reason to lose the ref.
         let reason = match self.read(name) {
             Err(RefError::Corrupt { reason, .. }) => reason,
-            Err(RefError::Fs(e)) => e.to_string(),
+            Err(RefError::Fs(e)) if is_dir => e.to_string(),
             Ok(value) => return Err(not_broken(value)),
             Err(e) => return Err(e),
         };
-        let head = dir.join("HEAD");
-        let is_dir = fs::symlink_metadata(&head).is_ok_and(|m| m.is_dir());
         if is_dir {
             // Only an empty one: nothing the store wrote is ever inside a HEAD.
             fs::remove_dir(&head).at("remove ref", &head)?;

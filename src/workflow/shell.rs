@@ -130,7 +130,7 @@ pub fn place(pieces: &[Piece<'_>], ansi_c: bool) -> Result<Vec<Slot>, String> {
         line_start: true,
         ansi_c,
         slots: Vec::new(),
-        case_in_sub: false,
+        unmodelled: None,
     }
     .run()
 }
@@ -148,9 +148,10 @@ struct Scanner {
     line_start: bool,
     ansi_c: bool,
     slots: Vec<Slot>,
-    /// A `case` was read inside `$(…)`: its patterns' `)` would close the `$(` here while
-    /// `sh` reads on, so no variable after it can be placed.
-    case_in_sub: bool,
+    /// Why no variable from here on can be placed: text was read whose meaning to `sh`
+    /// the scanner does not follow (a `case` inside `$(…)`, whose patterns' `)` would close
+    /// the `$(` here while `sh` reads on; an `alias`; a `${…}` holding `$(…)` or quotes).
+    unmodelled: Option<&'static str>,
 }
 
 impl Scanner {
@@ -193,16 +194,16 @@ impl Scanner {
             {
                 self.advance(len);
                 self.frames.pop();
+                // The line after the delimiter starts words afresh.
+                self.word_start = true;
                 self.next_heredoc();
                 continue;
             }
             self.line_start = false;
             let c = match sym {
                 Sym::V => {
-                    if self.case_in_sub {
-                        return Err(
-                            self.err("after a `case` inside $(…) (its patterns' `)` are not read)")
-                        );
+                    if let Some(why) = self.unmodelled {
+                        return Err(self.err(why));
                     }
                     let slot = self.slot()?;
                     self.slots.push(slot);
@@ -240,7 +241,17 @@ impl Scanner {
                         self.advance(1);
                     }
                 }
-                Frame::Param { depth } => {
+                Frame::Param { .. } => {
+                    // Quotes and `$(…)` inside the shell's `${…}` may hold a `}` that
+                    // does not end it: what follows is not placed.
+                    let nested = matches!(c, '"' | '\'' | '`') || (c == '$' && self.is(1, '('));
+                    if nested {
+                        self.unmodelled
+                            .get_or_insert("after a ${…} holding $(…), a quote or a backtick");
+                    }
+                    let Frame::Param { depth } = &mut self.frames[top] else {
+                        unreachable!("the frame matched above")
+                    };
                     match c {
                         '{' => *depth += 1,
                         '}' if *depth == 0 => {
@@ -327,13 +338,24 @@ impl Scanner {
     }
 
     /// True when the symbols at hand are the word `word`, ended by a blank, a line break,
-    /// `;` or the end.
+    /// `;` or the end; line continuations (`\` and a line break) inside it or after it are
+    /// skipped, as `sh` removes them first.
     fn word_is(&self, word: &str) -> bool {
-        word.chars().enumerate().all(|(i, c)| self.is(i, c))
-            && matches!(
-                self.peek(word.len()),
-                None | Some(Sym::C(' ' | '\t' | '\n' | ';'))
-            )
+        let mut i = 0;
+        let skip = |i: &mut usize| {
+            while self.is(*i, '\\') && self.is(*i + 1, '\n') {
+                *i += 2;
+            }
+        };
+        for c in word.chars() {
+            skip(&mut i);
+            if !self.is(i, c) {
+                return false;
+            }
+            i += 1;
+        }
+        skip(&mut i);
+        matches!(self.peek(i), None | Some(Sym::C(' ' | '\t' | '\n' | ';')))
     }
 
     /// `$…` openings shared by code, double quotes and here-document bodies; true when one
@@ -378,10 +400,22 @@ impl Scanner {
 
     fn code(&mut self, c: char, sub: bool, depth: usize) -> Result<(), String> {
         let word_start = std::mem::replace(&mut self.word_start, false);
-        if sub && word_start && self.word_is("case") {
-            self.case_in_sub = true;
+        if word_start {
+            if sub && self.word_is("case") {
+                self.unmodelled
+                    .get_or_insert("after a `case` inside $(…) (its patterns' `)` are not read)");
+            }
+            if self.word_is("alias") {
+                self.unmodelled
+                    .get_or_insert("after an `alias` (its text may hold words and quotes)");
+            }
         }
         match c {
+            // A line continuation joins the lines: a word may start after it still.
+            '\\' if self.is(1, '\n') => {
+                self.advance(2);
+                self.word_start = word_start;
+            }
             '\\' => return self.escape(),
             '\'' => {
                 self.frames.push(Frame::Single);
@@ -685,6 +719,9 @@ mod tests {
             Slot::Double
         );
         assert_eq!(one("echo $(cases; echo @)"), Slot::Word);
+        // A line continuation, then a variable; a plain `${…}` before one.
+        assert_eq!(one("echo \\\n@"), Slot::Word);
+        assert_eq!(one("echo ${HOME:-x} \"@\""), Slot::Double);
         // `$'…'` as the shell reads it.
         assert_eq!(slots("echo $'a\\'b' @", true).unwrap(), [Slot::Word]);
         assert_eq!(slots("echo $'a @'", true).unwrap(), [Slot::AnsiC]);
@@ -715,6 +752,31 @@ mod tests {
                 "v=$( (case x in\n x) echo a;; esac) ); echo @",
                 "after a `case`",
             ),
+            // The same `case` spelled with line continuations, or after a here-document.
+            (
+                "echo \"$(ca\\\nse x in x) echo @;; esac)\"",
+                "after a `case`",
+            ),
+            (
+                "echo \"$(\\\ncase x in x) echo @;; esac)\"",
+                "after a `case`",
+            ),
+            (
+                "echo \"$(x;\\\ncase x in x) echo @;; esac)\"",
+                "after a `case`",
+            ),
+            (
+                "echo \"$(cat <<EOF\n$(true)\nEOF\ncase x in x) echo @;; esac)\"",
+                "after a `case`",
+            ),
+            // An alias may stand for `case`, or hold a quote.
+            (
+                "alias k=case\necho \"$(k x in x) echo @;; esac)\"",
+                "after an `alias`",
+            ),
+            // A `}` inside `$(…)` or quotes in the shell's `${…}` does not end it.
+            ("echo \"${y:-$(echo }; echo @)}\"", "after a ${…} holding"),
+            ("echo ${y:-\"}\"} @", "after a ${…} holding"),
         ] {
             let e = slots(text, false).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -533,10 +533,12 @@ fn fsck_reports_odd_files_and_goes_on() {
     let _ = fs::remove_dir_all(home.join("objects/tmp"));
     fs::write(home.join("objects/tmp"), b"x").unwrap();
     fs::create_dir_all(home.join("dlq/api/d/HEAD")).unwrap();
+    // A kind's directory made a file.
+    fs::write(home.join("archive"), b"x").unwrap();
     let out = env.run(&["fsck", "--json"], b"");
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let found: Vec<(&str, &str, &str)> = report["findings"]
+    let mut found: Vec<(&str, &str, &str)> = report["findings"]
         .as_array()
         .unwrap()
         .iter()
@@ -548,7 +550,12 @@ fn fsck_reports_odd_files_and_goes_on() {
             )
         })
         .collect();
-    assert_eq!(found.len(), 3, "{report}");
+    assert_eq!(found.len(), 4, "{report}");
+    let archive = found.remove(0);
+    assert!(
+        archive.0 == "archive" && archive.1 == "error" && archive.2.contains("Not a directory"),
+        "{report}"
+    );
     assert!(
         found[0].0 == "dlq/api/d/HEAD"
             && found[0].1 == "error"
@@ -594,9 +601,14 @@ fn bad_values_with_line_breaks_and_huge_inputs_are_one_short_line() {
         (vec!["dlq", "list", "--repo", "a/b"], 2),
         (vec!["cat-object", "-t", "zzzz"], 2),
         (vec!["cat-object", "-t", "abcd"], 1),
+        (vec!["cat-object", "-e", "zzzz"], 2),
     ] {
         assert_one_line_error(&env.run(&args, b""), code);
     }
+    // clap's own errors are cut to a line as well.
+    let huge = "a".repeat(100_000);
+    let stderr = assert_one_line_error(&env.run(&["jobs", "--repo", &huge], b""), 2);
+    assert!(stderr.chars().count() < 2100, "{} characters", stderr.len());
     let pattern = "(".repeat(100_000);
     let stderr = assert_one_line_error(&env.run(&["events", "search", &pattern, "j"], b""), 2);
     let line = stderr.lines().next().unwrap();

@@ -559,10 +559,23 @@ fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
             .contains("ref delete (broken: expected 64 hex digits"),
         "{log}"
     );
-    // A ref that reads fine is not deleted as broken: `ref delete` compares as ever.
-    let good = ok_in(&env, &repo, &["ref", "show", "state/broken/good"]);
-    assert_eq!(good.trim().len(), 64);
-    // jobs rm of a job whose state ref is broken removes it.
+    // `--all-repos` lists by names, and skips the broken job as the repo's listing does.
+    let out = in_repo(&env, &repo, &["jobs", "--all-repos"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        stderr(&out).contains("skipping job gone of repo broken"),
+        "{}",
+        transcript(&out)
+    );
+    // jobs rm of a job whose state ref and a writer's events ref are broken removes them.
+    let writers = ok_in(&env, &repo, &["ref", "list", "events/broken/rm"]);
+    let writer_ref = writers.split_whitespace().nth(1).unwrap().to_owned();
+    let writer = writer_ref.rsplit('/').next().unwrap();
+    let writer_head = env
+        .home()
+        .join(format!("events/broken/rm/writers/{writer}/HEAD"));
+    assert!(writer_head.is_file(), "{}", writer_head.display());
+    std::fs::write(&writer_head, "garbage\n").unwrap();
     let out = in_repo(&env, &repo, &["jobs", "rm", "rm", "-y"]);
     assert!(out.status.success(), "{}", transcript(&out));
     assert!(
@@ -570,7 +583,21 @@ fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
         "{}",
         transcript(&out)
     );
-    assert!(!head("rm").exists());
+    assert!(
+        stdout(&out).contains(&format!("deleted {writer_ref}")),
+        "{}",
+        transcript(&out)
+    );
+    assert!(!head("rm").exists() && !writer_head.exists());
+    // A ref that reads fine is deleted by compare-and-swap as ever, not as broken.
+    let out = in_repo(&env, &repo, &["ref", "delete", "state/broken/gone"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(!stderr(&out).contains("broken"), "{}", transcript(&out));
+    let log = ok_in(&env, &repo, &["ref", "log", "state/broken/gone"]);
+    assert!(
+        log.lines().last().unwrap().ends_with(" ref delete"),
+        "{log}"
+    );
     let jobs = json_in(&env, &repo, &["jobs", "--json"]);
     let jobs: Vec<&str> = jobs
         .as_array()

@@ -84,7 +84,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         return Ok(match found {
             Ok(_) => Exit::Success,
             Err(ObjectError::NotFound { .. } | ObjectError::NoMatch { .. }) => Exit::Failure,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(super::id_arg(e)),
         });
     }
     let id = store.resolve(&text).map_err(super::id_arg)?;

@@ -123,7 +123,10 @@ pub fn remove_complete(
     let repo_name = repo.resolve(ctx)?;
     let states = crate::state::JobStateManager::new(ctx.refs(), &repo_name)?;
     let mut done = Vec::new();
-    for (job, _, c) in states.list()? {
+    let jobs = states.list_readable(|job, e| {
+        super::skipping_job(ctx, &repo_name, job, &crate::error_line(&e));
+    })?;
+    for (job, _, c) in jobs {
         if c.phase != crate::state::Phase::Complete {
             continue;
         }

@@ -93,7 +93,10 @@ fn logs(ctx: &mut Ctx<'_>, c: &Common) -> anyhow::Result<Exit> {
     let repo = c.repo.resolve(ctx)?;
     let states = crate::state::JobStateManager::new(ctx.refs(), &repo)?;
     let mut found = Vec::new();
-    for (job, _, head) in states.list()? {
+    let jobs = states.list_readable(|job, e| {
+        super::skipping_job(ctx, &repo, job, &crate::error_line(&e));
+    })?;
+    for (job, _, head) in jobs {
         let dir = ctx
             .home
             .root()

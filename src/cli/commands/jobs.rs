@@ -114,9 +114,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         None => {}
     }
     let repos = if args.all_repos {
+        // Names only: a broken ref is the job's to report, below.
         let mut repos: Vec<String> = ctx
             .refs()
-            .list(Some(RefKind::State.as_str()))?
+            .list_each(Some(RefKind::State.as_str()))?
             .into_iter()
             .map(|(n, _)| n.repo().to_owned())
             .collect();
@@ -140,9 +141,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             let (mut row, spec) = match read {
                 Ok(read) => read,
                 Err(e) => {
-                    ctx.diag.warning(&format!(
-                        "skipping job {job} of repo {repo}: {e:#}; `prodigy fsck` checks the store"
-                    ));
+                    super::skipping_job(ctx, repo, &job, &format_args!("{e:#}"));
                     continue;
                 }
             };

@@ -58,6 +58,14 @@ pub struct RepoArg {
     pub repo: Option<String>,
 }
 
+/// The warning of a listing that skips a job it cannot read (a broken ref, a missing
+/// checkpoint), as git ignores a broken ref with a warning and lists the rest.
+pub fn skipping_job(ctx: &Ctx<'_>, repo: &str, job: &str, e: &dyn std::fmt::Display) {
+    ctx.diag.warning(&format!(
+        "skipping job {job} of repo {repo}: {e}; `prodigy fsck` checks the store"
+    ));
+}
+
 /// A repo name given on the command line, checked as clap parses it, as a job id is: a
 /// hostile one is a usage error (exit 2; it was 1, unlike a bad job id).
 pub fn repo_name(text: &str) -> Result<String, String> {
