@@ -91,18 +91,29 @@ pub fn is_symlink_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
 }
 
-/// Opens a file for reading without following a symlink in its last component.
+/// Opens a file for reading without following a symlink in its last component, and
+/// without waiting: a FIFO planted where a file should be opens at once (and is refused
+/// by [`read_nofollow`]) instead of blocking its reader until something writes to it.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
-        .custom_flags(nofollow())
+        .custom_flags(nofollow() | rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
 }
 
-/// Reads a whole file without following a symlink in its last component.
+/// Reads a whole file without following a symlink in its last component. Anything but a
+/// regular file or a directory (a FIFO, a socket, a device) is refused: the store never
+/// makes one, and reading it could block or never end.
 pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     let mut file = open_nofollow(path)?;
-    let mut buf = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
+    let meta = file.metadata()?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device)",
+        ));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut buf)?;
     Ok(buf)
 }

@@ -616,6 +616,54 @@ fn bad_values_with_line_breaks_and_huge_inputs_are_one_short_line() {
     assert!(line.contains("characters left out"), "{line}");
 }
 
+/// A FIFO where the store keeps a file (a ref's `HEAD`, a loose object) is refused at
+/// once: reading it blocked every reader until something wrote to it.
+#[test]
+fn a_fifo_in_the_home_is_refused_not_waited_on() {
+    let env = Env::new();
+    let id = blob(&env, "x");
+    env.ok(&["ref", "update", "events/api/j", &id], b"");
+    let head = env.home().join("events/api/j/HEAD");
+    fs::remove_file(&head).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&head)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let object = env
+        .home()
+        .join(format!("objects/{}/{}", &id[..2], &id[2..]));
+    fs::remove_file(&object).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&object)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (args, says) in [
+        (vec!["ref", "show", "events/api/j"], "not a regular file"),
+        (vec!["cat-object", "-p", id.as_str()], "not a regular file"),
+    ] {
+        let mut child = env
+            .std_cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{args:?} blocked on the FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// An agent's stderr full of terminal controls (set the title, clear the screen) and a
 /// workflow `name:` with them reach the terminal as escapes: `dlq list` on a terminal (a
 /// pty from `script`), and `run`'s diagnostics always; `--json` keeps them as JSON escapes.
