@@ -36,7 +36,10 @@ impl Job {
                         cwd: &worktree,
                         env: &env,
                         timeout: None,
-                        capture: Some(exec::MAX_CAPTURE),
+                        // All of it: the items are cut nowhere (at 1 MiB, a step's
+                        // capture, lines were lost in silence), up to what one object
+                        // holds.
+                        capture: Some(crate::store::object::MAX_OBJECT_SIZE as usize),
                         log: &log,
                         lines: None,
                         clear_env: false,
@@ -54,6 +57,12 @@ impl Job {
                         "the command {cmd:?} failed with exit code {}: {}",
                         out.exit_code,
                         last_line(&out.stderr_tail)
+                    )));
+                }
+                if out.stdout_bytes > out.stdout.len() as u64 {
+                    return Err(self.input_error(format!(
+                        "the output of {cmd:?} is larger than {} bytes, the most the work items may hold",
+                        crate::store::object::MAX_OBJECT_SIZE
                     )));
                 }
                 (out.stdout, format!("the output of {cmd:?}"), false)

@@ -1081,6 +1081,21 @@ fn write_file(site: &Site<'_>, w: &WriteSpec, vars: &Vars<'_>) -> Result<String,
             name.trim()
         ));
     }
+    // Git's own files are not the worktree's: a worktree's `.git` says where its
+    // repository is, and an item that rewrote it sent the agent's commits to the user's
+    // own branch. An empty path names no file.
+    if rel
+        .components()
+        .any(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+    {
+        return Err(format!(
+            "path {:?} is inside git's own files (.git), which a step may not write",
+            name.trim()
+        ));
+    }
+    if rel.file_name().is_none() {
+        return Err(format!("path {:?} names no file", name.trim()));
+    }
     let path = site.cwd.join(rel);
     let parent = path.parent().unwrap_or(site.cwd).to_owned();
     if w.create_dirs {

@@ -77,6 +77,10 @@ fn write_file_writes_inside_the_worktree_and_nowhere_else() {
         ("up", "../escaped.txt", "leaves the worktree"),
         ("abs", "/tmp/escaped.txt", "leaves the worktree"),
         ("link", "link/escaped.txt", "through a symbolic link"),
+        // A worktree's `.git` names its repository: rewritten, the agent's commits went
+        // to the user's own branch.
+        ("git", ".git", "inside git's own files"),
+        ("gitdir", "sub/.GIT/config", "inside git's own files"),
     ] {
         write(
             &repo,
@@ -94,6 +98,35 @@ fn write_file_writes_inside_the_worktree_and_nowhere_else() {
     }
     assert!(!marks.join("escaped.txt").exists());
     assert!(!repo.parent().unwrap().join("escaped.txt").exists());
+}
+
+/// The output of a `map.input` command is read whole (it was cut at 1 MiB, a step's
+/// capture, and the items past it were lost in silence): 300,000 lines, 2 MB, filtered
+/// down to the three that end in five zeros.
+#[test]
+fn a_map_input_command_is_read_whole() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "bigin");
+    write(
+        &repo,
+        "w.yml",
+        &"name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: seq 1 300000\n\
+         \x20 filter: \"item ~ '00000$'\"\n\
+         \x20 agent_template:\n\
+         \x20   - shell: touch MARKS/item-${item}\n"
+            .replace("MARKS", &marks.display().to_string()),
+    );
+    commit_all(&repo);
+    ok(&env, &repo, &["run", "w.yml", "--job-id", "big"], &[]);
+    let mut made: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    made.sort();
+    assert_eq!(made, ["item-100000", "item-200000", "item-300000"]);
 }
 
 /// A `working_dir` made from an item's field runs its step inside the worktree, and one
