@@ -233,29 +233,69 @@ fn hints(e: &anyhow::Error) -> Vec<String> {
 }
 
 /// Where output goes: stdout, or a file written atomically (`-o FILE`).
+///
+/// A regular file (or a new one) is written as a temp file beside it, fsynced and
+/// renamed over it, keeping the old file's permissions (a new one gets 0644). A symbolic
+/// link is followed, so the file it names is the one written; a device, FIFO or socket
+/// (`-o /dev/null`, `-o /dev/stdout`) is written in place. The rename replaced those:
+/// a hostile sweep turned `/dev/full` into a file with `-o /dev/full`.
 pub struct ExportTarget {
-    file: Option<(tempfile::NamedTempFile, PathBuf)>,
+    file: Target,
+}
+
+enum Target {
+    Stdout,
+    Atomic(tempfile::NamedTempFile, PathBuf),
+    InPlace(std::fs::File),
 }
 
 impl ExportTarget {
     /// Starts output to `path`, or to stdout when `None`.
     pub fn new(path: Option<&PathBuf>) -> anyhow::Result<ExportTarget> {
-        let file = match path {
-            Some(path) => {
-                let dir = path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                let temp = tempfile::Builder::new()
-                    .prefix(".prodigy-export.")
-                    .suffix(".tmp")
-                    .tempfile_in(dir)
-                    .with_context(|| format!("cannot create a file in '{}'", dir.display()))?;
-                Some((temp, path.clone()))
-            }
-            None => None,
+        use std::os::unix::fs::PermissionsExt;
+        let Some(given) = path else {
+            return Ok(ExportTarget {
+                file: Target::Stdout,
+            });
         };
-        Ok(ExportTarget { file })
+        let is_link = std::fs::symlink_metadata(given).is_ok_and(|m| m.file_type().is_symlink());
+        let path = if is_link {
+            std::fs::canonicalize(given)
+                .with_context(|| format!("'{}' is a symbolic link to nothing", given.display()))?
+        } else {
+            given.clone()
+        };
+        let existing = std::fs::metadata(&path).ok();
+        if let Some(meta) = &existing {
+            if meta.is_dir() {
+                anyhow::bail!("cannot write '{}': it is a directory", path.display());
+            }
+            if !meta.is_file() {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot write '{}'", path.display()))?;
+                return Ok(ExportTarget {
+                    file: Target::InPlace(file),
+                });
+            }
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".prodigy-export.")
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in '{}'", dir.display()))?;
+        let mode = existing.map_or(0o644, |m| m.permissions().mode() & 0o7777);
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of '{}'", temp.path().display()))?;
+        Ok(ExportTarget {
+            file: Target::Atomic(temp, path),
+        })
     }
 
     /// The writer to use.
@@ -264,14 +304,15 @@ impl ExportTarget {
         stdout: &'a mut (dyn std::io::Write + Send),
     ) -> Box<dyn std::io::Write + 'a> {
         match &mut self.file {
-            Some((temp, _)) => Box::new(std::io::BufWriter::new(temp.as_file_mut())),
-            None => Box::new(stdout),
+            Target::Atomic(temp, _) => Box::new(std::io::BufWriter::new(temp.as_file_mut())),
+            Target::InPlace(file) => Box::new(std::io::BufWriter::new(file)),
+            Target::Stdout => Box::new(stdout),
         }
     }
 
     /// Moves a finished file into place.
     pub fn finish(self) -> anyhow::Result<()> {
-        if let Some((temp, path)) = self.file {
+        if let Target::Atomic(temp, path) = self.file {
             temp.as_file()
                 .sync_all()
                 .context("cannot fsync the export")?;

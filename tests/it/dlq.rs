@@ -229,6 +229,59 @@ fn export_json_and_csv() {
         lines[1]
     );
     assert!(lines[4].contains("merge_conflict"), "{}", lines[4]);
+    // `-o` through a symbolic link writes the file it names (the link stays), to a FIFO
+    // or device in place (the rename replaced them: `-o /dev/full` made it a file), and
+    // over a file keeping its mode.
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+    let nonblock = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let export = |to: &std::path::Path| {
+        env.run(
+            &[
+                "dlq",
+                "export",
+                "mr-1",
+                "--repo",
+                "api",
+                "-o",
+                to.to_str().unwrap(),
+            ],
+            b"",
+        )
+    };
+    let real = env.scratch().join("real.json");
+    std::fs::write(&real, "old").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let link = env.scratch().join("link.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert!(export(&link).status.success());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read_to_string(&real).unwrap().starts_with('['));
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let fifo = env.scratch().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // A reader that does not wait for a writer: the export finds it there.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nonblock)
+        .open(&fifo)
+        .unwrap();
+    assert!(export(&fifo).status.success());
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut got).unwrap();
+    assert!(got.starts_with('['), "{got:?}");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
 #[test]
