@@ -208,8 +208,9 @@ fn worktrees_of(
     out
 }
 
-/// Removes what no job needs: the worktrees of complete jobs, and of failed agents whose
-/// items are resolved (no longer in the dead-letter queue); with `opts.job` that job's, with
+/// Removes what no job needs: the worktrees of complete jobs (but a failed agent's while
+/// its item is in the dead-letter queue), and of failed agents whose items are resolved
+/// (no longer in the queue); with `opts.job` that job's, with
 /// `opts.all` every job's. A running job is never touched (its run lock is taken for the
 /// removal; a held one skips the job). `git worktree prune` ends it.
 pub fn clean(
@@ -243,7 +244,11 @@ pub fn clean(
             }
             Err(e) => return Err(e.into()),
         };
-        let every = opts.all || opts.job.is_some() || state.checkpoint.phase == Phase::Complete;
+        // A finished job's worktrees go, but a failed agent's stays while its item is in
+        // the dead-letter queue: its uncommitted work is what the queue's entry points at
+        // (`worktree_artifacts`), and `--all` or `--job` are how to drop it.
+        let every = opts.all || opts.job.is_some();
+        let finished = state.checkpoint.phase == Phase::Complete;
         let queued = DeadLetterQueue::new(refs.clone(), repo, &job)
             .and_then(|q| q.snapshot())
             .map(|s| s.items)
@@ -258,10 +263,12 @@ pub fn clean(
                 .join("worktrees.lock"),
         );
         for w in worktrees_of(&states, spec, &state, &job_status) {
+            let queued_failure =
+                w.state == "failed" && w.item.as_ref().is_some_and(|k| queued.contains_key(k));
             let resolved =
                 w.state == "failed" && w.item.as_ref().is_some_and(|k| !queued.contains_key(k));
             let leftover = w.state == "done";
-            if !(every || resolved || leftover) {
+            if !(every || (finished && !queued_failure) || resolved || leftover) {
                 continue;
             }
             if !opts.dry_run {

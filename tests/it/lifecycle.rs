@@ -263,13 +263,18 @@ fn worktrees_are_listed_cleaned_merged_and_jobs_removed() {
     assert_eq!(kinds, [("job", "complete"), ("agent", "failed")]);
     let failed = PathBuf::from(list[1]["path"].as_str().unwrap());
     assert!(failed.join("out-b.txt").is_file());
-    // The job is complete: a clean removes both (asked: no answer on a pipe is no).
+    // The job is complete: a clean removes its worktree (asked: no answer on a pipe is
+    // no), but not the failed agent's while its item is in the dead-letter queue (its
+    // uncommitted work is what the queue's entry points at); --all removes that too.
     let out = in_repo(&env, &repo, &["worktree", "clean"]);
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
     assert!(failed.exists());
     let dry = ok_in(&env, &repo, &["worktree", "clean", "--dry-run"]);
-    assert_eq!(dry.lines().count(), 2, "{dry}");
+    assert_eq!(dry.lines().count(), 1, "{dry}");
+    assert!(!dry.contains("failed"), "{dry}");
     ok_in(&env, &repo, &["worktree", "clean", "-y"]);
+    assert!(failed.join("out-b.txt").is_file());
+    ok_in(&env, &repo, &["worktree", "clean", "--all", "-y"]);
     assert!(!failed.exists());
     assert!(
         json_in(&env, &repo, &["worktree", "ls", "--json"])

@@ -13,7 +13,8 @@ pub enum WorktreeCommand {
     #[command(alias = "list")]
     Ls(LsArgs),
     /// Remove the worktrees of finished jobs, and of failed agents whose items are
-    /// resolved (out of the dead-letter queue); never a running job's.
+    /// resolved (out of the dead-letter queue); never a running job's, nor a failed
+    /// agent's while its item is in the queue (unless --all or --job).
     Clean(CleanArgs),
     /// Merge a job's result (its branch, prodigy/<job>) into the branch checked out here.
     Merge(MergeArgs),
