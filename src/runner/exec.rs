@@ -33,6 +33,9 @@ use crate::workflow::env::Masker;
 /// Captured output kept per step.
 pub const MAX_CAPTURE: usize = 1 << 20;
 
+/// How often a running step's wait looks at the interrupt flag.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
+
 /// Standard error kept for messages.
 pub const STDERR_TAIL: usize = 2048;
 
@@ -359,20 +362,29 @@ impl Executor {
             let _ = tx.send(());
             status
         });
+        // Until it ends, its time limit passes, or the runner is interrupted: the last two
+        // stop its group, SIGTERM first (it may clean up within the grace period), then
+        // SIGKILL. Every step is stopped so, wherever it runs (an interrupted session's
+        // step ran on to its end).
         let mut timed_out = false;
-        match step.timeout {
-            Some(limit) => {
-                if rx.recv_timeout(limit).is_err() {
-                    timed_out = true;
-                    // SIGTERM first: the step may clean up within the grace period.
-                    signal_group(pid, Signal::TERM);
-                    if rx.recv_timeout(self.grace).is_err() {
-                        kill_group(pid);
-                    }
-                }
+        let deadline = step.timeout.map(|limit| Instant::now() + limit);
+        loop {
+            let slice = deadline.map_or(INTERRUPT_POLL, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(INTERRUPT_POLL)
+            });
+            match rx.recv_timeout(slice) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
-            None => {
-                let _ = rx.recv();
+            let past = deadline.is_some_and(|d| Instant::now() >= d);
+            if past || self.interrupted() {
+                timed_out = past;
+                signal_group(pid, Signal::TERM);
+                if rx.recv_timeout(self.grace).is_err() {
+                    kill_group(pid);
+                }
+                break;
             }
         }
         let status = waiter

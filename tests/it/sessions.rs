@@ -223,3 +223,39 @@ fn a_sessions_merge_steps_wait_for_a_yes_and_see_the_branches() {
     );
     assert_eq!(lines(&marks.join("merge.log")).len(), 2);
 }
+
+/// SIGINT stops a session's running step (SIGTERM to its group, SIGKILL after the grace)
+/// and saves the session as interrupted; it ran on to the step's end (20 s for a
+/// `sleep 20`), then wrote "interrupted" after "complete". `resume` finishes it.
+#[test]
+fn sigint_stops_a_sessions_running_step() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "sigint");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "- shell: \"test -f {m}/started && exit 0; touch {m}/started; sleep 60\"\n",
+            m = marks.display()
+        ),
+    );
+    commit(&repo);
+    let mut child = spawn_in(&env, &repo, &["run", "w.yml", "--job-id", "s1"]);
+    wait_for("the step to start", Duration::from_secs(60), || {
+        marks.join("started").exists()
+    });
+    let signalled = std::time::Instant::now();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // The grace period (PRODIGY_KILL_GRACE's default) and a margin, far below 60 s.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "the step ran on for {:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(job_show(&env, &repo, "s1")["status"], "interrupted");
+    assert_eq!(ok_in(&env, &repo, &["resume", "s1"]), "s1\n");
+    assert_eq!(job_show(&env, &repo, "s1")["phase"], "complete");
+}
