@@ -446,3 +446,62 @@ fn signatures_group_the_committed_corpus() {
         }
     }
 }
+
+/// A named job that does not exist is an error in every `dlq` command, as in `list` and
+/// `export` (`stats` printed a row of zeros and `purge` "nothing before …", both exit 0).
+#[test]
+fn a_job_that_does_not_exist_is_an_error_everywhere() {
+    let env = Env::new();
+    fill(&env);
+    for args in [
+        vec!["dlq", "stats", "nope", "--repo", "api"],
+        vec![
+            "dlq",
+            "purge",
+            "--job",
+            "nope",
+            "--older-than",
+            "0s",
+            "--yes",
+            "--repo",
+            "api",
+        ],
+        vec!["dlq", "list", "nope", "--repo", "api"],
+    ] {
+        let out = env.run(&args, b"");
+        let stderr = assert_one_line_error(&out, 1);
+        assert!(
+            stderr.contains("no job 'nope' in repository 'api'"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A job that exists still has its stats.
+    assert!(
+        env.ok(&["dlq", "stats", "mr-1", "--repo", "api"], b"")
+            .contains("mr-1")
+    );
+    // `inspect` shows every line of a failure's message (it showed the first alone).
+    env.ok(
+        &[
+            "dlq",
+            "add",
+            "--repo",
+            "api",
+            "--job",
+            "multi",
+            "--item",
+            "x",
+            "--error",
+            "first line\nsecond line",
+        ],
+        b"",
+    );
+    let shown = env.ok(
+        &["dlq", "inspect", "x", "--job", "multi", "--repo", "api"],
+        b"",
+    );
+    assert!(
+        shown.contains("     first line\n     second line\n"),
+        "{shown}"
+    );
+}

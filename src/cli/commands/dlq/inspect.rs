@@ -70,7 +70,10 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     writeln!(out, "\nhistory:")?;
     for f in &item.failure_history {
         writeln!(out, "  #{} {}  {}", f.attempt, f.timestamp, f.error_type)?;
-        writeln!(out, "     {}", f.error_message.lines().next().unwrap_or(""))?;
+        // Every line of the message (only its first was shown, with no mark of the rest).
+        for line in f.error_message.lines() {
+            writeln!(out, "     {line}")?;
+        }
         let mut extra = Vec::new();
         if let Some(a) = &f.agent_id {
             extra.push(format!("agent {a}"));

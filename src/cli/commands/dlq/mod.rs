@@ -132,13 +132,12 @@ pub fn job_exists(ctx: &Ctx<'_>, repo: &str, job: &str) -> anyhow::Result<bool> 
     Ok(crate::events::EventLog::new(refs, repo, job)?.exists()?)
 }
 
-/// The job given (validated), or every job of `repo` whose queue holds items.
+/// The job given (validated, and known to the repository, as [`pick_job`] wants it: a
+/// name that is no job was a row of zeros and exit 0), or every job of `repo` whose queue
+/// holds items.
 pub fn job_or_all(ctx: &Ctx<'_>, repo: &str, job: Option<String>) -> anyhow::Result<Vec<String>> {
     match job {
-        Some(job) => {
-            crate::names::validate("job id", &job)?;
-            Ok(vec![job])
-        }
+        Some(job) => Ok(vec![pick_job(ctx, repo, Some(job))?]),
         None => jobs_with_items(ctx, repo),
     }
 }
