@@ -252,16 +252,17 @@ fn escaped_value_error(e: &clap::Error) -> Option<String> {
         return None;
     }
     let arg = text(ContextKind::InvalidArg).unwrap_or_else(|| "the argument".to_owned());
+    // Control characters as `\n`, `\u{1}`; the rest as it is.
     let escaped = |text: &str| -> String {
-        text.chars()
-            .flat_map(|c| {
-                let escape = c.is_control().then(|| c.escape_default());
-                escape
-                    .into_iter()
-                    .flatten()
-                    .chain((!c.is_control()).then_some(c))
-            })
-            .collect()
+        let mut out = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        out
     };
     let reason = std::error::Error::source(e).map_or_else(
         || "not one of its values".to_owned(),

@@ -15,7 +15,7 @@ use super::{RunError, git, job_dir};
 use crate::dlq::DeadLetterQueue;
 use crate::home::Home;
 use crate::state::{Checkpoint, ItemStatus, JobSpec, JobStateManager, Phase, StateError, item_key};
-use crate::store::refs::{Expect, RefKind, RefName, RefStore};
+use crate::store::refs::{RefKind, RefName, RefStore};
 
 /// One worktree of a job.
 #[derive(Debug, Clone, Serialize)]
@@ -331,10 +331,13 @@ pub fn remove_job(
             .map(|(name, _)| name)
             .filter(|name| name.writer().is_some()),
     );
-    // A ref that cannot be read exists too (and goes, by `delete_broken`): skipping it
+    // A ref that cannot be read exists too (and goes, by `delete_any`): skipping it
     // reported a job deleted whose state ref stayed.
-    let exists = |n: &RefName| !matches!(refs.read(n), Ok(None));
-    if !names.iter().any(exists) {
+    let names: Vec<RefName> = names
+        .into_iter()
+        .filter(|n| !matches!(refs.read(n), Ok(None)))
+        .collect();
+    if names.is_empty() {
         return Err(StateError::NoJob {
             repo: repo.to_owned(),
             job: job.to_owned(),
@@ -358,15 +361,14 @@ pub fn remove_job(
         }
         let _ = git::git(&spec.repo_root, &["worktree", "prune"]);
     }
-    for name in names.iter().filter(|n| exists(n)) {
-        if refs.read(name).is_err() {
-            refs.delete_broken(name, "jobs rm")
-                .map_err(StateError::from)?;
-        } else {
-            refs.delete(name, Expect::Any, "jobs rm")
-                .map_err(StateError::from)?;
+    for name in &names {
+        if refs
+            .delete_any(name, "jobs rm")
+            .map_err(StateError::from)?
+            .is_some()
+        {
+            removed.refs.push(name.to_string());
         }
-        removed.refs.push(name.to_string());
     }
     drop(lock);
     let dir = job_dir(home, repo, job);

@@ -447,7 +447,7 @@ fn working_dir(site: &Site<'_>, step: &PlanStep, vars: &Vars<'_>) -> Result<Path
             path.display()
         ));
     }
-    if t.source().contains("${") {
+    if t.reads_variables() {
         // The resolved directory is where the step runs: a link swapped after the check
         // changes nothing.
         let resolved = match (path.canonicalize(), site.cwd.canonicalize()) {

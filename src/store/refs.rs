@@ -72,6 +72,15 @@ impl fmt::Display for RefKind {
     }
 }
 
+/// What [`RefStore::delete_any`] deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// A ref holding this value.
+    Value(ObjectId),
+    /// A broken ref; what was wrong with it.
+    Broken(String),
+}
+
 /// A validated ref name, `<kind>/<repo>/<job>`, or for one writer's event log
 /// `events/<repo>/<job>/<writer>` (a *lane*: see [`RefName::lane`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -626,6 +635,16 @@ impl RefStore {
         .map(|(old, _)| old)
     }
 
+    /// Deletes a ref whatever it holds, as `git update-ref -d` does: a value by
+    /// compare-and-swap ([`Self::delete`] with [`Expect::Any`]), a broken ref by
+    /// [`Self::delete_broken`]. `None` when there was no ref.
+    pub fn delete_any(&self, name: &RefName, message: &str) -> Result<Option<Deleted>, RefError> {
+        match self.read(name) {
+            Ok(_) => Ok(self.delete(name, Expect::Any, message)?.map(Deleted::Value)),
+            Err(_) => Ok(Some(Deleted::Broken(self.delete_broken(name, message)?))),
+        }
+    }
+
     /// Deletes a ref that cannot be read — corrupt, a symlink, a `HEAD` that is not a
     /// file — as `git update-ref -d` deletes a broken ref: compare-and-swap cannot, having
     /// no value to compare, and no reader can use the ref. Under the ref's lock, like every
@@ -1136,12 +1155,10 @@ impl RefStore {
                     let Ok(name) = RefName::new(kind, &repo, &job) else {
                         continue;
                     };
-                    if wanted.len() < 4 {
-                        match self.read(&name) {
-                            Ok(Some(id)) => out.push((name.clone(), Ok(id))),
-                            Ok(None) => {}
-                            Err(e) => out.push((name.clone(), Err(e))),
-                        }
+                    if wanted.len() < 4
+                        && let Some(value) = self.read(&name).transpose()
+                    {
+                        out.push((name.clone(), value));
                     }
                     if kind != RefKind::Events {
                         continue;
@@ -1153,10 +1170,8 @@ impl RefStore {
                         let Ok(name) = RefName::lane(&repo, &job, &lane) else {
                             continue;
                         };
-                        match self.read(&name) {
-                            Ok(Some(id)) => out.push((name, Ok(id))),
-                            Ok(None) => {}
-                            Err(e) => out.push((name, Err(e))),
+                        if let Some(value) = self.read(&name).transpose() {
+                            out.push((name, value));
                         }
                     }
                 }

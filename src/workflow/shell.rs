@@ -214,6 +214,14 @@ impl Scanner {
                 Sym::C(c) => c,
             };
             let closes_arith = c == ')' && self.is(1, ')');
+            // Quotes and `$(…)` inside the shell's `${…}` may hold a `}` that does not end
+            // it: what follows is not placed.
+            if matches!(self.frames[top], Frame::Param { .. })
+                && (matches!(c, '"' | '\'' | '`') || (c == '$' && self.is(1, '(')))
+            {
+                self.unmodelled
+                    .get_or_insert("after a ${…} holding $(…), a quote or a backtick");
+            }
             match &mut self.frames[top] {
                 Frame::Code { sub, depth } => {
                     let (sub, d) = (*sub, *depth);
@@ -241,17 +249,7 @@ impl Scanner {
                         self.advance(1);
                     }
                 }
-                Frame::Param { .. } => {
-                    // Quotes and `$(…)` inside the shell's `${…}` may hold a `}` that
-                    // does not end it: what follows is not placed.
-                    let nested = matches!(c, '"' | '\'' | '`') || (c == '$' && self.is(1, '('));
-                    if nested {
-                        self.unmodelled
-                            .get_or_insert("after a ${…} holding $(…), a quote or a backtick");
-                    }
-                    let Frame::Param { depth } = &mut self.frames[top] else {
-                        unreachable!("the frame matched above")
-                    };
+                Frame::Param { depth } => {
                     match c {
                         '{' => *depth += 1,
                         '}' if *depth == 0 => {

@@ -333,6 +333,11 @@ impl Template {
         &self.source
     }
 
+    /// True when it reads any variable: rendered, its text is (partly) data.
+    pub fn reads_variables(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Var(..)))
+    }
+
     /// True when it reads `${step.*}` or `${workflow.*}` (git's view of the changes).
     pub fn reads_git(&self) -> bool {
         self.parts

@@ -481,20 +481,13 @@ fn a_job_that_does_not_exist_is_an_error_everywhere() {
             .contains("mr-1")
     );
     // `inspect` shows every line of a failure's message (it showed the first alone).
-    env.ok(
-        &[
-            "dlq",
-            "add",
-            "--repo",
-            "api",
-            "--job",
-            "multi",
-            "--item",
-            "x",
-            "--error",
-            "first line\nsecond line",
-        ],
-        b"",
+    add(
+        &env,
+        "multi",
+        "x",
+        "first line\nsecond line",
+        "1",
+        "agent-1",
     );
     let shown = env.ok(
         &["dlq", "inspect", "x", "--job", "multi", "--repo", "api"],

@@ -6,7 +6,7 @@ use anyhow::anyhow;
 
 use crate::cli::{Ctx, Exit};
 use crate::store::object::{ObjectId, ObjectStore};
-use crate::store::refs::{Expect, RefName};
+use crate::store::refs::{Deleted, Expect, RefName};
 
 /// Read and change refs. A ref is named <kind>/<repo>/<job>, kind one of events, dlq,
 /// state, archive; it holds the id of the newest object of that job.
@@ -147,15 +147,21 @@ pub fn exec(cmd: RefCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         }
         RefCommand::Delete { name, old, message } => {
             let name: RefName = name.parse()?;
-            let expect = expect(refs.objects(), old.as_deref())?;
-            // A broken ref has no value to compare: without --old it goes, as git deletes
-            // a broken ref.
-            if old.is_none() && refs.read(&name).is_err() {
-                let reason = refs.delete_broken(&name, &message)?;
-                ctx.diag
-                    .warning(&format!("deleted broken ref {name} ({reason})"));
-            } else if refs.delete(&name, expect, &message)?.is_none() {
-                return Err(anyhow!("ref {name} does not exist"));
+            // Without --old the ref goes whatever it holds, a broken one too (which has no
+            // value to compare), as git deletes a broken ref.
+            let deleted = match old {
+                None => refs.delete_any(&name, &message)?,
+                Some(old) => {
+                    let expect = expect(refs.objects(), Some(&old))?;
+                    refs.delete(&name, expect, &message)?.map(Deleted::Value)
+                }
+            };
+            match deleted {
+                None => return Err(anyhow!("ref {name} does not exist")),
+                Some(Deleted::Broken(reason)) => ctx
+                    .diag
+                    .warning(&format!("deleted broken ref {name} ({reason})")),
+                Some(Deleted::Value(_)) => {}
             }
         }
     }
