@@ -2,6 +2,7 @@
 //! place where an error becomes its lines and its exit code, and the export target shared
 //! by the `export` commands.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -336,18 +337,100 @@ pub fn bar(n: u64, max: u64, width: usize) -> String {
     out
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180).
+/// Quotes a CSV field when it needs it (RFC 4180). A field a spreadsheet would read as a
+/// formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return, and not a
+/// number) gets a leading `'`, as OWASP advises: an item's or a command's text is data,
+/// and must not run as a formula when the export is opened.
 pub fn csv_field(s: &str) -> String {
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let s: Cow<'_, str> = if formula {
+        Cow::Owned(format!("'{s}"))
+    } else {
+        Cow::Borrowed(s)
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_owned()
+        s.into_owned()
     }
+}
+
+/// Text for a cell of a Markdown table, shown as written: the characters that start
+/// markup (HTML, links, images, emphasis, code, the table's own `|`) escaped with a
+/// backslash, which CommonMark allows before any ASCII punctuation, and line breaks made
+/// spaces. Data never becomes markup.
+pub fn markdown_cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '&' | '!' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A Markdown table cell holding `s` as a code span: inside one nothing is markup, so
+/// only the span's own backtick (made `'`), the table's `|` and line breaks change.
+pub fn markdown_code_cell(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('`');
+    for c in s.chars() {
+        match c {
+            '`' => out.push('\''),
+            '|' => out.push_str("\\|"),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('`');
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::bar;
+    use super::{bar, csv_field, markdown_cell, markdown_code_cell};
+
+    #[test]
+    fn csv_fields_never_start_a_formula() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http://x\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\")\""
+        );
+        assert_eq!(csv_field("+1+cmd|' /C calc'!A0"), "'+1+cmd|' /C calc'!A0");
+        assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_field("-x"), "'-x");
+        assert_eq!(csv_field("\t=1"), "'\t=1");
+        assert_eq!(csv_field("\r=1"), "\"'\r=1\"");
+        // Numbers stay numbers; the rest as before.
+        assert_eq!(csv_field("-5"), "-5");
+        assert_eq!(csv_field("+1.5e3"), "+1.5e3");
+        assert_eq!(csv_field("item-1"), "item-1");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field(""), "");
+    }
+
+    #[test]
+    fn markdown_cells_hold_no_markup() {
+        assert_eq!(
+            markdown_cell("<img src=x onerror=alert(1)>"),
+            "\\<img src=x onerror=alert(1)\\>"
+        );
+        assert_eq!(
+            markdown_cell("[a](javascript:x) ![i](u) *b* _c_ ~d~ `e` &amp; \\ |"),
+            "\\[a\\](javascript:x) \\!\\[i\\](u) \\*b\\* \\_c\\_ \\~d\\~ \\`e\\` \\&amp; \\\\ \\|"
+        );
+        assert_eq!(markdown_cell("a\nb\rc"), "a b c");
+        assert_eq!(markdown_cell("agent-1"), "agent-1");
+        assert_eq!(
+            markdown_code_cell("{\"a\":\"`<b>|x`\\n\"}\n"),
+            "`{\"a\":\"'<b>\\|x'\\n\"} `"
+        );
+    }
 
     #[test]
     fn bars_scale_to_the_largest_count() {

@@ -834,3 +834,68 @@ fn prodigy_log_shows_lock_waits_and_a_bad_filter_is_refused() {
     let stderr = assert_one_line_error(&out, 2);
     assert!(stderr.contains("PRODIGY_LOG"), "{stderr}");
 }
+
+/// Exports show an item's text and never make it a formula or markup: a CSV cell that a
+/// spreadsheet would run starts with `'`, a Markdown cell escapes what would be HTML or a
+/// link.
+#[test]
+fn exports_keep_item_text_as_text() {
+    let env = Env::new();
+    let formula = "=HYPERLINK(\"http://evil\",\"x\")";
+    let html = "<img src=x onerror=alert(1)>[a](javascript:x)";
+    let event = serde_json::json!({
+        "event_type": "agent_completed",
+        "job_id": "j",
+        "agent_id": formula,
+        "item_id": html,
+    });
+    env.ok(
+        &["events", "append", "--repo", "r", "--job", "j"],
+        format!("{event}\n").as_bytes(),
+    );
+    let csv = env.ok(
+        &["events", "export", "j", "--repo", "r", "--format", "csv"],
+        b"",
+    );
+    let row = csv.lines().nth(1).unwrap();
+    assert!(
+        row.contains(r#","'=HYPERLINK(""http://evil"",""x"")","#),
+        "{row}"
+    );
+    let md = env.ok(
+        &[
+            "events", "export", "j", "--repo", "r", "--format", "markdown",
+        ],
+        b"",
+    );
+    let row = md.lines().nth(2).unwrap();
+    assert!(
+        row.contains(r"\<img src=x onerror=alert(1)\>\[a\](javascript:x)"),
+        "{row}"
+    );
+    assert!(!row.contains(" <img"), "{row}");
+
+    env.ok(
+        &[
+            "dlq",
+            "add",
+            "--repo",
+            "r",
+            "--job",
+            "j",
+            "--item",
+            "@SUM(A1)",
+            "--error=-2+3",
+            "--exit-code",
+            "1",
+        ],
+        b"",
+    );
+    let csv = env.ok(
+        &["dlq", "export", "j", "--repo", "r", "--format", "csv"],
+        b"",
+    );
+    let row = csv.lines().nth(1).unwrap();
+    assert!(row.starts_with("'@SUM(A1),"), "{row}");
+    assert!(row.contains(",'-2+3,"), "{row}");
+}

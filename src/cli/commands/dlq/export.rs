@@ -15,7 +15,8 @@ pub enum Format {
     Json,
     /// RFC 4180 CSV, one row per item: item_id, error_type, failure_count, first_attempt,
     /// last_attempt, error_signature, reprocess_eligible, manual_review_required,
-    /// last_error, item_data (JSON).
+    /// last_error, item_data (JSON). A cell a spreadsheet would read as a formula starts
+    /// with `'`.
     Csv,
 }
 

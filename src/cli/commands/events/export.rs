@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::open_existing;
 use super::show::{FilterArgs, io_error};
 use crate::cli::commands::RepoArg;
-use crate::cli::output::{ExportTarget, csv_field};
+use crate::cli::output::{ExportTarget, csv_field, markdown_cell, markdown_code_cell};
 use crate::cli::{Ctx, Exit};
 use crate::events::EventRecord;
 use crate::events::query::stream;
@@ -19,9 +19,10 @@ pub enum Format {
     /// One JSON array.
     Json,
     /// RFC 4180 CSV: id, timestamp, event_type, agent_id, item_id, correlation_id, writer,
-    /// seq, event (the event as JSON).
+    /// seq, event (the event as JSON). A cell a spreadsheet would read as a formula
+    /// starts with `'`.
     Csv,
-    /// A Markdown table.
+    /// A Markdown table, its cells' markup characters escaped.
     Markdown,
 }
 
@@ -43,10 +44,6 @@ pub struct Args {
     /// Write to FILE instead of standard output.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-}
-
-fn markdown_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// Runs the command.
@@ -94,12 +91,12 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 Format::Markdown => line.record.as_ref().map_or(Ok(()), |r| {
                     writeln!(
                         w,
-                        "| {} | {} | {} | {} | `{}` |",
-                        r.timestamp,
+                        "| {} | {} | {} | {} | {} |",
+                        markdown_cell(&r.timestamp),
                         markdown_cell(r.event_type()),
                         markdown_cell(r.agent_id().unwrap_or("")),
                         markdown_cell(r.item_id().unwrap_or("")),
-                        markdown_cell(&r.event.to_string()).replace('`', "'")
+                        markdown_code_cell(&r.event.to_string())
                     )
                 }),
             };
