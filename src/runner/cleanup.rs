@@ -345,7 +345,9 @@ pub fn remove_job(
         .into());
     }
     let lock = states.lock_job(job)?;
-    if let Ok(state) = states.load(job) {
+    let dir = job_dir(home, repo, job);
+    let state = states.load(job);
+    if let Ok(state) = &state {
         let spec = &state.spec;
         let tree = git::Worktrees::new(
             &spec.repo_root,
@@ -355,7 +357,7 @@ pub fn remove_job(
                 .unwrap_or(&spec.agents_dir)
                 .join("worktrees.lock"),
         );
-        for w in worktrees_of(&states, spec, &state, "removed") {
+        for w in worktrees_of(&states, spec, state, "removed") {
             tree.remove(&w.path);
             removed.worktrees.push(w.path);
         }
@@ -371,11 +373,40 @@ pub fn remove_job(
         }
     }
     drop(lock);
-    let dir = job_dir(home, repo, job);
+    if state.is_err() {
+        // Without its checkpoint the job's worktrees are the ones in its directory (every
+        // job's are, unless it moved homes); the repository's record says where git keeps
+        // their registrations, pruned once the files are gone.
+        removed.worktrees.extend(worktrees_in(&dir, job));
+    }
     if dir.exists() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    if state.is_err()
+        && !removed.worktrees.is_empty()
+        && let Ok(Some(record)) = crate::repo::read_record(home, repo)
+    {
+        let _ = git::git(&record.root, &["worktree", "prune"]);
+    }
     Ok(removed)
+}
+
+/// The worktrees in a job's directory: `<job>@job`, `<job>@slot-<n>`, `<job>@agent-<i>`.
+fn worktrees_in(dir: &Path, job: &str) -> Vec<PathBuf> {
+    let prefix = format!("{job}@");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
 }
 
 /// Merges job `job`'s result (its branch, `prodigy/<job>`) into the branch checked out in

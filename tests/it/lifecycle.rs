@@ -581,8 +581,25 @@ fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
         .join(format!("events/broken/rm/writers/{writer}/HEAD"));
     assert!(writer_head.is_file(), "{}", writer_head.display());
     std::fs::write(&writer_head, "garbage\n").unwrap();
+    let registered = |repo: &std::path::Path| {
+        let out = std::process::Command::new("git")
+            .args(["worktree", "list", "--porcelain"])
+            .current_dir(repo)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("rm@job")
+    };
+    assert!(registered(&repo));
     let out = in_repo(&env, &repo, &["jobs", "rm", "rm", "-y"]);
     assert!(out.status.success(), "{}", transcript(&out));
+    // Without the checkpoint, its worktrees are found in the job's directory, and git's
+    // registrations of them pruned (they were left, the files gone).
+    assert!(
+        stderr(&out).contains("(2 refs, 1 worktrees)"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(!registered(&repo));
     assert!(
         stdout(&out).contains("deleted state/broken/rm"),
         "{}",
