@@ -111,6 +111,11 @@ pub fn arguments(command: &str, streaming: bool) -> Vec<String> {
         vec!["--print".into()]
     };
     args.push("--dangerously-skip-permissions".into());
+    // A command starting with `-` (an item's text, say, `${item}` alone) would be read as
+    // options by the CLI (`--settings=…`, `--mcp-config=…`); after `--` it is the prompt.
+    if command.starts_with('-') {
+        args.push("--".into());
+    }
     args.push(command.to_owned());
     args
 }
@@ -491,6 +496,15 @@ mod tests {
         assert_eq!(
             arguments("/x", false),
             ["--print", "--dangerously-skip-permissions", "/x"]
+        );
+        assert_eq!(
+            arguments("--settings={}", false),
+            [
+                "--print",
+                "--dangerously-skip-permissions",
+                "--",
+                "--settings={}"
+            ]
         );
     }
 }

@@ -674,6 +674,62 @@ fn progress_is_in_the_events_while_a_call_runs_and_item_text_stays_data() {
     assert!(found.stdout.is_empty(), "{}", transcript(&found));
 }
 
+/// An item's text that starts with `-` reaches the CLI as the prompt, after `--`, never as
+/// its options (`--version` printed the stand-in's version, `-p` changed its mode; with the
+/// real CLI `--settings=…` or `--mcp-config=…` could start commands).
+#[test]
+fn item_text_is_never_an_option_of_the_cli() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "opts");
+    write(&repo, "items.json", "[\"--version\", \"-p\"]");
+    write(
+        &repo,
+        "w.yml",
+        "name: w\n\
+         mode: mapreduce\n\
+         map:\n\
+         \x20 input: items.json\n\
+         \x20 agent_template:\n\
+         \x20   - claude: \"${item}\"\n",
+    );
+    commit_all(&repo);
+    let calls_log = env.dir.path().join("calls.jsonl");
+    let out = run_in(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "o1"],
+        &[("STANDIN_LOG", calls_log.to_str().unwrap())],
+    );
+    // Exit code 3: items failed.
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    let mut tails: Vec<(String, String)> = std::fs::read_to_string(&calls_log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let call: Value = serde_json::from_str(l).unwrap();
+            let argv = call["argv"].as_array().unwrap();
+            let tail = |n: usize| argv[argv.len() - n].as_str().unwrap().to_owned();
+            (tail(2), tail(1))
+        })
+        .collect();
+    tails.sort();
+    assert_eq!(
+        tails,
+        [
+            ("--".to_owned(), "--version".to_owned()),
+            ("--".to_owned(), "-p".to_owned())
+        ]
+    );
+    // The stand-in took each as its prompt: no slash command of that name.
+    assert_eq!(dlq_messages(&env, &repo, "o1").len(), 2);
+    let shown = ok(&env, &repo, &["logs", "o1"], &[]);
+    assert!(
+        shown.contains("Unknown slash command: --version")
+            && shown.contains("Unknown slash command: -p"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn the_originals_capture_spellings_work_for_claude_steps() {
     let env = Env::new();
