@@ -489,7 +489,8 @@ fn code(status: ExitStatus) -> i32 {
 }
 
 /// The most of a line held back for masking: a longer line is masked in pieces (a secret
-/// cut between two pieces would pass; no secret is that long a line).
+/// cut between two pieces would pass; no secret is that long a line). So is what follows
+/// the start of a secret of several lines, past its last line break.
 const MASK_LINE: usize = 1 << 20;
 
 /// Copies what the step writes to the log and hands it to `each`; with a mask or a tee,
@@ -530,7 +531,12 @@ fn pump(
             Ok(n) => {
                 held.extend_from_slice(&buf[..n]);
                 let cut = match held.iter().rposition(|b| *b == b'\n') {
-                    Some(at) => at + 1,
+                    // A secret of several lines may have begun: held back until it is
+                    // whole (or cannot be), so the mask finds it in one piece.
+                    Some(at) => mask
+                        .filter(|_| held.len() <= MASK_LINE)
+                        .and_then(|m| m.straddles(&held, at + 1))
+                        .unwrap_or(at + 1),
                     None if held.len() > MASK_LINE => held.len(),
                     None => 0,
                 };

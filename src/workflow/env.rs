@@ -230,37 +230,49 @@ pub fn dotenv(text: &str) -> Vec<Result<(String, String), String>> {
         .collect()
 }
 
-/// Replaces secrets' values by [`MASK`] in text a job writes.
+/// Replaces secrets' values by [`MASK`] in text a job writes, in every form a job writes
+/// them: as they are, as the quoting of shell commands writes them (a command is logged
+/// after its values were quoted), in a JSON string (Claude's stream-json, decoded again
+/// for its events and transcript), and with line breaks made spaces.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
-    /// Longest first, so a secret containing another is masked whole.
-    values: Vec<String>,
+    /// Every form of every secret, longest first, so a form containing another is masked
+    /// whole.
+    forms: Vec<String>,
+    /// The longest form holding a line break (0: none), for [`Masker::straddles`].
+    multiline: usize,
 }
 
 impl Masker {
     /// A masker of these values (empty ones are ignored).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Masker {
-        let mut values: Vec<String> = values
+        let mut forms: Vec<String> = values
             .into_iter()
             .filter(|v| !v.is_empty())
-            .cloned()
+            .flat_map(|v| forms_of(v))
             .collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.dedup();
-        Masker { values }
+        forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        forms.dedup();
+        let multiline = forms
+            .iter()
+            .filter(|f| f.contains('\n'))
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
+        Masker { forms, multiline }
     }
 
     /// True when there is nothing to mask.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.forms.is_empty()
     }
 
     /// `text` with every secret replaced.
     pub fn text(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for v in &self.values {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), MASK);
+        for f in &self.forms {
+            if out.contains(f.as_str()) {
+                out = out.replace(f.as_str(), MASK);
             }
         }
         out
@@ -269,25 +281,75 @@ impl Masker {
     /// `bytes` with every secret replaced (bytes that are not UTF-8 stay as they are).
     pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
         let mut out = bytes.to_vec();
-        for v in &self.values {
-            let needle = v.as_bytes();
-            if out.windows(needle.len()).any(|w| w == needle) {
-                let mut next = Vec::with_capacity(out.len());
-                let mut i = 0;
-                while i < out.len() {
-                    if out[i..].starts_with(needle) {
-                        next.extend_from_slice(MASK.as_bytes());
-                        i += needle.len();
-                    } else {
-                        next.push(out[i]);
-                        i += 1;
-                    }
-                }
-                out = next;
+        for f in &self.forms {
+            let finder = memchr::memmem::Finder::new(f.as_bytes());
+            if finder.find(&out).is_none() {
+                continue;
             }
+            let mut next = Vec::with_capacity(out.len());
+            let mut at = 0;
+            for found in finder.find_iter(&out) {
+                if found < at {
+                    continue;
+                }
+                next.extend_from_slice(&out[at..found]);
+                next.extend_from_slice(MASK.as_bytes());
+                at = found + f.len();
+            }
+            next.extend_from_slice(&out[at..]);
+            out = next;
         }
         out
     }
+
+    /// Where, in `bytes[..cut]`, a secret holding a line break may begin and run on past
+    /// `cut` (whole, or as far as `bytes` goes): what is written up to a line's end must
+    /// stop there, or a secret printed a line at a time would go out in pieces no mask
+    /// finds. `None` when no such secret can straddle `cut`.
+    pub fn straddles(&self, bytes: &[u8], cut: usize) -> Option<usize> {
+        if self.multiline == 0 {
+            return None;
+        }
+        let from = cut.saturating_sub(self.multiline - 1);
+        (from..cut).find(|&p| {
+            let rest = &bytes[p..];
+            self.forms
+                .iter()
+                .filter(|f| f.contains('\n'))
+                .map(|f| f.as_bytes())
+                .any(|f| {
+                    if rest.len() >= f.len() {
+                        rest.starts_with(f) && p + f.len() > cut
+                    } else {
+                        f.starts_with(rest)
+                    }
+                })
+        })
+    }
+}
+
+/// The forms of one secret (see [`Masker`]).
+fn forms_of(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_owned()];
+    forms.extend(crate::workflow::shell::written_forms(value));
+    if let Ok(json) = serde_json::to_string(value) {
+        let inner = &json[1..json.len() - 1];
+        // As Python's json writes it by default: every character past ASCII a `\u` escape.
+        let mut ascii = String::with_capacity(inner.len());
+        for c in inner.chars() {
+            if c.is_ascii() {
+                ascii.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    ascii.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
+        forms.push(inner.to_owned());
+        forms.push(ascii);
+    }
+    forms
 }
 
 #[cfg(test)]
@@ -321,5 +383,51 @@ mod tests {
         assert_eq!(m.text("x abcdef y abc"), "x *** y ***");
         assert_eq!(m.bytes(b"\xffabcdef\xfe"), b"\xff***\xfe".to_vec());
         assert!(Masker::new(&[String::new()]).is_empty());
+    }
+
+    #[test]
+    fn masks_the_forms_quoting_and_json_write() {
+        let secrets = ["it's \"pa$s\\wörd".to_owned()];
+        let m = Masker::new(&secrets);
+        for written in [
+            r#"echo 'it'\''s "pa$s\wörd'"#,
+            r#"echo "it's \"pa\$s\\wörd""#,
+            r#"{"text":"it's \"pa$s\\wörd"}"#,
+            r#"{"text":"it's \"pa$s\\w\u00f6rd"}"#,
+        ] {
+            let masked = m.text(written);
+            assert!(
+                masked.contains(MASK) && !masked.contains("rd"),
+                "{written} → {masked}"
+            );
+        }
+        let pem = ["-----BEGIN-----\nline one\nline two\n-----END-----".to_owned()];
+        let m = Masker::new(&pem);
+        assert_eq!(
+            m.text(r#"{"t":"-----BEGIN-----\nline one\nline two\n-----END-----"}"#),
+            r#"{"t":"***"}"#
+        );
+        assert_eq!(
+            m.text("# -----BEGIN----- line one line two -----END-----"),
+            "# ***"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_secret_is_held_back_at_a_line_end() {
+        let pem = ["BEGIN\nbody\nEND".to_owned()];
+        let m = Masker::new(&pem);
+        // Cut after "BEGIN\n": the secret may go on.
+        let out = b"text\nBEGIN\nbo";
+        assert_eq!(m.straddles(out, 11), Some(5));
+        // Whole but past the cut.
+        assert_eq!(m.straddles(b"x\nBEGIN\nbody\nEND\n", 14), Some(2));
+        // Whole before the cut, or nothing like it.
+        assert_eq!(m.straddles(b"x\nBEGIN\nbody\nEND\n", 17), None);
+        assert_eq!(m.straddles(b"BEGIN\nbodx\n", 11), None);
+        assert_eq!(
+            Masker::new(&["one".to_owned()]).straddles(b"o\none", 2),
+            None
+        );
     }
 }

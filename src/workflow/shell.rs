@@ -557,6 +557,28 @@ fn plain_word(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-./:@%+,".contains(&b))
 }
 
+/// Every way [`quote`] can write `value` into a command (each slot's form; a word's is a
+/// single-quoted one inside its quotes), for a mask to find it there.
+pub fn written_forms(value: &str) -> Vec<String> {
+    // No line of a value from the environment can be a NUL.
+    let heredoc = Slot::Heredoc {
+        delimiter: "\0".into(),
+        strip_tabs: false,
+        expanding: true,
+    };
+    [
+        Slot::Double,
+        Slot::Single,
+        Slot::AnsiC,
+        Slot::Comment,
+        heredoc,
+    ]
+    .iter()
+    .filter_map(|slot| quote(value, slot).ok())
+    .map(Cow::into_owned)
+    .collect()
+}
+
 /// `value` written for `slot`; an error when it cannot be (a here-document's delimiter line,
 /// a number that is not one).
 pub fn quote<'v>(value: &'v str, slot: &Slot) -> Result<Cow<'v, str>, String> {

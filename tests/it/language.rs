@@ -460,6 +460,69 @@ fn the_environment_computed_profiled_and_secret_with_secrets_masked_everywhere()
     );
 }
 
+/// A secret is masked in every form a job writes it in (a third hostile sweep found each
+/// one in clear): quoted into a shell command (`'` as `'\''`, `"` and `$` escaped), escaped
+/// in Claude's stream-json (`\"`, `\\`, `\u00f6`) and decoded again for its events, result
+/// and capture, and a secret of several lines printed a line at a time.
+#[test]
+fn secrets_with_quotes_escapes_and_line_breaks_are_masked_in_every_form() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "forms");
+    command(
+        &repo,
+        "show-key",
+        "echo \"the key is $ARGUMENTS\"\necho \"RESULT: used $ARGUMENTS\"",
+    );
+    write(
+        &repo,
+        "w.yml",
+        "name: forms\n\
+         secrets:\n\
+         \x20 API_KEY: \"${env:API_KEY_SOURCE}\"\n\
+         \x20 PEM: \"${env:PEM_SOURCE}\"\n\
+         commands:\n\
+         \x20 - claude: /show-key ${env.API_KEY}\n\
+         \x20   capture_output: out\n\
+         \x20 - shell: echo \"captured ${out}\"\n\
+         \x20 - shell: \"test -n '${env.API_KEY}' && echo single\"\n\
+         \x20 - shell: test -n \"${env.API_KEY}\" && echo double\n\
+         \x20 - shell: printf '%s\\n' \"$PEM\" | while IFS= read -r l; do echo \"$l\"; sleep 0.1; done\n",
+    );
+    commit_all(&repo);
+    let secrets = [
+        ("API_KEY_SOURCE", "it's \"pa$s\\w\u{f6}rd-S3CRET"),
+        (
+            "PEM_SOURCE",
+            "-----BEGIN KEY-----\nMIIEsecretbody1\nMIIEsecretbody2\n-----END KEY-----",
+        ),
+    ];
+    let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "f1"], &secrets);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let said = transcript(&out);
+    assert!(
+        !said.contains("S3CRET") && !said.contains("secretbody"),
+        "{said}"
+    );
+    for needle in ["S3CRET", "secretbody", "rd-S3"] {
+        assert_eq!(
+            home_files_with(&env.home(), needle.as_bytes()),
+            Vec::<String>::new(),
+            "{needle}"
+        );
+    }
+    let shown = ok(&env, &repo, &["logs", "f1"], &[]);
+    assert!(
+        shown.contains("[result: used ***]") && shown.contains("captured used ***"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("S3CRET") && !shown.contains("secretbody"),
+        "{shown}"
+    );
+    assert!(shown.contains("test -n '***' && echo single"), "{shown}");
+    assert!(shown.contains("test -n \"***\" && echo double"), "{shown}");
+}
+
 #[test]
 fn step_fields_of_the_original_run_as_written() {
     let env = Env::new();
