@@ -232,10 +232,35 @@ impl Job {
         if spec.worktree.exists() {
             std::fs::remove_dir_all(&spec.worktree).at("remove stale worktree", &spec.worktree)?;
         }
-        let branch_lost = !git::branch_exists(&spec.repo_root, &spec.branch);
+        let mut branch_lost = !git::branch_exists(&spec.repo_root, &spec.branch);
+        // A lost branch is made again at the commit the checkpoint recorded when it is
+        // still in the repository (a deleted branch's commits stay until git prunes
+        // them): nothing is lost then. Otherwise from the base commit: the map's items
+        // come back from their agent branches (`reclaim_commits`); the commits of setup's
+        // or a session's finished steps would not, so that is refused.
+        let mut start = spec.base_commit.clone();
+        let c = &self.state.checkpoint;
+        if branch_lost && let Some(head) = c.job_head.as_ref().filter(|h| **h != start) {
+            if git::commit_exists(&spec.repo_root, head) {
+                self.note(&format!(
+                    "branch {} was gone: made again at its last recorded commit {}",
+                    spec.branch,
+                    &head[..12.min(head.len())]
+                ));
+                start = head.clone();
+                branch_lost = false;
+            } else if c.phase == Phase::Setup {
+                return Err(RunError::StepsLost {
+                    job: spec.id.clone(),
+                    branch: spec.branch.clone(),
+                    commit: head.clone(),
+                    repo: spec.repo_root.clone(),
+                });
+            }
+        }
         Pending::Create.write(&marker)?;
         self.worktrees()
-            .add_on_branch(&spec.worktree, &spec.branch, &spec.base_commit)?;
+            .add_on_branch(&spec.worktree, &spec.branch, &start)?;
         Pending::clear(&marker)?;
         self.log(MapReduceEvent::WorktreeCreated {
             job_id: spec.id.clone(),
@@ -292,6 +317,48 @@ impl Job {
             ));
             git::git(&worktree, &["reset", "-q", "--soft", &target])?;
         }
+        Ok(())
+    }
+
+    /// After a job step: the job's worktree must still be on the job's branch, where its
+    /// result is. A step that switched to another branch (or detached `HEAD`) from a commit
+    /// holding the branch's brings the branch along (`checkout -B`: the branch moves up to
+    /// `HEAD`, which is checked out on it again; the other branch stays); one whose `HEAD`
+    /// does not hold the branch's commits fails, since following it would drop them.
+    fn follow_branch(&mut self, worktree: &Path) -> Result<(), String> {
+        let branch = self.state.spec.branch.clone();
+        let on = git::git(worktree, &["symbolic-ref", "-q", "--short", "HEAD"]).ok();
+        if on.as_deref() == Some(branch.as_str()) {
+            return Ok(());
+        }
+        let left = match &on {
+            Some(other) => format!("switched the worktree to branch {other}"),
+            None => "detached the worktree's HEAD".to_owned(),
+        };
+        let head = git::head(worktree).map_err(|e| format!("{left}: {e}"))?;
+        let tip = git::git(
+            worktree,
+            &[
+                "rev-parse",
+                "--verify",
+                "-q",
+                &format!("refs/heads/{branch}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| format!("{left}, and branch {branch} is gone"))?;
+        if !git::is_ancestor(worktree, &tip, &head) {
+            return Err(format!(
+                "{left} at {}, which does not hold {branch}'s commits; the job's result is \
+                 on {branch}",
+                &head[..12.min(head.len())]
+            ));
+        }
+        git::git(worktree, &["checkout", "-q", "-B", &branch, "HEAD"])
+            .map_err(|e| format!("{left}; moving {branch} there failed: {e}"))?;
+        self.note(&format!(
+            "the step {left}: {branch} moved up to it ({}) and checked out again",
+            &head[..12.min(head.len())]
+        ));
         Ok(())
     }
 
@@ -473,25 +540,33 @@ impl Job {
                 track_git,
                 tee: self.tee(name),
             };
-            match run_step(&self.exec, &site, step, &vars) {
+            let result = match run_step(&self.exec, &site, step, &vars) {
                 Ok(ok) => {
                     ok.record(step, &mut captured);
+                    // The workflow's merge steps may check out the branch they merge into.
+                    match merging {
+                        true => Ok(()),
+                        false => self
+                            .follow_branch(&worktree)
+                            .map_err(|message| (step.line, message)),
+                    }
                 }
                 Err(f) if f.interrupted => return Err(self.interrupted()),
-                Err(f) => {
-                    let reason = format!("{name} step at line {} failed: {}", f.line, f.message);
-                    // The job records the failure; a failure to record it says so instead.
-                    match self.stop(reason) {
-                        RunError::Stopped { .. } => {}
-                        failed => return Err(failed),
-                    }
-                    return Err(RunError::Step {
-                        job: self.id().to_owned(),
-                        phase: name,
-                        line: f.line,
-                        message: f.message,
-                    });
+                Err(f) => Err((f.line, f.message)),
+            };
+            if let Err((line, message)) = result {
+                let reason = format!("{name} step at line {line} failed: {message}");
+                // The job records the failure; a failure to record it says so instead.
+                match self.stop(reason) {
+                    RunError::Stopped { .. } => {}
+                    failed => return Err(failed),
                 }
+                return Err(RunError::Step {
+                    job: self.id().to_owned(),
+                    phase: name,
+                    line,
+                    message,
+                });
             }
             match phase {
                 Phase::Setup => self.state.checkpoint.setup_done += 1,

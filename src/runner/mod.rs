@@ -125,6 +125,22 @@ pub enum RunError {
         /// The repository.
         repo: PathBuf,
     },
+    /// A job whose branch is gone, in its setup (or a session), where the commits of its
+    /// finished steps are on no agent branch either: running on would drop them.
+    #[error(
+        "job '{job}': branch {branch} is gone and its last recorded commit {commit} is not in '{}', so the commits of its finished steps are not here; fetch the branch from where the job ran, or run the workflow again as a new job",
+        .repo.display()
+    )]
+    StepsLost {
+        /// The job.
+        job: String,
+        /// Its branch.
+        branch: String,
+        /// The commit the checkpoint recorded.
+        commit: String,
+        /// The repository.
+        repo: PathBuf,
+    },
     /// The workflow's environment could not be made (a secret not set, an env command
     /// that failed).
     #[error("{}: {message}", .workflow.display())]
@@ -212,9 +228,10 @@ impl crate::hint::Hint for RunError {
             RunError::Stopped { .. } => Some(
                 "the agents' logs are in the job's logs/ (`prodigy jobs show <job>`); `prodigy resume <job>` runs the items left",
             ),
-            RunError::Name(_) | RunError::Interrupted { .. } | RunError::BranchExists { .. } => {
-                None
-            }
+            RunError::Name(_)
+            | RunError::Interrupted { .. }
+            | RunError::BranchExists { .. }
+            | RunError::StepsLost { .. } => None,
         }
     }
 }

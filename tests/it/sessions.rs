@@ -259,3 +259,119 @@ fn sigint_stops_a_sessions_running_step() {
     assert_eq!(ok_in(&env, &repo, &["resume", "s1"]), "s1\n");
     assert_eq!(job_show(&env, &repo, "s1")["phase"], "complete");
 }
+
+/// The files of `branch`'s last commit's tree, by name.
+fn tree_of(repo: &Path, branch: &str) -> Vec<String> {
+    let out = std::process::Command::new("git")
+        .args(["ls-tree", "--name-only", branch])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A step that switches the session's worktree to a branch of its own brings the job's
+/// branch along (the result was left off `prodigy/<job>`: a third hostile sweep); one that
+/// goes where the job's commits are not fails, saying so.
+#[test]
+fn a_step_that_switches_branch_keeps_the_result_on_the_jobs_branch() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "switch");
+    let commit_file = |name: &str| {
+        format!(
+            "echo {name} > {name} && git add {name} && git -c user.name=t -c user.email=t@t commit -qm {name}"
+        )
+    };
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "- shell: \"git checkout -q -b feature && {}\"\n  commit_required: true\n- shell: \"{}\"\n",
+            commit_file("a"),
+            commit_file("c")
+        ),
+    );
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "q1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("switched the worktree to branch feature: prodigy/q1 moved up"),
+        "{}",
+        transcript(&out)
+    );
+    let files = tree_of(&repo, "prodigy/q1");
+    assert!(
+        files.contains(&"a".to_owned()) && files.contains(&"c".to_owned()),
+        "{files:?}"
+    );
+    // The step's own branch stays where it left it.
+    assert!(tree_of(&repo, "feature").contains(&"a".to_owned()));
+
+    // To a branch at main, which holds none of the job's commits: the step fails.
+    write(
+        &repo,
+        "w2.yml",
+        &format!(
+            "- shell: \"{}\"\n- shell: git checkout -q -b elsewhere main\n",
+            commit_file("b")
+        ),
+    );
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w2.yml", "--job-id", "q2"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(
+        err.contains("switched the worktree to branch elsewhere at")
+            && err.contains("which does not hold prodigy/q2's commits"),
+        "{err}"
+    );
+}
+
+/// A session resumed after its worktree and its branch were deleted starts from the commit
+/// its checkpoint recorded, so the finished steps' commits stay in the result (they were
+/// dropped: the branch was made again from the base commit); when that commit is gone
+/// too, resume refuses instead of finishing without them.
+#[test]
+fn a_resume_after_the_branch_was_deleted_keeps_the_finished_steps_commits() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "lost");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "- shell: \"echo $PRODIGY_JOB_ID > one.txt && git add one.txt && git -c user.name=t -c user.email=t@t commit -qm one\"\n  commit_required: true\n- shell: test -f {}/ok\n- shell: echo three\n",
+            marks.display()
+        ),
+    );
+    commit(&repo);
+    for job in ["q1", "q2"] {
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", job]);
+        assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+        std::fs::remove_dir_all(env.home().join(format!("worktrees/lost/{job}/{job}@job")))
+            .unwrap();
+        git(&repo, &["worktree", "prune"]);
+        git(&repo, &["branch", "-D", &format!("prodigy/{job}")]);
+    }
+    std::fs::write(marks.join("ok"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "q1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out)
+            .contains("branch prodigy/q1 was gone: made again at its last recorded commit"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(tree_of(&repo, "prodigy/q1").contains(&"one.txt".to_owned()));
+    // With the commit pruned from the repository, nothing can bring step 1's back.
+    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&repo, &["gc", "-q", "--prune=now"]);
+    let out = in_repo(&env, &repo, &["resume", "q2"]);
+    let err = assert_one_line_error(&out, 1);
+    assert!(
+        err.contains("branch prodigy/q2 is gone and its last recorded commit")
+            && err.contains("so the commits of its finished steps are not here"),
+        "{err}"
+    );
+}
