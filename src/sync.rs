@@ -10,6 +10,7 @@
 //! unless forced, like a non-fast-forward `git push`.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -19,6 +20,14 @@ use crate::store::refs::{RefError, RefKind, RefName, RefStore};
 
 /// Objects read or checked at once.
 const THREADS: usize = 16;
+
+/// The most payload bytes the walk keeps for the copy (`PRODIGY_SYNC_KEEP_BYTES`
+/// overrides); objects past it are read again when copied, [`AGAIN_AT_ONCE`] at a time (a
+/// job's transcripts may come to gigabytes, which the copy held whole).
+const KEEP_BYTES: usize = 256 << 20;
+
+/// Objects read again at once for the copy.
+const AGAIN_AT_ONCE: usize = 4;
 
 /// Failures of a copy.
 #[derive(Debug, thiserror::Error)]
@@ -124,16 +133,30 @@ pub fn copy_job(
 
     // Everything the refs reach, read (and verified) at the source a level at a time.
     let mut seen: HashSet<ObjectId> = HashSet::new();
-    let mut objects: Vec<(ObjectId, ObjectType, Vec<u8>)> = Vec::new();
+    let mut objects: Vec<(ObjectId, ObjectType, Option<Vec<u8>>)> = Vec::new();
+    let keep_bytes = std::env::var("PRODIGY_SYNC_KEEP_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(KEEP_BYTES);
+    let kept = AtomicUsize::new(0);
     let mut frontier: Vec<ObjectId> = heads.iter().map(|(_, id)| *id).collect();
     while !frontier.is_empty() {
         let todo: Vec<ObjectId> = frontier.drain(..).filter(|id| seen.insert(*id)).collect();
         for read in par::map(&todo, THREADS, |id| {
-            from.objects().read(id).map(|o| (*id, o))
+            from.objects().read(id).map(|o| {
+                let links = crate::reach::links(&o);
+                let len = o.payload.len();
+                let keep = kept
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                        (k + len <= keep_bytes).then_some(k + len)
+                    })
+                    .is_ok();
+                (*id, o.kind, links, keep.then_some(o.payload))
+            })
         }) {
-            let (id, object) = read?;
-            frontier.extend(crate::reach::links(&object));
-            objects.push((id, object.kind, object.payload));
+            let (id, kind, links, payload) = read?;
+            frontier.extend(links);
+            objects.push((id, kind, payload));
         }
     }
     let mut report = SyncReport {
@@ -145,10 +168,25 @@ pub fn copy_job(
     let _gc = to.write_guard()?;
     let present = par::map(&objects, THREADS, |(id, _, _)| to.objects().contains(id));
     let mut batch = to.objects().batch();
-    for ((_, kind, payload), present) in objects.iter().zip(present) {
-        if !present? {
-            batch.add(*kind, payload)?;
-            report.copied += 1;
+    let mut again = Vec::new();
+    for ((id, kind, payload), present) in objects.iter().zip(present) {
+        if present? {
+            continue;
+        }
+        match payload {
+            Some(payload) => {
+                batch.add_hashed(*id, *kind, payload)?;
+            }
+            None => again.push(*id),
+        }
+        report.copied += 1;
+    }
+    for slice in again.chunks(AGAIN_AT_ONCE) {
+        for read in par::map(slice, AGAIN_AT_ONCE, |id| {
+            from.objects().read(id).map(|o| (*id, o))
+        }) {
+            let (id, object) = read?;
+            batch.add_hashed(id, object.kind, &object.payload)?;
         }
     }
     batch.commit()?;

@@ -875,6 +875,7 @@ impl ObjectStore {
             store: Cow::Borrowed(self),
             pending: Vec::new(),
             uploads: Vec::new(),
+            upload_bytes: 0,
             seen: HashSet::new(),
             dirs_ready: [false; 256],
             tmp_ready: [false; 256],
@@ -891,6 +892,7 @@ impl ObjectStore {
             store: Cow::Owned(self.clone()),
             pending: Vec::new(),
             uploads: Vec::new(),
+            upload_bytes: 0,
             seen: HashSet::new(),
             dirs_ready: [false; 256],
             tmp_ready: [false; 256],
@@ -1065,8 +1067,10 @@ pub fn is_fanout_name(name: &str) -> bool {
 pub struct ObjectBatch<'a> {
     store: Cow<'a, ObjectStore>,
     pending: Vec<(TempPath, PathBuf)>,
-    /// For a remote store: the frames to upload at commit.
+    /// For a remote store: the frames to upload at commit (or once they come to
+    /// [`UPLOAD_AHEAD_BYTES`]), and their bytes.
     uploads: Vec<(ObjectId, Vec<u8>)>,
+    upload_bytes: usize,
     seen: HashSet<ObjectId>,
     dirs_ready: [bool; 256],
     tmp_ready: [bool; 256],
@@ -1083,6 +1087,9 @@ pub const PACK_MIN_OBJECTS: usize = 100;
 /// The most bytes of frames a packing group keeps in memory; past it the group writes
 /// loose objects, the frames it kept first.
 const PACK_MAX_BYTES: usize = 256 << 20;
+
+/// The frames a group for a remote store holds before uploading them ahead of its commit.
+const UPLOAD_AHEAD_BYTES: usize = 64 << 20;
 
 /// Packing groups write loose objects once the store holds this many packs, so that
 /// readers, who look in every pack, have a bounded number to search until gc merges them
@@ -1140,11 +1147,18 @@ impl ObjectBatch<'_> {
             ObjectId::hash(kind, payload),
             "a wrong id for an object"
         );
-        if let Some(remote) = self.store.s3()? {
+        if let Some(remote) = self.store.s3()?.cloned() {
             if self.seen.insert(id) && !remote.is_confirmed(id.as_bytes()) {
                 let frame = compress(&id, kind, payload)?;
                 let kept = keep.then(|| frame.clone());
+                self.upload_bytes += frame.len();
                 self.uploads.push((id, frame));
+                // Uploaded ahead of the commit past a bound, so a group of many large
+                // objects (a job's transcripts, copied by `store push`) is not held whole;
+                // they are written before any ref names them either way.
+                if self.upload_bytes >= UPLOAD_AHEAD_BYTES {
+                    self.upload(&remote)?;
+                }
                 return Ok((id, kept));
             }
             return Ok((id, None));
@@ -1226,6 +1240,22 @@ impl ObjectBatch<'_> {
         self.frames.append(&mut other.frames);
     }
 
+    /// Uploads the frames waiting, many at once, then caches them.
+    fn upload(&mut self, remote: &crate::store::s3::Remote) -> Result<(), ObjectError> {
+        let uploads = std::mem::take(&mut self.uploads);
+        self.upload_bytes = 0;
+        let keys: Vec<(String, &[u8])> = uploads
+            .iter()
+            .map(|(id, frame)| (keys::object(id), &frame[..]))
+            .collect();
+        remote.create_many(&keys)?;
+        for (id, frame) in uploads {
+            remote.confirm(*id.as_bytes());
+            self.store.cache(&id, &frame);
+        }
+        Ok(())
+    }
+
     /// Number of objects that this batch will write.
     pub fn len(&self) -> usize {
         self.pending.len() + self.uploads.len() + self.frames.len()
@@ -1239,18 +1269,8 @@ impl ObjectBatch<'_> {
     /// Makes every added object durable: barrier, renames, barrier (for a remote store:
     /// every upload, many at once).
     pub fn commit(mut self) -> Result<(), ObjectError> {
-        if let Some(remote) = self.store.s3()? {
-            let uploads = std::mem::take(&mut self.uploads);
-            let keys = uploads
-                .iter()
-                .map(|(id, frame)| (keys::object(id), frame.clone()))
-                .collect();
-            remote.create_many(keys)?;
-            for (id, frame) in uploads {
-                remote.confirm(*id.as_bytes());
-                self.store.cache(&id, &frame);
-            }
-            return Ok(());
+        if let Some(remote) = self.store.s3()?.cloned() {
+            return self.upload(&remote);
         }
         self.frames.sort_unstable_by_key(|(id, _)| *id);
         self.frames.dedup_by_key(|(id, _)| *id);

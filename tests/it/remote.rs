@@ -746,6 +746,69 @@ fn push_and_pull_copy_a_job_idempotently_and_only_forward() {
     // Without a remote store, push is a usage error.
     let out = env.run(&["store", "push", "j", "--repo", "r"], b"");
     assert_eq!(out.status.code(), Some(2), "{}", transcript(&out));
+    // With no payload kept from the walk (a job past PRODIGY_SYNC_KEEP_BYTES), every
+    // object is read again when copied, and the copy is the same.
+    let copy = |env: &Env, prefix: &str, verb: &str| -> Value {
+        let mut c = cmd(
+            env,
+            &s3,
+            prefix,
+            &["store", verb, "j", "--repo", "r", "--json"],
+        );
+        c.env("PRODIGY_SYNC_KEEP_BYTES", "0")
+            .stdin(std::process::Stdio::null());
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", transcript(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let pushed = copy(&env, "t7-again", "push");
+    assert!(pushed["copied"].as_u64().unwrap() > 0, "{pushed}");
+    assert_eq!(pushed["copied"], pushed["objects"], "{pushed}");
+    let third = Env::new();
+    let pulled = copy(&third, "t7-again", "pull");
+    assert_eq!(pulled["copied"], pushed["objects"], "{pulled}");
+    assert_eq!(
+        third.ok(&["events", "show", "j", "--repo", "r", "--json"], b""),
+        env.ok(&["events", "show", "j", "--repo", "r", "--json"], b"")
+    );
+    let fsck: Value = serde_json::from_str(&third.ok(&["fsck", "--json"], b"")).unwrap();
+    assert_eq!(fsck["errors"], 0, "{fsck}");
+}
+
+/// A group of more objects than a remote group holds before uploading (64 MiB of frames)
+/// uploads them ahead of its commit, and every one is there after it: a push of a job's
+/// transcripts held them all, twice.
+#[test]
+fn a_group_past_the_upload_bound_stores_every_object() {
+    let s3 = S3::start();
+    let env = Env::new();
+    let dir = env.scratch().join("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut paths = String::new();
+    for n in 0..9 {
+        let path = dir.join(format!("f{n}"));
+        std::fs::write(&path, crate::common::noise(n, 8 << 20)).unwrap();
+        paths.push_str(&format!("{}\n", path.display()));
+    }
+    let ids = ok(
+        &env,
+        &s3,
+        "t-ahead",
+        &["hash-object", "-w", "--stdin-paths"],
+        paths.as_bytes(),
+    );
+    let ids: Vec<&str> = ids.lines().collect();
+    assert_eq!(ids.len(), 9);
+    // A fresh home reads each from the bucket, verified, byte for byte.
+    let other = Env::new();
+    for (n, id) in ids.iter().enumerate() {
+        let out = run(&other, &s3, "t-ahead", &["cat-object", "-p", id], b"");
+        assert!(out.status.success(), "{}", transcript(&out));
+        assert!(
+            out.stdout == crate::common::noise(n, 8 << 20),
+            "object {n} differs"
+        );
+    }
 }
 
 #[test]

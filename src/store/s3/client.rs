@@ -35,6 +35,45 @@ impl Version {
     }
 }
 
+/// `endpoint` without a `user:password@` before its host: it is shown in messages, and
+/// probed by host and port.
+fn without_userinfo(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_owned();
+    };
+    let end = rest
+        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+        .unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => endpoint.to_owned(),
+    }
+}
+
+/// `text` with every URL's `user:password@` taken out.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        // The scheme's letters before "://" are kept as they are.
+        out.push_str(&rest[..at]);
+        let url = &rest[at..];
+        let end = url[3..]
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .map_or(url.len(), |e| e + 3);
+        match url[3..end].rfind('@') {
+            Some(user) => {
+                out.push_str("://");
+                out.push_str(&url[3 + user + 1..end]);
+            }
+            None => out.push_str(&url[..end]),
+        }
+        rest = &url[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A connection to a remote store. Cheap to share (`Arc`); every method blocks.
 pub struct Remote {
     url: StoreUrl,
@@ -113,7 +152,7 @@ impl Remote {
             endpoint: if endpoint.is_empty() {
                 "the AWS endpoint".into()
             } else {
-                endpoint
+                without_userinfo(&endpoint)
             },
             store: Arc::new(store),
             runtime,
@@ -396,17 +435,17 @@ impl Remote {
     }
 
     /// Creates many keys at once; existing keys are left as they are.
-    pub fn create_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), RemoteError> {
+    /// Each body is copied only when its upload starts, so no more than
+    /// `CONCURRENCY` copies are held at once.
+    pub fn create_many(&self, items: &[(String, &[u8])]) -> Result<(), RemoteError> {
         if items.is_empty() {
             return Ok(());
         }
         self.check_conditional()?;
         self.runtime.block_on(async {
-            futures::stream::iter(
-                items.into_iter().map(|(key, bytes)| async move {
-                    self.put_async(&key, bytes, Put::Create).await
-                }),
-            )
+            futures::stream::iter(items.iter().map(|(key, bytes)| async move {
+                self.put_async(key, bytes.to_vec(), Put::Create).await
+            }))
             .buffer_unordered(CONCURRENCY)
             .try_for_each(|_| async { Ok(()) })
             .await
@@ -518,7 +557,8 @@ pub fn describe(e: &object_store::Error) -> String {
         }
         cause = c.source();
     }
-    let full = parts.join(": ");
+    // An endpoint's `user:password@` is never shown (the client's errors quote its URLs).
+    let full = redact_userinfo(&parts.join(": "));
     let code = xml_field(&full, "Code");
     let message = xml_field(&full, "Message");
     let status = ["401", "403", "404", "412", "429", "500", "501", "503"]
@@ -585,6 +625,22 @@ fn xml_field(text: &str, field: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoints_password_is_never_shown() {
+        assert_eq!(
+            without_userinfo("http://user:hunter2@127.0.0.1:9/x?y=@z"),
+            "http://127.0.0.1:9/x?y=@z"
+        );
+        assert_eq!(without_userinfo("https://h:1/p@q"), "https://h:1/p@q");
+        assert_eq!(without_userinfo("h@x"), "h@x");
+        assert_eq!(
+            redact_userinfo(
+                "Error performing GET http://u:p@127.0.0.1:8765/b?x=1 in 9ms, then https://a@h and http://h/@"
+            ),
+            "Error performing GET http://127.0.0.1:8765/b?x=1 in 9ms, then https://h and http://h/@"
+        );
+    }
 
     #[test]
     fn errors_are_one_line_with_the_s3_code_and_message() {

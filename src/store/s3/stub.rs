@@ -64,7 +64,7 @@ impl Remote {
     }
 
     /// Creates many keys at once; existing keys are left as they are.
-    pub fn create_many(&self, _items: Vec<(String, Vec<u8>)>) -> Result<(), RemoteError> {
+    pub fn create_many(&self, _items: &[(String, &[u8])]) -> Result<(), RemoteError> {
         match *self {}
     }
 
