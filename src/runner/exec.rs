@@ -544,8 +544,7 @@ fn pump(
                     // whole (or cannot be), so the mask finds it in one piece.
                     Some(at) => mask
                         .filter(|_| held.len() <= MASK_LINE)
-                        .and_then(|m| m.straddles(&held, at + 1))
-                        .unwrap_or(at + 1),
+                        .map_or(at + 1, |m| m.safe_cut(&held, at + 1)),
                     None if held.len() > MASK_LINE => held.len(),
                     None => 0,
                 };

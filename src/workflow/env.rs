@@ -233,98 +233,131 @@ pub fn dotenv(text: &str) -> Vec<Result<(String, String), String>> {
 /// Replaces secrets' values by [`MASK`] in text a job writes, in every form a job writes
 /// them: as they are, as the quoting of shell commands writes them (a command is logged
 /// after its values were quoted), in a JSON string (Claude's stream-json, decoded again
-/// for its events and transcript), and with line breaks made spaces.
+/// for its events and transcript; a shell form too, as a Bash tool call quotes it), and
+/// with line breaks made spaces.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
-    /// Every form of every secret, longest first, so a form containing another is masked
-    /// whole.
-    forms: Vec<String>,
-    /// The longest form holding a line break (0: none), for [`Masker::straddles`].
-    multiline: usize,
+    /// A finder for every form of every secret.
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// The forms holding a line break, each with the offsets of its line breaks, for
+    /// [`Masker::safe_cut`].
+    multiline: Vec<(Vec<u8>, Vec<usize>)>,
 }
 
 impl Masker {
-    /// A masker of these values (empty ones are ignored).
+    /// A masker of these values (empty ones, and ones of white space alone, are ignored).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Masker {
         let mut forms: Vec<String> = values
             .into_iter()
-            .filter(|v| !v.is_empty())
             .flat_map(|v| forms_of(v))
+            .filter(|f| !f.trim().is_empty())
             .collect();
-        forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        forms.sort();
         forms.dedup();
         let multiline = forms
             .iter()
             .filter(|f| f.contains('\n'))
-            .map(String::len)
-            .max()
-            .unwrap_or(0);
-        Masker { forms, multiline }
+            .map(|f| {
+                let breaks = memchr::memchr_iter(b'\n', f.as_bytes()).collect();
+                (f.as_bytes().to_vec(), breaks)
+            })
+            .collect();
+        let finders = forms
+            .iter()
+            .map(|f| memchr::memmem::Finder::new(f.as_bytes()).into_owned())
+            .collect();
+        Masker { finders, multiline }
     }
 
     /// True when there is nothing to mask.
     pub fn is_empty(&self) -> bool {
-        self.forms.is_empty()
+        self.finders.is_empty()
     }
 
     /// `text` with every secret replaced.
     pub fn text(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for f in &self.forms {
-            if out.contains(f.as_str()) {
-                out = out.replace(f.as_str(), MASK);
-            }
-        }
-        out
+        // Whole forms of UTF-8 text match on character boundaries, so the result is text.
+        String::from_utf8(self.bytes(text.as_bytes()))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
-    /// `bytes` with every secret replaced (bytes that are not UTF-8 stay as they are).
+    /// `bytes` with every secret replaced (bytes that are not UTF-8 stay as they are):
+    /// each run of bytes that any form covers, overlapping matches joined, becomes one
+    /// [`MASK`], so no piece of a secret is left beside a mask.
     pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        for f in &self.forms {
-            let finder = memchr::memmem::Finder::new(f.as_bytes());
-            if finder.find(&out).is_none() {
-                continue;
-            }
-            let mut next = Vec::with_capacity(out.len());
+        let mut covered: Vec<(usize, usize)> = Vec::new();
+        for finder in &self.finders {
+            let len = finder.needle().len();
             let mut at = 0;
-            for found in finder.find_iter(&out) {
-                if found < at {
-                    continue;
-                }
-                next.extend_from_slice(&out[at..found]);
-                next.extend_from_slice(MASK.as_bytes());
-                at = found + f.len();
+            while let Some(found) = finder.find(&bytes[at..]) {
+                covered.push((at + found, at + found + len));
+                at += found + 1;
             }
-            next.extend_from_slice(&out[at..]);
-            out = next;
         }
+        if covered.is_empty() {
+            return bytes.to_vec();
+        }
+        covered.sort_unstable();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut written = 0;
+        let mut run: Option<(usize, usize)> = None;
+        for (start, end) in covered {
+            match &mut run {
+                Some((_, run_end)) if start < *run_end => *run_end = (*run_end).max(end),
+                _ => {
+                    if let Some((s, e)) = run.replace((start, end)) {
+                        out.extend_from_slice(&bytes[written..s]);
+                        out.extend_from_slice(MASK.as_bytes());
+                        written = e;
+                    }
+                }
+            }
+        }
+        if let Some((s, e)) = run {
+            out.extend_from_slice(&bytes[written..s]);
+            out.extend_from_slice(MASK.as_bytes());
+            written = e;
+        }
+        out.extend_from_slice(&bytes[written..]);
         out
     }
 
-    /// Where, in `bytes[..cut]`, a secret holding a line break may begin and run on past
-    /// `cut` (whole, or as far as `bytes` goes): what is written up to a line's end must
-    /// stop there, or a secret printed a line at a time would go out in pieces no mask
-    /// finds. `None` when no such secret can straddle `cut`.
-    pub fn straddles(&self, bytes: &[u8], cut: usize) -> Option<usize> {
-        if self.multiline == 0 {
-            return None;
-        }
-        let from = cut.saturating_sub(self.multiline - 1);
-        (from..cut).find(|&p| {
-            let rest = &bytes[p..];
-            self.forms
-                .iter()
-                .filter(|f| f.contains('\n'))
-                .map(|f| f.as_bytes())
-                .any(|f| {
-                    if rest.len() >= f.len() {
-                        rest.starts_with(f) && p + f.len() > cut
+    /// Where to cut `bytes`, at or before `cut` (just after a line break), so that no
+    /// secret holding a line break is cut in two: what is written up to a line's end must
+    /// stop before such a secret, whole or begun (its start running to the end of
+    /// `bytes`), or a secret printed a line at a time would go out in pieces no mask
+    /// finds. Always just after a line break (or 0), so whole lines go out.
+    pub fn safe_cut(&self, bytes: &[u8], mut cut: usize) -> usize {
+        loop {
+            // A form crossing `cut` has one of its line breaks at `cut - 1`: only those
+            // starts are looked at.
+            let mut earliest = None;
+            for (form, breaks) in &self.multiline {
+                for &k in breaks {
+                    let Some(start) = (cut - 1).checked_sub(k) else {
+                        continue;
+                    };
+                    let rest = &bytes[start..];
+                    let crosses = if rest.len() >= form.len() {
+                        rest.starts_with(form) && start + form.len() > cut
                     } else {
-                        f.starts_with(rest)
+                        form.starts_with(rest)
+                    };
+                    if crosses {
+                        earliest = Some(earliest.map_or(start, |e: usize| e.min(start)));
                     }
-                })
-        })
+                }
+            }
+            let Some(start) = earliest else {
+                return cut;
+            };
+            // Back to the start of that line, where the loop looks again: a secret may
+            // cross there too.
+            match memchr::memrchr(b'\n', &bytes[..start]) {
+                Some(at) => cut = at + 1,
+                None => return 0,
+            }
+        }
     }
 }
 
@@ -332,24 +365,28 @@ impl Masker {
 fn forms_of(value: &str) -> Vec<String> {
     let mut forms = vec![value.to_owned()];
     forms.extend(crate::workflow::shell::written_forms(value));
-    if let Ok(json) = serde_json::to_string(value) {
-        let inner = &json[1..json.len() - 1];
-        // As Python's json writes it by default: every character past ASCII a `\u` escape.
-        let mut ascii = String::with_capacity(inner.len());
-        for c in inner.chars() {
-            if c.is_ascii() {
-                ascii.push(c);
-            } else {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    ascii.push_str(&format!("\\u{unit:04x}"));
-                }
+    let json: Vec<String> = forms.iter().flat_map(|f| json_forms(f)).collect();
+    forms.extend(json);
+    forms
+}
+
+/// `text` inside a JSON string: as serde_json and Node write it, and as Python's json
+/// writes it by default (every character past ASCII a `\u` escape).
+fn json_forms(text: &str) -> [String; 2] {
+    let json = serde_json::Value::from(text).to_string();
+    let inner = &json[1..json.len() - 1];
+    let mut ascii = String::with_capacity(inner.len());
+    for c in inner.chars() {
+        if c.is_ascii() {
+            ascii.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                ascii.push_str(&format!("\\u{unit:04x}"));
             }
         }
-        forms.push(inner.to_owned());
-        forms.push(ascii);
     }
-    forms
+    [inner.to_owned(), ascii]
 }
 
 #[cfg(test)]
@@ -394,6 +431,8 @@ mod tests {
             r#"echo "it's \"pa\$s\\wörd""#,
             r#"{"text":"it's \"pa$s\\wörd"}"#,
             r#"{"text":"it's \"pa$s\\w\u00f6rd"}"#,
+            // A Bash tool call in stream-json, quoting it for the shell.
+            r#"{"command":"echo 'it'\\''s \"pa$s\\wörd'"}"#,
         ] {
             let masked = m.text(written);
             assert!(
@@ -418,16 +457,33 @@ mod tests {
         let pem = ["BEGIN\nbody\nEND".to_owned()];
         let m = Masker::new(&pem);
         // Cut after "BEGIN\n": the secret may go on.
-        let out = b"text\nBEGIN\nbo";
-        assert_eq!(m.straddles(out, 11), Some(5));
+        assert_eq!(m.safe_cut(b"text\nBEGIN\nbo", 11), 5);
         // Whole but past the cut.
-        assert_eq!(m.straddles(b"x\nBEGIN\nbody\nEND\n", 14), Some(2));
+        assert_eq!(m.safe_cut(b"x\nBEGIN\nbody\nEND\n", 13), 2);
         // Whole before the cut, or nothing like it.
-        assert_eq!(m.straddles(b"x\nBEGIN\nbody\nEND\n", 17), None);
-        assert_eq!(m.straddles(b"BEGIN\nbodx\n", 11), None);
-        assert_eq!(
-            Masker::new(&["one".to_owned()]).straddles(b"o\none", 2),
-            None
-        );
+        assert_eq!(m.safe_cut(b"x\nBEGIN\nbody\nEND\n", 17), 17);
+        assert_eq!(m.safe_cut(b"BEGIN\nbodx\n", 11), 11);
+        assert_eq!(Masker::new(&["one".to_owned()]).safe_cut(b"o\none", 2), 2);
+        // Mid-line: the cut goes back to the line's start.
+        assert_eq!(m.safe_cut(b"a\nkey=BEGIN\n", 12), 2);
+        // A secret whose last line is its first: the tail that looks like a new one must
+        // not hide the whole one that crosses the line before it (a review found it).
+        let yaml = ["---\ntoken: x\n---".to_owned()];
+        let m = Masker::new(&yaml);
+        assert_eq!(m.safe_cut(b"---\ntoken: x\n---\n", 17), 0);
+        assert_eq!(m.bytes(b"---\ntoken: x\n---\n"), b"***\n".to_vec());
+    }
+
+    #[test]
+    fn overlapping_matches_are_masked_together() {
+        let m = Masker::new(&["aba".to_owned()]);
+        assert_eq!(m.text("xababay"), "x***y");
+        assert_eq!(m.text("aba aba"), "*** ***");
+        // Two secrets side by side stay two masks.
+        let m = Masker::new(&["abc".to_owned(), "def".to_owned()]);
+        assert_eq!(m.text("abcdef"), "******");
+        // White space alone is never a secret's form.
+        let m = Masker::new(&["\n".to_owned(), "x\ny".to_owned()]);
+        assert_eq!(m.text("a b\nc x y"), "a b\nc ***");
     }
 }
