@@ -245,17 +245,30 @@ impl Job {
                 self.note(&format!(
                     "branch {} was gone: made again at its last recorded commit {}",
                     spec.branch,
-                    &head[..12.min(head.len())]
+                    short(head)
                 ));
                 start = head.clone();
                 branch_lost = false;
-            } else if c.phase == Phase::Setup {
-                return Err(RunError::StepsLost {
-                    job: spec.id.clone(),
-                    branch: spec.branch.clone(),
-                    commit: head.clone(),
-                    repo: spec.repo_root.clone(),
-                });
+            } else {
+                // What no agent branch brings back: a session's or setup's steps (a
+                // session waiting for its merge steps is past setup), or setup's commits
+                // under the map (every agent branch holds `map_base`, so it is here when
+                // any of them is).
+                let lost = if self.plan.is_sequential() || c.phase == Phase::Setup {
+                    Some(head)
+                } else {
+                    c.map_base.as_ref().filter(|b| {
+                        **b != spec.base_commit && !git::commit_exists(&spec.repo_root, b)
+                    })
+                };
+                if let Some(commit) = lost {
+                    return Err(RunError::StepsLost {
+                        job: spec.id.clone(),
+                        branch: spec.branch.clone(),
+                        commit: commit.clone(),
+                        repo: spec.repo_root.clone(),
+                    });
+                }
             }
         }
         Pending::Create.write(&marker)?;
@@ -285,7 +298,7 @@ impl Job {
             self.note(&format!(
                 "resetting branch {} to {}",
                 self.state.spec.branch,
-                &target[..12.min(target.len())]
+                short(&target)
             ));
             git::git(&worktree, &["reset", "-q", "--hard", &target])?;
         }
@@ -313,7 +326,7 @@ impl Job {
             self.note(&format!(
                 "taking the unfinished step's commits off {} (back to {})",
                 self.state.spec.branch,
-                &target[..12.min(target.len())]
+                short(&target)
             ));
             git::git(&worktree, &["reset", "-q", "--soft", &target])?;
         }
@@ -327,13 +340,8 @@ impl Job {
     /// does not hold the branch's commits fails, since following it would drop them.
     fn follow_branch(&mut self, worktree: &Path) -> Result<(), String> {
         let branch = self.state.spec.branch.clone();
-        let on = git::git(worktree, &["symbolic-ref", "-q", "--short", "HEAD"]).ok();
-        if on.as_deref() == Some(branch.as_str()) {
+        let Some(left) = off_branch(worktree, &branch) else {
             return Ok(());
-        }
-        let left = match &on {
-            Some(other) => format!("switched the worktree to branch {other}"),
-            None => "detached the worktree's HEAD".to_owned(),
         };
         let head = git::head(worktree).map_err(|e| format!("{left}: {e}"))?;
         let tip = git::git(
@@ -347,25 +355,59 @@ impl Job {
         )
         .map_err(|_| format!("{left}, and branch {branch} is gone"))?;
         if !git::is_ancestor(worktree, &tip, &head) {
+            // Back on the job's branch, so a resume works there (it resets the branch it
+            // finds checked out); the step's branch keeps what it made.
+            let back = git::git(worktree, &["checkout", "-q", &branch]).is_ok();
             return Err(format!(
                 "{left} at {}, which does not hold {branch}'s commits; the job's result is \
-                 on {branch}",
-                &head[..12.min(head.len())]
+                 on {branch}{}",
+                short(&head),
+                if back { ", checked out again" } else { "" }
             ));
         }
         git::git(worktree, &["checkout", "-q", "-B", &branch, "HEAD"])
             .map_err(|e| format!("{left}; moving {branch} there failed: {e}"))?;
         self.note(&format!(
             "the step {left}: {branch} moved up to it ({}) and checked out again",
-            &head[..12.min(head.len())]
+            short(&head)
         ));
         Ok(())
+    }
+
+    /// Before a start moves the branch (`rewind_branch`, `undo_unfinished_commits`), the
+    /// job's worktree must be on it: a step that left another branch checked out (and
+    /// failed) would have that branch reset instead. It is checked out again; when git
+    /// cannot (changes in the way), the start is refused.
+    fn on_branch(&self) -> Result<(), RunError> {
+        let spec = &self.state.spec;
+        let Some(left) = off_branch(&spec.worktree, &spec.branch) else {
+            return Ok(());
+        };
+        match git::git(&spec.worktree, &["checkout", "-q", &spec.branch]) {
+            Ok(_) => {
+                self.note(&format!(
+                    "a step had {left}: {} checked out again",
+                    spec.branch
+                ));
+                Ok(())
+            }
+            Err(e) => Err(RunError::OffBranch {
+                job: spec.id.clone(),
+                branch: spec.branch.clone(),
+                worktree: spec.worktree.clone(),
+                reason: format!(
+                    "a step {left}, and checking {} out failed: {e}",
+                    spec.branch
+                ),
+            }),
+        }
     }
 
     pub(super) fn drive(&mut self) -> Result<Outcome, RunError> {
         if self.ensure_parent()? && self.state.checkpoint.phase != Phase::Setup {
             self.reclaim_commits()?;
         }
+        self.on_branch()?;
         if self.rewind {
             self.rewind_branch()?;
         } else {
@@ -577,4 +619,24 @@ impl Job {
             self.save(&format!("{name} step {} done", done + 1))?;
         }
     }
+}
+
+/// How `worktree` is off `branch` ("switched the worktree to branch X", "detached the
+/// worktree's HEAD"), or `None` when it is on it. By the full ref name: a tag of the same
+/// name makes `--short` say `heads/<branch>`.
+fn off_branch(worktree: &Path, branch: &str) -> Option<String> {
+    let on = git::git(worktree, &["symbolic-ref", "-q", "HEAD"]).ok();
+    match on
+        .as_deref()
+        .map(|r| r.strip_prefix("refs/heads/").unwrap_or(r))
+    {
+        Some(b) if b == branch => None,
+        Some(other) => Some(format!("switched the worktree to branch {other}")),
+        None => Some("detached the worktree's HEAD".to_owned()),
+    }
+}
+
+/// The first 12 digits of a commit, as notes show it.
+fn short(commit: &str) -> &str {
+    &commit[..12.min(commit.len())]
 }

@@ -141,6 +141,18 @@ pub enum RunError {
         /// The repository.
         repo: PathBuf,
     },
+    /// The job's worktree is on another branch than the job's, and cannot be put back.
+    #[error("job '{job}': its worktree '{}' is not on {branch}: {reason}; check {branch} out there, then resume", .worktree.display())]
+    OffBranch {
+        /// The job.
+        job: String,
+        /// Its branch.
+        branch: String,
+        /// Its worktree.
+        worktree: PathBuf,
+        /// What happened.
+        reason: String,
+    },
     /// The workflow's environment could not be made (a secret not set, an env command
     /// that failed).
     #[error("{}: {message}", .workflow.display())]
@@ -231,7 +243,8 @@ impl crate::hint::Hint for RunError {
             RunError::Name(_)
             | RunError::Interrupted { .. }
             | RunError::BranchExists { .. }
-            | RunError::StepsLost { .. } => None,
+            | RunError::StepsLost { .. }
+            | RunError::OffBranch { .. } => None,
         }
     }
 }

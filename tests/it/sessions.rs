@@ -324,9 +324,35 @@ fn a_step_that_switches_branch_keeps_the_result_on_the_jobs_branch() {
     let err = assert_one_line_error(&out, 1);
     assert!(
         err.contains("switched the worktree to branch elsewhere at")
-            && err.contains("which does not hold prodigy/q2's commits"),
+            && err.contains("which does not hold prodigy/q2's commits")
+            && err.contains("checked out again"),
         "{err}"
     );
+    // The job's worktree is back on its branch, and a resume rewinding it moves that
+    // branch, never the one the step went to.
+    let worktree = env.home().join("worktrees/switch/q2/q2@job");
+    let head = |dir: &Path, rev: &str| {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", rev])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(head(&worktree, "--symbolic-full-name"), "");
+    let elsewhere = head(&repo, "elsewhere");
+    // A step left a branch checked out and failed (as a killed runner could leave it):
+    // the start puts the job's branch back first.
+    git(&worktree, &["checkout", "-q", "elsewhere"]);
+    let out = in_repo(&env, &repo, &["resume", "q2", "--from", "1"]);
+    assert!(
+        transcript(&out).contains(
+            "a step had switched the worktree to branch elsewhere: prodigy/q2 checked out again"
+        ),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(head(&repo, "elsewhere"), elsewhere);
 }
 
 /// A session resumed after its worktree and its branch were deleted starts from the commit
@@ -346,6 +372,18 @@ fn a_resume_after_the_branch_was_deleted_keeps_the_finished_steps_commits() {
         ),
     );
     commit(&repo);
+    // q3 ends its steps and waits for a yes to its merge step (past setup).
+    write(
+        &repo,
+        "merging.yml",
+        "commands:\n  - shell: \"echo $PRODIGY_JOB_ID > three.txt && git add three.txt && git -c user.name=t -c user.email=t@t commit -qm three\"\nmerge:\n  - shell: echo merged\n",
+    );
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "merging.yml", "--job-id", "q3"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    std::fs::remove_dir_all(env.home().join("worktrees/lost/q3/q3@job")).unwrap();
+    git(&repo, &["worktree", "prune"]);
+    git(&repo, &["branch", "-D", "prodigy/q3"]);
     for job in ["q1", "q2"] {
         let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", job]);
         assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
@@ -367,11 +405,47 @@ fn a_resume_after_the_branch_was_deleted_keeps_the_finished_steps_commits() {
     // With the commit pruned from the repository, nothing can bring step 1's back.
     git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
     git(&repo, &["gc", "-q", "--prune=now"]);
-    let out = in_repo(&env, &repo, &["resume", "q2"]);
+    for job in ["q2", "q3"] {
+        let out = in_repo(&env, &repo, &["resume", job, "-y"]);
+        let err = assert_one_line_error(&out, 1);
+        assert!(
+            err.contains(&format!(
+                "branch prodigy/{job} is gone and its last recorded commit"
+            )) && err.contains("so the commits of its finished steps are not here"),
+            "{err}"
+        );
+    }
+}
+
+/// A MapReduce job whose branch and setup commit are gone, and whose items made no commit
+/// (no agent branch holds setup's work), refuses to resume: it would finish without
+/// setup's commit.
+#[test]
+fn a_mapreduce_resume_without_setups_commit_refuses() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "lostsetup");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\nmode: mapreduce\nsetup:\n  - shell: \"echo $PRODIGY_JOB_ID > setup.txt && git add setup.txt && git -c user.name=t -c user.email=t@t commit -qm setup\"\nmap:\n  input: items.json\n  agent_template:\n    - shell: \"true\"\nreduce:\n  - shell: test -f {}/ok\n",
+            marks.display()
+        ),
+    );
+    write(&repo, "items.json", "[1, 2]");
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "m1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    std::fs::remove_dir_all(env.home().join("worktrees/lostsetup/m1/m1@job")).unwrap();
+    git(&repo, &["worktree", "prune"]);
+    git(&repo, &["branch", "-D", "prodigy/m1"]);
+    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&repo, &["gc", "-q", "--prune=now"]);
+    std::fs::write(marks.join("ok"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "m1"]);
     let err = assert_one_line_error(&out, 1);
     assert!(
-        err.contains("branch prodigy/q2 is gone and its last recorded commit")
-            && err.contains("so the commits of its finished steps are not here"),
+        err.contains("branch prodigy/m1 is gone and its last recorded commit"),
         "{err}"
     );
 }
