@@ -120,6 +120,18 @@ pub fn arguments(command: &str, streaming: bool) -> Vec<String> {
     args
 }
 
+/// True for a command the CLI could take for one of its subcommands (`update`,
+/// `install`, `mcp`, `doctor`… and any it adds later): one bare word. Its parser
+/// (Commander) dispatches on the first operand whatever came before it, `--` included, so
+/// an item's text alone must never be such a word.
+fn subcommand_like(command: &str) -> bool {
+    !command.is_empty()
+        && !command.starts_with('-')
+        && command
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':')
+}
+
 /// Runs one call of `command` (step `step`, e.g. `map/2`) where `site` says.
 pub(super) fn call(
     exec: &Executor,
@@ -129,6 +141,13 @@ pub(super) fn call(
     timeout: Option<Duration>,
 ) -> std::io::Result<Called> {
     let (cwd, env, log) = (site.cwd, site.env, site.log);
+    if subcommand_like(command) {
+        return Err(std::io::Error::other(format!(
+            "the command {command:?} is one bare word, which the CLI would run as its own \
+             subcommand (`claude {command}`), not as a prompt; write a sentence or a \
+             /command"
+        )));
+    }
     let program = program(env).map_err(std::io::Error::other)?;
     let streaming = streaming(env);
     let args = arguments(command, streaming);
@@ -479,6 +498,16 @@ mod tests {
     fn garbage_is_named_by_its_line() {
         let e = read_stream(b"{\"type\":\"system\"}\nnot json\n").unwrap_err();
         assert!(e.contains("line 2 is not JSON"), "{e}");
+    }
+
+    #[test]
+    fn bare_words_are_never_run() {
+        for word in ["update", "install", "mcp", "setup-token", "doctor", "x_1"] {
+            assert!(subcommand_like(word), "{word}");
+        }
+        for prompt in ["/fix a", "update the docs", "--version", "hello?", ""] {
+            assert!(!subcommand_like(prompt), "{prompt}");
+        }
     }
 
     #[test]

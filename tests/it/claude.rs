@@ -681,7 +681,7 @@ fn progress_is_in_the_events_while_a_call_runs_and_item_text_stays_data() {
 fn item_text_is_never_an_option_of_the_cli() {
     let env = Env::new();
     let (repo, _) = repo_and_marks(&env, "opts");
-    write(&repo, "items.json", "[\"--version\", \"-p\"]");
+    write(&repo, "items.json", "[\"--version\", \"-p\", \"update\"]");
     write(
         &repo,
         "w.yml",
@@ -720,8 +720,17 @@ fn item_text_is_never_an_option_of_the_cli() {
             ("--".to_owned(), "-p".to_owned())
         ]
     );
-    // The stand-in took each as its prompt: no slash command of that name.
-    assert_eq!(dlq_messages(&env, &repo, "o1").len(), 2);
+    // The stand-in took each as its prompt: no slash command of that name. A bare word,
+    // which the CLI would run as its subcommand (`claude update`) even after `--`, is
+    // never passed at all.
+    let messages = dlq_messages(&env, &repo, "o1");
+    assert_eq!(messages.len(), 3);
+    assert!(
+        messages.iter().any(|m| m.contains(
+            "cannot start claude: the command \"update\" is one bare word, which the CLI would run as its own subcommand"
+        )),
+        "{messages:?}"
+    );
     let shown = ok(&env, &repo, &["logs", "o1"], &[]);
     assert!(
         shown.contains("Unknown slash command: --version")
