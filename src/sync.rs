@@ -110,6 +110,10 @@ pub fn copy_job(
     job: &str,
     force: bool,
 ) -> Result<SyncReport, SyncError> {
+    // The home's gc guard from the start: it is the source of a push (whose objects past
+    // the walk's budget are read again when copied, so gc must not prune them between)
+    // and the destination of a pull.
+    let _gc = to.write_guard()?;
     let mut heads = Vec::new();
     for kind in RefKind::ALL {
         let name = RefName::new(kind, repo, job)?;
@@ -165,7 +169,6 @@ pub fn copy_job(
     };
 
     // Objects first: only those the destination lacks, all made durable at once.
-    let _gc = to.write_guard()?;
     let present = par::map(&objects, THREADS, |(id, _, _)| to.objects().contains(id));
     let mut batch = to.objects().batch();
     let mut again = Vec::new();

@@ -337,22 +337,30 @@ pub fn bar(n: u64, max: u64, width: usize) -> String {
     out
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180). A field a spreadsheet would read as a
-/// formula (starting with `=`, `+`, `-`, `@`, a tab or a carriage return, and not a
+/// Quotes a CSV field when it needs it (RFC 4180; also for a `;` or a tab, which some
+/// locales' spreadsheets split on). A field a spreadsheet would read as a formula
+/// (starting with `=`, `+`, `-`, `@`, a tab, a carriage return or a NUL, and not a plain
 /// number) gets a leading `'`, as OWASP advises: an item's or a command's text is data,
 /// and must not run as a formula when the export is opened.
 pub fn csv_field(s: &str) -> String {
-    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r', '\0']) && !plain_number(s);
     let s: Cow<'_, str> = if formula {
         Cow::Owned(format!("'{s}"))
     } else {
         Cow::Borrowed(s)
     };
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.contains([',', '"', '\n', '\r', ';', '\t']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.into_owned()
     }
+}
+
+/// A signed decimal number (`-5`, `+1.5e3`): digits, one sign, a point, an exponent.
+fn plain_number(s: &str) -> bool {
+    s.parse::<f64>().is_ok()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E'))
 }
 
 /// Text for a cell of a Markdown table, shown as written: the characters that start
@@ -404,7 +412,11 @@ mod tests {
         assert_eq!(csv_field("+1+cmd|' /C calc'!A0"), "'+1+cmd|' /C calc'!A0");
         assert_eq!(csv_field("@SUM(A1)"), "'@SUM(A1)");
         assert_eq!(csv_field("-x"), "'-x");
-        assert_eq!(csv_field("\t=1"), "'\t=1");
+        assert_eq!(csv_field("\t=1"), "\"'\t=1\"");
+        assert_eq!(csv_field("-inf"), "'-inf");
+        assert_eq!(csv_field("\0=1"), "'\0=1");
+        // A separator some locales split on is quoted, so no cell starts after it.
+        assert_eq!(csv_field("x;=HYPERLINK(1)"), "\"x;=HYPERLINK(1)\"");
         assert_eq!(csv_field("\r=1"), "\"'\r=1\"");
         // Numbers stay numbers; the rest as before.
         assert_eq!(csv_field("-5"), "-5");

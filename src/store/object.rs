@@ -1235,6 +1235,7 @@ impl ObjectBatch<'_> {
     pub fn absorb(&mut self, mut other: ObjectBatch<'_>) {
         self.pending.append(&mut other.pending);
         self.uploads.append(&mut other.uploads);
+        self.upload_bytes += other.upload_bytes;
         self.seen.extend(other.seen.drain());
         self.frame_bytes += other.frame_bytes;
         self.frames.append(&mut other.frames);
