@@ -269,6 +269,17 @@ impl Job {
                         repo: spec.repo_root.clone(),
                     });
                 }
+                // Setup's commits are here: the branch starts from them, and the items
+                // merge again on top (every agent started there), so reduce sees them
+                // even when no merged item holds them.
+                if let Some(map_base) = c.map_base.as_ref().filter(|b| **b != start) {
+                    self.note(&format!(
+                        "branch {} was gone: made again at setup's last commit {}",
+                        spec.branch,
+                        short(map_base)
+                    ));
+                    start = map_base.clone();
+                }
             }
         }
         Pending::Create.write(&marker)?;
@@ -383,7 +394,13 @@ impl Job {
         let Some(left) = off_branch(&spec.worktree, &spec.branch) else {
             return Ok(());
         };
-        match git::git(&spec.worktree, &["checkout", "-q", &spec.branch]) {
+        // A start from an earlier checkpoint resets the worktree right after: whatever
+        // the step left there may go.
+        let force: &[&str] = if self.rewind { &["-f"] } else { &[] };
+        let mut args = vec!["checkout", "-q"];
+        args.extend_from_slice(force);
+        args.push(&spec.branch);
+        match git::git(&spec.worktree, &args) {
             Ok(_) => {
                 self.note(&format!(
                     "a step had {left}: {} checked out again",

@@ -215,7 +215,10 @@ impl Job {
                 rerun.push(key.clone());
             }
         }
-        if rerun.is_empty() && remerge.is_empty() {
+        // Reduce's commits were on the lost branch too: its steps run again.
+        let reduce_lost = matches!(self.state.checkpoint.phase, Phase::Reduce)
+            && self.state.checkpoint.reduce_done > 0;
+        if rerun.is_empty() && remerge.is_empty() && !reduce_lost {
             return Ok(());
         }
         for key in &remerge {
@@ -237,11 +240,12 @@ impl Job {
             self.state.checkpoint.reduce_done = 0;
         }
         self.note(&format!(
-            "branch {} is not in '{}': {} items whose commits are not here run again, {} are merged again (fetch the branch from where the job started to keep its commits instead)",
+            "branch {} is not in '{}': {} items whose commits are not here run again, {} are merged again{} (fetch the branch from where the job started to keep its commits instead)",
             self.state.spec.branch,
             root.display(),
             rerun.len(),
-            remerge.len()
+            remerge.len(),
+            if reduce_lost { ", reduce runs again" } else { "" }
         ));
         self.save("commits not in this repository")
     }

@@ -249,14 +249,26 @@ impl Masker {
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Masker {
         let mut forms: Vec<String> = values
             .into_iter()
-            .flat_map(|v| forms_of(v))
+            .filter(|v| !v.trim().is_empty())
+            .flat_map(|v| {
+                // A secret's line breaks at either end are masked with it where they
+                // are, and its content without them wherever it is.
+                let inner = v.trim_matches(['\n', '\r']);
+                let mut forms = forms_of(v);
+                if inner != v {
+                    forms.extend(forms_of(inner));
+                }
+                forms
+            })
             .filter(|f| !f.trim().is_empty())
             .collect();
         forms.sort();
         forms.dedup();
+        // A form starting with a line break would hold back every line end (a bare line
+        // break begins it); its content's form, which has none there, is held instead.
         let multiline = forms
             .iter()
-            .filter(|f| f.contains('\n'))
+            .filter(|f| f.contains('\n') && !f.starts_with(['\n', '\r']))
             .map(|f| {
                 let breaks = memchr::memchr_iter(b'\n', f.as_bytes()).collect();
                 (f.as_bytes().to_vec(), breaks)
@@ -482,8 +494,15 @@ mod tests {
         // Two secrets side by side stay two masks.
         let m = Masker::new(&["abc".to_owned(), "def".to_owned()]);
         assert_eq!(m.text("abcdef"), "******");
-        // White space alone is never a secret's form.
+        // White space alone is never a secret, in any form (its JSON form was `\n`).
         let m = Masker::new(&["\n".to_owned(), "x\ny".to_owned()]);
         assert_eq!(m.text("a b\nc x y"), "a b\nc ***");
+        assert_eq!(m.text(r#"{"t":"a\nb"}"#), r#"{"t":"a\nb"}"#);
+        // A secret with a line break in front holds back no line end, and its content
+        // is masked wherever it is.
+        let m = Masker::new(&["\nabc\n".to_owned()]);
+        assert_eq!(m.safe_cut(b"deploying\n", 10), 10);
+        // (Its form with line breaks as spaces takes the spaces around "abc" with it.)
+        assert_eq!(m.text("x abc y \nabc\n"), "x***y ***");
     }
 }

@@ -339,7 +339,15 @@ fn a_step_that_switches_branch_keeps_the_result_on_the_jobs_branch() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    assert_eq!(head(&worktree, "--symbolic-full-name"), "");
+    let on = std::process::Command::new("git")
+        .args(["rev-parse", "--symbolic-full-name", "HEAD"])
+        .current_dir(&worktree)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&on.stdout).trim(),
+        "refs/heads/prodigy/q2"
+    );
     let elsewhere = head(&repo, "elsewhere");
     // A step left a branch checked out and failed (as a killed runner could leave it):
     // the start puts the job's branch back first.
@@ -447,5 +455,53 @@ fn a_mapreduce_resume_without_setups_commit_refuses() {
     assert!(
         err.contains("branch prodigy/m1 is gone and its last recorded commit"),
         "{err}"
+    );
+}
+
+/// A MapReduce job whose branch and last commit are gone while setup's commit is still in
+/// the repository (a failed agent's kept worktree holds it), and no merged item holds it:
+/// the branch is made again at setup's commit, so reduce runs with it (it was made at the
+/// base commit, and the result lacked setup's work).
+#[test]
+fn a_mapreduce_resume_keeps_setups_commit_when_only_it_is_left() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "keepsetup");
+    let committing = |file: &str| {
+        format!(
+            "echo $PRODIGY_JOB_ID > {file} && git add {file} && git -c user.name=t -c user.email=t@t commit -qm {file}"
+        )
+    };
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\nmode: mapreduce\nsetup:\n  - shell: \"{}\"\nmap:\n  input: items.json\n  agent_template:\n    - shell: \"test ${{item}} = 1\"\nreduce:\n  - shell: \"{}\"\n  - shell: test -f {}/ok\n",
+            committing("setup.txt"),
+            committing("reduce.txt"),
+            marks.display()
+        ),
+    );
+    write(&repo, "items.json", "[1, 2]");
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "k1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    std::fs::remove_dir_all(env.home().join("worktrees/keepsetup/k1/k1@job")).unwrap();
+    git(&repo, &["worktree", "prune"]);
+    git(&repo, &["branch", "-D", "prodigy/k1"]);
+    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&repo, &["gc", "-q", "--prune=now"]);
+    std::fs::write(marks.join("ok"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "k1"]);
+    // Exit code 3: item 2 failed, as designed.
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("branch prodigy/k1 was gone: made again at setup's last commit"),
+        "{}",
+        transcript(&out)
+    );
+    let files = tree_of(&repo, "prodigy/k1");
+    assert!(
+        files.contains(&"setup.txt".to_owned()) && files.contains(&"reduce.txt".to_owned()),
+        "{files:?}"
     );
 }
