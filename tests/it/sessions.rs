@@ -273,6 +273,20 @@ fn tree_of(repo: &Path, branch: &str) -> Vec<String> {
         .collect()
 }
 
+/// Loses job `job`'s worktree (in repo `name`) and its branch, as a user cleaning up
+/// would.
+fn lose_branch(env: &Env, repo: &Path, name: &str, job: &str) {
+    std::fs::remove_dir_all(env.home().join(format!("worktrees/{name}/{job}/{job}@job"))).unwrap();
+    git(repo, &["worktree", "prune"]);
+    git(repo, &["branch", "-D", &format!("prodigy/{job}")]);
+}
+
+/// Prunes every commit nothing in `repo` reaches any more.
+fn prune_unreachable(repo: &Path) {
+    git(repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(repo, &["gc", "-q", "--prune=now"]);
+}
+
 /// A step that switches the session's worktree to a branch of its own brings the job's
 /// branch along (the result was left off `prodigy/<job>`: a third hostile sweep); one that
 /// goes where the job's commits are not fails, saying so.
@@ -389,16 +403,11 @@ fn a_resume_after_the_branch_was_deleted_keeps_the_finished_steps_commits() {
     commit(&repo);
     let out = in_repo(&env, &repo, &["run", "merging.yml", "--job-id", "q3"]);
     assert!(out.status.success(), "{}", transcript(&out));
-    std::fs::remove_dir_all(env.home().join("worktrees/lost/q3/q3@job")).unwrap();
-    git(&repo, &["worktree", "prune"]);
-    git(&repo, &["branch", "-D", "prodigy/q3"]);
+    lose_branch(&env, &repo, "lost", "q3");
     for job in ["q1", "q2"] {
         let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", job]);
         assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-        std::fs::remove_dir_all(env.home().join(format!("worktrees/lost/{job}/{job}@job")))
-            .unwrap();
-        git(&repo, &["worktree", "prune"]);
-        git(&repo, &["branch", "-D", &format!("prodigy/{job}")]);
+        lose_branch(&env, &repo, "lost", job);
     }
     std::fs::write(marks.join("ok"), "").unwrap();
     let out = in_repo(&env, &repo, &["resume", "q1"]);
@@ -411,8 +420,7 @@ fn a_resume_after_the_branch_was_deleted_keeps_the_finished_steps_commits() {
     );
     assert!(tree_of(&repo, "prodigy/q1").contains(&"one.txt".to_owned()));
     // With the commit pruned from the repository, nothing can bring step 1's back.
-    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
-    git(&repo, &["gc", "-q", "--prune=now"]);
+    prune_unreachable(&repo);
     for job in ["q2", "q3"] {
         let out = in_repo(&env, &repo, &["resume", job, "-y"]);
         let err = assert_one_line_error(&out, 1);
@@ -444,11 +452,8 @@ fn a_mapreduce_resume_without_setups_commit_refuses() {
     commit(&repo);
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "m1"]);
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    std::fs::remove_dir_all(env.home().join("worktrees/lostsetup/m1/m1@job")).unwrap();
-    git(&repo, &["worktree", "prune"]);
-    git(&repo, &["branch", "-D", "prodigy/m1"]);
-    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
-    git(&repo, &["gc", "-q", "--prune=now"]);
+    lose_branch(&env, &repo, "lostsetup", "m1");
+    prune_unreachable(&repo);
     std::fs::write(marks.join("ok"), "").unwrap();
     let out = in_repo(&env, &repo, &["resume", "m1"]);
     let err = assert_one_line_error(&out, 1);
@@ -485,11 +490,8 @@ fn a_mapreduce_resume_keeps_setups_commit_when_only_it_is_left() {
     commit(&repo);
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "k1"]);
     assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
-    std::fs::remove_dir_all(env.home().join("worktrees/keepsetup/k1/k1@job")).unwrap();
-    git(&repo, &["worktree", "prune"]);
-    git(&repo, &["branch", "-D", "prodigy/k1"]);
-    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
-    git(&repo, &["gc", "-q", "--prune=now"]);
+    lose_branch(&env, &repo, "keepsetup", "k1");
+    prune_unreachable(&repo);
     std::fs::write(marks.join("ok"), "").unwrap();
     let out = in_repo(&env, &repo, &["resume", "k1"]);
     // Exit code 3: item 2 failed, as designed.
