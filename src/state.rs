@@ -359,6 +359,11 @@ pub struct Checkpoint {
     /// undone by the rewind, so a later resume does not adopt them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewound: Option<String>,
+    /// Set by `resume --from` in the checkpoint it saves before it moves the job's branch
+    /// back to `job_head`, cleared once it has: a start that finds it set (the rewind was
+    /// killed between the two) moves the branch back first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rewind_pending: bool,
 }
 
 impl Checkpoint {
@@ -496,11 +501,20 @@ impl JobStateManager {
     /// Takes the job's run lock without waiting; [`StateError::Busy`] when another process
     /// holds it.
     pub fn lock_job(&self, job: &str) -> Result<RunLock, StateError> {
-        let name = self.ref_name(job)?;
         // A runner killed while it was starting a process leaves, for a few milliseconds,
         // a forked child holding the lock's descriptor until it execs (which closes it):
         // a short wait covers that; a runner at work holds the lock far longer.
-        match self.refs.job_lock(&name, RUN_LOCK_GRACE)? {
+        self.lock_job_within(job, RUN_LOCK_GRACE)
+    }
+
+    /// [`Self::lock_job`], waiting up to `grace` for another holder to let go.
+    pub fn lock_job_within(
+        &self,
+        job: &str,
+        grace: std::time::Duration,
+    ) -> Result<RunLock, StateError> {
+        let name = self.ref_name(job)?;
+        match self.refs.job_lock(&name, grace)? {
             Taken::Held(lock) => Ok(lock),
             Taken::Busy(Holder::Process { path, .. }) => Err(StateError::Busy {
                 job: job.to_owned(),
@@ -572,6 +586,7 @@ impl JobStateManager {
             error: None,
             original: None,
             rewound: None,
+            rewind_pending: false,
         };
         let mut state = JobState {
             head: None,
@@ -933,6 +948,7 @@ mod tests {
             error: Some("e".into()),
             original: Some(id(5)),
             rewound: Some(now_timestamp()),
+            rewind_pending: false,
         };
         let json = serde_json::to_vec(&checkpoint).unwrap();
         let mut held = Vec::new();

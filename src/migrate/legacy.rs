@@ -970,6 +970,7 @@ pub fn checkpoint(bytes: &[u8], reason: &str) -> Result<LegacyCheckpoint, (Reaso
         error: reduce.and_then(|r| text(r, "error")),
         original: None,
         rewound: None,
+        rewind_pending: false,
     };
     Ok(LegacyCheckpoint {
         job_id,

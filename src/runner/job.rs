@@ -204,6 +204,18 @@ impl Job {
     pub(super) fn ensure_parent(&self) -> Result<bool, RunError> {
         let spec = &self.state.spec;
         fsutil::ensure_dir(self.states.refs().home_dir(), &spec.agents_dir)?;
+        // Only a directory is the job's worktree: a symbolic link in its place (to the
+        // user's checkout, say) or a file is taken away, the link and never what it
+        // names, before any git command runs there, and the worktree is made again (a
+        // resume ran the job in the checkout a link named, and reset it).
+        if std::fs::symlink_metadata(&spec.worktree).is_ok_and(|m| !m.is_dir()) {
+            std::fs::remove_file(&spec.worktree)
+                .at("remove what stands in the job's worktree", &spec.worktree)?;
+            self.note(&format!(
+                "'{}' was not a directory: removed, the worktree is made again",
+                spec.worktree.display()
+            ));
+        }
         // What a killed runner's git left: locked or half-made registrations, lock files on
         // the job's branches, a merge half done. No agent is at work yet.
         let prefix = format!("{}@", spec.id);
@@ -385,6 +397,24 @@ impl Job {
         Ok(())
     }
 
+    /// Removes the agents' done markers (`<job>@agent-<i>.done`): after a rewind, an
+    /// agent that finished after the checkpoint runs again instead of being adopted.
+    fn forget_done_markers(&self) {
+        let spec = &self.state.spec;
+        let prefix = format!("{}@agent-", spec.id);
+        for entry in std::fs::read_dir(&spec.agents_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".done") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Before a start moves the branch (`rewind_branch`, `undo_unfinished_commits`), the
     /// job's worktree must be on it: a step that left another branch checked out (and
     /// failed) would have that branch reset instead. It is checked out again; when git
@@ -425,8 +455,19 @@ impl Job {
             self.reclaim_commits()?;
         }
         self.on_branch()?;
-        if self.rewind {
+        if self.rewind || self.state.checkpoint.rewind_pending {
+            if self.rewind {
+                // The rewound checkpoint becomes the head before the branch moves back: a
+                // kill in between left the branch rewound under a head that still said
+                // complete (the result gone from the branch, and no resume to bring it
+                // back). The items finished after it run again: their done markers go.
+                self.forget_done_markers();
+                self.state.checkpoint.rewind_pending = true;
+                self.save("rewound")?;
+            }
             self.rewind_branch()?;
+            self.state.checkpoint.rewind_pending = false;
+            self.save("branch rewound")?;
         } else {
             self.undo_unfinished_commits()?;
         }

@@ -629,3 +629,45 @@ fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
         .collect();
     assert_eq!(jobs, ["good"]);
 }
+
+/// `events follow` of a complete job that `dlq retry` is running again follows the retry
+/// to its end (it said "job is complete" at once and missed the retry's events).
+#[test]
+fn follow_keeps_following_a_complete_job_while_a_retry_runs() {
+    let env = Env::new();
+    let marks = env.scratch().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let m = marks.display();
+    let repo = repo_with(
+        &env,
+        "followretry",
+        &format!(
+            "name: w\n{IDENTITY}map:\n  input: \"printf '1\\\\n2\\\\n'\"\n  agent_template:\n    - shell: \"test ${{item}} = 1 || {{ test -f {m}/fixed && while [ ! -e {m}/go ]; do sleep 0.05; done; }}\"\n"
+        ),
+    );
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "fr"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    std::fs::write(marks.join("fixed"), "").unwrap();
+    let mut retry = spawn_in(&env, &repo, &["dlq", "retry", "fr"]);
+    wait_for("the retry's agent", Duration::from_secs(30), || {
+        let events = in_repo(&env, &repo, &["events", "show", "fr", "--json"]);
+        stdout(&events).matches("\"agent_started\"").count() >= 3
+    });
+    let mut follower = spawn_in(&env, &repo, &["events", "follow", "fr", "--json"]);
+    // Its first look at the runner comes at once: it must see the retry's.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "follow ended while the retry ran: {}",
+        transcript(&follower.wait_with_output().unwrap())
+    );
+    std::fs::write(marks.join("go"), "").unwrap();
+    assert!(retry.wait().unwrap().success());
+    let follow = follower.wait_with_output().unwrap();
+    assert_eq!(follow.status.code(), Some(0), "{}", transcript(&follow));
+    assert!(
+        stdout(&follow).contains("\"agent_completed\""),
+        "{}",
+        transcript(&follow)
+    );
+}

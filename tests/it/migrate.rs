@@ -857,3 +857,35 @@ fn symlinks_in_the_legacy_tree_are_refused_and_nothing_outside_is_removed() {
         );
     }
 }
+
+/// Two imports of one legacy job at once import each event once: each found nothing
+/// stored and appended everything under a writer of its own (every event twice). The
+/// second waits for the first's run lock, then finds them.
+#[test]
+fn two_imports_at_once_import_each_event_once() {
+    let env = Env::new();
+    let repo = env.scratch().join("twice");
+    let dir = repo.join(".prodigy/events/legjob");
+    fs::create_dir_all(&dir).unwrap();
+    let text: String = (0..20_000)
+        .map(|i| format!("{}\n", line(&format!("ev-{i}"), "legjob", "agent_started")))
+        .collect();
+    fs::write(dir.join("events-1.jsonl"), text).unwrap();
+    let runs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            env.std_cmd()
+                .args(["migrate-events", "--json", repo.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for run in runs {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", transcript(&out));
+    }
+    let records = events(&env, "twice", "legjob");
+    let ids: BTreeSet<&str> = records.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!((records.len(), ids.len()), (20_000, 20_000));
+}

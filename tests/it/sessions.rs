@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{Env, git, transcript};
+use crate::common::{Env, IDENTITY, git, transcript};
 use crate::runner::{
     assert_one_line_error, in_repo, job_show, json_in, ok_in, repo_and_marks, spawn_in, wait_for,
     write,
@@ -506,4 +506,142 @@ fn a_mapreduce_resume_keeps_setups_commit_when_only_it_is_left() {
         files.contains(&"setup.txt".to_owned()) && files.contains(&"reduce.txt".to_owned()),
         "{files:?}"
     );
+}
+
+/// A `resume --from` killed after it moved the branch back, before any agent finished:
+/// the rewound checkpoint is the head already, so the job is not "complete" with its
+/// result gone from the branch, and a resume finishes it (it said complete, and the
+/// branch stayed empty).
+#[test]
+fn a_rewind_killed_midway_leaves_a_job_that_resume_finishes() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "rewind");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\n{IDENTITY}mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: \"if [ -e {m}/hold ]; then while [ ! -e {m}/go ]; do sleep 0.05; done; fi; echo ${{item}} > f-${{item}}.txt && git add f-${{item}}.txt && git -c user.name=t -c user.email=t@t commit -qm ${{item}}\"\n"
+        ),
+    );
+    write(&repo, "items.json", "[1, 2, 3]");
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "r1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let files = || tree_of(&repo, "prodigy/r1");
+    assert!(files().contains(&"f-3.txt".to_owned()));
+    let base = {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "main"])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let tip = || {
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "prodigy/r1"])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    std::fs::write(marks.join("hold"), "").unwrap();
+    let mut resume = spawn_in(&env, &repo, &["resume", "r1", "--from", "2"]);
+    wait_for("the branch moved back", Duration::from_secs(30), || {
+        tip() == base
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_raw(resume.id() as i32).unwrap();
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = resume.wait();
+    let show = job_show(&env, &repo, "r1");
+    assert_ne!(show["phase"], "complete", "{show}");
+    std::fs::write(marks.join("go"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "r1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let files = files();
+    for n in 1..=3 {
+        assert!(files.contains(&format!("f-{n}.txt")), "{files:?}");
+    }
+}
+
+/// A symbolic link in place of the job's worktree (to the user's checkout) is removed,
+/// never followed, and the worktree made again: a resume ran the job in the checkout the
+/// link named, and reset its uncommitted work. A file there is removed the same way.
+#[test]
+fn a_link_or_a_file_in_place_of_the_jobs_worktree_is_never_used() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "linked");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "- shell: test -f {}/ok\n- shell: \"echo z > zz.txt && git add zz.txt && git -c user.name=t -c user.email=t@t commit -qm z\"\n",
+            marks.display()
+        ),
+    );
+    commit(&repo);
+    std::fs::write(marks.join("ok"), "").unwrap();
+    for (job, link) in [("l1", true), ("l2", false)] {
+        std::fs::remove_file(marks.join("ok")).ok();
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", job]);
+        assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+        let worktree = env.home().join(format!("worktrees/linked/{job}/{job}@job"));
+        std::fs::remove_dir_all(&worktree).unwrap();
+        if link {
+            std::os::unix::fs::symlink(&repo, &worktree).unwrap();
+        } else {
+            std::fs::write(&worktree, "not a worktree").unwrap();
+        }
+        std::fs::write(repo.join("README"), "uncommitted work\n").unwrap();
+        std::fs::write(marks.join("ok"), "").unwrap();
+        let out = in_repo(&env, &repo, &["resume", job, "--from", "1"]);
+        assert!(out.status.success(), "{}", transcript(&out));
+        assert!(
+            transcript(&out).contains("was not a directory: removed, the worktree is made again"),
+            "{}",
+            transcript(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(repo.join("README")).unwrap(),
+            "uncommitted work\n"
+        );
+        let on = std::process::Command::new("git")
+            .args(["symbolic-ref", "--short", "HEAD"])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&on.stdout).trim(), "main");
+        assert!(tree_of(&repo, &format!("prodigy/{job}")).contains(&"zz.txt".to_owned()));
+        git(&repo, &["checkout", "-q", "--", "README"]);
+    }
+}
+
+/// `resume --from` a checkpoint before the map runs the items finished after it again,
+/// even when their agents' done markers are still beside their worktrees (a job stopped
+/// in reduce keeps them): it adopted them and ran nothing.
+#[test]
+fn a_rewind_before_the_map_runs_its_items_again() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "rerun");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\n{IDENTITY}mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: echo ${{item}} >> {m}/runs\nreduce:\n  - shell: test -f {m}/ok\n"
+        ),
+    );
+    write(&repo, "items.json", "[1, 2, 3]");
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "x1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    assert_eq!(lines(&marks.join("runs")).len(), 3);
+    std::fs::write(marks.join("ok"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "x1", "--from", "2"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let mut runs = lines(&marks.join("runs"));
+    runs.sort();
+    assert_eq!(runs, ["1", "1", "2", "2", "3", "3"], "{}", transcript(&out));
 }

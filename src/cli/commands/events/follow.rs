@@ -153,19 +153,22 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             && let Some((_, c)) = has_state(&states)
         {
             let name = states.ref_name(&job)?;
+            // A complete job may be running again (`dlq retry` holds its run lock): it is
+            // followed until the holder lets go.
+            let held = states.refs().job_holder(&name)?.is_some();
             let complete = c.phase == crate::state::Phase::Complete;
-            if complete {
+            if complete && !held {
                 ctx.diag.note(&format!("job {job} is complete"));
                 return Ok(Exit::Success);
             }
-            if c.error.is_some() {
+            if c.error.is_some() && !held {
                 ctx.diag.note(&format!(
                     "job {job} stopped on a failure: {}",
                     c.error.unwrap_or_default()
                 ));
                 return Ok(Exit::Failure);
             }
-            if states.refs().job_holder(&name)?.is_none() {
+            if !held && !complete {
                 ctx.diag.error(&format!(
                     "job {job} has no runner now (it was interrupted, or its runner died)"
                 ));
