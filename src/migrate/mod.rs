@@ -539,13 +539,13 @@ fn import_events(
     Ok(())
 }
 
-/// Imports one job's events (sorted by time; those whose id is in its log are skipped) in
-/// one append, then reads the log back: every id must be there. Returns the counts and the
-/// event types (the original's names).
 /// How long an import waits for another holding the job's run lock (another migration,
 /// most likely, importing the same job).
 const IMPORT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Imports one job's events (sorted by time; those whose id is in its log are skipped) in
+/// one append, then reads the log back: every id must be there. Returns the counts and the
+/// event types (the original's names).
 fn import_job(
     refs: &RefStore,
     repo: &str,
@@ -558,15 +558,18 @@ fn import_job(
     let log = EventLog::new(refs.clone(), repo, job)?;
     // The job's run lock from the read of what is stored to the append: two migrations at
     // once each found nothing stored and imported every event (twice, under two writers).
-    // The second waits for the first, then finds them.
-    let _lock = match dry_run {
+    // The second waits for the first, then finds them. A job whose events are all stored
+    // already takes no lock (and writes nothing: not even the lock's file).
+    let mut stored = stored_event_ids(&log)?;
+    let _lock = match dry_run || events.iter().all(|e| stored.contains(&e.id)) {
         true => None,
-        false => Some(
-            crate::state::JobStateManager::new(refs.clone(), repo)?
-                .lock_job_within(job, IMPORT_LOCK_WAIT)?,
-        ),
+        false => {
+            let lock = crate::state::JobStateManager::new(refs.clone(), repo)?
+                .lock_job_within(job, IMPORT_LOCK_WAIT)?;
+            stored = stored_event_ids(&log)?;
+            Some(lock)
+        }
     };
-    let stored = stored_event_ids(&log)?;
     let writer = crate::events::record::new_id();
     let mut count = JobCount {
         read: events.len() as u64,

@@ -397,6 +397,17 @@ impl Job {
         Ok(())
     }
 
+    /// Moves the branch back to the rewound checkpoint's `job_head` and clears the mark
+    /// (`rewind_pending`) that says it is due. The items finished after the checkpoint
+    /// run again: their done markers go (after the save that made the rewound checkpoint
+    /// the head, so a failed save leaves them for a plain resume).
+    pub(super) fn finish_rewind(&mut self) -> Result<(), RunError> {
+        self.forget_done_markers();
+        self.rewind_branch()?;
+        self.state.checkpoint.rewind_pending = false;
+        self.save("branch rewound")
+    }
+
     /// Removes the agents' done markers (`<job>@agent-<i>.done`): after a rewind, an
     /// agent that finished after the checkpoint runs again instead of being adopted.
     fn forget_done_markers(&self) {
@@ -419,14 +430,18 @@ impl Job {
     /// job's worktree must be on it: a step that left another branch checked out (and
     /// failed) would have that branch reset instead. It is checked out again; when git
     /// cannot (changes in the way), the start is refused.
-    fn on_branch(&self) -> Result<(), RunError> {
+    pub(super) fn on_branch(&self) -> Result<(), RunError> {
         let spec = &self.state.spec;
         let Some(left) = off_branch(&spec.worktree, &spec.branch) else {
             return Ok(());
         };
         // A start from an earlier checkpoint resets the worktree right after: whatever
         // the step left there may go.
-        let force: &[&str] = if self.rewind { &["-f"] } else { &[] };
+        let force: &[&str] = if self.rewind || self.state.checkpoint.rewind_pending {
+            &["-f"]
+        } else {
+            &[]
+        };
         let mut args = vec!["checkout", "-q"];
         args.extend_from_slice(force);
         args.push(&spec.branch);
@@ -455,19 +470,16 @@ impl Job {
             self.reclaim_commits()?;
         }
         self.on_branch()?;
-        if self.rewind || self.state.checkpoint.rewind_pending {
-            if self.rewind {
-                // The rewound checkpoint becomes the head before the branch moves back: a
-                // kill in between left the branch rewound under a head that still said
-                // complete (the result gone from the branch, and no resume to bring it
-                // back). The items finished after it run again: their done markers go.
-                self.forget_done_markers();
-                self.state.checkpoint.rewind_pending = true;
-                self.save("rewound")?;
-            }
-            self.rewind_branch()?;
-            self.state.checkpoint.rewind_pending = false;
-            self.save("branch rewound")?;
+        if self.rewind {
+            // The rewound checkpoint becomes the head before the branch moves back: a kill
+            // in between left the branch rewound under a head that still said complete
+            // (the result gone from the branch, and no resume to bring it back).
+            self.state.checkpoint.rewind_pending = true;
+            self.save("rewound")?;
+            crash_point("rewound");
+        }
+        if self.state.checkpoint.rewind_pending {
+            self.finish_rewind()?;
         } else {
             self.undo_unfinished_commits()?;
         }
@@ -697,4 +709,17 @@ fn off_branch(worktree: &Path, branch: &str) -> Option<String> {
 /// The first 12 digits of a commit, as notes show it.
 fn short(commit: &str) -> &str {
     &commit[..12.min(commit.len())]
+}
+
+/// The variable naming a point where the runner kills itself (SIGKILL), for tests of what
+/// a kill exactly there leaves: `rewound` (after a rewound checkpoint is saved, before the
+/// branch moves back). Unset, nothing happens.
+pub const CRASH_AT_ENV: &str = "PRODIGY_CRASH_AT";
+
+/// Kills this process with SIGKILL when [`CRASH_AT_ENV`] names `point`.
+fn crash_point(point: &str) {
+    if std::env::var(CRASH_AT_ENV).is_ok_and(|v| v == point) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
 }

@@ -91,6 +91,12 @@ impl Job {
             return Ok(outcome);
         }
         self.ensure_parent()?;
+        // A `resume --from` stopped before it moved the branch back: done first, or the
+        // retry would merge onto the branch the rewind undoes.
+        self.on_branch()?;
+        if self.state.checkpoint.rewind_pending {
+            self.finish_rewind()?;
+        }
         self.note(&format!("retrying {} items", selected.len()));
         let attempts = retry.max_retries.max(1);
         let ctx = self.agent_ctx(items, keys, attempts);

@@ -653,21 +653,35 @@ fn follow_keeps_following_a_complete_job_while_a_retry_runs() {
         let events = in_repo(&env, &repo, &["events", "show", "fr", "--json"]);
         stdout(&events).matches("\"agent_started\"").count() >= 3
     });
-    let mut follower = spawn_in(&env, &repo, &["events", "follow", "fr", "--json"]);
-    // Its first look at the runner comes at once: it must see the retry's.
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        follower.try_wait().unwrap().is_none(),
-        "follow ended while the retry ran: {}",
-        transcript(&follower.wait_with_output().unwrap())
-    );
+    // From now on, and from the start (which reads the first run's job_completed).
+    let mut followers = [
+        spawn_in(&env, &repo, &["events", "follow", "fr", "--json"]),
+        spawn_in(
+            &env,
+            &repo,
+            &["events", "follow", "fr", "--json", "--from-start"],
+        ),
+    ];
+    // Each asks about the runner about once a second: past two of those, neither ended.
+    std::thread::sleep(Duration::from_millis(2500));
+    for follower in &mut followers {
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "follow ended while the retry ran"
+        );
+    }
     std::fs::write(marks.join("go"), "").unwrap();
     assert!(retry.wait().unwrap().success());
-    let follow = follower.wait_with_output().unwrap();
-    assert_eq!(follow.status.code(), Some(0), "{}", transcript(&follow));
-    assert!(
-        stdout(&follow).contains("\"agent_completed\""),
-        "{}",
-        transcript(&follow)
-    );
+    let all = stdout(&in_repo(&env, &repo, &["events", "show", "fr", "--json"]));
+    for follower in followers {
+        let follow = follower.wait_with_output().unwrap();
+        assert_eq!(follow.status.code(), Some(0), "{}", transcript(&follow));
+        // The retry's own events to the log's last, read after the runner let go.
+        let text = stdout(&follow);
+        assert!(
+            text.contains("\"dlq_items_reprocessed\"") && text.lines().last() == all.lines().last(),
+            "{}",
+            transcript(&follow)
+        );
+    }
 }

@@ -645,3 +645,74 @@ fn a_rewind_before_the_map_runs_its_items_again() {
     runs.sort();
     assert_eq!(runs, ["1", "1", "2", "2", "3", "3"], "{}", transcript(&out));
 }
+
+/// Killed right after the rewound checkpoint was saved, before the branch moved back
+/// (`PRODIGY_CRASH_AT=rewound`, a real SIGKILL at that point): the next start moves the
+/// branch back first, whether it is a `resume` or a `dlq retry` (which merged onto the
+/// branch the rewind was to undo), and every item's commit is on the branch once.
+#[test]
+fn a_kill_between_the_rewound_save_and_the_branch_is_finished_by_the_next_start() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "pending");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\n{IDENTITY}mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: \"echo ${{item}} >> {m}/runs-$PRODIGY_JOB_ID; (test ${{item}} != 3 || test -f {m}/fixed) && echo ${{item}} $(date +%N) > f-${{item}}.txt && git add f-${{item}}.txt && git -c user.name=t -c user.email=t@t commit -qm item-${{item}}\"\n"
+        ),
+    );
+    write(&repo, "items.json", "[1, 2, 3]");
+    commit(&repo);
+    let log_of = |branch: &str| {
+        let out = std::process::Command::new("git")
+            .args(["log", "--format=%s", branch])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("item-"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for (job, then) in [("p1", "resume"), ("p2", "retry")] {
+        // Item 3 fails into the queue; 1 and 2 are merged.
+        let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", job]);
+        assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+        assert_eq!(log_of(&format!("prodigy/{job}")).len(), 2);
+        let mut cmd = env.std_cmd();
+        cmd.current_dir(&repo)
+            .args(["resume", job, "--from", "2"])
+            .env("PRODIGY_CRASH_AT", "rewound");
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "{}",
+            transcript(&out)
+        );
+        // Not moved yet.
+        assert_eq!(log_of(&format!("prodigy/{job}")).len(), 2);
+        std::fs::write(marks.join("fixed"), "").unwrap();
+        let out = match then {
+            "resume" => in_repo(&env, &repo, &["resume", job]),
+            _ => in_repo(&env, &repo, &["dlq", "retry", job]),
+        };
+        assert!(out.status.success(), "{then}: {}", transcript(&out));
+        let mut commits = log_of(&format!("prodigy/{job}"));
+        commits.sort();
+        let want: &[&str] = match then {
+            "resume" => &["item-1", "item-2", "item-3"],
+            // The retry runs item 3 alone, on the branch moved back to checkpoint 2.
+            _ => &["item-3"],
+        };
+        assert_eq!(commits, want, "{then}: {}", transcript(&out));
+        // The rewind was finished: the items after checkpoint 2 ran again (adopted from
+        // their done markers, they did not), the retry's item alone.
+        let runs = std::fs::read_to_string(marks.join(format!("runs-{job}"))).unwrap();
+        let ones = runs.lines().filter(|l| *l == "1").count();
+        assert_eq!(ones, if then == "resume" { 2 } else { 1 }, "{runs}");
+        std::fs::remove_file(marks.join("fixed")).unwrap();
+    }
+}

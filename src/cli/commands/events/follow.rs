@@ -78,6 +78,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         }
     }
     let mut polls: u64 = 0;
+    // Why following ends, told after one more look at the log.
+    let mut finishing: Option<(Exit, String)> = None;
+    let mut had_state = false;
     loop {
         polls += 1;
         let mut ended = None;
@@ -135,46 +138,70 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             note(&mut printed, &r.writer, r.seq);
         }
         ctx.out.flush()?;
-        match ended {
-            Some(Exit::Success) => {
-                ctx.diag.note(&format!("job {job} completed"));
-                return Ok(Exit::Success);
+        // The last look, taken after the runner let go, is printed: now say why it ended.
+        if let Some((exit, said)) = finishing.take() {
+            match exit {
+                Exit::Success => ctx.diag.note(&said),
+                _ => ctx.diag.error(&said),
             }
-            Some(exit) => {
-                ctx.diag.note(&format!("job {job} stopped on a failure"));
-                return Ok(exit);
-            }
-            None => {}
-        }
-        // About once a second: is anyone still running the job? (A log with no job state
-        // has no runner to ask about.)
-        let every = (1000 / args.interval.as_millis().max(1)).max(1) as u64;
-        if polls.is_multiple_of(every)
-            && let Some((_, c)) = has_state(&states)
-        {
-            let name = states.ref_name(&job)?;
-            // A complete job may be running again (`dlq retry` holds its run lock): it is
-            // followed until the holder lets go.
-            let held = states.refs().job_holder(&name)?.is_some();
-            let complete = c.phase == crate::state::Phase::Complete;
-            if complete && !held {
-                ctx.diag.note(&format!("job {job} is complete"));
-                return Ok(Exit::Success);
-            }
-            if c.error.is_some() && !held {
-                ctx.diag.note(&format!(
-                    "job {job} stopped on a failure: {}",
-                    c.error.unwrap_or_default()
-                ));
-                return Ok(Exit::Failure);
-            }
-            if !held && !complete {
-                ctx.diag.error(&format!(
-                    "job {job} has no runner now (it was interrupted, or its runner died)"
-                ));
+            if exit != Exit::Success && said.contains("has no runner") {
                 ctx.diag
                     .hint(&format!("`prodigy resume {job}` finishes it"));
-                return Ok(Exit::Failure);
+            }
+            return Ok(exit);
+        }
+        // Whether a runner holds the job (a log with no job state has no runner to ask
+        // about): a complete job may be running again (`dlq retry`), so a job_completed
+        // read, an old one with `--from-start` say, ends nothing while it is held.
+        let state = has_state(&states);
+        if state.is_some() {
+            had_state = true;
+        } else if had_state {
+            ctx.diag
+                .error(&format!("job {job} was removed while it was followed"));
+            return Ok(Exit::Failure);
+        }
+        let held = || -> anyhow::Result<bool> {
+            Ok(match &state {
+                Some(_) => states.refs().job_holder(&states.ref_name(&job)?)?.is_some(),
+                None => false,
+            })
+        };
+        match ended {
+            Some(exit) if !held()? => {
+                let said = match exit {
+                    Exit::Success => format!("job {job} completed"),
+                    _ => format!("job {job} stopped on a failure"),
+                };
+                ctx.diag.note(&said);
+                return Ok(exit);
+            }
+            _ => {}
+        }
+        // About once a second: is anyone still running the job? The lock is asked before
+        // the state is read (a runner that saves complete, then lets go, is complete),
+        // and once it is free the log is read once more before the end is told.
+        let every = (1000 / args.interval.as_millis().max(1)).max(1) as u64;
+        if polls.is_multiple_of(every) && state.is_some() {
+            let held = held()?;
+            if let Some((_, c)) = has_state(&states).filter(|_| !held) {
+                let complete = c.phase == crate::state::Phase::Complete;
+                finishing = Some(if complete {
+                    (Exit::Success, format!("job {job} is complete"))
+                } else if let Some(error) = c.error {
+                    (
+                        Exit::Failure,
+                        format!("job {job} stopped on a failure: {error}"),
+                    )
+                } else {
+                    (
+                        Exit::Failure,
+                        format!(
+                            "job {job} has no runner now (it was interrupted, or its runner died)"
+                        ),
+                    )
+                });
+                continue;
             }
         }
         std::thread::sleep(args.interval);
