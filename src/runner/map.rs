@@ -63,8 +63,37 @@ impl Job {
         if let Some(reason) = stop_reason {
             return Err(self.stop(reason));
         }
+        self.drop_stale_dead_letters()?;
         self.state.checkpoint.phase = Phase::Merge;
         self.save("phase merge")
+    }
+
+    /// Items the dead-letter queue holds that are done now (`resume --from` ran them
+    /// again, and they succeeded) leave it, as `dlq retry` drops such stale entries: `dlq
+    /// list` showed them as failures. A merge that fails puts an item back.
+    fn drop_stale_dead_letters(&mut self) -> Result<(), RunError> {
+        let snapshot = self.dlq.snapshot()?;
+        let stale: Vec<String> = snapshot
+            .items
+            .keys()
+            .filter(|k| {
+                self.state
+                    .results
+                    .get(*k)
+                    .is_some_and(|r| r.status == ItemStatus::Done)
+            })
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        for key in self.dlq.remove(&stale)? {
+            self.log(MapReduceEvent::DlqItemRemoved {
+                job_id: self.id().to_owned(),
+                item_id: key,
+            })?;
+        }
+        Ok(())
     }
 
     /// Agents that finished their steps but whose results no checkpoint recorded (the

@@ -716,3 +716,41 @@ fn a_kill_between_the_rewound_save_and_the_branch_is_finished_by_the_next_start(
         std::fs::remove_file(marks.join("fixed")).unwrap();
     }
 }
+
+/// An item dead-lettered by a run, then run again by `resume --from` and successful,
+/// leaves the queue (`dlq list` showed it as a failure until a `dlq retry` dropped it).
+#[test]
+fn a_rewound_item_that_succeeds_leaves_the_dead_letter_queue() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "requeue");
+    let m = marks.display();
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "name: w\n{IDENTITY}mode: mapreduce\nmap:\n  input: items.json\n  agent_template:\n    - shell: test ${{item}} != 2 || test -f {m}/fixed\n"
+        ),
+    );
+    write(&repo, "items.json", "[1, 2]");
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "q1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    assert_eq!(
+        json_in(&env, &repo, &["dlq", "list", "q1", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    std::fs::write(marks.join("fixed"), "").unwrap();
+    let out = in_repo(&env, &repo, &["resume", "q1", "--from", "2"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let left = json_in(&env, &repo, &["dlq", "list", "q1", "--json"]);
+    assert_eq!(left.as_array().unwrap().len(), 0, "{left}");
+    let events = ok_in(
+        &env,
+        &repo,
+        &["events", "show", "q1", "--type", "dlq_item_removed"],
+    );
+    assert_eq!(events.lines().count(), 1, "{events}");
+}
