@@ -310,7 +310,7 @@ pub fn gc(
     drop(listed);
     let packed = scan_packs(&packs, pack_entries, threads, &ticker);
 
-    let marked = mark(roots, &mut loose, &packed, &mut report)?;
+    let marked = mark(roots, &mut loose, &packed)?;
     report.reachable = marked.len() as u64 - report.missing;
     let pack_bytes_before = dir_bytes(&store.pack_dir());
     report.bytes_before = pack_bytes_before + loose.values().map(|l| l.size).sum::<u64>();
@@ -692,12 +692,11 @@ fn scan_chunk(p: usize, pack: &Pack, chunk: &[Entry]) -> Vec<(ObjectId, Packed)>
 }
 
 /// Everything reachable from `roots`, walked over the scan's notes. A good copy (loose or
-/// packed) is enough; an object with no good copy stops gc.
+/// packed) is enough; an object with no good copy, or none at all, stops gc.
 fn mark(
     mut stack: Vec<ObjectId>,
     loose: &mut HashMap<ObjectId, Loose>,
     packed: &HashMap<ObjectId, Packed>,
-    report: &mut GcReport,
 ) -> Result<HashSet<ObjectId>, GcError> {
     let mut marked = HashSet::with_capacity(loose.len() + packed.len());
     while let Some(id) = stack.pop() {
@@ -727,7 +726,13 @@ fn mark(
             };
             return Err(GcError::Unreadable { id, source });
         } else {
-            report.missing += 1;
+            // Missing is unreadable too: a pack whose index was lost or damaged still
+            // holds it, and a gc that went on removed that pack (as left by an
+            // interrupted gc) or rewrote it without the object, for good.
+            return Err(GcError::Unreadable {
+                id,
+                source: ObjectError::NotFound { id },
+            });
         }
     }
     Ok(marked)

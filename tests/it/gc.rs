@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Env, Rng, append_in_batches_of, assert_all_read, blob, copy_dir, env_knob, packs,
-    small_objects, transcript,
+    Env, Rng, append_in_batches_of, assert_all_read, assert_one_line_error, blob, copy_dir,
+    env_knob, packs, small_objects, transcript,
 };
 use crate::events_concurrency::spawn_four_appenders;
 
@@ -597,5 +597,64 @@ fn gc_removes_the_directories_it_empties() {
     assert_ne!(id[..2], young[..2]);
     assert_eq!(env.ok(&["cat-object", "-p", &id], b""), "written after gc");
     assert_eq!(event_count(&env, "j"), 20);
+    assert_fsck_clean(&env);
+}
+
+/// A pack whose index is gone, or whose index names an object wrongly (one flipped byte),
+/// still holds the objects the refs name: gc refuses and removes nothing (it removed the
+/// pack as left by an interrupted gc, or rewrote it without the object, and exited 0: a
+/// fifth hostile sweep). With the index put back, every event reads.
+#[test]
+fn gc_refuses_while_a_reachable_object_is_missing_and_keeps_the_pack() {
+    let env = Env::new();
+    let events: String = (0..300)
+        .map(|n| format!("{{\"event_type\":\"agent_progress\",\"n\":{n}}}\n"))
+        .collect();
+    env.ok(
+        &[
+            "events",
+            "append",
+            "--job",
+            "j",
+            "--repo",
+            "api",
+            "--batch-size",
+            "10",
+        ],
+        events.as_bytes(),
+    );
+    gc_json(&env, &["--prune", "now"]);
+    let pack_dir = env.home().join("objects/pack");
+    let idx = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "idx"))
+        .unwrap();
+    let good = std::fs::read(&idx).unwrap();
+    let files = || walkdir(&pack_dir);
+    let before = files();
+    // The index gone.
+    std::fs::remove_file(&idx).unwrap();
+    let out = env.run(&["gc", "--prune", "now"], b"");
+    assert_one_line_error(&out, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be read, so gc removed nothing"),
+        "{}",
+        transcript(&out)
+    );
+    std::fs::write(&idx, &good).unwrap();
+    assert_eq!(files(), before);
+    assert_eq!(event_count(&env, "j"), 300);
+    // One byte of an id in the index flipped.
+    let mut bad = good.clone();
+    bad[24 + 1024 + 32 * 10 + 5] ^= 1;
+    std::fs::set_permissions(&idx, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&idx, &bad).unwrap();
+    let out = env.run(&["gc", "--prune", "now"], b"");
+    assert_one_line_error(&out, 1);
+    std::fs::write(&idx, &good).unwrap();
+    assert_eq!(files(), before);
+    assert_eq!(event_count(&env, "j"), 300);
     assert_fsck_clean(&env);
 }
