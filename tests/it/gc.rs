@@ -610,19 +610,7 @@ fn gc_refuses_while_a_reachable_object_is_missing_and_keeps_the_pack() {
     let events: String = (0..300)
         .map(|n| format!("{{\"event_type\":\"agent_progress\",\"n\":{n}}}\n"))
         .collect();
-    env.ok(
-        &[
-            "events",
-            "append",
-            "--job",
-            "j",
-            "--repo",
-            "api",
-            "--batch-size",
-            "10",
-        ],
-        events.as_bytes(),
-    );
+    env.ok(&append_in_batches_of("10"), events.as_bytes());
     gc_json(&env, &["--prune", "now"]);
     let pack_dir = env.home().join("objects/pack");
     let idx = std::fs::read_dir(&pack_dir)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{Env, IDENTITY, git, init_repo, transcript};
-use crate::runner::{in_repo, json_in, ok_in, spawn_in, wait_for, write};
+use crate::runner::{git_out, in_repo, json_in, ok_in, spawn_in, wait_for, write};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -582,12 +582,7 @@ fn a_broken_job_is_skipped_by_jobs_and_removed_by_ref_delete_or_jobs_rm() {
     assert!(writer_head.is_file(), "{}", writer_head.display());
     std::fs::write(&writer_head, "garbage\n").unwrap();
     let registered = |repo: &std::path::Path| {
-        let out = std::process::Command::new("git")
-            .args(["worktree", "list", "--porcelain"])
-            .current_dir(repo)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("rm@job")
+        git_out(repo, &["worktree", "list", "--porcelain"]).contains("rm@job")
     };
     assert!(registered(&repo));
     let out = in_repo(&env, &repo, &["jobs", "rm", "rm", "-y"]);

@@ -1192,7 +1192,8 @@ fn the_readme_example_runs() {
     assert_eq!(log, "file-stats: 2 of 2 files");
 }
 
-fn git_out(dir: &Path, args: &[&str]) -> String {
+/// What git prints in `dir` (trimmed), failing or not.
+pub(crate) fn git_out(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)

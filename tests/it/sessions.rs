@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::common::{Env, IDENTITY, git, transcript};
 use crate::runner::{
-    assert_one_line_error, in_repo, job_show, json_in, ok_in, repo_and_marks, spawn_in, wait_for,
-    write,
+    assert_one_line_error, git_out, in_repo, job_show, json_in, ok_in, repo_and_marks, spawn_in,
+    wait_for, write,
 };
 
 fn lines(path: &Path) -> Vec<String> {
@@ -262,12 +262,7 @@ fn sigint_stops_a_sessions_running_step() {
 
 /// The files of `branch`'s last commit's tree, by name.
 fn tree_of(repo: &Path, branch: &str) -> Vec<String> {
-    let out = std::process::Command::new("git")
-        .args(["ls-tree", "--name-only", branch])
-        .current_dir(repo)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    git_out(repo, &["ls-tree", "--name-only", branch])
         .lines()
         .map(str::to_owned)
         .collect()
@@ -345,24 +340,11 @@ fn a_step_that_switches_branch_keeps_the_result_on_the_jobs_branch() {
     // The job's worktree is back on its branch, and a resume rewinding it moves that
     // branch, never the one the step went to.
     let worktree = env.home().join("worktrees/switch/q2/q2@job");
-    let head = |dir: &Path, rev: &str| {
-        let out = std::process::Command::new("git")
-            .args(["rev-parse", rev])
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let on = std::process::Command::new("git")
-        .args(["rev-parse", "--symbolic-full-name", "HEAD"])
-        .current_dir(&worktree)
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&on.stdout).trim(),
+        git_out(&worktree, &["rev-parse", "--symbolic-full-name", "HEAD"]),
         "refs/heads/prodigy/q2"
     );
-    let elsewhere = head(&repo, "elsewhere");
+    let elsewhere = git_out(&repo, &["rev-parse", "elsewhere"]);
     // A step left a branch checked out and failed (as a killed runner could leave it):
     // the start puts the job's branch back first.
     git(&worktree, &["checkout", "-q", "elsewhere"]);
@@ -374,7 +356,7 @@ fn a_step_that_switches_branch_keeps_the_result_on_the_jobs_branch() {
         "{}",
         transcript(&out)
     );
-    assert_eq!(head(&repo, "elsewhere"), elsewhere);
+    assert_eq!(git_out(&repo, &["rev-parse", "elsewhere"]), elsewhere);
 }
 
 /// A session resumed after its worktree and its branch were deleted starts from the commit
@@ -530,22 +512,8 @@ fn a_rewind_killed_midway_leaves_a_job_that_resume_finishes() {
     assert!(out.status.success(), "{}", transcript(&out));
     let files = || tree_of(&repo, "prodigy/r1");
     assert!(files().contains(&"f-3.txt".to_owned()));
-    let base = {
-        let out = std::process::Command::new("git")
-            .args(["rev-parse", "main"])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let tip = || {
-        let out = std::process::Command::new("git")
-            .args(["rev-parse", "prodigy/r1"])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let base = git_out(&repo, &["rev-parse", "main"]);
+    let tip = || git_out(&repo, &["rev-parse", "prodigy/r1"]);
     std::fs::write(marks.join("hold"), "").unwrap();
     let mut resume = spawn_in(&env, &repo, &["resume", "r1", "--from", "2"]);
     wait_for("the branch moved back", Duration::from_secs(30), || {
@@ -607,12 +575,7 @@ fn a_link_or_a_file_in_place_of_the_jobs_worktree_is_never_used() {
             std::fs::read_to_string(repo.join("README")).unwrap(),
             "uncommitted work\n"
         );
-        let on = std::process::Command::new("git")
-            .args(["symbolic-ref", "--short", "HEAD"])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&on.stdout).trim(), "main");
+        assert_eq!(git_out(&repo, &["symbolic-ref", "--short", "HEAD"]), "main");
         assert!(tree_of(&repo, &format!("prodigy/{job}")).contains(&"zz.txt".to_owned()));
         git(&repo, &["checkout", "-q", "--", "README"]);
     }
@@ -665,12 +628,7 @@ fn a_kill_between_the_rewound_save_and_the_branch_is_finished_by_the_next_start(
     write(&repo, "items.json", "[1, 2, 3]");
     commit(&repo);
     let log_of = |branch: &str| {
-        let out = std::process::Command::new("git")
-            .args(["log", "--format=%s", branch])
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        git_out(&repo, &["log", "--format=%s", branch])
             .lines()
             .filter(|l| l.starts_with("item-"))
             .map(str::to_owned)
