@@ -25,31 +25,11 @@ pub(super) fn fsck(
         bad: HashSet::new(),
         links: Default::default(),
         heads: Vec::new(),
+        named: Vec::new(),
         now: SystemTime::now(),
     };
 
-    // Objects.
-    let mut ids = Vec::new();
-    for stored in bucket.objects()? {
-        match stored.id {
-            Some(id) => ids.push(id),
-            None => checker.find(
-                Severity::Warning,
-                &stored.address,
-                "not an object key (unexpected name)",
-            ),
-        }
-    }
-    for chunk in ids.chunks(CHUNK) {
-        for (id, (path, read)) in chunk.iter().zip(bucket.fetch(chunk)?) {
-            // None: deleted since the listing (a gc running now).
-            if let Some(read) = read {
-                checker.checked(*id, read.map_err(|e| crate::error_line(&e)), &path, "");
-            }
-        }
-    }
-
-    // Refs.
+    // Refs first: what they name was written before they moved (see `Checker::named`).
     let mut names = Vec::new();
     for listed in bucket.refs()? {
         match listed {
@@ -88,6 +68,28 @@ pub(super) fn fsck(
             Err(e) => checker.find(Severity::Error, &log_path, crate::error_line(&e)),
         }
     }
+
+    // Objects.
+    let mut ids = Vec::new();
+    for stored in bucket.objects()? {
+        match stored.id {
+            Some(id) => ids.push(id),
+            None => checker.find(
+                Severity::Warning,
+                &stored.address,
+                "not an object key (unexpected name)",
+            ),
+        }
+    }
+    for chunk in ids.chunks(CHUNK) {
+        for (id, (path, read)) in chunk.iter().zip(bucket.fetch(chunk)?) {
+            // None: deleted since the listing (a gc running now).
+            if let Some(read) = read {
+                checker.checked(*id, read.map_err(|e| crate::error_line(&e)), &path, "");
+            }
+        }
+    }
+    checker.named();
     checker.reachability();
     let mut report = checker.report;
     report.findings.sort();

@@ -108,6 +108,9 @@ struct Checker<'a> {
     links: HashMap<ObjectId, Vec<ObjectId>>,
     /// Every ref's value, for the reachability walk.
     heads: Vec<(RefName, PathBuf, ObjectId)>,
+    /// What refs and reflog entries name, checked once the objects are listed: (the file,
+    /// what names it, the id).
+    named: Vec<(PathBuf, String, ObjectId)>,
     now: SystemTime,
 }
 
@@ -275,20 +278,31 @@ impl Checker<'_> {
         }
     }
 
+    /// Notes that `what` in `path` names `id`, to be checked by [`Checker::named`] once the
+    /// objects are listed.
     fn target(&mut self, path: &Path, what: &str, id: ObjectId) {
-        if self.good.contains(&id) {
-            return;
+        self.named.push((path.to_path_buf(), what.to_owned(), id));
+    }
+
+    /// Every id a ref or a reflog entry named is a good object. The refs are read before the objects are listed: a writer writes its
+    /// objects before it moves a ref, so what a ref named then is listed (a ref moved during
+    /// the listing would name objects written after it).
+    fn named(&mut self) {
+        for (path, what, id) in std::mem::take(&mut self.named) {
+            if self.good.contains(&id) {
+                continue;
+            }
+            let state = if self.bad.contains(&id) {
+                "corrupt"
+            } else {
+                "missing"
+            };
+            self.find(
+                Severity::Error,
+                &path,
+                format!("{what} names {state} object {id}"),
+            );
         }
-        let state = if self.bad.contains(&id) {
-            "corrupt"
-        } else {
-            "missing"
-        };
-        self.find(
-            Severity::Error,
-            path,
-            format!("{what} names {state} object {id}"),
-        );
     }
 
     /// A good object a ref names is of its kind's type (`RefKind::object_type`), or a
@@ -422,7 +436,6 @@ impl Checker<'_> {
         if let Some(id) = head {
             self.report.refs += 1;
             self.target(&head_path, &format!("ref {name}"), id);
-            self.kind_of_head(store, name, &head_path, id);
             self.heads.push((name.clone(), head_path.clone(), id));
         }
         let log_path = store.reflog_path(name);
@@ -549,6 +562,17 @@ pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
     if let Collection::Bucket(keys) = Collection::of(refs)? {
         return bucket::fsck(home, refs, &keys);
     }
+    // The home's gc lock, shared as writers hold it: gc neither packs nor removes an object
+    // while it is being checked. A home that does not exist is not made; a read-only one
+    // takes no lock (nothing can change it through this mount).
+    let _guard = if home.root().exists() {
+        match refs.write_guard() {
+            Err(RefError::Lock(crate::lock::LockError::Fs(e))) if e.is_read_only() => None,
+            guard => Some(guard?),
+        }
+    } else {
+        None
+    };
     let mut checker = Checker {
         home,
         report: FsckReport::default(),
@@ -556,10 +580,15 @@ pub fn fsck(home: &Home, refs: &RefStore) -> Result<FsckReport, FsckError> {
         bad: HashSet::new(),
         links: HashMap::new(),
         heads: Vec::new(),
+        named: Vec::new(),
         now: SystemTime::now(),
     };
-    checker.objects(refs.objects())?;
     checker.refs(refs)?;
+    checker.objects(refs.objects())?;
+    checker.named();
+    for (name, path, id) in checker.heads.clone() {
+        checker.kind_of_head(refs, &name, &path, id);
+    }
     checker.reachability();
     checker.records()?;
     let mut report = checker.report;

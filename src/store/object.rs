@@ -1034,7 +1034,13 @@ impl ObjectStore {
                 strays.push(path);
                 continue;
             }
-            for inner in fs::read_dir(&path).at("list", &path)? {
+            let inner_entries = match fs::read_dir(&path) {
+                Ok(entries) => entries,
+                // Emptied and removed by a gc since the listing above.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(FsError::new("list", &path, e).into()),
+            };
+            for inner in inner_entries {
                 let inner = inner.at("list", &path)?;
                 let file = inner.file_name().to_string_lossy().into_owned();
                 match format!("{name}{file}").parse::<ObjectId>() {

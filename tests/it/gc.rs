@@ -137,6 +137,43 @@ fn appenders_lose_nothing_while_gc_prunes_now_in_a_loop() {
     assert_fsck_clean(&env);
 }
 
+/// fsck beside four appenders and a gc in a loop finds nothing wrong: it reads the refs
+/// before the objects (so a ref a writer moves meanwhile never names an object it has not
+/// listed) and holds the home's gc lock shared (so gc never packs or removes what it is
+/// reading, and waits for it).
+#[test]
+fn fsck_beside_appenders_and_gc_finds_nothing_wrong() {
+    let env = Env::new();
+    let mut children = spawn_four_appenders(&env);
+    let alive = std::sync::atomic::AtomicBool::new(true);
+    let mut checks = 0;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while alive.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = env.run(&["gc", "--prune", "now"], b"");
+                assert!(out.status.success(), "{}", transcript(&out));
+            }
+        });
+        let start = Instant::now();
+        while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+            let out = env.run(&["fsck"], b"");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stop = !out.status.success() || stdout.lines().any(|l| l.starts_with("error"));
+            if stop || start.elapsed() > Duration::from_secs(120) {
+                alive.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+            assert!(!stop, "fsck {checks}: {}", transcript(&out));
+            checks += 1;
+        }
+        alive.store(false, std::sync::atomic::Ordering::Relaxed);
+    });
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    assert!(checks >= 1, "fsck never ran beside the appenders");
+    assert_fsck_clean(&env);
+}
+
 /// gc killed with SIGKILL at random moments: the store always reads, and the next gc and
 /// fsck are clean. `PRODIGY_GC_TRIALS=N` for more (100 in the suite).
 #[test]
