@@ -92,7 +92,11 @@ impl Config {
             reason,
         };
         match crate::fsutil::read_nofollow(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| error(e.to_string())),
+            Ok(bytes) => {
+                json_object(&bytes).map_err(error)?;
+                // Parsed again from the text, so that an error names its line and column.
+                serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
             Err(e) => Err(error(e.to_string())),
         }
@@ -104,6 +108,29 @@ impl Config {
             .repos
             .get(repo)
             .unwrap_or(&self.retention.default)
+    }
+}
+
+/// `config.json`'s text as a JSON object. Anything else is refused: serde reads a struct
+/// from an array by position, so `[{}, {"reflog_expire": "now"}]` would set gc's expiry.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    match serde_json::from_slice(bytes).map_err(|e| e.to_string())? {
+        value @ serde_json::Value::Object(_) => Ok(value),
+        other => Err(format!(
+            "the settings must be a JSON object ({{\"retention\": …, \"gc\": …, \"store\": …}}), not {}",
+            kind_of(&other)
+        )),
+    }
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -122,8 +149,7 @@ pub fn store_setting(home: &Home) -> Result<Option<String>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(error(e.to_string())),
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| error(e.to_string()))?;
+    let value = json_object(&bytes).map_err(error)?;
     match value.get("store") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(url)) => Ok(Some(url.clone())),

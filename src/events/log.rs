@@ -71,6 +71,12 @@ pub enum EventError {
         /// The job id.
         job: String,
     },
+    /// A repository with no event log at all.
+    #[error("no events in repo {repo}")]
+    NoSuchRepo {
+        /// The repo name.
+        repo: String,
+    },
 }
 
 impl crate::hint::Hint for EventError {
@@ -81,7 +87,7 @@ impl crate::hint::Hint for EventError {
             EventError::Config(e) => e.hint(),
             EventError::Storage(e) => e.hint(),
             EventError::Broken { .. } => Some(crate::hint::DAMAGED),
-            EventError::NoSuchJob { .. } => Some(
+            EventError::NoSuchJob { .. } | EventError::NoSuchRepo { .. } => Some(
                 "`prodigy events ls` lists the jobs with events (`--all-repos` every repository's)",
             ),
             EventError::BadNode { .. }

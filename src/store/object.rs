@@ -561,6 +561,12 @@ impl ObjectStore {
         }
     }
 
+    /// Ok when the store can be used: always for a home, and for a remote store whose
+    /// address was understood (nothing is asked of the server).
+    pub fn usable(&self) -> Result<(), RemoteError> {
+        self.s3().map(|_| ())
+    }
+
     /// The S3 client, when the objects live in an S3 store.
     pub(super) fn s3(&self) -> Result<Option<&Arc<Remote>>, RemoteError> {
         match &self.backend {

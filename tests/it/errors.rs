@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::common::{Env, init_repo, snapshot};
+use crate::common::{Env, assert_one_line_error, init_repo, snapshot, transcript};
 
 /// `prodigy args…` run in `repo`.
 fn in_repo(env: &Env, repo: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -76,6 +76,58 @@ fn a_bad_config_names_the_file() {
     )
     .unwrap();
     snapshot("error_bad_config", &env.run(&["gc"], b""), &env.home());
+}
+
+/// config.json must be a JSON object: an array (which serde would read by position, the
+/// second element as the gc section) or a string is refused by every command, the one that
+/// reads only its `store` included, with one line naming the file.
+#[test]
+fn a_config_that_is_not_an_object_is_refused() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.home()).unwrap();
+    for body in [
+        r#"[{}, {"reflog_expire": "now"}, "s3://bucket/p"]"#,
+        r#""s3://bucket/p""#,
+    ] {
+        std::fs::write(env.home().join("config.json"), body).unwrap();
+        for args in [&["gc", "--dry-run"][..], &["jobs"]] {
+            let out = env.run(args, b"");
+            let line = assert_one_line_error(&out, 1);
+            assert!(line.contains("config.json"), "{line}");
+            assert!(line.contains("must be a JSON object"), "{line}");
+        }
+    }
+}
+
+/// `events clean` refuses a store it cannot use even when no limit applies (it said
+/// "nothing to do" and exited 0), and a repository with no events is an error, as an
+/// unknown job is (it exited 0 in silence).
+#[test]
+fn events_clean_refuses_a_bad_store_and_an_unknown_repo() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.home()).unwrap();
+    std::fs::write(env.home().join("config.json"), r#"{"store": "ftp://x"}"#).unwrap();
+    let out = env.run(&["events", "clean", "--repo", "api"], b"");
+    let line = assert_one_line_error(&out, 1);
+    assert!(line.contains("ftp://x"), "{line}");
+    std::fs::remove_file(env.home().join("config.json")).unwrap();
+    env.ok(
+        &["events", "append", "--job", "j", "--repo", "api"],
+        br#"{"event_type":"agent_started","agent_id":"a"}"#,
+    );
+    let out = env.run(
+        &["events", "clean", "--repo", "apx", "--older-than", "1d"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: no events in repo apx"), "{stderr}");
+    assert!(stderr.contains("events ls"), "{stderr}");
+    let report = env.ok(
+        &["events", "clean", "--repo", "api", "--older-than", "1d"],
+        b"",
+    );
+    assert!(report.contains("api/j: removed 0 of 1 events"), "{report}");
 }
 
 #[test]

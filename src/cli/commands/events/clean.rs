@@ -53,6 +53,9 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let refs = ctx.refs();
+    // A store that cannot be used is refused even when there turns out to be nothing to
+    // do, as every other command refuses it.
+    refs.objects().usable()?;
     let repos: Vec<String> = if args.all_repos {
         let mut r: Vec<String> = refs
             .list(Some(RefKind::Events.as_str()))?
@@ -106,6 +109,9 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                     .map(|(n, _)| n.job().to_owned())
                     .collect();
                 jobs.dedup();
+                if jobs.is_empty() {
+                    return Err(crate::events::EventError::NoSuchRepo { repo: repo.clone() }.into());
+                }
                 jobs
             }
         };
