@@ -36,6 +36,15 @@ pub enum HomeError {
         /// Where the link points.
         target: PathBuf,
     },
+    /// The home, or a directory above it, is a file (or another thing that is not a
+    /// directory).
+    #[error("the store '{}' is not a directory: {what}; point PRODIGY_HOME (or --home) at a directory", path.display())]
+    NotADirectory {
+        /// The home.
+        path: PathBuf,
+        /// What is there instead.
+        what: &'static str,
+    },
     /// The current directory, needed to make a relative home absolute, is unknown.
     #[error("cannot make the home '{}' absolute", path.display())]
     Relative {
@@ -86,10 +95,21 @@ impl Home {
     /// Refuses a home owned by another user: its refs, locks and objects are theirs to
     /// write, and a home someone else controls could point anywhere. A home that does not
     /// exist yet is fine (it will be created as this user's); a symlink to nothing is
-    /// refused, saying where it points.
+    /// refused, saying where it points, and so is a home that is not a directory (every
+    /// file under it would fail, and the first to be read named itself, not the home).
     pub fn check_owner(&self) -> Result<(), HomeError> {
         use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(&self.root) else {
+        let not_a_directory = |what| HomeError::NotADirectory {
+            path: self.root.clone(),
+            what,
+        };
+        let meta = std::fs::metadata(&self.root);
+        if let Err(e) = &meta
+            && e.kind() == std::io::ErrorKind::NotADirectory
+        {
+            return Err(not_a_directory("a directory above it is a file"));
+        }
+        let Ok(meta) = meta else {
             if let Ok(target) = std::fs::read_link(&self.root) {
                 return Err(HomeError::DanglingLink {
                     path: self.root.clone(),
@@ -98,6 +118,13 @@ impl Home {
             }
             return Ok(());
         };
+        if !meta.is_dir() {
+            return Err(not_a_directory(if meta.is_file() {
+                "it is a file"
+            } else {
+                "it is a device, socket or pipe"
+            }));
+        }
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
             return Err(HomeError::NotOwner {

@@ -78,6 +78,46 @@ fn a_bad_config_names_the_file() {
     snapshot("error_bad_config", &env.run(&["gc"], b""), &env.home());
 }
 
+/// A home that is a file, or under one, is named as such by every command (the error was
+/// about `config.json`, "Not a directory").
+#[test]
+fn a_home_that_is_a_file_says_so() {
+    let env = Env::new();
+    let file = env.scratch().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for home in [file.clone(), file.join("sub")] {
+        for args in [
+            &["jobs"][..],
+            &["events", "append", "--repo", "a", "--job", "j"],
+        ] {
+            let out = env
+                .cmd()
+                .env("PRODIGY_HOME", &home)
+                .args(args)
+                .write_stdin("{\"event_type\":\"x\"}")
+                .output()
+                .unwrap();
+            let line = assert_one_line_error(&out, 1);
+            assert!(
+                line.contains(&format!(
+                    "the store '{}' is not a directory",
+                    home.display()
+                )),
+                "{line}"
+            );
+        }
+        let out = env
+            .cmd()
+            .arg("--home")
+            .arg(&home)
+            .arg("fsck")
+            .output()
+            .unwrap();
+        assert!(assert_one_line_error(&out, 1).contains("is not a directory"));
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
 /// config.json must be a JSON object: an array (which serde would read by position, the
 /// second element as the gc section) or a string is refused by every command, the one that
 /// reads only its `store` included, with one line naming the file.
