@@ -38,7 +38,9 @@ pub struct Args {
     /// else.
     #[arg(long)]
     pub json: bool,
-    /// Keep printing steps as they end, until the job completes or stops.
+    /// Keep printing steps as they end, until the job completes or stops. A job with no
+    /// runner of its own (its events only appended, by `events append`) is followed until
+    /// interrupted, as `events follow` follows it.
     #[arg(short, long)]
     pub follow: bool,
 }
