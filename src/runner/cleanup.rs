@@ -277,15 +277,18 @@ pub fn clean(
                     std::fs::remove_dir_all(&w.path)
                         .map_err(|e| crate::fsutil::FsError::new("remove", &w.path, e))?;
                 }
+                repo_roots
+                    .entry(spec.repo_root.clone())
+                    .or_insert_with(Vec::new)
+                    .push(w.path.clone());
             }
-            repo_roots.insert(spec.repo_root.clone(), ());
             report.removed.push(w);
         }
         drop(lock);
     }
     if !opts.dry_run {
-        for root in repo_roots.keys() {
-            let _ = git::git(root, &["worktree", "prune"]);
+        for (root, paths) in &repo_roots {
+            let _ = git::forget_worktrees(root, paths);
         }
     }
     Ok(report)
@@ -361,7 +364,11 @@ pub fn remove_job(
             tree.remove(&w.path);
             removed.worktrees.push(w.path);
         }
-        let _ = git::git(&spec.repo_root, &["worktree", "prune"]);
+        // Those removed, and any deleted by hand (not listed): every one is in the job's
+        // directory, unless the job moved homes.
+        let mut ours = removed.worktrees.clone();
+        ours.extend([dir.clone(), spec.agents_dir.clone()]);
+        let _ = git::forget_worktrees(&spec.repo_root, &ours);
     }
     for name in &names {
         if refs
@@ -383,10 +390,9 @@ pub fn remove_job(
         let _ = std::fs::remove_dir_all(&dir);
     }
     if state.is_err()
-        && !removed.worktrees.is_empty()
         && let Ok(Some(record)) = crate::repo::read_record(home, repo)
     {
-        let _ = git::git(&record.root, &["worktree", "prune"]);
+        let _ = git::forget_worktrees(&record.root, std::slice::from_ref(&dir));
     }
     Ok(removed)
 }

@@ -48,6 +48,47 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     git_env(dir, args, &BTreeMap::new())
 }
 
+/// Forgets the registrations of the worktrees in `paths` (or below them) whose directories
+/// are gone, as `git worktree prune` forgets a missing worktree, but only these: prune
+/// forgets every missing worktree of the repository, a user's on an unmounted disk among
+/// them. A locked registration is kept, as prune keeps it.
+pub fn forget_worktrees(repo: &Path, paths: &[PathBuf]) -> Result<(), GitError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    // git records a worktree's real path; the caller's may run through a symlink.
+    let real = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            Some(
+                std::fs::canonicalize(p.parent()?)
+                    .ok()?
+                    .join(p.file_name()?),
+            )
+        })
+    };
+    let mut ours: Vec<PathBuf> = paths.to_vec();
+    ours.extend(paths.iter().filter_map(|p| real(p)));
+    let common = repo.join(git(repo, &["rev-parse", "--git-common-dir"])?);
+    let Ok(entries) = std::fs::read_dir(common.join("worktrees")) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let admin = entry.path();
+        if admin.join("locked").exists() {
+            continue;
+        }
+        let Ok(gitdir) = std::fs::read_to_string(admin.join("gitdir")) else {
+            continue;
+        };
+        let gitdir = Path::new(gitdir.trim());
+        if ours.iter().any(|p| gitdir.starts_with(p)) && std::fs::symlink_metadata(gitdir).is_err()
+        {
+            let _ = std::fs::remove_dir_all(&admin);
+        }
+    }
+    Ok(())
+}
+
 /// [`git`] with extra environment (the job's, so that `GIT_AUTHOR_NAME` and friends in a
 /// workflow's `env` also sign the runner's merge commits).
 pub fn git_env(
@@ -281,7 +322,7 @@ impl Worktrees {
             if path.exists() {
                 set_aside(path);
             }
-            let _ = git(&self.repo, &["worktree", "prune"]);
+            let _ = forget_worktrees(&self.repo, &[path.to_path_buf()]);
         }
     }
 
@@ -323,7 +364,7 @@ impl Worktrees {
                 }
             }
         }
-        git(&self.repo, &["worktree", "prune"]).map(|_| ())
+        forget_worktrees(&self.repo, &[under.to_path_buf()])
     }
 }
 

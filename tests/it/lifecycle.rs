@@ -316,6 +316,48 @@ fn worktrees_are_listed_cleaned_merged_and_jobs_removed() {
     git(&repo, &["rev-parse", "--verify", "-q", "prodigy/t1"]);
 }
 
+/// `worktree clean` and `jobs rm` forget git's registrations of the job's own worktrees
+/// whose directories are gone, and only those: a user's worktree whose directory is away
+/// (on a disk not mounted now) keeps its registration. They ran `git worktree prune`,
+/// which forgot it.
+#[test]
+fn cleaning_a_job_forgets_only_its_own_worktrees() {
+    let env = Env::new();
+    let repo = repo_with(&env, "own", &three_items());
+    let usb = env.scratch().join("usb-wt");
+    git(
+        &repo,
+        &["worktree", "add", "-q", "-b", "usb", usb.to_str().unwrap()],
+    );
+    std::fs::rename(&usb, env.scratch().join("usb-wt.unmounted")).unwrap();
+    let users = |repo: &std::path::Path| {
+        git_out(repo, &["worktree", "list", "--porcelain"]).contains("usb-wt\n")
+    };
+    assert!(users(&repo));
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "c1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    ok_in(&env, &repo, &["worktree", "clean", "--all", "-y"]);
+    assert!(users(&repo));
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "c2"]);
+    assert_eq!(out.status.code(), Some(3), "{}", transcript(&out));
+    // The job's worktrees deleted by hand: their registrations go with the job.
+    let list = json_in(&env, &repo, &["worktree", "ls", "--json"]);
+    let paths: Vec<PathBuf> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| PathBuf::from(w["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(paths.len(), 2, "{list}");
+    for p in &paths {
+        std::fs::remove_dir_all(p).unwrap();
+    }
+    ok_in(&env, &repo, &["jobs", "rm", "c2", "-y"]);
+    let listed = git_out(&repo, &["worktree", "list", "--porcelain"]);
+    assert!(!listed.contains("c2@"), "{listed}");
+    assert!(users(&repo), "{listed}");
+}
+
 #[test]
 fn a_running_jobs_worktrees_are_never_cleaned() {
     let env = Env::new();
