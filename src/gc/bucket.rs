@@ -72,7 +72,11 @@ pub(super) fn gc(
             if listed.contains_key(&id) {
                 todo.push(id);
             } else {
-                report.missing += 1;
+                // What it links to is unknown: going on would sweep it as unreachable.
+                return Err(GcError::Unreadable {
+                    id,
+                    source: ObjectError::NotFound { id },
+                });
             }
         }
         let read = par::map(&todo, READERS, |id| {
@@ -90,7 +94,7 @@ pub(super) fn gc(
             }
         }
     }
-    report.reachable = marked.len() as u64 - report.missing;
+    report.reachable = marked.len() as u64;
 
     // Sweep.
     let now = SystemTime::now();

@@ -163,8 +163,6 @@ pub struct GcReport {
     pub pruned_bytes: u64,
     /// Unreachable objects kept for being younger than the grace period.
     pub kept_young: u64,
-    /// Reachable objects named by a ref or reflog but missing (fsck reports them).
-    pub missing: u64,
     /// Reflog entries dropped for being older than the expiry.
     pub reflog_expired: u64,
     /// Temp files removed.
@@ -311,7 +309,7 @@ pub fn gc(
     let packed = scan_packs(&packs, pack_entries, threads, &ticker);
 
     let marked = mark(roots, &mut loose, &packed)?;
-    report.reachable = marked.len() as u64 - report.missing;
+    report.reachable = marked.len() as u64;
     let pack_bytes_before = dir_bytes(&store.pack_dir());
     report.bytes_before = pack_bytes_before + loose.values().map(|l| l.size).sum::<u64>();
 

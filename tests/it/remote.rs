@@ -590,6 +590,20 @@ fn gc_marks_from_the_remote_refs_and_sweeps_with_the_grace_rules() {
         "{}",
         transcript(&out)
     );
+    // ... and stops gc before it removes anything: what the missing object linked to is
+    // unknown (it went on, and swept the job's batches as unreachable).
+    let objects = || {
+        std::fs::read_dir(s3.file(p, "objects"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .count()
+    };
+    let before = objects();
+    assert!(before > 0);
+    let out = run(&env, &s3, p, &["gc", "--prune", "now"], b"");
+    let err = one_error(&out);
+    assert!(err.contains(head) && err.contains("not found"), "{err}");
+    assert_eq!(objects(), before);
     // A damaged ref key: reading it is one error naming its address; fsck reports it.
     let lane = ok(&env, &s3, p, &["ref", "list", "events/r/again"], b"");
     let lane = lane.split_whitespace().nth(1).unwrap().to_owned();

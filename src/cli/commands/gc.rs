@@ -96,11 +96,5 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
             report.packed, report.packs, report.bytes_before, report.bytes_after
         )?;
     }
-    if report.missing > 0 {
-        ctx.diag.warning(&format!(
-            "{} objects named by refs or reflogs are missing; run `prodigy fsck`",
-            report.missing
-        ));
-    }
     Ok(Exit::Success)
 }
