@@ -492,9 +492,9 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// The most of a line held back for masking: a longer line is masked in pieces (a secret
-/// cut between two pieces would pass; no secret is that long a line). So is what follows
-/// the start of a secret of several lines, past its last line break.
+/// The most of a line held back for masking: a longer line is masked in pieces, each cut
+/// where no secret crosses it (`Masker::unsplit_cut`). So is what follows the start of a
+/// secret of several lines that has not ended within this much.
 const MASK_LINE: usize = 1 << 20;
 
 /// Copies what the step writes to the log and hands it to `each`; with a mask or a tee,
@@ -539,14 +539,18 @@ fn pump(
                 held.extend_from_slice(&buf[..n]);
                 let last_end =
                     memchr::memrchr(b'\n', &held[search_from..]).map(|at| search_from + at);
-                let cut = match last_end {
+                let long = held.len() > MASK_LINE;
+                let cut = match (last_end, mask) {
                     // A secret of several lines may have begun: held back until it is
                     // whole (or cannot be), so the mask finds it in one piece.
-                    Some(at) => mask
-                        .filter(|_| held.len() <= MASK_LINE)
-                        .map_or(at + 1, |m| m.safe_cut(&held, at + 1)),
-                    None if held.len() > MASK_LINE => held.len(),
-                    None => 0,
+                    (Some(at), Some(m)) => match m.safe_cut(&held, at + 1) {
+                        0 if long => m.unsplit_cut(&held),
+                        cut => cut,
+                    },
+                    (Some(at), None) => at + 1,
+                    (None, Some(m)) if long => m.unsplit_cut(&held),
+                    (None, None) if long => held.len(),
+                    (None, _) => 0,
                 };
                 if cut > 0 {
                     out(&held[..cut]);
@@ -746,4 +750,40 @@ fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
         tv_nsec: 0,
     };
     matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of several MiB, with no line break, carrying a secret across every 16 KiB
+    /// boundary (where reads end) and more between: cut into pieces to mask, no piece ends
+    /// inside a secret (before, the secret across the cut past 1 MiB went out in two
+    /// pieces, each unmasked).
+    #[test]
+    fn a_long_line_is_never_cut_inside_a_secret() {
+        let secret = "s3cr3t-VALUE-0123456789".to_owned();
+        let mask = Masker::new([&secret]);
+        let mut line = vec![b'x'; 3 * MASK_LINE];
+        let mut n = 0;
+        let mut at = 100;
+        while at + secret.len() < line.len() {
+            line[at..at + secret.len()].copy_from_slice(secret.as_bytes());
+            n += 1;
+            // Across the next read boundary, or 1,000 bytes on.
+            let boundary = ((at + 40) / 16384 + 1) * 16384 - 10;
+            at = boundary.min(at + 1000 + n % 41);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(File::create(dir.path().join("log")).unwrap()));
+        let mut out = Vec::new();
+        pump(&mut &line[..], &log, Some(&mask), None, |b| {
+            out.extend_from_slice(b)
+        });
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("s3cr3t"), "a secret went out unmasked");
+        assert_eq!(text.matches(crate::workflow::env::MASK).count(), n);
+        let logged = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(logged, text);
+    }
 }

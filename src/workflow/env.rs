@@ -373,6 +373,36 @@ impl Masker {
     }
 }
 
+impl Masker {
+    /// Where to cut `bytes`, a line too long to hold whole, so that no secret is cut in
+    /// two: before the last bytes that could begin one not yet whole, and then before any
+    /// secret that crosses the cut. Every secret beginning before the cut is then whole in
+    /// what is written, where [`Masker::bytes`] finds it. 0 only for a secret longer than
+    /// the rest of `bytes`.
+    pub fn unsplit_cut(&self, bytes: &[u8]) -> usize {
+        let longest = self.finders.iter().map(|f| f.needle().len()).max();
+        let mut cut = bytes.len().saturating_sub(longest.unwrap_or(1) - 1);
+        loop {
+            let mut moved = false;
+            for finder in &self.finders {
+                let len = finder.needle().len();
+                // An occurrence in this window starts before `cut` and ends after it.
+                let from = cut.saturating_sub(len - 1);
+                let to = (cut + len - 1).min(bytes.len());
+                if let Some(found) = finder.find(&bytes[from..to])
+                    && from + found < cut
+                {
+                    cut = from + found;
+                    moved = true;
+                }
+            }
+            if !moved || cut == 0 {
+                return cut;
+            }
+        }
+    }
+}
+
 /// The forms of one secret (see [`Masker`]).
 fn forms_of(value: &str) -> Vec<String> {
     let mut forms = vec![value.to_owned()];
