@@ -283,6 +283,7 @@ fn run_labelled(
         if let Some(h) = &step.on_failure {
             let mut captured = vars.captured.cloned().unwrap_or_default();
             failure_names(&mut captured, step, &ran);
+            let mut handled = !h.steps.is_empty();
             for (i, hs) in h.steps.iter().enumerate() {
                 let hlabel = numbered(label, "on_failure", i, h.steps.len());
                 let hvars = Vars {
@@ -299,16 +300,23 @@ fn run_labelled(
                             site.log,
                             &format!("# on_failure step failed: {}\n", f.message),
                         );
+                        handled = false;
                         break;
                     }
                 }
             }
-            if attempt == attempts && !h.fail_workflow {
-                write_log(site.log, "# still failing; on_failure says go on\n");
+            if attempt == attempts && !h.fail_workflow.unwrap_or(!handled) {
+                write_log(
+                    site.log,
+                    match h.fail_workflow {
+                        Some(_) => "# still failing; on_failure says go on\n",
+                        None => "# still failing; handled by on_failure, the workflow goes on\n",
+                    },
+                );
                 let (message, code, _) = last.take().unwrap_or_default();
                 let _ = message;
                 return Ok(StepOk {
-                    captured: kept.and_then(Result::ok),
+                    captured: kept_forgiven(step, &ran),
                     output: output_text(step, &ran),
                     exit_code: code,
                     also: stream_names(step, &ran),
@@ -324,10 +332,7 @@ fn run_labelled(
             write_log(site.log, &format!("# failed, allowed: {message}\n"));
             // What it captured still counts (`capture_streams` records the failure).
             let (captured, also) = match &failed {
-                Some(ran) => (
-                    kept(step, ran, false).and_then(Result::ok),
-                    stream_names(step, ran),
-                ),
+                Some(ran) => (kept_forgiven(step, ran), stream_names(step, ran)),
                 None => (None, Vec::new()),
             };
             return Ok(StepOk {
@@ -616,12 +621,23 @@ fn stderr(ran: &Ran) -> Result<String, String> {
 /// The capture's value by the step's format, when it captures (and has run to its
 /// end, or records more than its output): `Err` says why it cannot be made.
 fn kept(step: &PlanStep, ran: &Ran, ok: bool) -> Option<Result<String, String>> {
-    let name = step.capture.as_ref()?;
     // A failed step captures only what records the failure: its streams' fields, or a
     // boolean capture (then false, as the original).
     if !ok && !step.streams.extended() && step.capture_format != CaptureFormat::Boolean {
         return None;
     }
+    kept_read(step, ran, ok)
+}
+
+/// What a failed step whose failure was forgiven (`allow_failure`, or `on_failure` going
+/// on) captured: what it printed, as the original captures it before it handles the
+/// failure, so the steps after it read it.
+fn kept_forgiven(step: &PlanStep, ran: &Ran) -> Option<String> {
+    kept_read(step, ran, false).and_then(Result::ok)
+}
+
+fn kept_read(step: &PlanStep, ran: &Ran, ok: bool) -> Option<Result<String, String>> {
+    let name = step.capture.as_ref()?;
     let text = match step.streams.stdout {
         true => stdout(ran),
         false => stderr(ran),

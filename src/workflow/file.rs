@@ -732,7 +732,9 @@ pub struct OnFailure {
     /// (default 1: no retry).
     #[serde(default, alias = "max_retries")]
     pub max_attempts: Option<u32>,
-    /// When false, a step that still fails does not fail the workflow (default true).
+    /// Whether a step that still fails fails the workflow. Unset, as in the original, a
+    /// handler that succeeds handles the failure and the workflow goes on; `false` goes
+    /// on even when the handler fails; `true` always fails.
     #[serde(default)]
     pub fail_workflow: Option<bool>,
     /// The handler must make a commit.

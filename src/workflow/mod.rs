@@ -312,8 +312,10 @@ pub struct PlanHandler {
     pub steps: Vec<PlanStep>,
     /// Attempts of the failed step in all.
     pub max_attempts: u32,
-    /// Whether a step that still fails fails the workflow.
-    pub fail_workflow: bool,
+    /// Whether a step that still fails fails the workflow: `None` (unset) when its
+    /// handler failed too, as the original (whose default is `false`, a handler meaning
+    /// the failure is handled).
+    pub fail_workflow: Option<bool>,
 }
 
 /// A compiled `validate:`.

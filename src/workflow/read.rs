@@ -1375,7 +1375,7 @@ impl Reader<'_> {
         Ok(PlanHandler {
             steps,
             max_attempts: f.max_attempts.unwrap_or(1).max(1),
-            fail_workflow: f.fail_workflow.unwrap_or(true),
+            fail_workflow: f.fail_workflow,
         })
     }
 

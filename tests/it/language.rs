@@ -523,6 +523,64 @@ fn secrets_with_quotes_escapes_and_line_breaks_are_masked_in_every_form() {
     assert!(shown.contains("test -n \"***\" && echo double"), "{shown}");
 }
 
+/// `on_failure:` without `fail_workflow`, as the original reads it (its default is
+/// `false`: a handler means the failure is handled): a handler that succeeds lets the
+/// workflow go on, in a session and in an agent, and the steps after read what the failed
+/// step printed; a handler that fails, or `fail_workflow: true`, stops it. (It stopped
+/// the workflow in every case.)
+#[test]
+fn on_failure_handles_a_failure_unless_its_handler_fails() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "handled");
+    let f = marks.join("handled.txt");
+    let session = |job: &str, handler: &str, extra: &str| {
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "env:\n  F: {}\n\
+                 commands:\n\
+                 \x20 - shell: echo broke-{job}; exit 3\n\
+                 \x20   capture: out\n\
+                 \x20   on_failure:\n\
+                 \x20     shell: {handler}\n{extra}\
+                 \x20 - shell: echo after ${{out}} >> $F\n",
+                f.display()
+            ),
+        );
+        commit_all(&repo);
+        run_in(&env, &repo, &["run", "w.yml", "--job-id", job], &[])
+    };
+    let out = session("s1", "echo handler >> $F", "");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(lines(&f), ["handler", "after broke-s1"]);
+    std::fs::remove_file(&f).unwrap();
+    let out = session("s2", "exit 1", "");
+    assert!(assert_one_line_error(&out, 1).contains("exit code 3"));
+    assert!(!f.exists(), "{}", read(&f));
+    let out = session("s3", "echo handler >> $F", "\x20     fail_workflow: true\n");
+    assert!(assert_one_line_error(&out, 1).contains("exit code 3"));
+    assert_eq!(lines(&f), ["handler"]);
+    std::fs::remove_file(&f).unwrap();
+    write(
+        &repo,
+        "m.yml",
+        &format!(
+            "name: m\nmode: mapreduce\nenv:\n  F: {}\n\
+             map:\n  input: \"printf 'a\\\\nb\\\\n'\"\n  max_parallel: 1\n  agent_template:\n\
+             \x20   - shell: test ${{item}} != b\n\
+             \x20     on_failure:\n\
+             \x20       shell: echo fixed-${{item}} >> $F\n\
+             \x20   - shell: echo next-${{item}} >> $F\n",
+            f.display()
+        ),
+    );
+    commit_all(&repo);
+    let out = run_in(&env, &repo, &["run", "m.yml", "--job-id", "m1"], &[]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(lines(&f), ["next-a", "fixed-b", "next-b"]);
+}
+
 #[test]
 fn step_fields_of_the_original_run_as_written() {
     let env = Env::new();
@@ -576,7 +634,7 @@ fn step_fields_of_the_original_run_as_written() {
           \x20   on_failure:\n\
           \x20     shell: echo fix ${lint} >> $F\n\
           \x20     fail_workflow: false\n\
-          \x20 - shell: echo never >> $F\n\
+          \x20 - shell: echo later ${lint} >> $F\n\
           \x20   when: \"${lint|default:none} != none\"\n\
           \x20 - shell: printf 'abcd'\n\
           \x20   capture: word\n\
@@ -596,6 +654,8 @@ fn step_fields_of_the_original_run_as_written() {
             "v-specs/7-feature.md sub",
             "cleared:::",
             "fix warning text",
+            // What a forgiven step printed is its capture, as the original keeps it.
+            "later warning text",
             "4 chars",
         ]
     );
