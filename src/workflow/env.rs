@@ -403,6 +403,29 @@ impl Masker {
     }
 }
 
+/// `text`, a plain value of `env:`, with each `${…}` in it replaced by `value` of what it
+/// names (`env.NAME` or `NAME`); an error names the reference. An unclosed `${` is an
+/// error too: the original replaced these references, and text that looks like one but
+/// is not read would reach the steps as it is.
+pub fn expand_value(
+    text: &str,
+    mut value: impl FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let inner = &rest[at + 2..];
+        let Some(end) = inner.find('}') else {
+            return Err(format!("{:?} has a `${{` without its `}}`", text));
+        };
+        out.push_str(&value(&inner[..end])?);
+        rest = &inner[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The forms of one secret (see [`Masker`]).
 fn forms_of(value: &str) -> Vec<String> {
     let mut forms = vec![value.to_owned()];

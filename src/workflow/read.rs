@@ -571,6 +571,38 @@ impl Reader<'_> {
             }
             plan.profiles.insert(name.clone(), profile);
         }
+        // `${env.NAME}` and `${NAME}` (another plain value) in a plain value, as the
+        // original reads them: replaced as the workflow is read, from the environment
+        // prodigy runs in (the job records the result; `resume` reads it from there).
+        // What the run adds (`--param`, `ARG`) is data and never read this way.
+        let mut expanded = Vec::new();
+        for (k, v) in e.env {
+            let EnvValue::Text(t) = &v.value else {
+                continue;
+            };
+            if !t.contains("${") {
+                continue;
+            }
+            let value = env::expand_value(t, |inner| {
+                let plain = values.get(inner).filter(|v: &&String| !v.contains("${"));
+                match (inner.strip_prefix("env."), plain) {
+                    (Some(name), _) if template::is_plain_name(name) && !name.contains('.') => {
+                        std::env::var(name).map_err(|_| {
+                            format!("${{env.{name}}}: {name} is not set in the environment")
+                        })
+                    }
+                    (None, Some(plain)) => Ok(plain.clone()),
+                    _ => Err(format!(
+                        "${{{inner}}}: an env value reads ${{env.NAME}} (the environment \
+                         prodigy runs in) or ${{NAME}} of another plain env value (itself \
+                         without ${{…}}); a secret is never copied"
+                    )),
+                }
+            })
+            .map_err(|e| self.at(v.referenced.line(), format!("env {k}: {e}")))?;
+            expanded.push((k.clone(), value));
+        }
+        values.extend(expanded);
         for (k, v) in &inputs.env {
             values.insert(k.clone(), v.clone());
         }

@@ -581,6 +581,57 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
     assert_eq!(lines(&f), ["next-a", "fixed-b", "next-b"]);
 }
 
+/// A plain `env:` value reads `${env.NAME}` (the environment prodigy runs in) and
+/// `${NAME}` (another plain value), as the original's; anything else in `${…}` is refused
+/// at load, and a value the run adds (`--param`) is data, never read. (Each went to the
+/// steps as the literal text `${env.HOME}/.cache`.)
+#[test]
+fn env_values_read_the_environment_and_each_other() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "envrefs");
+    let f = marks.join("env.txt");
+    let workflow = |extra: &str| {
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "env:\n  F: {}\n  CACHE: \"${{env.HOME}}/.cache/x\"\n  A: foo\n  B: \"${{A}}-bar\"\n{extra}\
+                 commands:\n\
+                 \x20 - shell: echo $CACHE $B ${{B}} $P >> $F\n",
+                f.display()
+            ),
+        );
+        commit_all(&repo);
+    };
+    workflow("");
+    let out = run_in(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "e1", "--param", "P=${env.HOME}"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", transcript(&out));
+    let home = env.dir.path().display().to_string();
+    assert_eq!(
+        lines(&f),
+        [format!("{home}/.cache/x foo-bar foo-bar ${{env.HOME}}")]
+    );
+    for (extra, says) in [
+        ("  C: \"${nope}\"\n", "env C: ${nope}: an env value reads"),
+        (
+            "  C: \"${env.PRODIGY_IT_UNSET}\"\n",
+            "PRODIGY_IT_UNSET is not set",
+        ),
+        ("  C: \"${B}\"\n", "env C: ${B}: an env value reads"),
+        ("  C: \"${A\"\n", "without its `}`"),
+    ] {
+        workflow(extra);
+        let out = run_in(&env, &repo, &["run", "w.yml"], &[]);
+        let line = assert_one_line_error(&out, 1);
+        assert!(line.contains("w.yml:") && line.contains(says), "{line}");
+    }
+}
+
 #[test]
 fn step_fields_of_the_original_run_as_written() {
     let env = Env::new();
