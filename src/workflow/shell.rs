@@ -107,6 +107,150 @@ pub fn sh_has_ansi_c() -> bool {
     })
 }
 
+/// Shells whose `-c` string is code (by the last part of the program's path).
+const SHELLS: &[&str] = &["sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "fish"];
+
+/// Refuses a variable that a second shell would read as code: one in the command string
+/// of `sh -c` (any of [`SHELLS`], `-c` alone or among other one-letter flags, as `-lc`;
+/// behind `timeout`, `find -exec`, `xargs`, `docker exec` alike) or among the arguments of
+/// `eval`. Quoting makes the step's shell hand the value over as its exact text, and the
+/// second shell then runs that text (a sixth sweep ran an item's `$(…)` so). Passing the
+/// value as an argument after the string (`sh -c '… "$1"' sh ${item}`), or through the
+/// environment, keeps it data; `${NAME|raw}` says the author means it as code.
+pub fn second_shell(pieces: &[Piece<'_>]) -> Result<(), String> {
+    let mut words: Vec<(String, bool)> = Vec::new();
+    let mut word = String::new();
+    let (mut in_word, mut has_var) = (false, false);
+    let mut line = 1;
+    let check = |words: &[(String, bool)], line: usize| -> Result<(), String> {
+        let n = words.len();
+        let Some((_, true)) = words.last() else {
+            return Ok(());
+        };
+        let at = if line > 1 {
+            format!(" (line {line} of the command)")
+        } else {
+            String::new()
+        };
+        let command = words.iter().position(|(w, _)| {
+            !(matches!(w.as_str(), "then" | "do" | "else" | "!" | "time" | "{")
+                || w.split_once('=').is_some_and(|(k, _)| is_name(k)))
+        });
+        if command.is_some_and(|i| i + 1 < n && words[i].0 == "eval") {
+            return Err(format!(
+                "a variable among the arguments of eval{at} would run as code: pass it \
+                 through the environment, or write ${{NAME|raw}} to run it as code knowingly"
+            ));
+        }
+        let c_flag = |w: &str| {
+            w.strip_prefix('-').is_some_and(|f| {
+                !f.is_empty()
+                    && f.len() <= 4
+                    && f.bytes().all(|b| b.is_ascii_alphabetic())
+                    && f.contains('c')
+            })
+        };
+        if n >= 3
+            && c_flag(&words[n - 2].0)
+            && words[..n - 2]
+                .iter()
+                .any(|(w, _)| SHELLS.contains(&w.rsplit('/').next().unwrap_or(w)))
+        {
+            return Err(format!(
+                "a variable in the command string of `{} {}`{at} would run as code in that \
+                 second shell: pass it as an argument after the string (sh -c '… \"$1\"' \
+                 sh ${{item}}) or through the environment, or write ${{NAME|raw}} to run it \
+                 as code knowingly",
+                words[..n - 2]
+                    .iter()
+                    .rev()
+                    .find(|(w, _)| SHELLS.contains(&w.rsplit('/').next().unwrap_or(w)))
+                    .map_or("sh", |(w, _)| w.as_str()),
+                words[n - 2].0
+            ));
+        }
+        Ok(())
+    };
+    let mut syms = pieces.iter().flat_map(|p| match p {
+        Piece::Lit(text) => text.chars().map(Some).collect::<Vec<_>>(),
+        Piece::Var => vec![None],
+    });
+    let mut quote: Option<char> = None;
+    while let Some(sym) = syms.next() {
+        let Some(c) = sym else {
+            in_word = true;
+            has_var = true;
+            continue;
+        };
+        if c == '\n' {
+            line += 1;
+        }
+        match quote {
+            Some('\'') if c == '\'' => quote = None,
+            Some('"') if c == '"' => quote = None,
+            Some('"') if c == '\\' => {
+                if let Some(Some(next)) = syms.next() {
+                    word.push(next);
+                }
+            }
+            Some(_) => word.push(c),
+            None => match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    in_word = true;
+                }
+                '\\' => {
+                    in_word = true;
+                    match syms.next() {
+                        Some(Some('\n')) => line += 1,
+                        Some(Some(next)) => word.push(next),
+                        Some(None) => has_var = true,
+                        None => {}
+                    }
+                }
+                '#' if !in_word => {
+                    // A comment, to the end of its line.
+                    for s in syms.by_ref() {
+                        if s == Some('\n') {
+                            line += 1;
+                            break;
+                        }
+                    }
+                    check(&words, line)?;
+                    words.clear();
+                }
+                ' ' | '\t' | '\n' | ';' | '&' | '|' | '(' | ')' => {
+                    if in_word {
+                        words.push((std::mem::take(&mut word), has_var));
+                        check(&words, line)?;
+                        (in_word, has_var) = (false, false);
+                    }
+                    if !matches!(c, ' ' | '\t') {
+                        words.clear();
+                    }
+                }
+                _ => {
+                    in_word = true;
+                    word.push(c);
+                }
+            },
+        }
+    }
+    if in_word {
+        words.push((word, has_var));
+        check(&words, line)?;
+    }
+    Ok(())
+}
+
+fn is_name(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// The slot of each variable in `pieces` (in order); `ansi_c` says whether the shell reads
 /// `$'…'`. An error says what the scanner cannot place, and on which line of the command.
 pub fn place(pieces: &[Piece<'_>], ansi_c: bool) -> Result<Vec<Slot>, String> {
@@ -687,6 +831,52 @@ mod tests {
             pieces.push(Piece::Lit(lit));
         }
         place(&pieces, ansi_c)
+    }
+
+    /// [`second_shell`] of `text`, a variable at each `@`.
+    fn second(text: &str) -> Result<(), String> {
+        let mut pieces = Vec::new();
+        for (i, lit) in text.split('@').enumerate() {
+            if i > 0 {
+                pieces.push(Piece::Var);
+            }
+            pieces.push(Piece::Lit(lit));
+        }
+        second_shell(&pieces)
+    }
+
+    #[test]
+    fn a_variable_a_second_shell_would_run_is_refused() {
+        for text in [
+            "sh -c 'echo @'",
+            "bash -lc \"make @\"",
+            "/bin/sh -c echo-@",
+            "timeout 60 sh -c 'run @'",
+            "find . -name x -exec sh -c 'echo @' \\;",
+            "docker exec box sh -c \"cat @\"",
+            "echo a; eval \"echo @\"",
+            "X=1 eval echo @",
+            "if true; then eval @; fi",
+            "echo $(bash -c 'echo @')",
+            "ls &&\n  sh -c 'x @'",
+        ] {
+            assert!(second(text).is_err(), "{text}");
+        }
+        let err = second("ls\nsh -ec 'go @'").unwrap_err();
+        assert!(err.contains("`sh -ec` (line 2 of the command)"), "{err}");
+        for text in [
+            "sh -c 'echo \"$1\"' sh @",
+            "bash -c \"$CMD\" @",
+            "echo sh -c",
+            "echo @ | sh -c 'cat'",
+            "echo 'sh -c @'",
+            "echo eval @",
+            "sh script.sh @",
+            "git commit -c @",
+            "# sh -c @\necho hi",
+        ] {
+            assert_eq!(second(text), Ok(()), "{text}");
+        }
     }
 
     fn one(text: &str) -> Slot {

@@ -257,6 +257,7 @@ impl Template {
             })
             .collect();
         let mut slots = super::shell::place(&pieces, ansi_c)?.into_iter();
+        super::shell::second_shell(&pieces)?;
         for part in &mut parts {
             if let Part::Var(_, _, u) = part
                 && u.slot != Slot::Raw

@@ -182,6 +182,12 @@ fn a_variable_the_scanner_cannot_place_is_a_load_error() {
             "echo \"$(case x in x) echo ${item};; esac)\"",
             "after a `case` inside $(…)",
         ),
+        // A second shell would run the value as code (a sixth sweep made a file so).
+        (
+            "sh -c 'echo ${item}'",
+            "in the command string of `sh -c` would run as code",
+        ),
+        ("eval \"echo ${item}\"", "among the arguments of eval"),
     ] {
         let text = format!(
             "name: p\nmap:\n  input: seq 1 2\n  agent_template:\n    - shell: {}\n",
