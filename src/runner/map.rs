@@ -268,10 +268,12 @@ impl Job {
         let queue = Mutex::new(pending);
         let stop = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel::<Msg>();
+        let (verdicts, waits): (Vec<_>, Vec<_>) =
+            (0..workers).map(|_| mpsc::channel::<()>()).unzip();
         let mut stop_reason = None;
         let mut outcome = Ok(());
         std::thread::scope(|s| {
-            for n in 0..workers {
+            for (n, wait) in waits.into_iter().enumerate() {
                 let tx = tx.clone();
                 let queue = &queue;
                 let stop = &stop;
@@ -287,7 +289,12 @@ impl Job {
                             break;
                         };
                         let msg = run_agent(ctx, index, &mut slot, &tx);
-                        if tx.send(msg).is_err() {
+                        // After a failure, the next item waits for the error policy's
+                        // verdict (`max_failures` and the like started one more).
+                        let failed = matches!(msg, Msg::Finished(_, _, Some(_)));
+                        if tx.send(msg).is_err()
+                            || failed && (tx.send(Msg::Verdict(n)).is_err() || wait.recv().is_err())
+                        {
                             break;
                         }
                     }
@@ -322,6 +329,9 @@ impl Job {
                             self.state.checkpoint.running.remove(&key);
                         }
                         Msg::Cleaned => {}
+                        Msg::Verdict(n) => {
+                            let _ = verdicts[n].send(());
+                        }
                         Msg::Finished(key, result, failure) => {
                             self.state.checkpoint.running.remove(&key);
                             changed = true;

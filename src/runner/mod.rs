@@ -560,6 +560,9 @@ enum Msg {
     Finished(String, ItemResult, Option<Failure>),
     Interrupted(String),
     Cleaned,
+    /// Worker `n` waits for the verdict on the failure it just sent: the error policy may
+    /// stop the phase, and no item may start after it has.
+    Verdict(usize),
 }
 
 struct StepFailure {
