@@ -642,15 +642,16 @@ pub struct CaptureStreams {
     /// `NAME.stderr` (or the capture itself, without stdout).
     #[serde(default)]
     pub stderr: bool,
-    /// `NAME.exit_code`.
+    /// `NAME.exit_code` (unset: on, as the original, except for a JSON capture, whose
+    /// fields they would hide).
     #[serde(default)]
-    pub exit_code: bool,
-    /// `NAME.success` (true or false).
+    pub exit_code: Option<bool>,
+    /// `NAME.success` (true or false; unset: as `exit_code`).
     #[serde(default)]
-    pub success: bool,
-    /// `NAME.duration` (seconds, with fractions).
+    pub success: Option<bool>,
+    /// `NAME.duration` (seconds, with fractions; unset: as `exit_code`).
     #[serde(default)]
-    pub duration: bool,
+    pub duration: Option<bool>,
 }
 
 impl CaptureStreams {
@@ -693,11 +694,11 @@ impl<'de> Deserialize<'de> for CaptureStreams {
                     #[serde(default)]
                     stderr: bool,
                     #[serde(default)]
-                    exit_code: bool,
+                    exit_code: Option<bool>,
                     #[serde(default)]
-                    success: bool,
+                    success: Option<bool>,
                     #[serde(default)]
-                    duration: bool,
+                    duration: Option<bool>,
                 }
                 let m = M::deserialize(MapAccessDeserializer::new(map))?;
                 Ok(CaptureStreams {

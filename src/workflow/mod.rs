@@ -223,7 +223,7 @@ impl Streams {
     /// True when the capture records more than the output (so it is made whether the step
     /// succeeded or not).
     pub fn extended(&self) -> bool {
-        *self != Streams::default()
+        !self.stdout || self.stderr || self.exit_code || self.success || self.duration
     }
 }
 

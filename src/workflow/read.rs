@@ -1229,8 +1229,16 @@ impl Reader<'_> {
                 "capture_format without capture: name the capture".into(),
             ));
         }
+        // `NAME.exit_code`, `.success` and `.duration` are there unless turned off, as the
+        // original's `CaptureStreams` has them; a JSON capture's own fields come first.
+        let meta = capture_format != CaptureFormat::Json;
         let streams = match &step.capture_streams {
-            None => Streams::default(),
+            None => Streams {
+                exit_code: meta,
+                success: meta,
+                duration: meta,
+                ..Streams::default()
+            },
             Some(s) => {
                 if capture.is_none() {
                     return Err(self.at(
@@ -1242,9 +1250,9 @@ impl Reader<'_> {
                 let streams = Streams {
                     stdout: c.stdout.unwrap_or(true),
                     stderr: c.stderr,
-                    exit_code: c.exit_code,
-                    success: c.success,
-                    duration: c.duration,
+                    exit_code: c.exit_code.unwrap_or(meta),
+                    success: c.success.unwrap_or(meta),
+                    duration: c.duration.unwrap_or(meta),
                 };
                 if !streams.stdout && !streams.stderr {
                     return Err(self.at(

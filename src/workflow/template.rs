@@ -746,7 +746,9 @@ fn parse_var(name: &str, ctx: &Context<'_>) -> Result<Option<Var>, String> {
     }
     if tail.is_some() && ctx.captured.iter().any(|c| c == head) {
         return Err(format!(
-            "${{{name}}}: {head} is not JSON (give its step `capture_format: json` to read fields)"
+            "${{{name}}}: {head} is not JSON: its own fields are {head}.exit_code, .success \
+             and .duration (unless capture_streams turns them off); give its step \
+             `capture_format: json` to read fields of its output"
         ));
     }
     if tail.is_some() && ctx.open.contains(&head) {

@@ -632,6 +632,41 @@ fn env_values_read_the_environment_and_each_other() {
     }
 }
 
+/// A capture has `NAME.exit_code`, `.success` and `.duration` without `capture_streams`,
+/// as the original's (its docs' `when: "${build.success}"`); a JSON capture's own fields
+/// stay its output's. (They were refused at load, "build is not JSON".)
+#[test]
+fn a_capture_tells_its_exit_code_success_and_duration() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "meta");
+    let f = marks.join("meta.txt");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "env:\n  F: {}\n\
+             commands:\n\
+             \x20 - shell: echo built\n\
+             \x20   capture_output: build\n\
+             \x20 - shell: echo ${{build.success}} ${{build.exit_code}} >> $F\n\
+             \x20   when: \"${{build.success}}\"\n\
+             \x20 - shell: echo ${{build.duration}} >> $F\n\
+             \x20 - shell: \"echo '{{\\\"success\\\": \\\"field\\\"}}'\"\n\
+             \x20   capture: data\n\
+             \x20   capture_format: json\n\
+             \x20 - shell: echo ${{data.success}} >> $F\n",
+            f.display()
+        ),
+    );
+    commit_all(&repo);
+    let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "m1"], &[]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let got = lines(&f);
+    assert_eq!(got[0], "true 0");
+    assert!(got[1].parse::<f64>().is_ok_and(|d| d >= 0.0), "{got:?}");
+    assert_eq!(got[2], "field");
+}
+
 #[test]
 fn step_fields_of_the_original_run_as_written() {
     let env = Env::new();
