@@ -102,6 +102,32 @@ fn commands_with_args_run_one_session_per_value() {
         ],
     );
     assert_one_line_error(&out, 2);
+    // A value whose session does not complete ends the run, as the original's loop ends:
+    // the values after it are named, with the command that runs them (they were dropped
+    // without a word).
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "commands:\n  - shell: echo \"$ARG\" >> {}/stops.log; test \"$ARG\" != b\n",
+            marks.display()
+        ),
+    );
+    commit(&repo);
+    let out = in_repo(
+        &env,
+        &repo,
+        &[
+            "run", "w.yml", "--args", "a", "--args", "b", "--args", "c d",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not run: --args 'c d'; `prodigy run w.yml --args 'c d'` runs them"),
+        "{stderr}"
+    );
+    assert_eq!(lines(&marks.join("stops.log")), ["a", "b"]);
 }
 
 #[test]

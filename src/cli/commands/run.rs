@@ -31,7 +31,8 @@ pub struct Args {
     #[arg(value_parser = crate::cli::commands::job_id, add = crate::cli::commands::job_ids(), long, value_name = "ID")]
     pub job_id: Option<String>,
     /// Run the workflow once per VALUE, each a session of its own with `ARG` set to it
-    /// (`$ARG` in shell steps and Claude commands); repeatable.
+    /// (`$ARG` in shell steps and Claude commands); repeatable. A session that does not
+    /// complete ends the run, and the values after it are named.
     #[arg(long = "args", value_name = "VALUE")]
     pub args: Vec<String>,
     /// Run a sequential workflow's steps N times over, in one session.
@@ -131,6 +132,12 @@ fn param_name(name: &str) -> anyhow::Result<String> {
     Ok(name.to_owned())
 }
 
+/// `value` as one shell word, for a command the user may paste.
+fn word(value: &str) -> String {
+    crate::workflow::shell::quote(value, &crate::workflow::shell::Slot::Word)
+        .map_or_else(|_| format!("{value:?}"), |w| w.into_owned())
+}
+
 /// Runs the command.
 pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     let dir = match &args.path {
@@ -214,8 +221,32 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         true => vec![None],
         false => args.args.iter().cloned().map(Some).collect(),
     };
+    if runs.len() > 1 && !args.json {
+        ctx.diag.note(&format!(
+            "{} values of --args: a session each, in turn; one that does not complete ends the run, and `resume` finishes only its own",
+            runs.len()
+        ));
+    }
     let mut worst = Exit::Success;
-    for arg in runs {
+    let values = runs.clone();
+    for (i, arg) in runs.into_iter().enumerate() {
+        // The values after one that did not complete are not run: said, with the command
+        // that runs them (they were dropped without a word).
+        let rest = |ctx: &mut Ctx<'_>| {
+            let left: Vec<String> = values[i + 1..]
+                .iter()
+                .flatten()
+                .map(|v| format!("--args {}", word(v)))
+                .collect();
+            if !left.is_empty() {
+                ctx.diag.note(&format!(
+                    "not run: {}; `prodigy run {} {}` runs them",
+                    left.join(" "),
+                    word(&args.workflow.display().to_string()),
+                    left.join(" ")
+                ));
+            }
+        };
         let mut opts = progress::options_for(ctx, args.json)?;
         opts.job_id = args.job_id.clone();
         opts.yes = args.yes;
@@ -257,9 +288,19 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 );
             }
         }
-        let exit = progress::finish(ctx, outcome, args.json)?;
+        let exit = match progress::finish(ctx, outcome, args.json) {
+            Ok(exit) => exit,
+            Err(e) => {
+                rest(ctx);
+                return Err(e);
+            }
+        };
         if exit != Exit::Success {
             worst = exit;
+            if exit != Exit::Incomplete {
+                rest(ctx);
+                break;
+            }
         }
     }
     Ok(worst)
