@@ -384,9 +384,10 @@ pub struct MapSpec {
     /// workflow's env.
     #[serde(default)]
     pub max_parallel: Option<Spanned<Scalar>>,
-    /// Kill an agent (its whole process group) after this many seconds.
+    /// Kill an agent (its whole process group) after this many seconds: a number, or
+    /// `${VAR}` of the workflow's env.
     #[serde(default)]
-    pub agent_timeout_secs: Option<Spanned<u64>>,
+    pub agent_timeout_secs: Option<Spanned<Scalar>>,
     /// The original's spelling of the agent time limit: seconds, or a duration (`120s`).
     #[serde(default)]
     pub timeout_per_agent: Option<Spanned<Seconds>>,
@@ -475,9 +476,9 @@ pub enum Seconds {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutConfig {
-    /// Kill an agent after this many seconds.
+    /// Kill an agent after this many seconds (or `${VAR}`).
     #[serde(default)]
-    pub agent_timeout_secs: Option<Spanned<u64>>,
+    pub agent_timeout_secs: Option<Spanned<Scalar>>,
 }
 
 /// One step: a shell command, a Claude Code command, a file to write, or the original's

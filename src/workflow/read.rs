@@ -667,15 +667,19 @@ impl Reader<'_> {
     /// `max_parallel` (a number, or `${VAR}` of the environment).
     fn agents(&self, m: &MapSpec, env: &Env) -> Result<(Option<Duration>, usize), WorkflowError> {
         let mut limits: Vec<(u64, Duration)> = Vec::new();
-        if let Some(s) = &m.agent_timeout_secs {
-            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
-        }
-        if let Some(s) = m
-            .timeout_config
-            .as_ref()
-            .and_then(|c| c.agent_timeout_secs.as_ref())
-        {
-            limits.push((s.referenced.line(), Duration::from_secs(s.value)));
+        for (s, what) in [
+            (m.agent_timeout_secs.as_ref(), "map.agent_timeout_secs"),
+            (
+                m.timeout_config
+                    .as_ref()
+                    .and_then(|c| c.agent_timeout_secs.as_ref()),
+                "map.timeout_config.agent_timeout_secs",
+            ),
+        ] {
+            if let Some(s) = s {
+                let secs = self.whole_number(s, what, env)?;
+                limits.push((s.referenced.line(), Duration::from_secs(secs as u64)));
+            }
         }
         if let Some(s) = &m.timeout_per_agent {
             limits.push((
@@ -694,38 +698,45 @@ impl Reader<'_> {
         let agent_timeout = limits.first().map(|l| l.1);
         let max_parallel = match &m.max_parallel {
             None => 4,
-            Some(s) => {
-                let line = s.referenced.line();
-                let text = s.value.0.trim();
-                let value = match env_reference(text) {
-                    Some(var) => env
-                        .values
-                        .get(var)
-                        .cloned()
-                        .or_else(|| std::env::var(var).ok())
-                        .ok_or_else(|| {
-                            self.at(
-                                line,
-                                format!(
-                                    "map.max_parallel {text}: {var} is set neither in the \
-                                     workflow's env nor in the environment"
-                                ),
-                            )
-                        })?,
-                    None => text.to_owned(),
-                };
-                value.trim().parse::<usize>().map_err(|_| {
-                    self.at(
-                        line,
-                        format!("map.max_parallel {value:?} is not a whole number"),
-                    )
-                })?
-            }
+            Some(s) => self.whole_number(s, "map.max_parallel", env)?,
         };
         if max_parallel == 0 {
             return Err(self.at(0, "map.max_parallel must be at least 1".into()));
         }
         Ok((agent_timeout, max_parallel))
+    }
+
+    /// A whole number given as such or as `${VAR}` of the workflow's env (else the
+    /// environment), as the original reads `max_parallel` and `agent_timeout_secs`.
+    fn whole_number(
+        &self,
+        s: &Spanned<super::file::Scalar>,
+        what: &str,
+        env: &Env,
+    ) -> Result<usize, WorkflowError> {
+        let line = s.referenced.line();
+        let text = s.value.0.trim();
+        let value = match env_reference(text) {
+            Some(var) => env
+                .values
+                .get(var)
+                .cloned()
+                .or_else(|| std::env::var(var).ok())
+                .ok_or_else(|| {
+                    self.at(
+                        line,
+                        format!(
+                            "{what} {text}: {var} is set neither in the workflow's env nor in \
+                             the environment"
+                        ),
+                    )
+                })?,
+            None => text.to_owned(),
+        };
+        value
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| self.at(line, format!("{what} {value:?} is not a whole number")))
     }
 
     /// `error_policy`: what a failed item does, when the job stops, and retries.

@@ -1673,15 +1673,18 @@ reduce:
         (Some(2), Some(1))
     );
 
-    // timeout_config.agent_timeout_secs kills a slow agent.
+    // timeout_config.agent_timeout_secs kills a slow agent; `${VAR}` of the env gives it,
+    // as the original's docs write it (it was refused: "invalid u64").
     write(
         &repo,
         "slow.yml",
         "name: slow
+env:
+  AGENT_TIMEOUT: 1
 map:
   input: seq 1 1
   timeout_config:
-    agent_timeout_secs: 1
+    agent_timeout_secs: ${AGENT_TIMEOUT}
   agent_template:
     - shell: sleep 30
 error_policy:
@@ -1704,6 +1707,10 @@ error_policy:
             "given twice",
         ),
         ("  timeout_per_agent: soon\n", "is not a duration"),
+        (
+            "  agent_timeout_secs: ${PRODIGY_IT_NOPE}\n",
+            "map.agent_timeout_secs ${PRODIGY_IT_NOPE}: PRODIGY_IT_NOPE is set neither",
+        ),
     ] {
         write(
             &repo,
