@@ -752,6 +752,14 @@ pub struct OnFailure {
 pub trait ListOrMap: Default + for<'de> Deserialize<'de> {
     /// The mapping with `steps` as its `commands`.
     fn from_list(steps: Vec<Step>) -> Self;
+    /// The value written as one string, where the original takes that form.
+    fn from_text(_text: &str) -> Option<Self> {
+        None
+    }
+    /// The value written as `true` or `false`, where the original takes that form.
+    fn from_flag(_flag: bool) -> Option<Self> {
+        None
+    }
 }
 
 /// Reads a [`ListOrMap`] type from a list or a mapping.
@@ -760,13 +768,19 @@ fn list_or_map<'de, T: ListOrMap, D: Deserializer<'de>>(d: D) -> Result<T, D::Er
     impl<'de, T: ListOrMap> Visitor<'de> for V<T> {
         type Value = T;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a mapping, or a list of steps")
+            f.write_str("a mapping, or a list of steps (on_failure also: a command, true or false)")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
             Ok(T::from_list(list(seq)?))
         }
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
             T::deserialize(MapAccessDeserializer::new(map))
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            T::from_text(text).ok_or_else(|| E::invalid_type(de::Unexpected::Str(text), &self))
+        }
+        fn visit_bool<E: de::Error>(self, flag: bool) -> Result<T, E> {
+            T::from_flag(flag).ok_or_else(|| E::invalid_type(de::Unexpected::Bool(flag), &self))
         }
     }
     d.deserialize_any(V(std::marker::PhantomData))
@@ -778,6 +792,31 @@ impl ListOrMap for OnFailure {
             commands: Some(steps),
             ..OnFailure::default()
         }
+    }
+
+    /// The original's `on_failure: "cmd"`: a Claude command when it starts with `/`, else
+    /// a shell command (its place in the file is the `on_failure:` key's).
+    fn from_text(text: &str) -> Option<Self> {
+        let unknown = serde_saphyr::Location::UNKNOWN;
+        let command = Some(Spanned::new(text.to_owned(), unknown, unknown));
+        Some(match text.starts_with('/') {
+            true => OnFailure {
+                claude: command,
+                ..OnFailure::default()
+            },
+            false => OnFailure {
+                shell: command,
+                ..OnFailure::default()
+            },
+        })
+    }
+
+    /// The original's `on_failure: true` (ignore the failure) and `false` (fail).
+    fn from_flag(flag: bool) -> Option<Self> {
+        Some(OnFailure {
+            fail_workflow: Some(!flag),
+            ..OnFailure::default()
+        })
     }
 }
 

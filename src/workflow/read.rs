@@ -1402,16 +1402,29 @@ impl Reader<'_> {
         nest: Nest<'_>,
     ) -> Result<PlanHandler, WorkflowError> {
         let line = h.referenced.line();
-        let f = &h.value.0;
-        let steps = self.handler_steps(
-            "on_failure",
-            line,
-            f.shell.as_ref(),
-            f.claude.as_ref(),
-            f.commands.as_ref(),
-            f.commit_required,
-            f.timeout,
-        )?;
+        let mut f = h.value.0.clone();
+        // A command written as the value itself has the key's place.
+        for command in [&mut f.shell, &mut f.claude].into_iter().flatten() {
+            if command.referenced.line() == 0 {
+                command.referenced = h.referenced;
+                command.defined = h.defined;
+            }
+        }
+        let f = &f;
+        let steps = match (&f.shell, &f.claude, &f.commands, f.fail_workflow) {
+            // `fail_workflow` alone (the original's `on_failure: true`, or a mapping of
+            // it and retries): no handler steps.
+            (None, None, None, Some(_)) => Vec::new(),
+            _ => self.handler_steps(
+                "on_failure",
+                line,
+                f.shell.as_ref(),
+                f.claude.as_ref(),
+                f.commands.as_ref(),
+                f.commit_required,
+                f.timeout,
+            )?,
+        };
         let extra: Vec<&str> = nest.extra.iter().copied().chain(HANDLER_NAMES).collect();
         let (steps, _) = self.steps(
             &steps,

@@ -562,6 +562,34 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
     assert!(assert_one_line_error(&out, 1).contains("exit code 3"));
     assert_eq!(lines(&f), ["handler"]);
     std::fs::remove_file(&f).unwrap();
+    // The original's short forms: a command as the value (a shell command, or a Claude
+    // one when it starts with `/`), `true` (go on) and `false` (fail).
+    let short = |job: &str, last: &str| {
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "env:\n  F: {}\n\
+                 commands:\n\
+                 \x20 - shell: exit 3\n\
+                 \x20   on_failure: \"echo short-handler >> $F\"\n\
+                 \x20 - shell: exit 4\n\
+                 \x20   on_failure: {last}\n\
+                 \x20 - shell: echo after >> $F\n",
+                f.display()
+            ),
+        );
+        commit_all(&repo);
+        run_in(&env, &repo, &["run", "w.yml", "--job-id", job], &[])
+    };
+    let out = short("s4", "true");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(lines(&f), ["short-handler", "after"]);
+    std::fs::remove_file(&f).unwrap();
+    let out = short("s5", "false");
+    assert!(assert_one_line_error(&out, 1).contains("exit code 4"));
+    assert_eq!(lines(&f), ["short-handler"]);
+    std::fs::remove_file(&f).unwrap();
     write(
         &repo,
         "m.yml",
