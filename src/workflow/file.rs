@@ -374,6 +374,11 @@ pub struct MapSpec {
     /// Order items by fields: `field [ASC|DESC] [NULLS FIRST|LAST], …`.
     #[serde(default)]
     pub sort_by: Option<Spanned<String>>,
+    /// Keep the first item of each value of this field (`id`, `meta.key`; the original's
+    /// docs write `item.id`), after `filter` and `sort_by`: an item without the field is
+    /// kept.
+    #[serde(default)]
+    pub distinct: Option<Spanned<String>>,
     /// Skip this many items.
     #[serde(default)]
     pub offset: usize,

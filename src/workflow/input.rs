@@ -150,6 +150,17 @@ pub fn items(
             Ordering::Equal
         });
     }
+    if let Some(field) = &map.distinct {
+        let path: Vec<&str> = distinct_path(&field.value).collect();
+        let mut seen = std::collections::HashSet::new();
+        items.retain(|item| {
+            match path.iter().try_fold(item, |v, f| v.get(*f)) {
+                // Compared as JSON text: 1 and "1" differ, {"a":1,"b":2} is one value.
+                Some(value) => seen.insert(value.to_string()),
+                None => true,
+            }
+        });
+    }
     let offset = map.offset.min(items.len());
     items.drain(..offset);
     if let Some(max) = map.max_items {
@@ -166,6 +177,12 @@ pub fn items(
         }
     }
     Ok(items)
+}
+
+/// The field path of `map.distinct`: dotted, with the original's `item.` in front allowed.
+pub fn distinct_path(text: &str) -> impl Iterator<Item = &str> {
+    let text = text.trim();
+    text.strip_prefix("item.").unwrap_or(text).split('.')
 }
 
 /// One item per line, trimmed, blank lines skipped; a line that is not UTF-8 is refused
@@ -239,6 +256,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![json!({"n": 4}), json!({"n": 3})]);
+    }
+
+    /// `distinct` keeps the first item of each value (after the sort, before the slice);
+    /// the original's `item.` in front is read; an item without the field is kept; a path
+    /// that is none is a load error.
+    #[test]
+    fn distinct_keeps_the_first_of_each_value() {
+        let doc = json!([
+            {"id": 1, "n": 1}, {"id": "1", "n": 2}, {"id": 1, "n": 3},
+            {"n": 4}, {"n": 5}, {"id": 2, "n": 6}, {"id": 2, "n": 7}
+        ]);
+        for field in ["id", "item.id"] {
+            let p = plan(
+                &format!("  distinct: {field}\n  sort_by: n DESC\n  offset: 1\n"),
+                "echo ${item.n}",
+            );
+            let got = items(
+                &p,
+                p.map_spec().unwrap(),
+                doc.to_string().as_bytes(),
+                "x.json",
+                true,
+            )
+            .unwrap();
+            let ns: Vec<&Value> = got.iter().map(|i| &i["n"]).collect();
+            assert_eq!(ns, [5, 4, 3, 2], "{field}");
+        }
+        let text = "name: t\nmap:\n  input: x.json\n  distinct: \"a..b\"\n  agent_template:\n    - shell: 'true'\n";
+        let e = Plan::parse(Path::new("w.yml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("w.yml:4: map.distinct \"a..b\" is not a field path"),
+            "{e}"
+        );
     }
 
     #[test]

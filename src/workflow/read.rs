@@ -624,6 +624,17 @@ impl Reader<'_> {
         if m.agent_template.is_empty() {
             return Err(self.at(0, "map.agent_template has no steps".into()));
         }
+        if let Some(d) = &m.distinct
+            && super::input::distinct_path(&d.value).any(str::is_empty)
+        {
+            return Err(self.at(
+                d.referenced.line(),
+                format!(
+                    "map.distinct {:?} is not a field path (id, meta.key)",
+                    d.value
+                ),
+            ));
+        }
         let json_path = match &m.json_path {
             Some(p) => Some(
                 crate::dlq::filter::check_nesting(&p.value)
