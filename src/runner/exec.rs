@@ -492,9 +492,10 @@ fn code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// The most of a line held back for masking: a longer line is masked in pieces, each cut
-/// where no secret crosses it (`Masker::unsplit_cut`). So is what follows the start of a
-/// secret of several lines that has not ended within this much.
+/// The most of a line held back for masking: a longer line is masked in pieces
+/// (`Masker::piece`), each cut where every secret begun before the cut is whole in what is
+/// held, a run of secrets across the cut masked with the piece before it. So is what
+/// follows the start of a secret of several lines that has not ended within this much.
 const MASK_LINE: usize = 1 << 20;
 
 /// Copies what the step writes to the log and hands it to `each`; with a mask or a tee,
@@ -508,14 +509,17 @@ fn pump(
 ) {
     let mask = mask.filter(|m| !m.is_empty());
     let lines = mask.is_some() || tee.is_some();
-    let mut out = |bytes: &[u8]| {
+    // How many bytes at the start of `held` belong to a run of secrets whose mask went
+    // out with the piece before.
+    let mut head = 0;
+    let mut out = |held: &[u8], cut: usize| {
         let masked;
         let bytes = match mask {
             Some(m) => {
-                masked = m.bytes(bytes);
+                (masked, head) = m.piece(held, head, cut);
                 &masked[..]
             }
-            None => bytes,
+            None => &held[..cut],
         };
         each(bytes);
         if let Some(tee) = tee {
@@ -534,26 +538,28 @@ fn pump(
     loop {
         match r.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) if !lines => out(&buf[..n]),
+            Ok(n) if !lines => out(&buf[..n], n),
             Ok(n) => {
                 held.extend_from_slice(&buf[..n]);
                 let last_end =
                     memchr::memrchr(b'\n', &held[search_from..]).map(|at| search_from + at);
                 let long = held.len() > MASK_LINE;
+                // Too long to hold: cut where each secret begun before the cut is whole.
+                let piece = |m: &Masker| held.len().saturating_sub(m.longest() - 1);
                 let cut = match (last_end, mask) {
                     // A secret of several lines may have begun: held back until it is
                     // whole (or cannot be), so the mask finds it in one piece.
                     (Some(at), Some(m)) => match m.safe_cut(&held, at + 1) {
-                        0 if long => m.unsplit_cut(&held),
+                        0 if long => piece(m),
                         cut => cut,
                     },
                     (Some(at), None) => at + 1,
-                    (None, Some(m)) if long => m.unsplit_cut(&held),
+                    (None, Some(m)) if long => piece(m),
                     (None, None) if long => held.len(),
                     (None, _) => 0,
                 };
                 if cut > 0 {
-                    out(&held[..cut]);
+                    out(&held, cut);
                     held.drain(..cut);
                 }
                 search_from = if last_end.is_some_and(|at| at + 1 > cut) {
@@ -567,7 +573,7 @@ fn pump(
         }
     }
     if !held.is_empty() {
-        out(&held);
+        out(&held, held.len());
     }
 }
 
@@ -755,6 +761,7 @@ fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     /// A line of several MiB, with no line break, carrying a secret across every 16 KiB
     /// boundary (where reads end) and more between: cut into pieces to mask, no piece ends
@@ -785,5 +792,58 @@ mod tests {
         assert_eq!(text.matches(crate::workflow::env::MASK).count(), n);
         let logged = std::fs::read_to_string(dir.path().join("log")).unwrap();
         assert_eq!(logged, text);
+    }
+
+    /// A line of secrets that overlap one another all the way (one secret repeated, or
+    /// two that each begin where the other ends) goes out in pieces as it is read, its
+    /// masks the same as the whole line's: before, every cut fell inside some secret, so
+    /// the line was held whole however long it grew.
+    #[test]
+    fn a_line_of_overlapping_secrets_is_not_held_whole() {
+        struct Counting<'a>(&'a [u8], Arc<AtomicUsize>);
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1.fetch_add(n, Ordering::SeqCst);
+                Ok(n)
+            }
+        }
+        let cases = [
+            (vec!["zzzzzzzz".to_owned()], b"z".repeat(4 * MASK_LINE)),
+            (
+                vec!["pass1234".to_owned(), "1234pass".to_owned()],
+                b"pass1234".repeat(MASK_LINE / 2),
+            ),
+        ];
+        for (secrets, run) in cases {
+            let mask = Masker::new(&secrets);
+            let line = [&b"before "[..], &run, b" after\nend\n"].concat();
+            let dir = tempfile::tempdir().unwrap();
+            let log = Arc::new(Mutex::new(File::create(dir.path().join("log")).unwrap()));
+            let read = Arc::new(AtomicUsize::new(0));
+            // The most read between two pieces going out.
+            let (mut last, mut most) = (0, 0);
+            let mut out = Vec::new();
+            pump(
+                &mut Counting(&line, read.clone()),
+                &log,
+                Some(&mask),
+                None,
+                |b| {
+                    let now = read.load(Ordering::SeqCst);
+                    most = most.max(now - last);
+                    last = now;
+                    out.extend_from_slice(b)
+                },
+            );
+            // What is held goes out once past MASK_LINE, a read (16 KiB) later at most.
+            assert!(
+                most <= MASK_LINE + 32 * 1024,
+                "{secrets:?}: held {most} bytes"
+            );
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text, "before *** after\nend\n", "{secrets:?}");
+            assert_eq!(text.as_bytes(), mask.bytes(&line), "{secrets:?}");
+        }
     }
 }

@@ -297,41 +297,68 @@ impl Masker {
     /// each run of bytes that any form covers, overlapping matches joined, becomes one
     /// [`MASK`], so no piece of a secret is left beside a mask.
     pub fn bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.piece(bytes, 0, bytes.len()).0
+    }
+
+    /// `bytes[..cut]` masked as one piece of a longer text, and how many bytes after `cut`
+    /// its last run covers (the next piece's `head`): the first `head` bytes are the rest
+    /// of a run whose [`MASK`] the piece before wrote, and a run crossing `cut` is masked
+    /// here, its rest left to the next piece. Matches are looked for in all of `bytes`, so
+    /// each secret that begins before `cut` must be whole in it; pieces masked so give
+    /// what masking the whole text at once gives.
+    pub fn piece(&self, bytes: &[u8], head: usize, cut: usize) -> (Vec<u8>, usize) {
         let mut covered: Vec<(usize, usize)> = Vec::new();
+        if head > 0 {
+            covered.push((0, head));
+        }
+        // A match that begins before `cut` ends within the longest form's length of it.
+        let window = &bytes[..(cut + self.longest().saturating_sub(1)).min(bytes.len())];
         for finder in &self.finders {
             let len = finder.needle().len();
             let mut at = 0;
-            while let Some(found) = finder.find(&bytes[at..]) {
+            while let Some(found) = finder.find(&window[at..]) {
+                if at + found >= cut {
+                    break;
+                }
                 covered.push((at + found, at + found + len));
                 at += found + 1;
             }
         }
         if covered.is_empty() {
-            return bytes.to_vec();
+            return (bytes[..cut].to_vec(), 0);
         }
         covered.sort_unstable();
-        let mut out = Vec::with_capacity(bytes.len());
+        let mut out = Vec::with_capacity(cut);
         let mut written = 0;
-        let mut run: Option<(usize, usize)> = None;
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for (start, end) in covered {
-            match &mut run {
+            match runs.last_mut() {
                 Some((_, run_end)) if start < *run_end => *run_end = (*run_end).max(end),
-                _ => {
-                    if let Some((s, e)) = run.replace((start, end)) {
-                        out.extend_from_slice(&bytes[written..s]);
-                        out.extend_from_slice(MASK.as_bytes());
-                        written = e;
-                    }
-                }
+                _ => runs.push((start, end)),
             }
         }
-        if let Some((s, e)) = run {
-            out.extend_from_slice(&bytes[written..s]);
-            out.extend_from_slice(MASK.as_bytes());
-            written = e;
+        for (start, end) in runs {
+            out.extend_from_slice(&bytes[written..start]);
+            // The run that `head` begins had its mask written with the piece before.
+            if !(start == 0 && head > 0) {
+                out.extend_from_slice(MASK.as_bytes());
+            }
+            written = end;
         }
-        out.extend_from_slice(&bytes[written..]);
-        out
+        if written > cut {
+            return (out, written - cut);
+        }
+        out.extend_from_slice(&bytes[written..cut]);
+        (out, 0)
+    }
+
+    /// The length of the longest form (0 when there is none).
+    pub fn longest(&self) -> usize {
+        self.finders
+            .iter()
+            .map(|f| f.needle().len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Where to cut `bytes`, at or before `cut` (just after a line break), so that no
@@ -368,36 +395,6 @@ impl Masker {
             match memchr::memrchr(b'\n', &bytes[..start]) {
                 Some(at) => cut = at + 1,
                 None => return 0,
-            }
-        }
-    }
-}
-
-impl Masker {
-    /// Where to cut `bytes`, a line too long to hold whole, so that no secret is cut in
-    /// two: before the last bytes that could begin one not yet whole, and then before any
-    /// secret that crosses the cut. Every secret beginning before the cut is then whole in
-    /// what is written, where [`Masker::bytes`] finds it. 0 only for a secret longer than
-    /// the rest of `bytes`.
-    pub fn unsplit_cut(&self, bytes: &[u8]) -> usize {
-        let longest = self.finders.iter().map(|f| f.needle().len()).max();
-        let mut cut = bytes.len().saturating_sub(longest.unwrap_or(1) - 1);
-        loop {
-            let mut moved = false;
-            for finder in &self.finders {
-                let len = finder.needle().len();
-                // An occurrence in this window starts before `cut` and ends after it.
-                let from = cut.saturating_sub(len - 1);
-                let to = (cut + len - 1).min(bytes.len());
-                if let Some(found) = finder.find(&bytes[from..to])
-                    && from + found < cut
-                {
-                    cut = from + found;
-                    moved = true;
-                }
-            }
-            if !moved || cut == 0 {
-                return cut;
             }
         }
     }

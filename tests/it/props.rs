@@ -254,3 +254,47 @@ mod quoting {
         }
     }
 }
+
+/// Masking a text in pieces (`Masker::piece`, as a step's long line is masked) gives what
+/// masking it whole gives, wherever the pieces are cut, for secrets that overlap one
+/// another and themselves.
+mod masking {
+    use proptest::prelude::*;
+
+    use prodigy::workflow::env::Masker;
+
+    fn text(max: usize) -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(vec!['a', 'b', '\n']), 0..max)
+            .prop_map(|c| c.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn pieces_mask_as_the_whole(
+            secrets in prop::collection::vec("[ab]{2,5}", 1..4),
+            text in text(200),
+            cuts in prop::collection::vec((1usize..40, 0usize..8), 0..20),
+        ) {
+            let mask = Masker::new(&secrets);
+            let bytes = text.as_bytes();
+            let longest = mask.longest();
+            let (mut at, mut head, mut out) = (0, 0, Vec::new());
+            for (step, more) in cuts {
+                // What is held: at least every secret begun before the cut, whole.
+                let cut = (at + step).min(bytes.len());
+                let held = &bytes[at..(cut + longest - 1 + more).min(bytes.len())];
+                let (piece, next) = mask.piece(held, head, cut - at);
+                out.extend_from_slice(&piece);
+                (at, head) = (cut, next);
+            }
+            let (piece, next) = mask.piece(&bytes[at..], head, bytes.len() - at);
+            out.extend_from_slice(&piece);
+            prop_assert_eq!(next, 0);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(mask.bytes(bytes)).unwrap());
+        }
+    }
+}
