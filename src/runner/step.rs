@@ -686,34 +686,56 @@ fn output_text(step: &PlanStep, ran: &Ran) -> Option<String> {
     step.keep_output.then(|| stdout(ran).unwrap_or_default())
 }
 
-/// What a failure handler reads: `${shell.output}` (the failed step's standard error
-/// tail, as before), `${shell.stderr}`, `${shell.stdout}` and `${shell.exit_code}`, and
+/// The most of a failed step's output a handler's `${shell.output}` holds: its end, from
+/// a line's start. A command given it stays well under [`MAX_COMMAND`].
+const HANDLER_OUTPUT: usize = 32 * 1024;
+
+/// What a failure handler reads: `${shell.output}` (what the failed step printed, as the
+/// original captures it before its handler: its standard output, or its standard error's
+/// tail when it printed nothing there; the last [`HANDLER_OUTPUT`] bytes from a line's
+/// start), `${shell.stderr}`, `${shell.stdout}` (whole) and `${shell.exit_code}`, and
 /// the step's own capture name: what it printed (its standard output, or when that is
 /// empty its standard error's tail).
 fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: &Ran) {
     let out = &ran.outcome;
     let tail = match &ran.why {
         Some(why) if out.stderr_tail.trim().is_empty() => why.clone(),
-        _ => out.stderr_tail.clone(),
+        _ => out.stderr_tail.trim_end_matches('\n').to_owned(),
     };
-    captured.insert("shell.output".into(), tail.clone());
-    captured.insert("shell.stderr".into(), tail);
+    let stdout = out.stdout_text().unwrap_or_default();
+    let printed = match stdout.trim().is_empty() {
+        true => &tail,
+        false => stdout,
+    };
     captured.insert(
-        "shell.stdout".into(),
-        out.stdout_text().unwrap_or_default().to_owned(),
+        "shell.output".into(),
+        end_of(printed, HANDLER_OUTPUT).to_owned(),
     );
+    captured.insert("shell.stderr".into(), tail.clone());
+    captured.insert("shell.stdout".into(), stdout.to_owned());
     captured.insert("shell.exit_code".into(), out.exit_code.to_string());
     if let Some(name) = step
         .capture
         .as_ref()
         .filter(|c| !["shell.output", "claude.output"].contains(&c.as_str()))
     {
-        let stdout = out.stdout_text().unwrap_or_default();
-        let value = match stdout.trim().is_empty() {
-            true => captured["shell.stderr"].clone(),
-            false => stdout.to_owned(),
-        };
-        captured.insert(name.clone(), value);
+        captured.insert(name.clone(), printed.to_owned());
+    }
+}
+
+/// The last `most` bytes of `text` or fewer, from the start of a line (from a character's
+/// when one line is longer).
+fn end_of(text: &str, most: usize) -> &str {
+    if text.len() <= most {
+        return text;
+    }
+    let mut from = text.len() - most;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    match text[from..].find('\n') {
+        Some(at) if at + 1 < text.len() - from => &text[from + at + 1..],
+        _ => &text[from..],
     }
 }
 

@@ -609,6 +609,47 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
     assert_eq!(lines(&f), ["next-a", "fixed-b", "next-b"]);
 }
 
+/// A handler's `${shell.output}` is what the failed step printed, as the original captures
+/// it before the handler runs: its standard output (a test runner's report), its standard
+/// error only when it printed nothing else, and of a long output its end, from a line's
+/// start (before, it was always the standard error's tail: `boom` here).
+#[test]
+fn a_handler_reads_what_the_failed_step_printed() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "printed");
+    let f = marks.join("seen.txt");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "env:\n  F: {}\n\
+             commands:\n\
+             \x20 - shell: printf 'detail one\\ndetail two\\n'; echo boom >&2; exit 1\n\
+             \x20   on_failure:\n\
+             \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20 - shell: echo only-err >&2; exit 1\n\
+             \x20   on_failure:\n\
+             \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20 - shell: seq 1 20000; exit 1\n\
+             \x20   on_failure:\n\
+             \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n",
+            f.display()
+        ),
+    );
+    commit_all(&repo);
+    let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "p1"], &[]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    let seen = lines(&f);
+    assert_eq!(seen[..3], ["detail one", "detail two", "only-err"]);
+    // The end of `seq 1 20000`, whole lines, at most 32 KiB.
+    let numbers: Vec<u32> = seen[3..].iter().map(|l| l.parse().unwrap()).collect();
+    let first = numbers[0];
+    assert!(first > 1, "the whole output: {first}");
+    assert_eq!(numbers, (first..=20000).collect::<Vec<_>>());
+    let bytes: usize = seen[3..].iter().map(|l| l.len() + 1).sum();
+    assert!(bytes <= 32 * 1024 && bytes > 32 * 1024 - 7, "{bytes}");
+}
+
 /// A plain `env:` value reads `${env.NAME}` (the environment prodigy runs in) and
 /// `${NAME}` (another plain value), as the original's; anything else in `${…}` is refused
 /// at load, and a value the run adds (`--param`) is data, never read. (Each went to the
