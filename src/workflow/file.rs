@@ -459,12 +459,45 @@ impl<'de> Deserialize<'de> for Steps {
     }
 }
 
+/// A list of steps, each a mapping or a bare string (kept as [`Step::bare`] with its place
+/// in the file).
 fn list<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Vec<Step>, A::Error> {
     let mut steps = Vec::new();
-    while let Some(step) = seq.next_element::<Step>()? {
-        steps.push(step);
+    while let Some(element) = seq.next_element::<Spanned<Element>>()? {
+        steps.push(match element.value {
+            Element::Step(step) => *step,
+            Element::Text(text) => Step {
+                bare: Some(Spanned::new(text, element.referenced, element.defined)),
+                ..Step::default()
+            },
+        });
     }
     Ok(steps)
+}
+
+/// One element of a list of steps.
+enum Element {
+    Step(Box<Step>),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Element {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Element, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Element;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a step (`shell: …`, `claude: …`), or a command as a string")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Element, A::Error> {
+                Step::deserialize(MapAccessDeserializer::new(map)).map(|s| Element::Step(s.into()))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Element, E> {
+                Ok(Element::Text(text.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A time given as whole seconds or as a duration (`90`, `120s`, `2m`).
@@ -488,7 +521,7 @@ pub struct TimeoutConfig {
 
 /// One step: a shell command, a Claude Code command, a file to write, or the original's
 /// `analyze:`; with what decides whether it runs, what it keeps and what follows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// The command, run with `sh -c` in the worktree.
@@ -590,6 +623,31 @@ pub struct Step {
     /// The original's command metadata: `continue_on_error: true` is `allow_failure`.
     #[serde(default)]
     pub metadata: Option<Spanned<Metadata>>,
+    /// The step written as a bare string, as the original also reads one: a Claude
+    /// command in a sequential workflow's steps, a command of a handler's list. Read
+    /// where the list is; anywhere else an error.
+    #[serde(skip)]
+    pub bare: Option<Spanned<String>>,
+}
+
+impl Step {
+    /// A step that is one command, `sh -c` or Claude.
+    pub fn command(shell: Option<Spanned<String>>, claude: Option<Spanned<String>>) -> Step {
+        Step {
+            shell,
+            claude,
+            ..Step::default()
+        }
+    }
+
+    /// The step a bare string names in a list of handler commands, as the original reads
+    /// them: a Claude command when it starts with `/`, else a shell command.
+    fn handler_command(text: Spanned<String>) -> Step {
+        match text.value.starts_with('/') {
+            true => Step::command(None, Some(text)),
+            false => Step::command(Some(text), None),
+        }
+    }
 }
 
 /// `metadata:` of a step.
@@ -792,7 +850,16 @@ fn list_or_map<'de, T: ListOrMap, D: Deserializer<'de>>(d: D) -> Result<T, D::Er
 }
 
 impl ListOrMap for OnFailure {
+    /// Steps, or the original's list of commands as strings (a Claude command when it
+    /// starts with `/`).
     fn from_list(steps: Vec<Step>) -> Self {
+        let steps = steps
+            .into_iter()
+            .map(|step| match step.bare {
+                Some(text) => Step::handler_command(text),
+                None => step,
+            })
+            .collect();
         OnFailure {
             commands: Some(steps),
             ..OnFailure::default()
@@ -803,16 +870,11 @@ impl ListOrMap for OnFailure {
     /// a shell command (its place in the file is the `on_failure:` key's).
     fn from_text(text: &str) -> Option<Self> {
         let unknown = serde_saphyr::Location::UNKNOWN;
-        let command = Some(Spanned::new(text.to_owned(), unknown, unknown));
-        Some(match text.starts_with('/') {
-            true => OnFailure {
-                claude: command,
-                ..OnFailure::default()
-            },
-            false => OnFailure {
-                shell: command,
-                ..OnFailure::default()
-            },
+        let step = Step::handler_command(Spanned::new(text.to_owned(), unknown, unknown));
+        Some(OnFailure {
+            shell: step.shell,
+            claude: step.claude,
+            ..OnFailure::default()
         })
     }
 

@@ -336,9 +336,18 @@ impl Reader<'_> {
         &self,
         path: &Path,
         source: &str,
-        file: SessionFile,
+        mut file: SessionFile,
         inputs: &Inputs,
     ) -> Result<Plan, WorkflowError> {
+        // The original's bare string step: a Claude command, its `/` optional.
+        for step in &mut file.commands.steps {
+            if let Some(text) = step.bare.take() {
+                let slash = if text.value.starts_with('/') { "" } else { "/" };
+                let command = format!("{slash}{}", text.value);
+                let text = Spanned::new(command, text.referenced, text.defined);
+                *step = Step::command(None, Some(text));
+            }
+        }
         if let Some(mode) = &file.mode
             && !["standard", "sequential"].contains(&mode.value.as_str())
         {
@@ -928,6 +937,18 @@ impl Reader<'_> {
         env: &BTreeMap<String, String>,
         nest: Nest<'_>,
     ) -> Result<PlanStep, WorkflowError> {
+        if let Some(text) = &step.bare {
+            return Err(self.at(
+                text.referenced.line(),
+                format!(
+                    "step {} is the string {:?}: here a step is a mapping (`shell: …` or \
+                     `claude: /…`); a string is a step only in a sequential workflow's \
+                     commands (a Claude command) and in a list of on_failure commands",
+                    i + 1,
+                    text.value
+                ),
+            ));
+        }
         let (kind, line) = self.action(step, i)?;
         // What a step can read: the names captured so far, those its nesting adds and,
         // from the second step on, the step before's `${last.output}`,
@@ -1357,36 +1378,9 @@ impl Reader<'_> {
         timeout: Option<u64>,
     ) -> Result<Vec<Step>, WorkflowError> {
         let single = |shell: Option<Spanned<String>>, claude: Option<Spanned<String>>| Step {
-            shell,
-            claude,
-            write_file: None,
-            analyze: None,
-            name: None,
-            description: None,
-            id: None,
-            outputs: None,
             commit_required,
-            when: None,
             timeout,
-            on_failure: None,
-            on_success: None,
-            on_exit_code: BTreeMap::new(),
-            allow_failure: false,
-            fail_workflow: None,
-            capture_output: None,
-            capture: None,
-            capture_format: None,
-            capture_streams: None,
-            env: BTreeMap::new(),
-            working_dir: None,
-            clear_env: false,
-            temporary: None,
-            validate: None,
-            analysis: None,
-            output: None,
-            options: None,
-            args: None,
-            metadata: None,
+            ..Step::command(shell, claude)
         };
         match (shell, claude, commands) {
             (Some(s), None, None) => Ok(vec![single(Some(s.clone()), None)]),

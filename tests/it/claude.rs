@@ -398,6 +398,53 @@ fn on_failure_claude_fixes_a_failing_shell_step() {
     assert!(logs.contains("$ claude /fix-test the error was:"), "{logs}");
 }
 
+/// The original's bare strings: in a sequential workflow's steps a Claude command (its `/`
+/// optional, arguments kept), as a top-level list too; in an on_failure list each a
+/// command, Claude when it starts with `/`, else shell. Elsewhere a string is refused
+/// naming its line (before, every bare string was "invalid type").
+#[test]
+fn bare_strings_are_the_originals_claude_and_handler_commands() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "bare");
+    let f = marks.join("seen.txt");
+    let f = f.display();
+    command(
+        &repo,
+        "code-review",
+        &format!("echo \"review $ARGUMENTS\" >> {f}"),
+    );
+    command(&repo, "lint", &format!("echo lint >> {f}"));
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "commands:\n\
+             \x20 - code-review --focus tests\n\
+             \x20 - /lint\n\
+             \x20 - shell: exit 2\n\
+             \x20   on_failure:\n\
+             \x20     - echo cleanup >> {f}\n\
+             \x20     - /lint\n"
+        ),
+    );
+    write(&repo, "list.yml", "- lint\n- shell: 'true'\n");
+    write(
+        &repo,
+        "m.yml",
+        "name: m\nmap:\n  input: \"echo a\"\n  agent_template:\n    - shell: 'true'\n    - lint\n",
+    );
+    commit_all(&repo);
+    ok(&env, &repo, &["run", "w.yml", "--job-id", "b1"], &[]);
+    let seen = std::fs::read_to_string(marks.join("seen.txt")).unwrap();
+    assert_eq!(seen, "review --focus tests\nlint\ncleanup\nlint\n");
+    ok(&env, &repo, &["run", "list.yml", "--job-id", "b2"], &[]);
+    let seen = std::fs::read_to_string(marks.join("seen.txt")).unwrap();
+    assert!(seen.ends_with("lint\nlint\n"), "{seen}");
+    let out = run_in(&env, &repo, &["run", "m.yml", "--job-id", "b3"], &[]);
+    let e = crate::common::assert_one_line_error(&out, 1);
+    assert!(e.contains("m.yml:6: step 2 is the string \"lint\""), "{e}");
+}
+
 #[test]
 fn a_merge_conflict_goes_to_claude_and_else_to_the_dlq_as_merge_conflict() {
     let env = Env::new();
