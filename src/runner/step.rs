@@ -284,7 +284,12 @@ fn run_labelled(
             let mut captured = vars.captured.cloned().unwrap_or_default();
             failure_names(&mut captured, step, &ran);
             let mut handled = !h.steps.is_empty();
-            for (i, hs) in h.steps.iter().enumerate() {
+            // Between attempts only, when so: the last attempt's failure is the step's.
+            let handlers = match h.between_attempts && attempt == attempts {
+                true => &[][..],
+                false => &h.steps[..],
+            };
+            for (i, hs) in handlers.iter().enumerate() {
                 let hlabel = numbered(label, "on_failure", i, h.steps.len());
                 let hvars = Vars {
                     captured: Some(&captured),

@@ -316,6 +316,10 @@ pub struct PlanHandler {
     /// handler failed too, as the original (whose default is `false`, a handler meaning
     /// the failure is handled).
     pub fail_workflow: Option<bool>,
+    /// The handler runs between attempts only, never after the last, and its failure
+    /// does not stop the attempts (a sequential workflow's, as the original's sessions
+    /// run a test's debugging); otherwise it runs after every failed attempt.
+    pub between_attempts: bool,
 }
 
 /// A compiled `validate:`.

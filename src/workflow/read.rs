@@ -22,6 +22,7 @@ pub(super) fn plan(path: &Path, source: &str, inputs: &Inputs) -> Result<Plan, W
         warnings: RefCell::new(Vec::new()),
         notes: RefCell::default(),
         unset_env: RefCell::default(),
+        sequential: std::cell::Cell::new(false),
     };
     let yaml_error = |e: serde_saphyr::Error| {
         let line = e.location().map_or(0, |l| l.line());
@@ -53,6 +54,7 @@ pub(super) fn plan(path: &Path, source: &str, inputs: &Inputs) -> Result<Plan, W
         _ => false,
     };
     if sequential {
+        r.sequential.set(true);
         let file: SessionFile = match probe {
             Some(Probe::List) => SessionFile {
                 name: None,
@@ -160,6 +162,9 @@ struct Reader<'p> {
     notes: RefCell<template::Notes>,
     /// `${env.X}` set nowhere now, with their lines.
     unset_env: RefCell<Vec<(u64, String)>>,
+    /// A sequential workflow is being read: its `on_failure` follows the original's
+    /// sessions ([`PlanHandler::between_attempts`]).
+    sequential: std::cell::Cell<bool>,
 }
 
 /// The work-item list's settings, checked.
@@ -1441,10 +1446,22 @@ impl Reader<'_> {
                 open: nest.open,
             },
         )?;
+        // The original's sessions read `on_failure` as a test's debugging (its
+        // `TestDebugConfig`): three attempts unless told, and the workflow fails only
+        // with `fail_workflow: true`. Its MapReduce phases: one attempt, and a handler
+        // that fails fails the step unless `fail_workflow: false`.
+        let sequential = self.sequential.get() && !steps.is_empty();
         Ok(PlanHandler {
             steps,
-            max_attempts: f.max_attempts.unwrap_or(1).max(1),
-            fail_workflow: f.fail_workflow,
+            max_attempts: f
+                .max_attempts
+                .unwrap_or(if sequential { 3 } else { 1 })
+                .max(1),
+            fail_workflow: match sequential {
+                true => Some(f.fail_workflow.unwrap_or(false)),
+                false => f.fail_workflow,
+            },
+            between_attempts: sequential,
         })
     }
 

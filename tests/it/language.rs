@@ -523,13 +523,14 @@ fn secrets_with_quotes_escapes_and_line_breaks_are_masked_in_every_form() {
     assert!(shown.contains("test -n \"***\" && echo double"), "{shown}");
 }
 
-/// `on_failure:` without `fail_workflow`, as the original reads it (its default is
-/// `false`: a handler means the failure is handled): a handler that succeeds lets the
-/// workflow go on, in a session and in an agent, and the steps after read what the failed
-/// step printed; a handler that fails, or `fail_workflow: true`, stops it. (It stopped
-/// the workflow in every case.)
+/// `on_failure:` as the original reads it. In a session (its `TestDebugConfig`): three
+/// attempts unless told, the handler between attempts only, its failure no matter, and
+/// the workflow goes on after the last failed attempt unless `fail_workflow: true`; the
+/// steps after read what the failed step printed. In an agent: a handler that succeeds
+/// handles the failure, one that fails fails the item. (A session stopped on a handler's
+/// failure, and ran the handler after the last attempt too.)
 #[test]
-fn on_failure_handles_a_failure_unless_its_handler_fails() {
+fn on_failure_reads_as_the_original_in_sessions_and_agents() {
     let env = Env::new();
     let (repo, marks) = repo_and_marks(&env, "handled");
     let f = marks.join("handled.txt");
@@ -540,7 +541,7 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
             &format!(
                 "env:\n  F: {}\n\
                  commands:\n\
-                 \x20 - shell: echo broke-{job}; exit 3\n\
+                 \x20 - shell: echo try >> $F; echo broke-{job}; exit 3\n\
                  \x20   capture: out\n\
                  \x20   on_failure:\n\
                  \x20     shell: {handler}\n{extra}\
@@ -553,14 +554,31 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
     };
     let out = session("s1", "echo handler >> $F", "");
     assert!(out.status.success(), "{}", transcript(&out));
-    assert_eq!(lines(&f), ["handler", "after broke-s1"]);
+    assert_eq!(
+        lines(&f),
+        ["try", "handler", "try", "handler", "try", "after broke-s1"]
+    );
     std::fs::remove_file(&f).unwrap();
-    let out = session("s2", "exit 1", "");
+    // A handler that fails: the attempts go on, and so does the workflow.
+    let out = session("s2", "echo handler >> $F; exit 1", "");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(
+        lines(&f),
+        ["try", "handler", "try", "handler", "try", "after broke-s2"]
+    );
+    std::fs::remove_file(&f).unwrap();
+    let out = session(
+        "s3",
+        "echo handler >> $F",
+        "\x20     fail_workflow: true\n\x20     max_attempts: 2\n",
+    );
     assert!(assert_one_line_error(&out, 1).contains("exit code 3"));
-    assert!(!f.exists(), "{}", read(&f));
-    let out = session("s3", "echo handler >> $F", "\x20     fail_workflow: true\n");
-    assert!(assert_one_line_error(&out, 1).contains("exit code 3"));
-    assert_eq!(lines(&f), ["handler"]);
+    assert_eq!(lines(&f), ["try", "handler", "try"]);
+    std::fs::remove_file(&f).unwrap();
+    // One attempt: no handler runs (it runs between attempts).
+    let out = session("s4", "echo handler >> $F", "\x20     max_attempts: 1\n");
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(lines(&f), ["try", "after broke-s4"]);
     std::fs::remove_file(&f).unwrap();
     // The original's short forms: a command as the value (a shell command, or a Claude
     // one when it starts with `/`), `true` (go on) and `false` (fail).
@@ -582,30 +600,31 @@ fn on_failure_handles_a_failure_unless_its_handler_fails() {
         commit_all(&repo);
         run_in(&env, &repo, &["run", "w.yml", "--job-id", job], &[])
     };
-    let out = short("s4", "true");
+    let out = short("s5", "true");
     assert!(out.status.success(), "{}", transcript(&out));
-    assert_eq!(lines(&f), ["short-handler", "after"]);
+    assert_eq!(lines(&f), ["short-handler", "short-handler", "after"]);
     std::fs::remove_file(&f).unwrap();
-    let out = short("s5", "false");
+    let out = short("s6", "false");
     assert!(assert_one_line_error(&out, 1).contains("exit code 4"));
-    assert_eq!(lines(&f), ["short-handler"]);
+    assert_eq!(lines(&f), ["short-handler", "short-handler"]);
     std::fs::remove_file(&f).unwrap();
+    // An agent: b's handler handles its failure, c's fails and so does c.
     write(
         &repo,
         "m.yml",
         &format!(
             "name: m\nmode: mapreduce\nenv:\n  F: {}\n\
-             map:\n  input: \"printf 'a\\\\nb\\\\n'\"\n  max_parallel: 1\n  agent_template:\n\
-             \x20   - shell: test ${{item}} != b\n\
+             map:\n  input: \"printf 'a\\\\nb\\\\nc\\\\n'\"\n  max_parallel: 1\n  agent_template:\n\
+             \x20   - shell: test ${{item}} = a\n\
              \x20     on_failure:\n\
-             \x20       shell: echo fixed-${{item}} >> $F\n\
+             \x20       shell: test ${{item}} = b && echo fixed-${{item}} >> $F\n\
              \x20   - shell: echo next-${{item}} >> $F\n",
             f.display()
         ),
     );
     commit_all(&repo);
     let out = run_in(&env, &repo, &["run", "m.yml", "--job-id", "m1"], &[]);
-    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(!out.status.success(), "{}", transcript(&out));
     assert_eq!(lines(&f), ["next-a", "fixed-b", "next-b"]);
 }
 
@@ -627,12 +646,15 @@ fn a_handler_reads_what_the_failed_step_printed() {
              \x20 - shell: printf 'detail one\\ndetail two\\n'; echo boom >&2; exit 1\n\
              \x20   on_failure:\n\
              \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20     max_attempts: 2\n\
              \x20 - shell: echo only-err >&2; exit 1\n\
              \x20   on_failure:\n\
              \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20     max_attempts: 2\n\
              \x20 - shell: seq 1 20000; exit 1\n\
              \x20   on_failure:\n\
-             \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n",
+             \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20     max_attempts: 2\n",
             f.display()
         ),
     );
@@ -808,6 +830,8 @@ fn step_fields_of_the_original_run_as_written() {
             "after first",
             "v-specs/7-feature.md sub",
             "cleared:::",
+            // Three attempts, the handler between them.
+            "fix warning text",
             "fix warning text",
             // What a forgiven step printed is its capture, as the original keeps it.
             "later warning text",
