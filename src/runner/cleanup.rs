@@ -415,6 +415,78 @@ fn worktrees_in(dir: &Path, job: &str) -> Vec<PathBuf> {
     found
 }
 
+/// What [`merge_back`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeBack {
+    /// The job's branch is merged into `into`, checked out in `dir`.
+    Merged {
+        /// The branch merged into.
+        into: String,
+        /// The worktree that has it checked out.
+        dir: PathBuf,
+        /// What git said.
+        said: String,
+    },
+    /// Nothing was changed, for this reason (one line).
+    Left(String),
+}
+
+/// Brings a complete job's result back, as the original does after a run it is told yes:
+/// merges the job's branch into the branch the repository was on when the job started,
+/// in the worktree that has it checked out, as `git merge --no-edit` does. Only when that
+/// branch is checked out and nothing tracked is changed there; a merge that conflicts is
+/// aborted, leaving the repository as it was. Whatever stops it is [`MergeBack::Left`],
+/// the repository untouched.
+pub fn merge_back(refs: &RefStore, repo: &str, job: &str) -> Result<MergeBack, RunError> {
+    let states = JobStateManager::new(refs.clone(), repo)?;
+    let (_, c) = states.head(job)?;
+    let spec = states.read_spec(&c.spec)?;
+    if c.phase != Phase::Complete {
+        return Err(RunError::NotComplete {
+            job: job.to_owned(),
+            phase: c.phase.as_str().to_owned(),
+        });
+    }
+    let Some(target) = &spec.target_branch else {
+        return Ok(MergeBack::Left(
+            "the repository was on no branch (a detached HEAD) when the job started".into(),
+        ));
+    };
+    let root = &spec.repo_root;
+    if !git::branch_exists(root, &spec.branch) {
+        return Err(RunError::BranchMissing {
+            branch: spec.branch.clone(),
+            repo: root.clone(),
+        });
+    }
+    let Some(dir) = git::checked_out_at(root, target)? else {
+        return Ok(MergeBack::Left(format!(
+            "{target} is not checked out in any worktree of the repository now"
+        )));
+    };
+    let changed = git::git(&dir, &["status", "--porcelain", "--untracked-files=no"])?;
+    if !changed.trim().is_empty() {
+        return Ok(MergeBack::Left(format!(
+            "'{}' has uncommitted changes to tracked files",
+            dir.display()
+        )));
+    }
+    match git::git(&dir, &["merge", "--no-edit", &spec.branch]) {
+        Ok(said) => Ok(MergeBack::Merged {
+            into: target.clone(),
+            dir,
+            said,
+        }),
+        Err(e) => {
+            let _ = git::git(&dir, &["merge", "--abort"]);
+            Ok(MergeBack::Left(format!(
+                "git merge failed, and was aborted: {}",
+                crate::error_line(&e)
+            )))
+        }
+    }
+}
+
 /// Merges job `job`'s result (its branch, `prodigy/<job>`) into the branch checked out in
 /// `dir`, as `git merge --no-edit` does; a conflict is left to resolve, as git leaves it.
 /// Refused for a job that is not complete unless `force`.

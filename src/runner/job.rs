@@ -522,6 +522,7 @@ impl Job {
                 .is_sequential()
                 .then_some(self.state.checkpoint.setup_done),
             merge_pending: true,
+            merges_itself: true,
         })
     }
 
@@ -686,7 +687,28 @@ impl Job {
             }
             self.state.checkpoint.captured = captured.clone();
             self.state.checkpoint.job_head = git::head(&worktree).ok();
-            self.save(&format!("{name} step {} done", done + 1))?;
+            // `run -n N`: a pass after which the session has made no commit at all is
+            // the last, as the original stops ("No changes were made").
+            let passed = done + 1;
+            if phase == Phase::Setup
+                && sequential
+                && passed < steps.len()
+                && passed % per_iteration == 0
+                && self.state.checkpoint.job_head.as_deref()
+                    == Some(self.state.spec.base_commit.as_str())
+            {
+                self.note(&format!(
+                    "stopping after pass {} of {}: no step has made a commit",
+                    passed / per_iteration,
+                    steps.len() / per_iteration
+                ));
+                self.state.checkpoint.setup_done = steps.len();
+                self.save(&format!(
+                    "{name} step {passed} done; no commit, no more passes"
+                ))?;
+                return Ok(());
+            }
+            self.save(&format!("{name} step {passed} done"))?;
         }
     }
 }

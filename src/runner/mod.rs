@@ -327,6 +327,8 @@ pub struct Outcome {
     pub steps: Option<usize>,
     /// A session whose `merge:` steps wait for a yes (`resume -y` runs them).
     pub merge_pending: bool,
+    /// The workflow has `merge:` steps: they, not prodigy, bring the result back.
+    pub merges_itself: bool,
 }
 
 /// Starts a job for the workflow at `workflow`, in the repository holding `dir`.
@@ -461,6 +463,7 @@ pub fn resume(
             already_complete: true,
             steps: plan.is_sequential().then_some(state.checkpoint.setup_done),
             merge_pending: false,
+            merges_itself: !plan.merge.is_empty(),
         });
     }
     let mut job = Job::new(home, refs, states, plan, state, opts)?;

@@ -97,6 +97,7 @@ impl Job {
                 .is_sequential()
                 .then_some(self.state.checkpoint.setup_done),
             merge_pending: false,
+            merges_itself: !self.plan.merge.is_empty(),
         })
     }
 }

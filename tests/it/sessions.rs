@@ -174,6 +174,8 @@ fn dry_run_checks_and_prints_the_plan_and_runs_nothing() {
     );
 }
 
+/// `-n N`: the steps N times over in one session; as the original, a pass after which
+/// the session has made no commit at all is the last (it ran every pass).
 #[test]
 fn max_iterations_repeats_the_steps_in_one_session() {
     let env = Env::new();
@@ -182,7 +184,15 @@ fn max_iterations_repeats_the_steps_in_one_session() {
         &repo,
         "w.yml",
         &format!(
-            "- shell: echo \"pass $PRODIGY_MAX_ITERATIONS\" >> {m}/loop.log\n- shell: echo second >> {m}/loop.log\n",
+            "- shell: echo \"pass $PRODIGY_MAX_ITERATIONS\" >> {m}/loop.log\n- shell: echo second >> {m}/loop.log && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pass\n",
+            m = marks.display()
+        ),
+    );
+    write(
+        &repo,
+        "still.yml",
+        &format!(
+            "- shell: echo still >> {m}/still.log\n",
             m = marks.display()
         ),
     );
@@ -202,6 +212,19 @@ fn max_iterations_repeats_the_steps_in_one_session() {
     );
     let states = prodigy::state::JobStateManager::new(env.store(), "loop").unwrap();
     assert_eq!(states.load("n3").unwrap().checkpoint.setup_done, 6);
+    let out = in_repo(
+        &env,
+        &repo,
+        &["run", "still.yml", "-n", "3", "--job-id", "s3"],
+    );
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("stopping after pass 1 of 3: no step has made a commit"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(lines(&marks.join("still.log")), ["still"]);
+    assert_eq!(job_show(&env, &repo, "s3")["phase"], "complete");
     let out = in_repo(&env, &repo, &["run", "mr.yml", "-n", "2"]);
     assert_one_line_error(&out, 2);
 }
@@ -737,4 +760,127 @@ fn a_rewound_item_that_succeeds_leaves_the_dead_letter_queue() {
         &["events", "show", "q1", "--type", "dlq_item_removed"],
     );
     assert_eq!(events.lines().count(), 1, "{events}");
+}
+
+/// `run -y` brings the result back, as the original merges it when told yes: the job's
+/// branch is merged into the branch the repository was on, in its worktree. Without a yes
+/// (no terminal) the hint says how; a workflow's own `merge:` steps do it instead; a
+/// changed tracked file, a detached HEAD or a conflict leave the repository as it was,
+/// saying why. (The result stayed on `prodigy/<job>` in every case.)
+#[test]
+fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
+    let env = Env::new();
+    let (repo, _) = repo_and_marks(&env, "back");
+    write(&repo, "notes.txt", "mine\n");
+    let step = |file: &str, text: &str| {
+        format!(
+            "{IDENTITY}commands:\n  - shell: echo {text} > {file} && git add {file} && git commit -qm {file}\n"
+        )
+    };
+    write(&repo, "w.yml", &step("result.txt", "done"));
+    commit(&repo);
+    let head = || git_out(&repo, &["rev-parse", "HEAD"]);
+    // No yes and no terminal: the hint, nothing merged.
+    let before = head();
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b1"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("run `git merge prodigy/b1` in your repository (or run with -y)"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(head(), before);
+    // -y: merged into main, here.
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b2", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("merged prodigy/b2 into main in"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("result.txt")).unwrap(),
+        "done\n"
+    );
+    assert_eq!(
+        git_out(&repo, &["rev-parse", "HEAD"]),
+        git_out(&repo, &["rev-parse", "prodigy/b2"])
+    );
+    // A tracked file changed: left, and the change kept.
+    write(&repo, "w.yml", &step("other.txt", "x"));
+    commit(&repo);
+    write(&repo, "notes.txt", "mine, changed\n");
+    let before = head();
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b3", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("not merged into your branch: '")
+            && transcript(&out).contains("has uncommitted changes to tracked files"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(head(), before);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("notes.txt")).unwrap(),
+        "mine, changed\n"
+    );
+    git(&repo, &["checkout", "--", "notes.txt"]);
+    // A conflict: b4 writes result.txt from a base where main then changes it too; the
+    // merge is aborted and the repository is as it was.
+    write(&repo, "w.yml", &step("result.txt", "theirs"));
+    commit(&repo);
+    ok_in(&env, &repo, &["run", "w.yml", "--job-id", "b4"]);
+    write(&repo, "result.txt", "ours\n");
+    commit(&repo);
+    let before = head();
+    let out = in_repo(&env, &repo, &["resume", "b4", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("not merged into your branch: git merge failed, and was aborted"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(head(), before);
+    assert_eq!(
+        git_out(&repo, &["status", "--porcelain", "--untracked-files=no"]),
+        ""
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("result.txt")).unwrap(),
+        "ours\n"
+    );
+    // Started on a detached HEAD: no branch to merge into.
+    git(&repo, &["checkout", "-q", "--detach"]);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b5", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        transcript(&out).contains("(a detached HEAD)"),
+        "{}",
+        transcript(&out)
+    );
+    git(&repo, &["checkout", "-q", "main"]);
+    // The workflow's own merge: steps merge; prodigy adds nothing.
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "{}merge:\n  - shell: echo merge-step ran\n",
+            step("third.txt", "3")
+        ),
+    );
+    commit(&repo);
+    let before = head();
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b6", "-y"]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert!(
+        !transcript(&out).contains("git merge prodigy/b6"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(
+        !transcript(&out).contains("merged prodigy/b6"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(head(), before);
 }

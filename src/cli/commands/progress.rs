@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::output::Diag;
 use crate::cli::{Ctx, Exit};
+use crate::runner::cleanup::MergeBack;
 use crate::runner::{Observer, Options, Outcome, Progress, RunError};
 
 struct Bar {
@@ -113,11 +114,14 @@ pub fn options_for(ctx: &Ctx<'_>, json: bool) -> anyhow::Result<Options> {
 
 /// Prints a finished job (id on stdout, a summary on stderr; with `json` one summary
 /// object on stdout) or returns its error. A job that finished with failed items exits
-/// [`Exit::Incomplete`].
+/// [`Exit::Incomplete`]. With `yes` (or a yes on a terminal) a complete job's result is
+/// merged back into the branch the repository was on, as the original merges it, unless
+/// the workflow's own `merge:` steps do that.
 pub fn finish(
     ctx: &mut Ctx<'_>,
     outcome: Result<Outcome, RunError>,
     json: bool,
+    yes: bool,
 ) -> anyhow::Result<Exit> {
     let outcome = match outcome {
         Ok(o) => o,
@@ -139,6 +143,15 @@ pub fn finish(
         _ if outcome.merge_pending => Exit::Success,
         _ => Exit::Incomplete,
     };
+    let back = match !outcome.merge_pending
+        && !outcome.merges_itself
+        && (outcome.steps.is_some() || c.done > 0)
+    {
+        true if yes || (!json && asked_to_merge(ctx, &outcome)?) => Some(
+            crate::runner::cleanup::merge_back(&ctx.refs(), &outcome.repo, &outcome.job_id)?,
+        ),
+        _ => None,
+    };
     if json {
         let status = if outcome.merge_pending {
             "merge_pending"
@@ -157,6 +170,10 @@ pub fn finish(
             "failed": c.failed,
             "worktree": outcome.worktree,
             "branch": outcome.branch,
+            "merged_into": match &back {
+                Some(MergeBack::Merged { into, .. }) => Some(into),
+                _ => None,
+            },
             "exit_code": exit as i32,
         });
         writeln!(ctx.out, "{summary}")?;
@@ -192,10 +209,7 @@ pub fn finish(
             outcome.worktree.display(),
             outcome.branch
         ));
-        ctx.diag.hint(&format!(
-            "to bring the result into your branch, run `git merge {}` in your repository",
-            outcome.branch
-        ));
+        merged_back(ctx, &outcome, back.as_ref());
         writeln!(ctx.out, "{}", outcome.job_id)?;
         return Ok(Exit::Success);
     }
@@ -209,10 +223,7 @@ pub fn finish(
         outcome.branch
     ));
     if c.done > 0 {
-        ctx.diag.hint(&format!(
-            "to bring the result into your branch, run `git merge {}` in your repository",
-            outcome.branch
-        ));
+        merged_back(ctx, &outcome, back.as_ref());
     }
     if c.failed > 0 {
         ctx.diag.hint(&format!(
@@ -222,6 +233,49 @@ pub fn finish(
     }
     writeln!(ctx.out, "{}", outcome.job_id)?;
     Ok(exit)
+}
+
+/// On a terminal, asks whether to merge a complete job's result back.
+fn asked_to_merge(ctx: &mut Ctx<'_>, outcome: &Outcome) -> anyhow::Result<bool> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Ok(false);
+    }
+    ctx.diag.note(&format!(
+        "{} is done: merge {} into the branch you started it on? [y/N]",
+        outcome.job_id, outcome.branch
+    ));
+    let answer = ctx.read_line()?.unwrap_or_default();
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
+}
+
+/// Says what became of the result: merged back, left (and why), or where it waits.
+fn merged_back(ctx: &Ctx<'_>, outcome: &Outcome, back: Option<&MergeBack>) {
+    if outcome.merges_itself {
+        return;
+    }
+    match back {
+        Some(MergeBack::Merged { into, dir, .. }) => ctx.diag.note(&format!(
+            "merged {} into {into} in '{}'",
+            outcome.branch,
+            dir.display()
+        )),
+        Some(MergeBack::Left(why)) => {
+            ctx.diag
+                .note(&format!("not merged into your branch: {why}"));
+            ctx.diag.hint(&format!(
+                "merge it yourself: `git merge {}` in your repository",
+                outcome.branch
+            ));
+        }
+        None => ctx.diag.hint(&format!(
+            "to bring the result into your branch, run `git merge {}` in your repository \
+             (or run with -y)",
+            outcome.branch
+        )),
+    }
 }
 
 /// The job a run's error is about, when the job exists (it stopped, failed a step, or was

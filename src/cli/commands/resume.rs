@@ -23,7 +23,9 @@ pub struct Args {
     /// Agents at once (overrides map.max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_parallel: Option<u32>,
-    /// Yes to every question: a session's merge: steps run.
+    /// Yes to every question: the workflow's merge: steps run; without them a complete
+    /// job's result is merged into the branch it started on (when nothing there would be
+    /// lost).
     #[arg(short = 'y', long)]
     pub yes: bool,
     /// Print one JSON summary object on stdout and nothing but errors on stderr.
@@ -46,7 +48,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
     opts.max_parallel = args.max_parallel.map(|n| n as usize);
     opts.yes = args.yes;
     let outcome = crate::runner::resume(&ctx.home, &repo, &args.job, from, opts);
-    progress::finish(ctx, outcome, args.json)
+    progress::finish(ctx, outcome, args.json, args.yes)
 }
 
 /// A checkpoint of `job` named by version number, id or prefix.

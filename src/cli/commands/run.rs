@@ -35,11 +35,14 @@ pub struct Args {
     /// complete ends the run, and the values after it are named.
     #[arg(long = "args", value_name = "VALUE")]
     pub args: Vec<String>,
-    /// Run a sequential workflow's steps N times over, in one session.
+    /// Run a sequential workflow's steps N times over, in one session (a pass after which
+    /// no step has made a commit is the last).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_iterations: u32,
-    /// Yes to every question: a sequential workflow's merge: steps run without asking.
+    /// Yes to every question: the workflow's merge: steps run without asking; without
+    /// them the result is merged into the branch you started on (when nothing there
+    /// would be lost).
     #[arg(short = 'y', long)]
     pub yes: bool,
     /// Resume this job or session instead of starting one (the original's spelling of
@@ -151,7 +154,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         opts.max_parallel = args.max_parallel.map(|n| n as usize);
         opts.yes = args.yes;
         let outcome = crate::runner::resume(&ctx.home, &repo, id, None, opts);
-        return progress::finish(ctx, outcome, args.json);
+        return progress::finish(ctx, outcome, args.json, args.yes);
     }
     let params = params(&args)?;
     let mut inputs = crate::workflow::Inputs {
@@ -288,7 +291,7 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
                 );
             }
         }
-        let exit = match progress::finish(ctx, outcome, args.json) {
+        let exit = match progress::finish(ctx, outcome, args.json, args.yes) {
             Ok(exit) => exit,
             Err(e) => {
                 rest(ctx);
