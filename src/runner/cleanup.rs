@@ -424,19 +424,37 @@ pub enum MergeBack {
         into: String,
         /// The worktree that has it checked out.
         dir: PathBuf,
-        /// What git said.
-        said: String,
+    },
+    /// `into` already holds the job's branch: nothing to do.
+    AlreadyMerged {
+        /// The branch.
+        into: String,
     },
     /// Nothing was changed, for this reason (one line).
     Left(String),
 }
 
+/// What a worktree may be in the middle of, by the file git keeps for it: a merge back
+/// then would end it, or abort it, for the user.
+const UNDERWAY: [(&str, &str); 7] = [
+    ("MERGE_HEAD", "merge"),
+    ("CHERRY_PICK_HEAD", "cherry-pick"),
+    ("REVERT_HEAD", "revert"),
+    ("rebase-merge", "rebase"),
+    ("rebase-apply", "rebase or am"),
+    ("sequencer", "cherry-pick or revert"),
+    ("BISECT_LOG", "bisect"),
+];
+
 /// Brings a complete job's result back, as the original does after a run it is told yes:
 /// merges the job's branch into the branch the repository was on when the job started,
-/// in the worktree that has it checked out, as `git merge --no-edit` does. Only when that
-/// branch is checked out and nothing tracked is changed there; a merge that conflicts is
-/// aborted, leaving the repository as it was. Whatever stops it is [`MergeBack::Left`],
-/// the repository untouched.
+/// in the worktree that has it checked out, as `git merge --no-edit` does. Only when
+/// nothing there can be lost: that branch checked out, no tracked file changed and no
+/// merge, rebase, cherry-pick, revert or bisect underway there, no ignored file
+/// overwritten, and the job's own worktree holding nothing uncommitted (which would not
+/// come along); a merge that fails is aborted, leaving the repository as it was. Whatever
+/// stops it is [`MergeBack::Left`], the repository untouched; an error is only about the
+/// job (not complete, not there).
 pub fn merge_back(refs: &RefStore, repo: &str, job: &str) -> Result<MergeBack, RunError> {
     let states = JobStateManager::new(refs.clone(), repo)?;
     let (_, c) = states.head(job)?;
@@ -447,42 +465,92 @@ pub fn merge_back(refs: &RefStore, repo: &str, job: &str) -> Result<MergeBack, R
             phase: c.phase.as_str().to_owned(),
         });
     }
+    Ok(try_merge_back(&spec).unwrap_or_else(MergeBack::Left))
+}
+
+fn try_merge_back(spec: &JobSpec) -> Result<MergeBack, String> {
+    let said = |e: git::GitError| crate::error_line(&e);
     let Some(target) = &spec.target_branch else {
-        return Ok(MergeBack::Left(
+        return Err(
             "the repository was on no branch (a detached HEAD) when the job started".into(),
-        ));
+        );
     };
     let root = &spec.repo_root;
-    if !git::branch_exists(root, &spec.branch) {
-        return Err(RunError::BranchMissing {
-            branch: spec.branch.clone(),
-            repo: root.clone(),
-        });
+    let branch = &spec.branch;
+    if !git::branch_exists(root, branch) {
+        return Err(format!("the job's branch {branch} is gone"));
     }
-    let Some(dir) = git::checked_out_at(root, target)? else {
-        return Ok(MergeBack::Left(format!(
+    if spec.worktree.is_dir() {
+        let changed = git::git(
+            &spec.worktree,
+            &["status", "--porcelain", "--untracked-files=no"],
+        )
+        .map_err(said)?;
+        if !changed.is_empty() {
+            return Err(format!(
+                "the job's worktree '{}' has uncommitted changes, which are not on {branch} \
+                 (a step run again after a resume leaves what it had committed staged): \
+                 commit them there first",
+                spec.worktree.display()
+            ));
+        }
+    }
+    let Some(dir) = git::checked_out_at(root, target).map_err(said)? else {
+        return Err(format!(
             "{target} is not checked out in any worktree of the repository now"
-        )));
+        ));
     };
-    let changed = git::git(&dir, &["status", "--porcelain", "--untracked-files=no"])?;
-    if !changed.trim().is_empty() {
-        return Ok(MergeBack::Left(format!(
+    if !dir.is_dir() {
+        return Err(format!(
+            "{target} is checked out in '{}', which is not there",
+            dir.display()
+        ));
+    }
+    let git_path = |name: &str| -> Result<PathBuf, String> {
+        let p = PathBuf::from(git::git(&dir, &["rev-parse", "--git-path", name]).map_err(said)?);
+        Ok(if p.is_relative() { dir.join(p) } else { p })
+    };
+    for (name, what) in UNDERWAY {
+        if git_path(name)?.exists() {
+            return Err(format!(
+                "'{}' is in the middle of a {what} ({name})",
+                dir.display()
+            ));
+        }
+    }
+    let changed =
+        git::git(&dir, &["status", "--porcelain", "--untracked-files=no"]).map_err(said)?;
+    if !changed.is_empty() {
+        return Err(format!(
             "'{}' has uncommitted changes to tracked files",
             dir.display()
-        )));
+        ));
     }
-    match git::git(&dir, &["merge", "--no-edit", &spec.branch]) {
-        Ok(said) => Ok(MergeBack::Merged {
+    if git::git(&dir, &["merge-base", "--is-ancestor", branch, "HEAD"]).is_ok() {
+        return Ok(MergeBack::AlreadyMerged {
+            into: target.clone(),
+        });
+    }
+    let theirs = git::git(
+        root,
+        &["rev-parse", "--verify", &format!("refs/heads/{branch}")],
+    )
+    .map_err(said)?;
+    match git::git(
+        &dir,
+        &["merge", "--no-edit", "--no-overwrite-ignore", branch],
+    ) {
+        Ok(_) => Ok(MergeBack::Merged {
             into: target.clone(),
             dir,
-            said,
         }),
         Err(e) => {
-            let _ = git::git(&dir, &["merge", "--abort"]);
-            Ok(MergeBack::Left(format!(
-                "git merge failed, and was aborted: {}",
-                crate::error_line(&e)
-            )))
+            // Only a merge of ours is aborted: MERGE_HEAD names the job's branch.
+            let merge_head = git_path("MERGE_HEAD")?;
+            if std::fs::read_to_string(&merge_head).is_ok_and(|h| h.trim() == theirs) {
+                let _ = git::git(&dir, &["merge", "--abort"]);
+            }
+            Err(format!("git merge failed, and was aborted: {}", said(e)))
         }
     }
 }

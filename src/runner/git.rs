@@ -89,25 +89,18 @@ pub fn forget_worktrees(repo: &Path, paths: &[PathBuf]) -> Result<(), GitError> 
     Ok(())
 }
 
-/// The worktree of `repo` that has `branch` checked out, if one has (git allows one).
+/// The worktree of `repo` that has `branch` checked out, if one has (git allows one):
+/// `for-each-ref`'s `worktreepath` (git 2.23), one path whatever bytes it holds.
 pub fn checked_out_at(repo: &Path, branch: &str) -> Result<Option<PathBuf>, GitError> {
     use std::os::unix::ffi::OsStrExt;
-    let list = git_bytes(
+    let refname = format!("refs/heads/{branch}");
+    let out = git_bytes(
         repo,
-        &["worktree", "list", "--porcelain", "-z"],
+        &["for-each-ref", "--format=%(worktreepath)", &refname],
         &BTreeMap::new(),
     )?;
-    let wanted = format!("branch refs/heads/{branch}");
-    let mut path = None;
-    // Fields end with NUL, entries with an empty field; a path is bytes, whatever it holds.
-    for field in list.split(|b| *b == 0) {
-        if let Some(p) = field.strip_prefix(b"worktree ") {
-            path = Some(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
-        } else if field == wanted.as_bytes() {
-            return Ok(path);
-        }
-    }
-    Ok(None)
+    let path = out.strip_suffix(b"\n").unwrap_or(&out);
+    Ok((!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path))))
 }
 
 /// [`git`] with extra environment (the job's, so that `GIT_AUTHOR_NAME` and friends in a

@@ -771,6 +771,9 @@ fn a_rewound_item_that_succeeds_leaves_the_dead_letter_queue() {
 fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
     let env = Env::new();
     let (repo, _) = repo_and_marks(&env, "back");
+    // The user's identity, for the merge commits made in their repository.
+    git(&repo, &["config", "user.name", "u"]);
+    git(&repo, &["config", "user.email", "u@example.com"]);
     write(&repo, "notes.txt", "mine\n");
     let step = |file: &str, text: &str| {
         format!(
@@ -806,6 +809,62 @@ fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
         git_out(&repo, &["rev-parse", "HEAD"]),
         git_out(&repo, &["rev-parse", "prodigy/b2"])
     );
+    // Once merged, a yes again says so and does nothing.
+    let out = in_repo(&env, &repo, &["resume", "b2", "-y"]);
+    assert!(
+        transcript(&out).contains("prodigy/b2 is already merged into main"),
+        "{}",
+        transcript(&out)
+    );
+    // The user's own merge underway: left alone, its MERGE_HEAD kept.
+    git(&repo, &["checkout", "-qb", "side"]);
+    git(&repo, &["commit", "-q", "--allow-empty", "-m", "side"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    git(
+        &repo,
+        &["merge", "--no-commit", "--no-ff", "-s", "ours", "side"],
+    );
+    let out = in_repo(&env, &repo, &["resume", "b1", "-y"]);
+    assert!(
+        transcript(&out).contains("is in the middle of a merge (MERGE_HEAD)"),
+        "{}",
+        transcript(&out)
+    );
+    assert!(repo.join(".git/MERGE_HEAD").exists());
+    git(&repo, &["merge", "--abort"]);
+    // The job's worktree holds a change it never committed: it would not come along.
+    let job_tree =
+        std::path::PathBuf::from(job_show(&env, &repo, "b1")["worktree"].as_str().unwrap());
+    write(&job_tree, "result.txt", "uncommitted\n");
+    let out = in_repo(&env, &repo, &["resume", "b1", "-y"]);
+    assert!(
+        transcript(&out).contains("has uncommitted changes, which are not on prodigy/b1"),
+        "{}",
+        transcript(&out)
+    );
+    git(&job_tree, &["checkout", "--", "result.txt"]);
+    // An ignored file of the user's that the job's branch adds: not overwritten.
+    write(&repo, ".gitignore", "local.cfg\n");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "{IDENTITY}commands:\n  - shell: echo job > local.cfg && git add -f local.cfg && git commit -qm cfg\n"
+        ),
+    );
+    commit(&repo);
+    write(&repo, "local.cfg", "mine\n");
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b7", "-y"]);
+    assert!(
+        transcript(&out).contains("git merge failed, and was aborted"),
+        "{}",
+        transcript(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("local.cfg")).unwrap(),
+        "mine\n"
+    );
+    std::fs::remove_file(repo.join("local.cfg")).unwrap();
     // A tracked file changed: left, and the change kept.
     write(&repo, "w.yml", &step("other.txt", "x"));
     commit(&repo);

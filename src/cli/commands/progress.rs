@@ -171,7 +171,9 @@ pub fn finish(
             "worktree": outcome.worktree,
             "branch": outcome.branch,
             "merged_into": match &back {
-                Some(MergeBack::Merged { into, .. }) => Some(into),
+                Some(MergeBack::Merged { into, .. } | MergeBack::AlreadyMerged { into }) => {
+                    Some(into)
+                }
                 _ => None,
             },
             "exit_code": exit as i32,
@@ -237,7 +239,8 @@ pub fn finish(
 
 /// On a terminal, asks whether to merge a complete job's result back.
 fn asked_to_merge(ctx: &mut Ctx<'_>, outcome: &Outcome) -> anyhow::Result<bool> {
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    // Only where the question is seen: a terminal on stderr too, not `-q`.
+    if !ctx.progress || !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Ok(false);
     }
     ctx.diag.note(&format!(
@@ -257,11 +260,14 @@ fn merged_back(ctx: &Ctx<'_>, outcome: &Outcome, back: Option<&MergeBack>) {
         return;
     }
     match back {
-        Some(MergeBack::Merged { into, dir, .. }) => ctx.diag.note(&format!(
+        Some(MergeBack::Merged { into, dir }) => ctx.diag.note(&format!(
             "merged {} into {into} in '{}'",
             outcome.branch,
             dir.display()
         )),
+        Some(MergeBack::AlreadyMerged { into }) => ctx
+            .diag
+            .note(&format!("{} is already merged into {into}", outcome.branch)),
         Some(MergeBack::Left(why)) => {
             ctx.diag
                 .note(&format!("not merged into your branch: {why}"));
