@@ -39,6 +39,11 @@ const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 /// Standard error kept for messages.
 pub const STDERR_TAIL: usize = 2048;
 
+/// How much of the end of a step's standard output is kept whatever it captures: what a
+/// failure handler's `${shell.output}` shows of a long report (its end, where a test
+/// runner sums up).
+pub const STDOUT_TAIL: usize = 32 * 1024;
+
 /// How long a step's output is still read after the step ended (a process that escaped
 /// its group may hold the pipes open).
 const READER_GRACE: Duration = Duration::from_secs(2);
@@ -140,6 +145,9 @@ pub struct StepOutcome {
     /// How many bytes it wrote to standard output, when captured (more than
     /// [`MAX_CAPTURE`] means `stdout` holds only the start).
     pub stdout_bytes: u64,
+    /// The end of its standard output, captured or not: all of it up to [`STDOUT_TAIL`]
+    /// bytes, else the last `STDOUT_TAIL + 1`.
+    pub stdout_tail: Vec<u8>,
     /// The last [`STDERR_TAIL`] bytes of its standard error.
     pub stderr_tail: String,
     /// Its standard error, when kept ([`StepSpec::keep_stderr`]; at most
@@ -294,13 +302,14 @@ impl Executor {
         // done; a process that left the step's group may keep the pipes open for ever, so
         // they are waited for only briefly once the step has ended.
         let kept = Arc::new(Mutex::new(Vec::new()));
+        let out_tail = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tail = Arc::new(Mutex::new(Vec::new()));
         let err_kept = Arc::new(Mutex::new(Vec::new()));
         let (done_tx, done_rx) = mpsc::channel::<()>();
         if let Some(mut r) = stdout {
             let (log, kept, done) = (Arc::clone(step.log), Arc::clone(&kept), done_tx.clone());
-            let seen = Arc::clone(&seen);
+            let (seen, out_tail) = (Arc::clone(&seen), Arc::clone(&out_tail));
             let capture = step.capture.unwrap_or(0);
             let hook = step.lines.clone();
             let mask = step.mask.clone();
@@ -315,6 +324,7 @@ impl Executor {
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
                     drop(kept);
+                    keep_tail(&out_tail, chunk, STDOUT_TAIL + 1);
                     if let Some(hook) = &hook {
                         // Only the new bytes are searched: a line of many chunks was
                         // searched again whole for each (50 MiB took 38 s).
@@ -349,12 +359,7 @@ impl Executor {
                         let room = MAX_CAPTURE.saturating_sub(kept.len());
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
-                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    tail.extend_from_slice(chunk);
-                    if tail.len() > 2 * STDERR_TAIL {
-                        let cut = tail.len() - STDERR_TAIL;
-                        tail.drain(..cut);
-                    }
+                    keep_tail(&tail, chunk, STDERR_TAIL);
                 });
                 let _ = done.send(());
             });
@@ -410,10 +415,14 @@ impl Executor {
             .is_ok()
         {}
         let stdout = std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut stderr = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
-        if stderr.len() > STDERR_TAIL {
-            stderr.drain(..stderr.len() - STDERR_TAIL);
-        }
+        let take_tail = |tail: &Mutex<Vec<u8>>, most: usize| {
+            let mut tail = std::mem::take(&mut *tail.lock().unwrap_or_else(|e| e.into_inner()));
+            tail.drain(..tail.len().saturating_sub(most));
+            tail
+        };
+        let stderr = take_tail(&tail, STDERR_TAIL);
+        // One byte more when there was more: a tail that long begins inside a line.
+        let stdout_tail = take_tail(&out_tail, STDOUT_TAIL + 1);
         let interrupted = !timed_out && self.interrupted() && !status.success();
         Ok(StepOutcome {
             exit_code: if timed_out {
@@ -424,6 +433,7 @@ impl Executor {
             timed_out,
             interrupted,
             stdout,
+            stdout_tail,
             stdout_bytes: if step.capture.is_some() {
                 seen.load(std::sync::atomic::Ordering::Relaxed)
             } else {
@@ -433,6 +443,17 @@ impl Executor {
             stderr: std::mem::take(&mut *err_kept.lock().unwrap_or_else(|e| e.into_inner())),
             duration,
         })
+    }
+}
+
+/// Adds `chunk` to a tail kept of a stream: at least its last `most` bytes (cut back
+/// when twice that, so bytes are moved once per `most` written).
+fn keep_tail(tail: &Mutex<Vec<u8>>, chunk: &[u8], most: usize) {
+    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+    tail.extend_from_slice(chunk);
+    if tail.len() > 2 * most {
+        let cut = tail.len() - most;
+        tail.drain(..cut);
     }
 }
 
@@ -469,6 +490,7 @@ fn killed(started: Instant, timed_out: bool, interrupted: bool) -> StepOutcome {
         interrupted,
         stdout: Vec::new(),
         stdout_bytes: 0,
+        stdout_tail: Vec::new(),
         stderr_tail: String::new(),
         stderr: Vec::new(),
         duration: started.elapsed(),

@@ -507,6 +507,7 @@ fn once(
             interrupted: false,
             stdout: Vec::new(),
             stdout_bytes: 0,
+            stdout_tail: Vec::new(),
             stderr_tail: String::new(),
             stderr: Vec::new(),
             duration: started.elapsed(),
@@ -693,7 +694,7 @@ fn output_text(step: &PlanStep, ran: &Ran) -> Option<String> {
 
 /// The most of a failed step's output a handler's `${shell.output}` holds: its end, from
 /// a line's start. A command given it stays well under [`MAX_COMMAND`].
-const HANDLER_OUTPUT: usize = 32 * 1024;
+const HANDLER_OUTPUT: usize = crate::runner::exec::STDOUT_TAIL;
 
 /// What a failure handler reads: `${shell.output}` (what the failed step printed, as the
 /// original captures it before its handler: its standard output, or its standard error's
@@ -712,10 +713,15 @@ fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: 
         true => &tail,
         false => stdout,
     };
-    captured.insert(
-        "shell.output".into(),
-        end_of(printed, HANDLER_OUTPUT).to_owned(),
-    );
+    // The end of all it printed (the capture holds its first MiB only), from a line's
+    // start when the tail begins inside one.
+    let stdout_end = String::from_utf8_lossy(&out.stdout_tail);
+    let stdout_end = end_of(&stdout_end, HANDLER_OUTPUT).trim_end_matches('\n');
+    let output = match stdout_end.trim().is_empty() {
+        true => end_of(&tail, HANDLER_OUTPUT),
+        false => stdout_end,
+    };
+    captured.insert("shell.output".into(), output.to_owned());
     captured.insert("shell.stderr".into(), tail.clone());
     captured.insert("shell.stdout".into(), stdout.to_owned());
     captured.insert("shell.exit_code".into(), out.exit_code.to_string());

@@ -654,6 +654,10 @@ fn a_handler_reads_what_the_failed_step_printed() {
              \x20 - shell: seq 1 20000; exit 1\n\
              \x20   on_failure:\n\
              \x20     shell: printf '%s\\n' ${{shell.output}} >> $F\n\
+             \x20     max_attempts: 2\n\
+             \x20 - shell: seq 1 300000; echo SUMMARY 1 failed; exit 1\n\
+             \x20   on_failure:\n\
+             \x20     shell: printf '%s\\n' ${{shell.output}} > $F.big\n\
              \x20     max_attempts: 2\n",
             f.display()
         ),
@@ -670,6 +674,18 @@ fn a_handler_reads_what_the_failed_step_printed() {
     assert_eq!(numbers, (first..=20000).collect::<Vec<_>>());
     let bytes: usize = seen[3..].iter().map(|l| l.len() + 1).sum();
     assert!(bytes <= 32 * 1024 && bytes > 32 * 1024 - 7, "{bytes}");
+    // Past the 1 MiB a capture holds (2 MB here): still the end, where the summary is.
+    let big = lines(&marks.join("seen.txt.big"));
+    assert_eq!(big.last().unwrap(), "SUMMARY 1 failed");
+    let numbers: Vec<u32> = big[..big.len() - 1]
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let first = numbers[0];
+    // Whole lines: from a line's start to the last, nothing cut (said briefly: 4,000+).
+    let whole = numbers == (first..=300000).collect::<Vec<_>>();
+    assert!(whole, "from {first}, {} lines", numbers.len());
+    assert!(first > 290000, "{first}");
 }
 
 /// A plain `env:` value reads `${env.NAME}` (the environment prodigy runs in) and
