@@ -23,8 +23,8 @@ use super::{StepFailure, git};
 use crate::events::record::MapReduceEvent;
 use crate::workflow::template::{Changes, Vars};
 use crate::workflow::{
-    ANALYZE_REMOVED, CaptureFormat, PlanStep, PlanValidate, StepKind, Streams, WriteFormat,
-    WriteSpec,
+    ANALYZE_REMOVED, CaptureFormat, HandlerRuns, PlanStep, PlanValidate, StepKind, Streams,
+    WriteFormat, WriteSpec,
 };
 
 /// The longest command `sh -c` is given: Linux refuses a single argument over 128 KiB
@@ -284,11 +284,13 @@ fn run_labelled(
             let mut captured = vars.captured.cloned().unwrap_or_default();
             failure_names(&mut captured, step, &ran);
             let mut handled = !h.steps.is_empty();
-            // Between attempts only, when so: the last attempt's failure is the step's.
-            let handlers = match h.between_attempts && attempt == attempts {
-                true => &[][..],
-                false => &h.steps[..],
+            let runs = match h.runs {
+                HandlerRuns::AfterEach => true,
+                // The last attempt's failure is the step's.
+                HandlerRuns::BetweenAttempts => attempt < attempts,
+                HandlerRuns::AfterFirst => attempt == 1,
             };
+            let handlers = if runs { &h.steps[..] } else { &[][..] };
             for (i, hs) in handlers.iter().enumerate() {
                 let hlabel = numbered(label, "on_failure", i, h.steps.len());
                 let hvars = Vars {

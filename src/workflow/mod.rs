@@ -316,10 +316,21 @@ pub struct PlanHandler {
     /// handler failed too, as the original (whose default is `false`, a handler meaning
     /// the failure is handled).
     pub fail_workflow: Option<bool>,
-    /// The handler runs between attempts only, never after the last, and its failure
-    /// does not stop the attempts (a sequential workflow's, as the original's sessions
-    /// run a test's debugging); otherwise it runs after every failed attempt.
-    pub between_attempts: bool,
+    /// After which failed attempts the handler runs.
+    pub runs: HandlerRuns,
+}
+
+/// After which failed attempts of its step an `on_failure` handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerRuns {
+    /// After each (a MapReduce phase's).
+    AfterEach,
+    /// Between attempts, never after the last (a sequential workflow's shell step, as
+    /// the original's sessions run a test's debugging).
+    BetweenAttempts,
+    /// After the first only, then the step is tried again alone (a sequential
+    /// workflow's Claude step, as the original retries the command after its handler).
+    AfterFirst,
 }
 
 /// A compiled `validate:`.

@@ -163,7 +163,7 @@ struct Reader<'p> {
     /// `${env.X}` set nowhere now, with their lines.
     unset_env: RefCell<Vec<(u64, String)>>,
     /// A sequential workflow is being read: its `on_failure` follows the original's
-    /// sessions ([`PlanHandler::between_attempts`]).
+    /// sessions ([`PlanHandler::runs`]).
     sequential: std::cell::Cell<bool>,
 }
 
@@ -1032,7 +1032,7 @@ impl Reader<'_> {
             .chain(own.iter().map(|c| (c.clone(), false)))
             .collect();
         let on_failure = match &step.on_failure {
-            Some(h) => Some(self.on_failure(h, scope, &before, env, nest)?),
+            Some(h) => Some(self.on_failure(h, kind, scope, &before, env, nest)?),
             None => None,
         };
         let mut on_exit_code = Vec::new();
@@ -1406,6 +1406,7 @@ impl Reader<'_> {
     fn on_failure(
         &self,
         h: &Spanned<ListOr<OnFailure>>,
+        kind: StepKind,
         scope: Scope,
         named: &Captures,
         env: &BTreeMap<String, String>,
@@ -1448,8 +1449,9 @@ impl Reader<'_> {
         )?;
         // The original's sessions read `on_failure` as a test's debugging (its
         // `TestDebugConfig`): three attempts unless told, and the workflow fails only
-        // with `fail_workflow: true`. Its MapReduce phases: one attempt, and a handler
-        // that fails fails the step unless `fail_workflow: false`.
+        // with `fail_workflow: true`; a shell step runs its handler between attempts, a
+        // Claude step once, after its first. Its MapReduce phases: one attempt, and a
+        // handler that fails fails the step unless `fail_workflow: false`.
         let sequential = self.sequential.get() && !steps.is_empty();
         Ok(PlanHandler {
             steps,
@@ -1461,7 +1463,11 @@ impl Reader<'_> {
                 true => Some(f.fail_workflow.unwrap_or(false)),
                 false => f.fail_workflow,
             },
-            between_attempts: sequential,
+            runs: match (sequential, kind) {
+                (false, _) => HandlerRuns::AfterEach,
+                (true, StepKind::Claude) => HandlerRuns::AfterFirst,
+                (true, _) => HandlerRuns::BetweenAttempts,
+            },
         })
     }
 

@@ -449,6 +449,44 @@ fn bare_strings_are_the_originals_claude_and_handler_commands() {
     assert!(e.contains("m.yml:6: step 2 is the string \"lint\""), "{e}");
 }
 
+/// A Claude step's `on_failure` in a sequential workflow, as the original's sessions run
+/// it (`OnFailureConfig::Advanced`, `max_retries: max_attempts - 1`): the handler once,
+/// after the first failure (with `max_attempts: 1` too), then the step alone; the
+/// workflow goes on unless `fail_workflow: true`. (It ran the handler between attempts,
+/// as for a shell step, and never with one attempt.)
+#[test]
+fn a_claude_steps_handler_runs_once_then_the_step_alone() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "claudefix");
+    let f = marks.join("calls.txt");
+    let f = f.display();
+    command(&repo, "flaky", &format!("echo flaky >> {f}; exit 1"));
+    command(&repo, "fix", &format!("echo fix >> {f}"));
+    let run = |job: &str, extra: &str| {
+        write(
+            &repo,
+            "w.yml",
+            &format!(
+                "commands:\n\
+                 \x20 - claude: /flaky\n\
+                 \x20   on_failure:\n\
+                 \x20     claude: /fix\n{extra}\
+                 \x20 - shell: echo after >> {f}\n"
+            ),
+        );
+        commit_all(&repo);
+        ok(&env, &repo, &["run", "w.yml", "--job-id", job], &[]);
+        let calls = std::fs::read_to_string(marks.join("calls.txt")).unwrap();
+        std::fs::remove_file(marks.join("calls.txt")).unwrap();
+        calls
+    };
+    assert_eq!(run("c1", ""), "flaky\nfix\nflaky\nflaky\nafter\n");
+    assert_eq!(
+        run("c2", "\x20     max_attempts: 1\n"),
+        "flaky\nfix\nafter\n"
+    );
+}
+
 #[test]
 fn a_merge_conflict_goes_to_claude_and_else_to_the_dlq_as_merge_conflict() {
     let env = Env::new();
