@@ -102,6 +102,19 @@ impl Job {
             self.state.checkpoint.phase = Phase::Reduce;
             return self.save("phase merge");
         }
+        // What no step committed is not on the session's branch: said, not lost (a step
+        // run again after a resume finds what it had committed staged).
+        let worktree = &self.state.spec.worktree;
+        if let Ok(changed) = git::git(worktree, &["status", "--porcelain", "--untracked-files=no"])
+            && !changed.is_empty()
+        {
+            self.note(&format!(
+                "the session's worktree '{}' holds changes no step committed; they are not on \
+                 {}: commit them there to keep them",
+                worktree.display(),
+                self.state.spec.branch
+            ));
+        }
         self.state.checkpoint.phase = Phase::Complete;
         self.state.checkpoint.ended = Some(now_timestamp());
         self.save("complete")

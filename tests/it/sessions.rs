@@ -942,4 +942,22 @@ fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
         transcript(&out)
     );
     assert_eq!(head(), before);
+    // A step that changes a tracked file and commits nothing: said at the end, and the
+    // change is not merged as if it were on the branch.
+    write(
+        &repo,
+        "w.yml",
+        "commands:\n  - shell: echo more >> notes.txt\n",
+    );
+    commit(&repo);
+    let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b8", "-y"]);
+    let said = transcript(&out);
+    assert!(
+        said.contains("holds changes no step committed; they are not on prodigy/b8"),
+        "{said}"
+    );
+    assert!(
+        said.contains("has uncommitted changes, which are not on prodigy/b8"),
+        "{said}"
+    );
 }
