@@ -287,16 +287,21 @@ impl Checker<'_> {
     /// Every id a ref or a reflog entry named is a good object. The refs are read before the objects are listed: a writer writes its
     /// objects before it moves a ref, so what a ref named then is listed (a ref moved during
     /// the listing would name objects written after it).
+    /// What an object that did not read is: corrupt (there, not what it claims) or
+    /// missing.
+    fn state_of(&self, id: &ObjectId) -> &'static str {
+        match self.bad.contains(id) {
+            true => "corrupt",
+            false => "missing",
+        }
+    }
+
     fn named(&mut self) {
         for (path, what, id) in std::mem::take(&mut self.named) {
             if self.good.contains(&id) {
                 continue;
             }
-            let state = if self.bad.contains(&id) {
-                "corrupt"
-            } else {
-                "missing"
-            };
+            let state = self.state_of(&id);
             self.find(
                 Severity::Error,
                 &path,
@@ -511,11 +516,7 @@ impl Checker<'_> {
                     if self.good.contains(&link) {
                         stack.push(link);
                     } else {
-                        let state = if self.bad.contains(&link) {
-                            "corrupt"
-                        } else {
-                            "missing"
-                        };
+                        let state = self.state_of(&link);
                         self.find(
                             Severity::Error,
                             &path,

@@ -247,15 +247,13 @@ mod tests {
             "echo ${item.n}",
         );
         let doc = json!({"items": [{"n": 1}, {"n": 5}, {"n": 3}, {"n": 2}, {"n": 4}]});
-        let got = items(
-            &p,
-            p.map_spec().unwrap(),
-            doc.to_string().as_bytes(),
-            "x.json",
-            true,
-        )
-        .unwrap();
-        assert_eq!(got, vec![json!({"n": 4}), json!({"n": 3})]);
+        assert_eq!(json_items(&p, &doc), vec![json!({"n": 4}), json!({"n": 3})]);
+    }
+
+    /// The items of `doc`, a JSON file's, as plan `p` reads them.
+    fn json_items(p: &Plan, doc: &Value) -> Vec<Value> {
+        let text = doc.to_string();
+        items(p, p.map_spec().unwrap(), text.as_bytes(), "x.json", true).unwrap()
     }
 
     /// `distinct` keeps the first item of each value (after the sort, before the slice);
@@ -272,14 +270,7 @@ mod tests {
                 &format!("  distinct: {field}\n  sort_by: n DESC\n  offset: 1\n"),
                 "echo ${item.n}",
             );
-            let got = items(
-                &p,
-                p.map_spec().unwrap(),
-                doc.to_string().as_bytes(),
-                "x.json",
-                true,
-            )
-            .unwrap();
+            let got = json_items(&p, &doc);
             let ns: Vec<&Value> = got.iter().map(|i| &i["n"]).collect();
             assert_eq!(ns, [5, 4, 3, 2], "{field}");
         }
