@@ -388,6 +388,20 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Lit(s) => out.push_str(s),
+                Part::Var(Var::Git(g), _, u) if u.slot == Slot::Word && !u.length => {
+                    if let Some(words) = g.words(g.changes(vars)) {
+                        // Each file a word of its own; none, nothing.
+                        let quoted: Result<Vec<_>, _> =
+                            words.iter().map(|w| quote(w, &Slot::Word)).collect();
+                        let quoted = quoted.map_err(|e| format!("${{{}}}: {e}", u.written))?;
+                        out.push_str(&quoted.join(" "));
+                    } else {
+                        let text = g.render(g.changes(vars));
+                        let quoted = quote(&text, &u.slot)
+                            .map_err(|e| format!("${{{}}}: {e}", u.written))?;
+                        out.push_str(&quoted);
+                    }
+                }
                 Part::Var(v, default, u) => {
                     let mut text = match (value(v, vars), default) {
                         (Ok(Some(s)), _) => s,
@@ -479,14 +493,20 @@ fn value(v: &Var, vars: &Vars<'_>) -> Result<Option<String>, String> {
                 return Err(format!("${{{name}.{}}}: no field {key:?}", path.join(".")));
             }
         },
-        Var::Git(g) => {
-            let changes = match g.scope {
-                GitScope::Step => vars.step_changes,
-                GitScope::Workflow => vars.workflow_changes,
-            };
-            g.render(changes.unwrap_or(&Changes::default()))
-        }
+        Var::Git(g) => g.render(g.changes(vars)),
     }))
+}
+
+impl GitVar {
+    /// What git says its scope changed.
+    fn changes<'v>(&self, vars: &Vars<'v>) -> &'v Changes {
+        static NONE: std::sync::LazyLock<Changes> = std::sync::LazyLock::new(Changes::default);
+        let changes = match self.scope {
+            GitScope::Step => vars.step_changes,
+            GitScope::Workflow => vars.workflow_changes,
+        };
+        changes.unwrap_or(&NONE)
+    }
 }
 
 /// `${step.FIELD[:FORMAT]}` or `${workflow.FIELD[:FORMAT]}`.
@@ -529,7 +549,41 @@ impl GitVar {
     /// Its value: a list space-separated (or as `:json`, `:lines`, `:comma` say, or only the
     /// files a glob format matches), a count as a number.
     fn render(&self, c: &Changes) -> String {
-        let list: Vec<String> = match self.field {
+        let Some(list) = self.list(c) else {
+            return match self.field {
+                GitField::CommitCount => c.commits.len().to_string(),
+                GitField::Insertions => c.insertions.to_string(),
+                _ => c.deletions.to_string(),
+            };
+        };
+        match self.format.as_deref() {
+            Some("json") => Value::from(list).to_string(),
+            Some("lines" | "newline") => list.join("\n"),
+            Some("comma") => list.join(","),
+            _ => self.words(c).unwrap_or_default().join(" "),
+        }
+    }
+
+    /// Its files (or commits) one by one, when it is a list written as words (no format,
+    /// `:space`, or a glob's matches): an unquoted `${…}` in a shell command gives each a
+    /// word of its own, as the original's space-joined list was split there, a name with
+    /// spaces still one word.
+    fn words(&self, c: &Changes) -> Option<Vec<String>> {
+        let list = self.list(c)?;
+        match self.format.as_deref() {
+            None | Some("space") => Some(list),
+            Some("json" | "lines" | "newline" | "comma") => None,
+            Some(glob) => Some(
+                list.into_iter()
+                    .filter(|f| super::glob::matches(glob, f))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The list it names; `None` for a count.
+    fn list(&self, c: &Changes) -> Option<Vec<String>> {
+        Some(match self.field {
             GitField::Added => c.added.clone(),
             GitField::Modified => c.modified.clone(),
             GitField::Deleted => c.deleted.clone(),
@@ -546,21 +600,8 @@ impl GitVar {
                 all
             }
             GitField::Commits => c.commits.clone(),
-            GitField::CommitCount => return c.commits.len().to_string(),
-            GitField::Insertions => return c.insertions.to_string(),
-            GitField::Deletions => return c.deletions.to_string(),
-        };
-        match self.format.as_deref() {
-            None | Some("space") => list.join(" "),
-            Some("json") => Value::from(list).to_string(),
-            Some("lines" | "newline") => list.join("\n"),
-            Some("comma") => list.join(","),
-            Some(glob) => list
-                .into_iter()
-                .filter(|f| super::glob::matches(glob, f))
-                .collect::<Vec<_>>()
-                .join(" "),
-        }
+            GitField::CommitCount | GitField::Insertions | GitField::Deletions => return None,
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::process::Output;
 use serde_json::Value;
 
 use crate::claude::{command, commit_all, ok, run_in};
-use crate::common::{Env, transcript};
+use crate::common::{Env, IDENTITY, transcript};
 use crate::runner::{assert_one_line_error, repo_and_marks, write};
 
 fn read(path: &Path) -> String {
@@ -686,6 +686,35 @@ fn a_handler_reads_what_the_failed_step_printed() {
     let whole = numbers == (first..=300000).collect::<Vec<_>>();
     assert!(whole, "from {first}, {} lines", numbers.len());
     assert!(first > 290000, "{first}");
+}
+
+/// A git list unquoted in a shell command is a word per file, as the original's
+/// space-joined list was split there (its book: `for file in ${step.files_added}`, `git add
+/// ${workflow.files_modified}`), a name with spaces still one word and an empty list
+/// nothing; inside quotes it stays one string. (It was one word: the loop ran once over
+/// "a b.txt c.txt", git add was given one pathspec of every name.)
+#[test]
+fn an_unquoted_git_list_is_a_word_per_file() {
+    let env = Env::new();
+    let (repo, marks) = repo_and_marks(&env, "gitwords");
+    let f = marks.join("words.txt");
+    write(
+        &repo,
+        "w.yml",
+        &format!(
+            "{IDENTITY}  F: {}\n\
+             commands:\n\
+             \x20 - shell: \"touch 'a b.txt' c.txt && git add . && git commit -qm two\"\n\
+             \x20 - shell: for f in ${{step.files_added}}; do echo \"[$f]\" >> $F; done; echo \"${{step.files_added}}\" >> $F\n\
+             \x20 - shell: for f in ${{step.files_deleted}}; do echo \"del $f\" >> $F; done; echo none >> $F\n\
+             \x20 - shell: echo more > c.txt && git add ${{workflow.files_added:*.txt}} && git commit -qm more\n",
+            f.display()
+        ),
+    );
+    commit_all(&repo);
+    let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "g1"], &[]);
+    assert!(out.status.success(), "{}", transcript(&out));
+    assert_eq!(lines(&f), ["[a b.txt]", "[c.txt]", "a b.txt c.txt", "none"]);
 }
 
 /// A plain `env:` value reads `${env.NAME}` (the environment prodigy runs in) and
