@@ -699,9 +699,9 @@ fn output_text(step: &PlanStep, ran: &Ran) -> Option<String> {
 const HANDLER_OUTPUT: usize = crate::runner::exec::STDOUT_TAIL;
 
 /// What a failure handler reads: `${shell.output}` (what the failed step printed, as the
-/// original captures it before its handler: its standard output, or its standard error's
-/// tail when it printed nothing there; the last [`HANDLER_OUTPUT`] bytes from a line's
-/// start), `${shell.stderr}`, `${shell.stdout}` (whole) and `${shell.exit_code}`, and
+/// original gives it to its sessions' handlers: `STDOUT:\n…\n\nSTDERR:\n…`, or the one
+/// stream it wrote to; of standard output the last [`HANDLER_OUTPUT`] bytes from a line's
+/// start, of standard error its tail), `${shell.stderr}`, `${shell.stdout}` (whole) and `${shell.exit_code}`, and
 /// the step's own capture name: what it printed (its standard output, or when that is
 /// empty its standard error's tail).
 fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: &Ran) {
@@ -719,11 +719,14 @@ fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: 
     // start when the tail begins inside one.
     let stdout_end = String::from_utf8_lossy(&out.stdout_tail);
     let stdout_end = end_of(&stdout_end, HANDLER_OUTPUT).trim_end_matches('\n');
-    let output = match stdout_end.trim().is_empty() {
-        true => end_of(&tail, HANDLER_OUTPUT),
-        false => stdout_end,
+    // Both streams, as the original's sessions give a handler (`STDOUT:`/`STDERR:`), or
+    // the one it wrote to.
+    let output = match (stdout_end.trim().is_empty(), tail.trim().is_empty()) {
+        (true, _) => tail.clone(),
+        (false, true) => stdout_end.to_owned(),
+        (false, false) => format!("STDOUT:\n{stdout_end}\n\nSTDERR:\n{tail}"),
     };
-    captured.insert("shell.output".into(), output.to_owned());
+    captured.insert("shell.output".into(), output);
     captured.insert("shell.stderr".into(), tail.clone());
     captured.insert("shell.stdout".into(), stdout.to_owned());
     captured.insert("shell.exit_code".into(), out.exit_code.to_string());

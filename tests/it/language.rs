@@ -628,10 +628,10 @@ fn on_failure_reads_as_the_original_in_sessions_and_agents() {
     assert_eq!(lines(&f), ["next-a", "fixed-b", "next-b"]);
 }
 
-/// A handler's `${shell.output}` is what the failed step printed, as the original captures
-/// it before the handler runs: its standard output (a test runner's report), its standard
-/// error only when it printed nothing else, and of a long output its end, from a line's
-/// start (before, it was always the standard error's tail: `boom` here).
+/// A handler's `${shell.output}` is what the failed step printed, as the original's
+/// sessions give it: both streams (`STDOUT:`/`STDERR:`; a test runner's report is on
+/// stdout), one alone when the other is empty, and of a long output its end, from a
+/// line's start (before, it was always the standard error's tail: `boom` here).
 #[test]
 fn a_handler_reads_what_the_failed_step_printed() {
     let env = Env::new();
@@ -666,13 +666,26 @@ fn a_handler_reads_what_the_failed_step_printed() {
     let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "p1"], &[]);
     assert!(out.status.success(), "{}", transcript(&out));
     let seen = lines(&f);
-    assert_eq!(seen[..3], ["detail one", "detail two", "only-err"]);
+    // Both streams, as the original's sessions give them; one alone when the other is
+    // empty.
+    assert_eq!(
+        seen[..7],
+        [
+            "STDOUT:",
+            "detail one",
+            "detail two",
+            "",
+            "STDERR:",
+            "boom",
+            "only-err"
+        ]
+    );
     // The end of `seq 1 20000`, whole lines, at most 32 KiB.
-    let numbers: Vec<u32> = seen[3..].iter().map(|l| l.parse().unwrap()).collect();
+    let numbers: Vec<u32> = seen[7..].iter().map(|l| l.parse().unwrap()).collect();
     let first = numbers[0];
     assert!(first > 1, "the whole output: {first}");
     assert_eq!(numbers, (first..=20000).collect::<Vec<_>>());
-    let bytes: usize = seen[3..].iter().map(|l| l.len() + 1).sum();
+    let bytes: usize = seen[7..].iter().map(|l| l.len() + 1).sum();
     assert!(bytes <= 32 * 1024 && bytes > 32 * 1024 - 7, "{bytes}");
     // Past the 1 MiB a capture holds (2 MB here): still the end, where the summary is.
     let big = lines(&marks.join("seen.txt.big"));
