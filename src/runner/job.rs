@@ -685,20 +685,24 @@ impl Job {
                 Phase::Setup => self.state.checkpoint.setup_done += 1,
                 _ => self.state.checkpoint.reduce_done += 1,
             }
+            let head = git::head(&worktree).ok();
+            // `run -n N` counts the commits of `commit_required` steps, as the original.
+            if sequential && step.commit_required && head != self.state.checkpoint.job_head {
+                captured.insert(SESSION_COMMITTED.into(), "true".into());
+            }
             self.state.checkpoint.captured = captured.clone();
-            self.state.checkpoint.job_head = git::head(&worktree).ok();
-            // `run -n N`: a pass after which the session has made no commit at all is
-            // the last, as the original stops ("No changes were made").
+            self.state.checkpoint.job_head = head;
+            // `run -n N`: a pass after which no `commit_required` step of the session has
+            // made a commit is the last, as the original stops ("No changes were made").
             let passed = done + 1;
             if phase == Phase::Setup
                 && sequential
                 && passed < steps.len()
                 && passed % per_iteration == 0
-                && self.state.checkpoint.job_head.as_deref()
-                    == Some(self.state.spec.base_commit.as_str())
+                && !captured.contains_key(SESSION_COMMITTED)
             {
                 self.note(&format!(
-                    "stopping after pass {} of {}: no step has made a commit",
+                    "stopping after pass {} of {}: no commit_required step has made a commit",
                     passed / per_iteration,
                     steps.len() / per_iteration
                 ));
@@ -712,6 +716,10 @@ impl Job {
         }
     }
 }
+
+/// A session's capture, under a name no workflow can write or read, saying that one of
+/// its `commit_required` steps made a commit (`run -n` goes on to the next pass only then).
+const SESSION_COMMITTED: &str = "@session.committed";
 
 /// How `worktree` is off `branch` ("switched the worktree to branch X", "detached the
 /// worktree's HEAD"), or `None` when it is on it. By the full ref name: a tag of the same

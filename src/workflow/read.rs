@@ -344,13 +344,18 @@ impl Reader<'_> {
         mut file: SessionFile,
         inputs: &Inputs,
     ) -> Result<Plan, WorkflowError> {
-        // The original's bare string step: a Claude command, its `/` optional.
+        // The original's bare string step: a Claude command, its `/` optional, that must
+        // commit (its default for every command but `prodigy-lint`).
         for step in &mut file.commands.steps {
             if let Some(text) = step.bare.take() {
-                let slash = if text.value.starts_with('/') { "" } else { "/" };
-                let command = format!("{slash}{}", text.value);
+                let name = text.value.trim_start_matches('/');
+                let lint = name.split_whitespace().next() == Some("prodigy-lint");
+                let command = format!("/{name}");
                 let text = Spanned::new(command, text.referenced, text.defined);
-                *step = Step::command(None, Some(text));
+                *step = Step {
+                    commit_required: !lint,
+                    ..Step::command(None, Some(text))
+                };
             }
         }
         if let Some(mode) = &file.mode

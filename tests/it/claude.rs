@@ -408,26 +408,29 @@ fn bare_strings_are_the_originals_claude_and_handler_commands() {
     let (repo, marks) = repo_and_marks(&env, "bare");
     let f = marks.join("seen.txt");
     let f = f.display();
+    // As the original's, a bare command must commit, all but prodigy-lint.
     command(
         &repo,
         "code-review",
-        &format!("echo \"review $ARGUMENTS\" >> {f}"),
+        &format!("echo \"review $ARGUMENTS\" >> {f}; git commit -q --allow-empty -m review"),
     );
-    command(&repo, "lint", &format!("echo lint >> {f}"));
+    command(&repo, "prodigy-lint", &format!("echo lint >> {f}"));
+    command(&repo, "no-commit", &format!("echo no-commit >> {f}"));
     write(
         &repo,
         "w.yml",
         &format!(
             "commands:\n\
              \x20 - code-review --focus tests\n\
-             \x20 - /lint\n\
+             \x20 - /prodigy-lint\n\
              \x20 - shell: exit 2\n\
              \x20   on_failure:\n\
              \x20     - echo cleanup >> {f}\n\
-             \x20     - /lint\n"
+             \x20     - /prodigy-lint\n"
         ),
     );
-    write(&repo, "list.yml", "- lint\n- shell: 'true'\n");
+    write(&repo, "list.yml", "- prodigy-lint\n- shell: 'true'\n");
+    write(&repo, "none.yml", "- no-commit\n");
     write(
         &repo,
         "m.yml",
@@ -447,6 +450,13 @@ fn bare_strings_are_the_originals_claude_and_handler_commands() {
     let out = run_in(&env, &repo, &["run", "m.yml", "--job-id", "b3"], &[]);
     let e = crate::common::assert_one_line_error(&out, 1);
     assert!(e.contains("m.yml:6: step 2 is the string \"lint\""), "{e}");
+    let out = run_in(&env, &repo, &["run", "none.yml", "--job-id", "b4"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", transcript(&out));
+    let said = transcript(&out);
+    assert!(
+        said.contains("commit_required: the step succeeded but made no commit"),
+        "{said}"
+    );
 }
 
 /// A Claude step's `on_failure` in a sequential workflow, as the original's sessions run

@@ -174,8 +174,9 @@ fn dry_run_checks_and_prints_the_plan_and_runs_nothing() {
     );
 }
 
-/// `-n N`: the steps N times over in one session; as the original, a pass after which
-/// the session has made no commit at all is the last (it ran every pass).
+/// `-n N`: the steps N times over in one session; as the original, a pass after which no
+/// `commit_required` step of the session has made a commit is the last, whatever other
+/// steps committed (it ran every pass).
 #[test]
 fn max_iterations_repeats_the_steps_in_one_session() {
     let env = Env::new();
@@ -184,15 +185,16 @@ fn max_iterations_repeats_the_steps_in_one_session() {
         &repo,
         "w.yml",
         &format!(
-            "- shell: echo \"pass $PRODIGY_MAX_ITERATIONS\" >> {m}/loop.log\n- shell: echo second >> {m}/loop.log && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pass\n",
+            "- shell: echo \"pass $PRODIGY_MAX_ITERATIONS\" >> {m}/loop.log\n- shell: echo second >> {m}/loop.log && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m pass\n  commit_required: true\n",
             m = marks.display()
         ),
     );
+    // Its step commits, but is not commit_required: the original counted no change.
     write(
         &repo,
         "still.yml",
         &format!(
-            "- shell: echo still >> {m}/still.log\n",
+            "- shell: echo still >> {m}/still.log && git -c user.name=t -c user.email=t@t commit -q --allow-empty -m still\n",
             m = marks.display()
         ),
     );
@@ -219,7 +221,8 @@ fn max_iterations_repeats_the_steps_in_one_session() {
     );
     assert!(out.status.success(), "{}", transcript(&out));
     assert!(
-        transcript(&out).contains("stopping after pass 1 of 3: no step has made a commit"),
+        transcript(&out)
+            .contains("stopping after pass 1 of 3: no commit_required step has made a commit"),
         "{}",
         transcript(&out)
     );
