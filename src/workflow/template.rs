@@ -429,8 +429,15 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Looks up `path` in an item; `Err` says why it cannot be read.
+/// Looks up `path` in an item; `Err` says why it cannot be read. A line of a command's
+/// output (a string item) is also `${item.item}`, as the original made each line
+/// `{"item": line}`.
 pub fn lookup<'v>(item: &'v Value, path: &[String]) -> Result<&'v Value, String> {
+    if let (Value::String(_), [only]) = (item, path)
+        && only == "item"
+    {
+        return Ok(item);
+    }
     let mut cur = item;
     for (i, key) in path.iter().enumerate() {
         let Value::Object(map) = cur else {
@@ -1178,5 +1185,11 @@ mod tests {
         );
         let e = lookup(&json!({"y": 1}), &["x".to_owned()]).unwrap_err();
         assert!(e.contains("no field \"x\""), "{e}");
+        // A line is also `${item.item}`, as the original's `{"item": line}`; an object's
+        // field `item` is its own.
+        let item = ["item".to_owned()];
+        assert_eq!(lookup(&json!("a line"), &item).unwrap(), "a line");
+        assert_eq!(lookup(&json!({"item": 5}), &item).unwrap(), 5);
+        assert!(lookup(&json!("a line"), &["item".to_owned(), "x".to_owned()]).is_err());
     }
 }

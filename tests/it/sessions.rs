@@ -83,7 +83,7 @@ fn commands_with_args_run_one_session_per_value() {
         &repo,
         "w.yml",
         &format!(
-            "name: per-spec\nmode: standard\ndescription: once per spec\ncommands:\n  - shell: echo \"spec $ARG ${{ARG}}\" >> {}/args.log\n",
+            "name: per-spec\nmode: standard\ndescription: once per spec\ncommands:\n  - shell: echo \"spec $ARG ${{ARG}} $PRODIGY_ARG\" >> {}/args.log\n",
             marks.display()
         ),
     );
@@ -93,7 +93,7 @@ fn commands_with_args_run_one_session_per_value() {
     assert_eq!(ids.len(), 2, "{out}");
     assert!(ids.iter().all(|id| id.starts_with("prodigy-session-")));
     assert_ne!(ids[0], ids[1]);
-    assert_eq!(lines(&marks.join("args.log")), ["spec 7 7", "spec 8 8"]);
+    assert_eq!(lines(&marks.join("args.log")), ["spec 7 7 7", "spec 8 8 8"]);
     let out = in_repo(
         &env,
         &repo,

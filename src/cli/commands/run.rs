@@ -257,6 +257,8 @@ pub fn exec(args: Args, ctx: &mut Ctx<'_>) -> anyhow::Result<Exit> {
         opts.profile = args.profile.clone();
         opts.env.extend(params.clone());
         if let Some(arg) = arg {
+            // The original's steps also read it as PRODIGY_ARG.
+            opts.env.insert("PRODIGY_ARG".into(), arg.clone());
             opts.env.insert("ARG".into(), arg);
         }
         if args.max_iterations > 1 {
