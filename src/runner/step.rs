@@ -243,7 +243,7 @@ fn run_labelled(
             .find(|(code, _)| *code == out.exit_code)
         {
             let mut captured = vars.captured.cloned().unwrap_or_default();
-            failure_names(&mut captured, step, &ran);
+            failure_names(&mut captured, step, &ran, attempt);
             let hvars = Vars {
                 captured: Some(&captured),
                 ..*vars
@@ -282,7 +282,7 @@ fn run_labelled(
         last = Some((message, out.exit_code, out.stderr_tail.clone()));
         if let Some(h) = &step.on_failure {
             let mut captured = vars.captured.cloned().unwrap_or_default();
-            failure_names(&mut captured, step, &ran);
+            failure_names(&mut captured, step, &ran, attempt);
             let mut handled = !h.steps.is_empty();
             let runs = match h.runs {
                 HandlerRuns::AfterEach => true,
@@ -704,7 +704,12 @@ const HANDLER_OUTPUT: usize = crate::runner::exec::STDOUT_TAIL;
 /// start, of standard error its tail), `${shell.stderr}`, `${shell.stdout}` (whole) and `${shell.exit_code}`, and
 /// the step's own capture name: what it printed (its standard output, or when that is
 /// empty its standard error's tail).
-fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: &Ran) {
+fn failure_names(
+    captured: &mut BTreeMap<String, String>,
+    step: &PlanStep,
+    ran: &Ran,
+    attempt: u32,
+) {
     let out = &ran.outcome;
     let tail = match &ran.why {
         Some(why) if out.stderr_tail.trim().is_empty() => why.clone(),
@@ -730,6 +735,8 @@ fn failure_names(captured: &mut BTreeMap<String, String>, step: &PlanStep, ran: 
     captured.insert("shell.stderr".into(), tail.clone());
     captured.insert("shell.stdout".into(), stdout.to_owned());
     captured.insert("shell.exit_code".into(), out.exit_code.to_string());
+    // Which attempt failed, from 1 (the original's `${shell.attempt}`).
+    captured.insert("shell.attempt".into(), attempt.to_string());
     if let Some(name) = step
         .capture
         .as_ref()

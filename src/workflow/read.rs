@@ -192,11 +192,12 @@ struct Nest<'a> {
 }
 
 /// What a failure handler reads of the failure.
-const HANDLER_NAMES: [&str; 4] = [
+const HANDLER_NAMES: [&str; 5] = [
     "shell.output",
     "shell.stderr",
     "shell.stdout",
     "shell.exit_code",
+    "shell.attempt",
 ];
 
 impl Reader<'_> {

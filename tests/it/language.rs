@@ -552,11 +552,19 @@ fn on_failure_reads_as_the_original_in_sessions_and_agents() {
         commit_all(&repo);
         run_in(&env, &repo, &["run", "w.yml", "--job-id", job], &[])
     };
-    let out = session("s1", "echo handler >> $F", "");
+    // `${shell.attempt}`: which attempt failed, as the original's.
+    let out = session("s1", "echo handler ${shell.attempt} >> $F", "");
     assert!(out.status.success(), "{}", transcript(&out));
     assert_eq!(
         lines(&f),
-        ["try", "handler", "try", "handler", "try", "after broke-s1"]
+        [
+            "try",
+            "handler 1",
+            "try",
+            "handler 2",
+            "try",
+            "after broke-s1"
+        ]
     );
     std::fs::remove_file(&f).unwrap();
     // A handler that fails: the attempts go on, and so does the workflow.
