@@ -286,6 +286,9 @@ pub(super) fn call(
     drop(guard);
     let text = result.and_then(|r| r.result).unwrap_or_default();
     outcome.stdout_bytes = text.len() as u64;
+    // What the call printed is its result text, not the stream it came in.
+    let from = text.len().saturating_sub(super::exec::STDOUT_TAIL + 1);
+    outcome.stdout_tail = text.as_bytes()[from..].to_vec();
     outcome.stdout = text.into_bytes();
     Ok(Called { outcome, failure })
 }

@@ -526,20 +526,25 @@ fn try_merge_back(spec: &JobSpec) -> Result<MergeBack, String> {
             dir.display()
         ));
     }
-    if git::git(&dir, &["merge-base", "--is-ancestor", branch, "HEAD"]).is_ok() {
+    // By its full name: a tag of the same name would win over the short one.
+    let full = format!("refs/heads/{branch}");
+    if git::git(&dir, &["merge-base", "--is-ancestor", &full, "HEAD"]).is_ok() {
         return Ok(MergeBack::AlreadyMerged {
             into: target.clone(),
         });
     }
-    let theirs = git::git(
-        root,
-        &["rev-parse", "--verify", &format!("refs/heads/{branch}")],
-    )
-    .map_err(said)?;
-    match git::git(
-        &dir,
-        &["merge", "--no-edit", "--no-overwrite-ignore", branch],
-    ) {
+    let theirs = git::git(root, &["rev-parse", "--verify", &full]).map_err(said)?;
+    // The message names the branch, not the ref.
+    let message = format!("Merge branch '{branch}'");
+    let merge = [
+        "merge",
+        "--no-edit",
+        "--no-overwrite-ignore",
+        "-m",
+        &message,
+        &full,
+    ];
+    match git::git(&dir, &merge) {
         Ok(_) => Ok(MergeBack::Merged {
             into: target.clone(),
             dir,
@@ -549,8 +554,9 @@ fn try_merge_back(spec: &JobSpec) -> Result<MergeBack, String> {
             let merge_head = git_path("MERGE_HEAD")?;
             if std::fs::read_to_string(&merge_head).is_ok_and(|h| h.trim() == theirs) {
                 let _ = git::git(&dir, &["merge", "--abort"]);
+                return Err(format!("git merge failed, and was aborted: {}", said(e)));
             }
-            Err(format!("git merge failed, and was aborted: {}", said(e)))
+            Err(format!("git merge refused, nothing changed: {}", said(e)))
         }
     }
 }

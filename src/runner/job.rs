@@ -687,7 +687,9 @@ impl Job {
             }
             let head = git::head(&worktree).ok();
             // `run -n N` counts the commits of `commit_required` steps, as the original.
-            if sequential && step.commit_required && head != self.state.checkpoint.job_head {
+            let before = (self.state.checkpoint.job_head.clone())
+                .or_else(|| Some(self.state.spec.base_commit.clone()));
+            if sequential && step.commit_required && head != before {
                 captured.insert(SESSION_COMMITTED.into(), "true".into());
             }
             self.state.checkpoint.captured = captured.clone();

@@ -756,6 +756,10 @@ fn end_of(text: &str, most: usize) -> &str {
     while !text.is_char_boundary(from) {
         from += 1;
     }
+    // Already at a line's start.
+    if text.as_bytes()[from - 1] == b'\n' {
+        return &text[from..];
+    }
     match text[from..].find('\n') {
         Some(at) if at + 1 < text.len() - from => &text[from + at + 1..],
         _ => &text[from..],
@@ -1270,6 +1274,19 @@ pub(super) fn write_log(log: &Arc<Mutex<std::fs::File>>, text: &str) {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    /// The end of a text from a line's start: a whole line is kept when the cut falls
+    /// just after a line break, a partial one dropped.
+    #[test]
+    fn the_end_of_a_text_starts_a_line() {
+        assert_eq!(super::end_of("aaa\nbbb\n", 4), "bbb\n");
+        assert_eq!(super::end_of("aaa\nbbb\n", 5), "bbb\n");
+        assert_eq!(super::end_of("aaa\nbbb\n", 8), "aaa\nbbb\n");
+        assert_eq!(super::end_of("aaaaaa", 3), "aaa");
+        // The cut just after a break: that line is whole, kept.
+        assert_eq!(super::end_of("aaa\nbbb\nccc", 7), "bbb\nccc");
+        assert_eq!(super::end_of("aaa\nbbb\nccc", 6), "ccc");
+    }
 
     #[test]
     fn variables_are_pasted_as_words() {

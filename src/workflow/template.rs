@@ -382,17 +382,54 @@ impl Template {
             .any(|p| matches!(p, Part::Var(Var::MapResultsJson, _, _)))
     }
 
+    /// True when the `${…}` at part `i` stands as whole words among a command's arguments
+    /// (after `rendered`, what comes before it): after a word that is neither an
+    /// assignment, an operator nor a keyword that starts a command, and followed by a
+    /// blank, an operator or the end. Only there may a list become several words: as the
+    /// command, in `X=${…}` or inside a word it stays one (`X=a b` would run `b`).
+    fn arguments_at(&self, i: usize, rendered: &str) -> bool {
+        const STARTS_COMMAND: [&str; 12] = [
+            "then", "do", "else", "elif", "if", "while", "until", "!", "{", "time", "case", "exec",
+        ];
+        let ends = |c: char| c.is_whitespace() || ";&|)".contains(c);
+        let after = match self.parts.get(i + 1) {
+            None => true,
+            Some(Part::Lit(s)) => s.chars().next().is_none_or(ends),
+            Some(Part::Var(..)) => false,
+        };
+        if !after || !rendered.ends_with([' ', '\t']) {
+            return false;
+        }
+        let line = rendered.rsplit('\n').next().unwrap_or_default();
+        let Some(word) = line.split_whitespace().last() else {
+            return false;
+        };
+        let assignment = word.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        !assignment && !word.ends_with([';', '&', '|', '(']) && !STARTS_COMMAND.contains(&word)
+    }
+
     /// Renders the command.
     pub fn render(&self, vars: &Vars<'_>) -> Result<String, String> {
         let mut out = String::new();
-        for part in &self.parts {
+        for (i, part) in self.parts.iter().enumerate() {
             match part {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(Var::Git(g), _, u) if u.slot == Slot::Word && !u.length => {
+                Part::Var(Var::Git(g), _, u)
+                    if u.slot == Slot::Word && !u.length && self.arguments_at(i, &out) =>
+                {
                     if let Some(words) = g.words(g.changes(vars)) {
-                        // Each file a word of its own; none, nothing.
-                        let quoted: Result<Vec<_>, _> =
-                            words.iter().map(|w| quote(w, &Slot::Word)).collect();
+                        // Each file a word of its own; none, nothing. A name like an
+                        // option is written as the path it is (`./-rf`).
+                        let quoted: Result<Vec<String>, _> = words
+                            .iter()
+                            .map(|w| match w.starts_with('-') {
+                                true => format!("./{w}"),
+                                false => w.clone(),
+                            })
+                            .map(|w| quote(&w, &Slot::Word).map(|q| q.into_owned()))
+                            .collect();
                         let quoted = quoted.map_err(|e| format!("${{{}}}: {e}", u.written))?;
                         out.push_str(&quoted.join(" "));
                     } else {

@@ -471,7 +471,12 @@ fn a_claude_steps_handler_runs_once_then_the_step_alone() {
     let f = marks.join("calls.txt");
     let f = f.display();
     command(&repo, "flaky", &format!("echo flaky >> {f}; exit 1"));
-    command(&repo, "fix", &format!("echo fix >> {f}"));
+    let args = marks.join("fix-args.txt");
+    command(
+        &repo,
+        "fix",
+        &format!("echo fix >> {f}; echo \"$ARGUMENTS\" >> {}", args.display()),
+    );
     let run = |job: &str, extra: &str| {
         write(
             &repo,
@@ -480,7 +485,7 @@ fn a_claude_steps_handler_runs_once_then_the_step_alone() {
                 "commands:\n\
                  \x20 - claude: /flaky\n\
                  \x20   on_failure:\n\
-                 \x20     claude: /fix\n{extra}\
+                 \x20     claude: /fix ${{shell.output}}\n{extra}\
                  \x20 - shell: echo after >> {f}\n"
             ),
         );
@@ -494,7 +499,9 @@ fn a_claude_steps_handler_runs_once_then_the_step_alone() {
     assert_eq!(
         run("c2", "\x20     max_attempts: 1\n"),
         "flaky\nfix\nafter\n"
-    );
+    ); // The handler read the call's result, not the stream-json it came in.
+    let said = std::fs::read_to_string(&args).unwrap();
+    assert!(!said.is_empty() && !said.contains("\"type\""), "{said}");
 }
 
 #[test]

@@ -725,8 +725,8 @@ fn an_unquoted_git_list_is_a_word_per_file() {
         &format!(
             "{IDENTITY}  F: {}\n\
              commands:\n\
-             \x20 - shell: \"touch 'a b.txt' c.txt && git add . && git commit -qm two\"\n\
-             \x20 - shell: for f in ${{step.files_added}}; do echo \"[$f]\" >> $F; done; echo \"${{step.files_added}}\" >> $F\n\
+             \x20 - shell: \"touch 'a b.txt' c.txt -- -n && git add . && git commit -qm two\"\n\
+             \x20 - shell: for f in ${{step.files_added}}; do echo \"[$f]\" >> $F; done; echo \"${{step.files_added}}\" >> $F; X=${{step.files_added}}; echo \"x=$X\" >> $F\n\
              \x20 - shell: for f in ${{step.files_deleted}}; do echo \"del $f\" >> $F; done; echo none >> $F\n\
              \x20 - shell: echo more > c.txt && git add ${{workflow.files_added:*.txt}} && git commit -qm more\n",
             f.display()
@@ -735,7 +735,19 @@ fn an_unquoted_git_list_is_a_word_per_file() {
     commit_all(&repo);
     let out = run_in(&env, &repo, &["run", "w.yml", "--job-id", "g1"], &[]);
     assert!(out.status.success(), "{}", transcript(&out));
-    assert_eq!(lines(&f), ["[a b.txt]", "[c.txt]", "a b.txt c.txt", "none"]);
+    // A name like an option is the path it is; in an assignment the list stays one
+    // word (split, `X=a b` would run `b`).
+    assert_eq!(
+        lines(&f),
+        [
+            "[./-n]",
+            "[a b.txt]",
+            "[c.txt]",
+            "-n a b.txt c.txt",
+            "x=-n a b.txt c.txt",
+            "none"
+        ]
+    );
 }
 
 /// A plain `env:` value reads `${env.NAME}` (the environment prodigy runs in) and

@@ -227,6 +227,22 @@ fn max_iterations_repeats_the_steps_in_one_session() {
         transcript(&out)
     );
     assert_eq!(lines(&marks.join("still.log")), ["still"]);
+    // A commit_required first step that made no commit (forgiven) is no change either.
+    write(
+        &repo,
+        "none.yml",
+        &format!(
+            "- shell: echo none >> {m}/none.log\n  commit_required: true\n  fail_workflow: false\n",
+            m = marks.display()
+        ),
+    );
+    commit(&repo);
+    ok_in(
+        &env,
+        &repo,
+        &["run", "none.yml", "-n", "3", "--job-id", "s4"],
+    );
+    assert_eq!(lines(&marks.join("none.log")), ["none"]);
     assert_eq!(job_show(&env, &repo, "s3")["phase"], "complete");
     let out = in_repo(&env, &repo, &["run", "mr.yml", "-n", "2"]);
     assert_one_line_error(&out, 2);
@@ -859,7 +875,7 @@ fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
     write(&repo, "local.cfg", "mine\n");
     let out = in_repo(&env, &repo, &["run", "w.yml", "--job-id", "b7", "-y"]);
     assert!(
-        transcript(&out).contains("git merge failed, and was aborted"),
+        transcript(&out).contains("git merge refused, nothing changed"),
         "{}",
         transcript(&out)
     );
