@@ -477,23 +477,18 @@ fn try_merge_back(spec: &JobSpec) -> Result<MergeBack, String> {
     };
     let root = &spec.repo_root;
     let branch = &spec.branch;
-    if !git::branch_exists(root, branch) {
+    // By its full name: a tag of the same name would win over the short one.
+    let full = format!("refs/heads/{branch}");
+    let Ok(theirs) = git::git(root, &["rev-parse", "--verify", "--quiet", &full]) else {
         return Err(format!("the job's branch {branch} is gone"));
-    }
-    if spec.worktree.is_dir() {
-        let changed = git::git(
-            &spec.worktree,
-            &["status", "--porcelain", "--untracked-files=no"],
-        )
-        .map_err(said)?;
-        if !changed.is_empty() {
-            return Err(format!(
-                "the job's worktree '{}' has uncommitted changes, which are not on {branch} \
-                 (a step run again after a resume leaves what it had committed staged): \
-                 commit them there first",
-                spec.worktree.display()
-            ));
-        }
+    };
+    if spec.worktree.is_dir() && git::tracked_changes(&spec.worktree).map_err(said)? {
+        return Err(format!(
+            "the job's worktree '{}' has uncommitted changes, which are not on {branch} \
+             (a step run again after a resume leaves what it had committed staged): \
+             commit them there first",
+            spec.worktree.display()
+        ));
     }
     let Some(dir) = git::checked_out_at(root, target).map_err(said)? else {
         return Err(format!(
@@ -518,22 +513,17 @@ fn try_merge_back(spec: &JobSpec) -> Result<MergeBack, String> {
             ));
         }
     }
-    let changed =
-        git::git(&dir, &["status", "--porcelain", "--untracked-files=no"]).map_err(said)?;
-    if !changed.is_empty() {
+    if git::tracked_changes(&dir).map_err(said)? {
         return Err(format!(
             "'{}' has uncommitted changes to tracked files",
             dir.display()
         ));
     }
-    // By its full name: a tag of the same name would win over the short one.
-    let full = format!("refs/heads/{branch}");
     if git::git(&dir, &["merge-base", "--is-ancestor", &full, "HEAD"]).is_ok() {
         return Ok(MergeBack::AlreadyMerged {
             into: target.clone(),
         });
     }
-    let theirs = git::git(root, &["rev-parse", "--verify", &full]).map_err(said)?;
     // The message names the branch, not the ref.
     let message = format!("Merge branch '{branch}'");
     let merge = [

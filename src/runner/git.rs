@@ -172,6 +172,12 @@ pub fn commit_exists(dir: &Path, commit: &str) -> bool {
     git(dir, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_ok()
 }
 
+/// True when a tracked file in the worktree at `dir` has changes no commit holds (staged
+/// or not; untracked files do not count).
+pub fn tracked_changes(dir: &Path) -> Result<bool, GitError> {
+    git(dir, &["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty())
+}
+
 /// True when `branch` exists.
 pub fn branch_exists(dir: &Path, branch: &str) -> bool {
     git(

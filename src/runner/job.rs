@@ -687,10 +687,11 @@ impl Job {
             }
             let head = git::head(&worktree).ok();
             // `run -n N` counts the commits of `commit_required` steps, as the original.
-            let before = (self.state.checkpoint.job_head.clone())
-                .or_else(|| Some(self.state.spec.base_commit.clone()));
-            if sequential && step.commit_required && head != before {
-                captured.insert(SESSION_COMMITTED.into(), "true".into());
+            if sequential && step.commit_required {
+                let before = self.state.checkpoint.job_head.as_deref();
+                if head.as_deref() != Some(before.unwrap_or(&self.state.spec.base_commit)) {
+                    captured.insert(SESSION_COMMITTED.into(), "true".into());
+                }
             }
             self.state.checkpoint.captured = captured.clone();
             self.state.checkpoint.job_head = head;

@@ -105,9 +105,7 @@ impl Job {
         // What no step committed is not on the session's branch: said, not lost (a step
         // run again after a resume finds what it had committed staged).
         let worktree = &self.state.spec.worktree;
-        if let Ok(changed) = git::git(worktree, &["status", "--porcelain", "--untracked-files=no"])
-            && !changed.is_empty()
-        {
+        if git::tracked_changes(worktree).unwrap_or(false) {
             self.note(&format!(
                 "the session's worktree '{}' holds changes no step committed; they are not on \
                  {}: commit them there to keep them",

@@ -701,9 +701,9 @@ const HANDLER_OUTPUT: usize = crate::runner::exec::STDOUT_TAIL;
 /// What a failure handler reads: `${shell.output}` (what the failed step printed, as the
 /// original gives it to its sessions' handlers: `STDOUT:\n…\n\nSTDERR:\n…`, or the one
 /// stream it wrote to; of standard output the last [`HANDLER_OUTPUT`] bytes from a line's
-/// start, of standard error its tail), `${shell.stderr}`, `${shell.stdout}` (whole) and `${shell.exit_code}`, and
-/// the step's own capture name: what it printed (its standard output, or when that is
-/// empty its standard error's tail).
+/// start, of standard error its tail), `${shell.stderr}`, `${shell.stdout}` (whole),
+/// `${shell.exit_code}` and `${shell.attempt}`, and the step's own capture name: what it
+/// printed (its standard output, or when that is empty its standard error's tail).
 fn failure_names(
     captured: &mut BTreeMap<String, String>,
     step: &PlanStep,

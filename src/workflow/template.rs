@@ -414,31 +414,28 @@ impl Template {
     pub fn render(&self, vars: &Vars<'_>) -> Result<String, String> {
         let mut out = String::new();
         for (i, part) in self.parts.iter().enumerate() {
+            // A git list among a command's arguments: each file a word of its own (none,
+            // nothing), a name like an option written as the path it is (`./-rf`).
+            if let Part::Var(Var::Git(g), _, u) = part
+                && u.slot == Slot::Word
+                && !u.length
+                && self.arguments_at(i, &out)
+                && let Some(words) = g.words(g.changes(vars))
+            {
+                let quoted: Result<Vec<String>, _> = words
+                    .iter()
+                    .map(|w| match w.starts_with('-') {
+                        true => format!("./{w}"),
+                        false => w.clone(),
+                    })
+                    .map(|w| quote(&w, &Slot::Word).map(|q| q.into_owned()))
+                    .collect();
+                let quoted = quoted.map_err(|e| format!("${{{}}}: {e}", u.written))?;
+                out.push_str(&quoted.join(" "));
+                continue;
+            }
             match part {
                 Part::Lit(s) => out.push_str(s),
-                Part::Var(Var::Git(g), _, u)
-                    if u.slot == Slot::Word && !u.length && self.arguments_at(i, &out) =>
-                {
-                    if let Some(words) = g.words(g.changes(vars)) {
-                        // Each file a word of its own; none, nothing. A name like an
-                        // option is written as the path it is (`./-rf`).
-                        let quoted: Result<Vec<String>, _> = words
-                            .iter()
-                            .map(|w| match w.starts_with('-') {
-                                true => format!("./{w}"),
-                                false => w.clone(),
-                            })
-                            .map(|w| quote(&w, &Slot::Word).map(|q| q.into_owned()))
-                            .collect();
-                        let quoted = quoted.map_err(|e| format!("${{{}}}: {e}", u.written))?;
-                        out.push_str(&quoted.join(" "));
-                    } else {
-                        let text = g.render(g.changes(vars));
-                        let quoted = quote(&text, &u.slot)
-                            .map_err(|e| format!("${{{}}}: {e}", u.written))?;
-                        out.push_str(&quoted);
-                    }
-                }
                 Part::Var(v, default, u) => {
                     let mut text = match (value(v, vars), default) {
                         (Ok(Some(s)), _) => s,
@@ -604,7 +601,7 @@ impl GitVar {
             Some("json") => Value::from(list).to_string(),
             Some("lines" | "newline") => list.join("\n"),
             Some("comma") => list.join(","),
-            _ => self.words(c).unwrap_or_default().join(" "),
+            _ => self.as_words(list).unwrap_or_default().join(" "),
         }
     }
 
@@ -613,7 +610,12 @@ impl GitVar {
     /// word of its own, as the original's space-joined list was split there, a name with
     /// spaces still one word.
     fn words(&self, c: &Changes) -> Option<Vec<String>> {
-        let list = self.list(c)?;
+        self.as_words(self.list(c)?)
+    }
+
+    /// `list` as the words it is written as, by the format: all of it, a glob's matches,
+    /// or `None` for a format that joins it otherwise.
+    fn as_words(&self, list: Vec<String>) -> Option<Vec<String>> {
         match self.format.as_deref() {
             None | Some("space") => Some(list),
             Some("json" | "lines" | "newline" | "comma") => None,

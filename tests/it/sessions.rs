@@ -979,4 +979,18 @@ fn run_yes_merges_the_result_back_unless_that_would_touch_your_work() {
         said.contains("has uncommitted changes, which are not on prodigy/b8"),
         "{said}"
     );
+    // --json says where the result went.
+    write(&repo, "w.yml", &step("json.txt", "j"));
+    commit(&repo);
+    let out = in_repo(
+        &env,
+        &repo,
+        &["run", "w.yml", "--job-id", "b9", "-y", "--json"],
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["merged_into"], "main", "{summary}");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("json.txt")).unwrap(),
+        "j\n"
+    );
 }
